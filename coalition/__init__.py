@@ -1,0 +1,1 @@
+"""Coalition: a coalition loyalty platform with one shared point currency."""

@@ -1,0 +1,104 @@
+"""The application factory: ``gunicorn 'coalition.app:create_app()'``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from config import load_settings
+from config.logging import configure_logging
+
+API_TITLE = "Coalition"
+API_VERSION = "v1"
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app. ``config`` overrides settings by name (without the prefix)."""
+    instance_path = os.environ.get("COALITION_INSTANCE_PATH")
+    app = Flask("coalition", instance_path=str(Path(instance_path).resolve())
+                if instance_path else None)
+    settings = load_settings(Path(app.instance_path), overrides=config)
+    app.config.update(settings)
+    app.config.update(
+        TESTING=settings["ENV"] == "testing",
+        MAX_CONTENT_LENGTH=settings["MAX_CONTENT_LENGTH"],
+        API_TITLE=API_TITLE,
+        API_VERSION=API_VERSION,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        API_SPEC_OPTIONS=_spec_options(),
+        JSON_SORT_KEYS=False,
+    )
+    configure_logging(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
+    if settings["ENV"] != "testing":
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+
+    from coalition.db import db
+    from coalition.oauth.server import init_oauth
+    from coalition.web import register_error_handlers
+
+    db.init_app(app)
+    init_oauth(app)
+    register_error_handlers(app)
+    _register_api(app)
+    _register_cli(app)
+    return app
+
+
+def load_models() -> None:
+    """Import every package's models so that ``Base.metadata`` knows all tables."""
+    import coalition.models  # noqa: F401
+    import coalition.oauth.models  # noqa: F401
+
+
+def _spec_options() -> dict[str, Any]:
+    from coalition.oauth.models import ALL_SCOPES
+
+    return {
+        "info": {
+            "description": "Coalition: earn and burn one shared point currency across "
+                           "partner brands, with settlement between the partners.",
+        },
+        "components": {
+            "securitySchemes": {
+                "oauth2": {
+                    "type": "oauth2",
+                    "flows": {"clientCredentials": {
+                        "tokenUrl": "/oauth/token",
+                        "scopes": {scope: scope for scope in ALL_SCOPES},
+                    }},
+                },
+                "clientBasic": {"type": "http", "scheme": "basic",
+                                "description": "OAuth client id and secret"},
+            },
+        },
+    }
+
+
+def _register_api(app: Flask) -> None:
+    from coalition import health
+    from coalition.oauth import views as oauth_views
+    from coalition.program import views as program_views
+    from coalition.schemas import ErrorSchema
+    from coalition.web import Api
+    from partners import admin as partner_admin
+
+    Api.ERROR_SCHEMA = ErrorSchema
+    api = Api(app)
+    app.extensions["coalition.api"] = api
+    for blueprint in (health.blp, oauth_views.blp, program_views.blp, partner_admin.blp):
+        api.register_blueprint(blueprint)
+
+
+def _register_cli(app: Flask) -> None:
+    from coalition.cli import client_cli, db_cli, demo_cli
+    from partners.cli import partner_cli
+
+    for group in (db_cli, client_cli, demo_cli, partner_cli):
+        app.cli.add_command(group)

@@ -1,0 +1,69 @@
+"""Domain exceptions. Services raise these; :mod:`coalition.web` maps them to HTTP.
+
+Each carries a stable machine-readable ``code`` that partners can program against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CoalitionError(Exception):
+    status = 400
+    code = "invalid_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class InvalidRequest(CoalitionError):
+    status, code = 422, "invalid_request"
+
+
+class Unauthorized(CoalitionError):
+    status, code = 401, "unauthorized"
+
+
+class InsufficientScope(CoalitionError):
+    status, code = 403, "insufficient_scope"
+
+
+class Forbidden(CoalitionError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(CoalitionError):
+    status, code = 404, "not_found"
+
+
+class Conflict(CoalitionError):
+    status, code = 409, "conflict"
+
+
+class AlreadyExists(Conflict):
+    code = "already_exists"
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_conflict"
+
+
+class InsufficientPoints(Conflict):
+    code = "insufficient_points"
+
+
+class MemberClosed(Conflict):
+    code = "member_closed"
+
+
+class PeriodClosed(Conflict):
+    code = "period_closed"

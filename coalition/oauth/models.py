@@ -1,0 +1,126 @@
+"""OAuth clients and tokens.
+
+Client secrets and tokens are stored as SHA-256 digests only: they are 256-bit random
+values, so a fast digest is as strong as a slow password hash, and a leaked table gives
+away no credential. Secrets are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime, timedelta
+
+from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coalition.db import PK, Base, BigId, Timestamp, utcnow
+
+#: scopes a partner client may hold
+PARTNER_SCOPES = (
+    "points:earn",
+    "points:burn",
+    "members:read",
+    "members:write",
+    "transactions:read",
+    "settlement:read",
+)
+#: scopes an operator client may hold
+OPERATOR_SCOPES = ("admin", "settlement:run")
+MEMBER_SCOPES = ("member",)
+ALL_SCOPES = PARTNER_SCOPES + OPERATOR_SCOPES + MEMBER_SCOPES
+
+CLIENT_KINDS = ("operator", "partner")
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class OAuthClient(Base, ClientMixin):
+    __tablename__ = "oauth_client"
+    __table_args__ = (CheckConstraint("kind IN ('operator', 'partner')", name="kind"),)
+
+    id: Mapped[PK]
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    partner_id: Mapped[int | None] = mapped_column(ForeignKey("partner.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    scope: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
+    secret_rotated_at: Mapped[Timestamp | None]
+    revoked_at: Mapped[Timestamp | None]
+
+    # -- Authlib ClientMixin
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        return None
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        """The requested scopes this client holds; all of its scopes when none are asked.
+
+        Scopes it does not hold were already refused by the grant, so this only orders them.
+        """
+        allowed = self.scope.split()
+        if not scope:
+            return " ".join(allowed)
+        requested = set(scope.split())
+        return " ".join(s for s in allowed if s in requested)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return False
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return self.revoked_at is None and hmac.compare_digest(
+            self.secret_hash, digest(client_secret)
+        )
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method in ("client_secret_basic", "client_secret_post")
+
+    def check_response_type(self, response_type: str) -> bool:
+        return False
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type == "client_credentials"
+
+
+class OAuthToken(Base, TokenMixin):
+    __tablename__ = "oauth_token"
+
+    id: Mapped[PK]
+    client_pk: Mapped[int] = mapped_column(BigId, ForeignKey("oauth_client.id"), index=True)
+    access_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    refresh_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # denormalised from the client so that checking a token is one indexed read
+    client_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    partner_id: Mapped[int | None] = mapped_column(ForeignKey("partner.id"))
+    scope: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[Timestamp] = mapped_column(default=utcnow)
+    expires_in: Mapped[int] = mapped_column(Integer)
+    revoked_at: Mapped[Timestamp | None]
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.issued_at + timedelta(seconds=self.expires_in)
+
+    # -- Authlib TokenMixin
+    def check_client(self, client: ClientMixin) -> bool:
+        return self.client_id == client.get_client_id()
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_expires_in(self) -> int:
+        return self.expires_in
+
+    def is_expired(self) -> bool:
+        return utcnow() >= self.expires_at
+
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None

@@ -1,0 +1,221 @@
+"""Authlib wiring: the token, revocation and introspection endpoints and the bearer-token
+check that every protected view goes through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
+from authlib.integrations.flask_oauth2.requests import FlaskJsonRequest
+from authlib.oauth2 import OAuth2Error, ResourceProtector
+from authlib.oauth2.rfc6749 import InvalidScopeError, grants
+from authlib.oauth2.rfc6749.util import scope_to_list
+from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
+from flask import Flask, Response, g, json
+from flask import request as flask_request
+from sqlalchemy import or_, select, update
+
+from coalition.db import UnitOfWork, read, utcnow
+from coalition.errors import Forbidden, InsufficientScope, InvalidRequest, Unauthorized
+from coalition.oauth.models import ALL_SCOPES, OAuthClient, OAuthToken, digest
+from coalition.web import error_body
+
+REALM = "coalition"
+CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+
+# --------------------------------------------------------------------------- token endpoint
+
+
+class AuthorizationServer(_AuthorizationServer):
+    def query_client(self, client_id: str) -> OAuthClient | None:
+        with read() as session:
+            return session.scalar(
+                select(OAuthClient).where(
+                    OAuthClient.client_id == client_id, OAuthClient.revoked_at.is_(None)
+                )
+            )
+
+    def save_token(self, token: dict[str, Any], request: Any) -> None:
+        client: OAuthClient = request.client
+        refresh = token.get("refresh_token")
+        with UnitOfWork() as uow:
+            uow.session.add(
+                OAuthToken(
+                    client_pk=client.id,
+                    client_id=client.client_id,
+                    kind=client.kind,
+                    partner_id=client.partner_id,
+                    access_token_hash=digest(token["access_token"]),
+                    refresh_token_hash=digest(refresh) if refresh else None,
+                    scope=token.get("scope", ""),
+                    expires_in=int(token["expires_in"]),
+                )
+            )
+            uow.commit()
+
+    def handle_response(self, status_code: int, payload: Any, headers: Any) -> Response:
+        """RFC 6749 error fields, inside Coalition's one error shape."""
+        if status_code >= 400:
+            fields = dict(payload)
+            description = fields.get("error_description") or fields.get("error", "")
+            body = error_body(status_code, description, fields.get("error"))
+            body.update(fields)
+            payload = body
+        if isinstance(payload, dict):
+            payload = json.dumps(payload)
+        return Response(payload, status=status_code, headers=headers,
+                        content_type="application/json")
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        requested = set(scope_to_list(self.request.payload.scope) or [])
+        held = set(self.request.client.scope.split())
+        if not requested <= held:
+            refused = " ".join(sorted(requested - held))
+            raise InvalidScopeError(f"The client may not request: {refused}")
+
+
+class _TokenLookup:
+    """Finds a token by the digest of an access or refresh token."""
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> OAuthToken | None:
+        hashed = digest(token_string)
+        if token_type_hint == "access_token":
+            condition = OAuthToken.access_token_hash == hashed
+        elif token_type_hint == "refresh_token":
+            condition = OAuthToken.refresh_token_hash == hashed
+        else:
+            condition = or_(
+                OAuthToken.access_token_hash == hashed, OAuthToken.refresh_token_hash == hashed
+            )
+        with read() as session:
+            return session.scalar(select(OAuthToken).where(condition))
+
+
+class RevocationEndpoint(_TokenLookup, _RevocationEndpoint):
+    """RFC 7009: a client revokes its own tokens."""
+
+    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def revoke_token(self, token: OAuthToken, request: Any) -> None:
+        with UnitOfWork() as uow:
+            uow.session.execute(
+                update(OAuthToken)
+                .where(OAuthToken.id == token.id, OAuthToken.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            uow.commit()
+
+
+class IntrospectionForbidden(OAuth2Error):
+    error = "unauthorized_client"
+    description = "Only operator clients may introspect tokens."
+    status_code = 403
+
+
+class IntrospectionEndpoint(_TokenLookup, _IntrospectionEndpoint):
+    """RFC 7662, for operator clients."""
+
+    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def authenticate_endpoint_client(self, request: Any) -> OAuthClient:
+        client = super().authenticate_endpoint_client(request)
+        if client.kind != "operator":
+            raise IntrospectionForbidden()
+        return client
+
+    def check_permission(self, token: OAuthToken, client: OAuthClient, request: Any) -> bool:
+        return True
+
+    def introspect_token(self, token: OAuthToken) -> dict[str, Any]:
+        return {
+            "active": True,
+            "client_id": token.client_id,
+            "scope": token.scope,
+            "token_type": "Bearer",
+            "exp": int(token.expires_at.timestamp()),
+            "iat": int(token.issued_at.timestamp()),
+            "sub": token.client_id,
+            "kind": token.kind,
+        }
+
+
+authorization = AuthorizationServer()
+
+
+def init_oauth(app: Flask) -> None:
+    app.config["OAUTH2_TOKEN_EXPIRES_IN"] = {
+        "client_credentials": app.config["ACCESS_TOKEN_LIFETIME"],
+    }
+    authorization.init_app(app)
+    authorization.scopes_supported = list(ALL_SCOPES)
+    if not authorization._token_grants:
+        authorization.register_grant(ClientCredentialsGrant)
+        authorization.register_endpoint(RevocationEndpoint)
+        authorization.register_endpoint(IntrospectionEndpoint)
+
+
+# --------------------------------------------------------------------------- resource side
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the client behind a valid bearer token."""
+
+    client_id: str
+    kind: str
+    partner_id: int | None
+    scopes: frozenset[str]
+
+
+class _BearerValidator(BearerTokenValidator):
+    def authenticate_token(self, token_string: str) -> OAuthToken | None:
+        with read() as session:
+            return session.scalar(
+                select(OAuthToken).where(OAuthToken.access_token_hash == digest(token_string))
+            )
+
+
+_protector = ResourceProtector()
+_protector.register_token_validator(_BearerValidator(realm=REALM))
+
+
+def require_token(scopes: list[str], kinds: tuple[str, ...] | None = None) -> Principal:
+    """Check the request's bearer token, or raise the matching 401/403."""
+    try:
+        token = _protector.validate_request(scopes, FlaskJsonRequest(flask_request))
+    except OAuth2Error as error:
+        headers = dict(error.get_headers())
+        headers.pop("Content-Type", None)
+        headers.setdefault("WWW-Authenticate", f'Bearer realm="{REALM}"')
+        if error.status_code == 403:
+            raise InsufficientScope(
+                f"This call needs the scope(s): {' '.join(scopes)}", headers=headers
+            ) from None
+        if error.status_code == 401:
+            message = (
+                "An access token is required."
+                if error.error == "missing_authorization"
+                else "The access token is invalid, expired or revoked."
+            )
+            raise Unauthorized(message, headers=headers) from None
+        raise InvalidRequest(error.get_error_description() or error.error) from None
+    if kinds and token.kind not in kinds:
+        raise Forbidden(f"This call is not available to {token.kind} clients.")
+    principal = Principal(token.client_id, token.kind, token.partner_id,
+                          frozenset(token.scope.split()))
+    g.principal = principal
+    return principal
+
+
+def current_principal() -> Principal:
+    return g.principal

@@ -1,0 +1,70 @@
+"""``/oauth/token``, ``/oauth/revoke`` and ``/oauth/introspect`` (RFC 6749, 7009, 7662)."""
+
+from __future__ import annotations
+
+from flask import Response
+from flask_smorest import Blueprint
+
+from coalition.oauth.server import IntrospectionEndpoint, RevocationEndpoint, authorization
+
+blp = Blueprint("oauth", __name__, url_prefix="/oauth", description="OAuth 2.0")
+
+_CLIENT_AUTH = [{"clientBasic": []}, {}]
+
+
+def _form(properties: dict[str, dict[str, object]], required: list[str]) -> dict[str, object]:
+    return {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "properties": properties, "required": required}
+            }
+        },
+    }
+
+
+_STRING = {"type": "string"}
+_JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+
+
+@blp.route("/token", methods=["POST"])
+@blp.doc(
+    summary="Issue an access token (client credentials).",
+    security=_CLIENT_AUTH,
+    requestBody=_form(
+        {"grant_type": {"type": "string", "enum": ["client_credentials"]},
+         "scope": _STRING, "client_id": _STRING, "client_secret": _STRING},
+        ["grant_type"],
+    ),
+    responses={"200": {"description": "Token", "content": _JSON_OBJECT},
+               "400": "BAD_REQUEST", "401": "UNAUTHORIZED"},
+)
+def issue_token() -> Response:
+    """Issue an access token."""
+    return authorization.create_token_response()
+
+
+@blp.route("/revoke", methods=["POST"])
+@blp.doc(
+    summary="Revoke a token (RFC 7009).",
+    security=_CLIENT_AUTH,
+    requestBody=_form({"token": _STRING, "token_type_hint": _STRING}, ["token"]),
+    responses={"200": {"description": "Revoked (or unknown)", "content": _JSON_OBJECT},
+               "400": "BAD_REQUEST", "401": "UNAUTHORIZED"},
+)
+def revoke_token() -> Response:
+    """Revoke a token."""
+    return authorization.create_endpoint_response(RevocationEndpoint.ENDPOINT_NAME)
+
+
+@blp.route("/introspect", methods=["POST"])
+@blp.doc(
+    summary="Introspect a token (RFC 7662); operator clients only.",
+    security=_CLIENT_AUTH,
+    requestBody=_form({"token": _STRING, "token_type_hint": _STRING}, ["token"]),
+    responses={"200": {"description": "Token state", "content": _JSON_OBJECT},
+               "400": "BAD_REQUEST", "401": "UNAUTHORIZED", "403": "FORBIDDEN"},
+)
+def introspect_token() -> Response:
+    """Introspect a token."""
+    return authorization.create_endpoint_response(IntrospectionEndpoint.ENDPOINT_NAME)

@@ -1,0 +1,1 @@
+"""Program rules: published, versioned, and readable by anyone."""

@@ -1,0 +1,117 @@
+"""Wire format of the program rules (``PUT /v1/admin/program``, ``GET /v1/program``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from coalition.schemas import MAX_POINTS, DecimalString, StrictInteger, StrictSchema, UTCTimestamp
+
+_CODE = validate.Regexp(r"^[a-z][a-z0-9_-]{0,31}$",
+                        error="Lower-case letters, digits, '-' and '_'; up to 32.")
+
+
+class TierSchema(StrictSchema):
+    code = fields.String(required=True, validate=_CODE)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    threshold = StrictInteger(required=True, validate=validate.Range(min=0, max=MAX_POINTS),
+                              metadata={"description": "qualifying points over 12 months"})
+    multiplier = DecimalString(required=True, places=4, max_digits=2,
+                               metadata={"description": "earn multiplier, 1 or more"})
+
+    @validates_schema
+    def _multiplier(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "multiplier" in data and not 1 <= data["multiplier"] <= 10:
+            raise ValidationError({"multiplier": ["Must be between 1 and 10."]})
+
+
+class ExpirySchema(StrictSchema):
+    policy = fields.String(required=True, validate=validate.OneOf(["none", "fixed", "inactivity"]),
+                           metadata={"description": "fixed: months after earn; inactivity: "
+                                     "months after the member's last earn or burn"})
+    months = StrictInteger(validate=validate.Range(min=1, max=240), load_default=None)
+
+    @validates_schema
+    def _months(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("policy") != "none" and data.get("months") is None:
+            raise ValidationError({"months": ["Required unless the policy is 'none'."]})
+
+
+class BonusSchema(StrictSchema):
+    welcome = StrictInteger(load_default=0, validate=validate.Range(min=0, max=1_000_000))
+    birthday = StrictInteger(load_default=0, validate=validate.Range(min=0, max=1_000_000))
+
+
+class TransferSchema(StrictSchema):
+    enabled = fields.Boolean(load_default=True)
+    min_points = StrictInteger(load_default=1, validate=validate.Range(min=1, max=MAX_POINTS))
+    max_points = StrictInteger(load_default=100_000,
+                               validate=validate.Range(min=1, max=MAX_POINTS))
+    max_points_per_day = StrictInteger(load_default=250_000,
+                                       validate=validate.Range(min=1, max=MAX_POINTS))
+
+    @validates_schema
+    def _bounds(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("min_points", 1) > data.get("max_points", MAX_POINTS):
+            raise ValidationError({"min_points": ["Must not exceed max_points."]})
+
+
+class HoldSchema(StrictSchema):
+    default_seconds = StrictInteger(load_default=900,
+                                    validate=validate.Range(min=60, max=30 * 86400))
+    max_seconds = StrictInteger(load_default=7 * 86400,
+                                validate=validate.Range(min=60, max=30 * 86400))
+
+
+class ProgramRulesSchema(StrictSchema):
+    pending_days = StrictInteger(load_default=0, validate=validate.Range(min=0, max=365),
+                                 metadata={"description": "days before earned points "
+                                           "become spendable (the return window)"})
+    expiry = fields.Nested(ExpirySchema, load_default=lambda: {"policy": "none",
+                                                                 "months": None})
+    tiers = fields.List(fields.Nested(TierSchema), required=True,
+                        validate=validate.Length(min=1, max=10))
+    bonuses = fields.Nested(BonusSchema, load_default=lambda: {"welcome": 0, "birthday": 0})
+    transfers = fields.Nested(TransferSchema, load_default=lambda: TransferSchema().load({}))
+    holds = fields.Nested(HoldSchema, load_default=lambda: HoldSchema().load({}))
+    earn_reversal_after_spend = fields.String(
+        load_default="take_from_other_lots",
+        validate=validate.OneOf(["take_from_other_lots", "refuse"]),
+        metadata={"description": "when an earn is reversed after its points were spent: take "
+                  "the points from the member's other lots, or refuse the reversal"},
+    )
+    terms = fields.String(load_default="", validate=validate.Length(max=20_000))
+
+    @validates_schema
+    def _tiers(self, data: dict[str, Any], **kwargs: Any) -> None:
+        tiers = data.get("tiers") or []
+        if not tiers:
+            return
+        if tiers[0]["threshold"] != 0:
+            raise ValidationError({"tiers": ["The first tier must have threshold 0."]})
+        thresholds = [t["threshold"] for t in tiers]
+        if any(b <= a for a, b in zip(thresholds, thresholds[1:], strict=False)):
+            raise ValidationError({"tiers": ["Thresholds must rise strictly."]})
+        codes = [t["code"] for t in tiers]
+        if len(set(codes)) != len(codes):
+            raise ValidationError({"tiers": ["Tier codes must be unique."]})
+        holds = data.get("holds")
+        if holds and holds["default_seconds"] > holds["max_seconds"]:
+            raise ValidationError({"holds": ["default_seconds must not exceed max_seconds."]})
+
+
+class PartnerTermsSchema(Schema):
+    code = fields.String()
+    name = fields.String()
+    kind = fields.String()
+    currency = fields.String()
+    earn_rate = DecimalString(metadata={"description": "points per currency unit spent"})
+
+
+class ProgramSchema(ProgramRulesSchema):
+    version = fields.Integer(metadata={"description": "0 until rules are first published"})
+    published_at = UTCTimestamp(allow_none=True)
+    points_have_no_cash_value = fields.Boolean(dump_default=True)
+    forfeiture = fields.String(metadata={"description": "what happens to points on closure"})
+    partners = fields.List(fields.Nested(PartnerTermsSchema))

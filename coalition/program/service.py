@@ -1,0 +1,86 @@
+"""Reading and publishing the program rules.
+
+Rules are stored as published (the wire form) and loaded through the schema, so a stored
+version always reads back exactly as it was accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from coalition.db import UnitOfWork, read, utcnow
+from coalition.models import Partner, ProgramRules
+from coalition.program.schemas import ProgramRulesSchema
+
+FORFEITURE = (
+    "Points have no cash value. Points left on an account when it is closed are forfeited; "
+    "points not used before they expire are lost."
+)
+
+DEFAULT_RULES: dict[str, Any] = {
+    "tiers": [{"code": "member", "name": "Member", "threshold": 0, "multiplier": "1"}],
+}
+
+
+@dataclass(frozen=True)
+class Rules:
+    """A version of the rules with typed values (``Decimal`` multipliers, ints)."""
+
+    version: int
+    published_at: datetime | None
+    values: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+
+def load_rules(session: Session) -> Rules:
+    row = session.scalar(select(ProgramRules).order_by(ProgramRules.version.desc()).limit(1))
+    if row is None:
+        return Rules(0, None, ProgramRulesSchema().load(DEFAULT_RULES))
+    return Rules(row.version, row.published_at, ProgramRulesSchema().load(row.rules))
+
+
+def current_rules() -> Rules:
+    with read() as session:
+        return load_rules(session)
+
+
+def publish_rules(values: dict[str, Any], published_by: str) -> Rules:
+    """Publish ``values`` (already validated) as the next version."""
+    stored = ProgramRulesSchema().dump(values)
+    with UnitOfWork() as uow:
+        latest = uow.session.scalar(select(func.max(ProgramRules.version))) or 0
+        row = ProgramRules(version=latest + 1, rules=stored, published_by=published_by)
+        uow.session.add(row)
+        uow.commit()
+        return Rules(row.version, row.published_at, ProgramRulesSchema().load(stored))
+
+
+def program_terms() -> dict[str, Any]:
+    """The published terms with every active partner's earn rate in force now."""
+    now = utcnow()
+    with read() as session:
+        rules = load_rules(session)
+        partners = session.scalars(
+            select(Partner).where(Partner.status == "active").order_by(Partner.code)
+        ).all()
+        listed = []
+        for partner in partners:
+            card = partner.rate_card_at(now)
+            listed.append({"code": partner.code, "name": partner.name, "kind": partner.kind,
+                           "currency": partner.currency,
+                           "earn_rate": card.earn_rate if card else None})
+    return {
+        **rules.values,
+        "version": rules.version,
+        "published_at": rules.published_at,
+        "points_have_no_cash_value": True,
+        "forfeiture": FORFEITURE,
+        "partners": listed,
+    }

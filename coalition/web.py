@@ -1,0 +1,182 @@
+"""The HTTP surface shared by every blueprint: the API object, the one error shape,
+and the decorator that protects a view with an OAuth 2.0 scope.
+
+Every error, whatever raised it (a domain exception, webargs validation, routing, Authlib,
+an unexpected crash), leaves as::
+
+    {"code": 422, "status": "Unprocessable Entity", "message": "...",
+     "error": "invalid_request", "errors": {"field": ["..."]}}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import wraps
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify, request
+from flask_smorest import Api as _Api
+from flask_smorest import Blueprint
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from coalition.errors import CoalitionError
+
+log = logging.getLogger("coalition.web")
+
+#: machine codes for errors that are not raised as domain exceptions
+STATUS_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def error_body(
+    status: int, message: str, error: str | None = None, errors: Any = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "code": status,
+        "status": HTTPStatus(status).phrase,
+        "message": message,
+        "error": error or STATUS_CODES.get(status, "error"),
+    }
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def error_response(
+    status: int,
+    message: str,
+    error: str | None = None,
+    errors: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    response = jsonify(error_body(status, message, error, errors))
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _flatten_locations(messages: Any) -> Any:
+    """webargs nests field errors under their location (``json``, ``query``, …);
+    partners see field names only."""
+    if not isinstance(messages, dict):
+        return messages
+    locations = {"json", "query", "form", "headers", "files", "path", "view_args", "cookies"}
+    if not set(messages) <= locations:
+        return messages
+    flat: dict[str, Any] = {}
+    for fields in messages.values():
+        if isinstance(fields, dict):
+            flat.update(fields)
+        else:
+            flat.setdefault("_schema", []).extend(fields)
+    return flat
+
+
+class Api(_Api):
+    """flask-smorest's Api with Coalition's error shape for every HTTP exception."""
+
+    def handle_http_exception(self, error: HTTPException) -> Any:  # type: ignore[override]
+        status = error.code or 500
+        data = getattr(error, "data", None) or {}
+        if status >= 500:
+            log.error("server error", exc_info=error.original_exception
+                      if isinstance(error, InternalServerError) else None)
+            return error_response(status, "The server could not complete the request.")
+        errors = data.get("errors") or data.get("messages")
+        if status == 422 or (status == 400 and errors):
+            message = data.get("message") or "The request is not valid."
+        else:
+            message = data.get("message") or error.description or HTTPStatus(status).phrase
+        headers = dict(data.get("headers") or {})
+        if status == 405 and getattr(error, "valid_methods", None):
+            headers["Allow"] = ", ".join(error.valid_methods)
+        return error_response(
+            status, message, data.get("error"), _flatten_locations(errors), headers
+        )
+
+
+def accepts(*mimetypes: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Let a view take request bodies other than JSON (e.g. ``text/csv``)."""
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        view._accepts = frozenset(mimetypes)  # type: ignore[attr-defined]
+        return view
+
+    return decorator
+
+
+def _require_json_bodies() -> Response | None:
+    """Refuse a body of the wrong media type with 415 before anything parses it."""
+    if request.method not in ("POST", "PUT", "PATCH") or not request.path.startswith("/v1/"):
+        return None
+    if not request.content_length and not request.headers.get("Transfer-Encoding"):
+        return None
+    view = current_app.view_functions.get(request.endpoint or "")
+    allowed = getattr(view, "_accepts", None)
+    if allowed is None and view is not None and hasattr(view, "view_class"):
+        method = getattr(view.view_class, request.method.lower(), None)
+        allowed = getattr(method, "_accepts", None)
+    allowed = allowed or frozenset({"application/json"})
+    if request.mimetype not in allowed:
+        return error_response(
+            415, f"Send the body as {' or '.join(sorted(allowed))}.", "unsupported_media_type"
+        )
+    return None
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.before_request(_require_json_bodies)
+
+    @app.errorhandler(CoalitionError)
+    def _domain_error(exc: CoalitionError) -> Response:
+        return error_response(exc.status, exc.message, exc.code, exc.errors, exc.headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):  # pragma: no cover - handled by Api
+            raise exc
+        log.exception("unhandled error")
+        return error_response(500, "The server could not complete the request.")
+
+
+# --------------------------------------------------------------------------- security
+
+
+def protected(*scopes: str, kinds: tuple[str, ...] | None = None) -> Callable[..., Any]:
+    """Require a bearer token with every one of ``scopes`` (and, if given, a client of
+    one of ``kinds``). Put it above ``@blp.arguments`` so that an anonymous request is
+    refused with 401 before its body is validated."""
+    from coalition.oauth.server import require_token
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            require_token(list(scopes), kinds)
+            return view(*args, **kwargs)
+
+        doc = Blueprint.doc(
+            security=[{"oauth2": list(scopes)}],
+            responses={
+                "401": {"$ref": "#/components/responses/UNAUTHORIZED"},
+                "403": {"$ref": "#/components/responses/FORBIDDEN"},
+            },
+        )
+        return doc(wrapper)
+
+    return decorator

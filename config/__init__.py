@@ -1,0 +1,172 @@
+"""Coalition settings: defaults, then ``COALITION_*`` environment variables, then overrides.
+
+Every setting is declared once in :data:`SETTINGS` with its parser, so a missing or
+malformed value fails when the application starts, with a message naming the variable,
+rather than at the first request that happens to need it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+PREFIX = "COALITION_"
+ENVIRONMENTS = ("production", "development", "testing")
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    number = int(str(value).strip())
+    if number <= 0:
+        raise ValueError("expected a number greater than zero")
+    return number
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    number = int(str(value).strip())
+    if number < 0:
+        raise ValueError("expected zero or more")
+    return number
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def _bool(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _database_url(value: Any) -> str:
+    text = str(value).strip()
+    try:
+        url = make_url(text)
+    except ArgumentError as exc:
+        raise ValueError("not a database URL") from exc
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError("only sqlite:/// and postgresql+psycopg:// URLs are supported")
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() != "psycopg":
+        raise ValueError("PostgreSQL URLs must use the psycopg 3 driver: postgresql+psycopg://")
+    return text
+
+
+def _secret(value: Any) -> str:
+    text = str(value)
+    if len(text) < 16:
+        raise ValueError("must be at least 16 characters")
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("ENV", _choice(*ENVIRONMENTS), "production",
+            "production, development or testing"),
+    Setting("DATABASE_URL", _database_url, None,
+            "SQLAlchemy URL; default: SQLite in the instance folder"),
+    Setting("SECRET_KEY", _secret, None,
+            "signs sessions; required in production, generated per instance in development"),
+    Setting("ACCESS_TOKEN_LIFETIME", _positive_int, 900,
+            "seconds an access token lives"),
+    Setting("REFRESH_TOKEN_LIFETIME", _positive_int, 30 * 24 * 3600,
+            "seconds a member refresh token lives"),
+    Setting("AUTHORIZATION_CODE_LIFETIME", _positive_int, 60,
+            "seconds an authorization code lives"),
+    Setting("DB_POOL_SIZE", _positive_int, 10, "connections per process (PostgreSQL)"),
+    Setting("DB_MAX_OVERFLOW", _non_negative_int, 10, "extra connections under load"),
+    Setting("DB_BUSY_TIMEOUT_MS", _positive_int, 10000, "SQLite lock wait, milliseconds"),
+    Setting("TX_RETRIES", _positive_int, 8,
+            "attempts for a transaction that hits a deadlock or serialization failure"),
+    Setting("MAX_CONTENT_LENGTH", _positive_int, 1024 * 1024, "largest request body, bytes"),
+    Setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level"),
+    Setting("LOG_FORMAT", _choice("json", "text"), "json", "log line format"),
+    Setting("SQL_ECHO", _bool, False, "log every SQL statement"),
+)
+
+
+def load_settings(
+    instance_path: Path,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Resolve every setting, or raise :class:`ConfigError` naming all the bad ones."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    unknown = sorted(k for k in overrides if k not in {s.name for s in SETTINGS})
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for setting in SETTINGS:
+        if setting.name in overrides:
+            raw, source = overrides[setting.name], f"setting {setting.name}"
+        elif PREFIX + setting.name in environ:
+            raw, source = environ[PREFIX + setting.name], PREFIX + setting.name
+        else:
+            values[setting.name] = setting.default
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{source}={raw!r}: {exc}")
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    if values["DATABASE_URL"] is None:
+        values["DATABASE_URL"] = f"sqlite:///{instance_path / 'coalition.sqlite3'}"
+    if values["SECRET_KEY"] is None:
+        if values["ENV"] == "production":
+            raise ConfigError(
+                "COALITION_SECRET_KEY is required in production "
+                "(set COALITION_ENV=development for a local instance)"
+            )
+        values["SECRET_KEY"] = _instance_secret(instance_path)
+    return values
+
+
+def _instance_secret(instance_path: Path) -> str:
+    """A development secret kept in the instance folder so sessions survive restarts."""
+    path = instance_path / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, help) for every setting, for the README and ``--help``."""
+    return [(PREFIX + s.name, repr(s.default), s.help) for s in SETTINGS]

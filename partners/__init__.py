@@ -1,0 +1,1 @@
+"""Partner onboarding and the partner-facing transaction API."""

@@ -1,0 +1,102 @@
+"""Operator API: partners, rate cards and partner clients (``/v1/admin/partners``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from coalition.oauth import clients
+from coalition.web import protected
+from partners import service
+from partners.schemas import (
+    ClientCreateSchema,
+    ClientSchema,
+    IssuedClientSchema,
+    PartnerCreateSchema,
+    PartnerSchema,
+    RateCardCreateSchema,
+    RateCardSchema,
+)
+
+blp = Blueprint("admin_partners", __name__, url_prefix="/v1/admin/partners",
+                description="Operator: partners, rate cards and partner clients")
+
+_OPERATOR = ("operator",)
+
+
+@blp.route("")
+class Partners(MethodView):
+    @protected("admin", kinds=_OPERATOR)
+    @blp.response(200, PartnerSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """List partners with their rate cards."""
+        return service.list_partners()
+
+    @protected("admin", kinds=_OPERATOR)
+    @blp.arguments(PartnerCreateSchema)
+    @blp.response(201, PartnerSchema)
+    @blp.alt_response(409, description="The code is taken")
+    def post(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Onboard a partner with its first rate card."""
+        return service.create_partner(**data)
+
+
+@blp.route("/<code>")
+class PartnerResource(MethodView):
+    @protected("admin", kinds=_OPERATOR)
+    @blp.response(200, PartnerSchema)
+    @blp.alt_response(404, description="No such partner")
+    def get(self, code: str) -> dict[str, Any]:
+        """A partner with its rate cards."""
+        return service.get_partner(code)
+
+
+@blp.route("/<code>/rates")
+class PartnerRates(MethodView):
+    @protected("admin", kinds=_OPERATOR)
+    @blp.arguments(RateCardCreateSchema)
+    @blp.response(201, RateCardSchema)
+    @blp.alt_response(404, description="No such partner")
+    def post(self, data: dict[str, Any], code: str) -> dict[str, Any]:
+        """Append a rate card; earlier cards are kept and never edited."""
+        return service.add_rate_card(code, **data)
+
+
+@blp.route("/<code>/clients")
+class PartnerClients(MethodView):
+    @protected("admin", kinds=_OPERATOR)
+    @blp.response(200, ClientSchema(many=True))
+    @blp.alt_response(404, description="No such partner")
+    def get(self, code: str) -> list[Any]:
+        """The partner's OAuth clients (secrets are never shown again)."""
+        return clients.list_clients(partner_id=service.partner_id(code))
+
+    @protected("admin", kinds=_OPERATOR)
+    @blp.arguments(ClientCreateSchema)
+    @blp.response(201, IssuedClientSchema)
+    @blp.alt_response(404, description="No such partner")
+    def post(self, data: dict[str, Any], code: str) -> Any:
+        """Issue an OAuth client to the partner; the secret is shown once."""
+        return service.issue_partner_client(code, data["scopes"], data["name"])
+
+
+@blp.route("/<code>/clients/<client_id>/secret")
+class PartnerClientSecret(MethodView):
+    @protected("admin", kinds=_OPERATOR)
+    @blp.response(200, IssuedClientSchema)
+    @blp.alt_response(404, description="No such active client of this partner")
+    def post(self, code: str, client_id: str) -> Any:
+        """Rotate a client's secret; the old secret and its tokens stop working."""
+        return clients.rotate_secret(client_id, partner_id=service.partner_id(code))
+
+
+@blp.route("/<code>/clients/<client_id>")
+class PartnerClient(MethodView):
+    @protected("admin", kinds=_OPERATOR)
+    @blp.response(204)
+    @blp.alt_response(404, description="No such active client of this partner")
+    def delete(self, code: str, client_id: str) -> None:
+        """Revoke a client and every token issued to it."""
+        clients.revoke_client(client_id, partner_id=service.partner_id(code))

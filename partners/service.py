@@ -1,0 +1,126 @@
+"""Onboarding partners, their rate cards and their OAuth clients."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from coalition.db import UnitOfWork, read, utcnow
+from coalition.errors import AlreadyExists, InvalidRequest, NotFound
+from coalition.models import Partner, RateCard
+from coalition.oauth import clients
+from coalition.oauth.clients import IssuedClient
+
+
+def _card(card: RateCard) -> dict[str, Any]:
+    return {"valid_from": card.valid_from, "earn_rate": card.earn_rate,
+            "issue_price": card.issue_price, "redeem_rate": card.redeem_rate}
+
+
+def describe(partner: Partner, now: datetime | None = None) -> dict[str, Any]:
+    current = partner.rate_card_at(now or utcnow())
+    return {
+        "code": partner.code, "name": partner.name, "kind": partner.kind,
+        "currency": partner.currency, "status": partner.status,
+        "created_at": partner.created_at,
+        "current_rate": _card(current) if current else None,
+        "rate_cards": [_card(c) for c in partner.rate_cards],
+    }
+
+
+def _now_to_second() -> datetime:
+    return utcnow().replace(microsecond=0)
+
+
+def create_partner(
+    code: str, name: str, kind: str, currency: str, earn_rate: Decimal,
+    issue_price: Decimal, redeem_rate: Decimal, valid_from: datetime | None = None,
+) -> dict[str, Any]:
+    with UnitOfWork() as uow:
+        if uow.session.scalar(select(Partner.id).where(Partner.code == code)) is not None:
+            raise AlreadyExists(f"A partner with code {code!r} exists.",
+                                errors={"code": ["Already taken."]})
+        partner = Partner(code=code, name=name, kind=kind, currency=currency, status="active")
+        partner.rate_cards.append(RateCard(
+            valid_from=valid_from or _now_to_second(), earn_rate=earn_rate,
+            issue_price=issue_price, redeem_rate=redeem_rate,
+        ))
+        uow.session.add(partner)
+        try:
+            uow.session.flush()
+        except IntegrityError as exc:  # a concurrent create of the same code
+            raise AlreadyExists(f"A partner with code {code!r} exists.",
+                                errors={"code": ["Already taken."]}) from exc
+        uow.commit()
+        return describe(partner)
+
+
+def _get(session: Any, code: str, lock: bool = False) -> Partner:
+    query = select(Partner).where(Partner.code == code)
+    if lock:
+        query = query.with_for_update()
+    partner = session.scalar(query)
+    if partner is None:
+        raise NotFound(f"No partner {code!r}.")
+    return partner
+
+
+def get_partner(code: str) -> dict[str, Any]:
+    with read() as session:
+        return describe(_get(session, code))
+
+
+def list_partners() -> list[dict[str, Any]]:
+    with read() as session:
+        now = utcnow()
+        return [describe(p, now) for p in session.scalars(select(Partner).order_by(Partner.code))]
+
+
+def partner_id(code: str) -> int:
+    with read() as session:
+        return _get(session, code).id
+
+
+def add_rate_card(
+    code: str, valid_from: datetime, earn_rate: Decimal | None = None,
+    issue_price: Decimal | None = None, redeem_rate: Decimal | None = None,
+) -> dict[str, Any]:
+    """Append a rate card. Prices not given carry over from the latest card.
+
+    Cards form a chain in ``valid_from`` order and are never edited, so a new card must
+    start after the latest one: history is never repriced by appending.
+    """
+    if earn_rate is None and issue_price is None and redeem_rate is None:
+        raise InvalidRequest(
+            "Give at least one of earn_rate, issue_price, redeem_rate.",
+            errors={"_schema": ["Give at least one of earn_rate, issue_price, redeem_rate."]},
+        )
+    with UnitOfWork() as uow:
+        partner = _get(uow.session, code, lock=True)
+        latest = partner.rate_cards[-1]
+        if valid_from <= latest.valid_from:
+            message = (f"valid_from must be after the latest rate card "
+                       f"({latest.valid_from.isoformat()}).")
+            raise InvalidRequest(message, errors={"valid_from": [message]})
+        card = RateCard(
+            valid_from=valid_from,
+            earn_rate=latest.earn_rate if earn_rate is None else earn_rate,
+            issue_price=latest.issue_price if issue_price is None else issue_price,
+            redeem_rate=latest.redeem_rate if redeem_rate is None else redeem_rate,
+        )
+        partner.rate_cards.append(card)
+        uow.commit()
+        return _card(card)
+
+
+def issue_partner_client(code: str, scopes: list[str], name: str = "") -> IssuedClient:
+    with UnitOfWork() as uow:
+        partner = _get(uow.session, code)
+        issued = clients.issue_client(uow, "partner", scopes, partner_id=partner.id,
+                                      name=name or partner.name)
+        uow.commit()
+    return issued

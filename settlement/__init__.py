@@ -1,0 +1,1 @@
+"""Settlement between partners: periods, runs, statements, clearing, reconciliation."""
