@@ -1,0 +1,221 @@
+"""Test harness.
+
+Every test that uses ``app`` runs once on SQLite and once on PostgreSQL (when
+``COALITION_TEST_DATABASE_URL`` names a server). Each backend gets a fresh database,
+migrated once per session with the real migrations; after each test every table is
+emptied, so tests see real commits (the ledger's concurrency tests need them) and still
+start clean. Tests marked ``postgres`` run on PostgreSQL only.
+
+With ``COALITION_REQUIRE_POSTGRES=1`` (set by ``.ci/run``) a missing or unreachable
+PostgreSQL fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from werkzeug.serving import make_server
+
+from coalition.app import create_app
+from coalition.db import Base, db
+
+PG_URL = os.environ.get("COALITION_TEST_DATABASE_URL")
+REQUIRE_PG = os.environ.get("COALITION_REQUIRE_POSTGRES", "").lower() in ("1", "true", "yes")
+BACKENDS = ["sqlite", "postgresql"]
+TEST_SECRET = "test-secret-key-0123456789abcdef"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec else None
+        if item.get_closest_marker("postgres") and backend == "sqlite":
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def worker_suffix() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def _fresh_postgres_database() -> str:
+    if not PG_URL:
+        message = "PostgreSQL tests need COALITION_TEST_DATABASE_URL (postgresql+psycopg://…)"
+        if REQUIRE_PG:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    base = make_url(PG_URL)
+    name = f"coalition_test_{worker_suffix()}"
+    try:
+        admin = create_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server
+        message = f"PostgreSQL at {base.render_as_string(hide_password=True)} unreachable: {exc}"
+        if REQUIRE_PG:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+def make_test_app(database_url: str, **overrides: Any) -> Flask:
+    config = {"ENV": "testing", "DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET,
+              "LOG_LEVEL": "warning", "TX_RETRIES": 20}
+    config.update(overrides)
+    return create_app(config)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'coalition.sqlite3'}"
+    return _fresh_postgres_database()
+
+
+@pytest.fixture(scope="session")
+def _migrated_app(database_url: str) -> Iterator[Flask]:
+    from coalition.migrations import runner
+
+    app = make_test_app(database_url)
+    with app.app_context():
+        runner.upgrade()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+def empty_all_tables(app: Flask) -> None:
+    with app.app_context():
+        tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+        with db.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+            else:
+                for table in tables:
+                    conn.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture
+def app(_migrated_app: Flask) -> Iterator[Flask]:
+    with _migrated_app.app_context():
+        yield _migrated_app
+    empty_all_tables(_migrated_app)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+# --------------------------------------------------------------------------- actors
+
+
+def basic_auth(client_id: str, secret: str) -> dict[str, str]:
+    raw = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+def fetch_token(client: FlaskClient, client_id: str, secret: str, scope: str | None = None) -> str:
+    form = {"grant_type": "client_credentials"}
+    if scope:
+        form["scope"] = scope
+    response = client.post("/oauth/token", data=form, headers=basic_auth(client_id, secret))
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["access_token"]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def operator(app: Flask) -> dict[str, str]:
+    """An operator client with ``admin settlement:run``: ``{client_id, client_secret}``."""
+    from coalition.oauth.clients import create_operator_client
+
+    issued = create_operator_client(["admin", "settlement:run"], name="test operator")
+    return {"client_id": issued.client_id, "client_secret": issued.client_secret}
+
+
+@pytest.fixture
+def operator_headers(client: FlaskClient, operator: dict[str, str]) -> dict[str, str]:
+    return bearer(fetch_token(client, operator["client_id"], operator["client_secret"]))
+
+
+@pytest.fixture
+def make_partner(app: Flask, client: FlaskClient):
+    """``make_partner(code, **fields) -> (partner dict, headers with a token of all partner
+    scopes)``."""
+    from decimal import Decimal
+
+    from coalition.oauth.models import PARTNER_SCOPES
+    from partners.service import create_partner, issue_partner_client
+
+    def factory(code: str = "acme", *, scopes: tuple[str, ...] = PARTNER_SCOPES,
+                **fields: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        spec: dict[str, Any] = dict(name=code.title(), kind="merchant", currency="GBP",
+                                    earn_rate=Decimal("1"), issue_price=Decimal("0.01"),
+                                    redeem_rate=Decimal("0.008"))
+        spec.update(fields)
+        partner = create_partner(code=code, **spec)
+        issued = issue_partner_client(code, list(scopes))
+        token = fetch_token(client, issued.client_id, issued.client_secret)
+        return partner, bearer(token)
+
+    return factory
+
+
+def snapshot(app: Flask) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, for asserting that a refused request changed nothing."""
+    with app.app_context(), db.engine.connect() as conn:
+        result = {}
+        for table in Base.metadata.sorted_tables:
+            rows = conn.execute(table.select()).all()
+            result[table.name] = sorted((tuple(r) for r in rows), key=repr)
+        return result
+
+
+# --------------------------------------------------------------------------- live server
+
+
+class LiveServer:
+    def __init__(self, app: Flask) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[LiveServer]:
+    """The test app served over real HTTP on a free loopback port."""
+    with LiveServer(app) as server:
+        yield server
