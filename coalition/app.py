@@ -53,6 +53,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 def load_models() -> None:
     """Import every package's models so that ``Base.metadata`` knows all tables."""
+    import coalition.ledger.models  # noqa: F401
     import coalition.models  # noqa: F401
     import coalition.oauth.models  # noqa: F401
 

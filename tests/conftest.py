@@ -112,8 +112,15 @@ def empty_all_tables(app: Flask) -> None:
             if conn.dialect.name == "postgresql":
                 conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
             else:
+                # the journal's append-only triggers are lifted just for the clean-up
+                triggers = conn.execute(text(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")).all()
+                for name, _ in triggers:
+                    conn.execute(text(f'DROP TRIGGER "{name}"'))
                 for table in tables:
                     conn.execute(text(f"DELETE FROM {table}"))
+                for _, sql in triggers:
+                    conn.execute(text(sql))
 
 
 @pytest.fixture
