@@ -89,11 +89,13 @@ def _register_api(app: Flask) -> None:
     from coalition.schemas import ErrorSchema
     from coalition.web import Api
     from partners import admin as partner_admin
+    from partners import api as partner_api
 
     Api.ERROR_SCHEMA = ErrorSchema
     api = Api(app)
     app.extensions["coalition.api"] = api
-    for blueprint in (health.blp, oauth_views.blp, program_views.blp, partner_admin.blp):
+    for blueprint in (health.blp, oauth_views.blp, program_views.blp, partner_admin.blp,
+                      partner_api.blp):
         api.register_blueprint(blueprint)
 
 

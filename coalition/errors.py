@@ -67,3 +67,15 @@ class MemberClosed(Conflict):
 
 class PeriodClosed(Conflict):
     code = "period_closed"
+
+
+class MemberMerged(Conflict):
+    code = "member_merged"
+
+
+class HoldNotOpen(Conflict):
+    code = "hold_not_open"
+
+
+class BalanceLimit(Conflict):
+    code = "balance_limit"

@@ -21,7 +21,7 @@ from flask_smorest import Api as _Api
 from flask_smorest import Blueprint
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from coalition.errors import CoalitionError
+from coalition.errors import CoalitionError, InsufficientScope
 
 log = logging.getLogger("coalition.web")
 
@@ -158,16 +158,24 @@ def register_error_handlers(app: Flask) -> None:
 # --------------------------------------------------------------------------- security
 
 
-def protected(*scopes: str, kinds: tuple[str, ...] | None = None) -> Callable[..., Any]:
-    """Require a bearer token with every one of ``scopes`` (and, if given, a client of
-    one of ``kinds``). Put it above ``@blp.arguments`` so that an anonymous request is
-    refused with 401 before its body is validated."""
+def protected(*scopes: str, kinds: tuple[str, ...] | None = None,
+              any_of: bool = False) -> Callable[..., Any]:
+    """Require a bearer token with every one of ``scopes`` (with ``any_of``, at least one;
+    the view then checks which it needs) and, if given, a client of one of ``kinds``.
+    Put it above ``@blp.arguments`` so that an anonymous request is refused with 401
+    before its body is validated."""
     from coalition.oauth.server import require_token
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            require_token(list(scopes), kinds)
+            if any_of:
+                principal = require_token([], kinds)
+                if not principal.scopes & set(scopes):
+                    raise InsufficientScope(
+                        f"This call needs one of the scopes: {' '.join(scopes)}")
+            else:
+                require_token(list(scopes), kinds)
             return view(*args, **kwargs)
 
         doc = Blueprint.doc(

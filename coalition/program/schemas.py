@@ -26,7 +26,7 @@ class TierSchema(StrictSchema):
             raise ValidationError({"multiplier": ["Must be between 1 and 10."]})
 
 
-class ExpirySchema(StrictSchema):
+class ExpiryRulesSchema(StrictSchema):
     policy = fields.String(required=True, validate=validate.OneOf(["none", "fixed", "inactivity"]),
                            metadata={"description": "fixed: months after earn; inactivity: "
                                      "months after the member's last earn or burn"})
@@ -38,12 +38,12 @@ class ExpirySchema(StrictSchema):
             raise ValidationError({"months": ["Required unless the policy is 'none'."]})
 
 
-class BonusSchema(StrictSchema):
+class BonusRulesSchema(StrictSchema):
     welcome = StrictInteger(load_default=0, validate=validate.Range(min=0, max=1_000_000))
     birthday = StrictInteger(load_default=0, validate=validate.Range(min=0, max=1_000_000))
 
 
-class TransferSchema(StrictSchema):
+class TransferRulesSchema(StrictSchema):
     enabled = fields.Boolean(load_default=True)
     min_points = StrictInteger(load_default=1, validate=validate.Range(min=1, max=MAX_POINTS))
     max_points = StrictInteger(load_default=100_000,
@@ -57,7 +57,7 @@ class TransferSchema(StrictSchema):
             raise ValidationError({"min_points": ["Must not exceed max_points."]})
 
 
-class HoldSchema(StrictSchema):
+class HoldRulesSchema(StrictSchema):
     default_seconds = StrictInteger(load_default=900,
                                     validate=validate.Range(min=60, max=30 * 86400))
     max_seconds = StrictInteger(load_default=7 * 86400,
@@ -68,13 +68,13 @@ class ProgramRulesSchema(StrictSchema):
     pending_days = StrictInteger(load_default=0, validate=validate.Range(min=0, max=365),
                                  metadata={"description": "days before earned points "
                                            "become spendable (the return window)"})
-    expiry = fields.Nested(ExpirySchema, load_default=lambda: {"policy": "none",
+    expiry = fields.Nested(ExpiryRulesSchema, load_default=lambda: {"policy": "none",
                                                                  "months": None})
     tiers = fields.List(fields.Nested(TierSchema), required=True,
                         validate=validate.Length(min=1, max=10))
-    bonuses = fields.Nested(BonusSchema, load_default=lambda: {"welcome": 0, "birthday": 0})
-    transfers = fields.Nested(TransferSchema, load_default=lambda: TransferSchema().load({}))
-    holds = fields.Nested(HoldSchema, load_default=lambda: HoldSchema().load({}))
+    bonuses = fields.Nested(BonusRulesSchema, load_default=lambda: {"welcome": 0, "birthday": 0})
+    transfers = fields.Nested(TransferRulesSchema, load_default=lambda: TransferRulesSchema().load({}))
+    holds = fields.Nested(HoldRulesSchema, load_default=lambda: HoldRulesSchema().load({}))
     earn_reversal_after_spend = fields.String(
         load_default="take_from_other_lots",
         validate=validate.OneOf(["take_from_other_lots", "refuse"]),

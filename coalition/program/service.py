@@ -84,3 +84,22 @@ def program_terms() -> dict[str, Any]:
         "forfeiture": FORFEITURE,
         "partners": listed,
     }
+
+
+_parsed: dict[int, Rules] = {}
+
+
+def rules_in_force(session: Session) -> Rules:
+    """The latest rules, read in the caller's transaction; parsing is cached per version
+    since a published version never changes."""
+    row = session.execute(
+        select(ProgramRules.version, ProgramRules.published_at, ProgramRules.rules)
+        .order_by(ProgramRules.version.desc()).limit(1)
+    ).first()
+    if row is None:
+        return load_rules(session)
+    cached = _parsed.get(row.version)
+    if cached is None or cached.published_at != row.published_at:
+        cached = Rules(row.version, row.published_at, ProgramRulesSchema().load(row.rules))
+        _parsed[row.version] = cached
+    return cached

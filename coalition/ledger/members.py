@@ -1,0 +1,178 @@
+"""Members as partners see them: enrol or link, look up, balance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import func, insert, literal_column, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from coalition.db import UnitOfWork, read, run_with_retries, utcnow
+from coalition.errors import AlreadyExists, MemberClosed, MemberMerged, NotFound
+from coalition.ledger import numbers
+from coalition.ledger.models import Lot, Member, MemberLink, Wallet
+from coalition.program.service import load_rules
+
+
+@dataclass(frozen=True)
+class MemberRef:
+    id: int
+    member_number: str
+    status: str
+    tier: str
+
+
+def find_member(
+    session: Session, partner_id: int, member_number: str | None = None,
+    partner_member_ref: str | None = None,
+) -> MemberRef:
+    """The member named by number or by this partner's own reference, or ``NotFound``."""
+    m = Member.__table__.c
+    query = select(m.id, m.member_number, m.status, m.tier, m.merged_into_id)
+    if member_number is not None:
+        query = query.where(m.member_number == member_number)
+        missing = f"No member {member_number}."
+    else:
+        link = MemberLink.__table__.c
+        query = query.join(MemberLink.__table__, link.member_id == m.id).where(
+            link.partner_id == partner_id, link.partner_member_ref == partner_member_ref)
+        missing = f"No member linked to your reference {partner_member_ref!r}."
+    row = session.execute(query).first()
+    if row is None:
+        raise NotFound(missing)
+    return MemberRef(row.id, row.member_number, row.status, row.tier)
+
+
+def active_member(session: Session, partner_id: int, identity: dict[str, Any]) -> MemberRef:
+    """Like :func:`find_member`, refusing closed and merged members."""
+    member = find_member(session, partner_id, identity.get("member_number"),
+                         identity.get("partner_member_ref"))
+    if member.status == "closed":
+        raise MemberClosed(f"Member {member.member_number} is closed.")
+    if member.status == "merged":
+        survivor = session.scalar(
+            select(Member.member_number).where(
+                Member.id == select(Member.merged_into_id)
+                .where(Member.id == member.id).scalar_subquery()))
+        raise MemberMerged(f"Member {member.member_number} was merged into {survivor}.",
+                           errors={"member_number": [f"Use {survivor}."]})
+    return member
+
+
+def _describe(session: Session, member_id: int, partner_id: int) -> dict[str, Any]:
+    member = session.get(Member, member_id)
+    assert member is not None
+    wallet = session.get(Wallet, member_id)
+    ref = session.scalar(select(MemberLink.partner_member_ref).where(
+        MemberLink.member_id == member_id, MemberLink.partner_id == partner_id))
+    linked = ref is not None
+    return {
+        "member_number": member.member_number,
+        "status": member.status,
+        "tier": member.tier,
+        "partner_member_ref": ref,
+        # personal data only for partners the member enrolled with or linked to
+        "name": member.name if linked else None,
+        "email": member.email if linked else None,
+        "birth_date": member.birth_date if linked else None,
+        "created_at": member.created_at,
+        "balance": {"available": wallet.available if wallet else 0,
+                    "pending": wallet.pending if wallet else 0,
+                    "held": wallet.held if wallet else 0},
+    }
+
+
+def enrol(
+    partner_id: int, partner_member_ref: str, email: str | None = None,
+    name: str | None = None, birth_date: date | None = None,
+    member_number: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Enrol a new member, or link/find an existing one. Returns (member, created)."""
+
+    def attempt() -> tuple[dict[str, Any], bool]:
+        with UnitOfWork() as uow:
+            session = uow.session
+            link = MemberLink.__table__.c
+            linked_id = session.scalar(select(link.member_id).where(
+                link.partner_id == partner_id, link.partner_member_ref == partner_member_ref))
+            if member_number is not None:
+                member = active_member(session, partner_id, {"member_number": member_number})
+                if linked_id is not None and linked_id != member.id:
+                    raise AlreadyExists(
+                        "Your reference is already linked to another member.",
+                        errors={"partner_member_ref": ["Linked to another member."]})
+                if linked_id is None:
+                    _link(session, partner_id, partner_member_ref, member.id)
+                    uow.commit()
+                return _describe(session, member.id, partner_id), False
+            if linked_id is not None:
+                return _describe(session, linked_id, partner_id), False
+            member_id = _create(session, partner_id, email, name, birth_date)
+            _link(session, partner_id, partner_member_ref, member_id)
+            uow.commit()
+            return _describe(session, member_id, partner_id), True
+
+    for _ in range(5):
+        try:
+            return run_with_retries(attempt)
+        except IntegrityError:
+            # A concurrent enrolment of the same reference (or, very rarely, a member
+            # number drawn twice) won the race; the next attempt finds or redraws.
+            continue
+    raise AlreadyExists("The enrolment conflicted repeatedly; retry it.")
+
+
+def _create(session: Session, partner_id: int, email: str | None, name: str | None,
+            birth_date: date | None) -> int:
+    rules = load_rules(session)
+    member_id = session.execute(
+        insert(Member.__table__).values(
+            member_number=numbers.new_number(), status="active",
+            tier=rules["tiers"][0]["code"], email=email, name=name, birth_date=birth_date,
+            enrolled_by=partner_id, created_at=utcnow(),
+        ).returning(literal_column("id"))
+    ).scalar_one()
+    session.execute(insert(Wallet.__table__).values(
+        member_id=member_id, available=0, pending=0, held=0, version=0))
+    return member_id
+
+
+def _link(session: Session, partner_id: int, ref: str, member_id: int) -> None:
+    session.execute(insert(MemberLink.__table__).values(
+        partner_id=partner_id, partner_member_ref=ref, member_id=member_id,
+        created_at=utcnow()))
+
+
+def get_member(partner_id: int, identity: dict[str, Any]) -> dict[str, Any]:
+    with read() as session:
+        member = find_member(session, partner_id, identity.get("member_number"),
+                             identity.get("partner_member_ref"))
+        return _describe(session, member.id, partner_id)
+
+
+def balance(partner_id: int, identity: dict[str, Any], limit: int = 12) -> dict[str, Any]:
+    """Balances, the tier, and live points grouped by the moment they expire."""
+    with read() as session:
+        member = find_member(session, partner_id, identity.get("member_number"),
+                             identity.get("partner_member_ref"))
+        wallet = session.get(Wallet, member.id)
+        lot = Lot.__table__.c
+        expiring = session.execute(
+            select(func.sum(lot.remaining), lot.expires_at)
+            .where(lot.member_id == member.id, lot.state == "live", lot.remaining > 0,
+                   lot.expires_at.is_not(None))
+            .group_by(lot.expires_at).order_by(lot.expires_at).limit(limit)
+        ).all()
+        return {
+            "member_number": member.member_number,
+            "available": wallet.available if wallet else 0,
+            "pending": wallet.pending if wallet else 0,
+            "held": wallet.held if wallet else 0,
+            "expiring": [{"points": int(points), "expires_at": at}
+                         for points, at in expiring],
+            "tier": member.tier,
+        }
+
