@@ -36,6 +36,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from coalition.money import canonical
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -100,7 +102,10 @@ class ExactDecimal(TypeDecorator[Decimal]):
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         if value is None:
             return None
-        return value if isinstance(value, Decimal) else Decimal(str(value))
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+        # PostgreSQL pads to the column's scale ("1.00000000"): read the same value back,
+        # written the same way, on both backends
+        return canonical(number)
 
 
 # BIGINT in PostgreSQL; INTEGER on SQLite, where only INTEGER PRIMARY KEY autoincrements.

@@ -40,6 +40,16 @@ def floor_points(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=ROUND_FLOOR))
 
 
+def canonical(value: Decimal) -> Decimal:
+    """The same number without trailing zeros ("0.0100" is 0.01, "1.00000000" is 1), so a
+    rate reads the same whatever spelling or database it came from."""
+    if not value:
+        return Decimal(0)  # not "-0" or "0E-8"
+    number = value.normalize()
+    # normalize() writes 100 as 1E+2: bring whole numbers back to exponent 0
+    return number if number.as_tuple().exponent <= 0 else number.quantize(Decimal(1))
+
+
 def money_str(amount: Decimal) -> str:
     """Decimal as a plain string, never in exponent notation."""
     return format(amount, "f")

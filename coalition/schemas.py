@@ -14,7 +14,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from coalition.money import MAX_PLACES, MINOR_UNITS, money_str
+from coalition.money import MAX_PLACES, MINOR_UNITS, canonical, money_str
 
 #: the largest integer a JSON number carries exactly in every client
 MAX_POINTS = 2**53 - 1
@@ -81,7 +81,7 @@ class DecimalString(fields.Field):
             raise self.make_error("negative")
         if self.positive and number == 0:
             raise self.make_error("positive")
-        return number
+        return canonical(number)
 
 
 class UTCTimestamp(fields.Field):

@@ -8,7 +8,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from coalition.ledger import members, service
-from coalition.ledger.service import Outcome
+from coalition.ledger.service import Outcome, PartnerRef
 from coalition.oauth.server import current_principal
 from coalition.web import protected
 from partners.api_schemas import (
@@ -41,6 +41,14 @@ def _partner_id() -> int:
     partner_id = current_principal().partner_id
     assert partner_id is not None, "partner tokens always carry their partner"
     return partner_id
+
+
+def _partner() -> PartnerRef:
+    """The calling partner, as its token already told us."""
+    principal = current_principal()
+    assert principal.partner_id is not None and principal.partner_code is not None
+    return PartnerRef(principal.partner_id, principal.partner_code,
+                      principal.partner_currency or "")
 
 
 def _answer(outcome: Outcome) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -132,7 +140,7 @@ class Earn(MethodView):
     @_txn_errors
     def post(self, data: dict[str, Any]) -> Any:
         """Credit points for a spend or as given."""
-        return _answer(service.earn(_partner_id(), data))
+        return _answer(service.earn(_partner(), data))
 
 
 @blp.route("/burn")
@@ -143,7 +151,7 @@ class Burn(MethodView):
     @_txn_errors
     def post(self, data: dict[str, Any]) -> Any:
         """Spend points at your store."""
-        return _answer(service.burn(_partner_id(), data))
+        return _answer(service.burn(_partner(), data))
 
 
 # --------------------------------------------------------------------------- holds
@@ -157,7 +165,7 @@ class Holds(MethodView):
     @_txn_errors
     def post(self, data: dict[str, Any]) -> Any:
         """Authorise a burn: hold points until captured or voided."""
-        return _answer(service.authorise_hold(_partner_id(), data))
+        return _answer(service.authorise_hold(_partner(), data))
 
 
 @blp.route("/holds/<int:hold_id>")
@@ -179,7 +187,7 @@ class HoldCapture(MethodView):
     @blp.alt_response(409, description="hold_not_open, idempotency_conflict")
     def post(self, data: dict[str, Any], hold_id: int) -> Any:
         """Capture a hold in full or in part; the rest returns to the member."""
-        return _answer(service.capture_hold(_partner_id(), hold_id, data))
+        return _answer(service.capture_hold(_partner(), hold_id, data))
 
 
 @blp.route("/holds/<int:hold_id>/void")
@@ -191,7 +199,7 @@ class HoldVoid(MethodView):
     @blp.alt_response(409, description="hold_not_open, idempotency_conflict")
     def post(self, data: dict[str, Any], hold_id: int) -> Any:
         """Void a hold; every held point returns to the member."""
-        return _answer(service.cancel_hold(_partner_id(), hold_id, data))
+        return _answer(service.cancel_hold(_partner(), hold_id, data))
 
 
 # --------------------------------------------------------------------------- reversals, history
@@ -210,7 +218,7 @@ class Reversals(MethodView):
 
         An earn reversal needs ``points:earn``; a burn or capture reversal ``points:burn``.
         """
-        return _answer(service.reverse(_partner_id(), transaction_id, data,
+        return _answer(service.reverse(_partner(), transaction_id, data,
                                        scopes=current_principal().scopes))
 
 

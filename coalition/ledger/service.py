@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from coalition.db import UnitOfWork, read, run_with_retries, utcnow
 from coalition.errors import (
     BalanceLimit,
+    CoalitionError,
     HoldNotOpen,
     IdempotencyConflict,
     InsufficientPoints,
@@ -79,18 +80,21 @@ def request_hash(operation: str, data: dict[str, Any]) -> str:
 
 
 def _existing(session: Session, partner_id: int, partner_txn_id: str) -> Entry | None:
-    return session.scalar(select(Entry).where(
-        Entry.partner_id == partner_id, Entry.partner_txn_id == partner_txn_id))
+    e = Entry.__table__.c
+    entry_id = session.execute(select(e.id).where(
+        e.partner_id == partner_id, e.partner_txn_id == partner_txn_id)).scalar()
+    return None if entry_id is None else session.get_one(Entry, entry_id)
 
 
 def _idempotent(
     partner: PartnerRef,
     partner_txn_id: str,
     digest: str,
-    work: Callable[[Session], int],
+    work: Callable[[Session], dict[str, Any]],
     render: Callable[[Session, Entry], dict[str, Any]],
 ) -> Outcome:
-    """Run ``work`` (which books one entry and returns its id) exactly once per id."""
+    """Run ``work`` (which books one entry and returns the answer) exactly once per id;
+    ``render`` rebuilds that answer from the stored entry for a replay."""
 
     def replay(session: Session, entry: Entry) -> Outcome:
         if entry.request_hash != digest:
@@ -104,8 +108,16 @@ def _idempotent(
             entry = _existing(uow.session, partner.id, partner_txn_id)
             if entry is not None:
                 return replay(uow.session, entry)
-            entry_id = work(uow.session)
-            body = render(uow.session, uow.session.get_one(Entry, entry_id))
+            try:
+                body = work(uow.session)
+            except CoalitionError:
+                # A concurrent duplicate may have committed while this one waited for the
+                # member's wallet lock: the refusal (points spent, hold closed, nothing
+                # left to reverse) is of the duplicate's own result, so answer with it.
+                entry = _existing(uow.session, partner.id, partner_txn_id)
+                if entry is not None:
+                    return replay(uow.session, entry)
+                raise
             uow.commit()
             return Outcome(body, replayed=False)
 
@@ -126,29 +138,46 @@ def _member_number(session: Session, member_id: int) -> str:
     return session.scalar(select(Member.member_number).where(Member.id == member_id)) or ""
 
 
+def transaction_body(
+    *, entry_id: int, kind: str, partner_code: str, member_number: str | None,
+    partner_txn_id: str | None, points: int, pending: bool, booked_at: datetime,
+    occurred_at: datetime, reference: int | None, balance: Balance | None,
+    spend_amount: Decimal | None = None, spend_currency: str | None = None,
+) -> dict[str, Any]:
+    """A transaction as API.md shows it, as it stood when booked."""
+    body: dict[str, Any] = {
+        "id": entry_id,
+        "type": kind,
+        "partner": partner_code,
+        "member_number": member_number,
+        "partner_txn_id": partner_txn_id,
+        "points": points,
+        "status": "pending" if pending else "posted",
+        "booked_at": booked_at,
+        "occurred_at": occurred_at,
+        "reference": reference,
+        "balance": {"available": balance.available, "pending": balance.pending,
+                    "held": balance.held} if balance else None,
+    }
+    if spend_amount is not None:
+        body["spend"] = {"amount": spend_amount, "currency": spend_currency}
+    return body
+
+
 def render_transaction(session: Session, entry: Entry, partner_code: str) -> dict[str, Any]:
-    status = "posted"
+    pending = False
     if entry.kind == "earn":
         pending = session.scalar(select(Lot.pending_until).where(
-            Lot.entry_id == entry.id, Lot.source == "earn"))
-        status = "pending" if pending is not None else "posted"
-    body: dict[str, Any] = {
-        "id": entry.id,
-        "type": entry.kind,
-        "partner": partner_code,
-        "member_number": _member_number(session, entry.member_id) if entry.member_id else None,
-        "partner_txn_id": entry.partner_txn_id,
-        "points": entry.points,
-        "status": status,
-        "booked_at": entry.booked_at,
-        "occurred_at": entry.occurred_at,
-        "reference": entry.reference_id,
-        "balance": {"available": entry.available_after, "pending": entry.pending_after,
-                    "held": entry.held_after},
-    }
-    if entry.spend_amount is not None:
-        body["spend"] = {"amount": entry.spend_amount, "currency": entry.spend_currency}
-    return body
+            Lot.entry_id == entry.id, Lot.source == "earn")) is not None
+    return transaction_body(
+        entry_id=entry.id, kind=entry.kind, partner_code=partner_code,
+        member_number=_member_number(session, entry.member_id) if entry.member_id else None,
+        partner_txn_id=entry.partner_txn_id, points=entry.points, pending=pending,
+        booked_at=entry.booked_at, occurred_at=entry.occurred_at,
+        reference=entry.reference_id,
+        balance=Balance(entry.available_after, entry.pending_after, entry.held_after),
+        spend_amount=entry.spend_amount, spend_currency=entry.spend_currency,
+    )
 
 
 def render_hold(session: Session, hold: Hold, partner_code: str,
@@ -181,9 +210,11 @@ def partner_ref(session: Session, partner_id: int) -> PartnerRef:
     return PartnerRef(*row)
 
 
-def _partner(partner_id: int) -> PartnerRef:
+def _partner(partner: int | PartnerRef) -> PartnerRef:
+    if isinstance(partner, PartnerRef):
+        return partner
     with read() as session:
-        return partner_ref(session, partner_id)
+        return partner_ref(session, partner)
 
 
 def _check_occurred(occurred_at: datetime | None, now: datetime) -> None:
@@ -205,7 +236,9 @@ def _debit(session: Session, member: MemberRef, now: datetime, available: int = 
     balance = journal.change_wallet(session, member.id, available=available, held=held,
                                     pending=pending, activity_at=now)
     if balance is None:
-        if available > 0 or pending > 0 or held > 0:
+        # a change that takes points (a hold moves them from available to held) is refused
+        # for want of them; only a pure credit can be refused by the limit
+        if available >= 0 and pending >= 0 and held >= 0:
             raise BalanceLimit("The member's balance would exceed the largest allowed.")
         raise InsufficientPoints(f"Member {member.member_number} does not have enough points.")
     return balance
@@ -241,7 +274,7 @@ def _upgrade_tier(session: Session, member: MemberRef, rules: Rules, now: dateti
 # --------------------------------------------------------------------------- earn / burn
 
 
-def earn(partner_id: int, data: dict[str, Any]) -> Outcome:
+def earn(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
     """Credit points for a spend (× earn rate × tier multiplier, rounded down) or as given."""
     partner = _partner(partner_id)
     digest = request_hash("earn", data)
@@ -294,13 +327,20 @@ def earn(partner_id: int, data: dict[str, Any]) -> Outcome:
             pending_until=pending_until,
         )
         _upgrade_tier(session, member, rules, now)
-        return entry_id
+        return transaction_body(
+            entry_id=entry_id, kind="earn", partner_code=partner.code,
+            member_number=member.member_number, partner_txn_id=data["partner_txn_id"],
+            points=points, pending=pending_until is not None, booked_at=now,
+            occurred_at=data.get("occurred_at") or now, reference=None, balance=balance,
+            spend_amount=spend["amount"] if spend else None,
+            spend_currency=spend["currency"] if spend else None,
+        )
 
     return _idempotent(partner, data["partner_txn_id"], digest, work,
                        lambda s, e: render_transaction(s, e, partner.code))
 
 
-def burn(partner_id: int, data: dict[str, Any]) -> Outcome:
+def burn(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
     """Spend points at this partner, from the member's earliest-expiring lots."""
     partner = _partner(partner_id)
     digest = request_hash("burn", data)
@@ -312,13 +352,19 @@ def burn(partner_id: int, data: dict[str, Any]) -> Outcome:
         points = data["points"]
         balance = _debit(session, member, now, available=-points)
         takes = journal.take_from_live_lots(session, member.id, points)
-        return journal.book_entry(
+        entry_id = journal.book_entry(
             session, kind="burn", booked_at=now, occurred_at=data.get("occurred_at"),
             points=points, partner_id=partner.id, member_id=member.id,
             partner_txn_id=data["partner_txn_id"], request_hash=digest, balance=balance,
             postings=[("member:available", member.id, None, -points),
                       ("partner:redeemed", None, partner.id, points)],
             takes=takes,
+        )
+        return transaction_body(
+            entry_id=entry_id, kind="burn", partner_code=partner.code,
+            member_number=member.member_number, partner_txn_id=data["partner_txn_id"],
+            points=points, pending=False, booked_at=now,
+            occurred_at=data.get("occurred_at") or now, reference=None, balance=balance,
         )
 
     return _idempotent(partner, data["partner_txn_id"], digest, work,
@@ -328,7 +374,7 @@ def burn(partner_id: int, data: dict[str, Any]) -> Outcome:
 # --------------------------------------------------------------------------- holds
 
 
-def authorise_hold(partner_id: int, data: dict[str, Any]) -> Outcome:
+def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
     """Move points from available to held until captured, voided or expired."""
     partner = _partner(partner_id)
     digest = request_hash("hold", data)
@@ -351,11 +397,17 @@ def authorise_hold(partner_id: int, data: dict[str, Any]) -> Outcome:
             postings=[("member:available", member.id, None, -points),
                       ("member:held", member.id, None, points)],
         )
-        session.add(Hold(entry_id=entry_id, member_id=member.id, partner_id=partner.id,
-                         points=points, captured=0, status="open",
-                         expires_at=now + timedelta(seconds=seconds)))
+        hold = Hold(entry_id=entry_id, member_id=member.id, partner_id=partner.id,
+                    points=points, captured=0, status="open",
+                    expires_at=now + timedelta(seconds=seconds))
+        session.add(hold)
         session.flush()
-        return entry_id
+        return {"id": hold.id, "partner": partner.code, "member_number": member.member_number,
+                "partner_txn_id": data["partner_txn_id"], "points": points,
+                "captured_points": 0, "status": "open", "expires_at": hold.expires_at,
+                "created_at": now,
+                "balance": {"available": balance.available, "pending": balance.pending,
+                            "held": balance.held}}
 
     def render(session: Session, entry: Entry) -> dict[str, Any]:
         hold = session.scalars(select(Hold).where(Hold.entry_id == entry.id)).one()
@@ -405,7 +457,7 @@ def _open_hold(session: Session, partner: PartnerRef, hold_id: int, now: datetim
     return hold
 
 
-def capture_hold(partner_id: int, hold_id: int, data: dict[str, Any]) -> Outcome:
+def capture_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any]) -> Outcome:
     """Capture all or part of a hold as a redemption; the rest returns to available."""
     partner = _partner(partner_id)
     digest = request_hash("capture", {"hold": hold_id, **data})
@@ -437,7 +489,12 @@ def capture_hold(partner_id: int, hold_id: int, data: dict[str, Any]) -> Outcome
         )
         hold.status, hold.captured, hold.closed_by_entry_id = "captured", captured, entry_id
         session.flush()
-        return entry_id
+        return transaction_body(
+            entry_id=entry_id, kind="hold_capture", partner_code=partner.code,
+            member_number=member.member_number, partner_txn_id=data["partner_txn_id"],
+            points=captured, pending=False, booked_at=now, occurred_at=now,
+            reference=hold.entry_id, balance=balance,
+        )
 
     return _idempotent(partner, data["partner_txn_id"], digest, work,
                        lambda s, e: render_transaction(s, e, partner.code))
@@ -466,7 +523,7 @@ def void_hold(session: Session, hold: Hold, now: datetime, *, status: str,
     return entry_id
 
 
-def cancel_hold(partner_id: int, hold_id: int, data: dict[str, Any]) -> Outcome:
+def cancel_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any]) -> Outcome:
     """Void an open hold: every held point returns to available."""
     partner = _partner(partner_id)
     digest = request_hash("void", {"hold": hold_id, **data})
@@ -481,8 +538,10 @@ def cancel_hold(partner_id: int, hold_id: int, data: dict[str, Any]) -> Outcome:
         session.refresh(hold)
         if hold.status != "open":
             raise HoldNotOpen(f"Hold {hold_id} is {hold.status}.")
-        return void_hold(session, hold, now, status="voided",
-                         partner_txn_id=data["partner_txn_id"], digest=digest)
+        entry_id = void_hold(session, hold, now, status="voided",
+                             partner_txn_id=data["partner_txn_id"], digest=digest)
+        return render_hold(session, hold, partner.code,
+                           balance_from=session.get_one(Entry, entry_id))
 
     def render(session: Session, entry: Entry) -> dict[str, Any]:
         hold = session.scalars(select(Hold).where(Hold.entry_id == entry.reference_id)).one()
@@ -553,7 +612,7 @@ def _reversal_points(original: Entry, data: dict[str, Any], done: int,
     return points
 
 
-def reverse(partner_id: int, transaction_id: int, data: dict[str, Any],
+def reverse(partner_id: int | PartnerRef, transaction_id: int, data: dict[str, Any],
             scopes: frozenset[str] | None = None) -> Outcome:
     """Reverse the partner's own earn, burn or capture, in whole or in part. With
     ``scopes``, the caller's token must hold the scope of the original's kind."""
@@ -576,8 +635,10 @@ def reverse(partner_id: int, transaction_id: int, data: dict[str, Any],
             raise MemberClosed(f"Member {member.member_number} is {member.status}.")
         ref = MemberRef(member.id, member.member_number, member.status, member.tier)
         if original.kind == "earn":
-            return _reverse_earn(session, partner, ref, original, data, digest, now)
-        return _reverse_burn(session, partner, ref, original, data, digest, now)
+            entry_id = _reverse_earn(session, partner, ref, original, data, digest, now)
+        else:
+            entry_id = _reverse_burn(session, partner, ref, original, data, digest, now)
+        return render_transaction(session, session.get_one(Entry, entry_id), partner.code)
 
     return _idempotent(partner, data["partner_txn_id"], digest, work,
                        lambda s, e: render_transaction(s, e, partner.code))

@@ -5,22 +5,24 @@ check that every protected view goes through.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskJsonRequest
 from authlib.oauth2 import OAuth2Error, ResourceProtector
-from authlib.oauth2.rfc6749 import InvalidScopeError, grants
+from authlib.oauth2.rfc6749 import InvalidScopeError, TokenMixin, grants
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
-from flask import Flask, Response, g, json
+from flask import Flask, Response, current_app, g, json
 from flask import request as flask_request
 from sqlalchemy import or_, select, update
 
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import Forbidden, InsufficientScope, InvalidRequest, Unauthorized
+from coalition.models import Partner
 from coalition.oauth.models import ALL_SCOPES, OAuthClient, OAuthToken, digest
 from coalition.web import error_body
 
@@ -32,6 +34,14 @@ CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
 
 class AuthorizationServer(_AuthorizationServer):
+    def create_bearer_token_generator(self, config: Any) -> Any:
+        # This one server object serves every app in the process, and each init_app replaces
+        # its generator: take the lifetime from the app answering the request, not from the
+        # app that happened to be initialised last.
+        generator = super().create_bearer_token_generator(config)
+        generator.expires_generator = _access_token_lifetime
+        return generator
+
     def query_client(self, client_id: str) -> OAuthClient | None:
         with read() as session:
             return session.scalar(
@@ -70,6 +80,10 @@ class AuthorizationServer(_AuthorizationServer):
             payload = json.dumps(payload)
         return Response(payload, status=status_code, headers=headers,
                         content_type="application/json")
+
+
+def _access_token_lifetime(client: OAuthClient, grant_type: str) -> int:
+    return int(current_app.config["ACCESS_TOKEN_LIFETIME"])
 
 
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
@@ -153,9 +167,6 @@ authorization = AuthorizationServer()
 
 
 def init_oauth(app: Flask) -> None:
-    app.config["OAUTH2_TOKEN_EXPIRES_IN"] = {
-        "client_credentials": app.config["ACCESS_TOKEN_LIFETIME"],
-    }
     authorization.init_app(app)
     authorization.scopes_supported = list(ALL_SCOPES)
     if not authorization._token_grants:
@@ -169,20 +180,57 @@ def init_oauth(app: Flask) -> None:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the client behind a valid bearer token."""
+    """Who is calling: the client behind a valid bearer token (with its partner's code and
+    currency, which never change, so that partner calls need no further lookup)."""
 
     client_id: str
     kind: str
     partner_id: int | None
     scopes: frozenset[str]
+    partner_code: str | None = None
+    partner_currency: str | None = None
+
+
+@dataclass(frozen=True)
+class _ValidatedToken(TokenMixin):
+    client_id: str
+    kind: str
+    partner_id: int | None
+    scope: str
+    issued_at: datetime
+    expires_in: int
+    revoked_at: datetime | None
+    partner_code: str | None
+    partner_currency: str | None
+
+    def check_client(self, client: Any) -> bool:
+        return self.client_id == client.get_client_id()
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_expires_in(self) -> int:
+        return self.expires_in
+
+    def is_expired(self) -> bool:
+        return utcnow() >= self.issued_at + timedelta(seconds=self.expires_in)
+
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
 
 
 class _BearerValidator(BearerTokenValidator):
-    def authenticate_token(self, token_string: str) -> OAuthToken | None:
+    def authenticate_token(self, token_string: str) -> _ValidatedToken | None:
+        """One indexed read: the token by its digest, with its partner."""
+        t, p = OAuthToken.__table__.c, Partner.__table__.c
         with read() as session:
-            return session.scalar(
-                select(OAuthToken).where(OAuthToken.access_token_hash == digest(token_string))
-            )
+            row = session.execute(
+                select(t.client_id, t.kind, t.partner_id, t.scope, t.issued_at, t.expires_in,
+                       t.revoked_at, p.code, p.currency)
+                .outerjoin(Partner.__table__, p.id == t.partner_id)
+                .where(t.access_token_hash == digest(token_string))
+            ).first()
+        return _ValidatedToken(*row) if row else None
 
 
 _protector = ResourceProtector()
@@ -198,10 +246,17 @@ def require_token(scopes: list[str], kinds: tuple[str, ...] | None = None) -> Pr
         headers.pop("Content-Type", None)
         headers.setdefault("WWW-Authenticate", f'Bearer realm="{REALM}"')
         if error.status_code == 403:
+            # RFC 6750 3.1: name the error and the scope the call needs
+            headers["WWW-Authenticate"] = (f'Bearer realm="{REALM}", error="insufficient_scope", '
+                                           f'scope="{" ".join(scopes)}"')
             raise InsufficientScope(
                 f"This call needs the scope(s): {' '.join(scopes)}", headers=headers
             ) from None
         if error.status_code == 401:
+            if error.error in ("missing_authorization", "unsupported_token_type"):
+                # RFC 6750 3: no bearer token at all is a bare challenge, without Authlib's
+                # non-standard error codes
+                headers["WWW-Authenticate"] = f'Bearer realm="{REALM}"'
             message = (
                 "An access token is required."
                 if error.error == "missing_authorization"
@@ -212,7 +267,8 @@ def require_token(scopes: list[str], kinds: tuple[str, ...] | None = None) -> Pr
     if kinds and token.kind not in kinds:
         raise Forbidden(f"This call is not available to {token.kind} clients.")
     principal = Principal(token.client_id, token.kind, token.partner_id,
-                          frozenset(token.scope.split()))
+                          frozenset(token.scope.split()), token.partner_code,
+                          token.partner_currency)
     g.principal = principal
     return principal
 
