@@ -18,6 +18,7 @@ from sqlalchemy import (
     Date,
     ForeignKey,
     Index,
+    Integer,
 
     String,
     Text,
@@ -72,6 +73,15 @@ class Member(Base):
     enrolled_by: Mapped[int | None] = mapped_column(BigId, ForeignKey("partner.id"))
     created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
     closed_at: Mapped[Timestamp | None]
+    # sign-in: a one-time activation code handed out at enrolment (stored as a digest),
+    # then a password of the member's choosing (a modern password hash)
+    activation_code_hash: Mapped[str | None] = mapped_column(String(64))
+    activated_at: Mapped[Timestamp | None]
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[Timestamp | None]
+    #: the year of the last birthday bonus, so the daily job grants it once a year
+    birthday_bonus_year: Mapped[int | None] = mapped_column(Integer)
 
 
 class MemberLink(Base):

@@ -31,7 +31,7 @@ OPERATOR_SCOPES = ("admin", "settlement:run")
 MEMBER_SCOPES = ("member",)
 ALL_SCOPES = PARTNER_SCOPES + OPERATOR_SCOPES + MEMBER_SCOPES
 
-CLIENT_KINDS = ("operator", "partner")
+CLIENT_KINDS = ("operator", "partner", "public")
 
 
 def digest(value: str) -> str:
@@ -40,11 +40,17 @@ def digest(value: str) -> str:
 
 class OAuthClient(Base, ClientMixin):
     __tablename__ = "oauth_client"
-    __table_args__ = (CheckConstraint("kind IN ('operator', 'partner')", name="kind"),)
+    __table_args__ = (
+        CheckConstraint("kind IN ('operator', 'partner', 'public')", name="kind"),
+        CheckConstraint("kind = 'public' OR secret_hash IS NOT NULL", name="secret"),
+    )
 
     id: Mapped[PK]
     client_id: Mapped[str] = mapped_column(String(64), unique=True)
-    secret_hash: Mapped[str] = mapped_column(String(64))
+    #: NULL for public clients (a member app, the member page), which use PKCE instead
+    secret_hash: Mapped[str | None] = mapped_column(String(64))
+    #: space-separated; exact match required (public clients)
+    redirect_uris: Mapped[str | None] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(16))
     partner_id: Mapped[int | None] = mapped_column(ForeignKey("partner.id"), index=True)
     name: Mapped[str] = mapped_column(String(200), default="")
@@ -75,9 +81,9 @@ class OAuthClient(Base, ClientMixin):
         return False
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return self.revoked_at is None and hmac.compare_digest(
-            self.secret_hash, digest(client_secret)
-        )
+        if self.revoked_at is not None or self.secret_hash is None:
+            return False
+        return hmac.compare_digest(self.secret_hash, digest(client_secret))
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         return method in ("client_secret_basic", "client_secret_post")
@@ -100,6 +106,8 @@ class OAuthToken(Base, TokenMixin):
     client_id: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
     partner_id: Mapped[int | None] = mapped_column(ForeignKey("partner.id"))
+    #: the member a member token acts for (authorization-code grant)
+    member_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("member.id"), index=True)
     scope: Mapped[str] = mapped_column(Text)
     issued_at: Mapped[Timestamp] = mapped_column(default=utcnow)
     expires_in: Mapped[int] = mapped_column(Integer)
@@ -124,3 +132,22 @@ class OAuthToken(Base, TokenMixin):
 
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class OAuthAuthorizationCode(Base):
+    """A one-time, short-lived authorization code (stored as a digest), bound to its PKCE
+    challenge and exact redirect URI."""
+
+    __tablename__ = "oauth_authorization_code"
+
+    id: Mapped[PK]
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    member_id: Mapped[int] = mapped_column(BigId, ForeignKey("member.id"), index=True)
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(Text)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    code_challenge_method: Mapped[str] = mapped_column(String(8))
+    issued_at: Mapped[Timestamp] = mapped_column(default=utcnow)
+    expires_at: Mapped[Timestamp]
+    used_at: Mapped[Timestamp | None]
