@@ -189,6 +189,8 @@ class Principal:
     scopes: frozenset[str]
     partner_code: str | None = None
     partner_currency: str | None = None
+    #: the member a member token (scope ``member``) acts for
+    member_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,7 @@ class _ValidatedToken(TokenMixin):
     client_id: str
     kind: str
     partner_id: int | None
+    member_id: int | None
     scope: str
     issued_at: datetime
     expires_in: int
@@ -225,7 +228,8 @@ class _BearerValidator(BearerTokenValidator):
         t, p = OAuthToken.__table__.c, Partner.__table__.c
         with read() as session:
             row = session.execute(
-                select(t.client_id, t.kind, t.partner_id, t.scope, t.issued_at, t.expires_in,
+                select(t.client_id, t.kind, t.partner_id, t.member_id, t.scope, t.issued_at,
+                       t.expires_in,
                        t.revoked_at, p.code, p.currency)
                 .outerjoin(Partner.__table__, p.id == t.partner_id)
                 .where(t.access_token_hash == digest(token_string))
@@ -268,7 +272,7 @@ def require_token(scopes: list[str], kinds: tuple[str, ...] | None = None) -> Pr
         raise Forbidden(f"This call is not available to {token.kind} clients.")
     principal = Principal(token.client_id, token.kind, token.partner_id,
                           frozenset(token.scope.split()), token.partner_code,
-                          token.partner_currency)
+                          token.partner_currency, token.member_id)
     g.principal = principal
     return principal
 
