@@ -26,7 +26,19 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check coalition partners settlement config tests bench
+	$(BIN)/ruff check coalition partners settlement config tests $(wildcard bench)
+
+# Migrate an empty SQLite database, then fail if the models and the migrations differ.
+check-schema: $(STAMP)
+	@dir=$$(mktemp -d); \
+	coalition="env -u COALITION_DATABASE_URL COALITION_ENV=development COALITION_INSTANCE_PATH=$$dir $(BIN)/coalition"; \
+	$$coalition db upgrade && $$coalition db check; \
+	status=$$?; rm -rf "$$dir"; exit $$status
+
+# The ledger benchmark (docs/benchmarks.md) against the local PostgreSQL server; it drops and
+# re-creates the databases coalition_bench and coalition_pgbench. BENCH_ARGS adds options.
+bench: $(STAMP)
+	$(BIN)/python bench/ledger.py --duration 20 --concurrency 16 $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .hypothesis

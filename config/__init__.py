@@ -25,19 +25,25 @@ class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _positive_int(value: Any) -> int:
+def _whole_number(value: Any) -> int:
+    # int()'s own message ("invalid literal for int() with base 10") is Python's, not ours.
     if isinstance(value, bool):
         raise ValueError("expected a whole number")
-    number = int(str(value).strip())
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def _positive_int(value: Any) -> int:
+    number = _whole_number(value)
     if number <= 0:
         raise ValueError("expected a number greater than zero")
     return number
 
 
 def _non_negative_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected a whole number")
-    number = int(str(value).strip())
+    number = _whole_number(value)
     if number < 0:
         raise ValueError("expected zero or more")
     return number
@@ -110,9 +116,13 @@ SETTINGS: tuple[Setting, ...] = (
             "attempts for a transaction that hits a deadlock or serialization failure"),
     Setting("MAX_CONTENT_LENGTH", _positive_int, 1024 * 1024, "largest request body, bytes"),
     Setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level"),
-    Setting("LOG_FORMAT", _choice("json", "text"), "json", "log line format"),
+    Setting("LOG_FORMAT", _choice("json", "text"), None,
+            "log line format; default: text in development, json otherwise"),
     Setting("SQL_ECHO", _bool, False, "log every SQL statement"),
 )
+
+
+_SECRET_SETTINGS = {"SECRET_KEY", "DATABASE_URL"}
 
 
 def load_settings(
@@ -139,10 +149,14 @@ def load_settings(
         try:
             values[setting.name] = setting.parse(raw)
         except (TypeError, ValueError) as exc:
-            problems.append(f"{source}={raw!r}: {exc}")
+            # never echo a secret or a database URL (it may carry a password) into logs
+            shown = "(hidden)" if setting.name in _SECRET_SETTINGS else repr(raw)
+            problems.append(f"{source}={shown}: {exc}")
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
 
+    if values["LOG_FORMAT"] is None:
+        values["LOG_FORMAT"] = "text" if values["ENV"] == "development" else "json"
     if values["DATABASE_URL"] is None:
         values["DATABASE_URL"] = f"sqlite:///{instance_path / 'coalition.sqlite3'}"
     if values["SECRET_KEY"] is None:
