@@ -56,6 +56,7 @@ def load_models() -> None:
     import coalition.ledger.models  # noqa: F401
     import coalition.models  # noqa: F401
     import coalition.oauth.models  # noqa: F401
+    import settlement.models  # noqa: F401
 
 
 def _spec_options() -> dict[str, Any]:

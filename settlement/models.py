@@ -1,0 +1,86 @@
+"""Settlement tables: runs, partner reconciliations and their breaks.
+
+A run's figures are computed from the journal alone and kept as one JSON document with
+its digest: a draft can be recomputed and must give the same document; a closed run is
+frozen (the database refuses to change it) and is what exports and partners read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coalition.db import PK, Base, BigId, Timestamp, utcnow
+
+RUN_STATUSES = ("draft", "closed")
+BREAK_CLASSES = ("points_mismatch", "missing_in_ledger", "missing_in_file",
+                 "duplicated_in_file", "malformed")
+BREAK_STATUSES = ("open", "accepted", "adjusted")
+
+
+class SettlementRun(Base):
+    __tablename__ = "settlement_run"
+    __table_args__ = (
+        CheckConstraint("status IN ('draft', 'closed')", name="status"),
+        CheckConstraint("period_start < period_end", name="period"),
+    )
+
+    id: Mapped[PK]
+    period_start: Mapped[Timestamp]
+    period_end: Mapped[Timestamp]
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64))
+    computed_at: Mapped[Timestamp]
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: SHA-256 of the canonical JSON of ``result``: equal digests, equal figures
+    result_digest: Mapped[str] = mapped_column(String(64))
+    closed_at: Mapped[Timestamp | None]
+    closed_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class Reconciliation(Base):
+    """One upload of a partner's own record of the run's period."""
+
+    __tablename__ = "settlement_reconciliation"
+    __table_args__ = (Index("ix_settlement_reconciliation_run_partner", "run_id", "partner_id"),)
+
+    id: Mapped[PK]
+    run_id: Mapped[int] = mapped_column(BigId, ForeignKey("settlement_run.id"))
+    partner_id: Mapped[int] = mapped_column(BigId, ForeignKey("partner.id"))
+    uploaded_at: Mapped[Timestamp] = mapped_column(default=utcnow)
+    uploaded_by: Mapped[str] = mapped_column(String(64))
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
+    #: a later upload for the same run and partner supersedes this one
+    superseded: Mapped[bool] = mapped_column(default=False)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Break(Base):
+    """A record on which the partner's file and the journal disagree."""
+
+    __tablename__ = "settlement_break"
+    __table_args__ = (
+        CheckConstraint("kind IN ('points_mismatch', 'missing_in_ledger', 'missing_in_file', "
+                        "'duplicated_in_file', 'malformed')", name="kind"),
+        CheckConstraint("status IN ('open', 'accepted', 'adjusted')", name="status"),
+        Index("ix_settlement_break_run_id_status", "run_id", "status"),
+    )
+
+    id: Mapped[PK]
+    run_id: Mapped[int] = mapped_column(BigId, ForeignKey("settlement_run.id"))
+    reconciliation_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("settlement_reconciliation.id"), index=True)
+    partner_id: Mapped[int] = mapped_column(BigId, ForeignKey("partner.id"))
+    kind: Mapped[str] = mapped_column(String(24))
+    partner_txn_id: Mapped[str | None] = mapped_column(String(64))
+    line: Mapped[int | None] = mapped_column(Integer, doc="line in the partner's file")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    resolved_at: Mapped[Timestamp | None]
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    adjustment_entry_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("entry.id"))
