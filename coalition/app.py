@@ -91,18 +91,20 @@ def _register_api(app: Flask) -> None:
     from coalition.web import Api
     from partners import admin as partner_admin
     from partners import api as partner_api
+    from settlement import api as settlement_api
 
     Api.ERROR_SCHEMA = ErrorSchema
     api = Api(app)
     app.extensions["coalition.api"] = api
     for blueprint in (health.blp, oauth_views.blp, program_views.blp, partner_admin.blp,
-                      partner_api.blp):
+                      partner_api.blp, settlement_api.blp):
         api.register_blueprint(blueprint)
 
 
 def _register_cli(app: Flask) -> None:
     from coalition.cli import client_cli, db_cli, demo_cli
     from partners.cli import partner_cli
+    from settlement.cli import settle_cli
 
-    for group in (db_cli, client_cli, demo_cli, partner_cli):
+    for group in (db_cli, client_cli, demo_cli, partner_cli, settle_cli):
         app.cli.add_command(group)

@@ -1,0 +1,132 @@
+"""``coalition settle …``: settlement runs from the command line."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from flask.cli import with_appcontext
+from marshmallow import ValidationError
+
+from coalition.schemas import UTCTimestamp
+
+CLI_USER = "cli"
+
+
+def _moment(value: str, name: str) -> datetime:
+    try:
+        return UTCTimestamp().deserialize(value)
+    except ValidationError as exc:
+        raise click.BadParameter(" ".join(exc.messages), param_hint=name) from exc  # type: ignore[arg-type]
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, default=str, indent=2) if as_json else text)
+
+
+def _run_text(run: dict[str, Any]) -> str:
+    lines = [f"run {run['id']} ({run['status']}) {run['period_start']} → {run['period_end']}",
+             f"{'partner':<14} {'cur':<4} {'issued':>10} {'redeemed':>10} {'payable':>12} "
+             f"{'receivable':>12} {'net':>12}"]
+    for s in run["statements"]:
+        lines.append(f"{s['partner']:<14} {s['currency']:<4} {s['issued_points']:>10} "
+                     f"{s['redeemed_points']:>10} {s['payable']:>12} {s['receivable']:>12} "
+                     f"{s['net']:>12}")
+    lines.append("payments:")
+    lines += [f"  {p['from']} → {p['to']}: {p['amount']} {p['currency']}"
+              for p in run["payments"]] or ["  none"]
+    if run.get("open_breaks"):
+        lines.append(f"open breaks: {run['open_breaks']}")
+    return "\n".join(lines)
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    from coalition.errors import CoalitionError
+
+    if isinstance(exc, CoalitionError):
+        return click.ClickException(f"{exc.code}: {exc.message}")
+    raise exc
+
+
+@click.group("settle", help="Settlement runs between partners.")
+def settle_cli() -> None:
+    pass
+
+
+@settle_cli.command("run")
+@click.option("--from", "start", required=True, help="period start (date or RFC 3339), inclusive")
+@click.option("--to", "end", required=True, help="period end (date or RFC 3339), exclusive")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def settle_run(start: str, end: str, as_json: bool) -> None:
+    """Compute a draft run over [FROM, TO) in booking time."""
+    from settlement.schemas import RunSchema
+    from settlement.service import create_run
+
+    with click.progressbar(length=2, label="settling", file=click.get_text_stream("stderr"),
+                           show_eta=False) as bar:
+        bar.update(1)
+        try:
+            run = create_run(_moment(start, "--from"), _moment(end, "--to"), CLI_USER)
+        except Exception as exc:  # noqa: BLE001 - domain errors become a clean message
+            raise _fail(exc) from exc
+        bar.update(1)
+    _emit(RunSchema().dump(run), as_json, _run_text(run))
+
+
+@settle_cli.command("reconcile")
+@click.argument("run_id", type=int)
+@click.argument("partner")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def settle_reconcile(run_id: int, partner: str, file: Path, as_json: bool) -> None:
+    """Reconcile PARTNER's CSV FILE against run RUN_ID."""
+    from settlement.reconcile import reconcile
+    from settlement.schemas import ReconciliationSchema
+
+    try:
+        report = reconcile(run_id, partner, file.read_bytes(), CLI_USER)
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(exc) from exc
+    summary = ", ".join(f"{k} {v}" for k, v in report["summary"].items())
+    _emit(ReconciliationSchema().dump(report), as_json,
+          f"reconciliation {report['id']} of {partner} for run {run_id}: {summary}")
+
+
+@settle_cli.command("close")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def settle_close(run_id: int, as_json: bool) -> None:
+    """Close run RUN_ID (every break must be resolved)."""
+    from settlement.schemas import RunSchema
+    from settlement.service import close_run
+
+    try:
+        run = close_run(run_id, CLI_USER)
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(exc) from exc
+    _emit(RunSchema().dump(run), as_json, _run_text(run))
+
+
+@settle_cli.command("show")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def settle_show(run_id: int, as_json: bool) -> None:
+    """Show run RUN_ID."""
+    from settlement.schemas import RunSchema
+    from settlement.service import get_run
+
+    try:
+        run = get_run(run_id)
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(exc) from exc
+    _emit(RunSchema().dump(run), as_json, _run_text(run))
+
+
+

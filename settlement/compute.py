@@ -1,0 +1,302 @@
+"""The figures of a settlement period, from the journal alone.
+
+Three aggregate queries, each one pass over the period's rows (never a Python loop over
+entries):
+
+1. postings of the period by account, partner and the partner's rate card in force at the
+   entry's ``booked_at`` → statements and the coalition's accounts;
+2. lot movements of the period by the lot's origin partner and the redeeming entry (a
+   hold's reservation counts when the hold is captured, so an open hold redeems nothing
+   yet) → the cross-partner matrix, breakage and forfeitures by origin, and the change in
+   points outstanding by origin;
+3. lots created in the period by origin → the rest of that change.
+
+Money is computed in ``Decimal`` and rounded once per statement line (or matrix cell),
+half-even to the currency's minor unit, so lines add up exactly to totals.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting
+from coalition.models import Partner, RateCard
+from coalition.money import money_str, round_money
+from settlement.netting import settle_positions
+
+COALITION = "coalition"
+REDEMPTION_KINDS = ("burn", "hold_capture", "donation", "burn_reversal", "adjustment")
+LATE_LIMIT = 100
+
+
+class Unpriced(Exception):
+    """Some entries of the period fall before their partner's first rate card."""
+
+    def __init__(self, partners: list[str]) -> None:
+        super().__init__(f"no rate card in force for entries of: {', '.join(partners)}")
+        self.partners = partners
+
+
+@dataclass(frozen=True)
+class Card:
+    id: int
+    partner_id: int
+    valid_from: datetime
+    issue_price: Decimal
+    redeem_rate: Decimal
+
+
+def _cards_in_force():  # noqa: ANN202 - a SQLAlchemy subquery
+    rc = RateCard.__table__.c
+    valid_to = func.lead(rc.valid_from).over(partition_by=rc.partner_id, order_by=rc.valid_from)
+    return select(rc.id, rc.partner_id, rc.valid_from, valid_to.label("valid_to")).subquery()
+
+
+def _priced(cards: Any, partner_col: Any, booked_col: Any) -> Any:
+    return and_(cards.c.partner_id == partner_col, booked_col >= cards.c.valid_from,
+                or_(cards.c.valid_to.is_(None), booked_col < cards.c.valid_to))
+
+
+def compute(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
+    """The whole result document of a run over ``[start, end)``."""
+    partners = {p.id: p for p in session.scalars(select(Partner))}
+    cards = {c.id: Card(c.id, c.partner_id, c.valid_from, c.issue_price, c.redeem_rate)
+             for c in session.scalars(select(RateCard))}
+
+    postings = _postings_by_card(session, start, end)
+    movements = _movements_by_origin(session, start, end)
+    created = _lots_created(session, start, end)
+    base = _outstanding_before(session, start)
+
+    unpriced = sorted({partners[pid].code for (account, pid, card) in postings
+                       if pid is not None and card is None and account.startswith("partner:")})
+    unpriced += sorted({partners[b].code for (_, kind, b, card) in movements
+                        if kind in REDEMPTION_KINDS and b is not None and card is None}
+                       - set(unpriced))
+    if unpriced:
+        raise Unpriced(unpriced)
+
+    statements = [_statement(partner, cards, postings, _late(session, partner.id, start, end))
+                  for partner in sorted(partners.values(), key=lambda p: p.code)]
+    cells, obligations = _matrix(partners, cards, movements)
+    positions, payments = settle_positions(obligations)
+    coalition = _coalition_report(partners, postings, movements, created, base, statements)
+    return {
+        "period_start": start.isoformat(),
+        "period_end": end.isoformat(),
+        "statements": statements,
+        "matrix": {"cells": cells},
+        "obligations": obligations,
+        "positions": positions,
+        "payments": payments,
+        "coalition": coalition,
+    }
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def _postings_by_card(session: Session, start: datetime, end: datetime
+                      ) -> dict[tuple[str, int | None, int | None], int]:
+    p, e = Posting.__table__.c, Entry.__table__.c
+    cards = _cards_in_force()
+    rows = session.execute(
+        select(p.account, p.partner_id, cards.c.id, func.sum(p.points))
+        .select_from(Posting.__table__.join(Entry.__table__, e.id == p.entry_id)
+                     .outerjoin(cards, _priced(cards, p.partner_id, e.booked_at)))
+        .where(e.booked_at >= start, e.booked_at < end)
+        .group_by(p.account, p.partner_id, cards.c.id)
+    ).all()
+    return {(account, partner, card): int(points) for account, partner, card, points in rows}
+
+
+def _movements_by_origin(session: Session, start: datetime, end: datetime
+                         ) -> dict[tuple[int | None, str, int | None, int | None], int]:
+    """Σ lot movements by (origin, attributed kind, attributed partner, redeemer's card).
+
+    A hold's reservation is attributed to the entry that closed the hold (capture or void)
+    when that entry is booked before ``end``; until then it stays a reservation (kind
+    ``hold``), so a past period reads the same before and after a later capture.
+    """
+    mv, lot = LotMovement.__table__.c, Lot.__table__.c
+    moved = aliased(Entry.__table__)
+    closing = aliased(Entry.__table__)
+    hold = Hold.__table__
+    cards = _cards_in_force()
+    kind = func.coalesce(closing.c.kind, moved.c.kind)
+    partner = func.coalesce(closing.c.partner_id, moved.c.partner_id)
+    booked = func.coalesce(closing.c.booked_at, moved.c.booked_at)
+    rows = session.execute(
+        select(lot.origin_partner_id, kind, partner, cards.c.id, func.sum(mv.points))
+        .select_from(
+            LotMovement.__table__
+            .join(moved, moved.c.id == mv.entry_id)
+            .join(Lot.__table__, lot.id == mv.lot_id)
+            .outerjoin(hold, hold.c.entry_id == moved.c.id)
+            .outerjoin(closing, and_(closing.c.id == hold.c.closed_by_entry_id,
+                                     closing.c.booked_at < end))
+            .outerjoin(cards, and_(kind.in_(REDEMPTION_KINDS),
+                                   _priced(cards, partner, booked)))
+        )
+        .where(booked >= start, booked < end)
+        .group_by(lot.origin_partner_id, kind, partner, cards.c.id)
+    ).all()
+    return {(origin, k, b, card): int(points) for origin, k, b, card, points in rows}
+
+
+def _lots_created(session: Session, start: datetime, end: datetime) -> dict[int | None, int]:
+    lot = Lot.__table__.c
+    rows = session.execute(
+        select(lot.origin_partner_id, func.sum(lot.points))
+        .where(lot.earned_at >= start, lot.earned_at < end)
+        .group_by(lot.origin_partner_id)
+    ).all()
+    return {origin: int(points) for origin, points in rows}
+
+
+def _outstanding_before(session: Session, start: datetime) -> dict[int | None, int]:
+    """Points outstanding (available, pending or held) by origin at ``start``."""
+    before = datetime.min.replace(tzinfo=start.tzinfo)
+    created = _lots_created(session, before, start)
+    moved = _movements_by_origin(session, before, start)
+    result: dict[int | None, int] = defaultdict(int)
+    for origin, points in created.items():
+        result[origin] += points
+    for (origin, kind, _, _), points in moved.items():
+        if kind != "hold":  # a reservation is still the member's points
+            result[origin] += points
+    return dict(result)
+
+
+def _late(session: Session, partner_id: int, start: datetime, end: datetime
+          ) -> dict[str, Any]:
+    e = Entry.__table__.c
+    condition = and_(e.partner_id == partner_id, e.booked_at >= start, e.booked_at < end,
+                     e.occurred_at < start)
+    count = session.scalar(select(func.count()).where(condition)) or 0
+    rows = session.execute(
+        select(e.id, e.kind, e.partner_txn_id, e.points, e.occurred_at, e.booked_at)
+        .where(condition).order_by(e.id).limit(LATE_LIMIT)
+    ).all()
+    return {"count": int(count), "entries": [
+        {"id": r.id, "type": r.kind, "partner_txn_id": r.partner_txn_id, "points": r.points,
+         "occurred_at": r.occurred_at.isoformat(), "booked_at": r.booked_at.isoformat()}
+        for r in rows]}
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def _statement(partner: Partner, cards: dict[int, Card],
+               postings: dict[tuple[str, int | None, int | None], int],
+               late: dict[str, Any]) -> dict[str, Any]:
+    lines = []
+    issued = redeemed = 0
+    payable = receivable = Decimal(0)
+    for (account, pid, card_id), points in sorted(
+            postings.items(), key=lambda kv: (kv[0][0], cards[kv[0][2]].valid_from
+                                              if kv[0][2] else datetime.min)):
+        if pid != partner.id or card_id is None or not points:
+            continue
+        card = cards[card_id]
+        if account == "partner:issued":
+            points = -points  # issued accounts go negative as points are created
+            amount = round_money(points * card.issue_price, partner.currency)
+            issued, payable = issued + points, payable + amount
+            kind, rate = "issued", card.issue_price
+        elif account == "partner:redeemed":
+            amount = round_money(points * card.redeem_rate, partner.currency)
+            redeemed, receivable = redeemed + points, receivable + amount
+            kind, rate = "redeemed", card.redeem_rate
+        else:
+            continue
+        lines.append({"type": kind, "points": points, "rate": money_str(rate),
+                      "rate_valid_from": card.valid_from.isoformat(),
+                      "amount": money_str(amount)})
+    return {
+        "partner": partner.code, "name": partner.name, "kind": partner.kind,
+        "currency": partner.currency,
+        "issued_points": issued, "redeemed_points": redeemed,
+        "payable": money_str(payable), "receivable": money_str(receivable),
+        "net": money_str(receivable - payable),
+        "lines": lines,
+        "late_entries": late,
+    }
+
+
+def _matrix(partners: dict[int, Partner], cards: dict[int, Card],
+            movements: dict[tuple[int | None, str, int | None, int | None], int]
+            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    points: dict[tuple[str, str], int] = defaultdict(int)
+    value: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for (origin, kind, redeemer, card_id), moved in movements.items():
+        if kind not in REDEMPTION_KINDS or redeemer is None or card_id is None:
+            continue
+        a = partners[origin].code if origin is not None else COALITION
+        b = partners[redeemer].code
+        redeemed = -moved  # points taken from lots are negative movements
+        points[(a, b)] += redeemed
+        value[(a, b)] += redeemed * cards[card_id].redeem_rate
+    cells = [{"origin": a, "redeemed_at": b, "points": n}
+             for (a, b), n in sorted(points.items()) if n]
+    by_code = {p.code: p for p in partners.values()}
+    obligations = []
+    for (a, b), exact in sorted(value.items()):
+        if a == b or not points[(a, b)]:
+            continue  # points spent where they were earned settle with the coalition only
+        currency = by_code[b].currency
+        obligations.append({"from": a, "to": b, "points": points[(a, b)],
+                            "amount": money_str(round_money(exact, currency)),
+                            "currency": currency})
+    return cells, obligations
+
+
+def _coalition_report(
+    partners: dict[int, Partner],
+    postings: dict[tuple[str, int | None, int | None], int],
+    movements: dict[tuple[int | None, str, int | None, int | None], int],
+    created: dict[int | None, int],
+    base: dict[int | None, int],
+    statements: list[dict[str, Any]],
+) -> dict[str, Any]:
+    def code(origin: int | None) -> str:
+        return partners[origin].code if origin is not None else COALITION
+
+    def account_total(account: str) -> int:
+        return sum(n for (acc, _, _), n in postings.items() if acc == account)
+
+    by_kind: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    outstanding: dict[int | None, int] = defaultdict(int, base)
+    for origin, points in created.items():
+        outstanding[origin] += points
+    for (origin, kind, _, _), moved in movements.items():
+        if kind in ("expiry", "forfeiture"):
+            by_kind[kind][code(origin)] -= moved
+        if kind != "hold":
+            outstanding[origin] += moved
+    margins: dict[str, Decimal] = defaultdict(Decimal)
+    for s in statements:
+        margins[s["currency"]] += Decimal(s["payable"]) - Decimal(s["receivable"])
+    return {
+        "breakage": {"points": account_total("coalition:breakage"),
+                     "by_origin": _listing(by_kind["expiry"])},
+        "forfeited": {"points": account_total("coalition:forfeited"),
+                      "by_origin": _listing(by_kind["forfeiture"])},
+        "bonuses": {"points": -account_total("coalition:funded")},
+        "outstanding": {"points": sum(outstanding.values()),
+                        "by_origin": _listing({code(o): n for o, n in outstanding.items()})},
+        "margin": [{"currency": c, "amount": money_str(m)} for c, m in sorted(margins.items())],
+    }
+
+
+def _listing(values: dict[str, int]) -> list[dict[str, Any]]:
+    return [{"partner": k, "points": v} for k, v in sorted(values.items()) if v]
+
+

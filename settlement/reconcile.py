@@ -1,0 +1,320 @@
+"""Reconciliation of a partner's own record of a period against the journal.
+
+The partner's file is CSV with the header ``partner_txn_id,type,member_number,points,
+occurred_at``. Every record is matched by ``partner_txn_id`` against the partner's
+transactions booked in the run's period and classified as matched, points mismatch,
+missing in the ledger, missing in the partner's file, or duplicated in the file; a row
+that cannot be read is reported by its line number. Every class but matched is a break,
+which finance resolves by accepting it with a reason or by booking an adjustment (the
+transaction that corrects the difference) in the open period.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from marshmallow import ValidationError
+from sqlalchemy import select, update
+
+from coalition.db import UnitOfWork, read, utcnow
+from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
+from coalition.ledger import service as ledger
+from coalition.ledger.models import TRANSACTION_TYPES, Entry, Member
+from coalition.ledger.numbers import is_valid
+from coalition.models import Partner
+from coalition.schemas import MAX_POINTS, UTCTimestamp
+from settlement.models import Break, Reconciliation, SettlementRun
+
+COLUMNS = ("partner_txn_id", "type", "member_number", "points", "occurred_at")
+MAX_FILE_BYTES = 20 * 1024 * 1024
+EARN_LIKE = ("earn",)
+BURN_LIKE = ("burn", "hold_capture")
+
+
+class BreakResolved(Conflict):
+    code = "break_resolved"
+
+
+@dataclass(frozen=True)
+class Record:
+    line: int
+    partner_txn_id: str
+    type: str
+    member_number: str
+    points: int
+    occurred_at: datetime
+
+
+def parse(content: bytes) -> tuple[list[Record], list[dict[str, Any]]]:
+    """Records, and the rows that could not be read with their line numbers and reasons."""
+    if len(content) > MAX_FILE_BYTES:
+        raise InvalidRequest(f"The file is larger than {MAX_FILE_BYTES} bytes.")
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("The file is not UTF-8 text.",
+                             errors={"file": ["Not UTF-8."]}) from exc
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InvalidRequest("The file is empty.", errors={"file": ["No header row."]}) from None
+    except csv.Error as exc:
+        raise InvalidRequest(f"Line 1: {exc}", errors={"file": [str(exc)]}) from None
+    header = [h.strip().lower() for h in header]
+    if sorted(header) != sorted(COLUMNS):
+        message = f"The header must name the columns {', '.join(COLUMNS)}."
+        raise InvalidRequest(message, errors={"file": [message]})
+    position = {name: header.index(name) for name in COLUMNS}
+    records: list[Record] = []
+    malformed: list[dict[str, Any]] = []
+    timestamp = UTCTimestamp()
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            malformed.append({"line": reader.line_num, "errors": [str(exc)]})
+            continue
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(COLUMNS):
+            malformed.append({"line": line, "errors": [
+                f"Expected {len(COLUMNS)} fields, found {len(row)}."]})
+            continue
+        value = {name: row[i].strip() for name, i in position.items()}
+        errors = []
+        if not 1 <= len(value["partner_txn_id"]) <= 64:
+            errors.append("partner_txn_id: 1 to 64 characters.")
+        if value["type"] not in TRANSACTION_TYPES:
+            errors.append(f"type: one of {', '.join(TRANSACTION_TYPES)}.")
+        if not is_valid(value["member_number"]):
+            errors.append("member_number: not a valid member number.")
+        points = 0
+        if not value["points"].isdigit() or not 1 <= int(value["points"]) <= MAX_POINTS:
+            errors.append("points: a whole number from 1.")
+        else:
+            points = int(value["points"])
+        occurred = None
+        try:
+            occurred = timestamp.deserialize(value["occurred_at"])
+        except ValidationError as exc:
+            errors.append(f"occurred_at: {' '.join(exc.messages)}")  # type: ignore[arg-type]
+        if errors:
+            malformed.append({"line": line, "partner_txn_id": value["partner_txn_id"] or None,
+                              "errors": errors})
+            continue
+        records.append(Record(line, value["partner_txn_id"], value["type"],
+                              value["member_number"], points, occurred))  # type: ignore[arg-type]
+    return records, malformed
+
+
+def _ledger(session: Any, partner_id: int, start: datetime, end: datetime
+            ) -> dict[str, dict[str, Any]]:
+    e, m = Entry.__table__.c, Member.__table__.c
+    rows = session.execute(
+        select(e.id, e.partner_txn_id, e.kind, m.member_number, e.points, e.occurred_at)
+        .join(Member.__table__, m.id == e.member_id)
+        .where(e.partner_id == partner_id, e.booked_at >= start, e.booked_at < end,
+               e.kind.in_(TRANSACTION_TYPES), e.partner_txn_id.is_not(None))
+    ).all()
+    return {r.partner_txn_id: {"entry_id": r.id, "type": r.kind,
+                               "member_number": r.member_number, "points": r.points,
+                               "occurred_at": r.occurred_at.isoformat()} for r in rows}
+
+
+def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str
+              ) -> dict[str, Any]:
+    """Classify the partner's file against the run's period; a new upload supersedes the
+    previous one for the same run and partner."""
+    records, malformed = parse(content)
+    with UnitOfWork() as uow:
+        session = uow.session
+        run = session.scalar(select(SettlementRun).where(SettlementRun.id == run_id)
+                             .with_for_update())
+        if run is None:
+            raise NotFound(f"No settlement run {run_id}.")
+        if run.status == "closed":
+            raise PeriodClosed(f"Settlement run {run_id} is closed.")
+        partner = session.scalar(select(Partner).where(Partner.code == partner_code))
+        if partner is None:
+            raise NotFound(f"No partner {partner_code!r}.")
+        ledger_rows = _ledger(session, partner.id, run.period_start, run.period_end)
+
+        breaks: list[dict[str, Any]] = []
+        matched = 0
+        seen: dict[str, Record] = {}
+        for record in records:
+            if record.partner_txn_id in seen:
+                breaks.append({"kind": "duplicated_in_file", "line": record.line,
+                               "partner_txn_id": record.partner_txn_id,
+                               "details": {"first_line": seen[record.partner_txn_id].line,
+                                           "file": _file_view(record)}})
+                continue
+            seen[record.partner_txn_id] = record
+            ours = ledger_rows.get(record.partner_txn_id)
+            if ours is None:
+                elsewhere = session.execute(
+                    select(Entry.id, Entry.booked_at).where(
+                        Entry.partner_id == partner.id,
+                        Entry.partner_txn_id == record.partner_txn_id)).first()
+                details: dict[str, Any] = {"file": _file_view(record)}
+                if elsewhere is not None:
+                    details["booked_in_another_period"] = {
+                        "entry_id": elsewhere.id, "booked_at": elsewhere.booked_at.isoformat()}
+                breaks.append({"kind": "missing_in_ledger", "line": record.line,
+                               "partner_txn_id": record.partner_txn_id, "details": details})
+                continue
+            differing = [f for f in ("type", "member_number", "points")
+                         if ours[f] != getattr(record, f)]
+            if differing:
+                breaks.append({"kind": "points_mismatch", "line": record.line,
+                               "partner_txn_id": record.partner_txn_id,
+                               "details": {"fields": differing, "file": _file_view(record),
+                                           "ledger": ours}})
+            else:
+                matched += 1
+        for txn_id, ours in sorted(ledger_rows.items(), key=lambda kv: kv[1]["entry_id"]):
+            if txn_id not in seen:
+                breaks.append({"kind": "missing_in_file", "line": None,
+                               "partner_txn_id": txn_id, "details": {"ledger": ours}})
+        for row in malformed:
+            breaks.append({"kind": "malformed", "line": row["line"],
+                           "partner_txn_id": row.get("partner_txn_id"),
+                           "details": {"errors": row["errors"]}})
+
+        previous = session.scalars(select(Reconciliation).where(
+            Reconciliation.run_id == run.id, Reconciliation.partner_id == partner.id,
+            Reconciliation.superseded.is_(False))).all()
+        for old in previous:
+            old.superseded = True
+            session.execute(update(Break).where(Break.reconciliation_id == old.id,
+                                                Break.status == "open")
+                            .values(status="accepted", resolved_at=utcnow(),
+                                    resolved_by=uploaded_by,
+                                    reason="superseded by a later upload"))
+        counts = {k: 0 for k in ("matched", "points_mismatch", "missing_in_ledger",
+                                 "missing_in_file", "duplicated_in_file", "malformed")}
+        counts["matched"] = matched
+        for b in breaks:
+            counts[b["kind"]] += 1
+        recon = Reconciliation(run_id=run.id, partner_id=partner.id, uploaded_by=uploaded_by,
+                               file_sha256=hashlib.sha256(content).hexdigest(),
+                               rows=len(records) + len(malformed), superseded=False,
+                               summary=counts)
+        session.add(recon)
+        session.flush()
+        for b in breaks:
+            session.add(Break(run_id=run.id, reconciliation_id=recon.id, partner_id=partner.id,
+                              kind=b["kind"], partner_txn_id=b["partner_txn_id"],
+                              line=b["line"], details=b["details"], status="open"))
+        session.flush()
+        uow.commit()
+        return report(recon.id)
+
+
+def _file_view(record: Record) -> dict[str, Any]:
+    return {"type": record.type, "member_number": record.member_number,
+            "points": record.points, "occurred_at": record.occurred_at.isoformat()}
+
+
+def _break_view(b: Break) -> dict[str, Any]:
+    return {"id": b.id, "kind": b.kind, "partner_txn_id": b.partner_txn_id, "line": b.line,
+            "details": b.details, "status": b.status, "resolved_at": b.resolved_at,
+            "resolved_by": b.resolved_by, "reason": b.reason,
+            "adjustment_entry_id": b.adjustment_entry_id}
+
+
+def report(reconciliation_id: int) -> dict[str, Any]:
+    with read() as session:
+        recon = session.get(Reconciliation, reconciliation_id)
+        if recon is None:
+            raise NotFound(f"No reconciliation {reconciliation_id}.")
+        partner = session.get_one(Partner, recon.partner_id)
+        breaks = session.scalars(select(Break).where(Break.reconciliation_id == recon.id)
+                                 .order_by(Break.id)).all()
+        return {"id": recon.id, "run": recon.run_id, "partner": partner.code,
+                "uploaded_at": recon.uploaded_at, "uploaded_by": recon.uploaded_by,
+                "file_sha256": recon.file_sha256, "rows": recon.rows,
+                "summary": recon.summary,
+                "breaks": [{**_break_view(b), "partner": partner.code} for b in breaks]}
+
+
+def list_breaks(run_id: int, status: str | None = None) -> list[dict[str, Any]]:
+    with read() as session:
+        query = select(Break, Partner.code).join(Partner, Partner.id == Break.partner_id).where(
+            Break.run_id == run_id)
+        if status:
+            query = query.where(Break.status == status)
+        return [{**_break_view(b), "partner": code}
+                for b, code in session.execute(query.order_by(Break.id))]
+
+
+def resolve(run_id: int, break_id: int, action: str, reason: str, resolved_by: str
+            ) -> dict[str, Any]:
+    """Accept a break with a reason, or adjust: book the transaction that corrects the
+    difference in the open period, then mark the break adjusted."""
+    with read() as session:
+        row = session.execute(
+            select(Break, SettlementRun.status, Partner)
+            .join(SettlementRun, SettlementRun.id == Break.run_id)
+            .join(Partner, Partner.id == Break.partner_id)
+            .where(Break.id == break_id, Break.run_id == run_id)).first()
+    if row is None:
+        raise NotFound(f"No break {break_id} in run {run_id}.")
+    brk, run_status, partner = row
+    if run_status == "closed":
+        raise PeriodClosed(f"Settlement run {run_id} is closed.")
+    if brk.status != "open":
+        raise BreakResolved(f"Break {break_id} is already {brk.status}.")
+    entry_id = None
+    if action == "adjust":
+        entry_id = _adjust(brk, partner)
+    with UnitOfWork() as uow:
+        done = uow.session.execute(
+            update(Break).where(Break.id == break_id, Break.status == "open")
+            .values(status="adjusted" if action == "adjust" else "accepted",
+                    resolved_at=utcnow(), resolved_by=resolved_by, reason=reason,
+                    adjustment_entry_id=entry_id))
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            raise BreakResolved(f"Break {break_id} was resolved meanwhile.")
+        uow.commit()
+    return next(b for b in list_breaks(run_id) if b["id"] == break_id)
+
+
+def _adjust(brk: Break, partner: Partner) -> int:
+    """Book the correcting transaction; its partner_txn_id names the break, so resolving
+    again after a failure replays it rather than booking it twice."""
+    ref = ledger.PartnerRef(partner.id, partner.code, partner.currency)
+    file = brk.details.get("file")
+    ours = brk.details.get("ledger")
+    kind = (file or ours or {}).get("type")
+    if brk.kind not in ("points_mismatch", "missing_in_ledger", "missing_in_file") or (
+            brk.kind == "missing_in_ledger" and "booked_in_another_period" in brk.details):
+        raise InvalidRequest("Only a points difference or a missing record can be adjusted; "
+                             "accept this break with a reason.")
+    if file and ours and (file["type"] != ours["type"]
+                          or file["member_number"] != ours["member_number"]):
+        raise InvalidRequest("The records differ in type or member; accept this break with a "
+                             "reason and correct it with the partner.")
+    if kind not in EARN_LIKE + BURN_LIKE:
+        raise InvalidRequest(f"A {kind} cannot be adjusted; accept this break with a reason.")
+    difference = (file["points"] if file else 0) - (ours["points"] if ours else 0)
+    txn = f"adj-{brk.id}-{brk.partner_txn_id}"[:64]
+    member = (file or ours)["member_number"]
+    if difference > 0:
+        data = {"member_number": member, "partner_txn_id": txn, "points": difference}
+        if file:
+            data["occurred_at"] = datetime.fromisoformat(file["occurred_at"])
+        outcome = (ledger.earn(ref, data) if kind in EARN_LIKE else ledger.burn(ref, data))
+    else:
+        outcome = ledger.reverse(ref, ours["entry_id"],
+                                 {"partner_txn_id": txn, "points": -difference})
+    return int(outcome.body["id"])

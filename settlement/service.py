@@ -1,0 +1,210 @@
+"""Settlement runs: create (compute and keep), read, recompute a draft, close, export."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from coalition.db import UnitOfWork, read, utcnow
+from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
+from settlement.compute import Unpriced, compute
+from settlement.models import Break, SettlementRun
+
+
+class PeriodOverlap(Conflict):
+    code = "period_overlap"
+
+
+class UnresolvedBreaks(Conflict):
+    code = "unresolved_breaks"
+
+
+class UnpricedEntries(Conflict):
+    code = "unpriced_entries"
+
+
+def digest(result: dict[str, Any]) -> str:
+    canonical = json.dumps(result, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _compute(session: Any, start: datetime, end: datetime) -> dict[str, Any]:
+    try:
+        return compute(session, start, end)
+    except Unpriced as exc:
+        raise UnpricedEntries(
+            f"Entries fall before the first rate card of: {', '.join(exc.partners)}.",
+            errors={"partners": exc.partners}) from exc
+
+
+def describe(run: SettlementRun, session: Any) -> dict[str, Any]:
+    open_breaks = session.scalar(select(func.count()).where(
+        Break.run_id == run.id, Break.status == "open")) or 0
+    return {
+        **run.result,
+        "id": run.id, "status": run.status,
+        "period_start": run.period_start, "period_end": run.period_end,
+        "created_at": run.created_at, "created_by": run.created_by,
+        "computed_at": run.computed_at, "closed_at": run.closed_at, "closed_by": run.closed_by,
+        "digest": run.result_digest, "open_breaks": int(open_breaks),
+    }
+
+
+def create_run(start: datetime, end: datetime, created_by: str) -> dict[str, Any]:
+    """Compute the period's figures and keep them as a draft run."""
+    if start >= end:
+        raise InvalidRequest("period_start must be before period_end.",
+                             errors={"period_end": ["Must be after period_start."]})
+    now = utcnow()
+    if end > now:
+        message = "The period has not ended yet; settle it after period_end."
+        raise InvalidRequest(message, errors={"period_end": [message]})
+    with UnitOfWork() as uow:
+        overlapping = uow.session.scalar(select(SettlementRun.id).where(
+            SettlementRun.period_start < end, start < SettlementRun.period_end).limit(1))
+        if overlapping is not None:
+            raise PeriodOverlap(f"The period overlaps settlement run {overlapping}.",
+                                errors={"period_start": [f"Overlaps run {overlapping}."]})
+        result = _compute(uow.session, start, end)
+        run = SettlementRun(period_start=start, period_end=end, status="draft",
+                            created_by=created_by, computed_at=now, result=result,
+                            result_digest=digest(result))
+        uow.session.add(run)
+        try:
+            uow.session.flush()
+        except (IntegrityError, DBAPIError) as exc:  # a concurrent run took the period
+            raise PeriodOverlap("The period overlaps another settlement run.") from exc
+        uow.commit()
+        return describe(run, uow.session)
+
+
+def _load(session: Any, run_id: int, lock: bool = False) -> SettlementRun:
+    query = select(SettlementRun).where(SettlementRun.id == run_id)
+    run = session.scalar(query.with_for_update() if lock else query)
+    if run is None:
+        raise NotFound(f"No settlement run {run_id}.")
+    return run
+
+
+def get_run(run_id: int) -> dict[str, Any]:
+    with read() as session:
+        return describe(_load(session, run_id), session)
+
+
+def list_runs() -> list[dict[str, Any]]:
+    with read() as session:
+        runs = session.scalars(select(SettlementRun).order_by(SettlementRun.period_start))
+        return [{"id": r.id, "status": r.status, "period_start": r.period_start,
+                 "period_end": r.period_end, "digest": r.result_digest} for r in runs]
+
+
+def recompute(run_id: int) -> dict[str, Any]:
+    """Recompute a draft from the journal (a rate card added since may change it)."""
+    with UnitOfWork() as uow:
+        run = _load(uow.session, run_id, lock=True)
+        if run.status == "closed":
+            raise PeriodClosed(f"Settlement run {run_id} is closed.")
+        result = _compute(uow.session, run.period_start, run.period_end)
+        run.result, run.result_digest, run.computed_at = result, digest(result), utcnow()
+        uow.commit()
+        return describe(run, uow.session)
+
+
+def delete_draft(run_id: int) -> None:
+    with UnitOfWork() as uow:
+        run = _load(uow.session, run_id, lock=True)
+        if run.status == "closed":
+            raise PeriodClosed(f"Settlement run {run_id} is closed.")
+        from settlement.models import Reconciliation
+
+        for model in (Break, Reconciliation):
+            for row in uow.session.scalars(select(model).where(model.run_id == run_id)):
+                uow.session.delete(row)
+        uow.session.flush()
+        uow.session.delete(run)
+        uow.commit()
+
+
+def close_run(run_id: int, closed_by: str) -> dict[str, Any]:
+    """Close a run whose breaks are all resolved; its figures are recomputed one last time
+    and then frozen."""
+    with UnitOfWork() as uow:
+        run = _load(uow.session, run_id, lock=True)
+        if run.status == "closed":
+            raise PeriodClosed(f"Settlement run {run_id} is already closed.")
+        open_breaks = uow.session.scalar(select(func.count()).where(
+            Break.run_id == run.id, Break.status == "open")) or 0
+        if open_breaks:
+            raise UnresolvedBreaks(f"{open_breaks} reconciliation break(s) are unresolved.")
+        result = _compute(uow.session, run.period_start, run.period_end)
+        now = utcnow()
+        run.result, run.result_digest, run.computed_at = result, digest(result), now
+        run.status, run.closed_at, run.closed_by = "closed", now, closed_by
+        uow.commit()
+        return describe(run, uow.session)
+
+
+def closed_before(session: Any, moment: datetime) -> datetime | None:
+    """The end of the latest closed period that ends after ``moment``, if any: a rate card
+    valid from ``moment`` would reprice that closed period."""
+    return session.scalar(select(func.max(SettlementRun.period_end)).where(
+        SettlementRun.status == "closed", SettlementRun.period_end > moment))
+
+
+# --------------------------------------------------------------------------- statements
+
+
+def statement(run_id: int, partner_code: str, *, only_closed: bool = False) -> dict[str, Any]:
+    with read() as session:
+        run = _load(session, run_id)
+        if only_closed and run.status != "closed":
+            raise NotFound(f"No statement for {partner_code} in run {run_id}.")
+        for s in run.result["statements"]:
+            if s["partner"] == partner_code:
+                return {"run": run.id, "status": run.status,
+                        "period_start": run.period_start, "period_end": run.period_end, **s}
+        raise NotFound(f"No statement for {partner_code} in run {run_id}.")
+
+
+STATEMENT_COLUMNS = ["type", "points", "rate", "rate_valid_from", "amount"]
+
+
+def statement_csv(doc: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["partner", "currency", "period_start", "period_end", *STATEMENT_COLUMNS])
+    for line in doc["lines"]:
+        writer.writerow([doc["partner"], doc["currency"], doc["period_start"].isoformat(),
+                         doc["period_end"].isoformat(),
+                         *(line[c] for c in STATEMENT_COLUMNS)])
+    writer.writerow([doc["partner"], doc["currency"], "", "", "payable", doc["issued_points"],
+                     "", "", doc["payable"]])
+    writer.writerow([doc["partner"], doc["currency"], "", "", "receivable",
+                     doc["redeemed_points"], "", "", doc["receivable"]])
+    writer.writerow([doc["partner"], doc["currency"], "", "", "net", "", "", "", doc["net"]])
+    return out.getvalue()
+
+
+def run_csv(doc: dict[str, Any]) -> str:
+    """Every statement line of the run, then the payment instructions."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["section", "partner", "currency", "type", "points", "rate",
+                     "rate_valid_from", "amount"])
+    for s in doc["statements"]:
+        for line in s["lines"]:
+            writer.writerow(["statement", s["partner"], s["currency"], line["type"],
+                             line["points"], line["rate"], line["rate_valid_from"],
+                             line["amount"]])
+        writer.writerow(["total", s["partner"], s["currency"], "net", "", "", "", s["net"]])
+    for p in doc["payments"]:
+        writer.writerow(["payment", f"{p['from']}->{p['to']}", p["currency"], "", "", "", "",
+                         p["amount"]])
+    return out.getvalue()
