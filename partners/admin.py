@@ -59,6 +59,8 @@ class PartnerRates(MethodView):
     @blp.arguments(RateCardCreateSchema)
     @blp.response(201, RateCardSchema)
     @blp.alt_response(404, description="No such partner")
+    @blp.alt_response(409, description="period_closed: valid_from falls in a closed "
+                      "settlement period")
     def post(self, data: dict[str, Any], code: str) -> dict[str, Any]:
         """Append a rate card; earlier cards are kept and never edited."""
         return service.add_rate_card(code, **data)

@@ -6,11 +6,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from coalition.db import UnitOfWork, read, utcnow
-from coalition.errors import AlreadyExists, InvalidRequest, NotFound
+from coalition.errors import AlreadyExists, InvalidRequest, NotFound, PeriodClosed
 from coalition.models import Partner, RateCard
 from coalition.oauth import clients
 from coalition.oauth.clients import IssuedClient
@@ -102,6 +102,11 @@ def add_rate_card(
     with UnitOfWork() as uow:
         partner = _get(uow.session, code, lock=True)
         latest = partner.rate_cards[-1]
+        closed_until = _closed_until(uow.session)
+        if closed_until is not None and valid_from < closed_until:
+            message = (f"Settlement is closed until {closed_until.isoformat()}; a rate card "
+                       f"valid from earlier would reprice a closed period.")
+            raise PeriodClosed(message, errors={"valid_from": [message]})
         if valid_from <= latest.valid_from:
             message = (f"valid_from must be after the latest rate card "
                        f"({latest.valid_from.isoformat()}).")
@@ -115,6 +120,14 @@ def add_rate_card(
         partner.rate_cards.append(card)
         uow.commit()
         return _card(card)
+
+
+def _closed_until(session: Any) -> datetime | None:
+    """The end of the latest closed settlement period, if any."""
+    from settlement.models import SettlementRun
+
+    return session.scalar(select(func.max(SettlementRun.period_end))
+                          .where(SettlementRun.status == "closed"))
 
 
 def issue_partner_client(code: str, scopes: list[str], name: str = "") -> IssuedClient:

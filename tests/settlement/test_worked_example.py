@@ -12,7 +12,10 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
+
 from coalition.db import utcnow
+from coalition.errors import PeriodClosed
 from tests.conftest import bearer, fetch_token
 from tests.partners.support import burn, earn, enrol, hold, post_ok
 
@@ -148,3 +151,37 @@ def test_hand_worked_period(app, client, make_partner, operator_headers):
                         headers={**reader, "Accept": "text/csv"})
     assert as_csv.mimetype == "text/csv"
     assert as_csv.get_data(as_text=True).splitlines()[-1].endswith(",net,,,,-4.65")
+
+
+def test_a_closed_period_is_frozen(app, client, make_partner, operator_headers):
+    from partners.service import add_rate_card
+    from tests.conftest import snapshot
+
+    start = utcnow().replace(microsecond=0)
+    _, acme = make_partner("acme", valid_from=start)
+    member = enrol(client, acme, "m1")
+    earn(client, acme, member, "e1", points=100)
+    end = start + timedelta(seconds=1)
+    time.sleep(max(0.0, (end - utcnow()).total_seconds()) + 0.01)
+    period = {"period_start": start.isoformat(), "period_end": end.isoformat()}
+    run = client.post("/v1/settlement/runs", headers=operator_headers, json=period).get_json()
+    again = client.post(f"/v1/settlement/runs/{run['id']}/recompute", headers=operator_headers)
+    assert again.get_json()["digest"] == run["digest"]  # a draft is reproducible
+    closed = client.post(f"/v1/settlement/runs/{run['id']}/close", headers=operator_headers)
+    assert closed.status_code == 200
+
+    before = snapshot(app)
+    for method, path, body in [
+        ("post", f"/v1/settlement/runs/{run['id']}/close", None),
+        ("post", f"/v1/settlement/runs/{run['id']}/recompute", None),
+        ("delete", f"/v1/settlement/runs/{run['id']}", None),
+        ("post", "/v1/settlement/runs", period),
+        ("post", "/v1/admin/partners/acme/rates",
+         {"valid_from": start.isoformat(), "issue_price": "0.5"}),
+    ]:
+        response = getattr(client, method)(path, headers=operator_headers, json=body)
+        assert response.status_code == 409, (path, response.get_json())
+        assert response.get_json()["error"] in ("period_closed", "period_overlap")
+    with pytest.raises(PeriodClosed):
+        add_rate_card("acme", start + timedelta(milliseconds=500), issue_price=Decimal("1"))
+    assert snapshot(app) == before
