@@ -102,9 +102,10 @@ def _register_api(app: Flask) -> None:
 
 
 def _register_cli(app: Flask) -> None:
-    from coalition.cli import client_cli, db_cli, demo_cli
+    from coalition.cli import client_cli, db_cli, demo_cli, expire_command, ledger_cli
     from partners.cli import partner_cli
     from settlement.cli import settle_cli
 
-    for group in (db_cli, client_cli, demo_cli, partner_cli, settle_cli):
+    for group in (db_cli, client_cli, demo_cli, ledger_cli, expire_command, partner_cli,
+                  settle_cli):
         app.cli.add_command(group)

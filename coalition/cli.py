@@ -96,21 +96,51 @@ def client_cli() -> None:
 
 
 @client_cli.command("create")
-@click.option("--operator", "kind", flag_value="operator", required=True,
+@click.option("--operator", "kind", flag_value="operator",
               help="An operator client (partner clients: `coalition partner client`).")
-@click.option("--scope", "scope", required=True, help='Space-separated, e.g. "admin settlement:run".')
+@click.option("--public", "kind", flag_value="public",
+              help="A public client (a member app): no secret; members sign in through it "
+                   "with the authorization code grant and PKCE; scope `member`.")
+@click.option("--scope", "scope", help='Operator clients: space-separated, e.g. '
+                                       '"admin settlement:run".')
+@click.option("--redirect-uri", "redirect_uris", multiple=True, metavar="URI",
+              help="Public clients: where sign-in may return (exact match); repeatable.")
 @click.option("--name", default="")
 @click.option("--json", "as_json", is_flag=True)
 @with_appcontext
-def client_create(kind: str, scope: str, name: str, as_json: bool) -> None:
-    """Create an operator client and print its secret (shown once)."""
+def client_create(kind: str | None, scope: str | None, redirect_uris: tuple[str, ...],
+                  name: str, as_json: bool) -> None:
+    """Create an operator client and print its secret (shown once), or a public client."""
     from coalition.errors import CoalitionError
-    from coalition.oauth.clients import create_operator_client
+    from coalition.oauth.clients import create_operator_client, create_public_client
 
+    if kind is None:
+        raise click.UsageError("Missing option '--operator' or '--public': the kind of "
+                               "client to create.")
     try:
-        issued = create_operator_client(scope.split(), name=name)
+        if kind == "public":
+            if scope is not None:
+                raise click.UsageError("Public clients always have the scope `member`; "
+                                       "--scope is for operator clients.")
+            view = create_public_client(name, list(redirect_uris))
+            data = {"client_id": view.client_id, "kind": view.kind, "name": view.name,
+                    "scopes": view.scopes, "redirect_uris": view.redirect_uris,
+                    "token_endpoint_auth_method": "none"}
+            emit(data, as_json, f"client_id:     {view.client_id}  (public: no secret, PKCE)\n"
+                                f"scopes:        {' '.join(view.scopes)}\n"
+                                f"redirect_uris: {' '.join(view.redirect_uris)}")
+            return
+        if redirect_uris:
+            raise click.UsageError("--redirect-uri is for public clients.")
+        issued = create_operator_client((scope or "").split(), name=name)
     except CoalitionError as exc:
-        raise click.UsageError(exc.message) from exc
+        detail = exc.message
+        if exc.errors and "redirect_uris" in exc.errors:
+            problems = exc.errors["redirect_uris"]
+            if isinstance(problems, dict):
+                detail += " " + "; ".join(f"{redirect_uris[i]}: {' '.join(m)}"
+                                          for i, m in problems.items())
+        raise click.UsageError(detail) from exc
     data = {"client_id": issued.client_id, "client_secret": issued.client_secret,
             "scopes": issued.scopes}
     emit(data, as_json, f"client_id:     {issued.client_id}\n"
@@ -173,3 +203,188 @@ def demo_load(as_json: bool) -> None:
     for row in result["clients"]:
         click.echo(f"  {row['for']:<10} client_id={row['client_id']}  "
                    f"client_secret={row['client_secret']}  scope=\"{' '.join(row['scopes'])}\"")
+
+
+# --------------------------------------------------------------------------- ledger jobs
+
+#: above this many members, ``coalition expire`` shows a progress bar
+PROGRESS_THRESHOLD = 200
+
+
+def _as_of(value: str | None) -> Any:
+    from marshmallow import ValidationError
+
+    from coalition.db import utcnow
+    from coalition.schemas import UTCTimestamp
+
+    if value is None:
+        return utcnow()
+    try:
+        return UTCTimestamp().deserialize(value)
+    except ValidationError as exc:
+        raise click.BadParameter(" ".join(exc.messages), param_hint="--as-of") from exc
+
+
+class _ProgressBar:
+    """A click progress bar on stderr, shown only once the run is big enough."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if total <= self.threshold:
+                return
+            self.bar = click.progressbar(length=total, label="expiring", file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@click.command("expire")
+@click.option("--as-of", "as_of", metavar="DATE",
+              help="YYYY-MM-DD (midnight UTC) or an RFC 3339 timestamp; default now.")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def expire_command(as_of: str | None, as_json: bool) -> None:
+    """Void expired holds, release pending points and expire points (safe to rerun)."""
+    from datetime import timedelta
+
+    from coalition.db import utcnow
+    from coalition.ledger.jobs import expire
+
+    moment = _as_of(as_of)
+    if moment > utcnow() + timedelta(minutes=1):
+        # expiring ahead of time would take points that members still own
+        raise click.BadParameter("must not be in the future", param_hint="--as-of")
+    bar = _ProgressBar(PROGRESS_THRESHOLD)
+    try:
+        summary = expire(moment, progress=bar)
+    finally:
+        bar.close()
+    data = summary.to_dict()
+    emit(data, as_json,
+         f"expiry as of {moment.isoformat()} (policy {summary.policy}): "
+         f"{summary.members} members\n"
+         f"  holds voided:    {summary.holds_voided} ({summary.points_unheld} points)\n"
+         f"  released:        {summary.points_released} points, {summary.lots_released} lots, "
+         f"{summary.members_released} members\n"
+         f"  expired:         {summary.points_expired} points, {summary.lots_expired} lots, "
+         f"{summary.members_expired} members"
+         + "".join(f"\n  FAILED member {f['member_id']}: {f['error']}"
+                   for f in summary.failures))
+    if summary.failures:
+        sys.exit(1)
+
+
+@click.group("ledger", help="The points ledger.")
+def ledger_cli() -> None:
+    pass
+
+
+@ledger_cli.command("check")
+@click.option("--limit", default=50, show_default=True,
+              help="Violations listed per check (the count is always exact).")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def ledger_check(limit: int, as_json: bool) -> None:
+    """Prove the ledger's invariants; exit 1 on any violation."""
+    from coalition.ledger.check import check_ledger
+
+    report = check_ledger(limit=limit)
+    if as_json:
+        emit(report.to_dict(), True, "")
+    else:
+        lines = [f"ledger check at {report.checked_at.isoformat()}: "
+                 + ("OK" if report.ok else f"{report.violation_count} violation(s)")]
+        for check in report.checks:
+            covered = ", ".join(f"{k}={v}" for k, v in check.covered.items())
+            lines.append(f"  {'ok  ' if check.ok else 'FAIL'}  {check.name:<20} {covered}")
+            if not check.ok:
+                lines.append(f"        {check.violation_count} violation(s): {check.title}")
+                lines += [f"        - {json.dumps(v, default=str, ensure_ascii=False)}"
+                          for v in check.violations]
+        click.echo("\n".join(lines))
+    if not report.ok:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- members
+
+
+@click.group("member", help="Members.")
+def member_cli() -> None:
+    pass
+
+
+@member_cli.command("merge")
+@click.argument("absorbed")
+@click.argument("survivor")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def member_merge(absorbed: str, survivor: str, as_json: bool) -> None:
+    """Merge member ABSORBED (found twice) into SURVIVOR: points, lots, partner links and
+    history move; ABSORBED answers with a pointer to SURVIVOR from then on."""
+    import getpass
+
+    from coalition.errors import CoalitionError
+    from coalition.ledger import numbers
+    from coalition.ledger.member_ops import merge
+
+    for name, value in (("ABSORBED", absorbed), ("SURVIVOR", survivor)):
+        if not numbers.is_valid(value):
+            raise click.BadParameter("not a valid member number (check the digits)",
+                                     param_hint=name)
+    try:
+        result = merge(absorbed, survivor, operator=f"cli:{getpass.getuser()}")
+    except CoalitionError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from exc
+    moved = result["moved"]
+    emit(result, as_json,
+         (f"{absorbed} was already merged into {survivor}" if result["already_merged"] else
+          f"merged {absorbed} into {survivor}: {moved['available']} available and "
+          f"{moved['pending']} pending points, {moved['lots']} lots, {moved['links']} links, "
+          f"{moved['holds_voided']} holds voided")
+         + f"\n{survivor}: tier {result['survivor']['tier']}, balance "
+         + ", ".join(f"{k} {v}" for k, v in result["survivor"]["balance"].items()))
+
+
+@click.command("daily")
+@click.option("--as-of", "as_of", metavar="DATE", help="YYYY-MM-DD (UTC); default today.")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def daily_command(as_of: str | None, as_json: bool) -> None:
+    """Birthday bonuses and tier downgrades for a day (safe to rerun)."""
+    from datetime import date
+
+    from coalition.db import utcnow
+    from coalition.ledger.member_ops import daily
+
+    today = utcnow().date()
+    if as_of is None:
+        day = today
+    else:
+        try:
+            day = date.fromisoformat(as_of)
+        except ValueError as exc:
+            raise click.BadParameter("not a date (YYYY-MM-DD)", param_hint="--as-of") from exc
+    if day > today:
+        # a downgrade ahead of time would judge points not yet out of the window
+        raise click.BadParameter("must not be in the future", param_hint="--as-of")
+    summary = daily(day)
+    data = summary.to_dict()
+    emit(data, as_json,
+         f"daily job for {day.isoformat()}\n"
+         f"  birthday bonuses: {summary.birthday_members} members, "
+         f"{summary.birthday_points} points\n"
+         f"  tier downgrades:  {summary.tier_downgrades} of {summary.tier_members_checked} "
+         f"members above the first tier"
+         + "".join(f"\n    {step}: {n}" for step, n in sorted(summary.downgrades.items()))
+         + "".join(f"\n  FAILED member {f['member_id']} ({f['step']}): {f['error']}"
+                   for f in summary.failures))
+    if summary.failures:
+        sys.exit(1)
