@@ -163,8 +163,9 @@ def book_entry(
     """Write one entry with its postings ``(account, member_id, partner_id, points)`` and
     the lot movements of ``takes``; returns the entry id."""
     postings = [p for p in postings if p[3] != 0]
-    if sum(p[3] for p in postings) != 0:
-        raise LedgerInconsistency(f"{kind}: postings do not sum to zero: {postings}")
+    if len(postings) < 2 or sum(p[3] for p in postings) != 0:
+        raise LedgerInconsistency(
+            f"{kind}: an entry needs two or more postings summing to zero: {postings}")
     entry_id = session.execute(
         insert(Entry.__table__).values(
             kind=kind, booked_at=booked_at, occurred_at=occurred_at or booked_at,
