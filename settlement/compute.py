@@ -23,7 +23,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, literal, select, text
 from sqlalchemy.orm import Session, aliased
 
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting
@@ -53,25 +53,51 @@ class Card:
     redeem_rate: Decimal
 
 
-def _cards_in_force():  # noqa: ANN202 - a SQLAlchemy subquery
-    rc = RateCard.__table__.c
-    valid_to = func.lead(rc.valid_from).over(partition_by=rc.partner_id, order_by=rc.valid_from)
-    return select(rc.id, rc.partner_id, rc.valid_from, valid_to.label("valid_to")).subquery()
+class Buckets:
+    """The period cut at every rate card change of any partner, so that within one bucket
+    each partner has one card in force: aggregates group by bucket (a ``CASE`` over a few
+    boundaries) instead of joining every row to a range of cards."""
+
+    def __init__(self, cards: dict[int, Card], start: datetime, end: datetime) -> None:
+        self.starts = [start] + sorted({c.valid_from for c in cards.values()
+                                        if start < c.valid_from < end})
+        self.by_partner: dict[int, list[Card]] = defaultdict(list)
+        for card in sorted(cards.values(), key=lambda c: c.valid_from):
+            self.by_partner[card.partner_id].append(card)
+
+    def expression(self, column: Any) -> Any:
+        if len(self.starts) == 1:
+            return literal(0)
+        return case(*((column < b, i) for i, b in enumerate(self.starts[1:])),
+                    else_=len(self.starts) - 1)
+
+    def card(self, partner_id: int | None, bucket: int | None) -> Card | None:
+        if partner_id is None or bucket is None:
+            return None
+        moment = self.starts[bucket]
+        current = None
+        for card in self.by_partner.get(partner_id, ()):
+            if card.valid_from <= moment:
+                current = card
+        return current
 
 
-def _priced(cards: Any, partner_col: Any, booked_col: Any) -> Any:
-    return and_(cards.c.partner_id == partner_col, booked_col >= cards.c.valid_from,
-                or_(cards.c.valid_to.is_(None), booked_col < cards.c.valid_to))
+#: memory for the period's aggregates and hash joins, for this transaction only, so that a
+#: large period is hashed in memory rather than spilled to disk in batches
+WORK_MEM = "64MB"
 
 
 def compute(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
     """The whole result document of a run over ``[start, end)``."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     partners = {p.id: p for p in session.scalars(select(Partner))}
     cards = {c.id: Card(c.id, c.partner_id, c.valid_from, c.issue_price, c.redeem_rate)
              for c in session.scalars(select(RateCard))}
 
-    postings = _postings_by_card(session, start, end)
-    movements = _movements_by_origin(session, start, end)
+    buckets = Buckets(cards, start, end)
+    postings, late_counts = _postings_by_card(session, buckets, start, end)
+    movements = _movements_by_origin(session, start, end, buckets)
     created = _lots_created(session, start, end)
     base = _outstanding_before(session, start)
 
@@ -83,7 +109,10 @@ def compute(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
     if unpriced:
         raise Unpriced(unpriced)
 
-    statements = [_statement(partner, cards, postings, _late(session, partner.id, start, end))
+    late = _late(session, start, end) if any(late_counts.values()) else {}
+    statements = [_statement(partner, cards, postings,
+                             {"count": late_counts.get(partner.id, 0),
+                              "entries": late.get(partner.id, [])})
                   for partner in sorted(partners.values(), key=lambda p: p.code)]
     cells, obligations = _matrix(partners, cards, movements)
     positions, payments = settle_positions(obligations)
@@ -103,21 +132,31 @@ def compute(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
 # --------------------------------------------------------------------------- queries
 
 
-def _postings_by_card(session: Session, start: datetime, end: datetime
-                      ) -> dict[tuple[str, int | None, int | None], int]:
+def _postings_by_card(session: Session, buckets: Buckets, start: datetime, end: datetime
+                      ) -> tuple[dict[tuple[str, int | None, int | None], int], dict[int, int]]:
+    """Σ postings by (account, partner, card in force), and late entries per partner
+    (booked in the period for an ``occurred_at`` before it), in one pass."""
     p, e = Posting.__table__.c, Entry.__table__.c
-    cards = _cards_in_force()
+    bucket = buckets.expression(e.booked_at).label("bucket")
+    is_late = (e.occurred_at < start).label("late")
     rows = session.execute(
-        select(p.account, p.partner_id, cards.c.id, func.sum(p.points))
-        .select_from(Posting.__table__.join(Entry.__table__, e.id == p.entry_id)
-                     .outerjoin(cards, _priced(cards, p.partner_id, e.booked_at)))
+        select(p.account, p.partner_id, bucket, is_late, func.sum(p.points), func.count())
+        .select_from(Posting.__table__.join(Entry.__table__, e.id == p.entry_id))
         .where(e.booked_at >= start, e.booked_at < end)
-        .group_by(p.account, p.partner_id, cards.c.id)
+        .group_by(p.account, p.partner_id, bucket, is_late)
     ).all()
-    return {(account, partner, card): int(points) for account, partner, card, points in rows}
+    sums: dict[tuple[str, int | None, int | None], int] = defaultdict(int)
+    late: dict[int, int] = defaultdict(int)
+    for account, partner, b, was_late, points, count in rows:
+        card = buckets.card(partner, b)
+        sums[(account, partner, card.id if card else None)] += int(points)
+        if was_late and partner is not None and account.startswith("partner:"):
+            late[partner] += int(count)  # one partner posting per late entry
+    return dict(sums), dict(late)
 
 
-def _movements_by_origin(session: Session, start: datetime, end: datetime
+def _movements_by_origin(session: Session, start: datetime, end: datetime,
+                         buckets: Buckets | None = None,
                          ) -> dict[tuple[int | None, str, int | None, int | None], int]:
     """Σ lot movements by (origin, attributed kind, attributed partner, redeemer's card).
 
@@ -125,30 +164,33 @@ def _movements_by_origin(session: Session, start: datetime, end: datetime
     when that entry is booked before ``end``; until then it stays a reservation (kind
     ``hold``), so a past period reads the same before and after a later capture.
     """
-    mv, lot = LotMovement.__table__.c, Lot.__table__.c
+    mv = LotMovement.__table__.c
     moved = aliased(Entry.__table__)
     closing = aliased(Entry.__table__)
     hold = Hold.__table__
-    cards = _cards_in_force()
     kind = func.coalesce(closing.c.kind, moved.c.kind)
     partner = func.coalesce(closing.c.partner_id, moved.c.partner_id)
     booked = func.coalesce(closing.c.booked_at, moved.c.booked_at)
+    bucket = (buckets.expression(booked) if buckets else literal(None)).label("bucket")
     rows = session.execute(
-        select(lot.origin_partner_id, kind, partner, cards.c.id, func.sum(mv.points))
+        select(mv.origin_partner_id, kind, partner, bucket, func.sum(mv.points))
         .select_from(
             LotMovement.__table__
             .join(moved, moved.c.id == mv.entry_id)
-            .join(Lot.__table__, lot.id == mv.lot_id)
             .outerjoin(hold, hold.c.entry_id == moved.c.id)
             .outerjoin(closing, and_(closing.c.id == hold.c.closed_by_entry_id,
                                      closing.c.booked_at < end))
-            .outerjoin(cards, and_(kind.in_(REDEMPTION_KINDS),
-                                   _priced(cards, partner, booked)))
         )
-        .where(booked >= start, booked < end)
-        .group_by(lot.origin_partner_id, kind, partner, cards.c.id)
+        # the moving entry is always booked before the end; the test on it lets the
+        # database use its index before the exact test on the attributed time
+        .where(moved.c.booked_at < end, booked >= start, booked < end)
+        .group_by(mv.origin_partner_id, kind, partner, bucket)
     ).all()
-    return {(origin, k, b, card): int(points) for origin, k, b, card, points in rows}
+    result: dict[tuple[int | None, str, int | None, int | None], int] = defaultdict(int)
+    for origin, k, b, bucket_index, points in rows:
+        card = buckets.card(b, bucket_index) if buckets and k in REDEMPTION_KINDS else None
+        result[(origin, k, b, card.id if card else None)] += int(points)
+    return dict(result)
 
 
 def _lots_created(session: Session, start: datetime, end: datetime) -> dict[int | None, int]:
@@ -175,20 +217,23 @@ def _outstanding_before(session: Session, start: datetime) -> dict[int | None, i
     return dict(result)
 
 
-def _late(session: Session, partner_id: int, start: datetime, end: datetime
-          ) -> dict[str, Any]:
+def _late(session: Session, start: datetime, end: datetime) -> dict[int, list[dict[str, Any]]]:
+    """The first late entries of each partner (only asked for when there are some)."""
     e = Entry.__table__.c
-    condition = and_(e.partner_id == partner_id, e.booked_at >= start, e.booked_at < end,
-                     e.occurred_at < start)
-    count = session.scalar(select(func.count()).where(condition)) or 0
-    rows = session.execute(
-        select(e.id, e.kind, e.partner_txn_id, e.points, e.occurred_at, e.booked_at)
-        .where(condition).order_by(e.id).limit(LATE_LIMIT)
-    ).all()
-    return {"count": int(count), "entries": [
-        {"id": r.id, "type": r.kind, "partner_txn_id": r.partner_txn_id, "points": r.points,
-         "occurred_at": r.occurred_at.isoformat(), "booked_at": r.booked_at.isoformat()}
-        for r in rows]}
+    rank = func.row_number().over(partition_by=e.partner_id, order_by=e.id).label("rank")
+    late = (select(e.id, e.partner_id, e.kind, e.partner_txn_id, e.points, e.occurred_at,
+                   e.booked_at, rank)
+            .where(e.booked_at >= start, e.booked_at < end, e.occurred_at < start,
+                   e.partner_id.is_not(None))
+            .subquery())
+    listed: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in session.execute(select(late).where(late.c.rank <= LATE_LIMIT)
+                             .order_by(late.c.partner_id, late.c.id)):
+        listed[r.partner_id].append(
+            {"id": r.id, "type": r.kind, "partner_txn_id": r.partner_txn_id,
+             "points": r.points, "occurred_at": r.occurred_at.isoformat(),
+             "booked_at": r.booked_at.isoformat()})
+    return dict(listed)
 
 
 # --------------------------------------------------------------------------- documents
@@ -249,12 +294,15 @@ def _matrix(partners: dict[int, Partner], cards: dict[int, Card],
     by_code = {p.code: p for p in partners.values()}
     obligations = []
     for (a, b), exact in sorted(value.items()):
-        if a == b or not points[(a, b)]:
+        if a == b:
             continue  # points spent where they were earned settle with the coalition only
         currency = by_code[b].currency
+        amount = round_money(exact, currency)
+        if not points[(a, b)] and not amount:
+            continue  # a burn and its reversal at one rate: nothing is owed
+        # (a burn and its reversal at different rates net to no points but to money)
         obligations.append({"from": a, "to": b, "points": points[(a, b)],
-                            "amount": money_str(round_money(exact, currency)),
-                            "currency": currency})
+                            "amount": money_str(amount), "currency": currency})
     return cells, obligations
 
 

@@ -273,6 +273,16 @@ def _wallets_agree(conn: Connection, limit: int) -> CheckResult:
     result.found(count, [{"problem": "lot remaining is not points + movements", **row}
                          for row in rows])
 
+    # every movement carries its lot's origin (settlement reads it from the movement)
+    count, rows = _violations(conn, (
+        select(_m.id.label("movement_id"), _m.lot_id, _m.origin_partner_id,
+               _l.origin_partner_id.label("lot_origin_partner_id"))
+        .join(Lot.__table__, _l.id == _m.lot_id)
+        .where(_m.origin_partner_id.is_distinct_from(_l.origin_partner_id))
+    ), [_m.id], limit)
+    result.found(count, [{"problem": "movement origin differs from its lot's", **row}
+                         for row in rows])
+
     # each entry moves the member's spendable points (available + pending) exactly as
     # much as it moves them in lots: by movements, or by creating lots
     member_delta = (

@@ -186,7 +186,8 @@ def book_entry(
         ])
     if takes:
         session.execute(insert(LotMovement.__table__), [
-            {"lot_id": t.lot_id, "entry_id": entry_id, "points": t.points} for t in takes
+            {"lot_id": t.lot_id, "entry_id": entry_id, "points": t.points,
+             "origin_partner_id": t.origin_partner_id} for t in takes
         ])
     return entry_id
 

@@ -65,7 +65,9 @@ class Member(Base):
     id: Mapped[PK]
     member_number: Mapped[str] = mapped_column(String(16), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="active")
-    merged_into_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("member.id"))
+    #: indexed: a member's history includes the members merged into it
+    merged_into_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("member.id"),
+                                                       index=True)
     tier: Mapped[str] = mapped_column(String(32))
     email: Mapped[str | None] = mapped_column(String(320))
     name: Mapped[str | None] = mapped_column(String(200))
@@ -200,6 +202,10 @@ class LotMovement(Base):
     lot_id: Mapped[int] = mapped_column(BigId, ForeignKey("lot.id"), index=True)
     entry_id: Mapped[int] = mapped_column(BigId, ForeignKey("entry.id"), index=True)
     points: Mapped[Points]
+    #: the lot's origin partner, copied when the movement is written (a lot's origin never
+    #: changes), so settlement reads whose points moved without a lookup per movement;
+    #: ``coalition ledger check`` verifies the copy
+    origin_partner_id: Mapped[int | None] = mapped_column(BigId)
 
 
 class Hold(Base):

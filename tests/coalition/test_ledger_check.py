@@ -257,7 +257,11 @@ def test_a_lot_credited_to_the_wrong_origin_fails(app, ledger):
     execute("UPDATE lot SET origin_partner_id = :p WHERE id = :id", p=ledger["shop"],
             id=lot_id)
     violations = assert_fails(app, "conservation")
-    assert failing(check_ledger()) == {"conservation"}
+    # the lot's movements still carry its true origin, which the wallets check notices too
+    report = check_ledger()
+    assert failing(report) == {"conservation", "wallets_agree"}
+    assert any("movement origin differs" in v["problem"] for v in
+               next(c for c in report.checks if c.name == "wallets_agree").violations)
     issued = [v for v in violations if "partner:issued postings of its earns" in v["problem"]]
     assert {(v["partner_id"], v["expected"], v["actual"]) for v in issued} == {
         (ledger["acme"], 125, 25), (ledger["shop"], 100, 200)}
