@@ -119,8 +119,10 @@ def fill(url: str, entries: int) -> float:
             SELECT id, 'partner:redeemed', partner_id, NULL, points FROM entry
             WHERE kind = 'burn'"""))
         conn.execute(text("""
-            INSERT INTO lot_movement (lot_id, entry_id, points, origin_partner_id)
-            SELECT l.id, e.id, -e.points, l.origin_partner_id
+            INSERT INTO lot_movement (lot_id, entry_id, points, origin_partner_id, entry_kind,
+                                      entry_partner_id, entry_booked_at)
+            SELECT l.id, e.id, -e.points, l.origin_partner_id, e.kind, e.partner_id,
+                   e.booked_at
             FROM entry e JOIN lot l ON l.id = (e.id - :e) * 2 WHERE e.kind = 'burn'
         """), {"e": earns})
         conn.execute(text("""

@@ -271,7 +271,8 @@ def run_with_retries(work: Callable[[], T], attempts: int | None = None) -> T:
         except DBAPIError as exc:
             if attempt == attempts or not is_retryable(exc):
                 raise
-            time.sleep(random.uniform(0, 0.002 * 2**attempt))
+            # jittered exponential backoff, capped so a long retry budget stays bounded
+            time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
     raise AssertionError("unreachable")
 
 

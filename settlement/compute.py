@@ -165,25 +165,25 @@ def _movements_by_origin(session: Session, start: datetime, end: datetime,
     ``hold``), so a past period reads the same before and after a later capture.
     """
     mv = LotMovement.__table__.c
-    moved = aliased(Entry.__table__)
     closing = aliased(Entry.__table__)
     hold = Hold.__table__
-    kind = func.coalesce(closing.c.kind, moved.c.kind)
-    partner = func.coalesce(closing.c.partner_id, moved.c.partner_id)
-    booked = func.coalesce(closing.c.booked_at, moved.c.booked_at)
+    kind = func.coalesce(closing.c.kind, mv.entry_kind)
+    partner = func.coalesce(closing.c.partner_id, mv.entry_partner_id)
+    booked = func.coalesce(closing.c.booked_at, mv.entry_booked_at)
     bucket = (buckets.expression(booked) if buckets else literal(None)).label("bucket")
     rows = session.execute(
         select(mv.origin_partner_id, kind, partner, bucket, func.sum(mv.points))
         .select_from(
+            # movements carry their entry's kind, partner and time: only a hold's need
+            # the hold and the entry that closed it
             LotMovement.__table__
-            .join(moved, moved.c.id == mv.entry_id)
-            .outerjoin(hold, hold.c.entry_id == moved.c.id)
+            .outerjoin(hold, and_(mv.entry_kind == "hold", hold.c.entry_id == mv.entry_id))
             .outerjoin(closing, and_(closing.c.id == hold.c.closed_by_entry_id,
                                      closing.c.booked_at < end))
         )
         # the moving entry is always booked before the end; the test on it lets the
         # database use its index before the exact test on the attributed time
-        .where(moved.c.booked_at < end, booked >= start, booked < end)
+        .where(mv.entry_booked_at < end, booked >= start, booked < end)
         .group_by(mv.origin_partner_id, kind, partner, bucket)
     ).all()
     result: dict[tuple[int | None, str, int | None, int | None], int] = defaultdict(int)

@@ -49,7 +49,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def worker_suffix() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+    # one database per test process, so two runs against one server never collide
+    return f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{os.getpid()}"
 
 
 def _fresh_postgres_database() -> str:
@@ -86,11 +87,22 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def _drop_postgres_database(url: str) -> None:
+    name = make_url(url).database
+    admin = create_engine(make_url(PG_URL), isolation_level="AUTOCOMMIT")  # type: ignore[arg-type]
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
-def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if backend == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'coalition.sqlite3'}"
-    return _fresh_postgres_database()
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'coalition.sqlite3'}"
+        return
+    url = _fresh_postgres_database()
+    yield url
+    _drop_postgres_database(url)
 
 
 @pytest.fixture(scope="session")

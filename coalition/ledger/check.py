@@ -273,15 +273,21 @@ def _wallets_agree(conn: Connection, limit: int) -> CheckResult:
     result.found(count, [{"problem": "lot remaining is not points + movements", **row}
                          for row in rows])
 
-    # every movement carries its lot's origin (settlement reads it from the movement)
+    # every movement carries copies of its lot's origin and of its entry's kind, partner
+    # and booking time (settlement reads them from the movement)
     count, rows = _violations(conn, (
-        select(_m.id.label("movement_id"), _m.lot_id, _m.origin_partner_id,
-               _l.origin_partner_id.label("lot_origin_partner_id"))
+        select(_m.id.label("movement_id"), _m.lot_id, _m.entry_id, _m.origin_partner_id,
+               _l.origin_partner_id.label("lot_origin_partner_id"), _m.entry_kind,
+               _e.kind.label("kind"), _m.entry_partner_id, _e.partner_id.label("partner_id"))
         .join(Lot.__table__, _l.id == _m.lot_id)
-        .where(_m.origin_partner_id.is_distinct_from(_l.origin_partner_id))
+        .join(Entry.__table__, _e.id == _m.entry_id)
+        .where(or_(_m.origin_partner_id.is_distinct_from(_l.origin_partner_id),
+                   _m.entry_kind.is_distinct_from(_e.kind),
+                   _m.entry_partner_id.is_distinct_from(_e.partner_id),
+                   _m.entry_booked_at.is_distinct_from(_e.booked_at)))
     ), [_m.id], limit)
-    result.found(count, [{"problem": "movement origin differs from its lot's", **row}
-                         for row in rows])
+    result.found(count, [{"problem": "movement origin differs from its lot's, or its "
+                          "entry details from its entry's", **row} for row in rows])
 
     # each entry moves the member's spendable points (available + pending) exactly as
     # much as it moves them in lots: by movements, or by creating lots

@@ -187,7 +187,8 @@ def book_entry(
     if takes:
         session.execute(insert(LotMovement.__table__), [
             {"lot_id": t.lot_id, "entry_id": entry_id, "points": t.points,
-             "origin_partner_id": t.origin_partner_id} for t in takes
+             "origin_partner_id": t.origin_partner_id, "entry_kind": kind,
+             "entry_partner_id": partner_id, "entry_booked_at": booked_at} for t in takes
         ])
     return entry_id
 

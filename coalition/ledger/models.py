@@ -9,7 +9,7 @@ change to them happens in the same transaction as the entry that accounts for it
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import (
@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from coalition.db import PK, Base, BigId, ExactDecimal, Points, Timestamp, utcnow
+from coalition.db import PK, Base, BigId, ExactDecimal, Points, Timestamp, UTCDateTime, utcnow
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -206,6 +206,11 @@ class LotMovement(Base):
     #: changes), so settlement reads whose points moved without a lookup per movement;
     #: ``coalition ledger check`` verifies the copy
     origin_partner_id: Mapped[int | None] = mapped_column(BigId)
+    #: the moving entry's kind, partner and booking time, copied likewise (an entry never
+    #: changes), so a period's movements are read without joining every one to its entry
+    entry_kind: Mapped[str | None] = mapped_column(String(24))
+    entry_partner_id: Mapped[int | None] = mapped_column(BigId)
+    entry_booked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class Hold(Base):
