@@ -63,6 +63,19 @@ def fill(url: str, entries: int) -> float:
     began = time.perf_counter()
     with engine.begin() as conn:
         conn.execute(text("SET synchronous_commit = off"))
+        conn.execute(text("SET maintenance_work_mem = '256MB'"))
+        # bulk load: secondary indexes (not those behind a key or constraint) are built
+        # once at the end rather than maintained row by row
+        indexes = conn.execute(text("""
+            SELECT c.relname, pg_get_indexdef(i.indexrelid)
+            FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+            JOIN pg_class t ON t.oid = i.indrelid
+            WHERE t.relname IN ('entry', 'posting', 'lot', 'lot_movement', 'member')
+              AND NOT i.indisprimary
+              AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+        """)).all()
+        for name, _ in indexes:
+            conn.execute(text(f'DROP INDEX "{name}"'))
         for table in ("entry", "posting", "lot_movement"):
             conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
         conn.execute(text("""
@@ -138,6 +151,8 @@ def fill(url: str, entries: int) -> float:
               ON s.member_id = m.id"""))
         for table in ("entry", "posting", "lot_movement"):
             conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+        for _, definition in indexes:
+            conn.execute(text(definition))
         for table, column in (("entry", "id"), ("posting", "id"), ("lot", "id"),
                               ("lot_movement", "id"), ("member", "id"), ("partner", "id"),
                               ("rate_card", "id")):
