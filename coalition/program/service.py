@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from coalition.db import UnitOfWork, read, utcnow
@@ -55,6 +55,10 @@ def publish_rules(values: dict[str, Any], published_by: str) -> Rules:
     """Publish ``values`` (already validated) as the next version."""
     stored = ProgramRulesSchema().dump(values)
     with UnitOfWork() as uow:
+        if uow.session.get_bind().dialect.name == "postgresql":
+            # Two publishes must not both read version n and insert n + 1. Readers are not
+            # blocked; on SQLite the IMMEDIATE write transaction already holds the lock.
+            uow.session.execute(text("LOCK TABLE program_rules IN SHARE ROW EXCLUSIVE MODE"))
         latest = uow.session.scalar(select(func.max(ProgramRules.version))) or 0
         row = ProgramRules(version=latest + 1, rules=stored, published_by=published_by)
         uow.session.add(row)
