@@ -34,6 +34,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
         API_SPEC_OPTIONS=_spec_options(),
         JSON_SORT_KEYS=False,
+        # the member page keeps its OAuth tokens in the session cookie: never sent by
+        # cross-site subrequests, and only over https in production
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings["ENV"] == "production",
     )
     configure_logging(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
     if settings["ENV"] != "testing":
@@ -47,6 +51,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_oauth(app)
     register_error_handlers(app)
     _register_api(app)
+    _register_pages(app)
     _register_cli(app)
     return app
 
@@ -60,7 +65,7 @@ def load_models() -> None:
 
 
 def _spec_options() -> dict[str, Any]:
-    from coalition.oauth.models import ALL_SCOPES
+    from coalition.oauth.models import ALL_SCOPES, MEMBER_SCOPES
 
     return {
         "info": {
@@ -71,10 +76,19 @@ def _spec_options() -> dict[str, Any]:
             "securitySchemes": {
                 "oauth2": {
                     "type": "oauth2",
-                    "flows": {"clientCredentials": {
-                        "tokenUrl": "/oauth/token",
-                        "scopes": {scope: scope for scope in ALL_SCOPES},
-                    }},
+                    "flows": {
+                        "clientCredentials": {
+                            "tokenUrl": "/oauth/token",
+                            "scopes": {scope: scope for scope in ALL_SCOPES},
+                        },
+                        # members, through public clients, with PKCE (S256)
+                        "authorizationCode": {
+                            "authorizationUrl": "/oauth/authorize",
+                            "tokenUrl": "/oauth/token",
+                            "refreshUrl": "/oauth/token",
+                            "scopes": {scope: scope for scope in MEMBER_SCOPES},
+                        },
+                    },
                 },
                 "clientBasic": {"type": "http", "scheme": "basic",
                                 "description": "OAuth client id and secret"},
@@ -99,6 +113,26 @@ def _register_api(app: Flask) -> None:
     for blueprint in (health.blp, oauth_views.blp, program_views.blp, partner_admin.blp,
                       partner_api.blp, settlement_api.blp):
         api.register_blueprint(blueprint)
+    from coalition import member_api
+
+    api.register_blueprint(member_api.blp)
+    api.register_blueprint(member_api.admin_blp)
+    from coalition.member import api as me_api
+    from coalition.oauth import admin as client_admin
+
+    api.register_blueprint(me_api.blp)
+    api.register_blueprint(client_admin.blp)
+
+
+def _register_pages(app: Flask) -> None:
+    """Server-rendered pages: member sign-in (``/oauth/authorize``) and ``/member``."""
+    from coalition.member import page
+    from coalition.oauth import authorize
+    from coalition.pages import init_pages
+
+    init_pages(app)
+    app.register_blueprint(authorize.bp)
+    app.register_blueprint(page.bp)
 
 
 def _register_cli(app: Flask) -> None:
@@ -109,3 +143,7 @@ def _register_cli(app: Flask) -> None:
     for group in (db_cli, client_cli, demo_cli, ledger_cli, expire_command, partner_cli,
                   settle_cli):
         app.cli.add_command(group)
+    from coalition.cli import daily_command, member_cli
+
+    app.cli.add_command(member_cli)
+    app.cli.add_command(daily_command)

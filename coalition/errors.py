@@ -79,3 +79,10 @@ class HoldNotOpen(Conflict):
 
 class BalanceLimit(Conflict):
     code = "balance_limit"
+
+
+class TransferLimit(Conflict):
+    """A transfer the program's transfer rules refuse (disabled, below the minimum, above
+    the maximum, or over the sender's daily allowance)."""
+
+    code = "transfer_limit"

@@ -14,6 +14,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from coalition.ledger import numbers
 from coalition.money import MAX_PLACES, MINOR_UNITS, canonical, money_str
 
 #: the largest integer a JSON number carries exactly in every client
@@ -37,6 +38,22 @@ class PointsField(StrictInteger):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("validate", validate.Range(min=1, max=MAX_POINTS))
         super().__init__(**kwargs)
+
+
+class MemberNumber(fields.String):
+    """A 12-digit member number whose last digit is its Luhn check digit."""
+
+    default_error_messages = {"luhn": "Not a valid member number (check the digits)."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("metadata", {}).setdefault("example", "400000000006")
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not numbers.is_valid(text):
+            raise self.make_error("luhn")
+        return text
 
 
 class DecimalString(fields.Field):
@@ -120,7 +137,10 @@ class UTCTimestamp(fields.Field):
             raise self.make_error("invalid") from exc
         if parsed.tzinfo is None:
             raise self.make_error("naive")
-        return parsed.astimezone(UTC).replace(microsecond=0)
+        try:
+            return parsed.astimezone(UTC).replace(microsecond=0)
+        except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise self.make_error("invalid") from exc
 
 
 class Currency(fields.String):

@@ -6,12 +6,12 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from coalition.ledger import numbers
 from coalition.ledger.models import TRANSACTION_TYPES
 from coalition.schemas import (
     Currency,
     CursorQueryArgsSchema,
     DecimalString,
+    MemberNumber,
     PointsField,
     StrictInteger,
     StrictSchema,
@@ -21,22 +21,6 @@ from coalition.schemas import (
 TXN_ID = validate.Regexp(r"^[\x21-\x7e]{1,64}$",
                          error="1 to 64 printable ASCII characters, no spaces.")
 REF = validate.Length(min=1, max=64)
-
-
-class MemberNumber(fields.String):
-    """A 12-digit member number whose last digit is its Luhn check digit."""
-
-    default_error_messages = {"luhn": "Not a valid member number (check the digits)."}
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("metadata", {}).setdefault("example", "400000000006")
-        super().__init__(**kwargs)
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs)
-        if not numbers.is_valid(text):
-            raise self.make_error("luhn")
-        return text
 
 
 class MemberIdentitySchema(StrictSchema):
@@ -84,7 +68,15 @@ class MemberSchema(Schema):
     email = fields.String(allow_none=True)
     birth_date = fields.Date(allow_none=True)
     created_at = UTCTimestamp()
+    merged_into = fields.String(allow_none=True, metadata={
+        "description": "status merged: the member number that now holds this member's "
+                       "points, links and history"})
     balance = fields.Nested(BalanceSummarySchema)
+    activation_code = fields.String(metadata={
+        "description": "one-time code the member activates the account with (choosing a "
+                       "password at /member/activate); only in the 201 answer that enrols "
+                       "the member, never shown again",
+        "example": "K7M2Q-9XH4T"})
 
 
 class MemberLookupArgsSchema(Schema):

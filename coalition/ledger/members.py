@@ -14,6 +14,7 @@ from coalition.db import UnitOfWork, read, run_with_retries, utcnow
 from coalition.errors import AlreadyExists, MemberClosed, MemberMerged, NotFound
 from coalition.ledger import numbers
 from coalition.ledger.models import Lot, Member, MemberLink, Wallet
+from coalition.member.signin import activation_digest, display_code, new_activation_code
 from coalition.program.service import load_rules
 
 
@@ -79,6 +80,9 @@ def _describe(session: Session, member_id: int, partner_id: int) -> dict[str, An
         "email": member.email if linked else None,
         "birth_date": member.birth_date if linked else None,
         "created_at": member.created_at,
+        # a merged member answers with the member it was merged into
+        "merged_into": session.scalar(select(Member.member_number).where(
+            Member.id == member.merged_into_id)) if member.merged_into_id else None,
         "balance": {"available": wallet.available if wallet else 0,
                     "pending": wallet.pending if wallet else 0,
                     "held": wallet.held if wallet else 0},
@@ -110,10 +114,15 @@ def enrol(
                 return _describe(session, member.id, partner_id), False
             if linked_id is not None:
                 return _describe(session, linked_id, partner_id), False
-            member_id = _create(session, partner_id, email, name, birth_date)
+            code = new_activation_code()
+            member_id = _create(session, partner_id, email, name, birth_date,
+                                activation_code_hash=activation_digest(code))
             _link(session, partner_id, partner_member_ref, member_id)
             uow.commit()
-            return _describe(session, member_id, partner_id), True
+            # the one-time activation code is shown in this answer only; the member signs
+            # in with it once to choose a password (coalition.member.signin)
+            return {**_describe(session, member_id, partner_id),
+                    "activation_code": display_code(code)}, True
 
     for _ in range(5):
         try:
@@ -126,17 +135,21 @@ def enrol(
 
 
 def _create(session: Session, partner_id: int, email: str | None, name: str | None,
-            birth_date: date | None) -> int:
+            birth_date: date | None, activation_code_hash: str | None = None) -> int:
     rules = load_rules(session)
     member_id = session.execute(
         insert(Member.__table__).values(
             member_number=numbers.new_number(), status="active",
             tier=rules["tiers"][0]["code"], email=email, name=name, birth_date=birth_date,
             enrolled_by=partner_id, created_at=utcnow(),
+            activation_code_hash=activation_code_hash,
         ).returning(literal_column("id"))
     ).scalar_one()
     session.execute(insert(Wallet.__table__).values(
         member_id=member_id, available=0, pending=0, held=0, version=0))
+    from coalition.ledger.member_ops import book_welcome_bonus
+
+    book_welcome_bonus(session, member_id, rules)  # in the enrolment's unit of work
     return member_id
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import InvalidRequest, NotFound
 from coalition.oauth.models import (
+    MEMBER_SCOPES,
     OPERATOR_SCOPES,
     PARTNER_SCOPES,
     OAuthClient,
@@ -39,12 +42,14 @@ class ClientView:
     created_at: object
     secret_rotated_at: object
     revoked_at: object
+    #: public clients only: where the authorization endpoint may send codes (exact match)
+    redirect_uris: list[str] = field(default_factory=list)
 
 
 def _view(client: OAuthClient) -> ClientView:
     return ClientView(client.client_id, client.kind, client.name, client.scope.split(),
                       client.partner_id, client.created_at, client.secret_rotated_at,
-                      client.revoked_at)
+                      client.revoked_at, (client.redirect_uris or "").split())
 
 
 def check_scopes(kind: str, scopes: list[str]) -> list[str]:
@@ -54,7 +59,8 @@ def check_scopes(kind: str, scopes: list[str]) -> list[str]:
                              errors={"scopes": ["At least one scope is required."]})
     bad = [s for s in scopes if s not in allowed]
     if bad:
-        message = f"Not a {kind} scope: {', '.join(bad)}. Allowed: {', '.join(allowed)}."
+        article = "an" if kind == "operator" else "a"
+        message = f"Not {article} {kind} scope: {', '.join(bad)}. Allowed: {', '.join(allowed)}."
         raise InvalidRequest(message, errors={"scopes": [message]})
     return sorted(set(scopes), key=scopes.index)
 
@@ -72,6 +78,81 @@ def issue_client(
         name=name, scope=" ".join(scopes),
     ))
     return IssuedClient(client_id, secret, kind, scopes, partner_id)
+
+
+def _loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_redirect_uris(uris: list[str]) -> list[str]:
+    """Redirect URIs a public client may register: absolute, without a fragment, and
+    ``https``, ``http`` on a loopback host (RFC 8252 7.3), or a private-use scheme with a
+    dot in it (RFC 8252 7.1, e.g. ``com.example.app:/callback``)."""
+    if not uris:
+        message = "At least one redirect URI is required."
+        raise InvalidRequest(message, errors={"redirect_uris": [message]})
+    problems: dict[int, list[str]] = {}
+    for index, uri in enumerate(uris):
+        try:
+            parts = urlsplit(uri)
+        except ValueError:
+            parts = None
+        if parts is None or not parts.scheme or any(c.isspace() for c in uri) or len(uri) > 2000:
+            problems[index] = ["Not an absolute URI."]
+        elif parts.fragment or "#" in uri:
+            problems[index] = ["A redirect URI must not have a fragment."]
+        elif parts.scheme == "https":
+            if not parts.hostname:
+                problems[index] = ["An https redirect URI needs a host."]
+        elif parts.scheme == "http":
+            if not _loopback(parts.hostname):
+                problems[index] = ["http is allowed only on a loopback host "
+                                   "(127.0.0.1, [::1], localhost); use https."]
+        elif "." not in parts.scheme:
+            problems[index] = ["Use https, loopback http, or a private-use scheme in "
+                               "reverse-domain form (com.example.app:/callback)."]
+    if problems:
+        raise InvalidRequest("Not a valid redirect URI.", errors={"redirect_uris": problems})
+    return sorted(set(uris), key=uris.index)
+
+
+def create_public_client(name: str, redirect_uris: list[str], *,
+                         trusted: bool = False) -> ClientView:
+    """Register a public client (a member app or page): no secret, PKCE, scope
+    ``member``. ``trusted`` skips the redirect URI rules (the app's own member page, whose
+    URI comes from its own configuration)."""
+    uris = redirect_uris if trusted else check_redirect_uris(redirect_uris)
+    if not name.strip():
+        raise InvalidRequest("A public client needs a name (members see it when they sign "
+                             "in).", errors={"name": ["Required."]})
+    with UnitOfWork() as uow:
+        client = OAuthClient(
+            client_id="pub_" + secrets.token_urlsafe(12), secret_hash=None, kind="public",
+            partner_id=None, name=name.strip(), scope=" ".join(MEMBER_SCOPES),
+            redirect_uris=" ".join(uris), created_at=utcnow(),
+        )
+        uow.session.add(client)
+        uow.commit()
+        return _view(client)
+
+
+def find_public_client(redirect_uri: str) -> str | None:
+    """The oldest active public client registered with exactly this redirect URI."""
+    with read() as session:
+        candidates = session.execute(
+            select(OAuthClient.client_id, OAuthClient.redirect_uris)
+            .where(OAuthClient.kind == "public", OAuthClient.revoked_at.is_(None),
+                   OAuthClient.redirect_uris.contains(redirect_uri, autoescape=True))
+            .order_by(OAuthClient.id)).all()
+    for client_id, uris in candidates:
+        if redirect_uri in (uris or "").split():
+            return client_id
+    return None
 
 
 def create_operator_client(scopes: list[str], name: str = "") -> IssuedClient:

@@ -78,7 +78,10 @@ class OAuthClient(Base, ClientMixin):
         return " ".join(s for s in allowed if s in requested)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return False
+        # exact string match against a registered URI (no prefix or pattern matching)
+        if self.kind != "public" or not self.redirect_uris:
+            return False
+        return redirect_uri in self.redirect_uris.split()
 
     def check_client_secret(self, client_secret: str) -> bool:
         if self.revoked_at is not None or self.secret_hash is None:
@@ -86,12 +89,17 @@ class OAuthClient(Base, ClientMixin):
         return hmac.compare_digest(self.secret_hash, digest(client_secret))
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.kind == "public":
+            # a public client has no secret; PKCE binds its codes instead
+            return method == "none"
         return method in ("client_secret_basic", "client_secret_post")
 
     def check_response_type(self, response_type: str) -> bool:
-        return False
+        return self.kind == "public" and response_type == "code"
 
     def check_grant_type(self, grant_type: str) -> bool:
+        if self.kind == "public":
+            return grant_type in ("authorization_code", "refresh_token")
         return grant_type == "client_credentials"
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from authlib.common.security import generate_token
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskJsonRequest
 from authlib.oauth2 import OAuth2Error, ResourceProtector
@@ -40,6 +41,9 @@ class AuthorizationServer(_AuthorizationServer):
         # app that happened to be initialised last.
         generator = super().create_bearer_token_generator(config)
         generator.expires_generator = _access_token_lifetime
+        # refresh tokens only where a grant asks for one (member grants; never client
+        # credentials)
+        generator.refresh_token_generator = lambda **_: generate_token(48)
         return generator
 
     def query_client(self, client_id: str) -> OAuthClient | None:
@@ -116,9 +120,10 @@ class _TokenLookup:
 
 
 class RevocationEndpoint(_TokenLookup, _RevocationEndpoint):
-    """RFC 7009: a client revokes its own tokens."""
+    """RFC 7009: a client revokes its own tokens (public clients by client_id alone).
+    Revoking either token of a pair revokes both."""
 
-    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+    CLIENT_AUTH_METHODS = [*CLIENT_AUTH_METHODS, "none"]
 
     def revoke_token(self, token: OAuthToken, request: Any) -> None:
         with UnitOfWork() as uow:
@@ -151,7 +156,7 @@ class IntrospectionEndpoint(_TokenLookup, _IntrospectionEndpoint):
         return True
 
     def introspect_token(self, token: OAuthToken) -> dict[str, Any]:
-        return {
+        answer = {
             "active": True,
             "client_id": token.client_id,
             "scope": token.scope,
@@ -161,6 +166,14 @@ class IntrospectionEndpoint(_TokenLookup, _IntrospectionEndpoint):
             "sub": token.client_id,
             "kind": token.kind,
         }
+        if token.member_id is not None:
+            # a member token's subject is the member it acts for
+            from coalition.ledger.models import Member
+
+            with read() as session:
+                answer["sub"] = answer["member_number"] = session.scalar(
+                    select(Member.member_number).where(Member.id == token.member_id))
+        return answer
 
 
 authorization = AuthorizationServer()
@@ -170,7 +183,10 @@ def init_oauth(app: Flask) -> None:
     authorization.init_app(app)
     authorization.scopes_supported = list(ALL_SCOPES)
     if not authorization._token_grants:
+        from coalition.oauth.member_grants import register_member_grants
+
         authorization.register_grant(ClientCredentialsGrant)
+        register_member_grants(authorization)
         authorization.register_endpoint(RevocationEndpoint)
         authorization.register_endpoint(IntrospectionEndpoint)
 
@@ -279,3 +295,14 @@ def require_token(scopes: list[str], kinds: tuple[str, ...] | None = None) -> Pr
 
 def current_principal() -> Principal:
     return g.principal
+
+
+def principal_for(token_string: str) -> Principal | None:
+    """The principal behind a live access token held server-side (the member page keeps
+    its tokens in the session), or ``None`` if it is unknown, expired or revoked."""
+    token = _BearerValidator(realm=REALM).authenticate_token(token_string)
+    if token is None or token.is_expired() or token.is_revoked():
+        return None
+    return Principal(token.client_id, token.kind, token.partner_id,
+                     frozenset(token.scope.split()), token.partner_code,
+                     token.partner_currency, token.member_id)

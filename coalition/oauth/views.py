@@ -29,11 +29,16 @@ _JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
 
 @blp.route("/token", methods=["POST"])
 @blp.doc(
-    summary="Issue an access token (client credentials).",
+    summary="Issue an access token: client credentials (partners, operators), or for "
+            "members an authorization code with its PKCE verifier, or a refresh token "
+            "(public clients, by client_id; a refresh token works once and is rotated).",
     security=_CLIENT_AUTH,
     requestBody=_form(
-        {"grant_type": {"type": "string", "enum": ["client_credentials"]},
-         "scope": _STRING, "client_id": _STRING, "client_secret": _STRING},
+        {"grant_type": {"type": "string",
+                        "enum": ["client_credentials", "authorization_code", "refresh_token"]},
+         "scope": _STRING, "client_id": _STRING, "client_secret": _STRING,
+         "code": _STRING, "redirect_uri": _STRING, "code_verifier": _STRING,
+         "refresh_token": _STRING},
         ["grant_type"],
     ),
     responses={"200": {"description": "Token", "content": _JSON_OBJECT},

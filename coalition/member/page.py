@@ -1,0 +1,319 @@
+"""``/member``: the member web page.
+
+The page is an OAuth public client of this server like any member app: it signs the member
+in with the authorization-code grant and PKCE (a fresh verifier and state per sign-in),
+exchanges the code at ``/oauth/token`` from the server, and keeps the tokens in the
+(signed, HTTP-only) session cookie. Each page view proves the access token the way the API
+does, refreshes it (with rotation) when it is about to expire, and then calls the same
+service functions as ``/v1/me``. Signing out revokes the tokens at ``/oauth/revoke``.
+
+The page's client is the oldest public client registered with the redirect URI
+``<this site>/member/callback``. Outside production one is registered on first use; in
+production the operator registers it (``coalition client create --public``), so a forged
+``Host`` header can never register a redirect URI.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from werkzeug.test import Client
+
+from coalition.errors import CoalitionError
+from coalition.ledger import member_ops, numbers
+from coalition.member import account, signin
+from coalition.oauth.clients import create_public_client, find_public_client
+from coalition.oauth.server import principal_for
+from coalition.pages import check_csrf, protect_pages
+from coalition.program.service import program_terms
+
+bp = Blueprint("member_page", __name__, url_prefix="/member")
+protect_pages(bp)
+
+PAGE_CLIENT_NAME = "Coalition member page"
+#: refresh this long before the access token expires
+REFRESH_MARGIN = 30
+HISTORY_PAGE = 20
+
+ENTRY_LABELS = {
+    "earn": "Earned", "burn": "Spent", "earn_reversal": "Earn reversed",
+    "burn_reversal": "Spend refunded", "hold": "Reserved for a purchase",
+    "hold_capture": "Reserved points spent", "hold_void": "Reservation released",
+    "release": "Became spendable", "expiry": "Expired", "transfer": "Transfer",
+    "donation": "Donation", "forfeiture": "Forfeited", "bonus": "Bonus",
+    "adjustment": "Adjustment", "merge": "Accounts merged",
+}
+
+
+# --------------------------------------------------------------------------- the OAuth client
+
+
+def _redirect_uri() -> str:
+    return url_for("member_page.callback", _external=True)
+
+
+def _client_id() -> str:
+    uri = _redirect_uri()
+    client_id = find_public_client(uri)
+    if client_id is None:
+        if current_app.config["ENV"] == "production":
+            abort(503, "The member page is not set up yet: the operator registers it with "
+                       f"`coalition client create --public --name \"Member page\" "
+                       f"--redirect-uri {uri}`.")
+        client_id = create_public_client(PAGE_CLIENT_NAME, [uri], trusted=True).client_id
+    return client_id
+
+
+def _oauth_call(path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """POST a form to this server's own OAuth endpoint, in process, through the whole WSGI
+    stack (no network hop, and no deadlock on a single-worker server)."""
+    response = Client(current_app._get_current_object()).post(
+        path, data=form, base_url="https://localhost/")
+    body = response.get_json(silent=True) or {}
+    return response.status_code, body
+
+
+def _keep_tokens(token: dict[str, Any], client_id: str) -> None:
+    session["member_tokens"] = {
+        "access_token": token["access_token"],
+        "refresh_token": token.get("refresh_token"),
+        "expires_at": int(time.time()) + int(token.get("expires_in", 0)),
+        "client_id": client_id,
+    }
+
+
+def _signed_in_member() -> int | None:
+    """The member whose tokens this session holds, refreshing them if needed."""
+    tokens = session.get("member_tokens")
+    if not tokens:
+        return None
+    if tokens["expires_at"] - REFRESH_MARGIN <= time.time():
+        status, body = _oauth_call("/oauth/token", {
+            "grant_type": "refresh_token", "refresh_token": tokens.get("refresh_token") or "",
+            "client_id": tokens["client_id"]})
+        if status != 200:
+            session.pop("member_tokens", None)
+            return None
+        _keep_tokens(body, tokens["client_id"])
+        tokens = session["member_tokens"]
+    principal = principal_for(tokens["access_token"])
+    if (principal is None or principal.kind != "public" or "member" not in principal.scopes
+            or principal.member_id is None):
+        session.pop("member_tokens", None)
+        return None
+    return principal.member_id
+
+
+def _require_member() -> int:
+    member_id = _signed_in_member()
+    if member_id is None:
+        abort(redirect(url_for(".sign_in")))
+    return member_id
+
+
+# --------------------------------------------------------------------------- sign in and out
+
+
+@bp.get("/signin")
+def sign_in() -> Any:
+    """Start the authorization-code flow: a fresh state and PKCE verifier per attempt."""
+    client_id = _client_id()
+    verifier = secrets.token_urlsafe(64)
+    state = secrets.token_urlsafe(24)
+    session["oauth_pending"] = {"state": state, "verifier": verifier, "client_id": client_id,
+                                "redirect_uri": _redirect_uri()}
+    query = urlencode({
+        "response_type": "code", "client_id": client_id, "redirect_uri": _redirect_uri(),
+        "scope": "member", "state": state,
+        "code_challenge": create_s256_code_challenge(verifier),
+        "code_challenge_method": "S256",
+    })
+    return redirect(f"{url_for('authorize.authorize')}?{query}")
+
+
+@bp.get("/callback")
+def callback() -> Any:
+    """Where the authorization server sends the member back with a code."""
+    pending = session.pop("oauth_pending", None)
+    state = request.args.get("state", "")
+    if not pending or not hmac.compare_digest(pending["state"].encode(), state.encode()):
+        abort(400, "This sign-in has expired or was started elsewhere. Please sign in again.")
+    if request.args.get("error"):
+        if request.args["error"] == "access_denied":
+            flash("Sign-in was cancelled.", "info")
+            return redirect(url_for(".home"))
+        abort(400, request.args.get("error_description") or request.args["error"])
+    status, body = _oauth_call("/oauth/token", {
+        "grant_type": "authorization_code", "code": request.args.get("code", ""),
+        "redirect_uri": pending["redirect_uri"], "client_id": pending["client_id"],
+        "code_verifier": pending["verifier"]})
+    if status != 200:
+        abort(400, body.get("error_description") or "The sign-in could not be completed.")
+    _keep_tokens(body, pending["client_id"])
+    return redirect(url_for(".home"))
+
+
+@bp.post("/signout")
+def sign_out() -> Any:
+    check_csrf()
+    tokens = session.pop("member_tokens", None)
+    if tokens:
+        # revoking the refresh token revokes its access token with it
+        _oauth_call("/oauth/revoke", {"token": tokens.get("refresh_token") or
+                                      tokens["access_token"],
+                                      "token_type_hint": "refresh_token"
+                                      if tokens.get("refresh_token") else "access_token",
+                                      "client_id": tokens["client_id"]})
+    session.clear()
+    flash("You have signed out.", "info")
+    return redirect(url_for(".home"))
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@bp.get("")
+def home() -> Any:
+    member_id = _signed_in_member()
+    if member_id is None:
+        return render_template("member/welcome.html")
+    me = account.summary(member_id)
+    history = account.transactions(member_id, {"limit": HISTORY_PAGE,
+                                               "cursor": request.args.get("cursor")})
+    terms = program_terms()
+    charities = [p for p in terms["partners"] if p["kind"] == "charity"]
+    return render_template(
+        "member/account.html", me=me, history=history, labels=ENTRY_LABELS, terms=terms,
+        charities=charities, request_key=secrets.token_urlsafe(18),
+        older=request.args.get("cursor") is not None)
+
+
+@bp.get("/terms")
+def terms() -> Any:
+    return render_template("member/terms.html", terms=program_terms())
+
+
+@bp.route("/activate", methods=["GET", "POST"])
+def activate() -> Any:
+    if request.method == "GET":
+        return render_template("member/activate.html", form={}, errors={})
+    check_csrf()
+    form = {"member_number": "".join(request.form.get("member_number", "").split()),
+            "activation_code": request.form.get("activation_code", "").strip()}
+    password = request.form.get("password", "")
+    errors: dict[str, str] = {}
+    if not form["member_number"]:
+        errors["member_number"] = "Enter your member number."
+    if not form["activation_code"]:
+        errors["activation_code"] = "Enter the activation code you were given."
+    if len(password) < signin.PASSWORD_MIN:
+        errors["password"] = f"Choose a password of at least {signin.PASSWORD_MIN} characters."
+    elif password != request.form.get("password_again", ""):
+        errors["password_again"] = "The two passwords differ."
+    if errors:
+        return render_template("member/activate.html", form=form, errors=errors), 422
+    try:
+        signin.activate(form["member_number"], form["activation_code"], password)
+    except signin.SignInLocked as locked:
+        return render_template("member/activate.html", form=form, errors={},
+                               problem=locked.message), 429, locked.headers
+    except CoalitionError as failed:
+        return render_template("member/activate.html", form=form, errors={},
+                               problem=failed.message), 422
+    flash("Your account is active. Sign in with your member number and new password.",
+          "success")
+    return redirect(url_for(".home"))
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def _request_key() -> str | None:
+    """The form's one-time key: submitting the same form twice books one transfer."""
+    key = request.form.get("idempotency_key", "")
+    return key if 0 < len(key) <= 50 and key.isascii() and key.isprintable() \
+        and " " not in key else None
+
+
+def _points_field(name: str = "points") -> int | None:
+    text = request.form.get(name, "").strip().replace(",", "")
+    return int(text) if text.isdigit() and 0 < int(text) <= 2**53 - 1 else None
+
+
+@bp.post("/transfer")
+def transfer() -> Any:
+    member_id = _require_member()
+    check_csrf()
+    to = "".join(request.form.get("to_member_number", "").split())
+    points = _points_field()
+    if not to or points is None:
+        flash("Enter the member number to send to and a whole number of points.", "error")
+    elif not numbers.is_valid(to):
+        flash(f"{to} is not a valid member number (check the digits).", "error")
+    else:
+        try:
+            outcome = member_ops.transfer(member_id, to, points, request_id=_request_key())
+        except CoalitionError as refused:
+            flash(f"The transfer was not made: {refused.message}", "error")
+        else:
+            flash(f"You sent {points:,} points to member {to}."
+                  + (" (This form was already sent; it was done once.)"
+                     if outcome.replayed else ""), "success")
+    return redirect(url_for(".home"))
+
+
+@bp.post("/donate")
+def donate() -> Any:
+    member_id = _require_member()
+    check_csrf()
+    partner = request.form.get("partner", "")
+    points = _points_field()
+    if not partner or points is None:
+        flash("Choose a charity and a whole number of points.", "error")
+    else:
+        try:
+            outcome = member_ops.donate(member_id, partner, points, request_id=_request_key())
+        except CoalitionError as refused:
+            flash(f"The donation was not made: {refused.message}", "error")
+        else:
+            flash(f"You donated {points:,} points. Thank you."
+                  + (" (This form was already sent; it was done once.)"
+                     if outcome.replayed else ""), "success")
+    return redirect(url_for(".home"))
+
+
+@bp.post("/close")
+def close() -> Any:
+    member_id = _require_member()
+    check_csrf()
+    if request.form.get("confirm") != "yes":
+        flash("Tick the box to confirm that your points will be forfeited.", "error")
+        return redirect(url_for(".home"))
+    try:
+        member_ops.close(member_id)
+    except CoalitionError as refused:
+        flash(f"The account was not closed: {refused.message}", "error")
+        return redirect(url_for(".home"))
+    tokens = session.pop("member_tokens", None)
+    if tokens:
+        _oauth_call("/oauth/revoke", {"token": tokens.get("refresh_token") or "",
+                                      "client_id": tokens["client_id"]})
+    session.clear()
+    flash("Your account is closed.", "info")
+    return redirect(url_for(".home"))

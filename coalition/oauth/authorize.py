@@ -1,0 +1,60 @@
+"""``/oauth/authorize``: the member signs in and the client gets an authorization code.
+
+The request is validated by Authlib before anything is shown: a known public client, a
+redirect URI registered for it (exact match), ``response_type=code``, the scope it may ask
+for, and a PKCE ``S256`` challenge. A request that fails before its redirect URI is proven
+gets an error page (never a redirect to an unproven URI); later failures go back to the
+client as RFC 6749 error parameters. The sign-in form is CSRF-protected and throttled
+(:mod:`coalition.member.signin`). Clients are first-party (registered by the operator), so
+signing in is the member's consent; "Cancel" answers ``access_denied``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authlib.oauth2 import OAuth2Error
+from flask import Blueprint, Response, render_template, request
+
+from coalition.member import signin
+from coalition.oauth.server import authorization
+from coalition.pages import check_csrf, protect_pages
+
+bp = Blueprint("authorize", __name__)
+protect_pages(bp)
+
+
+def _form(client: Any, status: int = 200, error: str | None = None,
+          member_number: str = "", headers: dict[str, str] | None = None) -> Any:
+    return (render_template("authorize.html", client=client, error=error,
+                            member_number=member_number, action=request.full_path),
+            status, headers or {})
+
+
+@bp.route("/oauth/authorize", methods=["GET", "POST"])
+def authorize() -> Any:
+    """Member sign-in and authorization (authorization code grant with PKCE)."""
+    try:
+        grant = authorization.get_consent_grant(end_user=None)
+    except OAuth2Error as error:
+        if error.redirect_uri:
+            return authorization.handle_error_response(None, error)
+        return render_template("error.html", status=400, title="This sign-in link is not valid",
+                               message=error.get_error_description() or error.error), 400
+    client = grant.request.client
+    if request.method == "GET":
+        return _form(client)
+    check_csrf()
+    if "cancel" in request.form:
+        return authorization.create_authorization_response(grant=grant, grant_user=None)
+    member_number = "".join(request.form.get("member_number", "").split())
+    password = request.form.get("password", "")
+    try:
+        member = signin.authenticate(member_number, password)
+    except signin.SignInLocked as locked:
+        return _form(client, 429, locked.message, member_number, locked.headers)
+    except signin.SignInFailed as failed:
+        return _form(client, 401, failed.message, member_number)
+    response: Response = authorization.create_authorization_response(grant=grant,
+                                                                     grant_user=member)
+    return response

@@ -1,0 +1,223 @@
+"""Member sign-in on the authorization server: the authorization-code grant with PKCE
+(``S256`` only) and refresh tokens with rotation, for public clients only.
+
+* A code is stored as a digest, bound to its client, exact redirect URI and PKCE
+  challenge, lives ``AUTHORIZATION_CODE_LIFETIME`` seconds and works once: the statement
+  that marks it used is in the same transaction as the token it buys, so two exchanges of
+  one code cannot both succeed. A code presented again revokes the member's tokens at that
+  client (RFC 6749 4.1.2: the code may have leaked).
+* A refresh token works once: refreshing revokes it (and its access token) in the same
+  transaction that stores the new pair. An old refresh token presented again is refused and
+  revokes the member's live tokens at that client (RFC 9700 4.14.2: reuse means that two
+  parties hold it, and the server cannot tell which is the member).
+* Member tokens carry the scope ``member`` and the member's id; refresh tokens live
+  ``REFRESH_TOKEN_LIFETIME`` seconds from their issue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from authlib.oauth2.rfc6749 import (
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    grants,
+)
+from authlib.oauth2.rfc6749.util import scope_to_list
+from authlib.oauth2.rfc7636 import CodeChallenge
+from flask import current_app
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from coalition.db import UnitOfWork, read, utcnow
+from coalition.member.signin import SignedInMember, active_member
+from coalition.oauth.models import OAuthAuthorizationCode, OAuthClient, OAuthToken, digest
+
+#: public clients authenticate with their client_id alone
+PUBLIC_AUTH_METHODS = ["none"]
+
+
+@dataclass(frozen=True)
+class AuthorizationCode:
+    """A stored code as Authlib's grant and PKCE extension read it."""
+
+    id: int
+    client_id: str
+    member_id: int
+    redirect_uri: str
+    scope: str
+    code_challenge: str
+    code_challenge_method: str
+
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+class S256CodeChallenge(CodeChallenge):
+    """RFC 7636, S256 only: a request without a challenge, or with ``plain`` (or no
+    method, which RFC 7636 reads as ``plain``), is refused at the authorization endpoint."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError(
+                "PKCE is required: send code_challenge with code_challenge_method=S256.")
+        if data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("code_challenge_method must be S256.")
+        super().validate_code_challenge(grant, redirect_uri)
+
+
+def revoke_member_tokens(session: Session, member_id: int, client_id: str | None = None) -> int:
+    """Revoke the member's live tokens (at one client, or everywhere) in the caller's
+    transaction; e.g. when the account is closed. Returns how many."""
+    t = OAuthToken.__table__.c
+    query = update(OAuthToken.__table__).where(t.member_id == member_id,
+                                               t.revoked_at.is_(None))
+    if client_id is not None:
+        query = query.where(t.client_id == client_id)
+    return session.execute(query.values(revoked_at=utcnow())).rowcount
+
+
+def _revoke_after_replay(member_id: int, client_id: str) -> None:
+    with UnitOfWork() as uow:
+        revoke_member_tokens(uow.session, member_id, client_id)
+        uow.commit()
+
+
+def _token_row(client: OAuthClient, member_id: int, token: dict[str, Any]) -> OAuthToken:
+    refresh = token.get("refresh_token")
+    return OAuthToken(
+        client_pk=client.id, client_id=client.client_id, kind=client.kind, partner_id=None,
+        member_id=member_id, access_token_hash=digest(token["access_token"]),
+        refresh_token_hash=digest(refresh) if refresh else None,
+        scope=token.get("scope", ""), expires_in=int(token["expires_in"]),
+    )
+
+
+class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = PUBLIC_AUTH_METHODS
+
+    def validate_requested_scope(self) -> None:
+        super().validate_requested_scope()
+        requested = set(scope_to_list(self.request.payload.scope) or [])
+        held = set(self.request.client.scope.split())
+        if not requested <= held:
+            raise InvalidScopeError(f"The client may not request: "
+                                    f"{' '.join(sorted(requested - held))}")
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        now = utcnow()
+        lifetime = int(current_app.config["AUTHORIZATION_CODE_LIFETIME"])
+        data = request.payload.data
+        with UnitOfWork() as uow:
+            uow.session.add(OAuthAuthorizationCode(
+                code_hash=digest(code), client_id=request.client.client_id,
+                member_id=request.user.id, redirect_uri=request.payload.redirect_uri,
+                scope=request.scope, code_challenge=data["code_challenge"],
+                code_challenge_method=data["code_challenge_method"], issued_at=now,
+                expires_at=now + timedelta(seconds=lifetime),
+            ))
+            uow.commit()
+
+    def query_authorization_code(self, code: str, client: OAuthClient) -> AuthorizationCode | None:
+        with read() as session:
+            row = session.scalar(select(OAuthAuthorizationCode).where(
+                OAuthAuthorizationCode.code_hash == digest(code),
+                OAuthAuthorizationCode.client_id == client.client_id))
+        if row is None:
+            return None
+        if row.used_at is not None:
+            _revoke_after_replay(row.member_id, row.client_id)
+            return None
+        if row.expires_at <= utcnow():
+            return None
+        return AuthorizationCode(row.id, row.client_id, row.member_id, row.redirect_uri,
+                                 row.scope, row.code_challenge, row.code_challenge_method)
+
+    def authenticate_user(self, authorization_code: AuthorizationCode) -> SignedInMember | None:
+        return active_member(authorization_code.member_id)
+
+    def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
+        """Codes are spent in :meth:`create_token_response`, with the token they buy."""
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], Any]:
+        client: OAuthClient = self.request.client
+        code: AuthorizationCode = self.request.authorization_code
+        member = self.authenticate_user(code)
+        if member is None:
+            raise InvalidGrantError("The member can no longer sign in.")
+        self.request.user = member
+        token = self.generate_token(user=member, scope=code.scope, include_refresh_token=True)
+        c = OAuthAuthorizationCode.__table__.c
+        now = utcnow()
+        with UnitOfWork() as uow:
+            spent = uow.session.execute(
+                update(OAuthAuthorizationCode.__table__)
+                .where(c.id == code.id, c.used_at.is_(None), c.expires_at > now)
+                .values(used_at=now)
+            ).rowcount
+            if not spent:
+                raise InvalidGrantError("The code was already used or has expired.")
+            uow.session.add(_token_row(client, member.id, token))
+            uow.commit()
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = PUBLIC_AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str) -> OAuthToken | None:
+        with read() as session:
+            row = session.scalar(select(OAuthToken).where(
+                OAuthToken.refresh_token_hash == digest(refresh_token)))
+        if row is None or row.member_id is None:
+            return None
+        if row.revoked_at is not None:
+            _revoke_after_replay(row.member_id, row.client_id)
+            return None
+        lifetime = int(current_app.config["REFRESH_TOKEN_LIFETIME"])
+        if row.issued_at + timedelta(seconds=lifetime) <= utcnow():
+            return None
+        return row
+
+    def authenticate_user(self, refresh_token: OAuthToken) -> SignedInMember | None:
+        assert refresh_token.member_id is not None
+        return active_member(refresh_token.member_id)
+
+    def revoke_old_credential(self, refresh_token: OAuthToken) -> None:
+        """The old token is revoked in :meth:`create_token_response`, with the new one."""
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], Any]:
+        old: OAuthToken = self.request.refresh_token
+        member = self.authenticate_user(old)
+        if member is None:
+            raise InvalidGrantError("The member can no longer sign in.")
+        self.request.user = member
+        token = self.issue_token(member, old)
+        t = OAuthToken.__table__.c
+        with UnitOfWork() as uow:
+            rotated = uow.session.execute(
+                update(OAuthToken.__table__)
+                .where(t.id == old.id, t.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            ).rowcount
+            if not rotated:
+                raise InvalidGrantError("The refresh token was already used.")
+            uow.session.add(_token_row(self.request.client, member.id, token))
+            uow.commit()
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+def register_member_grants(server: Any) -> None:
+    server.register_grant(MemberAuthorizationCodeGrant, [S256CodeChallenge(required=True)])
+    server.register_grant(MemberRefreshTokenGrant)
