@@ -32,6 +32,9 @@ from partners.api_schemas import (
 blp = Blueprint("partner_api", __name__, url_prefix="/v1", description="Partner API")
 
 _PARTNER = ("partner",)
+#: ids are 64-bit: a larger one in a path names nothing (404), rather than overflowing the
+#: database driver (500)
+_ID = "int(max=9223372036854775807)"
 _REPLAY = {"Idempotent-Replayed": {"description": "true when this is the original result "
                                    "of an earlier request with the same partner_txn_id",
                                    "schema": {"type": "string"}}}
@@ -168,7 +171,7 @@ class Holds(MethodView):
         return _answer(service.authorise_hold(_partner(), data))
 
 
-@blp.route("/holds/<int:hold_id>")
+@blp.route(f"/holds/<{_ID}:hold_id>")
 class HoldResource(MethodView):
     @protected("points:burn", kinds=_PARTNER)
     @blp.response(200, HoldSchema)
@@ -178,7 +181,7 @@ class HoldResource(MethodView):
         return service.get_hold(_partner_id(), hold_id)
 
 
-@blp.route("/holds/<int:hold_id>/capture")
+@blp.route(f"/holds/<{_ID}:hold_id>/capture")
 class HoldCapture(MethodView):
     @protected("points:burn", kinds=_PARTNER)
     @blp.arguments(CaptureSchema)
@@ -190,7 +193,7 @@ class HoldCapture(MethodView):
         return _answer(service.capture_hold(_partner(), hold_id, data))
 
 
-@blp.route("/holds/<int:hold_id>/void")
+@blp.route(f"/holds/<{_ID}:hold_id>/void")
 class HoldVoid(MethodView):
     @protected("points:burn", kinds=_PARTNER)
     @blp.arguments(VoidSchema)
@@ -205,7 +208,7 @@ class HoldVoid(MethodView):
 # --------------------------------------------------------------------------- reversals, history
 
 
-@blp.route("/transactions/<int:transaction_id>/reversals")
+@blp.route(f"/transactions/<{_ID}:transaction_id>/reversals")
 class Reversals(MethodView):
     @protected("points:earn", "points:burn", kinds=_PARTNER, any_of=True)
     @blp.arguments(ReversalSchema)
@@ -232,7 +235,7 @@ class Transactions(MethodView):
         return service.list_transactions(_partner_id(), args)
 
 
-@blp.route("/transactions/<int:transaction_id>")
+@blp.route(f"/transactions/<{_ID}:transaction_id>")
 class TransactionResource(MethodView):
     @protected("transactions:read", kinds=_PARTNER)
     @blp.response(200, TransactionSchema)

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -255,17 +255,24 @@ def _upgrade_tier(session: Session, member: MemberRef, rules: Rules, now: dateti
     """Upgrade at the earn that crosses a threshold (downgrades are the daily job's)."""
     tiers = rules["tiers"]
     codes = [t["code"] for t in tiers]
-    if len(tiers) < 2 or (member.tier in codes and codes.index(member.tier) == len(codes) - 1):
+    # the tier as it is now, under the wallet lock: the daily job may have moved the
+    # member down since ``member`` was read
+    tier = session.scalar(select(Member.tier).where(Member.id == member.id)) or member.tier
+    if len(tiers) < 2 or (tier in codes and codes.index(tier) == len(codes) - 1):
         return
     e = Entry.__table__.c
     since = add_months(now, -12)
+    # the member's own entries and those of members merged into it
+    whose = e.member_id.in_(select(Member.id).where(
+        or_(Member.id == member.id, Member.merged_into_id == member.id)))
     earned = session.scalar(select(func.coalesce(func.sum(e.points), 0)).where(
-        e.member_id == member.id, e.kind == "earn", e.booked_at > since)) or 0
+        whose, e.kind == "earn", e.booked_at > since)) or 0
     reversed_ = session.scalar(select(func.coalesce(func.sum(e.points), 0)).where(
-        e.member_id == member.id, e.kind == "earn_reversal", e.booked_at > since)) or 0
-    qualifying = int(earned) - int(reversed_)
+        whose, e.kind == "earn_reversal", e.booked_at > since)) or 0
+    # below zero when an earn from before the window was reversed in it: the first tier
+    qualifying = max(int(earned) - int(reversed_), 0)
     reached = [t["code"] for t in tiers if t["threshold"] <= qualifying][-1]
-    current = codes.index(member.tier) if member.tier in codes else 0
+    current = codes.index(tier) if tier in codes else 0
     if codes.index(reached) > current:
         session.execute(update(Member.__table__).where(Member.id == member.id)
                         .values(tier=reached))
@@ -629,8 +636,11 @@ def reverse(partner_id: int | PartnerRef, transaction_id: int, data: dict[str, A
         needed = "points:earn" if original.kind == "earn" else "points:burn"
         if scopes is not None and needed not in scopes:
             raise InsufficientScope(f"Reversing a {original.kind} needs the scope {needed}.")
-        journal.lock_wallet(session, original.member_id)
-        member = session.get_one(Member, original.member_id)
+        # a merged member's points and lots moved to the survivor: so does the reversal
+        member_id = session.scalar(select(func.coalesce(Member.merged_into_id, Member.id))
+                                   .where(Member.id == original.member_id))
+        journal.lock_wallet(session, member_id)
+        member = session.get_one(Member, member_id)
         if member.status != "active":
             raise MemberClosed(f"Member {member.member_number} is {member.status}.")
         ref = MemberRef(member.id, member.member_number, member.status, member.tier)
@@ -730,9 +740,12 @@ def _encode_cursor(entry_id: int) -> str:
 def _decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("e"):
+        if not text.startswith("e") or not text[1:].isdigit():
             raise ValueError(text)
-        return int(text[1:])
+        entry_id = int(text[1:])
+        if entry_id >= 2**63:  # beyond any 64-bit id: the driver would overflow (500)
+            raise ValueError(text)
+        return entry_id
     except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
         raise InvalidRequest("Not a cursor from this API.",
                              errors={"cursor": ["Not a valid cursor."]}) from exc
