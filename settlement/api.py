@@ -180,6 +180,7 @@ class Breaks(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
     @blp.arguments(BreakQueryArgsSchema, location="query")
     @blp.response(200, BreakSchema(many=True))
+    @blp.alt_response(404, description="No such run")
     def get(self, args: dict[str, Any], run_id: int) -> Any:
         """Reconciliation breaks of the run."""
         return reconcile.list_breaks(run_id, args.get("status"))

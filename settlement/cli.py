@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ def settle_run(start: str, end: str, as_json: bool) -> None:
     from settlement.schemas import RunSchema
     from settlement.service import create_run
 
-    with click.progressbar(length=2, label="settling", file=click.get_text_stream("stderr"),
+    # sys.stderr, read at call time (the CLI runner swaps it); click.get_text_stream is
+    # deprecated (a DeprecationWarning each run, gone in Click 9)
+    with click.progressbar(length=2, label="settling", file=sys.stderr,
                            show_eta=False) as bar:
         bar.update(1)
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,9 @@ from settlement.models import Break, Reconciliation, SettlementRun
 
 COLUMNS = ("partner_txn_id", "type", "member_number", "points", "occurred_at")
 MAX_FILE_BYTES = 20 * 1024 * 1024
+#: what the partner API accepts as a partner_txn_id (partners.api_schemas.TXN_ID): any
+#: other value matches nothing and may not even be stored (NUL, more than 64 characters)
+TXN_ID = re.compile(r"[\x21-\x7e]{1,64}")
 EARN_LIKE = ("earn",)
 BURN_LIKE = ("burn", "hold_capture")
 
@@ -59,7 +63,8 @@ def parse(content: bytes) -> tuple[list[Record], list[dict[str, Any]]]:
     except UnicodeDecodeError as exc:
         raise InvalidRequest("The file is not UTF-8 text.",
                              errors={"file": ["Not UTF-8."]}) from exc
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a stray quote is an error on its row, not a silently different value
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -75,14 +80,15 @@ def parse(content: bytes) -> tuple[list[Record], list[dict[str, Any]]]:
     malformed: list[dict[str, Any]] = []
     timestamp = UTCTimestamp()
     while True:
+        # a record's line is where it starts: a quoted field may run over several lines
+        line = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            malformed.append({"line": reader.line_num, "errors": [str(exc)]})
+            malformed.append({"line": line, "errors": [str(exc)]})
             continue
-        line = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(COLUMNS):
@@ -91,14 +97,19 @@ def parse(content: bytes) -> tuple[list[Record], list[dict[str, Any]]]:
             continue
         value = {name: row[i].strip() for name, i in position.items()}
         errors = []
-        if not 1 <= len(value["partner_txn_id"]) <= 64:
-            errors.append("partner_txn_id: 1 to 64 characters.")
+        txn_ok = TXN_ID.fullmatch(value["partner_txn_id"]) is not None
+        if not txn_ok:
+            errors.append("partner_txn_id: 1 to 64 printable ASCII characters, no spaces.")
         if value["type"] not in TRANSACTION_TYPES:
             errors.append(f"type: one of {', '.join(TRANSACTION_TYPES)}.")
         if not is_valid(value["member_number"]):
             errors.append("member_number: not a valid member number.")
         points = 0
-        if not value["points"].isdigit() or not 1 <= int(value["points"]) <= MAX_POINTS:
+        # ASCII digits only ("²".isdigit() is true, int() refuses it) and few enough of
+        # them for int() (which refuses more than 4300 digits)
+        if not (value["points"].isascii() and value["points"].isdigit()
+                and len(value["points"]) <= len(str(MAX_POINTS))
+                and 1 <= int(value["points"]) <= MAX_POINTS):
             errors.append("points: a whole number from 1.")
         else:
             points = int(value["points"])
@@ -108,7 +119,8 @@ def parse(content: bytes) -> tuple[list[Record], list[dict[str, Any]]]:
         except ValidationError as exc:
             errors.append(f"occurred_at: {' '.join(exc.messages)}")  # type: ignore[arg-type]
         if errors:
-            malformed.append({"line": line, "partner_txn_id": value["partner_txn_id"] or None,
+            malformed.append({"line": line,
+                              "partner_txn_id": value["partner_txn_id"] if txn_ok else None,
                               "errors": errors})
             continue
         records.append(Record(line, value["partner_txn_id"], value["type"],
@@ -249,6 +261,8 @@ def report(reconciliation_id: int) -> dict[str, Any]:
 
 def list_breaks(run_id: int, status: str | None = None) -> list[dict[str, Any]]:
     with read() as session:
+        if session.get(SettlementRun, run_id) is None:  # not an empty list: no such run
+            raise NotFound(f"No settlement run {run_id}.")
         query = select(Break, Partner.code).join(Partner, Partner.id == Break.partner_id).where(
             Break.run_id == run_id)
         if status:
