@@ -116,6 +116,8 @@ class OAuthToken(Base, TokenMixin):
     partner_id: Mapped[int | None] = mapped_column(ForeignKey("partner.id"))
     #: the member a member token acts for (authorization-code grant)
     member_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("member.id"), index=True)
+    #: the finance user a finance token acts for (authorization-code grant)
+    finance_user_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("finance_user.id"))
     scope: Mapped[str] = mapped_column(Text)
     issued_at: Mapped[Timestamp] = mapped_column(default=utcnow)
     expires_in: Mapped[int] = mapped_column(Integer)
@@ -151,7 +153,9 @@ class OAuthAuthorizationCode(Base):
     id: Mapped[PK]
     code_hash: Mapped[str] = mapped_column(String(64), unique=True)
     client_id: Mapped[str] = mapped_column(String(64))
-    member_id: Mapped[int] = mapped_column(BigId, ForeignKey("member.id"), index=True)
+    #: exactly one of member_id (a member signing in) and finance_user_id
+    member_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("member.id"), index=True)
+    finance_user_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("finance_user.id"))
     redirect_uri: Mapped[str] = mapped_column(Text)
     scope: Mapped[str] = mapped_column(Text)
     code_challenge: Mapped[str] = mapped_column(String(128))
@@ -159,3 +163,19 @@ class OAuthAuthorizationCode(Base):
     issued_at: Mapped[Timestamp] = mapped_column(default=utcnow)
     expires_at: Mapped[Timestamp]
     used_at: Mapped[Timestamp | None]
+
+
+class FinanceUser(Base):
+    """A person in the coalition's finance team: signs in to the finance page through the
+    authorization-code flow and acts with ``settlement:run``, named in what they resolve."""
+
+    __tablename__ = "finance_user"
+
+    id: Mapped[PK]
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(default=True)
+    failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[Timestamp | None]
+    created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
