@@ -117,12 +117,32 @@ def _migrated_app(database_url: str) -> Iterator[Flask]:
         db.engine.dispose()
 
 
+def _empty_postgres(conn: Any, tables: list[str]) -> None:
+    """DELETE with the append-only triggers suspended, and identities restarted.
+
+    Much cheaper than TRUNCATE on small tables (which makes new files for each); it needs
+    the superuser that the test server's trust login gives, else TRUNCATE is used.
+    """
+    superuser = conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+    if not superuser.scalar():
+        conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        return
+    conn.execute(text("SET LOCAL session_replication_role = replica"))
+    for table in tables:
+        conn.execute(text(f"DELETE FROM {table}"))
+    conn.execute(text(
+        "SELECT setval(s.seq, 1, false) FROM ("
+        "SELECT pg_get_serial_sequence(c.table_name, c.column_name) AS seq "
+        "FROM information_schema.columns c WHERE c.table_schema = 'public' "
+        "AND c.table_name = ANY(:tables)) s WHERE s.seq IS NOT NULL"), {"tables": tables})
+
+
 def empty_all_tables(app: Flask) -> None:
     with app.app_context():
         tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
         with db.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+                _empty_postgres(conn, tables)
             else:
                 # the journal's append-only triggers are lifted just for the clean-up
                 triggers = conn.execute(text(
