@@ -138,6 +138,7 @@ class Database:
             max_overflow=app.config["DB_MAX_OVERFLOW"],
             busy_timeout_ms=app.config["DB_BUSY_TIMEOUT_MS"],
             echo=app.config["SQL_ECHO"],
+            pre_ping=app.config["DB_PRE_PING"],
         )
         app.extensions["coalition.db"] = _State(engine)
 
@@ -170,6 +171,7 @@ def build_engine(
     max_overflow: int = 10,
     busy_timeout_ms: int = 10000,
     echo: bool = False,
+    pre_ping: bool = False,
 ) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -181,7 +183,8 @@ def build_engine(
         echo=echo,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
+        pool_recycle=1800,
         connect_args={"application_name": "coalition"},
     )
 

@@ -112,6 +112,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DB_POOL_SIZE", _positive_int, 10, "connections per process (PostgreSQL)"),
     Setting("DB_MAX_OVERFLOW", _non_negative_int, 10, "extra connections under load"),
     Setting("DB_BUSY_TIMEOUT_MS", _positive_int, 10000, "SQLite lock wait, milliseconds"),
+    Setting("DB_PRE_PING", _bool, False,
+            "test each pooled connection before use (a round trip per request); without "
+            "it a dropped connection fails one request and the pool is replaced"),
     Setting("TX_RETRIES", _positive_int, 8,
             "attempts for a transaction that hits a deadlock or serialization failure"),
     Setting("MAX_CONTENT_LENGTH", _positive_int, 1024 * 1024, "largest request body, bytes"),

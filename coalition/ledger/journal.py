@@ -16,8 +16,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, literal_column, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition.ledger.models import Entry, Lot, LotMovement, Posting, Wallet
@@ -43,6 +44,39 @@ class Take:
     points: int
 
 
+_W = Wallet.__table__.c
+_BALANCES = (_W.available, _W.pending, _W.held)
+_wallet_updates: dict[tuple[int, int, int, bool], Any] = {}
+
+
+def _wallet_update(signs: tuple[int, int, int], activity: bool) -> Any:
+    """The guarded UPDATE for one pattern of signs, built once: a negative delta needs
+    the points there, a positive one room below :data:`MAX_BALANCE`."""
+    key = (*signs, activity)
+    statement = _wallet_updates.get(key)
+    if statement is None:
+        names = ("available", "pending", "held")
+        conditions = [_W.member_id == bindparam("b_member")]
+        for column, name, sign in zip(_BALANCES, names, signs, strict=True):
+            if sign < 0:
+                conditions.append(column >= -bindparam(f"d_{name}"))
+            elif sign > 0:
+                conditions.append(column <= MAX_BALANCE - bindparam(f"d_{name}"))
+        values = {name: column + bindparam(f"d_{name}")
+                  for column, name in zip(_BALANCES, names, strict=True)}
+        values["version"] = _W.version + 1
+        if activity:
+            values["last_activity_at"] = bindparam("b_activity_at")
+        statement = (update(Wallet.__table__).where(and_(*conditions)).values(**values)
+                     .returning(*_BALANCES))
+        _wallet_updates[key] = statement
+    return statement
+
+
+def _sign(n: int) -> int:
+    return (n > 0) - (n < 0)
+
+
 def change_wallet(
     session: Session,
     member_id: int,
@@ -53,35 +87,42 @@ def change_wallet(
 ) -> Balance | None:
     """Apply the deltas in one guarded statement; ``None`` if a balance would go below
     zero or above :data:`MAX_BALANCE` (nothing changed then)."""
-    w = Wallet.__table__.c
-    values = {
-        "available": w.available + available,
-        "pending": w.pending + pending,
-        "held": w.held + held,
-        "version": w.version + 1,
-    }
+    statement = _wallet_update((_sign(available), _sign(pending), _sign(held)),
+                               activity_at is not None)
+    params: dict[str, Any] = {"b_member": member_id, "d_available": available,
+                              "d_pending": pending, "d_held": held}
     if activity_at is not None:
-        values["last_activity_at"] = activity_at
-    conditions = [w.member_id == member_id]
-    for column, delta in ((w.available, available), (w.pending, pending), (w.held, held)):
-        if delta < 0:
-            conditions.append(column >= -delta)
-        elif delta > 0:
-            conditions.append(column <= MAX_BALANCE - delta)
-    row = session.execute(
-        update(Wallet.__table__).where(and_(*conditions)).values(**values)
-        .returning(w.available, w.pending, w.held)
-    ).first()
+        params["b_activity_at"] = activity_at
+    row = session.execute(statement, params).first()
     return Balance(*row) if row else None
+
+
+_LOCK_WALLET = (select(*_BALANCES).where(_W.member_id == bindparam("member_id"))
+                .with_for_update())
 
 
 def lock_wallet(session: Session, member_id: int) -> Balance:
     """Lock the member's wallet row for the rest of the transaction and read it."""
-    w = Wallet.__table__.c
-    row = session.execute(
-        select(w.available, w.pending, w.held).where(w.member_id == member_id).with_for_update()
-    ).one()
-    return Balance(*row)
+    return Balance(*session.execute(_LOCK_WALLET, {"member_id": member_id}).one())
+
+
+def _lots_needed(exclude: bool) -> Any:
+    """Live lots in consumption order (earliest expiry first), up to the one that covers
+    the points asked for: a running total picks them in one query."""
+    lot = Lot.__table__.c
+    running = func.sum(lot.remaining).over(order_by=(lot.expires_at.asc().nulls_last(), lot.id))
+    conditions = [lot.member_id == bindparam("member_id"), lot.state == "live",
+                  lot.remaining > 0]
+    if exclude:
+        conditions.append(lot.id != bindparam("exclude"))
+    ordered = (select(lot.id, lot.origin_partner_id, lot.remaining, running.label("running"))
+               .where(*conditions).subquery())
+    return (select(ordered.c.id, ordered.c.origin_partner_id, ordered.c.remaining)
+            .where(ordered.c.running - ordered.c.remaining < bindparam("points"))
+            .order_by(ordered.c.running))
+
+
+_LOTS_NEEDED = {False: _lots_needed(False), True: _lots_needed(True)}
 
 
 def take_from_live_lots(
@@ -89,30 +130,15 @@ def take_from_live_lots(
 ) -> list[Take]:
     """Take ``points`` from the member's live lots, earliest expiry first.
 
-    The caller has already debited the wallet (so the points are there). Only the lots
-    needed are read: a running total picks them in one query.
+    The caller has already debited the wallet (so the points are there).
     """
-    lot = Lot.__table__.c
-    running = func.sum(lot.remaining).over(
-        order_by=(lot.expires_at.asc().nulls_last(), lot.id)
-    )
-    conditions = [lot.member_id == member_id, lot.state == "live", lot.remaining > 0]
+    params = {"member_id": member_id, "points": points}
     if exclude_lot is not None:
-        conditions.append(lot.id != exclude_lot)
-    ordered = (
-        select(lot.id, lot.origin_partner_id, lot.remaining, running.label("running"))
-        .where(*conditions)
-        .subquery()
-    )
-    rows = session.execute(
-        select(ordered.c.id, ordered.c.origin_partner_id, ordered.c.remaining,
-               ordered.c.running)
-        .where(ordered.c.running - ordered.c.remaining < points)
-        .order_by(ordered.c.running)
-    ).all()
+        params["exclude"] = exclude_lot
+    rows = session.execute(_LOTS_NEEDED[exclude_lot is not None], params).all()
     takes: list[Take] = []
     left = points
-    for lot_id, origin, remaining, _ in rows:
+    for lot_id, origin, remaining in rows:
         taken = min(remaining, left)
         takes.append(Take(lot_id, origin, -taken))
         left -= taken
@@ -122,23 +148,28 @@ def take_from_live_lots(
     return takes
 
 
+_L = Lot.__table__
+# Points returned to a lot that expired meanwhile make it live again with its original
+# expiry, so the next expiry run takes them as breakage like any other late points.
+_APPLY_TAKE = (
+    update(_L).where(_L.c.id == bindparam("lot"))
+    .values(remaining=_L.c.remaining + bindparam("delta"),
+            state=case((and_(bindparam("delta") > 0, _L.c.state == "expired"), "live"),
+                       else_=_L.c.state))
+)
+
+
 def apply_takes(session: Session, takes: Sequence[Take]) -> None:
     """Change each lot's remaining points by its take (negative: taken)."""
     if not takes:
         return
-    lot = Lot.__table__
-    # Points returned to a lot that expired meanwhile make it live again with its original
-    # expiry, so the next expiry run takes them as breakage like any other late points.
-    session.execute(
-        update(lot)
-        .where(lot.c.id == bindparam("lot"))
-        .values(
-            remaining=lot.c.remaining + bindparam("delta"),
-            state=case((and_(bindparam("delta") > 0, lot.c.state == "expired"), "live"),
-                       else_=lot.c.state),
-        ),
-        [{"lot": t.lot_id, "delta": t.points} for t in takes],
-    )
+    session.execute(_APPLY_TAKE, [{"lot": t.lot_id, "delta": t.points} for t in takes])
+
+
+_INSERT_ENTRY = insert(Entry.__table__).returning(Entry.__table__.c.id)
+_INSERT_POSTING = insert(Posting.__table__)
+_INSERT_MOVEMENT = insert(LotMovement.__table__)
+_INSERT_LOT = insert(Lot.__table__).returning(Lot.__table__.c.id)
 
 
 def book_entry(
@@ -166,30 +197,29 @@ def book_entry(
     if len(postings) < 2 or sum(p[3] for p in postings) != 0:
         raise LedgerInconsistency(
             f"{kind}: an entry needs two or more postings summing to zero: {postings}")
-    entry_id = session.execute(
-        insert(Entry.__table__).values(
-            kind=kind, booked_at=booked_at, occurred_at=occurred_at or booked_at,
-            partner_id=partner_id, member_id=member_id, partner_txn_id=partner_txn_id,
-            request_hash=request_hash, points=points, reference_id=reference_id,
-            spend_amount=spend_amount, spend_currency=spend_currency,
-            available_after=balance.available if balance else None,
-            pending_after=balance.pending if balance else None,
-            held_after=balance.held if balance else None,
-            note=note,
-        ).returning(literal_column("id"))
-    ).scalar_one()
+    entry_id = session.execute(_INSERT_ENTRY, {
+        "kind": kind, "booked_at": booked_at, "occurred_at": occurred_at or booked_at,
+        "partner_id": partner_id, "member_id": member_id, "partner_txn_id": partner_txn_id,
+        "request_hash": request_hash, "points": points, "reference_id": reference_id,
+        "spend_amount": spend_amount, "spend_currency": spend_currency,
+        "available_after": balance.available if balance else None,
+        "pending_after": balance.pending if balance else None,
+        "held_after": balance.held if balance else None,
+        "note": note,
+    }).scalar_one()
     if postings:
-        session.execute(insert(Posting.__table__), [
+        session.execute(_INSERT_POSTING, [
             {"entry_id": entry_id, "account": account, "member_id": member,
              "partner_id": partner, "points": amount}
             for account, member, partner, amount in postings
         ])
     if takes:
-        session.execute(insert(LotMovement.__table__), [
+        session.execute(_INSERT_MOVEMENT, [
             {"lot_id": t.lot_id, "entry_id": entry_id, "points": t.points,
              "origin_partner_id": t.origin_partner_id, "entry_kind": kind,
              "entry_partner_id": partner_id, "entry_booked_at": booked_at} for t in takes
         ])
+    # counted in the metrics when (and only if) the transaction commits
     return entry_id
 
 
@@ -205,14 +235,12 @@ def create_lot(
     expires_at: datetime | None,
     pending_until: datetime | None = None,
 ) -> int:
-    return session.execute(
-        insert(Lot.__table__).values(
-            member_id=member_id, origin_partner_id=origin_partner_id, source=source,
-            entry_id=entry_id, points=points, remaining=points,
-            state="pending" if pending_until else "live",
-            earned_at=earned_at, expires_at=expires_at, pending_until=pending_until,
-        ).returning(literal_column("id"))
-    ).scalar_one()
+    return session.execute(_INSERT_LOT, {
+        "member_id": member_id, "origin_partner_id": origin_partner_id, "source": source,
+        "entry_id": entry_id, "points": points, "remaining": points,
+        "state": "pending" if pending_until else "live",
+        "earned_at": earned_at, "expires_at": expires_at, "pending_until": pending_until,
+    }).scalar_one()
 
 
 class LedgerInconsistency(RuntimeError):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import func, insert, literal_column, select
+from sqlalchemy import bindparam, func, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,22 +26,25 @@ class MemberRef:
     tier: str
 
 
+_M, _LINK = Member.__table__.c, MemberLink.__table__.c
+_MEMBER = select(_M.id, _M.member_number, _M.status, _M.tier)
+_BY_NUMBER = _MEMBER.where(_M.member_number == bindparam("number"))
+_BY_REF = _MEMBER.join(MemberLink.__table__, _LINK.member_id == _M.id).where(
+    _LINK.partner_id == bindparam("partner"), _LINK.partner_member_ref == bindparam("ref"))
+
+
 def find_member(
     session: Session, partner_id: int, member_number: str | None = None,
     partner_member_ref: str | None = None,
 ) -> MemberRef:
     """The member named by number or by this partner's own reference, or ``NotFound``."""
-    m = Member.__table__.c
-    query = select(m.id, m.member_number, m.status, m.tier, m.merged_into_id)
     if member_number is not None:
-        query = query.where(m.member_number == member_number)
+        row = session.execute(_BY_NUMBER, {"number": member_number}).first()
         missing = f"No member {member_number}."
     else:
-        link = MemberLink.__table__.c
-        query = query.join(MemberLink.__table__, link.member_id == m.id).where(
-            link.partner_id == partner_id, link.partner_member_ref == partner_member_ref)
+        row = session.execute(_BY_REF, {"partner": partner_id,
+                                        "ref": partner_member_ref}).first()
         missing = f"No member linked to your reference {partner_member_ref!r}."
-    row = session.execute(query).first()
     if row is None:
         raise NotFound(missing)
     return MemberRef(row.id, row.member_number, row.status, row.tier)

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -79,10 +79,18 @@ def request_hash(operation: str, data: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- idempotency
 
 
+_E = Entry.__table__.c
+_EXISTING = select(_E.id).where(_E.partner_id == bindparam("partner"),
+                                _E.partner_txn_id == bindparam("txn"))
+_EARN_RATE = (select(RateCard.__table__.c.earn_rate)
+              .where(RateCard.__table__.c.partner_id == bindparam("partner"),
+                     RateCard.__table__.c.valid_from <= bindparam("now"))
+              .order_by(RateCard.__table__.c.valid_from.desc()).limit(1))
+
+
 def _existing(session: Session, partner_id: int, partner_txn_id: str) -> Entry | None:
-    e = Entry.__table__.c
-    entry_id = session.execute(select(e.id).where(
-        e.partner_id == partner_id, e.partner_txn_id == partner_txn_id)).scalar()
+    entry_id = session.execute(_EXISTING, {"partner": partner_id,
+                                           "txn": partner_txn_id}).scalar()
     return None if entry_id is None else session.get_one(Entry, entry_id)
 
 
@@ -296,10 +304,8 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
             if spend["currency"] != partner.currency:
                 message = f"This partner earns in {partner.currency}."
                 raise InvalidRequest(message, errors={"spend": {"currency": [message]}})
-            earn_rate = session.scalar(
-                select(RateCard.earn_rate).where(RateCard.partner_id == partner.id,
-                                                 RateCard.valid_from <= now)
-                .order_by(RateCard.valid_from.desc()).limit(1))
+            earn_rate = session.execute(_EARN_RATE, {"partner": partner.id,
+                                                     "now": now}).scalar()
             if earn_rate is None:
                 raise InvalidRequest("No earn rate is in force for this partner yet.")
             points = floor_points(spend["amount"] * earn_rate

@@ -91,19 +91,21 @@ def program_terms() -> dict[str, Any]:
 
 
 _parsed: dict[int, Rules] = {}
+_LATEST_VERSION = (select(ProgramRules.__table__.c.version,
+                          ProgramRules.__table__.c.published_at)
+                   .order_by(ProgramRules.__table__.c.version.desc()).limit(1))
 
 
 def rules_in_force(session: Session) -> Rules:
     """The latest rules, read in the caller's transaction; parsing is cached per version
     since a published version never changes."""
-    row = session.execute(
-        select(ProgramRules.version, ProgramRules.published_at, ProgramRules.rules)
-        .order_by(ProgramRules.version.desc()).limit(1)
-    ).first()
+    row = session.execute(_LATEST_VERSION).first()
     if row is None:
         return load_rules(session)
     cached = _parsed.get(row.version)
     if cached is None or cached.published_at != row.published_at:
-        cached = Rules(row.version, row.published_at, ProgramRulesSchema().load(row.rules))
+        rules = session.execute(select(ProgramRules.rules)
+                                .where(ProgramRules.version == row.version)).scalar_one()
+        cached = Rules(row.version, row.published_at, ProgramRulesSchema().load(rules))
         _parsed[row.version] = cached
     return cached
