@@ -557,7 +557,9 @@ def _reached_rank(rules: Rules, points: Any) -> Any:
 
 
 def _reached(rules: Rules, points: int) -> str:
-    return [t["code"] for t in rules["tiers"] if t["threshold"] <= points][-1]
+    # reversals in the window of earns from before it can make the total negative: the
+    # first tier (threshold 0) is the floor
+    return [t["code"] for t in rules["tiers"] if t["threshold"] <= max(points, 0)][-1]
 
 
 def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None) -> None:
