@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: run test lint check-schema bench clean chromium
+.PHONY: run test fuzz lint check-schema bench clean chromium
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -24,6 +24,16 @@ run: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Schemathesis against the live /openapi.json (tests/test_fuzz.py) with many more examples
+# per operation than `make test` runs, on SQLite and on the local PostgreSQL server, with a
+# fresh seed each time (COALITION_FUZZ_SEED=N replays one). FUZZ_EXAMPLES changes the count.
+FUZZ_EXAMPLES ?= 200
+fuzz: $(STAMP)
+	COALITION_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) COALITION_FUZZ_BACKENDS=sqlite,postgresql \
+	COALITION_FUZZ_SEED=$${COALITION_FUZZ_SEED:-random} \
+	COALITION_TEST_DATABASE_URL=$${COALITION_TEST_DATABASE_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test} \
+		$(BIN)/python -m pytest tests/test_fuzz.py -m fuzz -s $(PYTEST_ARGS)
 
 # The member page's browser test drives Debian's Chromium (never a browser that Playwright
 # downloads). Installed here when it is missing and apt-get can (as root); otherwise not fatal:

@@ -50,14 +50,21 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     init_oauth(app)
     register_error_handlers(app)
+    from coalition.limits import init_limits
+
+    init_limits(app)  # rate limits (429), strict JSON bodies (400), 413 in the error shape
     _register_api(app)
     _register_pages(app)
     _register_cli(app)
+    from coalition.observability import init_observability
+
+    init_observability(app)  # request ids, the access log, /metrics
     return app
 
 
 def load_models() -> None:
     """Import every package's models so that ``Base.metadata`` knows all tables."""
+    import coalition.audit.models  # noqa: F401
     import coalition.ledger.models  # noqa: F401
     import coalition.models  # noqa: F401
     import coalition.oauth.models  # noqa: F401
@@ -122,10 +129,13 @@ def _register_api(app: Flask) -> None:
 
     api.register_blueprint(me_api.blp)
     api.register_blueprint(client_admin.blp)
+    from coalition.audit import views as audit_views
+
+    api.register_blueprint(audit_views.blp)
 
 
 def _register_pages(app: Flask) -> None:
-    """Server-rendered pages: member sign-in (``/oauth/authorize``) and ``/member``."""
+    """Server-rendered pages: sign-in (``/oauth/authorize``), ``/member`` and ``/finance``."""
     from coalition.member import page
     from coalition.oauth import authorize
     from coalition.pages import init_pages
@@ -133,17 +143,23 @@ def _register_pages(app: Flask) -> None:
     init_pages(app)
     app.register_blueprint(authorize.bp)
     app.register_blueprint(page.bp)
+    from settlement import page as finance_page
+
+    app.register_blueprint(finance_page.bp)
 
 
 def _register_cli(app: Flask) -> None:
     from coalition.cli import client_cli, db_cli, demo_cli, expire_command, ledger_cli
     from partners.cli import partner_cli
-    from settlement.cli import settle_cli
+    from settlement.cli import finance_cli, settle_cli
 
     for group in (db_cli, client_cli, demo_cli, ledger_cli, expire_command, partner_cli,
-                  settle_cli):
+                  settle_cli, finance_cli):
         app.cli.add_command(group)
     from coalition.cli import daily_command, member_cli
 
     app.cli.add_command(member_cli)
     app.cli.add_command(daily_command)
+    from coalition.cli import audit_cli
+
+    app.cli.add_command(audit_cli)

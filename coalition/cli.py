@@ -9,6 +9,7 @@ from typing import Any
 import click
 from flask.cli import FlaskGroup, with_appcontext
 
+from coalition.audit.service import ACTIONS as AUDIT_ACTIONS
 from config import ConfigError
 
 
@@ -100,9 +101,11 @@ def client_cli() -> None:
               help="An operator client (partner clients: `coalition partner client`).")
 @click.option("--public", "kind", flag_value="public",
               help="A public client (a member app): no secret; members sign in through it "
-                   "with the authorization code grant and PKCE; scope `member`.")
+                   "with the authorization code grant and PKCE; scope `member` (or, for "
+                   "the finance page, where finance users sign in: `settlement:run`).")
 @click.option("--scope", "scope", help='Operator clients: space-separated, e.g. '
-                                       '"admin settlement:run".')
+                                       '"admin settlement:run". Public clients: `member` '
+                                       '(default) or `settlement:run` (the finance page).')
 @click.option("--redirect-uri", "redirect_uris", multiple=True, metavar="URI",
               help="Public clients: where sign-in may return (exact match); repeatable.")
 @click.option("--name", default="")
@@ -111,6 +114,7 @@ def client_cli() -> None:
 def client_create(kind: str | None, scope: str | None, redirect_uris: tuple[str, ...],
                   name: str, as_json: bool) -> None:
     """Create an operator client and print its secret (shown once), or a public client."""
+    from coalition.audit.service import cli_actor
     from coalition.errors import CoalitionError
     from coalition.oauth.clients import create_operator_client, create_public_client
 
@@ -119,10 +123,12 @@ def client_create(kind: str | None, scope: str | None, redirect_uris: tuple[str,
                                "client to create.")
     try:
         if kind == "public":
-            if scope is not None:
-                raise click.UsageError("Public clients always have the scope `member`; "
-                                       "--scope is for operator clients.")
-            view = create_public_client(name, list(redirect_uris))
+            if scope not in (None, "member", "settlement:run"):
+                raise click.UsageError("A public client has the scope `member` (members sign "
+                                       "in) or `settlement:run` (the finance page).")
+            view = create_public_client(name, list(redirect_uris),
+                                        scopes=((scope,) if scope else ("member",)),
+                                        actor=cli_actor())
             data = {"client_id": view.client_id, "kind": view.kind, "name": view.name,
                     "scopes": view.scopes, "redirect_uris": view.redirect_uris,
                     "token_endpoint_auth_method": "none"}
@@ -132,7 +138,7 @@ def client_create(kind: str | None, scope: str | None, redirect_uris: tuple[str,
             return
         if redirect_uris:
             raise click.UsageError("--redirect-uri is for public clients.")
-        issued = create_operator_client((scope or "").split(), name=name)
+        issued = create_operator_client((scope or "").split(), name=name, actor=cli_actor())
     except CoalitionError as exc:
         detail = exc.message
         if exc.errors and "redirect_uris" in exc.errors:
@@ -167,11 +173,12 @@ def client_list(as_json: bool) -> None:
 @with_appcontext
 def client_revoke(client_id: str) -> None:
     """Revoke a client and its tokens."""
+    from coalition.audit.service import cli_actor
     from coalition.errors import CoalitionError
     from coalition.oauth.clients import revoke_client
 
     try:
-        revoke_client(client_id)
+        revoke_client(client_id, actor=cli_actor())
     except CoalitionError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"revoked {client_id}")
@@ -190,9 +197,10 @@ def demo_cli() -> None:
 @with_appcontext
 def demo_load(as_json: bool) -> None:
     """Load a demo coalition unless the database already has partners."""
+    from coalition.audit.service import cli_actor
     from coalition.demo import load_demo
 
-    result = load_demo()
+    result = load_demo(cli_actor())
     if result is None:
         emit({"loaded": False}, as_json, "demo coalition already loaded")
         return
@@ -331,6 +339,7 @@ def member_merge(absorbed: str, survivor: str, as_json: bool) -> None:
     history move; ABSORBED answers with a pointer to SURVIVOR from then on."""
     import getpass
 
+    from coalition.audit.service import cli_actor
     from coalition.errors import CoalitionError
     from coalition.ledger import numbers
     from coalition.ledger.member_ops import merge
@@ -340,7 +349,8 @@ def member_merge(absorbed: str, survivor: str, as_json: bool) -> None:
             raise click.BadParameter("not a valid member number (check the digits)",
                                      param_hint=name)
     try:
-        result = merge(absorbed, survivor, operator=f"cli:{getpass.getuser()}")
+        result = merge(absorbed, survivor, operator=f"cli:{getpass.getuser()}",
+                       actor=cli_actor())
     except CoalitionError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from exc
     moved = result["moved"]
@@ -388,3 +398,59 @@ def daily_command(as_of: str | None, as_json: bool) -> None:
                    for f in summary.failures))
     if summary.failures:
         sys.exit(1)
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@click.group("audit", help="The audit log of operator and finance actions.")
+def audit_cli() -> None:
+    pass
+
+
+def _timestamp(value: str | None, hint: str) -> Any:
+    from marshmallow import ValidationError
+
+    from coalition.schemas import UTCTimestamp
+
+    if value is None:
+        return None
+    try:
+        return UTCTimestamp().deserialize(value)
+    except ValidationError as exc:
+        raise click.BadParameter(" ".join(exc.messages), param_hint=hint) from exc  # type: ignore[arg-type]
+
+
+@audit_cli.command("list")
+@click.option("--action", type=click.Choice(AUDIT_ACTIONS), help="only this action")
+@click.option("--actor", help="only this client id (`cli` for the command line) or person")
+@click.option("--from", "occurred_from", metavar="TIME", help="inclusive (date or RFC 3339)")
+@click.option("--to", "occurred_to", metavar="TIME", help="exclusive (date or RFC 3339)")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--cursor", help="`next_cursor` of the previous page")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def audit_list(action: str | None, actor: str | None, occurred_from: str | None,
+               occurred_to: str | None, limit: int, cursor: str | None,
+               as_json: bool) -> None:
+    """Audit events, newest first."""
+    from coalition.audit.service import list_events
+    from coalition.audit.views import AuditPageSchema
+    from coalition.errors import CoalitionError
+
+    try:
+        page = list_events(action=action, actor=actor,
+                           occurred_from=_timestamp(occurred_from, "--from"),
+                           occurred_to=_timestamp(occurred_to, "--to"),
+                           cursor=cursor, limit=limit)
+    except CoalitionError as exc:
+        raise click.BadParameter(exc.message, param_hint="--cursor") from exc
+    data = AuditPageSchema().dump(page)
+    lines = []
+    for event in data["items"]:
+        who = event["actor"] + (f" ({event['actor_user']})" if event["actor_user"] else "")
+        lines.append(f"{event['occurred_at']}  {event['action']:<34} {who:<28} "
+                     f"{event['target']:<24} {json.dumps(event['details'], sort_keys=True)}")
+    if data["next_cursor"]:
+        lines.append(f"more: --cursor {data['next_cursor']}")
+    emit(data, as_json, "\n".join(lines) or "no audit events")

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from coalition.audit.service import SYSTEM, Actor
 from coalition.db import read
 from coalition.models import Partner
 from coalition.oauth.clients import create_operator_client
@@ -39,20 +40,21 @@ DEMO_RULES: dict[str, Any] = {
 }
 
 
-def load_demo() -> dict[str, Any] | None:
+def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
     """Create the demo coalition, or return ``None`` if partners already exist."""
     from partners.service import create_partner, issue_partner_client
 
     with read() as session:
         if session.scalar(select(Partner.id).limit(1)) is not None:
             return None
-    operator = create_operator_client(["admin", "settlement:run"], name="demo operator")
+    operator = create_operator_client(["admin", "settlement:run"], name="demo operator",
+                                      actor=actor)
     issued = [{"for": "operator", "client_id": operator.client_id,
                "client_secret": operator.client_secret, "scopes": operator.scopes}]
     for spec in DEMO_PARTNERS:
-        create_partner(**spec)
-        client = issue_partner_client(spec["code"], list(PARTNER_SCOPES))
+        create_partner(**spec, actor=actor)
+        client = issue_partner_client(spec["code"], list(PARTNER_SCOPES), actor=actor)
         issued.append({"for": spec["code"], "client_id": client.client_id,
                        "client_secret": client.client_secret, "scopes": client.scopes})
-    publish_rules(DEMO_RULES, published_by=operator.client_id)
+    publish_rules(DEMO_RULES, published_by=operator.client_id, actor=actor)
     return {"loaded": True, "clients": issued}

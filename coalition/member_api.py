@@ -12,6 +12,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from coalition.audit.views import current_actor
 from coalition.errors import Forbidden
 from coalition.ledger import member_ops
 from coalition.ledger.service import Outcome
@@ -207,5 +208,6 @@ class Merge(MethodView):
     def post(self, data: dict[str, Any]) -> Any:
         """Merge a member found twice: points, lots, links and history move to the
         survivor; the absorbed number answers with a pointer to it from then on."""
+        actor = current_actor()
         return member_ops.merge(data["absorbed"], data["survivor"],
-                                operator=current_principal().client_id)
+                                operator=actor.client_id, actor=actor)

@@ -16,6 +16,7 @@ from functools import wraps
 from http import HTTPStatus
 from typing import Any
 
+from apispec import BasePlugin
 from flask import Flask, Response, current_app, jsonify, request
 from flask_smorest import Api as _Api
 from flask_smorest import Blueprint
@@ -88,8 +89,23 @@ def _flatten_locations(messages: Any) -> Any:
     return flat
 
 
+class _BadRequestDoc(BasePlugin):
+    """Any operation can answer 400 for a request it cannot read (a JSON body that does not
+    parse, a NUL character anywhere; field errors are 422): the document says so."""
+
+    def operation_helper(self, path: str | None = None,
+                         operations: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        for operation in (operations or {}).values():
+            if isinstance(operation, dict):
+                operation.setdefault("responses", {}).setdefault("400", "BAD_REQUEST")
+
+
 class Api(_Api):
     """flask-smorest's Api with Coalition's error shape for every HTTP exception."""
+
+    def _init_spec(self, **kwargs: Any) -> None:
+        kwargs["extra_plugins"] = [*kwargs.get("extra_plugins", ()), _BadRequestDoc()]
+        super()._init_spec(**kwargs)
 
     def handle_http_exception(self, error: HTTPException) -> Any:  # type: ignore[override]
         status = error.code or 500
@@ -140,8 +156,41 @@ def _require_json_bodies() -> Response | None:
     return None
 
 
+def _nul_in(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_nul_in(k) or _nul_in(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_nul_in(item) for item in value)
+    return False
+
+
+def _refuse_nul_characters() -> Response | None:
+    """No name, reference, code or secret of the API holds a NUL character (U+0000), and
+    PostgreSQL text cannot: a request with one in its path, query, credentials, form or
+    JSON body is refused with 400 before anything looks it up or stores it."""
+    auth = request.authorization
+    places = {
+        "path": _nul_in(request.path),
+        "query": _nul_in(request.args.to_dict(flat=False)),
+        "authorization": auth is not None and _nul_in([auth.username or "",
+                                                       auth.password or ""]),
+        "form": request.mimetype in ("application/x-www-form-urlencoded",
+                                     "multipart/form-data")
+        and _nul_in(request.form.to_dict(flat=False)),
+        "json": request.is_json and _nul_in(request.get_json(silent=True)),
+    }
+    found = [place for place, nul in places.items() if nul]
+    if not found:
+        return None
+    return error_response(400, "The request contains a NUL character (U+0000).",
+                          "invalid_request", {found[0]: ["Must not contain U+0000."]})
+
+
 def register_error_handlers(app: Flask) -> None:
     app.before_request(_require_json_bodies)
+    app.before_request(_refuse_nul_characters)
 
     @app.errorhandler(CoalitionError)
     def _domain_error(exc: CoalitionError) -> Response:
@@ -179,11 +228,12 @@ def protected(*scopes: str, kinds: tuple[str, ...] | None = None,
             return view(*args, **kwargs)
 
         doc = Blueprint.doc(
-            security=[{"oauth2": list(scopes)}],
-            responses={
-                "401": {"$ref": "#/components/responses/UNAUTHORIZED"},
-                "403": {"$ref": "#/components/responses/FORBIDDEN"},
-            },
+            # OpenAPI: scopes in one requirement are all needed; alternatives are a list
+            security=[{"oauth2": [scope]} for scope in scopes] if any_of
+            else [{"oauth2": list(scopes)}],
+            # by name, so that flask-smorest registers the components (a bare $ref would
+            # point at nothing unless some other operation named them)
+            responses={"401": "UNAUTHORIZED", "403": "FORBIDDEN"},
         )
         return doc(wrapper)
 

@@ -7,6 +7,7 @@ rather than at the first request that happens to need it.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Callable, Mapping
@@ -38,6 +39,18 @@ def _whole_number(value: Any) -> int:
 def _positive_int(value: Any) -> int:
     number = _whole_number(value)
     if number <= 0:
+        raise ValueError("expected a number greater than zero")
+    return number
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number greater than zero")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError("expected a number greater than zero") from None
+    if not (number > 0 and math.isfinite(number)):
         raise ValueError("expected a number greater than zero")
     return number
 
@@ -118,10 +131,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TX_RETRIES", _positive_int, 8,
             "attempts for a transaction that hits a deadlock or serialization failure"),
     Setting("MAX_CONTENT_LENGTH", _positive_int, 1024 * 1024, "largest request body, bytes"),
+    Setting("RATE_LIMIT_ENABLED", _bool, None,
+            "rate limiting on or off; default: off in testing, on otherwise"),
+    Setting("RATE_LIMIT", _positive_number, 200,
+            "requests per second per OAuth client (member tokens: per member), "
+            "per gunicorn worker"),
+    Setting("RATE_LIMIT_BURST", _positive_int, 400,
+            "requests a client may send at once above RATE_LIMIT (the token bucket's size)"),
+    Setting("TOKEN_RATE_LIMIT", _positive_number, 10,
+            "requests per second per remote address to /oauth/token, /oauth/revoke and "
+            "/oauth/introspect, per gunicorn worker"),
+    Setting("TOKEN_RATE_LIMIT_BURST", _positive_int, 100,
+            "requests at once per remote address above TOKEN_RATE_LIMIT"),
     Setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level"),
     Setting("LOG_FORMAT", _choice("json", "text"), None,
             "log line format; default: text in development, json otherwise"),
     Setting("SQL_ECHO", _bool, False, "log every SQL statement"),
+    Setting("METRICS", _bool, True,
+            "serve Prometheus metrics at /metrics (no token: keep it off the public edge)"),
 )
 
 
@@ -160,6 +187,8 @@ def load_settings(
 
     if values["LOG_FORMAT"] is None:
         values["LOG_FORMAT"] = "text" if values["ENV"] == "development" else "json"
+    if values["RATE_LIMIT_ENABLED"] is None:
+        values["RATE_LIMIT_ENABLED"] = values["ENV"] != "testing"
     if values["DATABASE_URL"] is None:
         values["DATABASE_URL"] = f"sqlite:///{instance_path / 'coalition.sqlite3'}"
     if values["SECRET_KEY"] is None:

@@ -7,6 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from coalition.audit.views import current_actor
 from coalition.oauth import clients
 from coalition.web import protected
 from partners import service
@@ -40,7 +41,7 @@ class Partners(MethodView):
     @blp.alt_response(409, description="The code is taken")
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Onboard a partner with its first rate card."""
-        return service.create_partner(**data)
+        return service.create_partner(**data, actor=current_actor())
 
 
 @blp.route("/<code>")
@@ -63,7 +64,7 @@ class PartnerRates(MethodView):
                       "settlement period")
     def post(self, data: dict[str, Any], code: str) -> dict[str, Any]:
         """Append a rate card; earlier cards are kept and never edited."""
-        return service.add_rate_card(code, **data)
+        return service.add_rate_card(code, **data, actor=current_actor())
 
 
 @blp.route("/<code>/clients")
@@ -81,7 +82,8 @@ class PartnerClients(MethodView):
     @blp.alt_response(404, description="No such partner")
     def post(self, data: dict[str, Any], code: str) -> Any:
         """Issue an OAuth client to the partner; the secret is shown once."""
-        return service.issue_partner_client(code, data["scopes"], data["name"])
+        return service.issue_partner_client(code, data["scopes"], data["name"],
+                                            actor=current_actor())
 
 
 @blp.route("/<code>/clients/<client_id>/secret")
@@ -91,7 +93,8 @@ class PartnerClientSecret(MethodView):
     @blp.alt_response(404, description="No such active client of this partner")
     def post(self, code: str, client_id: str) -> Any:
         """Rotate a client's secret; the old secret and its tokens stop working."""
-        return clients.rotate_secret(client_id, partner_id=service.partner_id(code))
+        return clients.rotate_secret(client_id, partner_id=service.partner_id(code),
+                                     actor=current_actor())
 
 
 @blp.route("/<code>/clients/<client_id>")
@@ -101,4 +104,5 @@ class PartnerClient(MethodView):
     @blp.alt_response(404, description="No such active client of this partner")
     def delete(self, code: str, client_id: str) -> None:
         """Revoke a client and every token issued to it."""
-        clients.revoke_client(client_id, partner_id=service.partner_id(code))
+        clients.revoke_client(client_id, partner_id=service.partner_id(code),
+                              actor=current_actor())

@@ -8,6 +8,7 @@ from typing import Any
 import click
 from flask.cli import with_appcontext
 
+from coalition.audit.service import cli_actor
 from coalition.cli import emit
 
 
@@ -55,7 +56,7 @@ def partner_create(code: str, name: str, kind: str, currency: str, earn_rate: st
         data = PartnerCreateSchema().load({
             "code": code, "name": name, "kind": kind, "currency": currency,
             "earn_rate": earn_rate, "issue_price": issue_price, "redeem_rate": redeem_rate})
-        partner = create_partner(**data)
+        partner = create_partner(**data, actor=cli_actor())
     except ValidationError as exc:
         raise click.UsageError(str(exc.messages)) from exc
     except CoalitionError as exc:
@@ -87,7 +88,7 @@ def partner_client(code: str, scope: str, as_json: bool) -> None:
     from partners.service import issue_partner_client
 
     try:
-        issued = issue_partner_client(code, scope.split())
+        issued = issue_partner_client(code, scope.split(), actor=cli_actor())
     except CoalitionError as exc:
         raise click.ClickException(exc.message) from exc
     emit({"client_id": issued.client_id, "client_secret": issued.client_secret,

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from coalition.audit.service import SYSTEM, Actor, record
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import AlreadyExists, InvalidRequest, NotFound, PeriodClosed
 from coalition.models import Partner, RateCard
@@ -39,6 +40,7 @@ def _now_to_second() -> datetime:
 def create_partner(
     code: str, name: str, kind: str, currency: str, earn_rate: Decimal,
     issue_price: Decimal, redeem_rate: Decimal, valid_from: datetime | None = None,
+    *, actor: Actor = SYSTEM,
 ) -> dict[str, Any]:
     with UnitOfWork() as uow:
         if uow.session.scalar(select(Partner.id).where(Partner.code == code)) is not None:
@@ -55,6 +57,9 @@ def create_partner(
         except IntegrityError as exc:  # a concurrent create of the same code
             raise AlreadyExists(f"A partner with code {code!r} exists.",
                                 errors={"code": ["Already taken."]}) from exc
+        record(uow.session, actor, "partner.created", f"partner:{code}",
+               {"code": code, "name": name, "kind": kind, "currency": currency,
+                "rate_card": _card(partner.rate_cards[0])})
         uow.commit()
         return describe(partner)
 
@@ -88,6 +93,7 @@ def partner_id(code: str) -> int:
 def add_rate_card(
     code: str, valid_from: datetime, earn_rate: Decimal | None = None,
     issue_price: Decimal | None = None, redeem_rate: Decimal | None = None,
+    *, actor: Actor = SYSTEM,
 ) -> dict[str, Any]:
     """Append a rate card. Prices not given carry over from the latest card.
 
@@ -118,6 +124,8 @@ def add_rate_card(
             redeem_rate=latest.redeem_rate if redeem_rate is None else redeem_rate,
         )
         partner.rate_cards.append(card)
+        record(uow.session, actor, "partner.rate_card_added", f"partner:{code}",
+               {"rate_card": _card(card), "previous": _card(latest)})
         uow.commit()
         return _card(card)
 
@@ -130,10 +138,12 @@ def _closed_until(session: Any) -> datetime | None:
                           .where(SettlementRun.status == "closed"))
 
 
-def issue_partner_client(code: str, scopes: list[str], name: str = "") -> IssuedClient:
+def issue_partner_client(code: str, scopes: list[str], name: str = "", *,
+                         actor: Actor = SYSTEM) -> IssuedClient:
     with UnitOfWork() as uow:
         partner = _get(uow.session, code)
         issued = clients.issue_client(uow, "partner", scopes, partner_id=partner.id,
-                                      name=name or partner.name)
+                                      name=name or partner.name, actor=actor,
+                                      partner_code=partner.code)
         uow.commit()
     return issued

@@ -8,7 +8,8 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from coalition.errors import InsufficientScope
+from coalition.audit.views import current_actor
+from coalition.errors import InsufficientScope, InvalidRequest
 from coalition.oauth.server import current_principal
 from coalition.web import accepts, protected
 from settlement import reconcile, service
@@ -28,12 +29,30 @@ from settlement.schemas import (
 blp = Blueprint("settlement", __name__, url_prefix="/v1/settlement",
                 description="Settlement between partners")
 
-_FINANCE = ("operator",)
+#: operator clients, and finance users signed in through the finance page
+_FINANCE = ("operator", "finance")
 _CSV = {"text/csv": {"schema": {"type": "string"}}}
+#: ids are 64-bit: a larger one in a path names nothing (404), rather than overflowing the
+#: database driver (500)
+_ID = "int(max=9223372036854775807)"
 
 
 def _who() -> str:
-    return current_principal().client_id
+    """Who acts: a finance user by their username, an operator client by its id."""
+    principal = current_principal()
+    return principal.finance_user or principal.client_id
+
+
+def _resolver(named: str | None) -> str:
+    """Who resolves a break: a finance user is always themselves; an operator client may
+    name the person it acts for."""
+    principal = current_principal()
+    if principal.finance_user:
+        if named and named != principal.finance_user:
+            message = "A finance user resolves breaks in their own name."
+            raise InvalidRequest(message, errors={"user": [message]})
+        return principal.finance_user
+    return named or principal.client_id
 
 
 def _wants_csv() -> bool:
@@ -55,10 +74,11 @@ class Runs(MethodView):
     @blp.alt_response(409, description="period_overlap, unpriced_entries")
     def post(self, data: dict[str, Any]) -> Any:
         """Compute a draft run over a half-open period of booking time."""
-        return service.create_run(data["period_start"], data["period_end"], _who())
+        return service.create_run(data["period_start"], data["period_end"], _who(),
+                                  actor=current_actor())
 
 
-@blp.route("/runs/<int:run_id>")
+@blp.route(f"/runs/<{_ID}:run_id>")
 class Run(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
     @blp.response(200, RunSchema)
@@ -73,10 +93,10 @@ class Run(MethodView):
     @blp.alt_response(409, description="period_closed")
     def delete(self, run_id: int) -> None:
         """Discard a draft run (a closed run is kept forever)."""
-        service.delete_draft(run_id)
+        service.delete_draft(run_id, actor=current_actor())
 
 
-@blp.route("/runs/<int:run_id>/recompute")
+@blp.route(f"/runs/<{_ID}:run_id>/recompute")
 class Recompute(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
     @blp.response(200, RunSchema)
@@ -84,10 +104,10 @@ class Recompute(MethodView):
     @blp.alt_response(409, description="period_closed")
     def post(self, run_id: int) -> Any:
         """Recompute a draft from the journal."""
-        return service.recompute(run_id)
+        return service.recompute(run_id, actor=current_actor())
 
 
-@blp.route("/runs/<int:run_id>/statements/<partner>")
+@blp.route(f"/runs/<{_ID}:run_id>/statements/<partner>")
 class Statement(MethodView):
     @protected("settlement:run", "settlement:read", any_of=True)
     @blp.response(200, StatementSchema, content_type="application/json")
@@ -115,7 +135,7 @@ class Statement(MethodView):
         return doc
 
 
-@blp.route("/runs/<int:run_id>/matrix")
+@blp.route(f"/runs/<{_ID}:run_id>/matrix")
 class Matrix(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
     @blp.response(200, MatrixSchema)
@@ -125,7 +145,7 @@ class Matrix(MethodView):
         return service.get_run(run_id)["matrix"]
 
 
-@blp.route("/runs/<int:run_id>/payments")
+@blp.route(f"/runs/<{_ID}:run_id>/payments")
 class Payments(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
     @blp.response(200, PaymentSchema(many=True))
@@ -135,7 +155,7 @@ class Payments(MethodView):
         return service.get_run(run_id)["payments"]
 
 
-@blp.route("/runs/<int:run_id>/export")
+@blp.route(f"/runs/<{_ID}:run_id>/export")
 class Export(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
     @blp.response(200, RunSchema, content_type="application/json")
@@ -153,7 +173,7 @@ class Export(MethodView):
         return doc
 
 
-@blp.route("/runs/<int:run_id>/reconciliations/<partner>")
+@blp.route(f"/runs/<{_ID}:run_id>/reconciliations/<partner>")
 class Reconciliations(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
     @accepts("text/csv")
@@ -172,10 +192,11 @@ class Reconciliations(MethodView):
                 status, code = 415, "unsupported_media_type"
 
             raise _Unsupported("Send the partner's file as text/csv.")
-        return reconcile.reconcile(run_id, partner, request.get_data(), _who())
+        return reconcile.reconcile(run_id, partner, request.get_data(), _who(),
+                                   actor=current_actor())
 
 
-@blp.route("/runs/<int:run_id>/breaks")
+@blp.route(f"/runs/<{_ID}:run_id>/breaks")
 class Breaks(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
     @blp.arguments(BreakQueryArgsSchema, location="query")
@@ -186,7 +207,7 @@ class Breaks(MethodView):
         return reconcile.list_breaks(run_id, args.get("status"))
 
 
-@blp.route("/runs/<int:run_id>/breaks/<int:break_id>")
+@blp.route(f"/runs/<{_ID}:run_id>/breaks/<{_ID}:break_id>")
 class BreakResource(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
     @blp.arguments(ResolveSchema)
@@ -196,10 +217,10 @@ class BreakResource(MethodView):
     def post(self, data: dict[str, Any], run_id: int, break_id: int) -> Any:
         """Resolve a break: accept it with a reason, or book the adjustment."""
         return reconcile.resolve(run_id, break_id, data["action"], data["reason"],
-                                 data.get("user") or _who())
+                                 _resolver(data.get("user")), actor=current_actor())
 
 
-@blp.route("/runs/<int:run_id>/close")
+@blp.route(f"/runs/<{_ID}:run_id>/close")
 class Close(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
     @blp.response(200, RunSchema)
@@ -207,4 +228,4 @@ class Close(MethodView):
     @blp.alt_response(409, description="unresolved_breaks, period_closed")
     def post(self, run_id: int) -> Any:
         """Close the run: only with every break resolved; then it never changes."""
-        return service.close_run(run_id, _who())
+        return service.close_run(run_id, _who(), actor=current_actor())

@@ -12,6 +12,7 @@ import click
 from flask.cli import with_appcontext
 from marshmallow import ValidationError
 
+from coalition.audit.service import cli_actor
 from coalition.schemas import UTCTimestamp
 
 CLI_USER = "cli"
@@ -73,7 +74,8 @@ def settle_run(start: str, end: str, as_json: bool) -> None:
                            show_eta=False) as bar:
         bar.update(1)
         try:
-            run = create_run(_moment(start, "--from"), _moment(end, "--to"), CLI_USER)
+            run = create_run(_moment(start, "--from"), _moment(end, "--to"), CLI_USER,
+                             actor=cli_actor())
         except Exception as exc:  # noqa: BLE001 - domain errors become a clean message
             raise _fail(exc) from exc
         bar.update(1)
@@ -92,7 +94,7 @@ def settle_reconcile(run_id: int, partner: str, file: Path, as_json: bool) -> No
     from settlement.schemas import ReconciliationSchema
 
     try:
-        report = reconcile(run_id, partner, file.read_bytes(), CLI_USER)
+        report = reconcile(run_id, partner, file.read_bytes(), CLI_USER, actor=cli_actor())
     except Exception as exc:  # noqa: BLE001
         raise _fail(exc) from exc
     summary = ", ".join(f"{k} {v}" for k, v in report["summary"].items())
@@ -110,7 +112,7 @@ def settle_close(run_id: int, as_json: bool) -> None:
     from settlement.service import close_run
 
     try:
-        run = close_run(run_id, CLI_USER)
+        run = close_run(run_id, CLI_USER, actor=cli_actor())
     except Exception as exc:  # noqa: BLE001
         raise _fail(exc) from exc
     _emit(RunSchema().dump(run), as_json, _run_text(run))
@@ -133,3 +135,82 @@ def settle_show(run_id: int, as_json: bool) -> None:
 
 
 
+
+
+# --------------------------------------------------------------------------- finance users
+
+
+@click.group("finance", help="The finance team: their accounts for the finance page.")
+def finance_cli() -> None:
+    pass
+
+
+@finance_cli.group("user", help="Finance users (they sign in to /finance).")
+def finance_user_cli() -> None:
+    pass
+
+
+def _user_text(user: dict[str, Any]) -> str:
+    state = "active" if user["active"] else "disabled"
+    return f"{user['username']:<20} {state:<9} {user['name']}"
+
+
+@finance_user_cli.command("create")
+@click.argument("username")
+@click.option("--name", required=True, help="the person's full name")
+@click.option("--password-stdin", is_flag=True,
+              help="read the password from the first line of standard input "
+                   "(otherwise it is asked for, twice)")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def finance_user_create(username: str, name: str, password_stdin: bool,
+                        as_json: bool) -> None:
+    """Create finance user USERNAME, who signs in to the finance page with a password of
+    at least 12 characters."""
+    from coalition.audit.service import cli_actor
+    from coalition.errors import CoalitionError
+    from coalition.oauth import finance_users
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = finance_users.create_user(username, name, password, actor=cli_actor())
+    except CoalitionError as exc:
+        field = next(iter(exc.errors or {}), None)
+        hint = {"username": "USERNAME", "name": "--name", "password": "password"}.get(field)
+        if exc.status == 422 and hint:
+            raise click.BadParameter(exc.message, param_hint=hint) from exc
+        raise click.ClickException(f"{exc.code}: {exc.message}") from exc
+    _emit({k: user[k] for k in ("username", "name", "active", "created_at")}, as_json,
+          f"created finance user {user['username']} ({user['name']})")
+
+
+@finance_user_cli.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def finance_user_list(as_json: bool) -> None:
+    """List finance users."""
+    from coalition.oauth import finance_users
+
+    users = finance_users.list_users()
+    rows = [{k: u[k] for k in ("username", "name", "active", "created_at")} for u in users]
+    _emit(rows, as_json, "\n".join(_user_text(u) for u in users) or "no finance users")
+
+
+@finance_user_cli.command("disable")
+@click.argument("username")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def finance_user_disable(username: str, as_json: bool) -> None:
+    """Disable USERNAME: no more sign-in, and their tokens are revoked at once."""
+    from coalition.audit.service import cli_actor
+    from coalition.oauth import finance_users
+
+    try:
+        user = finance_users.disable_user(username, actor=cli_actor())
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(exc) from exc
+    _emit({k: user[k] for k in ("username", "active", "tokens_revoked")}, as_json,
+          f"disabled finance user {username} ({user['tokens_revoked']} token(s) revoked)")

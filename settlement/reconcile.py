@@ -22,6 +22,8 @@ from typing import Any
 from marshmallow import ValidationError
 from sqlalchemy import select, update
 
+from coalition.audit import service as audit
+from coalition.audit.service import Actor
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
 from coalition.ledger import service as ledger
@@ -142,8 +144,8 @@ def _ledger(session: Any, partner_id: int, start: datetime, end: datetime
                                "occurred_at": r.occurred_at.isoformat()} for r in rows}
 
 
-def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str
-              ) -> dict[str, Any]:
+def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str, *,
+              actor: Actor | None = None) -> dict[str, Any]:
     """Classify the partner's file against the run's period; a new upload supersedes the
     previous one for the same run and partner."""
     records, malformed = parse(content)
@@ -228,6 +230,11 @@ def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str
                               kind=b["kind"], partner_txn_id=b["partner_txn_id"],
                               line=b["line"], details=b["details"], status="open"))
         session.flush()
+        audit.record(session, actor or Actor(uploaded_by),
+                     "settlement.reconciliation_uploaded", f"run:{run.id}",
+                     {"partner": partner.code, "reconciliation_id": recon.id,
+                      "file_sha256": recon.file_sha256, "rows": recon.rows, "summary": counts,
+                      "superseded": [old.id for old in previous]})
         uow.commit()
         return report(recon.id)
 
@@ -271,10 +278,11 @@ def list_breaks(run_id: int, status: str | None = None) -> list[dict[str, Any]]:
                 for b, code in session.execute(query.order_by(Break.id))]
 
 
-def resolve(run_id: int, break_id: int, action: str, reason: str, resolved_by: str
-            ) -> dict[str, Any]:
+def resolve(run_id: int, break_id: int, action: str, reason: str, resolved_by: str, *,
+            actor: Actor | None = None) -> dict[str, Any]:
     """Accept a break with a reason, or adjust: book the transaction that corrects the
-    difference in the open period, then mark the break adjusted."""
+    difference in the open period, then mark the break adjusted. ``actor`` is who the
+    audit log names (by default, ``resolved_by``)."""
     with read() as session:
         row = session.execute(
             select(Break, SettlementRun.status, Partner)
@@ -299,6 +307,12 @@ def resolve(run_id: int, break_id: int, action: str, reason: str, resolved_by: s
                     adjustment_entry_id=entry_id))
         if done.rowcount != 1:  # type: ignore[attr-defined]
             raise BreakResolved(f"Break {break_id} was resolved meanwhile.")
+        status = "adjusted" if action == "adjust" else "accepted"
+        audit.record(uow.session, actor or Actor(resolved_by), f"settlement.break_{status}",
+                     f"break:{break_id}",
+                     {"run": run_id, "partner": partner.code, "kind": brk.kind,
+                      "partner_txn_id": brk.partner_txn_id, "reason": reason,
+                      "resolved_by": resolved_by, "adjustment_entry_id": entry_id})
         uow.commit()
     return next(b for b in list_breaks(run_id) if b["id"] == break_id)
 

@@ -189,7 +189,8 @@ class ResolveSchema(StrictSchema):
     action = fields.String(required=True, validate=validate.OneOf(["accept", "adjust"]))
     reason = fields.String(required=True, validate=validate.Length(min=3, max=2000))
     user = fields.String(validate=validate.Length(min=1, max=64), metadata={
-        "description": "the person resolving it (default: the calling client)"})
+        "description": "operator clients: the person resolving it (default: the calling "
+                       "client); a finance user always resolves in their own name"})
 
 
 class BreakQueryArgsSchema(Schema):

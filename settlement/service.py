@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from coalition.audit.service import SYSTEM, Actor, record
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
 from settlement.compute import Unpriced, compute
@@ -57,8 +58,14 @@ def describe(run: SettlementRun, session: Any) -> dict[str, Any]:
     }
 
 
-def create_run(start: datetime, end: datetime, created_by: str) -> dict[str, Any]:
-    """Compute the period's figures and keep them as a draft run."""
+def _period(run: SettlementRun) -> dict[str, Any]:
+    return {"period_start": run.period_start, "period_end": run.period_end}
+
+
+def create_run(start: datetime, end: datetime, created_by: str, *,
+               actor: Actor | None = None) -> dict[str, Any]:
+    """Compute the period's figures and keep them as a draft run. ``actor`` is who the
+    audit log names (by default, ``created_by``)."""
     if start >= end:
         raise InvalidRequest("period_start must be before period_end.",
                              errors={"period_end": ["Must be after period_start."]})
@@ -81,6 +88,8 @@ def create_run(start: datetime, end: datetime, created_by: str) -> dict[str, Any
             uow.session.flush()
         except (IntegrityError, DBAPIError) as exc:  # a concurrent run took the period
             raise PeriodOverlap("The period overlaps another settlement run.") from exc
+        record(uow.session, actor or Actor(created_by), "settlement.run_created",
+               f"run:{run.id}", {**_period(run), "digest": run.result_digest})
         uow.commit()
         return describe(run, uow.session)
 
@@ -105,19 +114,23 @@ def list_runs() -> list[dict[str, Any]]:
                  "period_end": r.period_end, "digest": r.result_digest} for r in runs]
 
 
-def recompute(run_id: int) -> dict[str, Any]:
+def recompute(run_id: int, *, actor: Actor = SYSTEM) -> dict[str, Any]:
     """Recompute a draft from the journal (a rate card added since may change it)."""
     with UnitOfWork() as uow:
         run = _load(uow.session, run_id, lock=True)
         if run.status == "closed":
             raise PeriodClosed(f"Settlement run {run_id} is closed.")
         result = _compute(uow.session, run.period_start, run.period_end)
+        before = run.result_digest
         run.result, run.result_digest, run.computed_at = result, digest(result), utcnow()
+        record(uow.session, actor, "settlement.run_recomputed", f"run:{run.id}",
+               {**_period(run), "digest_before": before, "digest": run.result_digest,
+                "changed": before != run.result_digest})
         uow.commit()
         return describe(run, uow.session)
 
 
-def delete_draft(run_id: int) -> None:
+def delete_draft(run_id: int, *, actor: Actor = SYSTEM) -> None:
     with UnitOfWork() as uow:
         run = _load(uow.session, run_id, lock=True)
         if run.status == "closed":
@@ -128,13 +141,15 @@ def delete_draft(run_id: int) -> None:
             for row in uow.session.scalars(select(model).where(model.run_id == run_id)):
                 uow.session.delete(row)
         uow.session.flush()
+        record(uow.session, actor, "settlement.run_deleted", f"run:{run.id}",
+               {**_period(run), "digest": run.result_digest})
         uow.session.delete(run)
         uow.commit()
 
 
-def close_run(run_id: int, closed_by: str) -> dict[str, Any]:
+def close_run(run_id: int, closed_by: str, *, actor: Actor | None = None) -> dict[str, Any]:
     """Close a run whose breaks are all resolved; its figures are recomputed one last time
-    and then frozen."""
+    and then frozen. ``actor`` is who the audit log names (by default, ``closed_by``)."""
     with UnitOfWork() as uow:
         run = _load(uow.session, run_id, lock=True)
         if run.status == "closed":
@@ -147,6 +162,9 @@ def close_run(run_id: int, closed_by: str) -> dict[str, Any]:
         now = utcnow()
         run.result, run.result_digest, run.computed_at = result, digest(result), now
         run.status, run.closed_at, run.closed_by = "closed", now, closed_by
+        record(uow.session, actor or Actor(closed_by), "settlement.run_closed",
+               f"run:{run.id}", {**_period(run), "digest": run.result_digest,
+                                 "closed_by": closed_by})
         uow.commit()
         return describe(run, uow.session)
 
@@ -163,9 +181,13 @@ def closed_before(session: Any, moment: datetime) -> datetime | None:
 
 def statement(run_id: int, partner_code: str, *, only_closed: bool = False) -> dict[str, Any]:
     with read() as session:
-        run = _load(session, run_id)
-        if only_closed and run.status != "closed":
-            raise NotFound(f"No statement for {partner_code} in run {run_id}.")
+        if only_closed:
+            # a partner learns nothing of a run that is not closed, not even that it exists
+            run = session.get(SettlementRun, run_id)
+            if run is None or run.status != "closed":
+                raise NotFound(f"No statement for {partner_code} in run {run_id}.")
+        else:
+            run = _load(session, run_id)
         for s in run.result["statements"]:
             if s["partner"] == partner_code:
                 return {"run": run.id, "status": run.status,

@@ -34,12 +34,24 @@ BACKENDS = ["sqlite", "postgresql"]
 TEST_SECRET = "test-secret-key-0123456789abcdef"
 
 
+def fuzz_backends() -> set[str]:
+    """Where tests marked ``fuzz`` run: COALITION_FUZZ_BACKENDS, else PostgreSQL when a
+    server is configured (its types and limits find more), else SQLite."""
+    named = os.environ.get("COALITION_FUZZ_BACKENDS", "").strip()
+    if named:
+        return {name.strip() for name in named.split(",") if name.strip()}
+    return {"postgresql" if PG_URL else "sqlite"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
+    fuzzed = fuzz_backends()
     for item in items:
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("backend") if callspec else None
         if item.get_closest_marker("postgres") and backend == "sqlite":
+            drop.append(item)
+        elif item.get_closest_marker("fuzz") and backend not in fuzzed:
             drop.append(item)
         else:
             keep.append(item)

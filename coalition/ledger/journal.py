@@ -22,6 +22,7 @@ from sqlalchemy import and_, bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition.ledger.models import Entry, Lot, LotMovement, Posting, Wallet
+from coalition.observability import note_booked
 from coalition.schemas import MAX_POINTS
 
 #: a balance never exceeds what a JSON number carries exactly
@@ -220,6 +221,7 @@ def book_entry(
              "entry_partner_id": partner_id, "entry_booked_at": booked_at} for t in takes
         ])
     # counted in the metrics when (and only if) the transaction commits
+    note_booked(session, kind)
     return entry_id
 
 

@@ -69,6 +69,7 @@ from sqlalchemy import case, delete, extract, func, literal, or_, select, update
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
+from coalition.audit.service import Actor, record
 from coalition.db import UnitOfWork, read, run_with_retries, utcnow
 from coalition.errors import (
     BalanceLimit,
@@ -627,7 +628,8 @@ def _downgrade(member_id: int, rules: Rules, since: datetime) -> tuple[str, str]
 # --------------------------------------------------------------------------- merge
 
 
-def merge(absorbed_number: str, survivor_number: str, operator: str) -> dict[str, Any]:
+def merge(absorbed_number: str, survivor_number: str, operator: str, *,
+          actor: Actor | None = None) -> dict[str, Any]:
     """Merge the member found twice: everything of ``absorbed`` moves to ``survivor``.
 
     Balances (one ``merge`` entry), lots and partner links move; the survivor keeps the
@@ -698,6 +700,10 @@ def merge(absorbed_number: str, survivor_number: str, operator: str) -> dict[str
                      "links": links, "holds_voided": len(holds)}
             body = _merge_body(session, _state(session, absorbed.id),
                                _state(session, survivor.id), entry_id, moved)
+            record(session, actor or Actor(operator), "member.merged",
+                   f"member:{absorbed_number}",
+                   {"absorbed": absorbed_number, "survivor": survivor_number,
+                    "moved": moved, "entry_id": entry_id})
             uow.commit()
             return body
 

@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
+from coalition.audit.views import current_actor
 from coalition.oauth import clients
 from coalition.schemas import StrictSchema, UTCTimestamp
 from coalition.web import protected
@@ -59,7 +60,8 @@ class Clients(MethodView):
     @blp.response(201, AdminClientSchema)
     def post(self, data: dict[str, Any]) -> Any:
         """Register a public client (no secret; members sign in with PKCE)."""
-        return clients.create_public_client(data["name"], data["redirect_uris"])
+        return clients.create_public_client(data["name"], data["redirect_uris"],
+                                            actor=current_actor())
 
 
 @blp.route("/<client_id>")
@@ -69,4 +71,4 @@ class PublicClient(MethodView):
     @blp.alt_response(404, description="No such active client")
     def delete(self, client_id: str) -> None:
         """Revoke a client and every token issued through it."""
-        clients.revoke_client(client_id)
+        clients.revoke_client(client_id, actor=current_actor())

@@ -7,6 +7,9 @@ gets an error page (never a redirect to an unproven URI); later failures go back
 client as RFC 6749 error parameters. The sign-in form is CSRF-protected and throttled
 (:mod:`coalition.member.signin`). Clients are first-party (registered by the operator), so
 signing in is the member's consent; "Cancel" answers ``access_denied``.
+
+A request for the scope ``settlement:run`` (the finance page's client) signs in a finance
+user with a username instead (:mod:`coalition.oauth.finance_users`); any other, a member.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Response, render_template, request
 
 from coalition.member import signin
+from coalition.oauth import finance_users
+from coalition.oauth.member_grants import audience
 from coalition.oauth.server import authorization
 from coalition.pages import check_csrf, protect_pages
 
@@ -31,6 +36,31 @@ def _form(client: Any, status: int = 200, error: str | None = None,
             status, headers or {})
 
 
+def _finance_form(client: Any, status: int = 200, error: str | None = None,
+                  username: str = "", headers: dict[str, str] | None = None) -> Any:
+    return (render_template("finance/authorize.html", client=client, error=error,
+                            username=username, action=request.full_path),
+            status, headers or {})
+
+
+def _finance_sign_in(grant: Any) -> Any:
+    """A finance user signs in (the grant asks for ``settlement:run``)."""
+    client = grant.request.client
+    if request.method == "GET":
+        return _finance_form(client)
+    check_csrf()
+    if "cancel" in request.form:
+        return authorization.create_authorization_response(grant=grant, grant_user=None)
+    username = request.form.get("username", "").strip().lower()
+    try:
+        user = finance_users.authenticate(username, request.form.get("password", ""))
+    except signin.SignInLocked as locked:
+        return _finance_form(client, 429, locked.message, username, locked.headers)
+    except signin.SignInFailed as failed:
+        return _finance_form(client, 401, failed.message, username)
+    return authorization.create_authorization_response(grant=grant, grant_user=user)
+
+
 @bp.route("/oauth/authorize", methods=["GET", "POST"])
 def authorize() -> Any:
     """Member sign-in and authorization (authorization code grant with PKCE)."""
@@ -42,6 +72,8 @@ def authorize() -> Any:
         return render_template("error.html", status=400, title="This sign-in link is not valid",
                                message=error.get_error_description() or error.error), 400
     client = grant.request.client
+    if audience(grant.request.payload.scope or client.scope) == "finance":
+        return _finance_sign_in(grant)
     if request.method == "GET":
         return _form(client)
     check_csrf()

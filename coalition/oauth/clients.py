@@ -9,8 +9,10 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 
+from coalition.audit.service import SYSTEM, Actor, record
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import InvalidRequest, NotFound
+from coalition.oauth.finance_users import FINANCE_SCOPES
 from coalition.oauth.models import (
     MEMBER_SCOPES,
     OPERATOR_SCOPES,
@@ -67,7 +69,7 @@ def check_scopes(kind: str, scopes: list[str]) -> list[str]:
 
 def issue_client(
     uow: UnitOfWork, kind: str, scopes: list[str], partner_id: int | None = None,
-    name: str = "",
+    name: str = "", *, actor: Actor, partner_code: str | None = None,
 ) -> IssuedClient:
     """Create a client inside the caller's unit of work (the caller commits)."""
     scopes = check_scopes(kind, scopes)
@@ -77,6 +79,8 @@ def issue_client(
         client_id=client_id, secret_hash=digest(secret), kind=kind, partner_id=partner_id,
         name=name, scope=" ".join(scopes),
     ))
+    record(uow.session, actor, "client.issued", f"client:{client_id}",
+           {"kind": kind, "partner": partner_code, "name": name, "scopes": scopes})
     return IssuedClient(client_id, secret, kind, scopes, partner_id)
 
 
@@ -121,11 +125,21 @@ def check_redirect_uris(uris: list[str]) -> list[str]:
     return sorted(set(uris), key=uris.index)
 
 
+#: what a public client may hold: members sign in through it, or finance users (the
+#: finance page); never both, so that one sign-in form always knows whom it asks for
+PUBLIC_SCOPES = (MEMBER_SCOPES, FINANCE_SCOPES)
+
+
 def create_public_client(name: str, redirect_uris: list[str], *,
-                         trusted: bool = False) -> ClientView:
+                         trusted: bool = False, actor: Actor = SYSTEM,
+                         scopes: tuple[str, ...] = MEMBER_SCOPES) -> ClientView:
     """Register a public client (a member app or page): no secret, PKCE, scope
-    ``member``. ``trusted`` skips the redirect URI rules (the app's own member page, whose
-    URI comes from its own configuration)."""
+    ``member`` (or ``settlement:run`` for the finance page, where finance users sign in).
+    ``trusted`` skips the redirect URI rules (the app's own pages, whose URI comes from
+    its own configuration)."""
+    if tuple(scopes) not in PUBLIC_SCOPES:
+        message = "A public client has the scope member, or settlement:run (finance page)."
+        raise InvalidRequest(message, errors={"scopes": [message]})
     uris = redirect_uris if trusted else check_redirect_uris(redirect_uris)
     if not name.strip():
         raise InvalidRequest("A public client needs a name (members see it when they sign "
@@ -133,31 +147,38 @@ def create_public_client(name: str, redirect_uris: list[str], *,
     with UnitOfWork() as uow:
         client = OAuthClient(
             client_id="pub_" + secrets.token_urlsafe(12), secret_hash=None, kind="public",
-            partner_id=None, name=name.strip(), scope=" ".join(MEMBER_SCOPES),
+            partner_id=None, name=name.strip(), scope=" ".join(scopes),
             redirect_uris=" ".join(uris), created_at=utcnow(),
         )
         uow.session.add(client)
+        record(uow.session, actor, "client.issued", f"client:{client.client_id}",
+               {"kind": "public", "name": client.name, "scopes": client.scope.split(),
+                "redirect_uris": uris})
         uow.commit()
         return _view(client)
 
 
-def find_public_client(redirect_uri: str) -> str | None:
-    """The oldest active public client registered with exactly this redirect URI."""
+def find_public_client(redirect_uri: str, scope: str | None = None) -> str | None:
+    """The oldest active public client registered with exactly this redirect URI (and,
+    if given, exactly this scope)."""
     with read() as session:
-        candidates = session.execute(
-            select(OAuthClient.client_id, OAuthClient.redirect_uris)
-            .where(OAuthClient.kind == "public", OAuthClient.revoked_at.is_(None),
-                   OAuthClient.redirect_uris.contains(redirect_uri, autoescape=True))
-            .order_by(OAuthClient.id)).all()
+        query = (select(OAuthClient.client_id, OAuthClient.redirect_uris)
+                 .where(OAuthClient.kind == "public", OAuthClient.revoked_at.is_(None),
+                        OAuthClient.redirect_uris.contains(redirect_uri, autoescape=True))
+                 .order_by(OAuthClient.id))
+        if scope is not None:
+            query = query.where(OAuthClient.scope == scope)
+        candidates = session.execute(query).all()
     for client_id, uris in candidates:
         if redirect_uri in (uris or "").split():
             return client_id
     return None
 
 
-def create_operator_client(scopes: list[str], name: str = "") -> IssuedClient:
+def create_operator_client(scopes: list[str], name: str = "", *,
+                           actor: Actor = SYSTEM) -> IssuedClient:
     with UnitOfWork() as uow:
-        issued = issue_client(uow, "operator", scopes, name=name)
+        issued = issue_client(uow, "operator", scopes, name=name, actor=actor)
         uow.commit()
     return issued
 
@@ -172,32 +193,45 @@ def _load(uow: UnitOfWork, client_id: str, partner_id: int | None) -> OAuthClien
     return client
 
 
-def _revoke_tokens(uow: UnitOfWork, client: OAuthClient) -> None:
-    uow.session.execute(
+def _revoke_tokens(uow: UnitOfWork, client: OAuthClient) -> int:
+    return uow.session.execute(
         update(OAuthToken)
         .where(OAuthToken.client_pk == client.id, OAuthToken.revoked_at.is_(None))
         .values(revoked_at=utcnow())
-    )
+    ).rowcount  # type: ignore[attr-defined]
 
 
-def rotate_secret(client_id: str, partner_id: int | None = None) -> IssuedClient:
+def _audit(uow: UnitOfWork, actor: Actor, action: str, client: OAuthClient,
+           tokens_revoked: int) -> None:
+    from coalition.models import Partner
+
+    partner = (uow.session.scalar(select(Partner.code).where(Partner.id == client.partner_id))
+               if client.partner_id is not None else None)
+    record(uow.session, actor, action, f"client:{client.client_id}",
+           {"kind": client.kind, "partner": partner, "name": client.name,
+            "tokens_revoked": tokens_revoked})
+
+
+def rotate_secret(client_id: str, partner_id: int | None = None, *,
+                  actor: Actor = SYSTEM) -> IssuedClient:
     """A new secret; the old one and every token issued with it stop working at once."""
     with UnitOfWork() as uow:
         client = _load(uow, client_id, partner_id)
         secret = secrets.token_urlsafe(32)
         client.secret_hash = digest(secret)
         client.secret_rotated_at = utcnow()
-        _revoke_tokens(uow, client)
+        _audit(uow, actor, "client.rotated", client, _revoke_tokens(uow, client))
         uow.commit()
         return IssuedClient(client.client_id, secret, client.kind, client.scope.split(),
                             client.partner_id)
 
 
-def revoke_client(client_id: str, partner_id: int | None = None) -> ClientView:
+def revoke_client(client_id: str, partner_id: int | None = None, *,
+                  actor: Actor = SYSTEM) -> ClientView:
     with UnitOfWork() as uow:
         client = _load(uow, client_id, partner_id)
         client.revoked_at = utcnow()
-        _revoke_tokens(uow, client)
+        _audit(uow, actor, "client.revoked", client, _revoke_tokens(uow, client))
         uow.commit()
         return _view(client)
 

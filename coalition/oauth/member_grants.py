@@ -12,6 +12,10 @@
   parties hold it, and the server cannot tell which is the member).
 * Member tokens carry the scope ``member`` and the member's id; refresh tokens live
   ``REFRESH_TOKEN_LIFETIME`` seconds from their issue.
+* Finance users sign in to the finance page through the same grants: a grant whose scope
+  is ``settlement:run`` is a finance user's (:func:`audience`), any other a member's. A
+  code or token is bound to exactly one of the two, and its scope must fit that kind of
+  user, so a member never obtains ``settlement:run`` nor a finance user ``member``.
 """
 
 from __future__ import annotations
@@ -34,10 +38,47 @@ from sqlalchemy.orm import Session
 
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.member.signin import SignedInMember, active_member
-from coalition.oauth.models import OAuthAuthorizationCode, OAuthClient, OAuthToken, digest
+from coalition.oauth.finance_users import (
+    FINANCE_SCOPES,
+    SignedInFinanceUser,
+    active_finance_user,
+    revoke_finance_user_tokens,
+)
+from coalition.oauth.models import (
+    MEMBER_SCOPES,
+    OAuthAuthorizationCode,
+    OAuthClient,
+    OAuthToken,
+    digest,
+)
 
 #: public clients authenticate with their client_id alone
 PUBLIC_AUTH_METHODS = ["none"]
+
+Owner = SignedInMember | SignedInFinanceUser
+
+
+def audience(scope: str) -> str:
+    """Who signs in for a grant of this scope: ``"finance"`` (a finance user) when it asks
+    for ``settlement:run``, otherwise ``"member"``."""
+    return "finance" if set(scope.split()) & set(FINANCE_SCOPES) else "member"
+
+
+def scope_fits(owner: Owner, scope: str) -> bool:
+    """Whether a token of this scope may act for this owner: finance users hold only
+    ``settlement:run``, members only ``member``."""
+    allowed = FINANCE_SCOPES if isinstance(owner, SignedInFinanceUser) else MEMBER_SCOPES
+    granted = set(scope.split())
+    return bool(granted) and granted <= set(allowed)
+
+
+def _owner(member_id: int | None, finance_user_id: int | None) -> Owner | None:
+    """The code's or token's member or finance user, if still active."""
+    if finance_user_id is not None:
+        return active_finance_user(finance_user_id)
+    if member_id is not None:
+        return active_member(member_id)
+    return None
 
 
 @dataclass(frozen=True)
@@ -46,7 +87,8 @@ class AuthorizationCode:
 
     id: int
     client_id: str
-    member_id: int
+    member_id: int | None
+    finance_user_id: int | None
     redirect_uri: str
     scope: str
     code_challenge: str
@@ -87,17 +129,27 @@ def revoke_member_tokens(session: Session, member_id: int, client_id: str | None
     return session.execute(query.values(revoked_at=utcnow())).rowcount
 
 
-def _revoke_after_replay(member_id: int, client_id: str) -> None:
+def _revoke_after_replay(member_id: int | None, finance_user_id: int | None,
+                         client_id: str) -> None:
     with UnitOfWork() as uow:
-        revoke_member_tokens(uow.session, member_id, client_id)
+        if member_id is not None:
+            revoke_member_tokens(uow.session, member_id, client_id)
+        if finance_user_id is not None:
+            revoke_finance_user_tokens(uow.session, finance_user_id, client_id)
         uow.commit()
 
 
-def _token_row(client: OAuthClient, member_id: int, token: dict[str, Any]) -> OAuthToken:
+def _token_row(client: OAuthClient, owner: Owner, token: dict[str, Any]) -> OAuthToken:
     refresh = token.get("refresh_token")
+    finance = isinstance(owner, SignedInFinanceUser)
+    if not scope_fits(owner, token.get("scope", "")):
+        # never store a member token with settlement:run, nor a finance token with member
+        raise InvalidScopeError("The scope does not fit who signed in.")
     return OAuthToken(
         client_pk=client.id, client_id=client.client_id, kind=client.kind, partner_id=None,
-        member_id=member_id, access_token_hash=digest(token["access_token"]),
+        member_id=None if finance else owner.id,
+        finance_user_id=owner.id if finance else None,
+        access_token_hash=digest(token["access_token"]),
         refresh_token_hash=digest(refresh) if refresh else None,
         scope=token.get("scope", ""), expires_in=int(token["expires_in"]),
     )
@@ -113,16 +165,29 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         if not requested <= held:
             raise InvalidScopeError(f"The client may not request: "
                                     f"{' '.join(sorted(requested - held))}")
+        granted = requested or held
+        if not (granted <= set(MEMBER_SCOPES) or granted <= set(FINANCE_SCOPES)):
+            raise InvalidScopeError("Members and finance users sign in separately: ask for "
+                                    "either member or settlement:run.")
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         now = utcnow()
         lifetime = int(current_app.config["AUTHORIZATION_CODE_LIFETIME"])
         data = request.payload.data
+        owner: Owner = request.user
+        # the scope as granted (the client's own when none was asked for), so that the
+        # token endpoint can check it against who signed in
+        scope = request.scope or request.client.scope
+        finance = isinstance(owner, SignedInFinanceUser)
+        if not scope_fits(owner, scope):
+            raise InvalidScopeError("The scope does not fit who signed in.")
         with UnitOfWork() as uow:
             uow.session.add(OAuthAuthorizationCode(
                 code_hash=digest(code), client_id=request.client.client_id,
-                member_id=request.user.id, redirect_uri=request.payload.redirect_uri,
-                scope=request.scope, code_challenge=data["code_challenge"],
+                member_id=None if finance else owner.id,
+                finance_user_id=owner.id if finance else None,
+                redirect_uri=request.payload.redirect_uri,
+                scope=scope, code_challenge=data["code_challenge"],
                 code_challenge_method=data["code_challenge_method"], issued_at=now,
                 expires_at=now + timedelta(seconds=lifetime),
             ))
@@ -136,15 +201,16 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         if row is None:
             return None
         if row.used_at is not None:
-            _revoke_after_replay(row.member_id, row.client_id)
+            _revoke_after_replay(row.member_id, row.finance_user_id, row.client_id)
             return None
         if row.expires_at <= utcnow():
             return None
-        return AuthorizationCode(row.id, row.client_id, row.member_id, row.redirect_uri,
-                                 row.scope, row.code_challenge, row.code_challenge_method)
+        return AuthorizationCode(row.id, row.client_id, row.member_id, row.finance_user_id,
+                                 row.redirect_uri, row.scope, row.code_challenge,
+                                 row.code_challenge_method)
 
-    def authenticate_user(self, authorization_code: AuthorizationCode) -> SignedInMember | None:
-        return active_member(authorization_code.member_id)
+    def authenticate_user(self, authorization_code: AuthorizationCode) -> Owner | None:
+        return _owner(authorization_code.member_id, authorization_code.finance_user_id)
 
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         """Codes are spent in :meth:`create_token_response`, with the token they buy."""
@@ -154,9 +220,11 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         code: AuthorizationCode = self.request.authorization_code
         member = self.authenticate_user(code)
         if member is None:
-            raise InvalidGrantError("The member can no longer sign in.")
+            raise InvalidGrantError("The member or user can no longer sign in.")
         self.request.user = member
         token = self.generate_token(user=member, scope=code.scope, include_refresh_token=True)
+        if not scope_fits(member, token.get("scope", "")):
+            raise InvalidGrantError("The code's scope does not fit who signed in.")
         c = OAuthAuthorizationCode.__table__.c
         now = utcnow()
         with UnitOfWork() as uow:
@@ -167,7 +235,7 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             ).rowcount
             if not spent:
                 raise InvalidGrantError("The code was already used or has expired.")
-            uow.session.add(_token_row(client, member.id, token))
+            uow.session.add(_token_row(client, member, token))
             uow.commit()
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
@@ -180,19 +248,18 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
         with read() as session:
             row = session.scalar(select(OAuthToken).where(
                 OAuthToken.refresh_token_hash == digest(refresh_token)))
-        if row is None or row.member_id is None:
+        if row is None or (row.member_id is None and row.finance_user_id is None):
             return None
         if row.revoked_at is not None:
-            _revoke_after_replay(row.member_id, row.client_id)
+            _revoke_after_replay(row.member_id, row.finance_user_id, row.client_id)
             return None
         lifetime = int(current_app.config["REFRESH_TOKEN_LIFETIME"])
         if row.issued_at + timedelta(seconds=lifetime) <= utcnow():
             return None
         return row
 
-    def authenticate_user(self, refresh_token: OAuthToken) -> SignedInMember | None:
-        assert refresh_token.member_id is not None
-        return active_member(refresh_token.member_id)
+    def authenticate_user(self, refresh_token: OAuthToken) -> Owner | None:
+        return _owner(refresh_token.member_id, refresh_token.finance_user_id)
 
     def revoke_old_credential(self, refresh_token: OAuthToken) -> None:
         """The old token is revoked in :meth:`create_token_response`, with the new one."""
@@ -201,9 +268,11 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
         old: OAuthToken = self.request.refresh_token
         member = self.authenticate_user(old)
         if member is None:
-            raise InvalidGrantError("The member can no longer sign in.")
+            raise InvalidGrantError("The member or user can no longer sign in.")
         self.request.user = member
         token = self.issue_token(member, old)
+        if not scope_fits(member, token.get("scope", "")):
+            raise InvalidGrantError("The scope does not fit who signed in.")
         t = OAuthToken.__table__.c
         with UnitOfWork() as uow:
             rotated = uow.session.execute(
@@ -213,7 +282,7 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
             ).rowcount
             if not rotated:
                 raise InvalidGrantError("The refresh token was already used.")
-            uow.session.add(_token_row(self.request.client, member.id, token))
+            uow.session.add(_token_row(self.request.client, member, token))
             uow.commit()
         return 200, token, self.TOKEN_RESPONSE_HEADER
 

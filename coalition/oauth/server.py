@@ -24,7 +24,7 @@ from sqlalchemy import or_, select, update
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import Forbidden, InsufficientScope, InvalidRequest, Unauthorized
 from coalition.models import Partner
-from coalition.oauth.models import ALL_SCOPES, OAuthClient, OAuthToken, digest
+from coalition.oauth.models import ALL_SCOPES, FinanceUser, OAuthClient, OAuthToken, digest
 from coalition.web import error_body
 
 REALM = "coalition"
@@ -166,6 +166,11 @@ class IntrospectionEndpoint(_TokenLookup, _IntrospectionEndpoint):
             "sub": token.client_id,
             "kind": token.kind,
         }
+        if token.finance_user_id is not None:
+            # a finance user's token: its subject is the user it acts for
+            with read() as session:
+                answer["sub"] = answer["username"] = session.scalar(
+                    select(FinanceUser.username).where(FinanceUser.id == token.finance_user_id))
         if token.member_id is not None:
             # a member token's subject is the member it acts for
             from coalition.ledger.models import Member
@@ -207,6 +212,9 @@ class Principal:
     partner_currency: str | None = None
     #: the member a member token (scope ``member``) acts for
     member_id: int | None = None
+    #: the username of the finance user a finance token (scope ``settlement:run``, through
+    #: the finance page) acts for: who resolves breaks and closes runs
+    finance_user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +229,7 @@ class _ValidatedToken(TokenMixin):
     revoked_at: datetime | None
     partner_code: str | None
     partner_currency: str | None
+    finance_user: str | None = None
 
     def check_client(self, client: Any) -> bool:
         return self.client_id == client.get_client_id()
@@ -240,17 +249,20 @@ class _ValidatedToken(TokenMixin):
 
 class _BearerValidator(BearerTokenValidator):
     def authenticate_token(self, token_string: str) -> _ValidatedToken | None:
-        """One indexed read: the token by its digest, with its partner."""
-        t, p = OAuthToken.__table__.c, Partner.__table__.c
+        """One indexed read: the token by its digest, with its partner (or finance user)."""
+        t, p, f = OAuthToken.__table__.c, Partner.__table__.c, FinanceUser.__table__.c
         with read() as session:
             row = session.execute(
                 select(t.client_id, t.kind, t.partner_id, t.member_id, t.scope, t.issued_at,
                        t.expires_in,
-                       t.revoked_at, p.code, p.currency)
+                       t.revoked_at, p.code, p.currency, f.username, f.active)
                 .outerjoin(Partner.__table__, p.id == t.partner_id)
+                .outerjoin(FinanceUser.__table__, f.id == t.finance_user_id)
                 .where(t.access_token_hash == digest(token_string))
             ).first()
-        return _ValidatedToken(*row) if row else None
+        if row is None or (row.username is not None and not row.active):
+            return None  # a disabled finance user's tokens are dead
+        return _ValidatedToken(*row[:-1])
 
 
 _protector = ResourceProtector()
@@ -284,11 +296,15 @@ def require_token(scopes: list[str], kinds: tuple[str, ...] | None = None) -> Pr
             )
             raise Unauthorized(message, headers=headers) from None
         raise InvalidRequest(error.get_error_description() or error.error) from None
-    if kinds and token.kind not in kinds:
+    # "finance" in kinds admits finance users' tokens (kind public, through the finance page)
+    if kinds and token.kind not in kinds and not (token.finance_user and "finance" in kinds):
         raise Forbidden(f"This call is not available to {token.kind} clients.")
     principal = Principal(token.client_id, token.kind, token.partner_id,
                           frozenset(token.scope.split()), token.partner_code,
-                          token.partner_currency, token.member_id)
+                          token.partner_currency, token.member_id, token.finance_user)
+    from coalition.limits import limit_client
+
+    limit_client(principal.client_id, principal.member_id)  # 429 before the body is read
     g.principal = principal
     return principal
 
@@ -305,4 +321,4 @@ def principal_for(token_string: str) -> Principal | None:
         return None
     return Principal(token.client_id, token.kind, token.partner_id,
                      frozenset(token.scope.split()), token.partner_code,
-                     token.partner_currency, token.member_id)
+                     token.partner_currency, token.member_id, token.finance_user)

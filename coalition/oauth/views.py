@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from flask import Response
 from flask_smorest import Blueprint
+from marshmallow import fields
 
 from coalition.oauth.server import IntrospectionEndpoint, RevocationEndpoint, authorization
+from coalition.schemas import ErrorSchema
 
 blp = Blueprint("oauth", __name__, url_prefix="/oauth", description="OAuth 2.0")
 
@@ -27,6 +29,22 @@ _STRING = {"type": "string"}
 _JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
 
 
+class OAuthErrorSchema(ErrorSchema):
+    """The one error shape with RFC 6749's own fields beside it."""
+
+    error_description = fields.String(metadata={"description": "RFC 6749 5.2"})
+    error_uri = fields.String(metadata={"description": "RFC 6749 5.2"})
+    state = fields.String(metadata={"description": "RFC 6749 4.1.2.1"})
+
+
+def _oauth_error(description: str) -> dict[str, object]:
+    return {"description": description,
+            "content": {"application/json": {"schema": OAuthErrorSchema}}}
+
+
+_ERRORS = {"400": _oauth_error("Bad Request"), "401": _oauth_error("Unauthorized")}
+
+
 @blp.route("/token", methods=["POST"])
 @blp.doc(
     summary="Issue an access token: client credentials (partners, operators), or for "
@@ -41,8 +59,7 @@ _JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
          "refresh_token": _STRING},
         ["grant_type"],
     ),
-    responses={"200": {"description": "Token", "content": _JSON_OBJECT},
-               "400": "BAD_REQUEST", "401": "UNAUTHORIZED"},
+    responses={"200": {"description": "Token", "content": _JSON_OBJECT}, **_ERRORS},
 )
 def issue_token() -> Response:
     """Issue an access token."""
@@ -55,7 +72,7 @@ def issue_token() -> Response:
     security=_CLIENT_AUTH,
     requestBody=_form({"token": _STRING, "token_type_hint": _STRING}, ["token"]),
     responses={"200": {"description": "Revoked (or unknown)", "content": _JSON_OBJECT},
-               "400": "BAD_REQUEST", "401": "UNAUTHORIZED"},
+               **_ERRORS},
 )
 def revoke_token() -> Response:
     """Revoke a token."""
@@ -67,8 +84,8 @@ def revoke_token() -> Response:
     summary="Introspect a token (RFC 7662); operator clients only.",
     security=_CLIENT_AUTH,
     requestBody=_form({"token": _STRING, "token_type_hint": _STRING}, ["token"]),
-    responses={"200": {"description": "Token state", "content": _JSON_OBJECT},
-               "400": "BAD_REQUEST", "401": "UNAUTHORIZED", "403": "FORBIDDEN"},
+    responses={"200": {"description": "Token state", "content": _JSON_OBJECT}, **_ERRORS,
+               "403": _oauth_error("Forbidden")},
 )
 def introspect_token() -> Response:
     """Introspect a token."""

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from coalition.audit.service import Actor, record
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.models import Partner, ProgramRules
 from coalition.program.schemas import ProgramRulesSchema
@@ -51,8 +52,10 @@ def current_rules() -> Rules:
         return load_rules(session)
 
 
-def publish_rules(values: dict[str, Any], published_by: str) -> Rules:
-    """Publish ``values`` (already validated) as the next version."""
+def publish_rules(values: dict[str, Any], published_by: str, *,
+                  actor: Actor | None = None) -> Rules:
+    """Publish ``values`` (already validated) as the next version. ``actor`` is who the
+    audit log names (by default, ``published_by``)."""
     stored = ProgramRulesSchema().dump(values)
     with UnitOfWork() as uow:
         if uow.session.get_bind().dialect.name == "postgresql":
@@ -62,6 +65,8 @@ def publish_rules(values: dict[str, Any], published_by: str) -> Rules:
         latest = uow.session.scalar(select(func.max(ProgramRules.version))) or 0
         row = ProgramRules(version=latest + 1, rules=stored, published_by=published_by)
         uow.session.add(row)
+        record(uow.session, actor or Actor(published_by), "program.published",
+               f"program:{row.version}", {"version": row.version, "rules": stored})
         uow.commit()
         return Rules(row.version, row.published_at, ProgramRulesSchema().load(stored))
 

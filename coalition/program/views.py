@@ -7,7 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from coalition.oauth.server import current_principal
+from coalition.audit.views import current_actor
 from coalition.program import service
 from coalition.program.schemas import ProgramRulesSchema, ProgramSchema
 from coalition.web import protected
@@ -30,5 +30,6 @@ class AdminProgram(MethodView):
     @blp.response(200, ProgramSchema)
     def put(self, rules: dict[str, Any]) -> dict[str, Any]:
         """Publish a new version of the program rules."""
-        service.publish_rules(rules, published_by=current_principal().client_id)
+        actor = current_actor()
+        service.publish_rules(rules, published_by=actor.client_id, actor=actor)
         return service.program_terms()

@@ -40,6 +40,11 @@ def test_defaults(tmp_path):
         "DB_PRE_PING": False,
         "TX_RETRIES": 8,
         "MAX_CONTENT_LENGTH": 1024 * 1024,
+        "RATE_LIMIT_ENABLED": True,  # on everywhere but in testing
+        "RATE_LIMIT": 200,
+        "RATE_LIMIT_BURST": 400,
+        "TOKEN_RATE_LIMIT": 10,
+        "TOKEN_RATE_LIMIT_BURST": 100,
         "LOG_LEVEL": "info",
         "LOG_FORMAT": "text",  # readable lines for a developer; json elsewhere
         "SQL_ECHO": False,
@@ -79,9 +84,15 @@ def test_environment_overrides_every_default(tmp_path):
         "COALITION_DB_PRE_PING": "true",
         "COALITION_TX_RETRIES": "3",
         "COALITION_MAX_CONTENT_LENGTH": "2048",
+        "COALITION_RATE_LIMIT_ENABLED": "off",
+        "COALITION_RATE_LIMIT": "2.5",
+        "COALITION_RATE_LIMIT_BURST": "5",
+        "COALITION_TOKEN_RATE_LIMIT": "0.5",
+        "COALITION_TOKEN_RATE_LIMIT_BURST": "3",
         "COALITION_LOG_LEVEL": "DEBUG",
         "COALITION_LOG_FORMAT": "text",
         "COALITION_SQL_ECHO": "yes",
+        "COALITION_METRICS": "false",
         "ACCESS_TOKEN_LIFETIME": "1",  # not prefixed: ignored
     }
     assert load_settings(tmp_path, environ=environ) == {
@@ -97,9 +108,15 @@ def test_environment_overrides_every_default(tmp_path):
         "DB_PRE_PING": True,
         "TX_RETRIES": 3,
         "MAX_CONTENT_LENGTH": 2048,
+        "RATE_LIMIT_ENABLED": False,
+        "RATE_LIMIT": 2.5,
+        "RATE_LIMIT_BURST": 5,
+        "TOKEN_RATE_LIMIT": 0.5,
+        "TOKEN_RATE_LIMIT_BURST": 3,
         "LOG_LEVEL": "debug",
         "LOG_FORMAT": "text",
         "SQL_ECHO": True,
+        "METRICS": False,
     }
 
 
@@ -128,6 +145,13 @@ def test_explicit_overrides_beat_the_environment(tmp_path):
     ("LOG_LEVEL", "loud", "expected one of debug, info, warning, error"),
     ("LOG_FORMAT", "xml", "expected one of json, text"),
     ("SQL_ECHO", "maybe", "expected true or false"),
+    ("RATE_LIMIT_ENABLED", "sometimes", "expected true or false"),
+    ("RATE_LIMIT", "0", "expected a number greater than zero"),
+    ("RATE_LIMIT", "fast", "expected a number greater than zero"),
+    ("RATE_LIMIT", "inf", "expected a number greater than zero"),
+    ("RATE_LIMIT_BURST", "1.5", "expected a whole number"),
+    ("TOKEN_RATE_LIMIT", "-1", "expected a number greater than zero"),
+    ("TOKEN_RATE_LIMIT_BURST", "0", "expected a number greater than zero"),
 ])
 def test_malformed_environment_variable_is_named(tmp_path, name, value, reason):
     with pytest.raises(ConfigError) as caught:

@@ -1,0 +1,278 @@
+"""Limits on what one caller may send: how often (rate limits, 429) and what (request
+bodies: size 413, strict JSON 400).
+
+Rate limits
+    A token bucket per caller: ``RATE_LIMIT`` requests per second sustained, up to
+    ``RATE_LIMIT_BURST`` at once, per OAuth client (a member token's bucket is its member's,
+    so that the members of one member app do not share one), checked once the bearer token
+    is known and before the body is read. ``/oauth/token``, ``/oauth/revoke`` and
+    ``/oauth/introspect``, where the caller is not known yet, are limited per remote address
+    (``TOKEN_RATE_LIMIT``, ``TOKEN_RATE_LIMIT_BURST``). A refused request is ``429`` with
+    code ``rate_limited`` and ``Retry-After`` (whole seconds), and does nothing.
+
+    The buckets live in each worker process (gunicorn workers do not share them): with
+    ``W`` workers a client may get up to ``W`` times the configured rate, spread over the
+    workers. Keeping them in PostgreSQL instead would put one hot row per client on every
+    earn and burn, which is what the ledger is designed to avoid. Behind a reverse proxy
+    the remote address is the proxy's unless the proxy's ``X-Forwarded-For`` is trusted
+    (werkzeug's ``ProxyFix``), so the per-address limit would then be shared by everyone.
+
+JSON bodies
+    Before any view runs, a JSON body is parsed once, strictly; whatever is refused here is
+    ``400 invalid_request`` and reaches neither authentication nor the database:
+
+    * not UTF-8, not JSON, or JSON with ``NaN``/``Infinity``/``-Infinity`` (not JSON at all,
+      although Python's parser takes them);
+    * a number of more than :data:`MAX_NUMBER_CHARS` characters, or one whose value is not
+      finite as a double (``1e309``); smaller out-of-range numbers (``2**64`` points) parse
+      and are refused by the field they are in (``422`` naming it);
+    * arrays and objects nested more than :data:`MAX_DEPTH` deep (the deepest body of the
+      API is 4);
+    * an object with the same key twice: parsers disagree on which one wins (first, last,
+      error), so a payment system must not pick one silently;
+    * a string with an unpaired UTF-16 surrogate escape (``"\\ud800"``), which no database
+      text column can store (NUL characters are refused by :mod:`coalition.web`, wherever
+      they are).
+
+    A body over ``MAX_CONTENT_LENGTH`` is ``413 payload_too_large`` in the same error shape
+    wherever it is read (JSON, CSV uploads, ``/oauth/token`` forms). A chunked body (no
+    ``Content-Length``) is read before any view runs and refused once it reaches the limit
+    (so a chunked body of exactly the limit is refused too), never cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from coalition.errors import CoalitionError
+from coalition.web import error_response
+
+#: deepest nesting of arrays and objects accepted in a JSON body
+MAX_DEPTH = 32
+#: longest JSON number accepted, in characters (2**63 has 19 digits)
+MAX_NUMBER_CHARS = 100
+#: callers remembered per bucket set; the least recently seen are forgotten first (a
+#: forgotten caller starts again with a full bucket)
+MAX_KEYS = 10_000
+
+#: the endpoints limited per remote address
+ADDRESS_LIMITED = frozenset({"/oauth/token", "/oauth/revoke", "/oauth/introspect"})
+
+
+class RateLimited(CoalitionError):
+    status, code = 429, "rate_limited"
+
+
+# --------------------------------------------------------------------------- token buckets
+
+
+@dataclass
+class TokenBuckets:
+    """One token bucket per key: ``rate`` tokens a second, at most ``burst``; a request
+    takes one. Thread-safe (gthread workers serve requests from several threads)."""
+
+    rate: float
+    burst: int
+    max_keys: int = MAX_KEYS
+    clock: Callable[[], float] = time.monotonic
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def take(self, key: str) -> float:
+        """Take a token for ``key``: 0 if there was one, else the seconds until there is."""
+        with self._lock:
+            now = self.clock()
+            # pop and re-insert: the dict's order is then least recently seen first
+            last = self._buckets.pop(key, None)
+            if last is None:
+                tokens = float(self.burst)
+            else:
+                tokens, then = last
+                tokens = min(float(self.burst), tokens + max(0.0, now - then) * self.rate)
+            if tokens >= 1.0:
+                tokens -= 1.0
+                wait = 0.0
+            else:
+                wait = (1.0 - tokens) / self.rate
+            self._buckets[key] = (tokens, now)
+            while len(self._buckets) > self.max_keys:
+                del self._buckets[next(iter(self._buckets))]
+            return wait
+
+
+@dataclass
+class Limits:
+    enabled: bool
+    clients: TokenBuckets
+    addresses: TokenBuckets
+
+
+def _limits() -> Limits:
+    return current_app.extensions["coalition.limits"]  # type: ignore[no-any-return]
+
+
+def _refuse(wait: float, who: str) -> RateLimited:
+    seconds = max(1, math.ceil(wait))
+    return RateLimited(f"Too many requests from this {who}. Retry after {seconds} s.",
+                       headers={"Retry-After": str(seconds)})
+
+
+def limit_client(client_id: str, member_id: int | None = None) -> None:
+    """Count one request of an authenticated caller, or raise :class:`RateLimited`."""
+    limits = _limits()
+    if not limits.enabled:
+        return
+    key = client_id if member_id is None else f"{client_id}\0member:{member_id}"
+    wait = limits.clients.take(key)
+    if wait:
+        raise _refuse(wait, "client")
+
+
+def _limit_address() -> None:
+    if request.method != "POST" or request.path not in ADDRESS_LIMITED:
+        return
+    limits = _limits()
+    if not limits.enabled:
+        return
+    wait = limits.addresses.take(request.remote_addr or "")
+    if wait:
+        raise _refuse(wait, "address")
+
+
+# --------------------------------------------------------------------------- JSON bodies
+
+
+class BodyRefused(ValueError):
+    """A JSON body that is refused before it is looked at."""
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKETS = str.maketrans("[{]}", "(())")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _too_deep(text: str) -> bool:
+    """Whether arrays and objects nest more than MAX_DEPTH deep (brackets inside strings
+    do not count). Linear: at most MAX_DEPTH passes of ``str.replace``."""
+    skeleton = _NOT_BRACKET.sub("", _STRING.sub("", text)).translate(_BRACKETS)
+    for _ in range(MAX_DEPTH):
+        if not skeleton:
+            return False
+        skeleton = skeleton.replace("()", "")
+    # what is left is either nested deeper, or unbalanced (malformed: json.loads says so)
+    return "()" in skeleton
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BodyRefused(f"Invalid JSON body: the key {key!r} appears twice in one "
+                                  "object.")
+            seen.add(key)
+    return obj
+
+
+def _integer(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise BodyRefused("Invalid JSON body: a number is out of range.")
+    return int(text)
+
+
+def _real(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise BodyRefused("Invalid JSON body: a number is out of range.")
+    value = float(text)
+    if not math.isfinite(value):
+        raise BodyRefused("Invalid JSON body: a number is out of range.")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise BodyRefused(f"Invalid JSON body: {name} is not a JSON value.")
+
+
+def parse_json(data: bytes) -> Any:
+    """Parse a request body as strict JSON, or raise :class:`BodyRefused` saying why."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyRefused("Invalid JSON body: not UTF-8.") from None
+    if (text.count("[") + text.count("{") > MAX_DEPTH) and _too_deep(text):
+        raise BodyRefused(f"Invalid JSON body: nested more than {MAX_DEPTH} levels deep.")
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_integer,
+                           parse_float=_real, parse_constant=_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        if isinstance(exc, BodyRefused):
+            raise
+        raise BodyRefused("Invalid JSON body.") from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BodyRefused("Invalid JSON body: a string has an unpaired surrogate "
+                              "escape.") from None
+    return value
+
+
+def _check_body() -> Response | None:
+    chunked = not request.content_length and bool(request.headers.get("Transfer-Encoding"))
+    if chunked:
+        # Without a Content-Length werkzeug stops reading at MAX_CONTENT_LENGTH and hands
+        # over what it has: the body would be silently cut short (a truncated CSV file
+        # reconciled as if it were whole). Read it here, once (views get it from the
+        # cache), and refuse it if it reached the limit.
+        data = request.get_data(cache=True)
+        limit = request.max_content_length
+        if limit is not None and len(data) >= limit:
+            raise RequestEntityTooLarge()
+    if not request.is_json or not (request.content_length or chunked):
+        return None
+    data = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413
+    if not data:
+        return None
+    try:
+        parse_json(data)
+    except BodyRefused as exc:
+        return error_response(400, "The request is not valid.", "invalid_request",
+                              {"_schema": [str(exc)]})
+    return None
+
+
+def _too_large(error: RequestEntityTooLarge) -> Response:
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    return error_response(413, f"The request body is larger than {limit} bytes.",
+                          "payload_too_large")
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def init_limits(app: Flask) -> None:
+    """Install the limits. Their hooks go before every ``before_request`` hook registered
+    so far: a rate-limited caller costs nothing more, and no other hook reads a body before
+    its size is checked and it is parsed strictly (a lenient ``json.loads`` of a deeply
+    nested body raises ``RecursionError``)."""
+    config = app.config
+    app.extensions["coalition.limits"] = Limits(
+        enabled=bool(config["RATE_LIMIT_ENABLED"]),
+        clients=TokenBuckets(config["RATE_LIMIT"], config["RATE_LIMIT_BURST"]),
+        addresses=TokenBuckets(config["TOKEN_RATE_LIMIT"], config["TOKEN_RATE_LIMIT_BURST"]),
+    )
+    hooks = app.before_request_funcs.setdefault(None, [])
+    hooks[:0] = [_limit_address, _check_body]
+    app.register_error_handler(RequestEntityTooLarge, _too_large)

@@ -1,0 +1,209 @@
+"""Finance users: people of the coalition's finance team, with their own accounts.
+
+They sign in to the finance page through the authorization-code grant with PKCE (scope
+``settlement:run``), the same machinery as members (:mod:`coalition.oauth.member_grants`),
+and whatever they resolve or close is recorded under their username.
+
+* Passwords are hashed with Argon2id (as members' are), at least :data:`PASSWORD_MIN`
+  characters.
+* Sign-in is throttled like members' (:mod:`coalition.member.signin`): every attempt is
+  counted before the password is checked, with one guarded ``UPDATE``; after
+  ``MAX_FAILURES`` failures in a row the account is locked for ``LOCK_FOR``. An unknown or
+  disabled username costs the same Argon2 work as a wrong password.
+* Disabling a user revokes their tokens in the same transaction.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from coalition.audit.service import SYSTEM, Actor, record
+from coalition.db import UnitOfWork, read, utcnow
+from coalition.errors import AlreadyExists, InvalidRequest, NotFound
+from coalition.member.signin import (
+    LOCK_FOR,
+    MAX_FAILURES,
+    PASSWORD_MAX,
+    SignInFailed,
+    SignInLocked,
+)
+from coalition.oauth.models import FinanceUser, OAuthToken
+
+PASSWORD_MIN = 12
+#: lower-case letters, digits, dot, dash and underscore; it is what appears in
+#: ``resolved_by`` and ``closed_by``
+USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+#: the only scope a finance user's token carries
+FINANCE_SCOPES = ("settlement:run",)
+
+_hasher = PasswordHasher()
+
+
+@cache
+def _dummy_hash() -> str:
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True)
+class SignedInFinanceUser:
+    """The resource owner Authlib's grant is given (it needs ``id``)."""
+
+    id: int
+    username: str
+    name: str
+
+
+def _view(user: FinanceUser) -> dict[str, Any]:
+    return {"username": user.username, "name": user.name, "active": user.active,
+            "created_at": user.created_at, "locked_until": user.locked_until}
+
+
+def check_password(password: str) -> None:
+    if len(password) < PASSWORD_MIN:
+        message = f"Choose a password of at least {PASSWORD_MIN} characters."
+        raise InvalidRequest(message, errors={"password": [message]})
+    if len(password) > PASSWORD_MAX:
+        message = f"A password may have at most {PASSWORD_MAX} characters."
+        raise InvalidRequest(message, errors={"password": [message]})
+
+
+def create_user(username: str, name: str, password: str, *,
+                actor: Actor = SYSTEM) -> dict[str, Any]:
+    """A new, active finance user."""
+    if not USERNAME.fullmatch(username):
+        message = ("A username is 1 to 64 lower-case letters, digits, '.', '-' or '_', "
+                   "starting with a letter or digit.")
+        raise InvalidRequest(message, errors={"username": [message]})
+    if not name.strip() or len(name) > 200:
+        message = "A name of 1 to 200 characters is required."
+        raise InvalidRequest(message, errors={"name": [message]})
+    check_password(password)
+    password_hash = _hasher.hash(password)
+    with UnitOfWork() as uow:
+        user = FinanceUser(username=username, name=name.strip(), password_hash=password_hash,
+                           active=True, failed_sign_ins=0, created_at=utcnow())
+        uow.session.add(user)
+        try:
+            uow.session.flush()
+        except IntegrityError as exc:
+            raise AlreadyExists(f"A finance user {username!r} already exists.") from exc
+        record(uow.session, actor, "finance_user.created", f"finance_user:{username}",
+               {"name": user.name})
+        uow.commit()
+        return _view(user)
+
+
+def list_users() -> list[dict[str, Any]]:
+    with read() as session:
+        return [_view(u) for u in session.scalars(select(FinanceUser).order_by(
+            FinanceUser.username))]
+
+
+def revoke_finance_user_tokens(session: Session, finance_user_id: int,
+                               client_id: str | None = None) -> int:
+    """Revoke the user's live tokens (at one client, or everywhere) in the caller's
+    transaction. Returns how many."""
+    t = OAuthToken.__table__.c
+    query = update(OAuthToken.__table__).where(t.finance_user_id == finance_user_id,
+                                               t.revoked_at.is_(None))
+    if client_id is not None:
+        query = query.where(t.client_id == client_id)
+    return int(session.execute(query.values(revoked_at=utcnow())).rowcount)  # type: ignore[attr-defined]
+
+
+def disable_user(username: str, *, actor: Actor = SYSTEM) -> dict[str, Any]:
+    """Disable the user: no further sign-in, and every token they hold stops working."""
+    with UnitOfWork() as uow:
+        user = uow.session.scalar(select(FinanceUser).where(FinanceUser.username == username)
+                                  .with_for_update())
+        if user is None:
+            raise NotFound(f"No finance user {username!r}.")
+        user.active = False
+        revoked = revoke_finance_user_tokens(uow.session, user.id)
+        record(uow.session, actor, "finance_user.disabled", f"finance_user:{username}",
+               {"tokens_revoked": revoked})
+        uow.commit()
+        return {**_view(user), "tokens_revoked": revoked}
+
+
+# --------------------------------------------------------------------------- sign-in
+
+
+def _verify(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _lock(user_id: int) -> datetime:
+    until = utcnow() + LOCK_FOR
+    f = FinanceUser.__table__.c
+    with UnitOfWork() as uow:
+        uow.session.execute(update(FinanceUser.__table__).where(f.id == user_id)
+                            .values(locked_until=until, failed_sign_ins=0))
+        uow.commit()
+    return until
+
+
+def authenticate(username: str, password: str) -> SignedInFinanceUser:
+    """The active finance user with this username and password, or :class:`SignInFailed` /
+    :class:`SignInLocked`."""
+    refused = "The username or password is wrong."
+    if len(password) > PASSWORD_MAX or not USERNAME.fullmatch(username):
+        _verify(None, password[:PASSWORD_MAX])
+        raise SignInFailed(refused)
+    now = utcnow()
+    f = FinanceUser.__table__.c
+    with UnitOfWork() as uow:
+        # the attempt is counted before the password is checked, in one statement, so
+        # concurrent guesses cannot slip past the limit
+        row = uow.session.execute(
+            update(FinanceUser.__table__)
+            .where(f.username == username, f.active.is_(True),
+                   or_(f.locked_until.is_(None), f.locked_until <= now))
+            .values(failed_sign_ins=f.failed_sign_ins + 1, locked_until=None)
+            .returning(f.id, f.name, f.failed_sign_ins, f.password_hash)
+        ).first()
+        uow.commit()
+    if row is None:
+        with read() as session:
+            locked_until = session.scalar(select(f.locked_until).where(
+                f.username == username, f.active.is_(True)))
+        if locked_until is not None and locked_until > now:
+            raise SignInLocked(locked_until)
+        _verify(None, password)
+        raise SignInFailed(refused)
+    if row.failed_sign_ins > MAX_FAILURES:
+        raise SignInLocked(_lock(row.id))
+    if not _verify(row.password_hash, password):
+        if row.failed_sign_ins >= MAX_FAILURES:
+            raise SignInLocked(_lock(row.id))
+        raise SignInFailed(refused)
+    values: dict[str, Any] = {"failed_sign_ins": 0, "locked_until": None}
+    if _hasher.check_needs_rehash(row.password_hash):
+        values["password_hash"] = _hasher.hash(password)
+    with UnitOfWork() as uow:
+        uow.session.execute(update(FinanceUser.__table__).where(f.id == row.id).values(**values))
+        uow.commit()
+    return SignedInFinanceUser(row.id, username, row.name)
+
+
+def active_finance_user(user_id: int) -> SignedInFinanceUser | None:
+    """The user, if still active (a disabled user's grants stop working)."""
+    with read() as session:
+        row = session.execute(select(FinanceUser.id, FinanceUser.username, FinanceUser.name)
+                              .where(FinanceUser.id == user_id,
+                                     FinanceUser.active.is_(True))).first()
+    return SignedInFinanceUser(row.id, row.username, row.name) if row else None
