@@ -1,0 +1,329 @@
+"""The isolation matrix: partner acme, with tokens of every partner scope and of each one
+alone, tries every partner endpoint on bravo's transactions, holds, reversals, members'
+references and statements, and every operator and member endpoint (settlement runs,
+reconciliation, breaks, admin) on real and on made-up objects.
+
+Every attempt is refused without telling whether the object exists: 404 ``not_found`` for
+an object that is not acme's (whatever its kind or state), 403 ``insufficient_scope`` only
+for what the token may not call at all (by its scopes), and the same status, body and
+headers as the same request on an object that does not exist (ids, codes and references
+aside). Nothing changes: every table is as it was after each attempt.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from coalition.oauth.models import PARTNER_SCOPES
+from tests.conftest import bearer, empty_all_tables, fetch_token, snapshot
+from tests.seeding import Seeded, partner_maker, seed
+
+GHOST_ID = 987654321
+GHOST_CODE = "nosuch"
+GHOST_REF = "no-such-ref"
+CSV = "partner_txn_id,type,member_number,points,occurred_at\n"
+
+#: the scopes a partner endpoint needs: one of them (``None``: open to any partner token)
+NEEDS: dict[tuple[str, str], set[str]] = {
+    ("GET", "/v1/members"): {"members:read"},
+    ("POST", "/v1/members"): {"members:write"},
+    ("GET", "/v1/members/{member_number}"): {"members:read"},
+    ("GET", "/v1/members/{member_number}/balance"): {"members:read"},
+    ("POST", "/v1/earn"): {"points:earn"},
+    ("POST", "/v1/burn"): {"points:burn"},
+    ("POST", "/v1/holds"): {"points:burn"},
+    ("GET", "/v1/holds/{hold_id}"): {"points:burn"},
+    ("POST", "/v1/holds/{hold_id}/capture"): {"points:burn"},
+    ("POST", "/v1/holds/{hold_id}/void"): {"points:burn"},
+    ("POST", "/v1/transactions/{transaction_id}/reversals"): {"points:earn", "points:burn"},
+    ("GET", "/v1/transactions"): {"transactions:read"},
+    ("GET", "/v1/transactions/{transaction_id}"): {"transactions:read"},
+    ("GET", "/v1/settlement/runs/{run_id}/statements/{partner}"): {"settlement:read"},
+}
+
+#: partner endpoints that are not about another partner's objects: enrolling or linking
+#: by member number is how a member joins a second partner (test_isolation.py and the
+#: tests below cover that references and personal data stay each partner's own)
+NOT_OBJECTS = {("POST", "/v1/members")}
+
+TOKENS = {"all": PARTNER_SCOPES, **{scope: (scope,) for scope in PARTNER_SCOPES}}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    method: str
+    template: str             # the OpenAPI path it exercises
+    path: str                 # on bravo's (or a real) object
+    ghost: str                # the same on an object that does not exist
+    body: Any = None
+    ghost_body: Any = None
+    csv: bool = False
+    names: tuple[str, ...] = ()  # what differs between the two, for comparing messages
+
+    def label(self) -> str:
+        return f"{self.method} {self.path} {self.body if self.body is not None else ''}"
+
+
+def attempts(s: Seeded) -> list[Attempt]:
+    b = s.bravo
+    tried: list[Attempt] = []
+
+    def add(method: str, template: str, path: str, ghost: str, body: Any = None,
+            ghost_body: Any = None, names: tuple[str, ...] = (), csv: bool = False) -> None:
+        tried.append(Attempt(method, template, path, ghost, body,
+                             body if ghost_body is None else ghost_body, csv, names))
+
+    # bravo's transactions of every kind, reversals included, on both periods and now
+    for txn in b.transactions.values():
+        tid = str(txn["id"])
+        add("GET", "/v1/transactions/{transaction_id}", f"/v1/transactions/{tid}",
+            f"/v1/transactions/{GHOST_ID}", names=(tid,))
+        for body in ({"partner_txn_id": "steal-r1"},
+                     {"partner_txn_id": "steal-r2", "points": 1},
+                     {"partner_txn_id": "steal-r3",
+                      "refund": {"amount": "1.00", "currency": "GBP"}}):
+            add("POST", "/v1/transactions/{transaction_id}/reversals",
+                f"/v1/transactions/{tid}/reversals",
+                f"/v1/transactions/{GHOST_ID}/reversals", body, names=(tid,))
+    # bravo's holds: open, voided, captured, expired
+    for held in b.holds.values():
+        hid = str(held["id"])
+        add("GET", "/v1/holds/{hold_id}", f"/v1/holds/{hid}", f"/v1/holds/{GHOST_ID}",
+            names=(hid,))
+        for action, body in (("capture", {"partner_txn_id": "steal-c1"}),
+                             ("capture", {"partner_txn_id": "steal-c2", "points": 1}),
+                             ("void", {"partner_txn_id": "steal-v1"})):
+            add("POST", f"/v1/holds/{{hold_id}}/{action}", f"/v1/holds/{hid}/{action}",
+                f"/v1/holds/{GHOST_ID}/{action}", body, names=(hid,))
+    # bravo's references to its members name nothing for acme
+    for ref in ("b-shared", "b-only"):
+        add("GET", "/v1/members", f"/v1/members?partner_member_ref={ref}",
+            f"/v1/members?partner_member_ref={GHOST_REF}", names=(ref,))
+        named = {"partner_member_ref": ref}
+        ghost = {"partner_member_ref": GHOST_REF}
+        add("POST", "/v1/earn", "/v1/earn", "/v1/earn",
+            {**named, "partner_txn_id": "steal-e", "points": 5},
+            {**ghost, "partner_txn_id": "steal-e", "points": 5}, names=(ref,))
+        add("POST", "/v1/burn", "/v1/burn", "/v1/burn",
+            {**named, "partner_txn_id": "steal-b", "points": 5},
+            {**ghost, "partner_txn_id": "steal-b", "points": 5}, names=(ref,))
+        add("POST", "/v1/holds", "/v1/holds", "/v1/holds",
+            {**named, "partner_txn_id": "steal-h", "points": 5},
+            {**ghost, "partner_txn_id": "steal-h", "points": 5}, names=(ref,))
+    # bravo's statements: of the closed run, of the draft; against a partner that does
+    # not exist, and a run that does not exist
+    statements = "/v1/settlement/runs/{run_id}/statements/{partner}"
+    for run in (s.closed_run, s.draft_run):
+        add("GET", statements, f"/v1/settlement/runs/{run}/statements/bravo",
+            f"/v1/settlement/runs/{run}/statements/{GHOST_CODE}", names=("bravo",))
+        add("GET", statements, f"/v1/settlement/runs/{run}/statements/bravo",
+            f"/v1/settlement/runs/{GHOST_ID}/statements/bravo", names=(str(run),))
+    # acme's own statement of the draft run does not exist for acme yet either
+    add("GET", statements, f"/v1/settlement/runs/{s.draft_run}/statements/acme",
+        f"/v1/settlement/runs/{GHOST_ID}/statements/acme", names=(str(s.draft_run),))
+    return tried
+
+
+def operator_attempts(s: Seeded, spec: dict[str, Any]) -> list[Attempt]:
+    """Every operation for operator or member tokens, on real objects and on ghosts."""
+    real = {"run_id": str(s.draft_run), "break_id": str(s.breaks[0]), "partner": "bravo",
+            "code": "bravo", "client_id": "op-unknown", "member_number": s.shared}
+    ghost = {"run_id": str(GHOST_ID), "break_id": str(GHOST_ID), "partner": GHOST_CODE,
+             "code": GHOST_CODE, "client_id": "op-unknown", "member_number": s.shared}
+    bodies: dict[str, Any] = {
+        "/v1/settlement/runs": {"period_start": "2001-03-02", "period_end": "2001-03-03"},
+        "/v1/settlement/runs/{run_id}/breaks/{break_id}": {"action": "accept",
+                                                          "reason": "acme says so"},
+        "/v1/admin/members/merge": {"absorbed": s.bravo_only, "survivor": s.shared},
+        "/v1/me/transfers": {"to_member_number": s.shared, "points": 1},
+        "/v1/me/donations": {"partner": s.charity, "points": 1},
+    }
+    tried = []
+    for template, item in spec["paths"].items():
+        for method, operation in item.items():
+            requirements = operation.get("security") if isinstance(operation, dict) else None
+            scopes = {scope for r in requirements or () for scope in r.get("oauth2", ())}
+            if not scopes or scopes & set(PARTNER_SCOPES):
+                continue
+            path = ghost_path = template
+            names = []
+            for name in re.findall(r"{(\w+)}", template):
+                path = path.replace(f"{{{name}}}", real[name])
+                ghost_path = ghost_path.replace(f"{{{name}}}", ghost[name])
+                names.append(real[name])
+            csv = template.endswith("/reconciliations/{partner}")
+            body = (CSV if csv else bodies.get(template, {} if method in ("post", "put")
+                                               else None))
+            tried.append(Attempt(method.upper(), template, path, ghost_path, body, body,
+                                 csv, tuple(names)))
+    return tried
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def seeded(_migrated_app) -> Iterator[Seeded]:
+    """One coalition per backend for the whole module: nothing here may change it (every
+    test asserts so), so the tests share it."""
+    from coalition.oauth.clients import create_operator_client
+
+    app = _migrated_app
+    client = app.test_client()
+    try:
+        with app.app_context():
+            issued = create_operator_client(["admin", "settlement:run"], name="matrix operator")
+            operator = bearer(fetch_token(client, issued.client_id, issued.client_secret))
+            s = seed(client, partner_maker(client), operator, signed_in=False)
+            # what acme is refused exists, and bravo reaches it
+            for txn in s.bravo.transactions.values():
+                got = client.get(f"/v1/transactions/{txn['id']}", headers=s.bravo.headers)
+                assert got.status_code == 200, got.get_json()
+            for held in s.bravo.holds.values():
+                got = client.get(f"/v1/holds/{held['id']}", headers=s.bravo.headers)
+                assert got.status_code == 200, got.get_json()
+            statement = client.get(f"/v1/settlement/runs/{s.closed_run}/statements/bravo",
+                                   headers=s.bravo.headers)
+            assert statement.status_code == 200 and statement.get_json()["issued_points"] > 0
+            own = client.get(f"/v1/settlement/runs/{s.closed_run}/statements/acme",
+                             headers=s.acme.headers)
+            assert own.status_code == 200, own.get_json()
+            yield s
+    finally:
+        empty_all_tables(app)
+
+
+@pytest.fixture
+def client(_migrated_app, seeded) -> Iterator[FlaskClient]:
+    """A client on the module's coalition (not conftest's, which empties every table
+    after each test)."""
+    with _migrated_app.app_context():
+        yield _migrated_app.test_client()
+
+
+def acme_token(client, scopes: tuple[str, ...]) -> dict[str, str]:
+    from partners.service import issue_partner_client
+
+    issued = issue_partner_client("acme", list(scopes))
+    return bearer(fetch_token(client, issued.client_id, issued.client_secret))
+
+
+def send(client, attempt: Attempt, headers: dict[str, str], ghost: bool = False) -> Any:
+    path = attempt.ghost if ghost else attempt.path
+    body = attempt.ghost_body if ghost else attempt.body
+    if attempt.csv:
+        return client.open(path, method=attempt.method, data=body,
+                           headers={**headers, "Content-Type": "text/csv"})
+    return client.open(path, method=attempt.method, json=body, headers=headers)
+
+
+def shape(response: Any, names: tuple[str, ...]) -> Any:
+    """What a caller learns: status, body and headers, less the ids, codes and references
+    it sent itself (``names``, and those of the ghost)."""
+    text = response.get_data(as_text=True)
+    for name in sorted({*names, str(GHOST_ID), GHOST_CODE, GHOST_REF}, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", "NAME", text)
+    headers = {k: v for k, v in response.headers.items()
+               if k in ("Content-Type", "WWW-Authenticate", "Allow", "Retry-After",
+                        "Idempotent-Replayed")}
+    names_sent = sorted(k.lower() for k in response.headers.keys()
+                        if k not in ("Date", "Content-Length"))
+    return response.status_code, text, headers, names_sent
+
+
+def expected(attempt: Attempt, scopes: tuple[str, ...]) -> tuple[int, set[str]]:
+    needs = NEEDS.get((attempt.method, attempt.template))
+    if needs is None:  # operator and member endpoints: no partner holds their scopes
+        return 403, {"insufficient_scope"}
+    if not needs & set(scopes):
+        return 403, {"insufficient_scope"}
+    return 404, {"not_found"}
+
+
+# --------------------------------------------------------------------------- the matrix
+
+
+@pytest.mark.parametrize("token", list(TOKENS))
+def test_acme_is_refused_everything_of_bravos_and_learns_nothing(client, seeded, token):
+    headers = acme_token(client, TOKENS[token])
+    spec = client.get("/openapi.json").get_json()
+    baseline = snapshot(client.application)
+    failures = []
+    tried = attempts(seeded) + operator_attempts(seeded, spec)
+    for attempt in tried:
+        status, codes = expected(attempt, TOKENS[token])
+        theirs = send(client, attempt, headers)
+        ghost = send(client, attempt, headers, ghost=True)
+        try:
+            if attempt.method != "GET":  # the GETs are checked together, at the end
+                assert snapshot(client.application) == baseline, "a table changed"
+            body = theirs.get_json()
+            assert (theirs.status_code, body["error"] in codes) == (status, True), \
+                f"{theirs.status_code} {body}"
+            assert set(body) <= {"code", "status", "message", "error", "errors"}, body
+            assert shape(theirs, attempt.names) == shape(ghost, attempt.names), \
+                f"answers differ: {theirs.get_json()} / {ghost.get_json()}"
+        except AssertionError as exc:
+            failures.append(f"{attempt.label()}: {str(exc).splitlines()[0]}")
+            baseline = snapshot(client.application)
+    if snapshot(client.application) != baseline:
+        failures.append("a table changed")
+    assert not failures, f"{len(failures)} of {len(tried)}:\n" + "\n".join(failures)
+
+
+def test_the_matrix_covers_every_protected_operation(client, seeded):
+    """A new endpoint joins the matrix, or says here why it need not."""
+    spec = client.get("/openapi.json").get_json()
+    covered = {(a.method, a.template) for a in attempts(seeded)}
+    covered |= {(a.method, a.template) for a in operator_attempts(seeded, spec)}
+    covered |= NOT_OBJECTS | {("GET", "/v1/members/{member_number}"),
+                              ("GET", "/v1/members/{member_number}/balance"),
+                              ("GET", "/v1/transactions")}  # tests below
+    protected = {(method.upper(), path) for path, item in spec["paths"].items()
+                 for method, operation in item.items()
+                 if isinstance(operation, dict) and any(
+                     "oauth2" in r for r in operation.get("security") or ())}
+    assert protected - covered == set()
+    partner = {(method.upper(), path) for path, item in spec["paths"].items()
+               for method, operation in item.items()
+               if isinstance(operation, dict) and any(
+                   set(r.get("oauth2", ())) & set(PARTNER_SCOPES)
+                   for r in operation.get("security") or ())}
+    assert partner == set(NEEDS), "NEEDS lists every partner endpoint"
+
+
+# --------------------------------------------------------------------------- members
+
+
+def test_bravos_member_shows_acme_no_reference_and_no_personal_data(client, seeded):
+    """Member numbers are coalition-wide (a member earns anywhere), but what bravo knows
+    of its member stays bravo's."""
+    headers = acme_token(client, PARTNER_SCOPES)
+    before = snapshot(client.application)
+    member = client.get(f"/v1/members/{seeded.bravo_only}", headers=headers).get_json()
+    assert member["member_number"] == seeded.bravo_only
+    assert (member["partner_member_ref"], member["name"], member["email"],
+            member["birth_date"]) == (None, None, None, None)
+    assert "activation_code" not in member
+    shared = client.get(f"/v1/members/{seeded.shared}", headers=headers).get_json()
+    assert shared["partner_member_ref"] == "a-shared"  # acme's own, never "b-shared"
+    balance = client.get(f"/v1/members/{seeded.bravo_only}/balance", headers=headers)
+    assert balance.status_code == 200
+    assert snapshot(client.application) == before
+
+
+def test_history_of_a_shared_member_shows_acme_only_its_own(client, seeded):
+    headers = acme_token(client, ("transactions:read",))
+    for member in (seeded.shared, seeded.bravo_only):
+        page = client.get("/v1/transactions", query_string={"member_number": member,
+                                                            "limit": 500}, headers=headers)
+        assert page.status_code == 200, page.get_json()
+        items = page.get_json()["items"]
+        assert {t["partner"] for t in items} <= {"acme"}
+        assert not {t["id"] for t in items} & set(seeded.bravo.transaction_ids())
