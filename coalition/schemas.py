@@ -101,6 +101,9 @@ class DecimalString(fields.Field):
         return canonical(number)
 
 
+_RFC3339 = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?"
+
+
 class UTCTimestamp(fields.Field):
     """RFC 3339 with an offset (converted to UTC), or a bare date meaning midnight UTC."""
 
@@ -128,8 +131,7 @@ class UTCTimestamp(fields.Field):
                 return datetime.combine(date.fromisoformat(text), time(), UTC)
             except ValueError as exc:
                 raise self.make_error("invalid") from exc
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?",
-                            text):
+        if not re.fullmatch(_RFC3339, text):
             raise self.make_error("invalid")
         try:
             parsed = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))

@@ -73,7 +73,8 @@ class ProgramRulesSchema(StrictSchema):
     tiers = fields.List(fields.Nested(TierSchema), required=True,
                         validate=validate.Length(min=1, max=10))
     bonuses = fields.Nested(BonusRulesSchema, load_default=lambda: {"welcome": 0, "birthday": 0})
-    transfers = fields.Nested(TransferRulesSchema, load_default=lambda: TransferRulesSchema().load({}))
+    transfers = fields.Nested(TransferRulesSchema,
+                              load_default=lambda: TransferRulesSchema().load({}))
     holds = fields.Nested(HoldRulesSchema, load_default=lambda: HoldRulesSchema().load({}))
     earn_reversal_after_spend = fields.String(
         load_default="take_from_other_lots",

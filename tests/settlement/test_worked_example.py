@@ -80,7 +80,6 @@ def test_hand_worked_period(app, client, make_partner, operator_headers):
     assert created.status_code == 201, created.get_json()
     run = created.get_json()
     statements = {s["partner"]: s for s in run["statements"]}
-    from sqlalchemy import text as _t; from coalition.db import db as _db
 
     # grocer: issued 1080 at 0.0100 = 10.80 and 150 at 0.0120 = 1.80 → payable 12.60;
     #         redeemed 120 at 0.0090 = 1.08; net 1.08 − 12.60 = −11.52
