@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from coalition.errors import CoalitionError
@@ -230,6 +230,7 @@ def parse_json(data: bytes) -> Any:
 
 
 def _check_body() -> Response | None:
+    g.json_body = None  # g can outlive a request (an app context pushed around several)
     chunked = not request.content_length and bool(request.headers.get("Transfer-Encoding"))
     if chunked:
         # Without a Content-Length werkzeug stops reading at MAX_CONTENT_LENGTH and hands
@@ -246,7 +247,7 @@ def _check_body() -> Response | None:
     if not data:
         return None
     try:
-        parse_json(data)
+        g.json_body = parse_json(data)  # later checks read it rather than parse again
     except BodyRefused as exc:
         return error_response(400, "The request is not valid.", "invalid_request",
                               {"_schema": [str(exc)]})

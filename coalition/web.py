@@ -17,7 +17,7 @@ from http import HTTPStatus
 from typing import Any
 
 from apispec import BasePlugin
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from flask_smorest import Api as _Api
 from flask_smorest import Blueprint
 from werkzeug.exceptions import HTTPException, InternalServerError
@@ -179,7 +179,8 @@ def _refuse_nul_characters() -> Response | None:
         "form": request.mimetype in ("application/x-www-form-urlencoded",
                                      "multipart/form-data")
         and _nul_in(request.form.to_dict(flat=False)),
-        "json": request.is_json and _nul_in(request.get_json(silent=True)),
+        # the body as limits parsed it strictly (never parsed a second time here)
+        "json": _nul_in(g.get("json_body")),
     }
     found = [place for place, nul in places.items() if nul]
     if not found:
