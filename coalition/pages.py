@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Flask, Response, abort, render_template, request, session
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    current_app,
+    render_template,
+    request,
+    session,
+)
 from werkzeug.exceptions import HTTPException
+from werkzeug.test import Client
 
 CSRF_FIELD = "csrf_token"
 
@@ -86,3 +97,41 @@ def init_pages(app: Flask) -> None:
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.jinja_env.filters.update(points=points, signed=signed, day=day, moment=moment,
                                  iso=iso)
+
+
+# --------------------------------------------------------------------------- a page as OAuth client
+
+
+def page_client_id(redirect_uri: str, name: str, scope: str) -> str:
+    """The public client a page signs in through: the one registered for its redirect URI
+    and scope. Outside production the page registers it on first use; in production the
+    operator must (a forged Host header must never register a redirect URI)."""
+    from coalition.oauth.clients import create_public_client, find_public_client
+
+    client_id = find_public_client(redirect_uri, scope=scope)
+    if client_id is None:
+        if current_app.config["ENV"] == "production":
+            abort(503, f"The {name.lower()} is not set up yet: the operator registers it with "
+                       f"`coalition client create --public --scope {scope} --name \"{name}\" "
+                       f"--redirect-uri {redirect_uri}`.")
+        client_id = create_public_client(f"Coalition {name.lower()}", [redirect_uri],
+                                         trusted=True, scopes=(scope,)).client_id
+    return client_id
+
+
+def oauth_call(path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """POST a form to this server's own OAuth endpoint, in process, through the whole WSGI
+    stack (no network hop, and no deadlock on a single-worker server)."""
+    response = Client(current_app._get_current_object()).post(
+        path, data=form, base_url="https://localhost/")
+    return response.status_code, response.get_json(silent=True) or {}
+
+
+def keep_tokens(key: str, token: dict[str, Any], client_id: str) -> None:
+    """Keep a page's tokens in the (signed, HttpOnly) session under ``key``."""
+    session[key] = {
+        "access_token": token["access_token"],
+        "refresh_token": token.get("refresh_token"),
+        "expires_at": int(time.time()) + int(token.get("expires_in", 0)),
+        "client_id": client_id,
+    }

@@ -32,7 +32,6 @@ from flask import (
     Blueprint,
     Response,
     abort,
-    current_app,
     flash,
     g,
     json,
@@ -43,13 +42,11 @@ from flask import (
     url_for,
 )
 from werkzeug.exceptions import HTTPException
-from werkzeug.test import Client
 
 from coalition.audit.service import Actor
 from coalition.errors import CoalitionError, NotFound
-from coalition.oauth.clients import create_public_client, find_public_client
 from coalition.oauth.server import principal_for
-from coalition.pages import check_csrf, protect_pages
+from coalition.pages import check_csrf, keep_tokens, oauth_call, page_client_id, protect_pages
 from config.logging import current_request_id
 from settlement import charts, reconcile, service
 from settlement.schemas import RunSchema
@@ -57,7 +54,6 @@ from settlement.schemas import RunSchema
 bp = Blueprint("finance_page", __name__, url_prefix="/finance")
 protect_pages(bp)
 
-PAGE_CLIENT_NAME = "Coalition finance page"
 SCOPE = "settlement:run"
 #: refresh this long before the access token expires
 REFRESH_MARGIN = 30
@@ -116,33 +112,11 @@ def _redirect_uri() -> str:
 
 
 def _client_id() -> str:
-    uri = _redirect_uri()
-    client_id = find_public_client(uri, scope=SCOPE)
-    if client_id is None:
-        if current_app.config["ENV"] == "production":
-            abort(503, "The finance page is not set up yet: the operator registers it with "
-                       f"`coalition client create --public --scope {SCOPE} --name "
-                       f"\"Finance page\" --redirect-uri {uri}`.")
-        client_id = create_public_client(PAGE_CLIENT_NAME, [uri], trusted=True,
-                                         scopes=(SCOPE,)).client_id
-    return client_id
-
-
-def _oauth_call(path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    """POST a form to this server's own OAuth endpoint, in process, through the whole WSGI
-    stack (no network hop, and no deadlock on a single-worker server)."""
-    response = Client(current_app._get_current_object()).post(
-        path, data=form, base_url="https://localhost/")
-    return response.status_code, response.get_json(silent=True) or {}
+    return page_client_id(_redirect_uri(), "Finance page", SCOPE)
 
 
 def _keep_tokens(token: dict[str, Any], client_id: str) -> None:
-    session[TOKENS] = {
-        "access_token": token["access_token"],
-        "refresh_token": token.get("refresh_token"),
-        "expires_at": int(time.time()) + int(token.get("expires_in", 0)),
-        "client_id": client_id,
-    }
+    keep_tokens(TOKENS, token, client_id)
 
 
 def _signed_in() -> str | None:
@@ -152,7 +126,7 @@ def _signed_in() -> str | None:
     if not tokens:
         return None
     if tokens["expires_at"] - REFRESH_MARGIN <= time.time():
-        status, body = _oauth_call("/oauth/token", {
+        status, body = oauth_call("/oauth/token", {
             "grant_type": "refresh_token", "refresh_token": tokens.get("refresh_token") or "",
             "client_id": tokens["client_id"]})
         if status != 200:
@@ -222,7 +196,7 @@ def callback() -> Any:
             flash("Sign-in was cancelled.", "info")
             return redirect(url_for(".home"))
         abort(400, request.args.get("error_description") or request.args["error"])
-    status, body = _oauth_call("/oauth/token", {
+    status, body = oauth_call("/oauth/token", {
         "grant_type": "authorization_code", "code": request.args.get("code", ""),
         "redirect_uri": pending["redirect_uri"], "client_id": pending["client_id"],
         "code_verifier": pending["verifier"]})
@@ -239,7 +213,7 @@ def sign_out() -> Any:
     if tokens:
         # revoking the refresh token revokes its access token with it
         refresh = tokens.get("refresh_token")
-        _oauth_call("/oauth/revoke", {"token": refresh or tokens["access_token"],
+        oauth_call("/oauth/revoke", {"token": refresh or tokens["access_token"],
                                       "token_type_hint": "refresh_token" if refresh
                                       else "access_token",
                                       "client_id": tokens["client_id"]})

@@ -25,7 +25,6 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from flask import (
     Blueprint,
     abort,
-    current_app,
     flash,
     redirect,
     render_template,
@@ -33,20 +32,17 @@ from flask import (
     session,
     url_for,
 )
-from werkzeug.test import Client
 
 from coalition.errors import CoalitionError
 from coalition.ledger import member_ops, numbers
 from coalition.member import account, signin
-from coalition.oauth.clients import create_public_client, find_public_client
 from coalition.oauth.server import principal_for
-from coalition.pages import check_csrf, protect_pages
+from coalition.pages import check_csrf, keep_tokens, oauth_call, page_client_id, protect_pages
 from coalition.program.service import program_terms
 
 bp = Blueprint("member_page", __name__, url_prefix="/member")
 protect_pages(bp)
 
-PAGE_CLIENT_NAME = "Coalition member page"
 #: refresh this long before the access token expires
 REFRESH_MARGIN = 30
 HISTORY_PAGE = 20
@@ -69,33 +65,11 @@ def _redirect_uri() -> str:
 
 
 def _client_id() -> str:
-    uri = _redirect_uri()
-    client_id = find_public_client(uri)
-    if client_id is None:
-        if current_app.config["ENV"] == "production":
-            abort(503, "The member page is not set up yet: the operator registers it with "
-                       f"`coalition client create --public --name \"Member page\" "
-                       f"--redirect-uri {uri}`.")
-        client_id = create_public_client(PAGE_CLIENT_NAME, [uri], trusted=True).client_id
-    return client_id
-
-
-def _oauth_call(path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    """POST a form to this server's own OAuth endpoint, in process, through the whole WSGI
-    stack (no network hop, and no deadlock on a single-worker server)."""
-    response = Client(current_app._get_current_object()).post(
-        path, data=form, base_url="https://localhost/")
-    body = response.get_json(silent=True) or {}
-    return response.status_code, body
+    return page_client_id(_redirect_uri(), "Member page", "member")
 
 
 def _keep_tokens(token: dict[str, Any], client_id: str) -> None:
-    session["member_tokens"] = {
-        "access_token": token["access_token"],
-        "refresh_token": token.get("refresh_token"),
-        "expires_at": int(time.time()) + int(token.get("expires_in", 0)),
-        "client_id": client_id,
-    }
+    keep_tokens("member_tokens", token, client_id)
 
 
 def _signed_in_member() -> int | None:
@@ -104,7 +78,7 @@ def _signed_in_member() -> int | None:
     if not tokens:
         return None
     if tokens["expires_at"] - REFRESH_MARGIN <= time.time():
-        status, body = _oauth_call("/oauth/token", {
+        status, body = oauth_call("/oauth/token", {
             "grant_type": "refresh_token", "refresh_token": tokens.get("refresh_token") or "",
             "client_id": tokens["client_id"]})
         if status != 200:
@@ -159,7 +133,7 @@ def callback() -> Any:
             flash("Sign-in was cancelled.", "info")
             return redirect(url_for(".home"))
         abort(400, request.args.get("error_description") or request.args["error"])
-    status, body = _oauth_call("/oauth/token", {
+    status, body = oauth_call("/oauth/token", {
         "grant_type": "authorization_code", "code": request.args.get("code", ""),
         "redirect_uri": pending["redirect_uri"], "client_id": pending["client_id"],
         "code_verifier": pending["verifier"]})
@@ -175,7 +149,7 @@ def sign_out() -> Any:
     tokens = session.pop("member_tokens", None)
     if tokens:
         # revoking the refresh token revokes its access token with it
-        _oauth_call("/oauth/revoke", {"token": tokens.get("refresh_token") or
+        oauth_call("/oauth/revoke", {"token": tokens.get("refresh_token") or
                                       tokens["access_token"],
                                       "token_type_hint": "refresh_token"
                                       if tokens.get("refresh_token") else "access_token",
@@ -312,7 +286,7 @@ def close() -> Any:
         return redirect(url_for(".home"))
     tokens = session.pop("member_tokens", None)
     if tokens:
-        _oauth_call("/oauth/revoke", {"token": tokens.get("refresh_token") or "",
+        oauth_call("/oauth/revoke", {"token": tokens.get("refresh_token") or "",
                                       "client_id": tokens["client_id"]})
     session.clear()
     flash("Your account is closed.", "info")
