@@ -248,6 +248,11 @@ T = TypeVar("T")
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}
 
 
+class Retry(Exception):
+    """A unit of work that met a transient obstacle before writing anything for good (it
+    is rolled back) and succeeds when run again from the start."""
+
+
 def is_retryable(exc: BaseException) -> bool:
     """A deadlock, a serialization failure, or SQLite's busy/locked database."""
     if not isinstance(exc, DBAPIError):
@@ -262,7 +267,8 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def run_with_retries(work: Callable[[], T], attempts: int | None = None) -> T:
-    """Run ``work`` (one whole unit of work), retrying it on a transient conflict.
+    """Run ``work`` (one whole unit of work), retrying it on a transient conflict (or a
+    :class:`Retry` it raises).
 
     The work must be safe to run again from the start: it opens its own unit of work, so
     a failed attempt has been rolled back in full before the next one begins.
@@ -271,8 +277,8 @@ def run_with_retries(work: Callable[[], T], attempts: int | None = None) -> T:
     for attempt in range(1, attempts + 1):
         try:
             return work()
-        except DBAPIError as exc:
-            if attempt == attempts or not is_retryable(exc):
+        except (DBAPIError, Retry) as exc:
+            if attempt == attempts or not (isinstance(exc, Retry) or is_retryable(exc)):
                 raise
             # jittered exponential backoff, capped so a long retry budget stays bounded
             time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))

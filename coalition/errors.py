@@ -69,6 +69,12 @@ class PeriodClosed(Conflict):
     code = "period_closed"
 
 
+class NoRateCard(Conflict):
+    """The partner has no rate card in force, so settlement could not price the booking."""
+
+    code = "no_rate_card"
+
+
 class MemberMerged(Conflict):
     code = "member_merged"
 

@@ -158,7 +158,7 @@ class Transfers(MethodView):
     @blp.alt_response(409, description="insufficient_points, transfer_limit (transfers "
                       "disabled, below min_points, above max_points, or over "
                       "max_points_per_day since midnight UTC), member_closed, "
-                      "member_merged, balance_limit, idempotency_conflict")
+                      "member_merged, balance_limit, idempotency_conflict, period_closed")
     @blp.alt_response(422, description="invalid_request, e.g. a transfer to yourself")
     def post(self, data: dict[str, Any], headers: dict[str, Any]) -> Any:
         """Give points to another member (the program's transfer limits apply)."""
@@ -174,7 +174,8 @@ class Donations(MethodView):
     @blp.arguments(IdempotencyHeaderSchema, location="headers")
     @blp.response(201, DonationSchema, headers=_REPLAY)
     @blp.alt_response(409, description="insufficient_points, member_closed, member_merged, "
-                      "idempotency_conflict")
+                      "idempotency_conflict, no_rate_card (the charity has no rate card in "
+                      "force yet), period_closed")
     @blp.alt_response(422, description="invalid_request, e.g. the partner is not an active "
                       "charity")
     def post(self, data: dict[str, Any], headers: dict[str, Any]) -> Any:

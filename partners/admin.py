@@ -61,9 +61,10 @@ class PartnerRates(MethodView):
     @blp.response(201, RateCardSchema)
     @blp.alt_response(404, description="No such partner")
     @blp.alt_response(409, description="period_closed: valid_from falls in a closed "
-                      "settlement period")
+                      "settlement period, or one being closed")
     def post(self, data: dict[str, Any], code: str) -> dict[str, Any]:
-        """Append a rate card; earlier cards are kept and never edited."""
+        """Add a rate card after the latest, or before the first (to bring the partner's
+        start forward); earlier cards are kept and never edited."""
         return service.add_rate_card(code, **data, actor=current_actor())
 
 

@@ -125,7 +125,9 @@ class MemberBalance(MethodView):
 _TXN_ERRORS = (
     (404, "No such member"),
     (409, "member_closed, member_merged, insufficient_points, idempotency_conflict, "
-          "balance_limit"),
+          "balance_limit, no_rate_card (an earn or burn before your first rate card is in "
+          "force), period_closed (a booking that met a settlement close and could not be "
+          "booked after it; retry)"),
 )
 
 
@@ -187,7 +189,8 @@ class HoldCapture(MethodView):
     @blp.arguments(CaptureSchema)
     @blp.response(201, TransactionSchema, headers=_REPLAY)
     @blp.alt_response(404, description="No such hold of yours")
-    @blp.alt_response(409, description="hold_not_open, idempotency_conflict")
+    @blp.alt_response(409, description="hold_not_open, idempotency_conflict, no_rate_card, "
+                      "period_closed")
     def post(self, data: dict[str, Any], hold_id: int) -> Any:
         """Capture a hold in full or in part; the rest returns to the member."""
         return _answer(service.capture_hold(_partner(), hold_id, data))
@@ -199,7 +202,7 @@ class HoldVoid(MethodView):
     @blp.arguments(VoidSchema)
     @blp.response(201, HoldSchema, headers=_REPLAY)
     @blp.alt_response(404, description="No such hold of yours")
-    @blp.alt_response(409, description="hold_not_open, idempotency_conflict")
+    @blp.alt_response(409, description="hold_not_open, idempotency_conflict, period_closed")
     def post(self, data: dict[str, Any], hold_id: int) -> Any:
         """Void a hold; every held point returns to the member."""
         return _answer(service.cancel_hold(_partner(), hold_id, data))
@@ -215,7 +218,7 @@ class Reversals(MethodView):
     @blp.response(201, TransactionSchema, headers=_REPLAY)
     @blp.alt_response(404, description="No such transaction of yours")
     @blp.alt_response(409, description="member_closed, insufficient_points, "
-                      "idempotency_conflict")
+                      "idempotency_conflict, no_rate_card, period_closed")
     def post(self, data: dict[str, Any], transaction_id: int) -> Any:
         """Reverse your earn, burn or capture, wholly or in part (by points or refund).
 

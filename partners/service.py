@@ -6,15 +6,22 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from coalition.audit.service import SYSTEM, Actor, record
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import AlreadyExists, InvalidRequest, NotFound, PeriodClosed
+from coalition.ledger import fence
 from coalition.models import Partner, RateCard
 from coalition.oauth import clients
 from coalition.oauth.clients import IssuedClient
+from settlement.compute import COALITION
+
+#: names that settlement, its exports and the finance page use beside partner codes for
+#: themselves: the coalition's own accounts (a party in every run's matrix, positions and
+#: payments), the totals of statements and matrix, and the two money models
+RESERVED_CODES = frozenset({COALITION, "total", "operator", "clearing"})
 
 
 def _card(card: RateCard) -> dict[str, Any]:
@@ -42,6 +49,9 @@ def create_partner(
     issue_price: Decimal, redeem_rate: Decimal, valid_from: datetime | None = None,
     *, actor: Actor = SYSTEM,
 ) -> dict[str, Any]:
+    if code in RESERVED_CODES:
+        message = f"{code!r} is reserved: settlement uses it for itself."
+        raise InvalidRequest(message, errors={"code": [message]})
     with UnitOfWork() as uow:
         if uow.session.scalar(select(Partner.id).where(Partner.code == code)) is not None:
             raise AlreadyExists(f"A partner with code {code!r} exists.",
@@ -97,8 +107,11 @@ def add_rate_card(
 ) -> dict[str, Any]:
     """Append a rate card. Prices not given carry over from the latest card.
 
-    Cards form a chain in ``valid_from`` order and are never edited, so a new card must
-    start after the latest one: history is never repriced by appending.
+    Cards form a chain in ``valid_from`` order and are never edited, so a new card starts
+    after the latest one (history is never repriced by appending), or before the first
+    one: nothing can be booked before a partner's first card, so an earlier card reprices
+    nothing and lets the operator bring a partner's start forward. Either way it must not
+    start inside a closed period.
     """
     if earn_rate is None and issue_price is None and redeem_rate is None:
         raise InvalidRequest(
@@ -107,35 +120,30 @@ def add_rate_card(
         )
     with UnitOfWork() as uow:
         partner = _get(uow.session, code, lock=True)
-        latest = partner.rate_cards[-1]
-        closed_until = _closed_until(uow.session)
+        first, latest = partner.rate_cards[0], partner.rate_cards[-1]
+        closed_until = fence.pass_for_rate_card(uow.session)
         if closed_until is not None and valid_from < closed_until:
             message = (f"Settlement is closed until {closed_until.isoformat()}; a rate card "
                        f"valid from earlier would reprice a closed period.")
             raise PeriodClosed(message, errors={"valid_from": [message]})
-        if valid_from <= latest.valid_from:
+        if first.valid_from <= valid_from <= latest.valid_from:
             message = (f"valid_from must be after the latest rate card "
-                       f"({latest.valid_from.isoformat()}).")
+                       f"({latest.valid_from.isoformat()}) or before the first "
+                       f"({first.valid_from.isoformat()}).")
             raise InvalidRequest(message, errors={"valid_from": [message]})
+        # prices not given carry over from the card next to the new one
+        base = first if valid_from < first.valid_from else latest
         card = RateCard(
             valid_from=valid_from,
-            earn_rate=latest.earn_rate if earn_rate is None else earn_rate,
-            issue_price=latest.issue_price if issue_price is None else issue_price,
-            redeem_rate=latest.redeem_rate if redeem_rate is None else redeem_rate,
+            earn_rate=base.earn_rate if earn_rate is None else earn_rate,
+            issue_price=base.issue_price if issue_price is None else issue_price,
+            redeem_rate=base.redeem_rate if redeem_rate is None else redeem_rate,
         )
         partner.rate_cards.append(card)
         record(uow.session, actor, "partner.rate_card_added", f"partner:{code}",
-               {"rate_card": _card(card), "previous": _card(latest)})
+               {"rate_card": _card(card), "previous": _card(base)})
         uow.commit()
         return _card(card)
-
-
-def _closed_until(session: Any) -> datetime | None:
-    """The end of the latest closed settlement period, if any."""
-    from settlement.models import SettlementRun
-
-    return session.scalar(select(func.max(SettlementRun.period_end))
-                          .where(SettlementRun.status == "closed"))
 
 
 def issue_partner_client(code: str, scopes: list[str], name: str = "", *,

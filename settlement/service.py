@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from coalition.audit.service import SYSTEM, Actor, record
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
+from coalition.ledger import fence
 from settlement.compute import Unpriced, compute
 from settlement.models import Break, SettlementRun
 
@@ -149,8 +150,12 @@ def delete_draft(run_id: int, *, actor: Actor = SYSTEM) -> None:
 
 def close_run(run_id: int, closed_by: str, *, actor: Actor | None = None) -> dict[str, Any]:
     """Close a run whose breaks are all resolved; its figures are recomputed one last time
-    and then frozen. ``actor`` is who the audit log names (by default, ``closed_by``)."""
+    and then frozen. ``actor`` is who the audit log names (by default, ``closed_by``).
+
+    The close holds the settlement fence: it waits for the bookings in flight, and none
+    commits into the period while it is being closed."""
     with UnitOfWork() as uow:
+        fence.hold_exclusive(uow.session)
         run = _load(uow.session, run_id, lock=True)
         if run.status == "closed":
             raise PeriodClosed(f"Settlement run {run_id} is already closed.")
@@ -167,6 +172,12 @@ def close_run(run_id: int, closed_by: str, *, actor: Actor | None = None) -> dic
                                  "closed_by": closed_by})
         uow.commit()
         return describe(run, uow.session)
+
+
+def journal_digest(session: Any, run: SettlementRun) -> str:
+    """The digest of the run's figures computed from the journal as it is now: for a
+    closed run, the digest it was closed with, unless its period changed since."""
+    return digest(_compute(session, run.period_start, run.period_end))
 
 
 def closed_before(session: Any, moment: datetime) -> datetime | None:

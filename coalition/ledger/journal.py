@@ -8,6 +8,10 @@ Rules every caller keeps:
 * Each wallet change is one guarded ``UPDATE … WHERE <no balance goes negative> RETURNING``;
   no row back means the change is refused and nothing was written.
 * An entry's postings sum to zero (checked here before anything is written).
+* An entry passes the settlement fence (:mod:`coalition.ledger.fence`) with the
+  ``booked_at`` the caller read: one that falls into a period closed meanwhile is run again,
+  and one on a partner's account needs that partner's rate card in force, so that
+  settlement can price every entry the ledger accepts.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from coalition.ledger import fence
 from coalition.ledger.models import Entry, Lot, LotMovement, Posting, Wallet
 from coalition.observability import note_booked
 from coalition.schemas import MAX_POINTS
@@ -198,6 +203,12 @@ def book_entry(
     if len(postings) < 2 or sum(p[3] for p in postings) != 0:
         raise LedgerInconsistency(
             f"{kind}: an entry needs two or more postings summing to zero: {postings}")
+    # settlement prices what is booked on a partner's accounts (issued, redeemed)
+    priced = {partner for account, _, partner, _ in postings
+              if partner is not None and account.startswith("partner:")}
+    if len(priced) > 1:
+        raise LedgerInconsistency(f"{kind}: an entry is at one partner at most: {postings}")
+    fence.check_booking(session, booked_at, next(iter(priced), None))
     entry_id = session.execute(_INSERT_ENTRY, {
         "kind": kind, "booked_at": booked_at, "occurred_at": occurred_at or booked_at,
         "partner_id": partner_id, "member_id": member_id, "partner_txn_id": partner_txn_id,

@@ -35,6 +35,7 @@ from coalition.errors import (
     InsufficientScope,
     InvalidRequest,
     MemberClosed,
+    NoRateCard,
     NotFound,
 )
 from coalition.ledger import journal
@@ -307,7 +308,8 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
             earn_rate = session.execute(_EARN_RATE, {"partner": partner.id,
                                                      "now": now}).scalar()
             if earn_rate is None:
-                raise InvalidRequest("No earn rate is in force for this partner yet.")
+                raise NoRateCard("The partner has no rate card in force yet: settlement "
+                                 "could not price this booking.")
             points = floor_points(spend["amount"] * earn_rate
                                   * _tier_multiplier(rules, member.tier))
             if points < 1:

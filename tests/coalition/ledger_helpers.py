@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -32,12 +32,16 @@ def txn() -> str:
     return f"t-{next(_txns)}"
 
 
+#: the partners' first rate card: before any history the tests build
+PRICED_FROM = datetime(2000, 1, 1, tzinfo=UTC)
+
+
 def make_partner(code: str) -> int:
     from partners.service import create_partner, partner_id
 
     create_partner(code=code, name=code.title(), kind="merchant", currency="GBP",
                    earn_rate=Decimal("1"), issue_price=Decimal("0.01"),
-                   redeem_rate=Decimal("0.008"))
+                   redeem_rate=Decimal("0.008"), valid_from=PRICED_FROM)
     return partner_id(code)
 
 

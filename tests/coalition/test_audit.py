@@ -197,7 +197,7 @@ def test_refused_actions_record_nothing(app, client, operator_headers, run_with_
     h = operator_headers
     assert_error(post("/v1/admin/partners", json=PARTNER, headers=h), 409, "already_exists")
     assert_error(post("/v1/admin/partners/northwind/rates", headers=h,
-                      json={"valid_from": "2001-01-01", "earn_rate": "2"}), 422,
+                      json={"valid_from": PARTNER["valid_from"], "earn_rate": "2"}), 422,
                  "invalid_request")
     assert_error(post("/v1/admin/partners/nobody/clients", headers=h,
                       json={"scopes": ["points:earn"]}), 404, "not_found")

@@ -20,7 +20,7 @@ from coalition.ledger import member_ops, numbers
 from coalition.ledger.models import Entry, Hold, Member, Wallet
 from coalition.ledger.service import add_months
 from partners.service import partner_id
-from tests.coalition.ledger_helpers import book_earn
+from tests.coalition.ledger_helpers import PRICED_FROM, book_earn
 from tests.coalition.member_ops_support import (
     assert_clean,
     entries_of,
@@ -39,12 +39,12 @@ T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def acme(make_partner):
-    return make_partner("acme")
+    return make_partner("acme", valid_from=PRICED_FROM)
 
 
 @pytest.fixture
 def bravo(make_partner):
-    return make_partner("bravo")
+    return make_partner("bravo", valid_from=PRICED_FROM)
 
 
 @pytest.fixture

@@ -134,6 +134,15 @@ def test_create_partner_duplicate_code(app, admin, northwind):
         "errors": {"code": ["Already taken."]}})
 
 
+@pytest.mark.parametrize("code", ["coalition", "total", "operator", "clearing"])
+def test_a_name_settlement_uses_for_itself_is_not_a_partner_code(app, admin, code):
+    """``coalition`` is the coalition's own party in every run (its matrix, positions and
+    payments); a partner of that name would be netted with it."""
+    message = f"{code!r} is reserved: settlement uses it for itself."
+    refused(app, lambda: admin("post", "/v1/admin/partners", json={**PARTNER, "code": code}),
+            422, {**INVALID, "message": message, "errors": {"code": [message]}})
+
+
 def test_unknown_partner(app, admin):
     refused(app, lambda: admin("get", "/v1/admin/partners/nobody"), 404, {
         "code": 404, "status": "Not Found", "error": "not_found",
@@ -196,13 +205,31 @@ def test_add_rate_card_carries_over_prices_and_keeps_history(admin, northwind):
                                        "issue_price": "0.01", "redeem_rate": "0.009"}
 
 
-@pytest.mark.parametrize("valid_from", ["2025-12-31", "2026-01-01", "2026-01-01T00:00:00Z",
-                                        "2026-01-01T01:00:00+01:00"])
-def test_rate_card_must_start_after_the_latest(app, admin, northwind, valid_from):
-    message = "valid_from must be after the latest rate card (2026-01-01T00:00:00+00:00)."
+@pytest.mark.parametrize("valid_from", ["2026-01-01", "2026-01-01T00:00:00Z",
+                                        "2026-01-01T01:00:00+01:00", "2026-03-01"])
+def test_rate_card_must_start_after_the_latest_or_before_the_first(app, admin, northwind,
+                                                                   valid_from):
+    later = admin("post", "/v1/admin/partners/northwind/rates",
+                  json={"valid_from": "2026-06-01", "earn_rate": "3"})
+    assert later.status_code == 201
+    message = ("valid_from must be after the latest rate card (2026-06-01T00:00:00+00:00) "
+               "or before the first (2026-01-01T00:00:00+00:00).")
     refused(app, lambda: admin("post", "/v1/admin/partners/northwind/rates",
                                json={"valid_from": valid_from, "earn_rate": "2"}), 422, {
         **INVALID, "message": message, "errors": {"valid_from": [message]}})
+
+
+def test_a_card_before_the_first_brings_the_partner_start_forward(app, admin, northwind):
+    """A partner whose first card was set to start too late is repaired by an earlier one;
+    prices not given carry over from the first card."""
+    response = admin("post", "/v1/admin/partners/northwind/rates",
+                     json={"valid_from": "2025-12-01", "redeem_rate": "0.007"})
+    assert response.status_code == 201
+    assert response.get_json() == {"valid_from": "2025-12-01T00:00:00Z", "earn_rate": "1",
+                                   "issue_price": "0.01", "redeem_rate": "0.007"}
+    partner = admin("get", "/v1/admin/partners/northwind").get_json()
+    assert [c["valid_from"] for c in partner["rate_cards"]] == [
+        "2025-12-01T00:00:00Z", "2026-01-01T00:00:00Z"]
 
 
 def test_rate_card_needs_a_price(app, admin, northwind):

@@ -710,12 +710,12 @@ def test_history_filters_by_member_and_type(client, acme):
     assert listed(type="earn_reversal") == []
 
 
-def test_history_filters_by_booked_time_half_open(client, acme, monkeypatch):
+def test_history_filters_by_booked_time_half_open(client, make_partner, monkeypatch):
     from coalition.ledger import service
 
-    _, headers = acme
-    number = enrol(client, headers, "c1")
     start = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
+    _, headers = make_partner("acme", valid_from=start)
+    number = enrol(client, headers, "c1")
     clock = {"now": start}
     monkeypatch.setattr(service, "utcnow", lambda: clock["now"])
     for hour in range(4):

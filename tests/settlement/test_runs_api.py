@@ -196,27 +196,42 @@ def test_concurrent_creates_of_overlapping_periods_make_one_run(
 # --------------------------------------------------------------------------- pricing
 
 
-def test_entries_before_a_partners_first_rate_card_are_unpriced(
+def test_a_booking_before_a_partners_first_rate_card_is_refused(
         app, client, make_partner, clock, operator_headers, booked) -> None:
-    # late's first rate card starts at S + 5 s, but it earned at S + 2 s; shop's starts at
-    # S + 5 s too and redeemed acme's points at S + 3 s
+    """Settlement prices every entry the ledger accepts: late's and shop's first rate cards
+    start at S + 5 s, so an earn at late and a burn at shop before then are refused and
+    write nothing, and the period stays priced. An earlier card repairs the partner."""
+    from partners.service import add_rate_card
+
     _, late = make_partner("late", valid_from=S + timedelta(seconds=5))
     _, shop = make_partner("shop", valid_from=S + timedelta(seconds=5))
     clock.set(S + timedelta(seconds=2))
-    post_ok(client, "/v1/earn", late, {"member_number": booked["member"],
-                                       "partner_txn_id": "early", "points": 10})
-    clock.set(S + timedelta(seconds=3))
-    post_ok(client, "/v1/burn", shop, {"member_number": booked["member"],
-                                       "partner_txn_id": "early", "points": 5})
     before = snapshot(app)
-    body = assert_error(create_run(client, operator_headers, S, E), 409, "unpriced_entries",
-                        {"partners"})
-    assert body["errors"]["partners"] == ["late", "shop"]
-    assert "late" in body["message"]
-    assert snapshot(app) == before
-    # from the first rate card on, the period is priced
-    run = run_ok(client, operator_headers, S + timedelta(seconds=5), E)
-    assert run["status"] == "draft"
+    for headers, path, body in (
+            (late, "/v1/earn", {"points": 10}),
+            (late, "/v1/earn", {"spend": {"amount": "10.00", "currency": "GBP"}}),
+            (shop, "/v1/burn", {"points": 5}),
+            (shop, "/v1/holds", None)):
+        if body is None:  # a hold is not priced; its capture is
+            hold = post_ok(client, path, headers, {"member_number": booked["member"],
+                                                   "partner_txn_id": "h", "points": 5})
+            before = snapshot(app)
+            path, body = f"/v1/holds/{hold['id']}/capture", {}
+        else:
+            body = {"member_number": booked["member"], **body}
+        response = client.post(path, headers=headers,
+                               json={"partner_txn_id": "early", **body})
+        assert_error(response, 409, "no_rate_card")
+        assert snapshot(app) == before
+    run = run_ok(client, operator_headers, S, E)
+    assert [s["partner"] for s in run["statements"] if s["issued_points"]
+            or s["redeemed_points"]] == ["acme"]
+
+    # the operator brings late's start forward; then it can earn
+    add_rate_card("late", S, issue_price=Decimal("0.02"))
+    earned = post_ok(client, "/v1/earn", late, {"member_number": booked["member"],
+                                                "partner_txn_id": "early", "points": 10})
+    assert earned["points"] == 10
 
 
 def test_a_rate_card_added_since_changes_a_draft_when_recomputed(
