@@ -20,6 +20,8 @@ count is always exact).
    outstanding, in total (from postings, against the wallets and the lots) and per origin
    partner (from lots and their movements by the moving entry's kind), cross-checked
    against the postings of the earns and earn reversals at each partner.
+6. ``closed_runs``: a closed settlement period never changes: each closed run's figures,
+   computed again from the journal, give the digest the run was closed with.
 """
 
 from __future__ import annotations
@@ -43,9 +45,13 @@ from sqlalchemy import (
     select,
     union_all,
 )
+from sqlalchemy.orm import Session
 
 from coalition.db import db, utcnow
+from coalition.errors import CoalitionError
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting, Wallet
+from settlement.models import SettlementRun
+from settlement.service import journal_digest
 
 #: violations listed per check (the count is always exact)
 LIMIT = 50
@@ -124,6 +130,7 @@ def check_ledger(limit: int = LIMIT) -> LedgerReport:
             _no_negative(conn, limit),
             _unique_partner_txn(conn, limit),
             _conservation(conn, limit),
+            _closed_runs(conn, limit),
         ]
     return LedgerReport(checked_at, checks)
 
@@ -552,4 +559,32 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
     result.found(len(found), found[:limit])
     result.figures = {"totals": {**totals, "expected_outstanding": expected_outstanding},
                       "per_origin_partner": per_origin}
+    return result
+
+
+# --------------------------------------------------------------------------- 6
+
+
+def _closed_runs(conn: Connection, limit: int) -> CheckResult:
+    runs = SettlementRun.__table__.c
+    closed = conn.execute(select(runs.id).where(runs.status == "closed")
+                          .order_by(runs.period_start)).scalars().all()
+    result = CheckResult("closed_runs",
+                         "each closed settlement run's figures, computed again from the "
+                         "journal, give the digest it was closed with",
+                         {"closed_runs": len(closed)})
+    found: list[dict[str, Any]] = []
+    with Session(bind=conn) as session:
+        for run_id in closed:
+            run = session.get_one(SettlementRun, run_id)
+            try:
+                actual = journal_digest(session, run)
+            except CoalitionError as exc:  # e.g. entries it can no longer price
+                actual = exc.code
+            if actual != run.result_digest:
+                found.append({"problem": "a closed run's figures changed", "run_id": run.id,
+                              "period_start": run.period_start,
+                              "period_end": run.period_end,
+                              "expected": run.result_digest, "actual": actual})
+    result.found(len(found), found[:limit])
     return result

@@ -33,7 +33,7 @@ from tests.conftest import empty_all_tables
 T0 = datetime(2024, 1, 10, 12, 0, tzinfo=UTC)
 T_SQL = "2024-01-10 12:00:00.000000"  # T0 as raw SQL writes it
 NAMES = ["entries_balance", "wallets_agree", "no_negative", "unique_partner_txn",
-         "conservation"]
+         "conservation", "closed_runs"]
 
 
 @pytest.fixture
@@ -310,6 +310,48 @@ def test_violations_are_limited_but_counted(app, ledger):
 def member_id(member: dict[str, Any]) -> int:
     [found] = _ids("SELECT id FROM member WHERE member_number = :n", n=member["member_number"])
     return found
+
+
+# --------------------------------------------------------------------------- 6
+
+
+@pytest.fixture
+def closed(app, ledger) -> dict[str, Any]:
+    """The ledger's first five days settled in a closed run."""
+    from settlement.service import close_run, create_run
+
+    run = create_run(T0, T0 + timedelta(days=5), "finance")
+    closed = close_run(run["id"], "finance")
+    assert check_ledger().ok
+    return closed
+
+
+def test_a_closed_run_whose_period_lost_an_entry_fails_naming_it(app, ledger, closed):
+    """An earn's booked_at moved out of the closed period behind the journal's back."""
+    [shop_earn] = _ids("SELECT id FROM entry WHERE kind = 'earn' AND partner_id = :p "
+                       "AND member_id = :m", p=ledger["shop"], m=ledger["ann"])
+    with journal_unlocked("entry"):
+        execute("UPDATE entry SET booked_at = :t WHERE id = :id",
+                t="2024-01-16 12:00:00.000000", id=shop_earn)
+    [violation] = assert_fails(app, "closed_runs")
+    assert failing(check_ledger()) == {"closed_runs"}
+    assert violation["run_id"] == closed["id"]
+    assert violation["expected"] == closed["digest"] != violation["actual"]
+    code, data = run_cli(app)
+    [check] = [c for c in data["checks"] if c["name"] == "closed_runs"]
+    assert code == 1 and check["violations"][0]["run_id"] == closed["id"]
+
+
+def test_an_entry_slipped_into_a_closed_period_fails_naming_the_run(app, ledger, closed):
+    execute("INSERT INTO entry (kind, booked_at, occurred_at, points, partner_id) "
+            "VALUES ('burn', :t, :t, 7, :p)", t=T_SQL, p=ledger["acme"])
+    bad = max(_ids("SELECT id FROM entry"))
+    execute("INSERT INTO posting (entry_id, account, partner_id, points) "
+            "VALUES (:e, 'partner:redeemed', :p, 7), (:e, 'partner:issued', :p, -7)",
+            e=bad, p=ledger["acme"])
+    violations = assert_fails(app, "closed_runs")
+    assert [(v["run_id"], v["expected"]) for v in violations] == [
+        (closed["id"], closed["digest"])]
 
 
 def _ids(sql: str, **params: Any) -> list[int]:
