@@ -173,6 +173,9 @@ def apply_takes(session: Session, takes: Sequence[Take]) -> None:
 
 
 _INSERT_ENTRY = insert(Entry.__table__).returning(Entry.__table__.c.id)
+_INSERT_ENTRY_FENCED = {
+    priced: insert(Entry.__table__).returning(Entry.__table__.c.id, *fence.returning(priced))
+    for priced in (False, True)}
 _INSERT_POSTING = insert(Posting.__table__)
 _INSERT_MOVEMENT = insert(LotMovement.__table__)
 _INSERT_LOT = insert(Lot.__table__).returning(Lot.__table__.c.id)
@@ -208,8 +211,12 @@ def book_entry(
               if partner is not None and account.startswith("partner:")}
     if len(priced) > 1:
         raise LedgerInconsistency(f"{kind}: an entry is at one partner at most: {postings}")
-    fence.check_booking(session, booked_at, next(iter(priced), None))
-    entry_id = session.execute(_INSERT_ENTRY, {
+    priced_at = next(iter(priced), None)
+    in_statement = fence.in_statement(session)
+    if not in_statement:
+        fence.judge(booked_at, *fence.read(session, priced_at, booked_at))
+    statement = _INSERT_ENTRY_FENCED[priced_at is not None] if in_statement else _INSERT_ENTRY
+    row = session.execute(statement, {
         "kind": kind, "booked_at": booked_at, "occurred_at": occurred_at or booked_at,
         "partner_id": partner_id, "member_id": member_id, "partner_txn_id": partner_txn_id,
         "request_hash": request_hash, "points": points, "reference_id": reference_id,
@@ -218,7 +225,11 @@ def book_entry(
         "pending_after": balance.pending if balance else None,
         "held_after": balance.held if balance else None,
         "note": note,
-    }).scalar_one()
+        **(fence.parameters(priced_at, booked_at) if in_statement else {}),
+    }).one()
+    entry_id = row[0]
+    if in_statement:
+        fence.judge(booked_at, row[1], bool(row[2]) if priced_at is not None else True)
     if postings:
         session.execute(_INSERT_POSTING, [
             {"entry_id": entry_id, "account": account, "member_id": member,

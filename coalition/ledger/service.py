@@ -123,6 +123,8 @@ def _idempotent(
                 # A concurrent duplicate may have committed while this one waited for the
                 # member's wallet lock: the refusal (points spent, hold closed, nothing
                 # left to reverse) is of the duplicate's own result, so answer with it.
+                # (Rolled back first: a refusal can come after this one wrote its entry.)
+                uow.session.rollback()
                 entry = _existing(uow.session, partner.id, partner_txn_id)
                 if entry is not None:
                     return replay(uow.session, entry)
