@@ -1,5 +1,5 @@
-"""The settlement fence on PostgreSQL: no booking commits into a period that is closed or
-being closed, and a rate card and a close are ordered by the one lock.
+"""The settlement fence: no booking commits into a period that is closed or being closed,
+and a rate card and a close are ordered by the one lock. The races run on PostgreSQL.
 
 Bookings are on the fake clock (support.py), in the period [S, S + 10 s); the runs and the
 rate cards keep the real clock.
@@ -26,8 +26,6 @@ from settlement.service import close_run, create_run, digest, get_run
 from tests.conftest import snapshot
 from tests.partners.support import enrol, post_ok
 from tests.settlement.support import T0
-
-pytestmark = pytest.mark.postgres
 
 S = T0
 E = S + timedelta(seconds=10)
@@ -91,6 +89,29 @@ def booked(app, client, make_partner, clock) -> dict[str, Any]:
     return {"headers": headers, "member": member, "member_id": member_id}
 
 
+def test_nothing_is_booked_into_a_closed_period(app, client, booked, clock) -> None:
+    """Any entry (a partner's earn, a coalition-funded bonus) whose booked_at falls in a
+    closed period is refused with period_closed and writes nothing."""
+    from tests.coalition.ledger_helpers import book_bonus
+
+    run = create_run(S, E, "finance")
+    close_run(run["id"], "finance")
+    before = snapshot(app)
+    clock.set(S + timedelta(seconds=5))  # a clock that stays inside the closed period
+    response = client.post("/v1/earn", headers=booked["headers"], json={
+        "member_number": booked["member"], "partner_txn_id": "late", "points": 7})
+    assert response.status_code == 409 and response.get_json()["error"] == "period_closed"
+    with pytest.raises(CoalitionError) as refused:
+        book_bonus(booked["member_id"], 5, S + timedelta(seconds=6))
+    assert refused.value.code == "period_closed"
+    assert snapshot(app) == before
+    clock.set(E)
+    post_ok(client, "/v1/earn", booked["headers"], {"member_number": booked["member"],
+                                                    "partner_txn_id": "late", "points": 7})
+    assert get_run(run["id"])["digest"] == figures_now(run["id"])
+
+
+@pytest.mark.postgres
 def test_a_booking_waiting_for_a_wallet_lock_lands_after_a_close(app, booked, clock) -> None:
     """An earn reads the clock inside the period, then waits for the member's wallet while
     the period is closed: it commits after the period end, and the closed run's figures
@@ -131,6 +152,7 @@ def test_a_booking_waiting_for_a_wallet_lock_lands_after_a_close(app, booked, cl
     assert len(after["entry"]) == len(before["entry"]) + 1
 
 
+@pytest.mark.postgres
 def test_a_close_waits_for_the_bookings_that_passed_the_fence(app, booked) -> None:
     """A transaction that passed the fence (as a booking does when it writes its entry)
     holds the close until it ends."""
@@ -150,6 +172,7 @@ def test_a_close_waits_for_the_bookings_that_passed_the_fence(app, booked) -> No
     assert closing.outcome()["status"] == "closed"
 
 
+@pytest.mark.postgres
 def test_a_rate_card_cannot_start_inside_a_period_being_closed(app, booked) -> None:
     """The close has passed the fence and waits for its run's row: a card valid from inside
     the period waits for the close and is then refused; nothing of it is written."""
@@ -179,6 +202,7 @@ def test_a_rate_card_cannot_start_inside_a_period_being_closed(app, booked) -> N
         assert session.scalar(text("SELECT count(*) FROM rate_card")) == 1
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("round_", range(6))
 def test_a_rate_card_racing_a_close_happens_wholly_before_or_after_it(app, booked,
                                                                       round_) -> None:
