@@ -633,7 +633,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
     """Merge the member found twice: everything of ``absorbed`` moves to ``survivor``.
 
     Balances (one ``merge`` entry), lots and partner links move; the survivor keeps the
-    higher tier and gains personal data it lacks; the absorbed member keeps its row and
+    higher tier and gains personal data it lacks, erased from the absorbed row, which keeps
     its journal entries, with status ``merged`` and a pointer to the survivor. Merging
     again into the same survivor answers with the merge as it stands (``already_merged``).
     """
@@ -721,10 +721,11 @@ def _absorb_member_row(session: Session, rules: Rules, absorbed_id: int,
 
     if rank(x.tier) > rank(s.tier):
         s.tier = x.tier
-    # nothing is lost: the survivor gains what it lacks
+    # the survivor gains the personal data it lacks; the absorbed row keeps none of it
     s.email = s.email or x.email
     s.name = s.name or x.name
     s.birth_date = s.birth_date or x.birth_date
+    x.email = x.name = x.birth_date = None
     years = [y for y in (s.birthday_bonus_year, x.birthday_bonus_year) if y is not None]
     s.birthday_bonus_year = max(years) if years else None
     x.status, x.merged_into_id = "merged", survivor_id
@@ -757,6 +758,12 @@ def _merge_body(session: Session, absorbed: _State, survivor: _State,
 
 
 # --------------------------------------------------------------------------- closure
+
+
+#: what a closure erases from every row of the member (the journal keeps its numbers)
+_ERASED: dict[str, Any] = {"name": None, "email": None, "birth_date": None,
+                           "password_hash": None, "activation_code_hash": None,
+                           "locked_until": None}
 
 
 def close(member_id: int) -> dict[str, Any]:
@@ -815,8 +822,10 @@ def close(member_id: int) -> dict[str, Any]:
             links = session.execute(delete(MemberLink.__table__)
                                     .where(_link.member_id == member_id)).rowcount
             session.execute(update(Member.__table__).where(_m.id == member_id).values(
-                status="closed", closed_at=now, name=None, email=None, birth_date=None,
-                password_hash=None, activation_code_hash=None, locked_until=None))
+                status="closed", closed_at=now, **_ERASED))
+            # and on the rows of members merged into this one
+            session.execute(update(Member.__table__)
+                            .where(_m.merged_into_id == member_id).values(**_ERASED))
             session.execute(update(OAuthToken.__table__).where(
                 OAuthToken.member_id == member_id, OAuthToken.revoked_at.is_(None))
                 .values(revoked_at=now))

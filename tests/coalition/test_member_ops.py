@@ -29,6 +29,7 @@ from tests.coalition.member_ops_support import (
     member_id,
     member_row,
     member_token,
+    personal_data,
     postings_of,
 )
 from tests.conftest import snapshot
@@ -471,6 +472,51 @@ def test_merge_moves_balances_lots_links_and_history(app, client, operator_heade
     assert again.get_json()["already_merged"] is True
     assert again.get_json()["moved"]["available"] == 0
     assert snapshot(app) == before
+
+
+def test_merge_moves_personal_data_and_erases_it_from_the_absorbed_row(
+        app, client, rules, acme, bravo):
+    (_, acme_h), (_, bravo_h) = acme, bravo
+    x = enrol(client, acme_h, "x", name="Ann Smith", email="ann@example.com",
+              birth_date="1990-05-01")
+    s = enrol(client, bravo_h, "s", email="ann.s@example.org")
+    other = enrol(client, acme_h, "o", name="Olga", email="olga@example.com",
+                  birth_date="1980-01-02")
+    before = personal_data()
+    member_ops.merge(x, s, operator="test")
+    after = personal_data()
+    # the survivor keeps its own e-mail and gains the name and birth date it lacked
+    assert after[s] == ("Ann Smith", "ann.s@example.org", "1990-05-01", False, True)
+    # the absorbed row keeps none of it (its sign-in code stays: merged, it is refused)
+    assert after[x] == (None, None, None, False, True)
+    # no other row changed
+    assert {n: v for n, v in after.items() if n not in (x, s)} == \
+        {n: v for n, v in before.items() if n not in (x, s)}
+    assert after[other] == ("Olga", "olga@example.com", "1980-01-02", False, True)
+    assert_clean()
+
+
+def test_close_erases_personal_data_on_every_row_of_the_member(app, client, rules, acme):
+    _, acme_h = acme
+    y = enrol(client, acme_h, "y", name="Yan", email="yan@example.com",
+              birth_date="1970-07-07")
+    x = enrol(client, acme_h, "x", name="Xia", email="xia@example.com")
+    s = enrol(client, acme_h, "s", name="Sam")
+    other = enrol(client, acme_h, "o", name="Olga", email="olga@example.com")
+    member_ops.merge(y, x, operator="test")
+    member_ops.merge(x, s, operator="test")
+    # a row merged before merges erased personal data still holds it
+    with UnitOfWork() as uow:
+        uow.session.execute(text("UPDATE member SET name = 'Yan', email = 'yan@example.com' "
+                                 "WHERE member_number = :n"), {"n": y})
+        uow.commit()
+    before = personal_data()
+    member_ops.close(member_id(s))
+    after = personal_data()
+    for number in (y, x, s):
+        assert after[number] == (None, None, None, False, False), number
+    assert after[other] == before[other] == ("Olga", "olga@example.com", None, False, True)
+    assert_clean()
 
 
 def test_merged_points_count_for_the_survivors_tier(app, client, operator_headers, acme):
