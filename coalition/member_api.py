@@ -56,6 +56,9 @@ class BalanceAfterSchema(Schema):
 class TransferRequestSchema(StrictSchema):
     to_member_number = MemberNumber(required=True)
     points = PointsField(required=True)
+    share_name = fields.Boolean(load_default=False, metadata={
+        "description": "show the receiver your first name; otherwise the receiver sees "
+                       "that the points came from \"a member\" (never your number)"})
 
 
 class TransferSchema(Schema):
@@ -164,7 +167,8 @@ class Transfers(MethodView):
         """Give points to another member (the program's transfer limits apply)."""
         return _answer(member_ops.transfer(_member_id(), data["to_member_number"],
                                            data["points"],
-                                           request_id=headers.get("idempotency_key")))
+                                           request_id=headers.get("idempotency_key"),
+                                           share_name=data["share_name"]))
 
 
 @blp.route("/donations")

@@ -191,6 +191,7 @@ def book_entry(
     balance: Balance | None = None,
     note: str | None = None,
     takes: Sequence[Take] = (),
+    sender_named: bool | None = None,
 ) -> int:
     """Write one entry with its postings ``(account, member_id, partner_id, points)`` and
     the lot movements of ``takes``; returns the entry id."""
@@ -206,7 +207,7 @@ def book_entry(
         "available_after": balance.available if balance else None,
         "pending_after": balance.pending if balance else None,
         "held_after": balance.held if balance else None,
-        "note": note,
+        "note": note, "sender_named": sender_named,
     }).scalar_one()
     if postings:
         session.execute(_INSERT_POSTING, [

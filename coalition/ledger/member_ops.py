@@ -264,13 +264,16 @@ def _check_transfer_rules(session: Session, rules: Rules, sender_id: int, points
 
 
 def transfer(member_id: int, to_member_number: str, points: int, *,
-             request_id: str | None = None) -> Outcome:
+             request_id: str | None = None, share_name: bool = False) -> Outcome:
     """Give ``points`` of the member's available points to another member.
 
-    ``request_id`` is the member's ``Idempotency-Key`` (see the module doc).
+    ``request_id`` is the member's ``Idempotency-Key`` (see the module doc). The receiver
+    is shown the sender's first name if ``share_name``, otherwise only that the points
+    came from a member (:func:`sender_label`).
     """
     digest = request_hash("transfer", {"to_member_number": to_member_number,
-                                       "points": points})
+                                       "points": points,
+                                       **({"share_name": True} if share_name else {})})
 
     def attempt() -> Outcome:
         with UnitOfWork() as uow:
@@ -305,7 +308,7 @@ def transfer(member_id: int, to_member_number: str, points: int, *,
                 session, kind="transfer", booked_at=now, points=points,
                 member_id=sender.id, partner_txn_id=key,
                 request_hash=digest if key else None, balance=balance, takes=takes,
-                note=f"to {receiver.member_number}",
+                note=f"to {receiver.member_number}", sender_named=share_name,
                 postings=[("member:available", sender.id, None, -points),
                           ("member:available", receiver.id, None, points)],
             )
@@ -315,6 +318,17 @@ def transfer(member_id: int, to_member_number: str, points: int, *,
                                           _balance_dict(balance)), replayed=False)
 
     return run_with_retries(attempt)
+
+
+def sender_label(session: Session, entry: Entry) -> str:
+    """How a received transfer names its sender to the receiver: the sender's first name
+    if the sender chose to share it (and has one on record), otherwise "a member"; never
+    the sender's number or keys."""
+    if entry.sender_named and entry.member_id is not None:
+        name = session.scalar(select(_m.name).where(_m.id == entry.member_id))
+        if name and name.split():
+            return name.split()[0]
+    return "a member"
 
 
 def _mirror_lots(session: Session, takes: list[Take], receiver_id: int, entry_id: int,
@@ -842,4 +856,5 @@ def close(member_id: int) -> dict[str, Any]:
 
 
 __all__ = ["DailySummary", "book_bonus", "book_welcome_bonus", "close", "daily", "donate",
-           "member_entries", "member_ids_of", "merge", "stored_key", "transfer"]
+           "member_entries", "member_ids_of", "merge", "sender_label", "stored_key",
+           "transfer"]

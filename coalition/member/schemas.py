@@ -123,8 +123,14 @@ class MeTransactionSchema(Schema):
     booked_at = UTCTimestamp()
     occurred_at = UTCTimestamp()
     reference = fields.Integer(allow_none=True)
-    partner_txn_id = fields.String(allow_none=True)
-    note = fields.String(allow_none=True)
+    partner_txn_id = fields.String(allow_none=True, metadata={
+        "description": "the partner's id for the transaction, or your own Idempotency-Key "
+                       "(after your member number) for your transfers and donations; none "
+                       "on a transfer you received"})
+    note = fields.String(allow_none=True, metadata={
+        "description": "a transfer you sent says to whom; one you received says from whom: "
+                       "the sender's first name if the sender chose to share it, otherwise "
+                       "\"from a member\""})
     balance = fields.Nested(MeBalanceChangeSchema, allow_none=True,
                             metadata={"description": "balances just after the entry"})
 

@@ -135,6 +135,46 @@ def test_transfer_moves_points_and_mirrors_the_lots_with_origin_and_expiry(
     assert_clean()
 
 
+def test_a_received_transfer_shows_neither_the_senders_number_nor_its_key(
+        app, client, rules, acme):
+    _, acme_h = acme
+    alice = enrol(client, acme_h, "alice", name="Alice Smith")
+    bob = enrol(client, acme_h, "bob", name="Bob")
+    earn(client, acme_h, alice, "e1", 100)
+    alice_h, bob_h = member_token(alice), member_token(bob)
+    assert transfer(client, alice_h, bob, 10, key="alice-secret-1").status_code == 201
+    named = client.post("/v1/me/transfers", json={"to_member_number": bob, "points": 20,
+                                                  "share_name": True},
+                        headers={**alice_h, "Idempotency-Key": "alice-secret-2"})
+    assert named.status_code == 201, named.get_json()
+
+    def history(headers):
+        response = client.get("/v1/me/transactions", headers=headers)
+        assert response.status_code == 200
+        return response
+
+    received = history(bob_h)
+    assert alice not in received.get_data(as_text=True)
+    assert "alice-secret" not in received.get_data(as_text=True)
+    transfers = [t for t in received.get_json()["items"] if t["type"] == "transfer"]
+    assert [(t["points"], t["partner_txn_id"], t["note"], t["change"]["available"])
+            for t in transfers] == [(20, None, "from Alice", 20), (10, None, "from a member", 10)]
+    # the sender still sees its own keys and whom it sent to
+    sent = [t for t in history(alice_h).get_json()["items"] if t["type"] == "transfer"]
+    assert [(t["partner_txn_id"], t["note"]) for t in sent] == [
+        (f"{alice} alice-secret-2", f"to {bob}"), (f"{alice} alice-secret-1", f"to {bob}")]
+    # a retry of the named transfer with share_name left out is another request
+    before = snapshot(app)
+    assert_error(transfer(client, alice_h, bob, 20, key="alice-secret-2"), 409,
+                 "idempotency_conflict")
+    assert snapshot(app) == before
+    # once the sender's account is closed its name is gone from the receiver's view too
+    member_ops.close(member_id(alice))
+    transfers = [t for t in history(bob_h).get_json()["items"] if t["type"] == "transfer"]
+    assert [t["note"] for t in transfers] == ["from a member", "from a member"]
+    assert_clean()
+
+
 def test_transfer_limits_per_transfer_and_per_day(app, client, operator_headers, acme,
                                                   monkeypatch):
     publish(client, operator_headers, transfers={"enabled": True, "min_points": 10,
