@@ -237,11 +237,14 @@ def create_lot(
     earned_at: datetime,
     expires_at: datetime | None,
     pending_until: datetime | None = None,
+    pending: bool = False,
 ) -> int:
+    """A new lot: pending until ``pending_until``, or (``pending`` without a date) until
+    something releases it; otherwise live."""
     return session.execute(_INSERT_LOT, {
         "member_id": member_id, "origin_partner_id": origin_partner_id, "source": source,
         "entry_id": entry_id, "points": points, "remaining": points,
-        "state": "pending" if pending_until else "live",
+        "state": "pending" if pending_until or pending else "live",
         "earned_at": earned_at, "expires_at": expires_at, "pending_until": pending_until,
     }).scalar_one()
 

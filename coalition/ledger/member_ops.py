@@ -18,6 +18,10 @@ Postings (``coalition ledger check`` verifies them):
 * **bonus** of n (coalition-funded): coalition:funded −n, member:available +n; a lot of
   source ``bonus`` with no origin partner and the program's expiry. Note ``welcome`` or
   ``birthday``. A bonus is not the member's activity (``last_activity_at`` stays).
+  The welcome bonus goes to member:pending instead, in a pending lot with no release
+  date: it cannot be farmed (enrol, burn the bonus at the enrolling partner) because it
+  becomes spendable only with the member's first earn from a spend, at any partner
+  (:func:`coalition.ledger.service.earn` releases it).
 * **forfeiture** at closure: open holds are voided first, then member:available −a and
   member:pending −p against coalition:forfeited; every lot's remaining is taken (lot
   movements) and the lots are ``forfeited``.
@@ -407,30 +411,34 @@ def donate(member_id: int, partner_code: str, points: int, *,
 
 
 def book_bonus(session: Session, member_id: int, points: int, note: str, now: datetime,
-               rules: Rules, occurred_at: datetime | None = None) -> int:
+               rules: Rules, occurred_at: datetime | None = None,
+               pending: bool = False) -> int:
     """Credit coalition-funded points in the caller's transaction (the wallet change is
-    the member's lock). Returns the entry id."""
-    balance = journal.change_wallet(session, member_id, available=points)
+    the member's lock), spendable at once or ``pending`` until released. Returns the
+    entry id."""
+    account = "member:pending" if pending else "member:available"
+    balance = journal.change_wallet(session, member_id, **{account.split(":")[1]: points})
     if balance is None:
         raise BalanceLimit("The member's balance would exceed the largest allowed.")
     entry_id = journal.book_entry(
         session, kind="bonus", booked_at=now, occurred_at=occurred_at, points=points,
         member_id=member_id, balance=balance, note=note,
         postings=[("coalition:funded", None, None, -points),
-                  ("member:available", member_id, None, points)],
+                  (account, member_id, None, points)],
     )
     journal.create_lot(session, member_id=member_id, origin_partner_id=None, source="bonus",
                        entry_id=entry_id, points=points, earned_at=now,
-                       expires_at=_expires_at(rules, now))
+                       expires_at=_expires_at(rules, now), pending=pending)
     return entry_id
 
 
 def book_welcome_bonus(session: Session, member_id: int, rules: Rules) -> int | None:
-    """The welcome bonus, in the enrolment's own unit of work (none if the rules give 0)."""
+    """The welcome bonus, in the enrolment's own unit of work (none if the rules give 0):
+    pending until the member's first earn from a spend (module doc)."""
     points = rules["bonuses"]["welcome"]
     if not points:
         return None
-    return book_bonus(session, member_id, points, "welcome", utcnow(), rules)
+    return book_bonus(session, member_id, points, "welcome", utcnow(), rules, pending=True)
 
 
 # --------------------------------------------------------------------------- the daily job

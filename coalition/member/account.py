@@ -155,7 +155,9 @@ def summary(member_id: int) -> dict[str, Any]:
             "pending": wallet.pending if wallet else 0,
             "held": wallet.held if wallet else 0,
             "pending_releases": [{"points": int(points), "releases_at": at}
-                                 for at, points in pending],
+                                 for at, points in pending if at is not None],
+            # the welcome bonus waits for the first earn from a spend, not for a date
+            "awaiting_first_spend": sum(int(points) for at, points in pending if at is None),
             "holds": [{"partner": names[h.partner_id][0], "partner_name": names[h.partner_id][1],
                        "points": h.points, "expires_at": h.expires_at} for h in holds],
             "expiring": _expiring(session, member_id, wallet, rules, now),

@@ -97,6 +97,9 @@ class MeSchema(Schema):
     pending = fields.Integer(metadata={"description": "earned, not yet spendable"})
     held = fields.Integer(metadata={"description": "reserved by open holds"})
     pending_releases = fields.List(fields.Nested(MePendingReleaseSchema))
+    awaiting_first_spend = fields.Integer(metadata={
+        "description": "pending welcome bonus points, spendable from your first earn on a "
+                       "purchase at any partner"})
     holds = fields.List(fields.Nested(MeHoldSchema))
     expiring = fields.Nested(MeExpiringSchema)
     by_partner = fields.List(fields.Nested(MePartnerPointsSchema),

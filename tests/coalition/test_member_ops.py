@@ -395,15 +395,16 @@ def test_welcome_bonus_on_enrolment(app, client, operator_headers, acme):
                            headers=acme_h)
     assert response.status_code == 201
     body = response.get_json()
-    assert body["balance"] == {"available": 50, "pending": 0, "held": 0}
+    # pending until the member's first earn from a spend
+    assert body["balance"] == {"available": 0, "pending": 50, "held": 0}
     a = member_id(body["member_number"])
     (entry,) = entries_of(a, "bonus")
     assert (entry.note, entry.points, entry.partner_id) == ("welcome", 50, None)
     assert postings_of(entry.id) == sorted([("coalition:funded", None, None, -50),
-                                           ("member:available", a, None, 50)])
+                                           ("member:pending", a, None, 50)])
     (lot,) = lots_of(a)
     assert (lot["source"], lot["origin_partner_id"], lot["points"], lot["state"]) == \
-        ("bonus", None, 50, "live")
+        ("bonus", None, 50, "pending")
     assert lot["expires_at"] == add_months(entry.booked_at, 12)
     # finding or linking the member again is no new enrolment: no second bonus
     enrol(client, acme_h, "alice")
@@ -416,6 +417,48 @@ def test_welcome_bonus_on_enrolment(app, client, operator_headers, acme):
     bob = enrol(client, acme_h, "bob")
     assert entries_of(member_id(bob), "bonus") == []
     assert wallet(bob) == (0, 0, 0)
+    assert_clean()
+
+
+def test_a_partner_cannot_burn_a_welcome_bonus_it_merely_enrolled(
+        app, client, operator_headers, acme, bravo):
+    publish(client, operator_headers, bonuses={"welcome": 50, "birthday": 0})
+    (_, acme_h), (_, bravo_h) = acme, bravo
+    alice = enrol(client, acme_h, "alice")
+    a = member_id(alice)
+    assert wallet(alice) == (0, 50, 0)
+
+    def burn(points: int, txn: str):
+        return client.post("/v1/burn", json={"member_number": alice, "partner_txn_id": txn,
+                                             "points": points}, headers=acme_h)
+
+    before = snapshot(app)
+    assert_error(burn(50, "farm1"), 409, "insufficient_points")
+    assert_error(client.post("/v1/holds", json={"member_number": alice,
+                                                "partner_txn_id": "farm2", "points": 50},
+                             headers=acme_h), 409, "insufficient_points")
+    assert snapshot(app) == before
+    # an earn of points without a spend does not release it either
+    earn(client, acme_h, alice, "p1", 10)
+    assert wallet(alice) == (10, 50, 0)
+    assert_error(burn(11, "farm3"), 409, "insufficient_points")
+    assert entries_of(a, "release") == []
+    # the first earn from a spend (at any partner) makes it spendable, in the same booking
+    answer = earn(client, bravo_h, alice, "s1", spend={"amount": "20.00", "currency": "GBP"})
+    assert answer["balance"] == {"available": 80, "pending": 0, "held": 0}
+    (release,) = entries_of(a, "release")
+    assert postings_of(release.id) == sorted([("member:pending", a, None, -50),
+                                             ("member:available", a, None, 50)])
+    assert [(lot["source"], lot["state"], lot["remaining"]) for lot in lots_of(a)] == [
+        ("bonus", "live", 50), ("earn", "live", 10), ("earn", "live", 20)]
+    # a second one releases nothing more; a replay of the first books nothing
+    earn(client, bravo_h, alice, "s2", spend={"amount": "5.00", "currency": "GBP"})
+    replay = client.post("/v1/earn", json={"member_number": alice, "partner_txn_id": "s1",
+                                           "spend": {"amount": "20.00", "currency": "GBP"}},
+                         headers=bravo_h)
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert len(entries_of(a, "release")) == 1 and wallet(alice) == (85, 0, 0)
+    assert burn(85, "b1").status_code == 201
     assert_clean()
 
 
