@@ -17,7 +17,13 @@ from coalition.errors import Forbidden
 from coalition.ledger import member_ops
 from coalition.ledger.service import Outcome
 from coalition.oauth.server import current_principal
-from coalition.schemas import MemberNumber, PointsField, StrictSchema, UTCTimestamp
+from coalition.schemas import (
+    MemberNumber,
+    PointsField,
+    StrictBoolean,
+    StrictSchema,
+    UTCTimestamp,
+)
 from coalition.web import protected
 
 blp = Blueprint("member_ledger", __name__, url_prefix="/v1/me",
@@ -56,7 +62,7 @@ class BalanceAfterSchema(Schema):
 class TransferRequestSchema(StrictSchema):
     to_member_number = MemberNumber(required=True)
     points = PointsField(required=True)
-    share_name = fields.Boolean(load_default=False, metadata={
+    share_name = StrictBoolean(load_default=False, metadata={
         "description": "show the receiver your first name; otherwise the receiver sees "
                        "that the points came from \"a member\" (never your number)"})
 

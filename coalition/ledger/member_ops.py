@@ -88,7 +88,16 @@ from coalition.errors import (
 )
 from coalition.ledger import journal
 from coalition.ledger.journal import Balance, LedgerInconsistency, Take
-from coalition.ledger.models import Entry, Hold, Lot, Member, MemberLink, Posting, Wallet
+from coalition.ledger.models import (
+    Entry,
+    Hold,
+    Lot,
+    Member,
+    MemberConsent,
+    MemberLink,
+    Posting,
+    Wallet,
+)
 from coalition.ledger.service import Outcome, add_months, request_hash, void_hold
 from coalition.models import Partner
 from coalition.program.service import Rules, rules_in_force
@@ -713,6 +722,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
             links = session.execute(
                 update(MemberLink.__table__).where(_link.member_id == absorbed.id)
                 .values(member_id=survivor.id)).rowcount
+            _move_consents(session, absorbed.id, survivor.id)
             # members merged into the absorbed one point at the survivor now (one hop)
             session.execute(update(Member.__table__)
                             .where(_m.merged_into_id == absorbed.id)
@@ -758,6 +768,18 @@ def _absorb_member_row(session: Session, rules: Rules, absorbed_id: int,
     if last is not None:
         session.execute(update(Wallet.__table__).where(_w.member_id == survivor_id)
                         .values(last_activity_at=last))
+
+
+def _move_consents(session: Session, absorbed_id: int, survivor_id: int) -> None:
+    """The partners the absorbed member shared its personal data with see the survivor's
+    (the data moved to it); a consent the survivor already gave stays as it was."""
+    consent = MemberConsent.__table__.c
+    given = select(consent.partner_id).where(consent.member_id == survivor_id)
+    session.execute(update(MemberConsent.__table__).where(
+        consent.member_id == absorbed_id, consent.partner_id.not_in(given))
+        .values(member_id=survivor_id))
+    session.execute(delete(MemberConsent.__table__)
+                    .where(consent.member_id == absorbed_id))
 
 
 def _merge_body(session: Session, absorbed: _State, survivor: _State,
@@ -841,8 +863,11 @@ def close(member_id: int) -> dict[str, Any]:
             session.execute(update(Lot.__table__).where(
                 _l.member_id == member_id, _l.state.in_(("live", "pending")))
                 .values(state="forfeited"))
+            # the links go with what each partner supplied on them, and every consent
             links = session.execute(delete(MemberLink.__table__)
                                     .where(_link.member_id == member_id)).rowcount
+            session.execute(delete(MemberConsent.__table__)
+                            .where(MemberConsent.member_id == member_id))
             session.execute(update(Member.__table__).where(_m.id == member_id).values(
                 status="closed", closed_at=now, **_ERASED))
             # and on the rows of members merged into this one

@@ -36,11 +36,12 @@ from flask import (
 from marshmallow import Schema, ValidationError
 
 from coalition.errors import CoalitionError
-from coalition.ledger import member_ops
+from coalition.ledger import member_ops, members
 from coalition.member import account, signin
 from coalition.member.forms import (
     ActivationForm,
     CloseForm,
+    ConsentForm,
     DonationForm,
     TransferForm,
     field_errors,
@@ -187,7 +188,8 @@ def _account_page(member_id: int, status: int = 200) -> Any:
     charities = [p for p in terms["partners"] if p["kind"] == "charity"]
     return render_template(
         "member/account.html", me=me, history=history, labels=ENTRY_LABELS, terms=terms,
-        charities=charities, request_key=secrets.token_urlsafe(18),
+        charities=charities, consents=members.consents(member_id),
+        request_key=secrets.token_urlsafe(18),
         older=request.args.get("cursor") is not None), status
 
 
@@ -267,6 +269,24 @@ def donate() -> Any:
         flash(f"You donated {form['points']:,} points. Thank you."
               + (" (This form was already sent; it was done once.)"
                  if outcome.replayed else ""), "success")
+    return redirect(url_for(".home"))
+
+
+@bp.post("/consents")
+def consent() -> Any:
+    """Share the member's personal data with a partner, or stop sharing it."""
+    member_id = _require_member()
+    check_csrf()
+    form = _form(ConsentForm(), member_id)
+    try:
+        done = members.set_consent(member_id, form["partner"], form["share"])
+    except CoalitionError as refused:
+        flash(f"Your choice was not saved: {refused.message}", "error")
+    else:
+        flash(f"{done['partner_name']} now sees your name, e-mail and birth date."
+              if done["share"] else
+              f"{done['partner_name']} no longer sees your personal details, only what it "
+              f"recorded itself.", "success")
     return redirect(url_for(".home"))
 
 

@@ -9,6 +9,7 @@ from coalition.schemas import (
     CursorQueryArgsSchema,
     DecimalString,
     MemberNumber,
+    StrictBoolean,
     StrictSchema,
     UTCTimestamp,
 )
@@ -21,6 +22,23 @@ class ActivationSchema(StrictSchema):
     password = fields.String(required=True, load_only=True,
                              validate=validate.Length(min=10, max=1024),
                              metadata={"description": "at least 10 characters"})
+
+
+class ConsentRequestSchema(StrictSchema):
+    share = StrictBoolean(required=True, metadata={
+        "description": "true: the partner sees your name, e-mail and birth date; false: it "
+                       "sees only what it supplied itself"})
+
+
+class ConsentSchema(Schema):
+    partner = fields.String()
+    partner_name = fields.String()
+    share = fields.Boolean()
+    granted_at = UTCTimestamp(allow_none=True)
+
+
+class ConsentListSchema(Schema):
+    items = fields.List(fields.Nested(ConsentSchema))
 
 
 class ActivatedSchema(Schema):

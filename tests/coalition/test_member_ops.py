@@ -24,6 +24,7 @@ from tests.coalition.ledger_helpers import book_earn
 from tests.coalition.member_ops_support import (
     assert_clean,
     entries_of,
+    link_data,
     links_of,
     lots_of,
     member_id,
@@ -568,6 +569,11 @@ def test_merge_moves_personal_data_and_erases_it_from_the_absorbed_row(
     before = personal_data()
     member_ops.merge(x, s, operator="test")
     after = personal_data()
+    # the links move with what each partner supplied on them
+    assert link_data() == {
+        "x": (s, "Ann Smith", "ann@example.com", "1990-05-01"),
+        "s": (s, None, "ann.s@example.org", None),
+        "o": (other, "Olga", "olga@example.com", "1980-01-02")}
     # the survivor keeps its own e-mail and gains the name and birth date it lacked
     assert after[s] == ("Ann Smith", "ann.s@example.org", "1990-05-01", False, True)
     # the absorbed row keeps none of it (its sign-in code stays: merged, it is refused)
@@ -596,6 +602,7 @@ def test_close_erases_personal_data_on_every_row_of_the_member(app, client, rule
     before = personal_data()
     member_ops.close(member_id(s))
     after = personal_data()
+    assert link_data() == {"o": (other, "Olga", "olga@example.com", None)}
     for number in (y, x, s):
         assert after[number] == (None, None, None, False, False), number
     assert after[other] == before[other] == ("Olga", "olga@example.com", None, False, True)

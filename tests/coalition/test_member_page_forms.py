@@ -8,7 +8,11 @@ from __future__ import annotations
 import re
 
 import requests
+from sqlalchemy import select
 
+from coalition.db import read
+from coalition.ledger.models import MemberConsent
+from coalition.models import Partner
 from tests.coalition.member_support import csrf_of, enrol
 from tests.coalition.test_member_page import coalition, figure, sign_in  # noqa: F401
 from tests.conftest import snapshot
@@ -118,3 +122,34 @@ def test_a_transfer_on_the_page_names_the_sender_only_if_asked(live_server, coal
     assert "Transfer · from Ada" in rows and "Transfer · from a member" in rows
     assert member.member_number not in friends_page.text
     assert "k-anonymous" not in friends_page.text and "k-named" not in friends_page.text
+
+
+def test_consent_control_on_the_page(app, live_server, coalition):  # noqa: F811
+    member = coalition["member"]
+    browser, home = sign_in(live_server.url, member.member_number)
+    assert 'data-testid="consents"' in home.text and "Skyline Fuel" in home.text
+    csrf = csrf_of(home.text)
+    before = snapshot(app)
+    for share in ("١", "true", "YES"):
+        refused = _post(browser, f"{live_server.url}/member/consents",
+                        {"csrf_token": csrf, "partner": "skyline", "share": share})
+        assert refused.status_code == 422 and "Not a valid choice." in refused.text
+    empty = _post(browser, f"{live_server.url}/member/consents",
+                  {"csrf_token": csrf, "share": "yes"})
+    assert empty.status_code == 422 and "Choose a partner." in empty.text
+    unknown = browser.post(f"{live_server.url}/member/consents", data={
+        "csrf_token": csrf, "partner": "nosuch", "share": "yes"}, timeout=10)
+    assert "Your choice was not saved" in unknown.text
+    assert snapshot(app) == before
+
+    given = browser.post(f"{live_server.url}/member/consents", data={
+        "csrf_token": csrf, "partner": "skyline", "share": "yes"}, timeout=10)
+    assert "Skyline Fuel now sees your name, e-mail and birth date." in given.text
+    with read() as session:
+        assert session.scalars(select(Partner.code).join(
+            MemberConsent, MemberConsent.partner_id == Partner.id)).all() == ["skyline"]
+    withdrawn = browser.post(f"{live_server.url}/member/consents", data={
+        "csrf_token": csrf, "partner": "skyline", "share": "no"}, timeout=10)
+    assert "Skyline Fuel no longer sees your personal details" in withdrawn.text
+    with read() as session:
+        assert session.scalars(select(MemberConsent)).all() == []
