@@ -463,6 +463,35 @@ def test_a_partner_cannot_burn_a_welcome_bonus_it_merely_enrolled(
     assert_clean()
 
 
+@pytest.mark.postgres
+def test_concurrent_first_spends_release_the_welcome_bonus_once(
+        app, client, operator_headers, acme, bravo):
+    publish(client, operator_headers, bonuses={"welcome": 50, "birthday": 0})
+    (_, acme_h), (_, bravo_h) = acme, bravo
+    alice = enrol(client, acme_h, "alice")
+    statuses: list[int] = []
+    barrier = threading.Barrier(6)
+
+    def run(n: int) -> None:
+        with app.app_context(), app.test_client() as own:
+            barrier.wait()
+            answer = own.post("/v1/earn", json={
+                "member_number": alice, "partner_txn_id": f"s{n}",
+                "spend": {"amount": "10.00", "currency": "GBP"}},
+                headers=acme_h if n % 2 else bravo_h)
+            statuses.append(answer.status_code)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [201] * 6
+    assert len(entries_of(member_id(alice), "release")) == 1
+    assert wallet(alice) == (110, 0, 0)
+    assert_clean()
+
+
 # --------------------------------------------------------------------------- merge
 
 
