@@ -776,7 +776,7 @@ def _encode_cursor(entry_id: int) -> str:
 def _decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("e") or not text[1:].isdigit():
+        if not text.startswith("e") or not (text[1:].isascii() and text[1:].isdigit()):
             raise ValueError(text)
         entry_id = int(text[1:])
         if entry_id >= 2**63:  # beyond any 64-bit id: the driver would overflow (500)

@@ -5,6 +5,7 @@ nothing, never 500; and what a transfer shows the receiver on the page."""
 
 from __future__ import annotations
 
+import base64
 import re
 
 import requests
@@ -153,3 +154,11 @@ def test_consent_control_on_the_page(app, live_server, coalition):  # noqa: F811
     assert "Skyline Fuel no longer sees your personal details" in withdrawn.text
     with read() as session:
         assert session.scalars(select(MemberConsent)).all() == []
+
+
+def test_a_history_cursor_with_odd_digits_is_refused(live_server, coalition):  # noqa: F811
+    browser, _ = sign_in(live_server.url, coalition["member"].member_number)
+    for text in ("e²", "e١", "e 5", "e" + "9" * 400):
+        cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+        page = browser.get(f"{live_server.url}/member", params={"cursor": cursor}, timeout=10)
+        assert page.status_code == 422, (text, page.status_code)
