@@ -17,7 +17,13 @@ from coalition.errors import Forbidden
 from coalition.ledger import member_ops
 from coalition.ledger.service import Outcome
 from coalition.oauth.server import current_principal
-from coalition.schemas import MemberNumber, PointsField, StrictSchema, UTCTimestamp
+from coalition.schemas import (
+    MemberNumber,
+    PointsField,
+    StrictBoolean,
+    StrictSchema,
+    UTCTimestamp,
+)
 from coalition.web import protected
 
 blp = Blueprint("member_ledger", __name__, url_prefix="/v1/me",
@@ -56,6 +62,9 @@ class BalanceAfterSchema(Schema):
 class TransferRequestSchema(StrictSchema):
     to_member_number = MemberNumber(required=True)
     points = PointsField(required=True)
+    share_name = StrictBoolean(load_default=False, metadata={
+        "description": "show the receiver your first name; otherwise the receiver sees "
+                       "that the points came from \"a member\" (never your number)"})
 
 
 class TransferSchema(Schema):
@@ -164,7 +173,8 @@ class Transfers(MethodView):
         """Give points to another member (the program's transfer limits apply)."""
         return _answer(member_ops.transfer(_member_id(), data["to_member_number"],
                                            data["points"],
-                                           request_id=headers.get("idempotency_key")))
+                                           request_id=headers.get("idempotency_key"),
+                                           share_name=data["share_name"]))
 
 
 @blp.route("/donations")

@@ -32,6 +32,15 @@ class StrictInteger(fields.Integer):
         return value
 
 
+class StrictBoolean(fields.Boolean):
+    """A JSON ``true`` or ``false``; ``1``, ``"yes"`` and ``"true"`` are refused."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class PointsField(StrictInteger):
     """A positive number of points, at most 2^53 − 1."""
 

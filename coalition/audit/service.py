@@ -113,7 +113,7 @@ def _encode_cursor(event_id: int) -> str:
 def _decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("a") or not text[1:].isdigit():
+        if not text.startswith("a") or not (text[1:].isascii() and text[1:].isdigit()):
             raise ValueError(text)
         event_id = int(text[1:])
         if event_id >= 2**63:  # beyond any 64-bit id: the driver would overflow (500)

@@ -199,6 +199,7 @@ def book_entry(
     balance: Balance | None = None,
     note: str | None = None,
     takes: Sequence[Take] = (),
+    sender_named: bool | None = None,
 ) -> int:
     """Write one entry with its postings ``(account, member_id, partner_id, points)`` and
     the lot movements of ``takes``; returns the entry id."""
@@ -224,7 +225,7 @@ def book_entry(
         "available_after": balance.available if balance else None,
         "pending_after": balance.pending if balance else None,
         "held_after": balance.held if balance else None,
-        "note": note,
+        "note": note, "sender_named": sender_named,
         **(fence.parameters(priced_at, booked_at) if in_statement else {}),
     }).one()
     entry_id = row[0]
@@ -258,11 +259,14 @@ def create_lot(
     earned_at: datetime,
     expires_at: datetime | None,
     pending_until: datetime | None = None,
+    pending: bool = False,
 ) -> int:
+    """A new lot: pending until ``pending_until``, or (``pending`` without a date) until
+    something releases it; otherwise live."""
     return session.execute(_INSERT_LOT, {
         "member_id": member_id, "origin_partner_id": origin_partner_id, "source": source,
         "entry_id": entry_id, "points": points, "remaining": points,
-        "state": "pending" if pending_until else "live",
+        "state": "pending" if pending_until or pending else "live",
         "earned_at": earned_at, "expires_at": expires_at, "pending_until": pending_until,
     }).scalar_one()
 

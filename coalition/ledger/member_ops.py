@@ -18,6 +18,10 @@ Postings (``coalition ledger check`` verifies them):
 * **bonus** of n (coalition-funded): coalition:funded −n, member:available +n; a lot of
   source ``bonus`` with no origin partner and the program's expiry. Note ``welcome`` or
   ``birthday``. A bonus is not the member's activity (``last_activity_at`` stays).
+  The welcome bonus goes to member:pending instead, in a pending lot with no release
+  date: it cannot be farmed (enrol, burn the bonus at the enrolling partner) because it
+  becomes spendable only with the member's first earn from a spend, at any partner
+  (:func:`coalition.ledger.service.earn` releases it).
 * **forfeiture** at closure: open holds are voided first, then member:available −a and
   member:pending −p against coalition:forfeited; every lot's remaining is taken (lot
   movements) and the lots are ``forfeited``.
@@ -84,7 +88,16 @@ from coalition.errors import (
 )
 from coalition.ledger import journal
 from coalition.ledger.journal import Balance, LedgerInconsistency, Take
-from coalition.ledger.models import Entry, Hold, Lot, Member, MemberLink, Posting, Wallet
+from coalition.ledger.models import (
+    Entry,
+    Hold,
+    Lot,
+    Member,
+    MemberConsent,
+    MemberLink,
+    Posting,
+    Wallet,
+)
 from coalition.ledger.service import Outcome, add_months, request_hash, void_hold
 from coalition.models import Partner
 from coalition.program.service import Rules, rules_in_force
@@ -264,13 +277,16 @@ def _check_transfer_rules(session: Session, rules: Rules, sender_id: int, points
 
 
 def transfer(member_id: int, to_member_number: str, points: int, *,
-             request_id: str | None = None) -> Outcome:
+             request_id: str | None = None, share_name: bool = False) -> Outcome:
     """Give ``points`` of the member's available points to another member.
 
-    ``request_id`` is the member's ``Idempotency-Key`` (see the module doc).
+    ``request_id`` is the member's ``Idempotency-Key`` (see the module doc). The receiver
+    is shown the sender's first name if ``share_name``, otherwise only that the points
+    came from a member (:func:`sender_label`).
     """
     digest = request_hash("transfer", {"to_member_number": to_member_number,
-                                       "points": points})
+                                       "points": points,
+                                       **({"share_name": True} if share_name else {})})
 
     def attempt() -> Outcome:
         with UnitOfWork() as uow:
@@ -305,7 +321,7 @@ def transfer(member_id: int, to_member_number: str, points: int, *,
                 session, kind="transfer", booked_at=now, points=points,
                 member_id=sender.id, partner_txn_id=key,
                 request_hash=digest if key else None, balance=balance, takes=takes,
-                note=f"to {receiver.member_number}",
+                note=f"to {receiver.member_number}", sender_named=share_name,
                 postings=[("member:available", sender.id, None, -points),
                           ("member:available", receiver.id, None, points)],
             )
@@ -315,6 +331,17 @@ def transfer(member_id: int, to_member_number: str, points: int, *,
                                           _balance_dict(balance)), replayed=False)
 
     return run_with_retries(attempt)
+
+
+def sender_label(session: Session, entry: Entry) -> str:
+    """How a received transfer names its sender to the receiver: the sender's first name
+    if the sender chose to share it (and has one on record), otherwise "a member"; never
+    the sender's number or keys."""
+    if entry.sender_named and entry.member_id is not None:
+        name = session.scalar(select(_m.name).where(_m.id == entry.member_id))
+        if name and name.split():
+            return name.split()[0]
+    return "a member"
 
 
 def _mirror_lots(session: Session, takes: list[Take], receiver_id: int, entry_id: int,
@@ -393,30 +420,34 @@ def donate(member_id: int, partner_code: str, points: int, *,
 
 
 def book_bonus(session: Session, member_id: int, points: int, note: str, now: datetime,
-               rules: Rules, occurred_at: datetime | None = None) -> int:
+               rules: Rules, occurred_at: datetime | None = None,
+               pending: bool = False) -> int:
     """Credit coalition-funded points in the caller's transaction (the wallet change is
-    the member's lock). Returns the entry id."""
-    balance = journal.change_wallet(session, member_id, available=points)
+    the member's lock), spendable at once or ``pending`` until released. Returns the
+    entry id."""
+    account = "member:pending" if pending else "member:available"
+    balance = journal.change_wallet(session, member_id, **{account.split(":")[1]: points})
     if balance is None:
         raise BalanceLimit("The member's balance would exceed the largest allowed.")
     entry_id = journal.book_entry(
         session, kind="bonus", booked_at=now, occurred_at=occurred_at, points=points,
         member_id=member_id, balance=balance, note=note,
         postings=[("coalition:funded", None, None, -points),
-                  ("member:available", member_id, None, points)],
+                  (account, member_id, None, points)],
     )
     journal.create_lot(session, member_id=member_id, origin_partner_id=None, source="bonus",
                        entry_id=entry_id, points=points, earned_at=now,
-                       expires_at=_expires_at(rules, now))
+                       expires_at=_expires_at(rules, now), pending=pending)
     return entry_id
 
 
 def book_welcome_bonus(session: Session, member_id: int, rules: Rules) -> int | None:
-    """The welcome bonus, in the enrolment's own unit of work (none if the rules give 0)."""
+    """The welcome bonus, in the enrolment's own unit of work (none if the rules give 0):
+    pending until the member's first earn from a spend (module doc)."""
     points = rules["bonuses"]["welcome"]
     if not points:
         return None
-    return book_bonus(session, member_id, points, "welcome", utcnow(), rules)
+    return book_bonus(session, member_id, points, "welcome", utcnow(), rules, pending=True)
 
 
 # --------------------------------------------------------------------------- the daily job
@@ -633,7 +664,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
     """Merge the member found twice: everything of ``absorbed`` moves to ``survivor``.
 
     Balances (one ``merge`` entry), lots and partner links move; the survivor keeps the
-    higher tier and gains personal data it lacks; the absorbed member keeps its row and
+    higher tier and gains personal data it lacks, erased from the absorbed row, which keeps
     its journal entries, with status ``merged`` and a pointer to the survivor. Merging
     again into the same survivor answers with the merge as it stands (``already_merged``).
     """
@@ -691,6 +722,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
             links = session.execute(
                 update(MemberLink.__table__).where(_link.member_id == absorbed.id)
                 .values(member_id=survivor.id)).rowcount
+            _move_consents(session, absorbed.id, survivor.id)
             # members merged into the absorbed one point at the survivor now (one hop)
             session.execute(update(Member.__table__)
                             .where(_m.merged_into_id == absorbed.id)
@@ -721,10 +753,11 @@ def _absorb_member_row(session: Session, rules: Rules, absorbed_id: int,
 
     if rank(x.tier) > rank(s.tier):
         s.tier = x.tier
-    # nothing is lost: the survivor gains what it lacks
+    # the survivor gains the personal data it lacks; the absorbed row keeps none of it
     s.email = s.email or x.email
     s.name = s.name or x.name
     s.birth_date = s.birth_date or x.birth_date
+    x.email = x.name = x.birth_date = None
     years = [y for y in (s.birthday_bonus_year, x.birthday_bonus_year) if y is not None]
     s.birthday_bonus_year = max(years) if years else None
     x.status, x.merged_into_id = "merged", survivor_id
@@ -735,6 +768,18 @@ def _absorb_member_row(session: Session, rules: Rules, absorbed_id: int,
     if last is not None:
         session.execute(update(Wallet.__table__).where(_w.member_id == survivor_id)
                         .values(last_activity_at=last))
+
+
+def _move_consents(session: Session, absorbed_id: int, survivor_id: int) -> None:
+    """The partners the absorbed member shared its personal data with see the survivor's
+    (the data moved to it); a consent the survivor already gave stays as it was."""
+    consent = MemberConsent.__table__.c
+    given = select(consent.partner_id).where(consent.member_id == survivor_id)
+    session.execute(update(MemberConsent.__table__).where(
+        consent.member_id == absorbed_id, consent.partner_id.not_in(given))
+        .values(member_id=survivor_id))
+    session.execute(delete(MemberConsent.__table__)
+                    .where(consent.member_id == absorbed_id))
 
 
 def _merge_body(session: Session, absorbed: _State, survivor: _State,
@@ -757,6 +802,12 @@ def _merge_body(session: Session, absorbed: _State, survivor: _State,
 
 
 # --------------------------------------------------------------------------- closure
+
+
+#: what a closure erases from every row of the member (the journal keeps its numbers)
+_ERASED: dict[str, Any] = {"name": None, "email": None, "birth_date": None,
+                           "password_hash": None, "activation_code_hash": None,
+                           "locked_until": None}
 
 
 def close(member_id: int) -> dict[str, Any]:
@@ -812,11 +863,16 @@ def close(member_id: int) -> dict[str, Any]:
             session.execute(update(Lot.__table__).where(
                 _l.member_id == member_id, _l.state.in_(("live", "pending")))
                 .values(state="forfeited"))
+            # the links go with what each partner supplied on them, and every consent
             links = session.execute(delete(MemberLink.__table__)
                                     .where(_link.member_id == member_id)).rowcount
+            session.execute(delete(MemberConsent.__table__)
+                            .where(MemberConsent.member_id == member_id))
             session.execute(update(Member.__table__).where(_m.id == member_id).values(
-                status="closed", closed_at=now, name=None, email=None, birth_date=None,
-                password_hash=None, activation_code_hash=None, locked_until=None))
+                status="closed", closed_at=now, **_ERASED))
+            # and on the rows of members merged into this one
+            session.execute(update(Member.__table__)
+                            .where(_m.merged_into_id == member_id).values(**_ERASED))
             session.execute(update(OAuthToken.__table__).where(
                 OAuthToken.member_id == member_id, OAuthToken.revoked_at.is_(None))
                 .values(revoked_at=now))
@@ -833,4 +889,5 @@ def close(member_id: int) -> dict[str, Any]:
 
 
 __all__ = ["DailySummary", "book_bonus", "book_welcome_bonus", "close", "daily", "donate",
-           "member_entries", "member_ids_of", "merge", "stored_key", "transfer"]
+           "member_entries", "member_ids_of", "merge", "sender_label", "stored_key",
+           "transfer"]

@@ -1,4 +1,12 @@
-"""Members as partners see them: enrol or link, look up, balance."""
+"""Members as partners see them: enrol or link, look up, balance; and what of a member's
+personal data each partner sees.
+
+Personal data is the member's. The member's own profile (name, e-mail, birth date on the
+member row) is what the member sees; a partner sees what it supplied itself (kept on its
+links, :class:`~coalition.ledger.models.MemberLink`) or, if the member agreed to share it
+with that partner (:class:`~coalition.ledger.models.MemberConsent`), the member's profile.
+Linking an existing member number therefore reveals nothing of the member to the partner.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +14,16 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, literal_column, select
+from sqlalchemy import bindparam, delete, func, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coalition.db import UnitOfWork, read, run_with_retries, utcnow
 from coalition.errors import AlreadyExists, MemberClosed, MemberMerged, NotFound
 from coalition.ledger import numbers
-from coalition.ledger.models import Lot, Member, MemberLink, Wallet
+from coalition.ledger.models import Lot, Member, MemberConsent, MemberLink, Wallet
 from coalition.member.signin import activation_digest, display_code, new_activation_code
+from coalition.models import Partner
 from coalition.program.service import load_rules
 
 
@@ -66,22 +75,36 @@ def active_member(session: Session, partner_id: int, identity: dict[str, Any]) -
     return member
 
 
+PERSONAL_FIELDS = ("name", "email", "birth_date")
+
+
+def seen_by(session: Session, member: Member, partner_id: int) -> dict[str, Any]:
+    """The member's personal data as ``partner_id`` may see it (module doc): the member's
+    profile if the member shares it with the partner, otherwise what the partner supplied
+    on its own links to the member (the latest value of each), otherwise nothing."""
+    shared = session.get(MemberConsent, (member.id, partner_id)) is not None
+    if shared:
+        return {f: getattr(member, f) for f in PERSONAL_FIELDS}
+    links = session.scalars(select(MemberLink).where(
+        MemberLink.member_id == member.id, MemberLink.partner_id == partner_id)
+        .order_by(MemberLink.id.desc())).all()
+    return {f: next((getattr(link, f) for link in links if getattr(link, f) is not None),
+                    None) for f in PERSONAL_FIELDS}
+
+
 def _describe(session: Session, member_id: int, partner_id: int) -> dict[str, Any]:
     member = session.get(Member, member_id)
     assert member is not None
     wallet = session.get(Wallet, member_id)
     ref = session.scalar(select(MemberLink.partner_member_ref).where(
-        MemberLink.member_id == member_id, MemberLink.partner_id == partner_id))
-    linked = ref is not None
+        MemberLink.member_id == member_id, MemberLink.partner_id == partner_id)
+        .order_by(MemberLink.id))
     return {
         "member_number": member.member_number,
         "status": member.status,
         "tier": member.tier,
         "partner_member_ref": ref,
-        # personal data only for partners the member enrolled with or linked to
-        "name": member.name if linked else None,
-        "email": member.email if linked else None,
-        "birth_date": member.birth_date if linked else None,
+        **seen_by(session, member, partner_id),
         "created_at": member.created_at,
         # a merged member answers with the member it was merged into
         "merged_into": session.scalar(select(Member.member_number).where(
@@ -112,7 +135,10 @@ def enrol(
                         "Your reference is already linked to another member.",
                         errors={"partner_member_ref": ["Linked to another member."]})
                 if linked_id is None:
-                    _link(session, partner_id, partner_member_ref, member.id)
+                    # what this partner supplies is kept for it; the member's own profile
+                    # is not shown to it, nor changed by it
+                    _link(session, partner_id, partner_member_ref, member.id,
+                          email=email, name=name, birth_date=birth_date)
                     uow.commit()
                 return _describe(session, member.id, partner_id), False
             if linked_id is not None:
@@ -120,7 +146,8 @@ def enrol(
             code = new_activation_code()
             member_id = _create(session, partner_id, email, name, birth_date,
                                 activation_code_hash=activation_digest(code))
-            _link(session, partner_id, partner_member_ref, member_id)
+            _link(session, partner_id, partner_member_ref, member_id,
+                  email=email, name=name, birth_date=birth_date)
             uow.commit()
             # the one-time activation code is shown in this answer only; the member signs
             # in with it once to choose a password (coalition.member.signin)
@@ -156,10 +183,67 @@ def _create(session: Session, partner_id: int, email: str | None, name: str | No
     return member_id
 
 
-def _link(session: Session, partner_id: int, ref: str, member_id: int) -> None:
+def _link(session: Session, partner_id: int, ref: str, member_id: int, *,
+          email: str | None = None, name: str | None = None,
+          birth_date: date | None = None) -> None:
     session.execute(insert(MemberLink.__table__).values(
         partner_id=partner_id, partner_member_ref=ref, member_id=member_id,
-        created_at=utcnow()))
+        created_at=utcnow(), email=email, name=name, birth_date=birth_date))
+
+
+# --------------------------------------------------------------------------- consents
+
+
+def consents(member_id: int) -> list[dict[str, Any]]:
+    """Every partner, and whether the member shares their personal data with it."""
+    with read() as session:
+        shared = dict(session.execute(
+            select(MemberConsent.partner_id, MemberConsent.granted_at)
+            .where(MemberConsent.member_id == member_id)).all())
+        partners = session.execute(select(Partner.id, Partner.code, Partner.name)
+                                   .order_by(Partner.code)).all()
+        return [{"partner": code, "partner_name": name, "share": pid in shared,
+                 "granted_at": shared.get(pid)} for pid, code, name in partners]
+
+
+def set_consent(member_id: int, partner_code: str, share: bool) -> dict[str, Any]:
+    """Share the member's name, e-mail and birth date with a partner, or stop sharing
+    them (idempotent either way). Returns the consent as it stands."""
+
+    def attempt() -> dict[str, Any]:
+        with UnitOfWork() as uow:
+            session = uow.session
+            partner = session.execute(select(Partner.id, Partner.code, Partner.name)
+                                      .where(Partner.code == partner_code)).first()
+            if partner is None:
+                raise NotFound(f"No partner {partner_code!r}.",
+                               errors={"partner": ["No such partner."]})
+            member = session.get(Member, member_id)
+            if member is None:
+                raise NotFound("No such member.")
+            if member.status != "active":
+                raise MemberClosed(f"Member {member.member_number} is {member.status}.")
+            current = session.get(MemberConsent, (member_id, partner.id))
+            if share and current is None:
+                current = MemberConsent(member_id=member_id, partner_id=partner.id,
+                                        granted_at=utcnow())
+                session.add(current)
+            elif not share and current is not None:
+                session.execute(delete(MemberConsent.__table__).where(
+                    MemberConsent.member_id == member_id,
+                    MemberConsent.partner_id == partner.id))
+                current = None
+            body = {"partner": partner.code, "partner_name": partner.name,
+                    "share": current is not None,
+                    "granted_at": current.granted_at if current else None}
+            uow.commit()
+            return body
+
+    try:
+        return run_with_retries(attempt)
+    except IntegrityError:
+        # the same consent given twice at once: the other one is in; answer with it
+        return run_with_retries(attempt)
 
 
 def get_member(partner_id: int, identity: dict[str, Any]) -> dict[str, Any]:

@@ -86,7 +86,9 @@ class Member(Base):
 
 
 class MemberLink(Base):
-    """A partner's own reference (customer id, card number) for a member."""
+    """A partner's own reference (customer id, card number) for a member, with the
+    personal data that partner supplied itself: what the partner is shown, apart from the
+    member's own profile (:class:`MemberConsent`)."""
 
     __tablename__ = "member_link"
     __table_args__ = (UniqueConstraint("partner_id", "partner_member_ref"),)
@@ -96,6 +98,20 @@ class MemberLink(Base):
     partner_member_ref: Mapped[str] = mapped_column(String(64))
     member_id: Mapped[int] = mapped_column(BigId, ForeignKey("member.id"), index=True)
     created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
+    email: Mapped[str | None] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(200))
+    birth_date: Mapped[date | None] = mapped_column(Date)
+
+
+class MemberConsent(Base):
+    """The member agreed to share their own name, e-mail and birth date with a partner;
+    withdrawn by deleting the row."""
+
+    __tablename__ = "member_consent"
+
+    member_id: Mapped[int] = mapped_column(BigId, ForeignKey("member.id"), primary_key=True)
+    partner_id: Mapped[int] = mapped_column(BigId, ForeignKey("partner.id"), primary_key=True)
+    granted_at: Mapped[Timestamp] = mapped_column(default=utcnow)
 
 
 class Wallet(Base):
@@ -145,6 +161,8 @@ class Entry(Base):
     pending_after: Mapped[int | None] = mapped_column(BigInteger)
     held_after: Mapped[int | None] = mapped_column(BigInteger)
     note: Mapped[str | None] = mapped_column(Text)
+    #: a transfer's sender let the receiver see its first name (else "a member")
+    sender_named: Mapped[bool | None]
 
 
 class Posting(Base):
@@ -233,5 +251,5 @@ class Hold(Base):
     closed_by_entry_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("entry.id"))
 
 
-__all__ = ["Entry", "Hold", "Lot", "LotMovement", "Member", "MemberLink", "Posting",
-           "Wallet"]
+__all__ = ["Entry", "Hold", "Lot", "LotMovement", "Member", "MemberConsent", "MemberLink",
+           "Posting", "Wallet"]

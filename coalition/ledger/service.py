@@ -39,7 +39,7 @@ from coalition.errors import (
     NotFound,
 )
 from coalition.ledger import journal
-from coalition.ledger.journal import Balance, Take
+from coalition.ledger.journal import Balance, LedgerInconsistency, Take
 from coalition.ledger.members import MemberRef, active_member
 from coalition.ledger.models import (
     TRANSACTION_TYPES,
@@ -292,6 +292,35 @@ def _upgrade_tier(session: Session, member: MemberRef, rules: Rules, now: dateti
 # --------------------------------------------------------------------------- earn / burn
 
 
+def release_welcome_bonus(session: Session, member_id: int, now: datetime) -> int:
+    """Make the member's welcome bonus spendable (one ``release`` entry), in the unit of
+    work of the member's earn from a spend; the bonus waits for it, so that a partner
+    cannot enrol members to burn their bonus. Returns the points released."""
+    lot = Lot.__table__.c
+    journal.lock_wallet(session, member_id)  # before the lots are read
+    waiting = session.execute(
+        select(lot.id, lot.remaining).where(
+            lot.member_id == member_id, lot.source == "bonus", lot.state == "pending",
+            lot.pending_until.is_(None))).all()
+    if not waiting:
+        return 0
+    session.execute(update(Lot.__table__).where(lot.id.in_([i for i, _ in waiting]))
+                    .values(state="live"))
+    points = sum(remaining for _, remaining in waiting)
+    if not points:
+        return 0
+    balance = journal.change_wallet(session, member_id, pending=-points, available=points)
+    if balance is None:
+        raise LedgerInconsistency(f"member {member_id}: pending short of the {points} "
+                                  f"welcome bonus points")
+    journal.book_entry(
+        session, kind="release", booked_at=now, points=points, member_id=member_id,
+        balance=balance, note="welcome bonus: first earn from a spend",
+        postings=[("member:pending", member_id, None, -points),
+                  ("member:available", member_id, None, points)])
+    return points
+
+
 def earn(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
     """Credit points for a spend (× earn rate × tier multiplier, rounded down) or as given."""
     partner = _partner(partner_id)
@@ -317,6 +346,7 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
             if points < 1:
                 raise InvalidRequest("The spend earns no points.",
                                      errors={"spend": {"amount": ["Earns no points."]}})
+            release_welcome_bonus(session, member.id, now)
         else:
             points = data["points"]
         pending_days = rules["pending_days"]
@@ -750,7 +780,7 @@ def _encode_cursor(entry_id: int) -> str:
 def _decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("e") or not text[1:].isdigit():
+        if not text.startswith("e") or not (text[1:].isascii() and text[1:].isdigit()):
             raise ValueError(text)
         entry_id = int(text[1:])
         if entry_id >= 2**63:  # beyond any 64-bit id: the driver would overflow (500)

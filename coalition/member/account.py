@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from coalition.db import read, utcnow
 from coalition.errors import NotFound
-from coalition.ledger.member_ops import member_entries, member_ids_of
+from coalition.ledger.member_ops import member_entries, member_ids_of, sender_label
 from coalition.ledger.models import Entry, Hold, Lot, Member, Posting, Wallet
 from coalition.ledger.service import _decode_cursor, _encode_cursor, add_months
 from coalition.models import Partner
@@ -155,7 +155,9 @@ def summary(member_id: int) -> dict[str, Any]:
             "pending": wallet.pending if wallet else 0,
             "held": wallet.held if wallet else 0,
             "pending_releases": [{"points": int(points), "releases_at": at}
-                                 for at, points in pending],
+                                 for at, points in pending if at is not None],
+            # the welcome bonus waits for the first earn from a spend, not for a date
+            "awaiting_first_spend": sum(int(points) for at, points in pending if at is None),
             "holds": [{"partner": names[h.partner_id][0], "partner_name": names[h.partner_id][1],
                        "points": h.points, "expires_at": h.expires_at} for h in holds],
             "expiring": _expiring(session, member_id, wallet, rules, now),
@@ -197,6 +199,8 @@ def transactions(member_id: int, args: dict[str, Any]) -> dict[str, Any]:
             own = entry.member_id == member_id and entry.available_after is not None
             code, name = names.get(entry.partner_id, (None, None)) \
                 if entry.partner_id is not None else (None, None)
+            # a transfer received: the sender's number and Idempotency-Key are its own
+            received = entry.kind == "transfer" and entry.member_id not in ids
             items.append({
                 "id": entry.id,
                 "type": entry.kind,
@@ -207,8 +211,8 @@ def transactions(member_id: int, args: dict[str, Any]) -> dict[str, Any]:
                 "booked_at": entry.booked_at,
                 "occurred_at": entry.occurred_at,
                 "reference": entry.reference_id,
-                "partner_txn_id": entry.partner_txn_id,
-                "note": entry.note,
+                "partner_txn_id": None if received else entry.partner_txn_id,
+                "note": f"from {sender_label(session, entry)}" if received else entry.note,
                 "balance": {"available": entry.available_after,
                             "pending": entry.pending_after,
                             "held": entry.held_after} if own else None,

@@ -7,10 +7,14 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from coalition.ledger import members
 from coalition.member import account, signin
 from coalition.member.schemas import (
     ActivatedSchema,
     ActivationSchema,
+    ConsentListSchema,
+    ConsentRequestSchema,
+    ConsentSchema,
     MeSchema,
     MeTransactionPageSchema,
     MeTransactionQueryArgsSchema,
@@ -47,6 +51,30 @@ class MeTransactions(MethodView):
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """Every entry of the member across all partners, newest first."""
         return account.transactions(member_id(), args)
+
+
+@blp.route("/me/consents")
+class MeConsents(MethodView):
+    @protected("member", kinds=MEMBER_KINDS)
+    @blp.response(200, ConsentListSchema)
+    def get(self) -> dict[str, Any]:
+        """Every partner, and whether you share your personal data with it."""
+        return {"items": members.consents(member_id())}
+
+
+@blp.route("/me/consents/<partner>")
+class MeConsent(MethodView):
+    @protected("member", kinds=MEMBER_KINDS)
+    @blp.arguments(ConsentRequestSchema)
+    @blp.response(200, ConsentSchema)
+    @blp.alt_response(404, description="not_found: no such partner")
+    @blp.alt_response(409, description="member_closed: the account is closed or merged")
+    def put(self, data: dict[str, Any], partner: str) -> dict[str, Any]:
+        """Share your name, e-mail and birth date with a partner, or stop sharing them.
+
+        Without your consent a partner sees only the personal data it supplied itself
+        (none when it linked your existing member number)."""
+        return members.set_consent(member_id(), partner, data["share"])
 
 
 @blp.route("/members/activate")

@@ -26,16 +26,26 @@ from flask import (
     Blueprint,
     abort,
     flash,
+    make_response,
     redirect,
     render_template,
     request,
     session,
     url_for,
 )
+from marshmallow import Schema, ValidationError
 
 from coalition.errors import CoalitionError
-from coalition.ledger import member_ops, numbers
+from coalition.ledger import member_ops, members
 from coalition.member import account, signin
+from coalition.member.forms import (
+    ActivationForm,
+    CloseForm,
+    ConsentForm,
+    DonationForm,
+    TransferForm,
+    field_errors,
+)
 from coalition.oauth.server import principal_for
 from coalition.pages import check_csrf, keep_tokens, oauth_call, page_client_id, protect_pages
 from coalition.program.service import program_terms
@@ -167,6 +177,10 @@ def home() -> Any:
     member_id = _signed_in_member()
     if member_id is None:
         return render_template("member/welcome.html")
+    return _account_page(member_id)
+
+
+def _account_page(member_id: int, status: int = 200) -> Any:
     me = account.summary(member_id)
     history = account.transactions(member_id, {"limit": HISTORY_PAGE,
                                                "cursor": request.args.get("cursor")})
@@ -174,8 +188,9 @@ def home() -> Any:
     charities = [p for p in terms["partners"] if p["kind"] == "charity"]
     return render_template(
         "member/account.html", me=me, history=history, labels=ENTRY_LABELS, terms=terms,
-        charities=charities, request_key=secrets.token_urlsafe(18),
-        older=request.args.get("cursor") is not None)
+        charities=charities, consents=members.consents(member_id),
+        request_key=secrets.token_urlsafe(18),
+        older=request.args.get("cursor") is not None), status
 
 
 @bp.get("/terms")
@@ -188,22 +203,15 @@ def activate() -> Any:
     if request.method == "GET":
         return render_template("member/activate.html", form={}, errors={})
     check_csrf()
-    form = {"member_number": "".join(request.form.get("member_number", "").split()),
-            "activation_code": request.form.get("activation_code", "").strip()}
-    password = request.form.get("password", "")
-    errors: dict[str, str] = {}
-    if not form["member_number"]:
-        errors["member_number"] = "Enter your member number."
-    if not form["activation_code"]:
-        errors["activation_code"] = "Enter the activation code you were given."
-    if len(password) < signin.PASSWORD_MIN:
-        errors["password"] = f"Choose a password of at least {signin.PASSWORD_MIN} characters."
-    elif password != request.form.get("password_again", ""):
-        errors["password_again"] = "The two passwords differ."
-    if errors:
-        return render_template("member/activate.html", form=form, errors=errors), 422
+    form = {"member_number": request.form.get("member_number", ""),
+            "activation_code": request.form.get("activation_code", "")}
     try:
-        signin.activate(form["member_number"], form["activation_code"], password)
+        data = ActivationForm().load(request.form.to_dict())
+    except ValidationError as refused:
+        return render_template("member/activate.html", form=form,
+                               errors=field_errors(refused)), 422
+    try:
+        signin.activate(data["member_number"], data["activation_code"], data["password"])
     except signin.SignInLocked as locked:
         return render_template("member/activate.html", form=form, errors={},
                                problem=locked.message), 429, locked.headers
@@ -218,37 +226,32 @@ def activate() -> Any:
 # --------------------------------------------------------------------------- actions
 
 
-def _request_key() -> str | None:
-    """The form's one-time key: submitting the same form twice books one transfer."""
-    key = request.form.get("idempotency_key", "")
-    return key if 0 < len(key) <= 50 and key.isascii() and key.isprintable() \
-        and " " not in key else None
-
-
-def _points_field(name: str = "points") -> int | None:
-    text = request.form.get(name, "").strip().replace(",", "")
-    return int(text) if text.isdigit() and 0 < int(text) <= 2**53 - 1 else None
+def _form(schema: Schema, member_id: int) -> dict[str, Any]:
+    """The posted form as its schema parses it; if a field is refused, the answer is 422:
+    the account page with each refused field's message, and nothing is done."""
+    try:
+        return schema.load(request.form.to_dict())
+    except ValidationError as refused:
+        for message in field_errors(refused).values():
+            flash(message, "error")
+        abort(make_response(_account_page(member_id, 422)))
 
 
 @bp.post("/transfer")
 def transfer() -> Any:
     member_id = _require_member()
     check_csrf()
-    to = "".join(request.form.get("to_member_number", "").split())
-    points = _points_field()
-    if not to or points is None:
-        flash("Enter the member number to send to and a whole number of points.", "error")
-    elif not numbers.is_valid(to):
-        flash(f"{to} is not a valid member number (check the digits).", "error")
+    form = _form(TransferForm(), member_id)
+    to, points = form["to_member_number"], form["points"]
+    try:
+        outcome = member_ops.transfer(member_id, to, points, share_name=form["share_name"],
+                                      request_id=form["idempotency_key"])
+    except CoalitionError as refused:
+        flash(f"The transfer was not made: {refused.message}", "error")
     else:
-        try:
-            outcome = member_ops.transfer(member_id, to, points, request_id=_request_key())
-        except CoalitionError as refused:
-            flash(f"The transfer was not made: {refused.message}", "error")
-        else:
-            flash(f"You sent {points:,} points to member {to}."
-                  + (" (This form was already sent; it was done once.)"
-                     if outcome.replayed else ""), "success")
+        flash(f"You sent {points:,} points to member {to}."
+              + (" (This form was already sent; it was done once.)"
+                 if outcome.replayed else ""), "success")
     return redirect(url_for(".home"))
 
 
@@ -256,19 +259,34 @@ def transfer() -> Any:
 def donate() -> Any:
     member_id = _require_member()
     check_csrf()
-    partner = request.form.get("partner", "")
-    points = _points_field()
-    if not partner or points is None:
-        flash("Choose a charity and a whole number of points.", "error")
+    form = _form(DonationForm(), member_id)
+    try:
+        outcome = member_ops.donate(member_id, form["partner"], form["points"],
+                                    request_id=form["idempotency_key"])
+    except CoalitionError as refused:
+        flash(f"The donation was not made: {refused.message}", "error")
     else:
-        try:
-            outcome = member_ops.donate(member_id, partner, points, request_id=_request_key())
-        except CoalitionError as refused:
-            flash(f"The donation was not made: {refused.message}", "error")
-        else:
-            flash(f"You donated {points:,} points. Thank you."
-                  + (" (This form was already sent; it was done once.)"
-                     if outcome.replayed else ""), "success")
+        flash(f"You donated {form['points']:,} points. Thank you."
+              + (" (This form was already sent; it was done once.)"
+                 if outcome.replayed else ""), "success")
+    return redirect(url_for(".home"))
+
+
+@bp.post("/consents")
+def consent() -> Any:
+    """Share the member's personal data with a partner, or stop sharing it."""
+    member_id = _require_member()
+    check_csrf()
+    form = _form(ConsentForm(), member_id)
+    try:
+        done = members.set_consent(member_id, form["partner"], form["share"])
+    except CoalitionError as refused:
+        flash(f"Your choice was not saved: {refused.message}", "error")
+    else:
+        flash(f"{done['partner_name']} now sees your name, e-mail and birth date."
+              if done["share"] else
+              f"{done['partner_name']} no longer sees your personal details, only what it "
+              f"recorded itself.", "success")
     return redirect(url_for(".home"))
 
 
@@ -276,9 +294,7 @@ def donate() -> Any:
 def close() -> Any:
     member_id = _require_member()
     check_csrf()
-    if request.form.get("confirm") != "yes":
-        flash("Tick the box to confirm that your points will be forfeited.", "error")
-        return redirect(url_for(".home"))
+    _form(CloseForm(), member_id)
     try:
         member_ops.close(member_id)
     except CoalitionError as refused:

@@ -9,6 +9,7 @@ from coalition.schemas import (
     CursorQueryArgsSchema,
     DecimalString,
     MemberNumber,
+    StrictBoolean,
     StrictSchema,
     UTCTimestamp,
 )
@@ -21,6 +22,23 @@ class ActivationSchema(StrictSchema):
     password = fields.String(required=True, load_only=True,
                              validate=validate.Length(min=10, max=1024),
                              metadata={"description": "at least 10 characters"})
+
+
+class ConsentRequestSchema(StrictSchema):
+    share = StrictBoolean(required=True, metadata={
+        "description": "true: the partner sees your name, e-mail and birth date; false: it "
+                       "sees only what it supplied itself"})
+
+
+class ConsentSchema(Schema):
+    partner = fields.String()
+    partner_name = fields.String()
+    share = fields.Boolean()
+    granted_at = UTCTimestamp(allow_none=True)
+
+
+class ConsentListSchema(Schema):
+    items = fields.List(fields.Nested(ConsentSchema))
 
 
 class ActivatedSchema(Schema):
@@ -97,6 +115,9 @@ class MeSchema(Schema):
     pending = fields.Integer(metadata={"description": "earned, not yet spendable"})
     held = fields.Integer(metadata={"description": "reserved by open holds"})
     pending_releases = fields.List(fields.Nested(MePendingReleaseSchema))
+    awaiting_first_spend = fields.Integer(metadata={
+        "description": "pending welcome bonus points, spendable from your first earn on a "
+                       "purchase at any partner"})
     holds = fields.List(fields.Nested(MeHoldSchema))
     expiring = fields.Nested(MeExpiringSchema)
     by_partner = fields.List(fields.Nested(MePartnerPointsSchema),
@@ -123,8 +144,14 @@ class MeTransactionSchema(Schema):
     booked_at = UTCTimestamp()
     occurred_at = UTCTimestamp()
     reference = fields.Integer(allow_none=True)
-    partner_txn_id = fields.String(allow_none=True)
-    note = fields.String(allow_none=True)
+    partner_txn_id = fields.String(allow_none=True, metadata={
+        "description": "the partner's id for the transaction, or your own Idempotency-Key "
+                       "(after your member number) for your transfers and donations; none "
+                       "on a transfer you received"})
+    note = fields.String(allow_none=True, metadata={
+        "description": "a transfer you sent says to whom; one you received says from whom: "
+                       "the sender's first name if the sender chose to share it, otherwise "
+                       "\"from a member\""})
     balance = fields.Nested(MeBalanceChangeSchema, allow_none=True,
                             metadata={"description": "balances just after the entry"})
 

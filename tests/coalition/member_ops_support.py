@@ -78,3 +78,27 @@ def links_of(member: int) -> list[tuple[int, str]]:
         return sorted(tuple(r) for r in uow.session.execute(
             select(MemberLink.partner_id, MemberLink.partner_member_ref)
             .where(MemberLink.member_id == member)))
+
+
+#: the personal columns of a member row
+PERSONAL = ("name", "email", "birth_date")
+
+
+def link_data() -> dict[str, tuple[Any, ...]]:
+    """What each partner supplied on each of its links, by reference, with the member."""
+    with UnitOfWork(readonly=True) as uow:
+        return {r.partner_member_ref: (r.member_number, r.name, r.email,
+                                       r.birth_date and str(r.birth_date))
+                for r in uow.session.execute(
+                    select(MemberLink.partner_member_ref, Member.member_number,
+                           MemberLink.name, MemberLink.email, MemberLink.birth_date)
+                    .join(Member, Member.id == MemberLink.member_id))}
+
+
+def personal_data() -> dict[str, tuple[Any, ...]]:
+    """Every member row's personal data and sign-in secrets, by member number."""
+    with UnitOfWork(readonly=True) as uow:
+        return {r.member_number: (r.name, r.email, r.birth_date and str(r.birth_date),
+                                  r.password_hash is not None,
+                                  r.activation_code_hash is not None)
+                for r in uow.session.scalars(select(Member))}

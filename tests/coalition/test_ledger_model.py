@@ -1,7 +1,9 @@
 """The ledger against an in-memory model, driven through the partner HTTP API.
 
 A Hypothesis state machine plays two partners (``alpha`` earns in GBP, ``beta`` in EUR, at
-rates drawn per example) against a few members: enrol and link, earn (points, or a spend at
+rates drawn per example) against a few members: enrol (with a coalition-funded welcome
+bonus, pending until the member's first earn from a spend, in some examples) and link,
+earn (points, or a spend at
 the partner's earn rate × the member's tier multiplier), burn, hold, capture (full or
 part), void, reverse (earns by points or by refund pro rata, burns and captures, in parts
 or whole), retries of earlier requests (same body: the original answer, replayed; another
@@ -47,9 +49,9 @@ from hypothesis.stateful import (
 from sqlalchemy import select
 
 from coalition.db import db
-from coalition.ledger import jobs, members, service
+from coalition.ledger import jobs, member_ops, members, service
 from coalition.ledger.check import check_ledger
-from coalition.ledger.models import Hold, Lot, LotMovement, Member, Posting, Wallet
+from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Posting, Wallet
 from tests.conftest import bearer, empty_all_tables, fetch_token
 
 EXAMPLES = int(os.environ.get("COALITION_HYPOTHESIS_EXAMPLES", "15"))
@@ -297,10 +299,11 @@ class LedgerMachine(RuleBasedStateMachine):
         after_spend=st.sampled_from(["take_from_other_lots", "refuse"]),
         hold_max=st.sampled_from([7 * 86400, 7 * 86400, 7 * 86400, 3600]),
         seed=st.tuples(st.integers(1, 800), st.integers(1, 800)),
+        welcome=st.sampled_from([0, 0, 25]),
     )
     def set_up(self, rate_a: str, rate_b: str, tiers: list[dict[str, Any]],
                expiry: tuple[str, int | None], pending_days: int, after_spend: str,
-               hold_max: int, seed: tuple[int, int]) -> None:
+               hold_max: int, seed: tuple[int, int], welcome: int = 0) -> None:
         from coalition.oauth.clients import create_operator_client
 
         for key, code, currency, rate in (("a", "alpha", "GBP", rate_a),
@@ -311,6 +314,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.operator = bearer(fetch_token(self.client, operator.client_id,
                                            operator.client_secret))
         self.rules = {"tiers": tiers, "pending_days": 0,
+                      "bonuses": {"welcome": welcome, "birthday": 0},
                       "expiry": {"policy": "none", "months": None},
                       "earn_reversal_after_spend": "take_from_other_lots",
                       "holds": {"default_seconds": 900, "max_seconds": 7 * 86400}}
@@ -481,10 +485,28 @@ class LedgerMachine(RuleBasedStateMachine):
             member = MMember(answer["member_number"], self.rules["tiers"][0]["code"])
             self.members.append(member)
             self.refs[(p, reference)] = member
+            self.welcome(member)
         assert answer["tier"] == member.tier, answer
         # (a member linked under several of the partner's references shows one of them)
         assert answer["partner_member_ref"] in self.refs_of(p, member), answer
         assert answer["balance"] == self.balance(member), answer
+
+    def welcome(self, member: MMember) -> None:
+        """The welcome bonus of a new member: a coalition lot, pending with no date."""
+        points = self.rules["bonuses"]["welcome"]
+        if not points:
+            return
+        with db.engine.connect() as conn:
+            entry_id = conn.execute(
+                select(Entry.id).join(Member, Member.id == Entry.member_id)
+                .where(Member.member_number == member.number, Entry.kind == "bonus")
+            ).scalar_one()
+        expiry = self.rules["expiry"]
+        member.lots.append(MLot(
+            entry_id, member, None, points, points, "pending",  # type: ignore[arg-type]
+            add_months(self.clock.now, expiry["months"]) if expiry["policy"] == "fixed"
+            else None, None))
+        member.pending += points
 
     def link(self, p: str, m: int, ref: int) -> None:
         member, reference = self.member(m), f"r{ref}"
@@ -515,6 +537,12 @@ class LedgerMachine(RuleBasedStateMachine):
         expiry = self.rules["expiry"]
 
         def apply(answer: dict[str, Any]) -> dict[str, Any]:
+            if spend is not None:  # the first earn from a spend releases the welcome bonus
+                for waiting in member.lots:
+                    if waiting.state == "pending" and waiting.pending_until is None:
+                        waiting.state = "live"
+                        member.pending -= waiting.remaining
+                        member.available += waiting.remaining
             pending_until = now + timedelta(days=pending_days) if pending_days else None
             lot = MLot(answer["id"], member, p, points, points,
                        "pending" if pending_until else "live",
@@ -906,7 +934,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 expected["holds_voided"] += 1
                 expected["points_unheld"] += hold.points
             for lot in member.lots:
-                if lot.state == "pending" and lot.pending_until <= as_of:  # type: ignore[operator]
+                if (lot.state == "pending" and lot.pending_until is not None
+                        and lot.pending_until <= as_of):
                     lot.state = "live"
                     member.pending -= lot.remaining
                     member.available += lot.remaining
@@ -1046,7 +1075,7 @@ def machine(app: Flask, client: FlaskClient, make_partner: Any,
             monkeypatch: pytest.MonkeyPatch) -> type[LedgerMachine]:
     """The state machine bound to this test's app, with the service clock its own."""
     clock = Clock()
-    for module in (service, jobs, members):
+    for module in (service, jobs, members, member_ops):
         monkeypatch.setattr(module, "utcnow", clock)
 
     class Machine(LedgerMachine):

@@ -32,8 +32,8 @@ RULES = {
 }
 
 ME_KEYS = {"member_number", "status", "name", "email", "member_since", "available",
-           "pending", "held", "pending_releases", "holds", "expiring", "by_partner", "tier",
-           "as_of"}
+           "pending", "held", "pending_releases", "awaiting_first_spend", "holds",
+           "expiring", "by_partner", "tier", "as_of"}
 
 
 def publish(client, operator_headers, **changes):
@@ -71,7 +71,7 @@ def test_one_balance_across_partners(client, operator_headers, partners):
     publish(client, operator_headers)
     member = active_member(client, northwind, name="Ada", email="ada@example.com")
     number = member.member_number
-    n = earn(client, northwind, number, "n1", 300)
+    n = earn(client, northwind, number, "n1", spend={"amount": "300", "currency": "GBP"})
     s = earn(client, skyline, number, "s1", 200)
     now = utcnow()
     with read() as session:
@@ -94,6 +94,7 @@ def test_one_balance_across_partners(client, operator_headers, partners):
 
     [release] = me["pending_releases"]
     assert release["points"] == 40
+    assert me["awaiting_first_spend"] == 0  # released by the earn from a spend
     assert timedelta(days=6, hours=23) < ts(release["releases_at"]) - now <= timedelta(days=7,
                                                                                       minutes=1)
     [held] = me["holds"]
@@ -191,19 +192,21 @@ def test_history_across_partners_newest_first(client, operator_headers, partners
     member = active_member(client, northwind)
     friend = active_member(client, skyline, ref="friend")
     number = member.member_number
-    earn(client, northwind, number, "n1", 300)
+    earn(client, northwind, number, "n1", spend={"amount": "300", "currency": "GBP"})
     earn(client, skyline, number, "s1", 200)
     response = client.post("/v1/burn", json={"member_number": number, "partner_txn_id": "b1",
                                              "points": 120}, headers=skyline)
     assert response.status_code == 201
+    earn(client, skyline, friend.member_number, "f1", 25)
     member_ops.transfer(member_id_of(friend.member_number), number, 25)
     headers = bearer_of(member_token(client, member))
 
     page = client.get("/v1/me/transactions", headers=headers).get_json()
     items = page["items"]
-    assert [i["type"] for i in items] == ["transfer", "burn", "earn", "earn", "bonus"]
+    assert [i["type"] for i in items] == ["transfer", "burn", "earn", "earn", "release",
+                                         "bonus"]
     assert [i["id"] for i in items] == sorted((i["id"] for i in items), reverse=True)
-    transfer, burn, second, first, bonus = items
+    transfer, burn, second, first, release, bonus = items
     assert (burn["partner"], burn["partner_name"], burn["points"]) == \
         ("skyline", "Skyline Fuel", 120)
     assert burn["change"] == {"available": -120, "pending": 0, "held": 0}
@@ -211,7 +214,9 @@ def test_history_across_partners_newest_first(client, operator_headers, partners
     assert (second["partner_name"], first["partner_name"]) == ("Skyline Fuel",
                                                                "Northwind Grocers")
     assert first["change"]["available"] == 300 and first["partner_txn_id"] == "n1"
-    assert bonus["partner"] is None and bonus["change"]["available"] == 50
+    # the welcome bonus is pending until the first earn from a spend releases it
+    assert bonus["partner"] is None and bonus["change"]["pending"] == 50
+    assert release["change"] == {"available": 50, "pending": -50, "held": 0}
     # a transfer received is in the receiver's history, with what it did to the balance
     assert transfer["change"] == {"available": 25, "pending": 0, "held": 0}
     assert transfer["balance"] is None      # the entry's balances are the sender's
@@ -260,7 +265,8 @@ def test_one_member_never_sees_another(client, operator_headers, partners):
     bob = active_member(client, northwind, ref="bob")
     earn(client, northwind, bob.member_number, "b1", 999)
     me = client.get("/v1/me", headers=bearer_of(member_token(client, ada))).get_json()
-    assert me["member_number"] == ada.member_number and me["available"] == 50
+    assert me["member_number"] == ada.member_number
+    assert (me["available"], me["pending"], me["awaiting_first_spend"]) == (0, 50, 50)
     history = client.get("/v1/me/transactions",
                          headers=bearer_of(member_token(client, ada))).get_json()
     assert [i["type"] for i in history["items"]] == ["bonus"]

@@ -24,11 +24,13 @@ from tests.coalition.ledger_helpers import PRICED_FROM, book_earn
 from tests.coalition.member_ops_support import (
     assert_clean,
     entries_of,
+    link_data,
     links_of,
     lots_of,
     member_id,
     member_row,
     member_token,
+    personal_data,
     postings_of,
 )
 from tests.conftest import snapshot
@@ -131,6 +133,46 @@ def test_transfer_moves_points_and_mirrors_the_lots_with_origin_and_expiry(
     for lot in received:
         assert abs(lot["earned_at"] - entry.booked_at) < timedelta(seconds=1)
     assert first  # the earn entry stays alice's
+    assert_clean()
+
+
+def test_a_received_transfer_shows_neither_the_senders_number_nor_its_key(
+        app, client, rules, acme):
+    _, acme_h = acme
+    alice = enrol(client, acme_h, "alice", name="Alice Smith")
+    bob = enrol(client, acme_h, "bob", name="Bob")
+    earn(client, acme_h, alice, "e1", 100)
+    alice_h, bob_h = member_token(alice), member_token(bob)
+    assert transfer(client, alice_h, bob, 10, key="alice-secret-1").status_code == 201
+    named = client.post("/v1/me/transfers", json={"to_member_number": bob, "points": 20,
+                                                  "share_name": True},
+                        headers={**alice_h, "Idempotency-Key": "alice-secret-2"})
+    assert named.status_code == 201, named.get_json()
+
+    def history(headers):
+        response = client.get("/v1/me/transactions", headers=headers)
+        assert response.status_code == 200
+        return response
+
+    received = history(bob_h)
+    assert alice not in received.get_data(as_text=True)
+    assert "alice-secret" not in received.get_data(as_text=True)
+    transfers = [t for t in received.get_json()["items"] if t["type"] == "transfer"]
+    assert [(t["points"], t["partner_txn_id"], t["note"], t["change"]["available"])
+            for t in transfers] == [(20, None, "from Alice", 20), (10, None, "from a member", 10)]
+    # the sender still sees its own keys and whom it sent to
+    sent = [t for t in history(alice_h).get_json()["items"] if t["type"] == "transfer"]
+    assert [(t["partner_txn_id"], t["note"]) for t in sent] == [
+        (f"{alice} alice-secret-2", f"to {bob}"), (f"{alice} alice-secret-1", f"to {bob}")]
+    # a retry of the named transfer with share_name left out is another request
+    before = snapshot(app)
+    assert_error(transfer(client, alice_h, bob, 20, key="alice-secret-2"), 409,
+                 "idempotency_conflict")
+    assert snapshot(app) == before
+    # once the sender's account is closed its name is gone from the receiver's view too
+    member_ops.close(member_id(alice))
+    transfers = [t for t in history(bob_h).get_json()["items"] if t["type"] == "transfer"]
+    assert [t["note"] for t in transfers] == ["from a member", "from a member"]
     assert_clean()
 
 
@@ -354,15 +396,16 @@ def test_welcome_bonus_on_enrolment(app, client, operator_headers, acme):
                            headers=acme_h)
     assert response.status_code == 201
     body = response.get_json()
-    assert body["balance"] == {"available": 50, "pending": 0, "held": 0}
+    # pending until the member's first earn from a spend
+    assert body["balance"] == {"available": 0, "pending": 50, "held": 0}
     a = member_id(body["member_number"])
     (entry,) = entries_of(a, "bonus")
     assert (entry.note, entry.points, entry.partner_id) == ("welcome", 50, None)
     assert postings_of(entry.id) == sorted([("coalition:funded", None, None, -50),
-                                           ("member:available", a, None, 50)])
+                                           ("member:pending", a, None, 50)])
     (lot,) = lots_of(a)
     assert (lot["source"], lot["origin_partner_id"], lot["points"], lot["state"]) == \
-        ("bonus", None, 50, "live")
+        ("bonus", None, 50, "pending")
     assert lot["expires_at"] == add_months(entry.booked_at, 12)
     # finding or linking the member again is no new enrolment: no second bonus
     enrol(client, acme_h, "alice")
@@ -375,6 +418,77 @@ def test_welcome_bonus_on_enrolment(app, client, operator_headers, acme):
     bob = enrol(client, acme_h, "bob")
     assert entries_of(member_id(bob), "bonus") == []
     assert wallet(bob) == (0, 0, 0)
+    assert_clean()
+
+
+def test_a_partner_cannot_burn_a_welcome_bonus_it_merely_enrolled(
+        app, client, operator_headers, acme, bravo):
+    publish(client, operator_headers, bonuses={"welcome": 50, "birthday": 0})
+    (_, acme_h), (_, bravo_h) = acme, bravo
+    alice = enrol(client, acme_h, "alice")
+    a = member_id(alice)
+    assert wallet(alice) == (0, 50, 0)
+
+    def burn(points: int, txn: str):
+        return client.post("/v1/burn", json={"member_number": alice, "partner_txn_id": txn,
+                                             "points": points}, headers=acme_h)
+
+    before = snapshot(app)
+    assert_error(burn(50, "farm1"), 409, "insufficient_points")
+    assert_error(client.post("/v1/holds", json={"member_number": alice,
+                                                "partner_txn_id": "farm2", "points": 50},
+                             headers=acme_h), 409, "insufficient_points")
+    assert snapshot(app) == before
+    # an earn of points without a spend does not release it either
+    earn(client, acme_h, alice, "p1", 10)
+    assert wallet(alice) == (10, 50, 0)
+    assert_error(burn(11, "farm3"), 409, "insufficient_points")
+    assert entries_of(a, "release") == []
+    # the first earn from a spend (at any partner) makes it spendable, in the same booking
+    answer = earn(client, bravo_h, alice, "s1", spend={"amount": "20.00", "currency": "GBP"})
+    assert answer["balance"] == {"available": 80, "pending": 0, "held": 0}
+    (release,) = entries_of(a, "release")
+    assert postings_of(release.id) == sorted([("member:pending", a, None, -50),
+                                             ("member:available", a, None, 50)])
+    assert [(lot["source"], lot["state"], lot["remaining"]) for lot in lots_of(a)] == [
+        ("bonus", "live", 50), ("earn", "live", 10), ("earn", "live", 20)]
+    # a second one releases nothing more; a replay of the first books nothing
+    earn(client, bravo_h, alice, "s2", spend={"amount": "5.00", "currency": "GBP"})
+    replay = client.post("/v1/earn", json={"member_number": alice, "partner_txn_id": "s1",
+                                           "spend": {"amount": "20.00", "currency": "GBP"}},
+                         headers=bravo_h)
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert len(entries_of(a, "release")) == 1 and wallet(alice) == (85, 0, 0)
+    assert burn(85, "b1").status_code == 201
+    assert_clean()
+
+
+@pytest.mark.postgres
+def test_concurrent_first_spends_release_the_welcome_bonus_once(
+        app, client, operator_headers, acme, bravo):
+    publish(client, operator_headers, bonuses={"welcome": 50, "birthday": 0})
+    (_, acme_h), (_, bravo_h) = acme, bravo
+    alice = enrol(client, acme_h, "alice")
+    statuses: list[int] = []
+    barrier = threading.Barrier(6)
+
+    def run(n: int) -> None:
+        with app.app_context(), app.test_client() as own:
+            barrier.wait()
+            answer = own.post("/v1/earn", json={
+                "member_number": alice, "partner_txn_id": f"s{n}",
+                "spend": {"amount": "10.00", "currency": "GBP"}},
+                headers=acme_h if n % 2 else bravo_h)
+            statuses.append(answer.status_code)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [201] * 6
+    assert len(entries_of(member_id(alice), "release")) == 1
+    assert wallet(alice) == (110, 0, 0)
     assert_clean()
 
 
@@ -471,6 +585,57 @@ def test_merge_moves_balances_lots_links_and_history(app, client, operator_heade
     assert again.get_json()["already_merged"] is True
     assert again.get_json()["moved"]["available"] == 0
     assert snapshot(app) == before
+
+
+def test_merge_moves_personal_data_and_erases_it_from_the_absorbed_row(
+        app, client, rules, acme, bravo):
+    (_, acme_h), (_, bravo_h) = acme, bravo
+    x = enrol(client, acme_h, "x", name="Ann Smith", email="ann@example.com",
+              birth_date="1990-05-01")
+    s = enrol(client, bravo_h, "s", email="ann.s@example.org")
+    other = enrol(client, acme_h, "o", name="Olga", email="olga@example.com",
+                  birth_date="1980-01-02")
+    before = personal_data()
+    member_ops.merge(x, s, operator="test")
+    after = personal_data()
+    # the links move with what each partner supplied on them
+    assert link_data() == {
+        "x": (s, "Ann Smith", "ann@example.com", "1990-05-01"),
+        "s": (s, None, "ann.s@example.org", None),
+        "o": (other, "Olga", "olga@example.com", "1980-01-02")}
+    # the survivor keeps its own e-mail and gains the name and birth date it lacked
+    assert after[s] == ("Ann Smith", "ann.s@example.org", "1990-05-01", False, True)
+    # the absorbed row keeps none of it (its sign-in code stays: merged, it is refused)
+    assert after[x] == (None, None, None, False, True)
+    # no other row changed
+    assert {n: v for n, v in after.items() if n not in (x, s)} == \
+        {n: v for n, v in before.items() if n not in (x, s)}
+    assert after[other] == ("Olga", "olga@example.com", "1980-01-02", False, True)
+    assert_clean()
+
+
+def test_close_erases_personal_data_on_every_row_of_the_member(app, client, rules, acme):
+    _, acme_h = acme
+    y = enrol(client, acme_h, "y", name="Yan", email="yan@example.com",
+              birth_date="1970-07-07")
+    x = enrol(client, acme_h, "x", name="Xia", email="xia@example.com")
+    s = enrol(client, acme_h, "s", name="Sam")
+    other = enrol(client, acme_h, "o", name="Olga", email="olga@example.com")
+    member_ops.merge(y, x, operator="test")
+    member_ops.merge(x, s, operator="test")
+    # a row merged before merges erased personal data still holds it
+    with UnitOfWork() as uow:
+        uow.session.execute(text("UPDATE member SET name = 'Yan', email = 'yan@example.com' "
+                                 "WHERE member_number = :n"), {"n": y})
+        uow.commit()
+    before = personal_data()
+    member_ops.close(member_id(s))
+    after = personal_data()
+    assert link_data() == {"o": (other, "Olga", "olga@example.com", None)}
+    for number in (y, x, s):
+        assert after[number] == (None, None, None, False, False), number
+    assert after[other] == before[other] == ("Olga", "olga@example.com", None, False, True)
+    assert_clean()
 
 
 def test_merged_points_count_for_the_survivors_tier(app, client, operator_headers, acme):

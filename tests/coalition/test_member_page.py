@@ -55,7 +55,9 @@ def coalition(client, operator_headers, make_partner):
                           headers=operator_headers)
     assert response.status_code == 200, response.get_json()
     member = active_member(client, northwind, ref="ada", name="Ada Lovelace")
-    earn(client, northwind, member.member_number, "n1", 1200)
+    # an earn from a spend: it also makes the welcome bonus spendable
+    earn(client, northwind, member.member_number, "n1",
+         spend={"amount": "1200.00", "currency": "GBP"})
     friend = active_member(client, northwind, ref="bob")
     return {"member": member, "friend": friend, "northwind": northwind}
 
@@ -291,7 +293,9 @@ def test_activation_page(live_server, client, coalition):
     done = browser.post(page.url, data=base, timeout=10)
     assert done.status_code == 200 and "Your account is active." in done.text
     _, home = sign_in(live_server.url, newcomer.member_number, "a long password")
-    assert figure(home.text, "available") == "50"
+    # the welcome bonus waits for the first earn from a spend
+    assert (figure(home.text, "available"), figure(home.text, "pending")) == ("0", "50")
+    assert figure(home.text, "awaiting-first-spend") == "50"
 
 
 def test_terms_page_shows_no_cash_value_and_forfeiture(live_server, coalition):

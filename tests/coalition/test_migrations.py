@@ -81,3 +81,59 @@ def test_upgrade_downgrade_upgrade_round_trip(fresh_database_url):
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+def test_personal_data_migration_keeps_each_partners_copy_and_erases_merged_rows(
+        fresh_database_url):
+    """Before 0012 the member row held what the enrolling partner supplied, and every
+    linked partner saw it; after, the enrolling partner keeps it on its own link, other
+    partners see nothing of it, and merged or closed rows hold none."""
+    app = make_test_app(fresh_database_url)
+    try:
+        with app.app_context():
+            runner.upgrade("0008_audit")
+            now = "2026-01-01 00:00:00"
+            with db.engine.begin() as conn:
+                for pid, code in ((1, "acme"), (2, "bravo")):
+                    conn.execute(text(
+                        "INSERT INTO partner (id, code, name, kind, currency, status, "
+                        "created_at) VALUES (:id, :code, :code, 'merchant', 'GBP', 'active', "
+                        ":now)"), {"id": pid, "code": code, "now": now})
+                for mid, number, status, merged, name, by in (
+                        (1, "100000000008", "active", None, "Ada", 1),
+                        (2, "100000000016", "merged", 1, "Ann", 2),
+                        (3, "100000000024", "closed", None, "Cy", 1)):
+                    conn.execute(text(
+                        "INSERT INTO member (id, member_number, status, merged_into_id, tier, "
+                        "email, name, birth_date, enrolled_by, created_at, failed_sign_ins) "
+                        "VALUES (:id, :number, :status, :merged, 'blue', :email, :name, "
+                        "'1990-01-02', :by, :now, 0)"),
+                        {"id": mid, "number": number, "status": status, "merged": merged,
+                         "email": f"{name.lower()}@example.com", "name": name, "by": by,
+                         "now": now})
+                for lid, partner, ref, member in ((1, 1, "a-ada", 1), (2, 2, "b-ada", 1),
+                                                  (3, 2, "b-ann", 1)):
+                    conn.execute(text(
+                        "INSERT INTO member_link (id, partner_id, partner_member_ref, "
+                        "member_id, created_at) VALUES (:id, :p, :ref, :m, :now)"),
+                        {"id": lid, "p": partner, "ref": ref, "m": member, "now": now})
+            runner.upgrade("0012_personal_data")
+            with db.engine.connect() as conn:
+                links = conn.execute(text(
+                    "SELECT partner_member_ref, name, email, birth_date FROM member_link "
+                    "ORDER BY id")).all()
+                members = conn.execute(text(
+                    "SELECT member_number, name, email, birth_date FROM member "
+                    "ORDER BY id")).all()
+            assert [(r[0], r[1], r[2], str(r[3]) if r[3] else None) for r in links] == [
+                ("a-ada", "Ada", "ada@example.com", "1990-01-02"),  # acme enrolled Ada
+                ("b-ada", None, None, None), ("b-ann", None, None, None)]
+            assert [(r[0], r[1], r[2], str(r[3]) if r[3] else None) for r in members] == [
+                ("100000000008", "Ada", "ada@example.com", "1990-01-02"),
+                ("100000000016", None, None, None), ("100000000024", None, None, None)]
+            runner.downgrade("0008_audit")
+            runner.upgrade()
+            runner.check()
+    finally:
+        with app.app_context():
+            db.engine.dispose()

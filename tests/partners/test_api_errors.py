@@ -566,3 +566,17 @@ def test_an_earn_reversal_the_member_cannot_cover(client, make_partner):
     ok = post_ok(client, f"/v1/transactions/{earned['id']}/reversals", headers,
                  {"partner_txn_id": "r1", "points": 10})
     assert ok["balance"]["available"] == 0
+
+
+@pytest.mark.parametrize("text", ["e١", "e٥٠", "e²", "e 5"])
+def test_a_cursor_of_other_digits_is_refused(client, make_partner, operator_headers, text):
+    """``int()`` reads Arabic-Indic digits; a cursor is ASCII digits or nothing."""
+    _, headers = make_partner("acme")
+    cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    answer = client.get("/v1/transactions", query_string={"cursor": cursor}, headers=headers)
+    assert answer.status_code == 422 and answer.get_json()["errors"] == {
+        "cursor": ["Not a valid cursor."]}
+    audit = base64.urlsafe_b64encode(("a" + text[1:]).encode()).decode().rstrip("=")
+    answer = client.get("/v1/admin/audit", query_string={"cursor": audit},
+                        headers=operator_headers)
+    assert answer.status_code == 422, answer.get_json()

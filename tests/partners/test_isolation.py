@@ -9,6 +9,10 @@ from typing import Any
 
 import pytest
 
+from coalition.db import UnitOfWork
+from coalition.ledger import member_ops
+from coalition.ledger.models import MemberConsent, MemberLink
+from tests.coalition.member_ops_support import member_id, member_token
 from tests.conftest import snapshot
 from tests.partners.support import assert_error, burn, earn, enrol, hold, post_ok
 
@@ -177,3 +181,80 @@ def test_a_cursor_from_one_partner_does_not_reveal_the_others_entries(client, tw
                       headers=two.acme)
     assert seen.status_code == 200
     assert {t["partner"] for t in seen.get_json()["items"]} <= {"acme"}
+
+
+# --------------------------------------------------------------------------- personal data
+
+
+def _personal(client, headers, number: str) -> tuple[Any, Any, Any]:
+    body = client.get(f"/v1/members/{number}", headers=headers).get_json()
+    return body["name"], body["email"], body["birth_date"]
+
+
+def test_a_partner_sees_what_it_supplied_or_what_the_member_shares(client, make_partner):
+    _, acme = make_partner("acme")
+    _, bravo = make_partner("bravo")
+    _, carol = make_partner("carol")
+    member = enrol(client, bravo, "b-1", name="Ada Lovelace", email="ada@example.com",
+                   birth_date="1815-12-10")
+    # acme links the number and supplies a name of its own; carol links it with nothing
+    linked = post_ok(client, "/v1/members", acme, {
+        "partner_member_ref": "a-1", "member_number": member, "name": "A. Lovelace",
+        "email": "ada@acme.example"}, status=200)
+    assert (linked["name"], linked["email"], linked["birth_date"]) == \
+        ("A. Lovelace", "ada@acme.example", None)
+    post_ok(client, "/v1/members", carol, {"partner_member_ref": "c-1",
+                                           "member_number": member}, status=200)
+    assert _personal(client, bravo, member) == ("Ada Lovelace", "ada@example.com",
+                                                "1815-12-10")
+    assert _personal(client, acme, member) == ("A. Lovelace", "ada@acme.example", None)
+    assert _personal(client, carol, member) == (None, None, None)
+    # linking changed nothing of the member's own profile
+    me = member_token(member)
+    own = client.get("/v1/me", headers=me).get_json()
+    assert (own["name"], own["email"]) == ("Ada Lovelace", "ada@example.com")
+
+    # the member shares her details with carol, then withdraws
+    listed = client.get("/v1/me/consents", headers=me).get_json()["items"]
+    assert [(c["partner"], c["share"]) for c in listed] == [
+        ("acme", False), ("bravo", False), ("carol", False)]
+    given = client.put("/v1/me/consents/carol", json={"share": True}, headers=me)
+    assert given.status_code == 200, given.get_json()
+    assert (given.get_json()["partner"], given.get_json()["share"]) == ("carol", True)
+    assert _personal(client, carol, member) == ("Ada Lovelace", "ada@example.com",
+                                                "1815-12-10")
+    assert _personal(client, acme, member) == ("A. Lovelace", "ada@acme.example", None)
+    again = client.put("/v1/me/consents/carol", json={"share": True}, headers=me)
+    assert again.status_code == 200 and again.get_json()["share"] is True
+    # refusals change nothing
+    before = snapshot(client.application)
+    assert_error(client.put("/v1/me/consents/nosuch", json={"share": True}, headers=me),
+                 404, "not_found")
+    for body in ({"share": "yes"}, {"share": 1}, {}, {"share": True, "extra": 1}):
+        assert_error(client.put("/v1/me/consents/carol", json=body, headers=me),
+                     422, "invalid_request")
+    assert_error(client.put("/v1/me/consents/carol", json={"share": False}, headers=acme),
+                 403, "insufficient_scope")
+    assert snapshot(client.application) == before
+    withdrawn = client.put("/v1/me/consents/carol", json={"share": False}, headers=me)
+    assert withdrawn.status_code == 200 and withdrawn.get_json()["share"] is False
+    assert _personal(client, carol, member) == (None, None, None)
+
+
+def test_consents_follow_a_merge_and_end_with_a_closure(client, make_partner):
+    _, acme = make_partner("acme")
+    _, bravo = make_partner("bravo")
+    x = enrol(client, acme, "x", name="Ann", email="ann@example.com")
+    s = enrol(client, bravo, "s")
+    assert client.put("/v1/me/consents/bravo", json={"share": True},
+                      headers=member_token(x)).status_code == 200
+    member_ops.merge(x, s, operator="test")
+    # the survivor took Ann's data, and bravo, which she shared it with, sees it
+    assert _personal(client, bravo, s) == ("Ann", "ann@example.com", None)
+    assert _personal(client, acme, s) == ("Ann", "ann@example.com", None)  # acme's own
+    assert _personal(client, acme, x) == (None, None, None)
+    member_ops.close(member_id(s))
+    with UnitOfWork(readonly=True) as uow:
+        assert uow.session.query(MemberConsent).count() == 0
+        assert uow.session.query(MemberLink).count() == 0
+    assert _personal(client, bravo, s) == (None, None, None)

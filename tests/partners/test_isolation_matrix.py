@@ -327,3 +327,40 @@ def test_history_of_a_shared_member_shows_acme_only_its_own(client, seeded):
         items = page.get_json()["items"]
         assert {t["partner"] for t in items} <= {"acme"}
         assert not {t["id"] for t in items} & set(seeded.bravo.transaction_ids())
+
+
+def test_a_partner_linking_a_member_sees_no_personal_data_it_did_not_supply(client, seeded):
+    """Personal data is the member's: acme linked bravo's member Ada by her number and
+    supplied nothing, so no answer acme gets that shows her carries her name, e-mail or
+    birth date (bravo, which supplied them, sees them)."""
+    headers = acme_token(client, PARTNER_SCOPES)
+    before = snapshot(client.application)
+    shared = seeded.shared
+    answers = {
+        "get": client.get(f"/v1/members/{shared}", headers=headers),
+        "by reference": client.get("/v1/members",
+                                   query_string={"partner_member_ref": "a-shared"},
+                                   headers=headers),
+        "link again": client.post("/v1/members", json={"partner_member_ref": "a-shared",
+                                                       "member_number": shared},
+                                  headers=headers),
+        "find by reference": client.post("/v1/members",
+                                         json={"partner_member_ref": "a-shared"},
+                                         headers=headers),
+        "balance": client.get(f"/v1/members/{shared}/balance", headers=headers),
+        "history": client.get("/v1/transactions",
+                              query_string={"member_number": shared, "limit": 500},
+                              headers=headers),
+    }
+    for what, answer in answers.items():
+        assert answer.status_code == 200, (what, answer.get_json())
+        text = answer.get_data(as_text=True)
+        assert "Ada" not in text and "ada@example.com" not in text, what
+        body = answer.get_json()
+        if "partner_member_ref" in body:
+            assert (body["member_number"], body["partner_member_ref"]) == (shared, "a-shared")
+            assert (body["name"], body["email"], body["birth_date"]) == (None, None, None), \
+                what
+    assert snapshot(client.application) == before
+    theirs = client.get(f"/v1/members/{shared}", headers=seeded.bravo.headers).get_json()
+    assert (theirs["name"], theirs["email"]) == ("Ada", "ada@example.com")
