@@ -12,7 +12,7 @@ from authlib.common.security import generate_token
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskJsonRequest
 from authlib.oauth2 import OAuth2Error, ResourceProtector
-from authlib.oauth2.rfc6749 import InvalidScopeError, TokenMixin, grants
+from authlib.oauth2.rfc6749 import InvalidClientError, InvalidScopeError, TokenMixin, grants
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
@@ -45,6 +45,16 @@ class AuthorizationServer(_AuthorizationServer):
         # credentials)
         generator.refresh_token_generator = lambda **_: generate_token(48)
         return generator
+
+    def authenticate_client(self, request: Any, methods: list[str],
+                            endpoint: str = "token") -> OAuthClient:
+        try:
+            return super().authenticate_client(request, methods, endpoint)
+        except UnicodeDecodeError:
+            # Authlib decodes Basic credentials as UTF-8 and lets the error through
+            raise InvalidClientError(
+                status_code=401, description="The client credentials are not valid UTF-8."
+            ) from None
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         with read() as session:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from decimal import Decimal
 
@@ -306,6 +307,24 @@ def test_introspection_needs_client_authentication(client, operator):
     response = client.post("/oauth/introspect", data={"token": token})
     assert response.status_code == 401
     assert response.get_json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/revoke", "/oauth/introspect"])
+@pytest.mark.parametrize("raw", [b"\xff\xfe:\xff", b"op_x:\xe9t\xe9", b"\xc3:secret"])
+def test_basic_credentials_that_are_not_utf8_are_an_invalid_client(app, client, operator,
+                                                                   path, raw):
+    token = fetch_token(client, operator["client_id"], operator["client_secret"])
+    before = snapshot(app)
+    response = client.post(path, data={"grant_type": "client_credentials", "token": token},
+                           headers={"Authorization": "Basic "
+                                    + base64.b64encode(raw).decode()})
+    assert response.status_code == 401, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == TOKEN_ERROR_KEYS
+    assert (body["code"], body["error"]) == (401, "invalid_client")
+    assert response.headers["WWW-Authenticate"].startswith("Basic ")
+    assert snapshot(app) == before
+    assert introspect(client, operator, token).get_json()["active"] is True
 
 
 # --------------------------------------------------------------------------- protected endpoints
