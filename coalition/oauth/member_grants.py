@@ -152,6 +152,7 @@ def _token_row(client: OAuthClient, owner: Owner, token: dict[str, Any]) -> OAut
         access_token_hash=digest(token["access_token"]),
         refresh_token_hash=digest(refresh) if refresh else None,
         scope=token.get("scope", ""), expires_in=int(token["expires_in"]),
+        client_generation=client.generation,
     )
 
 

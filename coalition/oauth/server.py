@@ -78,6 +78,7 @@ class AuthorizationServer(_AuthorizationServer):
                     refresh_token_hash=digest(refresh) if refresh else None,
                     scope=token.get("scope", ""),
                     expires_in=int(token["expires_in"]),
+                    client_generation=client.generation,
                 )
             )
             uow.commit()
@@ -161,6 +162,17 @@ class IntrospectionEndpoint(_TokenLookup, _IntrospectionEndpoint):
         if client.kind != "operator":
             raise IntrospectionForbidden()
         return client
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> OAuthToken | None:
+        """A token of a client rotated or revoked since its issue is unknown (inactive)."""
+        token = super().query_token(token_string, token_type_hint)
+        if token is None:
+            return None
+        with read() as session:
+            current = session.scalar(
+                select(_current_client()).select_from(OAuthToken.__table__)
+                .where(OAuthToken.__table__.c.id == token.id))
+        return token if current else None
 
     def check_permission(self, token: OAuthToken, client: OAuthClient, request: Any) -> bool:
         return True
@@ -257,9 +269,22 @@ class _ValidatedToken(TokenMixin):
         return self.revoked_at is not None
 
 
+def _current_client() -> Any:
+    """The condition that a token's client is still active and has not been rotated or
+    revoked since the token was issued (the client's generation is bumped by both, in the
+    transaction that does it, so whatever the timing of a token request, a token whose
+    credentials were checked before that transaction committed is dead once it has)."""
+    t, c = OAuthToken.__table__.c, OAuthClient.__table__.c
+    return (select(c.id)
+            .where(c.id == t.client_pk, c.revoked_at.is_(None),
+                   c.generation == t.client_generation)
+            .exists())
+
+
 class _BearerValidator(BearerTokenValidator):
     def authenticate_token(self, token_string: str) -> _ValidatedToken | None:
-        """One indexed read: the token by its digest, with its partner (or finance user)."""
+        """One indexed read: the token by its digest, with its partner (or finance user),
+        if its client is still current."""
         t, p, f = OAuthToken.__table__.c, Partner.__table__.c, FinanceUser.__table__.c
         with read() as session:
             row = session.execute(
@@ -268,7 +293,7 @@ class _BearerValidator(BearerTokenValidator):
                        t.revoked_at, p.code, p.currency, f.username, f.active)
                 .outerjoin(Partner.__table__, p.id == t.partner_id)
                 .outerjoin(FinanceUser.__table__, f.id == t.finance_user_id)
-                .where(t.access_token_hash == digest(token_string))
+                .where(t.access_token_hash == digest(token_string), _current_client())
             ).first()
         if row is None or (row.username is not None and not row.active):
             return None  # a disabled finance user's tokens are dead
