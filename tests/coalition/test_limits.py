@@ -28,7 +28,7 @@ from coalition.limits import (
 from coalition.oauth.models import OAuthToken
 from config import load_settings
 from tests.coalition.member_support import active_member, csrf_of
-from tests.conftest import TEST_SECRET, basic_auth, make_test_app, snapshot
+from tests.conftest import TEST_SECRET, basic_auth, make_test_app, post_short, snapshot
 from tests.partners.support import assert_error, enrol, publish
 
 PARTNER = {"code": "zeta", "name": "Zeta", "kind": "merchant", "currency": "GBP",
@@ -526,3 +526,25 @@ def test_a_sign_out_that_cannot_revoke_says_so_and_keeps_the_member_signed_in(
                       follow_redirects=True)
     assert "You have signed out." in out.get_data(as_text=True)
     assert not _live_member_tokens()
+
+
+# --------------------------------------------------------------------------- bodies cut short
+
+
+def test_a_body_shorter_than_its_content_length_is_refused(app, server_url, partner,
+                                                           operator):
+    """A connection that drops before the declared Content-Length arrived: whatever came is
+    not the request the client meant, so it is refused and nothing is done."""
+    before = snapshot(app)
+    earn = earn_body(partner["member"], "5", "cut").encode()
+    form = b"grant_type=client_credentials"
+    for path, headers, body in (
+        ("/v1/earn", {**partner["headers"], "Content-Type": "application/json"}, earn),
+        ("/oauth/token", {**basic_auth(operator["client_id"], operator["client_secret"]),
+                          "Content-Type": "application/x-www-form-urlencoded"}, form),
+    ):
+        status, answer = post_short(server_url, path, headers, body, len(body) + 10)
+        assert status == 400, (path, answer)
+        assert (answer["code"], answer["error"]) == (400, "invalid_request"), answer
+        assert "shorter than its Content-Length" in answer["message"], answer
+    assert snapshot(app) == before
