@@ -4,6 +4,8 @@ check that every protected view goes through.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,13 +50,11 @@ class AuthorizationServer(_AuthorizationServer):
 
     def authenticate_client(self, request: Any, methods: list[str],
                             endpoint: str = "token") -> OAuthClient:
-        try:
-            return super().authenticate_client(request, methods, endpoint)
-        except UnicodeDecodeError:
-            # Authlib decodes Basic credentials as UTF-8 and lets the error through
+        if not _readable_authorization(request.headers.get("Authorization")):
             raise InvalidClientError(
-                status_code=401, description="The client credentials are not valid UTF-8."
-            ) from None
+                status_code=401, description="The client credentials cannot be read: HTTP "
+                "Basic takes base64 of the UTF-8 text client_id:client_secret.")
+        return super().authenticate_client(request, methods, endpoint)
 
     def query_client(self, client_id: str) -> OAuthClient | None:
         with read() as session:
@@ -95,6 +95,28 @@ class AuthorizationServer(_AuthorizationServer):
             payload = json.dumps(payload)
         return Response(payload, status=status_code, headers=headers,
                         content_type="application/json")
+
+
+def _readable_authorization(header: str | None) -> bool:
+    """Whether Authlib can read the ``Authorization`` header of a token, revocation or
+    introspection request without failing: it lets a scheme followed by nothing but blanks
+    (``ValueError``) and Basic credentials that are not UTF-8 (``UnicodeDecodeError``)
+    through as server errors. Anything else it reads, or ignores as no credentials."""
+    if not header or " " not in header:
+        return True
+    parts = header.split(None, 1)
+    if len(parts) < 2:
+        return False
+    scheme, credentials = parts
+    if scheme.lower() != "basic":
+        return True
+    try:
+        base64.b64decode(credentials).decode("utf-8")
+    except binascii.Error:
+        return True  # not base64: no credentials to Authlib, then 401 invalid_client
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _access_token_lifetime(client: OAuthClient, grant_type: str) -> int:
