@@ -24,6 +24,7 @@ from tests.coalition.member_support import (
     Flow,
     activate,
     active_member,
+    after_the_grace,
     csrf_of,
     enrol,
     me,
@@ -263,15 +264,6 @@ def test_only_the_member_scope(live_server, app_client):
 
 
 # --------------------------------------------------------------------------- refresh tokens
-
-
-def after_the_grace(monkeypatch, app) -> None:
-    """Move the grant's clock past the refresh grace."""
-    from coalition.oauth import member_grants
-
-    later = timedelta(seconds=app.config["REFRESH_GRACE"] + 1)
-    real = member_grants.utcnow
-    monkeypatch.setattr(member_grants, "utcnow", lambda: real() + later)
 
 
 def test_refresh_rotates_and_an_old_refresh_token_is_refused(app, live_server, app_client,
