@@ -38,6 +38,13 @@ JSON bodies
     wherever it is read (JSON, CSV uploads, ``/oauth/token`` forms). A chunked body (no
     ``Content-Length``) is read before any view runs and refused once it reaches the limit
     (so a chunked body of exactly the limit is refused too), never cut short.
+
+    A body shorter than its ``Content-Length`` (the connection dropped before all of it
+    arrived) is ``400 invalid_request`` wherever it is read, and nothing is done with the
+    part that came: a cut CSV file is never reconciled as if it were whole. gunicorn tells
+    the application that it ends the body itself (``wsgi.input_terminated``), and then
+    werkzeug reads to the end of the stream without counting; so when a length is declared
+    werkzeug is made to count (:class:`DeclaredLength`).
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from coalition.errors import CoalitionError
 from coalition.web import error_response
@@ -254,6 +261,26 @@ def _check_body() -> Response | None:
     return None
 
 
+class DeclaredLength:
+    """WSGI middleware: a request that declares its ``Content-Length`` is read against it,
+    so that a body cut short raises :class:`~werkzeug.exceptions.ClientDisconnected` (400)
+    when it is read, under any server."""
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("CONTENT_LENGTH"):
+            environ.pop("wsgi.input_terminated", None)
+        return self.wsgi_app(environ, start_response)
+
+
+def _cut_short(error: ClientDisconnected) -> Response:
+    return error_response(400, "The request body is shorter than its Content-Length: the "
+                               "connection was cut before all of it arrived. Nothing was "
+                               "done; send it again.", "invalid_request")
+
+
 def _too_large(error: RequestEntityTooLarge) -> Response:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     return error_response(413, f"The request body is larger than {limit} bytes.",
@@ -277,3 +304,5 @@ def init_limits(app: Flask) -> None:
     hooks = app.before_request_funcs.setdefault(None, [])
     hooks[:0] = [_limit_address, _check_body]
     app.register_error_handler(RequestEntityTooLarge, _too_large)
+    app.register_error_handler(ClientDisconnected, _cut_short)
+    app.wsgi_app = DeclaredLength(app.wsgi_app)  # type: ignore[method-assign]

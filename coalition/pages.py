@@ -10,7 +10,7 @@ import hmac
 import secrets
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import (
     Blueprint,
@@ -121,10 +121,38 @@ def page_client_id(redirect_uri: str, name: str, scope: str) -> str:
 
 def oauth_call(path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
     """POST a form to this server's own OAuth endpoint, in process, through the whole WSGI
-    stack (no network hop, and no deadlock on a single-worker server)."""
+    stack (no network hop, and no deadlock on a single-worker server).
+
+    The inner request carries the address of the person at the page: the token endpoints
+    are limited per remote address, and without it every visitor of the page would share
+    one bucket, so that one visitor sending bogus sign-ins could lock out everyone else."""
     response = Client(current_app._get_current_object()).post(
-        path, data=form, base_url="https://localhost/")
+        path, data=form, base_url="https://localhost/",
+        environ_base={"REMOTE_ADDR": request.remote_addr or ""})
     return response.status_code, response.get_json(silent=True) or {}
+
+
+def token_refused(status: int, body: dict[str, Any]) -> NoReturn:
+    """Abort a sign-in whose code exchange the token endpoint refused: 429 when the
+    visitor's address is over its limit (the message says when to retry), else 400."""
+    if status == 429:
+        abort(429, body.get("message") or "Too many sign-in attempts. Try again later.")
+    abort(400, body.get("error_description") or "The sign-in could not be completed.")
+
+
+def revoke_tokens(tokens: dict[str, Any]) -> str | None:
+    """Revoke a page session's tokens (revoking the refresh token revokes its access token
+    with it). ``None`` once they are revoked; otherwise why not, for the page to tell the
+    user, who is then still signed in and can try again."""
+    refresh = tokens.get("refresh_token")
+    status, body = oauth_call("/oauth/revoke", {
+        "token": refresh or tokens["access_token"],
+        "token_type_hint": "refresh_token" if refresh else "access_token",
+        "client_id": tokens["client_id"]})
+    if status == 200:
+        return None
+    return (f"You are still signed in: signing out failed "
+            f"({body.get('message') or 'the server did not answer'}). Please try again.")
 
 
 def keep_tokens(key: str, token: dict[str, Any], client_id: str) -> None:

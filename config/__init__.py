@@ -120,6 +120,9 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds an access token lives"),
     Setting("REFRESH_TOKEN_LIFETIME", _positive_int, 30 * 24 * 3600,
             "seconds a member refresh token lives"),
+    Setting("REFRESH_GRACE", _non_negative_int, 5,
+            "seconds a just-rotated refresh token still answers the same new pair (two "
+            "page views refreshing at once); 0: never"),
     Setting("AUTHORIZATION_CODE_LIFETIME", _positive_int, 60,
             "seconds an authorization code lives"),
     Setting("DB_POOL_SIZE", _positive_int, 10, "connections per process (PostgreSQL)"),

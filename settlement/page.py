@@ -46,7 +46,15 @@ from werkzeug.exceptions import HTTPException
 from coalition.audit.service import Actor
 from coalition.errors import CoalitionError, NotFound
 from coalition.oauth.server import principal_for
-from coalition.pages import check_csrf, keep_tokens, oauth_call, page_client_id, protect_pages
+from coalition.pages import (
+    check_csrf,
+    keep_tokens,
+    oauth_call,
+    page_client_id,
+    protect_pages,
+    revoke_tokens,
+    token_refused,
+)
 from config.logging import current_request_id
 from settlement import charts, reconcile, service
 from settlement.schemas import RunSchema
@@ -201,7 +209,7 @@ def callback() -> Any:
         "redirect_uri": pending["redirect_uri"], "client_id": pending["client_id"],
         "code_verifier": pending["verifier"]})
     if status != 200:
-        abort(400, body.get("error_description") or "The sign-in could not be completed.")
+        token_refused(status, body)
     _keep_tokens(body, pending["client_id"])
     return redirect(_local(pending.get("next")) or url_for(".home"))
 
@@ -209,14 +217,13 @@ def callback() -> Any:
 @bp.post("/signout")
 def sign_out() -> Any:
     check_csrf()
-    tokens = session.pop(TOKENS, None)
+    tokens = session.get(TOKENS)
     if tokens:
-        # revoking the refresh token revokes its access token with it
-        refresh = tokens.get("refresh_token")
-        oauth_call("/oauth/revoke", {"token": refresh or tokens["access_token"],
-                                      "token_type_hint": "refresh_token" if refresh
-                                      else "access_token",
-                                      "client_id": tokens["client_id"]})
+        refused = revoke_tokens(tokens)
+        if refused:
+            flash(refused, "error")
+            return redirect(url_for(".home"))
+    session.pop(TOKENS, None)
     session.pop(PENDING, None)
     session.pop("csrf", None)  # a new form token for whoever signs in next
     flash("You have signed out.", "info")

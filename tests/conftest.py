@@ -13,10 +13,13 @@ PostgreSQL fails the run instead of skipping.
 from __future__ import annotations
 
 import base64
+import json
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
@@ -27,6 +30,12 @@ from werkzeug.serving import make_server
 
 from coalition.app import create_app
 from coalition.db import Base, db
+from tests.coalition.test_serving import (
+    clean_env,
+    gunicorn_command,
+    started,
+    wait_until_healthy,
+)
 
 PG_URL = os.environ.get("COALITION_TEST_DATABASE_URL")
 REQUIRE_PG = os.environ.get("COALITION_REQUIRE_POSTGRES", "").lower() in ("1", "true", "yes")
@@ -270,3 +279,49 @@ def live_server(app: Flask) -> Iterator[LiveServer]:
     """The test app served over real HTTP on a free loopback port."""
     with LiveServer(app) as server:
         yield server
+
+
+def post_short(url: str, path: str, headers: dict[str, str], body: bytes,
+               declared: int) -> tuple[int, Any]:
+    """POST over a raw socket declaring ``Content-Length: declared`` but sending only
+    ``body`` (fewer bytes), then closing the write side, as a dropped upload does; the
+    status and JSON answer (``None`` if the server answered nothing)."""
+    address = make_url_parts(url)
+    head = [f"POST {path} HTTP/1.1", f"Host: {address[0]}:{address[1]}",
+            f"Content-Length: {declared}", "Connection: close",
+            *(f"{name}: {value}" for name, value in headers.items())]
+    with socket.create_connection(address, timeout=30) as conn:
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        conn.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    if not received:
+        return 0, None
+    status_line, _, rest = received.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), json.loads(payload) if payload.strip() else None
+
+
+def make_url_parts(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
+@pytest.fixture
+def gunicorn_server(app: Flask, database_url: str, tmp_path: Any) -> Iterator[str]:
+    """The app served by the real gunicorn (as in production) on the test database: its
+    base URL."""
+    env = clean_env(tmp_path, COALITION_ENV="testing", COALITION_DATABASE_URL=database_url,
+                    COALITION_SECRET_KEY=TEST_SECRET, COALITION_LOG_LEVEL="warning")
+    log = tmp_path / "gunicorn.log"
+    with started(gunicorn_command(), env, log, cwd=tmp_path) as server:
+        yield wait_until_healthy(server, log)
+
+
+@pytest.fixture(params=["werkzeug", "gunicorn"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A live server: werkzeug's (threads in this process) or gunicorn (production's)."""
+    if request.param == "werkzeug":
+        return request.getfixturevalue("live_server").url  # type: ignore[no-any-return]
+    return request.getfixturevalue("gunicorn_server")  # type: ignore[no-any-return]

@@ -5,7 +5,8 @@ every request goes there too, with real bearer tokens chosen by the operation's 
 security: a partner token with every partner scope, an operator token for the admin and
 settlement operations (a statement takes either), a member token from the sign-in flow for
 ``/v1/me`` (a second member's for ``/v1/me/close``), an operator client's HTTP Basic
-credentials for ``/oauth/*``. The database is seeded (tests/seeding.py) and generated path
+credentials for ``/oauth/*`` (or, one time in three, malformed ones: random bytes, not
+UTF-8, not base64). The database is seeded (tests/seeding.py) and generated path
 parameters, member numbers and partner codes are mostly swapped for real ones,
 so that requests reach existing objects, not only 404s.
 
@@ -30,6 +31,7 @@ The tests after the fuzzer pin what it found, on both backends.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections import Counter
@@ -99,6 +101,26 @@ if os.environ.get("COALITION_FUZZ_EXTRA_CHECKS"):  # exploratory: invalid input 
 
 
 # --------------------------------------------------------------------------- who calls
+
+
+def _basic(raw: bytes) -> str:
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+#: HTTP Basic credentials as a broken or hostile client sends them: random bytes (mostly
+#: not UTF-8, often without the colon), not base64 at all, empty, or another scheme; every
+#: one is a 401 ``invalid_client``, never a server error
+MALFORMED_BASIC = st.one_of(
+    st.binary(max_size=48).map(_basic),
+    st.sampled_from(["Basic", "Basic ", "Basic !!!", "Basic =", "Basic a", _basic(b":"),
+                     _basic(b"no-colon"), _basic(b"\xff\xfe:\xff"), _basic(b"op_x:\xe9"),
+                     _basic(b"\xc3:secret"), "Bearer x", "Digest username=x"]),
+).map(lambda value: {"Authorization": value})
+
+
+def uses_basic(operation: Any) -> bool:
+    return any("clientBasic" in requirement
+               for requirement in operation.definition.raw.get("security") or [])
 
 
 def principals(operation: Any, seeded: Seeded, basic: dict[str, str]) -> list[dict[str, str]]:
@@ -175,11 +197,14 @@ def strategy_for(operation: Any, values: dict[str, list[Any]],
             continue
 
     media = accepts(operation)
+    who = st.sampled_from(callers)
+    if uses_basic(operation):  # the OAuth endpoints: broken credentials one time in three
+        who = st.one_of(who, who, MALFORMED_BASIC)
 
     @st.composite
     def cases(draw: Any) -> tuple[Any, dict[str, str]]:
         case = draw(st.one_of(modes))
-        headers = dict(draw(st.sampled_from(callers)))
+        headers = dict(draw(who))
         accept = draw(st.sampled_from(media))
         if accept:
             headers["Accept"] = accept

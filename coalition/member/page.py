@@ -47,7 +47,15 @@ from coalition.member.forms import (
     field_errors,
 )
 from coalition.oauth.server import principal_for
-from coalition.pages import check_csrf, keep_tokens, oauth_call, page_client_id, protect_pages
+from coalition.pages import (
+    check_csrf,
+    keep_tokens,
+    oauth_call,
+    page_client_id,
+    protect_pages,
+    revoke_tokens,
+    token_refused,
+)
 from coalition.program.service import program_terms
 
 bp = Blueprint("member_page", __name__, url_prefix="/member")
@@ -148,7 +156,7 @@ def callback() -> Any:
         "redirect_uri": pending["redirect_uri"], "client_id": pending["client_id"],
         "code_verifier": pending["verifier"]})
     if status != 200:
-        abort(400, body.get("error_description") or "The sign-in could not be completed.")
+        token_refused(status, body)
     _keep_tokens(body, pending["client_id"])
     return redirect(url_for(".home"))
 
@@ -156,14 +164,12 @@ def callback() -> Any:
 @bp.post("/signout")
 def sign_out() -> Any:
     check_csrf()
-    tokens = session.pop("member_tokens", None)
+    tokens = session.get("member_tokens")
     if tokens:
-        # revoking the refresh token revokes its access token with it
-        oauth_call("/oauth/revoke", {"token": tokens.get("refresh_token") or
-                                      tokens["access_token"],
-                                      "token_type_hint": "refresh_token"
-                                      if tokens.get("refresh_token") else "access_token",
-                                      "client_id": tokens["client_id"]})
+        refused = revoke_tokens(tokens)
+        if refused:
+            flash(refused, "error")
+            return redirect(url_for(".home"))
     session.clear()
     flash("You have signed out.", "info")
     return redirect(url_for(".home"))

@@ -220,6 +220,7 @@ def rotate_secret(client_id: str, partner_id: int | None = None, *,
         secret = secrets.token_urlsafe(32)
         client.secret_hash = digest(secret)
         client.secret_rotated_at = utcnow()
+        client.generation += 1  # every token issued with the old secret dies
         _audit(uow, actor, "client.rotated", client, _revoke_tokens(uow, client))
         uow.commit()
         return IssuedClient(client.client_id, secret, client.kind, client.scope.split(),
@@ -231,6 +232,7 @@ def revoke_client(client_id: str, partner_id: int | None = None, *,
     with UnitOfWork() as uow:
         client = _load(uow, client_id, partner_id)
         client.revoked_at = utcnow()
+        client.generation += 1
         _audit(uow, actor, "client.revoked", client, _revoke_tokens(uow, client))
         uow.commit()
         return _view(client)

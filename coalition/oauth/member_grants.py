@@ -7,9 +7,13 @@
   one code cannot both succeed. A code presented again revokes the member's tokens at that
   client (RFC 6749 4.1.2: the code may have leaked).
 * A refresh token works once: refreshing revokes it (and its access token) in the same
-  transaction that stores the new pair. An old refresh token presented again is refused and
-  revokes the member's live tokens at that client (RFC 9700 4.14.2: reuse means that two
-  parties hold it, and the server cannot tell which is the member).
+  transaction that stores the new pair. For ``REFRESH_GRACE`` seconds after that it answers
+  the same new pair again (two page views of one member refreshing at once both get it, so
+  neither signs the member out): the pair is derived from the old refresh token with the
+  app's secret key, so the server can give it again while storing only digests. After the
+  grace (or once the new pair is revoked) an old refresh token presented again is refused
+  and revokes the member's live tokens at that client (RFC 9700 4.14.2: reuse means that
+  two parties hold it, and the server cannot tell which is the member).
 * Member tokens carry the scope ``member`` and the member's id; refresh tokens live
   ``REFRESH_TOKEN_LIFETIME`` seconds from their issue.
 * Finance users sign in to the finance page through the same grants: a grant whose scope
@@ -20,8 +24,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from authlib.oauth2.rfc6749 import (
@@ -152,6 +159,7 @@ def _token_row(client: OAuthClient, owner: Owner, token: dict[str, Any]) -> OAut
         access_token_hash=digest(token["access_token"]),
         refresh_token_hash=digest(refresh) if refresh else None,
         scope=token.get("scope", ""), expires_in=int(token["expires_in"]),
+        client_generation=client.generation,
     )
 
 
@@ -240,6 +248,24 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
+def successor_pair(refresh_token: str) -> tuple[str, str]:
+    """The access and refresh token that replace ``refresh_token``: derived from it with
+    the app's secret key (unguessable without both), so that a refresh repeated within the
+    grace answers the very same pair."""
+    key = current_app.config["SECRET_KEY"].encode()
+
+    def derive(purpose: str) -> str:
+        mac = hmac.new(key, f"{purpose}\0{refresh_token}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
+
+    return derive("coalition.refresh.access"), derive("coalition.refresh.refresh")
+
+
+def _in_grace(rotated_at: datetime | None, now: datetime) -> bool:
+    grace = int(current_app.config["REFRESH_GRACE"])
+    return rotated_at is not None and now < rotated_at + timedelta(seconds=grace)
+
+
 class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = PUBLIC_AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
@@ -250,9 +276,11 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
                 OAuthToken.refresh_token_hash == digest(refresh_token)))
         if row is None or (row.member_id is None and row.finance_user_id is None):
             return None
-        if row.revoked_at is not None:
+        if row.revoked_at is not None and not _in_grace(row.rotated_at, utcnow()):
             _revoke_after_replay(row.member_id, row.finance_user_id, row.client_id)
             return None
+        # (just rotated: create_token_response answers the pair it was rotated into)
+        self.presented = refresh_token
         lifetime = int(current_app.config["REFRESH_TOKEN_LIFETIME"])
         if row.issued_at + timedelta(seconds=lifetime) <= utcnow():
             return None
@@ -273,17 +301,32 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
         token = self.issue_token(member, old)
         if not scope_fits(member, token.get("scope", "")):
             raise InvalidGrantError("The scope does not fit who signed in.")
+        token["access_token"], token["refresh_token"] = successor_pair(self.presented)
         t = OAuthToken.__table__.c
+        now = utcnow()
         with UnitOfWork() as uow:
             rotated = uow.session.execute(
                 update(OAuthToken.__table__)
                 .where(t.id == old.id, t.revoked_at.is_(None))
-                .values(revoked_at=utcnow())
+                .values(revoked_at=now, rotated_at=now)
             ).rowcount
-            if not rotated:
-                raise InvalidGrantError("The refresh token was already used.")
-            uow.session.add(_token_row(self.request.client, member, token))
-            uow.commit()
+            if rotated:
+                uow.session.add(_token_row(self.request.client, member, token))
+                uow.commit()
+                return 200, token, self.TOKEN_RESPONSE_HEADER
+            # rotated already (by a refresh in parallel, or a moment ago): within the grace,
+            # the same pair again, if it is still live
+            rotated_at = uow.session.scalar(select(t.rotated_at).where(t.id == old.id))
+            successor = uow.session.execute(
+                select(t.issued_at, t.expires_in, t.scope)
+                .where(t.access_token_hash == digest(token["access_token"]),
+                       t.revoked_at.is_(None))
+            ).first()
+        if successor is None or not _in_grace(rotated_at, now):
+            _revoke_after_replay(old.member_id, old.finance_user_id, old.client_id)
+            raise InvalidGrantError("The refresh token was already used.")
+        left = successor.issued_at + timedelta(seconds=successor.expires_in) - now
+        token.update(scope=successor.scope, expires_in=max(0, int(left.total_seconds())))
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 

@@ -58,6 +58,10 @@ class OAuthClient(Base, ClientMixin):
     created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
     secret_rotated_at: Mapped[Timestamp | None]
     revoked_at: Mapped[Timestamp | None]
+    #: bumped when the secret is rotated or the client revoked: a token is valid only while
+    #: its ``client_generation`` equals this (checked in the query that reads the token), so
+    #: a token issued concurrently with a rotation or a revocation dies with the others
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     # -- Authlib ClientMixin
     def get_client_id(self) -> str:
@@ -122,6 +126,11 @@ class OAuthToken(Base, TokenMixin):
     issued_at: Mapped[Timestamp] = mapped_column(default=utcnow)
     expires_in: Mapped[int] = mapped_column(Integer)
     revoked_at: Mapped[Timestamp | None]
+    #: the client's generation when its credentials were checked for this token
+    client_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: when this refresh token was exchanged for a new pair (it is revoked then too); for a
+    #: short grace after it, presenting it again answers that same pair
+    rotated_at: Mapped[Timestamp | None]
 
     @property
     def expires_at(self) -> datetime:

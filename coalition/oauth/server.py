@@ -4,6 +4,8 @@ check that every protected view goes through.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,7 +14,7 @@ from authlib.common.security import generate_token
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskJsonRequest
 from authlib.oauth2 import OAuth2Error, ResourceProtector
-from authlib.oauth2.rfc6749 import InvalidScopeError, TokenMixin, grants
+from authlib.oauth2.rfc6749 import InvalidClientError, InvalidScopeError, TokenMixin, grants
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
@@ -46,6 +48,14 @@ class AuthorizationServer(_AuthorizationServer):
         generator.refresh_token_generator = lambda **_: generate_token(48)
         return generator
 
+    def authenticate_client(self, request: Any, methods: list[str],
+                            endpoint: str = "token") -> OAuthClient:
+        if not _readable_authorization(request.headers.get("Authorization")):
+            raise InvalidClientError(
+                status_code=401, description="The client credentials cannot be read: HTTP "
+                "Basic takes base64 of the UTF-8 text client_id:client_secret.")
+        return super().authenticate_client(request, methods, endpoint)
+
     def query_client(self, client_id: str) -> OAuthClient | None:
         with read() as session:
             return session.scalar(
@@ -68,6 +78,7 @@ class AuthorizationServer(_AuthorizationServer):
                     refresh_token_hash=digest(refresh) if refresh else None,
                     scope=token.get("scope", ""),
                     expires_in=int(token["expires_in"]),
+                    client_generation=client.generation,
                 )
             )
             uow.commit()
@@ -84,6 +95,28 @@ class AuthorizationServer(_AuthorizationServer):
             payload = json.dumps(payload)
         return Response(payload, status=status_code, headers=headers,
                         content_type="application/json")
+
+
+def _readable_authorization(header: str | None) -> bool:
+    """Whether Authlib can read the ``Authorization`` header of a token, revocation or
+    introspection request without failing: it lets a scheme followed by nothing but blanks
+    (``ValueError``) and Basic credentials that are not UTF-8 (``UnicodeDecodeError``)
+    through as server errors. Anything else it reads, or ignores as no credentials."""
+    if not header or " " not in header:
+        return True
+    parts = header.split(None, 1)
+    if len(parts) < 2:
+        return False
+    scheme, credentials = parts
+    if scheme.lower() != "basic":
+        return True
+    try:
+        base64.b64decode(credentials).decode("utf-8")
+    except binascii.Error:
+        return True  # not base64: no credentials to Authlib, then 401 invalid_client
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _access_token_lifetime(client: OAuthClient, grant_type: str) -> int:
@@ -151,6 +184,17 @@ class IntrospectionEndpoint(_TokenLookup, _IntrospectionEndpoint):
         if client.kind != "operator":
             raise IntrospectionForbidden()
         return client
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> OAuthToken | None:
+        """A token of a client rotated or revoked since its issue is unknown (inactive)."""
+        token = super().query_token(token_string, token_type_hint)
+        if token is None:
+            return None
+        with read() as session:
+            current = session.scalar(
+                select(_current_client()).select_from(OAuthToken.__table__)
+                .where(OAuthToken.__table__.c.id == token.id))
+        return token if current else None
 
     def check_permission(self, token: OAuthToken, client: OAuthClient, request: Any) -> bool:
         return True
@@ -247,9 +291,22 @@ class _ValidatedToken(TokenMixin):
         return self.revoked_at is not None
 
 
+def _current_client() -> Any:
+    """The condition that a token's client is still active and has not been rotated or
+    revoked since the token was issued (the client's generation is bumped by both, in the
+    transaction that does it, so whatever the timing of a token request, a token whose
+    credentials were checked before that transaction committed is dead once it has)."""
+    t, c = OAuthToken.__table__.c, OAuthClient.__table__.c
+    return (select(c.id)
+            .where(c.id == t.client_pk, c.revoked_at.is_(None),
+                   c.generation == t.client_generation)
+            .exists())
+
+
 class _BearerValidator(BearerTokenValidator):
     def authenticate_token(self, token_string: str) -> _ValidatedToken | None:
-        """One indexed read: the token by its digest, with its partner (or finance user)."""
+        """One indexed read: the token by its digest, with its partner (or finance user),
+        if its client is still current."""
         t, p, f = OAuthToken.__table__.c, Partner.__table__.c, FinanceUser.__table__.c
         with read() as session:
             row = session.execute(
@@ -258,7 +315,7 @@ class _BearerValidator(BearerTokenValidator):
                        t.revoked_at, p.code, p.currency, f.username, f.active)
                 .outerjoin(Partner.__table__, p.id == t.partner_id)
                 .outerjoin(FinanceUser.__table__, f.id == t.finance_user_id)
-                .where(t.access_token_hash == digest(token_string))
+                .where(t.access_token_hash == digest(token_string), _current_client())
             ).first()
         if row is None or (row.username is not None and not row.active):
             return None  # a disabled finance user's tokens are dead

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
+from flask import Flask
 from flask.testing import FlaskClient
 
+from coalition.oauth import member_grants
 from coalition.oauth.clients import create_public_client
 
 PASSWORD = "correct horse battery"
@@ -155,3 +159,10 @@ def member_token(client: FlaskClient, member: Enrolled) -> dict[str, Any]:
 
 def bearer_of(token: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {token['access_token']}"}
+
+
+def after_the_grace(monkeypatch: pytest.MonkeyPatch, app: Flask) -> None:
+    """Move the clock of the member and finance grants past the refresh grace."""
+    later = timedelta(seconds=app.config["REFRESH_GRACE"] + 1)
+    real = member_grants.utcnow
+    monkeypatch.setattr(member_grants, "utcnow", lambda: real() + later)

@@ -9,13 +9,14 @@ import json
 import threading
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
-from coalition.db import db
+from coalition.db import db, read
 from coalition.limits import (
     MAX_DEPTH,
     BodyRefused,
@@ -24,8 +25,10 @@ from coalition.limits import (
     limit_client,
     parse_json,
 )
+from coalition.oauth.models import OAuthToken
 from config import load_settings
-from tests.conftest import TEST_SECRET, basic_auth, make_test_app, snapshot
+from tests.coalition.member_support import active_member, csrf_of
+from tests.conftest import TEST_SECRET, basic_auth, make_test_app, post_short, snapshot
 from tests.partners.support import assert_error, enrol, publish
 
 PARTNER = {"code": "zeta", "name": "Zeta", "kind": "merchant", "currency": "GBP",
@@ -432,3 +435,116 @@ def test_the_token_bucket_under_threads():
     for thread in threads:
         thread.join(timeout=30)
     assert sum(granted) == 100
+
+
+# --------------------------------------------------------------------------- the pages' own calls
+
+
+def _page_sign_in(browser: FlaskClient, member: Any) -> Any:
+    """Sign in on the member page like a browser; the answer of the callback."""
+    start = browser.get("/member/signin")
+    assert start.status_code == 302, start.get_data(as_text=True)
+    authorize = start.headers["Location"]
+    form = browser.get(authorize)
+    answer = browser.post(authorize, data={"csrf_token": csrf_of(form.get_data(as_text=True)),
+                                           "member_number": member.member_number,
+                                           "password": member.password})
+    assert answer.status_code == 302, answer.get_data(as_text=True)
+    return browser.get(answer.headers["Location"])
+
+
+def _bogus_callback(browser: FlaskClient) -> Any:
+    """A sign-in started properly and ended with a made-up code."""
+    start = browser.get("/member/signin")
+    state = parse_qs(urlparse(start.headers["Location"]).query)["state"][0]
+    return browser.get(f"/member/callback?code=made-up&state={state}")
+
+
+def _browser(app: Flask, address: str) -> FlaskClient:
+    browser = app.test_client()
+    browser.environ_base["REMOTE_ADDR"] = address
+    return browser
+
+
+def _live_member_tokens() -> list[OAuthToken]:
+    with read() as session:
+        return list(session.scalars(select(OAuthToken).where(
+            OAuthToken.member_id.is_not(None), OAuthToken.revoked_at.is_(None))))
+
+
+def test_bogus_sign_ins_from_one_address_lock_out_only_that_address(app, limited,
+                                                                    make_partner):
+    """The page's own calls to /oauth/token count against the visitor's address, not one
+    bucket that the whole site shares."""
+    limited_app, _ = limited
+    _, headers = make_partner("acme")
+    ada = active_member(app.test_client(), headers, ref="ada")
+    attacker = _browser(limited_app, "10.6.6.6")
+    answers = [_bogus_callback(attacker) for _ in range(5)]
+    assert [a.status_code for a in answers] == [400, 400, 429, 429, 429]
+    assert "Too many requests from this address" in answers[-1].get_data(as_text=True)
+    assert not _live_member_tokens()
+
+    member = _browser(limited_app, "10.0.0.2")
+    callback = _page_sign_in(member, ada)
+    assert (callback.status_code, callback.headers["Location"]) == (302, "/member")
+    [token] = _live_member_tokens()
+    home = member.get("/member").get_data(as_text=True)
+    assert ada.member_number in home
+
+    out = member.post("/member/signout", data={"csrf_token": csrf_of(home)},
+                      follow_redirects=True)
+    assert "You have signed out." in out.get_data(as_text=True)
+    assert not _live_member_tokens()
+    with read() as session:
+        assert session.get(OAuthToken, token.id).revoked_at is not None
+
+
+def test_a_sign_out_that_cannot_revoke_says_so_and_keeps_the_member_signed_in(
+        app, limited, make_partner):
+    limited_app, clock = limited
+    _, headers = make_partner("acme")
+    ada = active_member(app.test_client(), headers, ref="ada")
+    member = _browser(limited_app, "10.0.0.3")
+    assert _page_sign_in(member, ada).status_code == 302
+    home = member.get("/member").get_data(as_text=True)
+    # the address's last token-endpoint request of the burst
+    member.post("/oauth/token", data={"grant_type": "client_credentials"})
+    before = snapshot(app)
+
+    out = member.post("/member/signout", data={"csrf_token": csrf_of(home)},
+                      follow_redirects=True)
+    page = out.get_data(as_text=True)
+    assert "You are still signed in: signing out failed (Too many requests" in page
+    assert "You have signed out." not in page
+    assert ada.member_number in page  # still the member's own page
+    assert snapshot(app) == before
+    assert len(_live_member_tokens()) == 1
+
+    clock.now += 1
+    out = member.post("/member/signout", data={"csrf_token": csrf_of(home)},
+                      follow_redirects=True)
+    assert "You have signed out." in out.get_data(as_text=True)
+    assert not _live_member_tokens()
+
+
+# --------------------------------------------------------------------------- bodies cut short
+
+
+def test_a_body_shorter_than_its_content_length_is_refused(app, server_url, partner,
+                                                           operator):
+    """A connection that drops before the declared Content-Length arrived: whatever came is
+    not the request the client meant, so it is refused and nothing is done."""
+    before = snapshot(app)
+    earn = earn_body(partner["member"], "5", "cut").encode()
+    form = b"grant_type=client_credentials"
+    for path, headers, body in (
+        ("/v1/earn", {**partner["headers"], "Content-Type": "application/json"}, earn),
+        ("/oauth/token", {**basic_auth(operator["client_id"], operator["client_secret"]),
+                          "Content-Type": "application/x-www-form-urlencoded"}, form),
+    ):
+        status, answer = post_short(server_url, path, headers, body, len(body) + 10)
+        assert status == 400, (path, answer)
+        assert (answer["code"], answer["error"]) == (400, "invalid_request"), answer
+        assert "shorter than its Content-Length" in answer["message"], answer
+    assert snapshot(app) == before

@@ -5,7 +5,9 @@ clients, and where member tokens are (and are not) accepted."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -16,12 +18,13 @@ from sqlalchemy import select, update
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.ledger.models import Member
 from coalition.member import signin
-from coalition.oauth.models import OAuthAuthorizationCode, OAuthClient, OAuthToken
+from coalition.oauth.models import OAuthAuthorizationCode, OAuthClient, OAuthToken, digest
 from tests.coalition.member_support import (
     PASSWORD,
     Flow,
     activate,
     active_member,
+    after_the_grace,
     csrf_of,
     enrol,
     me,
@@ -263,7 +266,8 @@ def test_only_the_member_scope(live_server, app_client):
 # --------------------------------------------------------------------------- refresh tokens
 
 
-def test_refresh_rotates_and_an_old_refresh_token_is_refused(live_server, app_client, member):
+def test_refresh_rotates_and_an_old_refresh_token_is_refused(app, live_server, app_client,
+                                                             member, monkeypatch):
     first = flow(live_server, app_client).token(member)
     second = refresh(live_server.url, app_client["client_id"], first["refresh_token"])
     assert second.status_code == 200, second.text
@@ -275,6 +279,7 @@ def test_refresh_rotates_and_an_old_refresh_token_is_refused(live_server, app_cl
     assert me(live_server.url, first["access_token"]).status_code == 401
     assert me(live_server.url, rotated["access_token"]).status_code == 200
 
+    after_the_grace(monkeypatch, app)
     reused = refresh(live_server.url, app_client["client_id"], first["refresh_token"])
     assert reused.status_code == 400
     assert reused.json()["error"] == "invalid_grant"
@@ -282,6 +287,87 @@ def test_refresh_rotates_and_an_old_refresh_token_is_refused(live_server, app_cl
     assert me(live_server.url, rotated["access_token"]).status_code == 401
     assert refresh(live_server.url, app_client["client_id"],
                    rotated["refresh_token"]).status_code == 400
+
+
+def test_a_refresh_repeated_within_the_grace_answers_the_same_pair(app, live_server,
+                                                                    app_client, member):
+    """Two page views refreshing with one refresh token both get the one new pair."""
+    first = flow(live_server, app_client).token(member)
+    one = refresh(live_server.url, app_client["client_id"], first["refresh_token"])
+    assert one.status_code == 200, one.text
+    before = snapshot(app)
+    two = refresh(live_server.url, app_client["client_id"], first["refresh_token"])
+    assert two.status_code == 200, two.text
+    pair = ("access_token", "refresh_token", "scope", "token_type")
+    assert [two.json()[k] for k in pair] == [one.json()[k] for k in pair]
+    assert 0 < two.json()["expires_in"] <= one.json()["expires_in"]
+    assert snapshot(app) == before  # nothing new stored, nothing revoked
+    assert me(live_server.url, one.json()["access_token"]).status_code == 200
+    assert me(live_server.url, first["access_token"]).status_code == 401
+    # the new pair rotates as usual
+    three = refresh(live_server.url, app_client["client_id"], one.json()["refresh_token"])
+    assert three.status_code == 200
+    assert three.json()["refresh_token"] != one.json()["refresh_token"]
+
+
+def test_reuse_after_the_grace_revokes_the_family(app, live_server, app_client, member,
+                                                 monkeypatch):
+    first = flow(live_server, app_client).token(member)
+    rotated = refresh(live_server.url, app_client["client_id"], first["refresh_token"]).json()
+    after_the_grace(monkeypatch, app)
+    reused = refresh(live_server.url, app_client["client_id"], first["refresh_token"])
+    assert (reused.status_code, reused.json()["error"]) == (400, "invalid_grant")
+    assert me(live_server.url, rotated["access_token"]).status_code == 401
+    with read() as session:
+        assert not session.scalars(select(OAuthToken).where(
+            OAuthToken.member_id.is_not(None), OAuthToken.revoked_at.is_(None))).all()
+
+
+def test_without_a_grace_any_reuse_revokes_the_family(app, live_server, app_client, member,
+                                                     monkeypatch):
+    monkeypatch.setitem(app.config, "REFRESH_GRACE", 0)
+    first = flow(live_server, app_client).token(member)
+    rotated = refresh(live_server.url, app_client["client_id"], first["refresh_token"]).json()
+    reused = refresh(live_server.url, app_client["client_id"], first["refresh_token"])
+    assert (reused.status_code, reused.json()["error"]) == (400, "invalid_grant")
+    assert me(live_server.url, rotated["access_token"]).status_code == 401
+
+
+def test_the_grace_never_revives_a_pair_that_was_signed_out(app, live_server, app_client,
+                                                            member):
+    first = flow(live_server, app_client).token(member)
+    rotated = refresh(live_server.url, app_client["client_id"], first["refresh_token"]).json()
+    signed_out = requests.post(f"{live_server.url}/oauth/revoke", data={
+        "token": rotated["refresh_token"], "token_type_hint": "refresh_token",
+        "client_id": app_client["client_id"]}, timeout=10)
+    assert signed_out.status_code == 200
+    again = refresh(live_server.url, app_client["client_id"], first["refresh_token"])
+    assert (again.status_code, again.json()["error"]) == (400, "invalid_grant")
+    assert me(live_server.url, rotated["access_token"]).status_code == 401
+    with read() as session:
+        assert not session.scalars(select(OAuthToken).where(
+            OAuthToken.member_id.is_not(None), OAuthToken.revoked_at.is_(None))).all()
+
+
+@pytest.mark.postgres
+def test_parallel_refreshes_with_one_token_all_get_the_same_pair(app, live_server,
+                                                                 app_client, member):
+    first = flow(live_server, app_client).token(member)
+    start = threading.Barrier(6)
+
+    def one() -> requests.Response:
+        start.wait(timeout=10)
+        return refresh(live_server.url, app_client["client_id"], first["refresh_token"])
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: one(), range(6)))
+    assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+    assert len({(a.json()["access_token"], a.json()["refresh_token"]) for a in answers}) == 1
+    with read() as session:
+        live = session.scalars(select(OAuthToken).where(
+            OAuthToken.member_id.is_not(None), OAuthToken.revoked_at.is_(None))).all()
+    assert [t.access_token_hash for t in live] == [digest(answers[0].json()["access_token"])]
+    assert me(live_server.url, answers[0].json()["access_token"]).status_code == 200
 
 
 def test_refresh_with_authlib_client(live_server, app_client, member):

@@ -196,6 +196,24 @@ def test_an_expired_access_token_is_refreshed_with_rotation(app, live_server, co
         assert session.get(OAuthToken, first.id).revoked_at is not None
 
 
+def test_two_page_views_refreshing_at_once_keep_the_member_signed_in(app, live_server,
+                                                                     coalition, monkeypatch):
+    """Two tabs of one session hold the same refresh token: the one that refreshes second
+    gets the same new pair (within the grace) rather than signing the member out."""
+    number = coalition["member"].member_number
+    monkeypatch.setitem(app.config, "ACCESS_TOKEN_LIFETIME", 20)  # inside the page's margin
+    first_tab, _ = sign_in(live_server.url, number)
+    second_tab = requests.Session()
+    second_tab.cookies.update(first_tab.cookies)  # the same session, as another tab has it
+    for tab in (first_tab, second_tab):
+        page = tab.get(f"{live_server.url}/member", timeout=10)
+        assert figure(page.text, "available") == "1,250"
+    assert len(live_tokens(number)) == 1  # one new pair, both tabs on it
+    for tab in (first_tab, second_tab):  # and each goes on refreshing
+        page = tab.get(f"{live_server.url}/member", timeout=10)
+        assert figure(page.text, "available") == "1,250"
+
+
 def test_a_revoked_session_goes_back_to_sign_in(live_server, coalition):
     from coalition.db import UnitOfWork
     from coalition.oauth.member_grants import revoke_member_tokens

@@ -16,7 +16,13 @@ from coalition.db import UnitOfWork, read, utcnow
 from coalition.member import signin
 from coalition.oauth import finance_users
 from coalition.oauth.models import FinanceUser, OAuthAuthorizationCode, OAuthToken
-from tests.coalition.member_support import Flow, active_member, public_client, query_of
+from tests.coalition.member_support import (
+    Flow,
+    active_member,
+    after_the_grace,
+    public_client,
+    query_of,
+)
 from tests.conftest import basic_auth, bearer, snapshot
 from tests.settlement.finance_support import (
     FINANCE_PASSWORD,
@@ -65,7 +71,8 @@ def _authorize(live_server, client, scope: str) -> requests.Response:
 # --------------------------------------------------------------------------- the flow
 
 
-def test_finance_sign_in_end_to_end(app, live_server, app_client, fiona, operator):
+def test_finance_sign_in_end_to_end(app, live_server, app_client, fiona, operator,
+                                    monkeypatch):
     flow = FinanceFlow(live_server.url, app_client)
     form = flow.browser.get(flow.authorize_url, timeout=10)
     assert '<label for="username">' in form.text and "member_number" not in form.text
@@ -95,7 +102,7 @@ def test_finance_sign_in_end_to_end(app, live_server, app_client, fiona, operato
     assert seen["active"] is True and seen["sub"] == seen["username"] == "fiona"
     assert seen["scope"] == "settlement:run" and seen["kind"] == "public"
 
-    # refresh rotates, and the old refresh token is then refused
+    # refresh rotates, and the old refresh token is then refused (after the grace)
     new = flow.oauth.refresh_token(f"{live_server.url}/oauth/token",
                                    refresh_token=token["refresh_token"])
     assert new["scope"] == "settlement:run" and new["refresh_token"] != token["refresh_token"]
@@ -103,6 +110,7 @@ def test_finance_sign_in_end_to_end(app, live_server, app_client, fiona, operato
                 token["access_token"]).status_code == 401
     assert call(live_server.url, "get", "/v1/settlement/runs",
                 new["access_token"]).status_code == 200
+    after_the_grace(monkeypatch, app)  # (within it, the same new pair is answered)
     reused = requests.post(f"{live_server.url}/oauth/token", data={
         "grant_type": "refresh_token", "refresh_token": token["refresh_token"],
         "client_id": app_client["client_id"]}, timeout=10)

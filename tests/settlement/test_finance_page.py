@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from coalition.db import read
+from coalition.db import db, read
 from coalition.oauth.models import FinanceUser, OAuthClient, OAuthToken
 from settlement.models import Break, SettlementRun
 from tests.coalition.member_support import csrf_of
-from tests.conftest import snapshot
+from tests.conftest import make_test_app, snapshot
 from tests.settlement.finance_support import (
     CELLS,
     EXPECTED,
@@ -153,6 +153,35 @@ def test_sign_out_revokes_the_tokens(client, signed_in):
     assert "You have signed out." in text_of(out)
     assert not live_tokens()
     assert 'data-testid="finance-user"' not in text_of(client.get("/finance"))
+
+
+def test_a_sign_out_that_cannot_revoke_says_so(app, database_url, booked):
+    """Over the token endpoints' per-address limit the revocation is refused: the page says
+    the user is still signed in rather than pretending, and signing out works once the
+    limit allows it again."""
+    limited = make_test_app(database_url, RATE_LIMIT_ENABLED=True, TOKEN_RATE_LIMIT=1,
+                            TOKEN_RATE_LIMIT_BURST=2)
+    moments = iter(float(n) for n in range(1010, 2000, 10))  # 10 s a request: refilled
+    buckets = limited.extensions["coalition.limits"].addresses
+    buckets.clock = lambda: 1000.0
+    try:
+        client = limited.test_client()
+        home = page_sign_in(client)  # one of the two requests of the burst
+        client.post("/oauth/token", data={"grant_type": "client_credentials"})  # the other
+        before = snapshot(app)
+        out = client.post("/finance/signout", data={"csrf_token": csrf_of(text_of(home))},
+                          follow_redirects=True)
+        assert "You are still signed in: signing out failed (Too many requests" in text_of(out)
+        assert by_testid(text_of(out), "finance-user") == "fiona"
+        assert snapshot(app) == before and live_tokens()
+        buckets.clock = lambda: next(moments)
+        out = client.post("/finance/signout", data={"csrf_token": csrf_of(text_of(home))},
+                          follow_redirects=True)
+        assert "You have signed out." in text_of(out), re.findall(r'notice-[^<]*', text_of(out))
+        assert not live_tokens()
+    finally:
+        with limited.app_context():
+            db.engine.dispose()
 
 
 def test_a_disabled_user_is_signed_out(client, signed_in):

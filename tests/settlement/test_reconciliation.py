@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import snapshot
+from tests.conftest import post_short, snapshot
 from tests.partners.support import assert_error, bad_check_digit, enrol, post_ok
 from tests.settlement.support import (
     CSV_HEADER,
@@ -519,6 +519,27 @@ def test_close_waits_for_every_break(app, client, operator_headers, period) -> N
                  "period_closed")
     assert_error(client.post(close, headers=operator_headers), 409, "period_closed")
     assert snapshot(app) == before
+
+
+def test_an_upload_cut_short_is_refused_and_supersedes_nothing(app, client, operator_headers,
+                                                               period, server_url) -> None:
+    """The connection drops before the declared Content-Length arrived: the part that came
+    looks like a smaller file, and must not replace the one reconciled before."""
+    first = reconciled(client, operator_headers, period, period.file_without("b1"))
+    before = snapshot(app)
+    whole = csv_rows(*period.full_file()).encode()
+    cut = whole[:whole.rindex(b"\n", 0, len(whole) - 1) + 1]  # the last row lost
+    status, answer = post_short(
+        server_url, f"/v1/settlement/runs/{period.id}/reconciliations/acme",
+        {**operator_headers, "Content-Type": "text/csv"}, cut, len(whole))
+    assert status == 400, answer
+    assert (answer["code"], answer["error"]) == (400, "invalid_request")
+    assert "shorter than its Content-Length" in answer["message"]
+    assert snapshot(app) == before
+    listed = client.get(f"/v1/settlement/runs/{period.id}/breaks",
+                        headers=operator_headers).get_json()
+    assert [b["id"] for b in listed if b["status"] == "open"] == [
+        b["id"] for b in first["breaks"]]
 
 
 def test_a_second_upload_supersedes_the_first(client, operator_headers, period) -> None:

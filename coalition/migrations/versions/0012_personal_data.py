@@ -1,7 +1,7 @@
 """personal data: what each partner supplied, the member's consents, a transfer's sender
 
 Revision ID: 0012_personal_data
-Revises: 0009_fence
+Revises: 0011_oauth_edges
 Create Date: 2026-12-04 21:50:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import coalition.db
 
 revision = '0012_personal_data'
-down_revision = '0009_fence'
+down_revision = '0011_oauth_edges'
 branch_labels = None
 depends_on = None
 
