@@ -7,9 +7,7 @@ out by revoking its tokens. Last, a real headless Chromium does it the way a mem
 from __future__ import annotations
 
 import copy
-import os
 import re
-from pathlib import Path
 
 import pytest
 import requests
@@ -19,13 +17,8 @@ from coalition.db import read
 from coalition.ledger.models import Member
 from coalition.oauth.models import OAuthClient, OAuthToken
 from tests.coalition.member_support import PASSWORD, active_member, csrf_of, enrol
+from tests.conftest import ARTIFACTS
 from tests.partners.support import earn
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM = os.environ.get("COALITION_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-REQUIRE_BROWSER = os.environ.get("COALITION_REQUIRE_BROWSER", "").lower() in ("1", "true", "yes")
 
 RULES = {
     "pending_days": 0,
@@ -330,32 +323,6 @@ def test_production_needs_the_page_client_registered(app, client, monkeypatch):
 
 
 # --------------------------------------------------------------------------- a real browser
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    def unavailable(reason: str) -> None:
-        if REQUIRE_BROWSER:
-            pytest.fail(f"{reason} (COALITION_REQUIRE_BROWSER is set)", pytrace=False)
-        pytest.skip(reason)
-
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        unavailable(f"Playwright for Python is not installed: {exc}")
-    if not os.access(CHROMIUM, os.X_OK):
-        unavailable(f"Chromium is not installed at {CHROMIUM} "
-                    "(apt-get install chromium chromium-driver)")
-    playwright = sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             headless=True)
-    except Exception as exc:  # noqa: BLE001 - whatever stops Chromium from starting
-        playwright.stop()
-        unavailable(f"Chromium could not be launched: {exc}")
-    yield browser
-    browser.close()
-    playwright.stop()
 
 
 def test_a_member_in_a_real_browser(chromium, backend, live_server, coalition):
