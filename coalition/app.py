@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 
 from coalition.front import DOCS_ASSETS_URL
-from config import load_settings
+from config import load_settings, source_checkout
 from config.logging import configure_logging
 
 API_TITLE = "Coalition"
@@ -21,7 +21,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     instance_path = os.environ.get("COALITION_INSTANCE_PATH")
     app = Flask("coalition", instance_path=str(Path(instance_path).resolve())
                 if instance_path else None)
-    settings = load_settings(Path(app.instance_path), overrides=config)
+    settings = load_settings(Path(app.instance_path), overrides=config,
+                             checkout=source_checkout())
     app.config.update(settings)
     app.config.update(
         TESTING=settings["ENV"] == "testing",

@@ -23,8 +23,12 @@ def _create_app() -> Any:
         sys.exit(2)
 
 
-main = FlaskGroup(create_app=_create_app, add_version_option=False,
-              help="Coalition loyalty platform.")
+main = FlaskGroup(create_app=_create_app, add_version_option=False, load_dotenv=False,
+                 help="Coalition loyalty platform. Settings come from COALITION_* "
+                      "environment variables (see the README); every command has --help.")
+# Flask's --app, --env-file and --debug do not apply: the application is always Coalition,
+# and its settings come from the environment only (never from a stray .env file)
+main.params = [param for param in main.params if param.name not in ("app", "env_file", "debug")]
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
