@@ -246,8 +246,8 @@ def test_create_a_run_read_it_reconcile_resolve_and_close(app, client, booked, s
         "file": (__import__("io").BytesIO(booked.grocer_file(1010).encode()), "grocer.csv",
                  "text/csv")}, content_type="multipart/form-data", follow_redirects=True)
     html = text_of(upload)
-    assert "grocer&#39;s file of 2 rows is reconciled: 1 matched, 1 records differ. " \
-           "1 break(s) to resolve." in html
+    assert "grocer&#39;s file of 2 rows is reconciled: 1 matched, 1 record differs. " \
+           "1 break to resolve." in html
     with read() as session:
         brk = session.scalars(select(Break)).one()
     assert brk.kind == "points_mismatch" and brk.status == "open"
