@@ -57,6 +57,24 @@ ENTRY_LABELS = {
 }
 
 
+
+
+def describe(entry: dict[str, Any]) -> str:
+    """A history line as a person would say it: ``Reserved 400 at Northwind``, ``Spent 250
+    of the reservation at Northwind, released 150``, ``Released 150 of the reservation``."""
+    kind, points, partner = entry["type"], f"{entry['points']:,}", entry.get("partner_name")
+    at = f" at {partner}" if partner else ""
+    if kind == "hold":
+        return f"Reserved {points}{at}"
+    if kind == "hold_capture":
+        released = -entry["change"]["held"] - entry["points"]
+        return f"Spent {points} of the reservation{at}" + (
+            f", released {released:,}" if released > 0 else "")
+    if kind == "hold_void":
+        return f"Released {-entry['change']['held']:,} of the reservation{at}"
+    return ENTRY_LABELS.get(kind, kind) + (f" · {partner}" if partner else "")
+
+
 # --------------------------------------------------------------------------- the OAuth client
 
 
@@ -173,7 +191,7 @@ def home() -> Any:
     terms = program_terms()
     charities = [p for p in terms["partners"] if p["kind"] == "charity"]
     return render_template(
-        "member/account.html", me=me, history=history, labels=ENTRY_LABELS, terms=terms,
+        "member/account.html", me=me, history=history, describe=describe, terms=terms,
         charities=charities, request_key=secrets.token_urlsafe(18),
         older=request.args.get("cursor") is not None)
 
@@ -240,6 +258,15 @@ def transfer() -> Any:
         flash("Enter the member number to send to and a whole number of points.", "error")
     elif not numbers.is_valid(to):
         flash(f"{to} is not a valid member number (check the digits).", "error")
+    elif request.form.get("confirmed") != "yes":
+        # first show whom the points would reach, and send only once the member agrees
+        try:
+            to_whom = account.recipient(to)
+        except CoalitionError as refused:
+            flash(f"The transfer was not made: {refused.message}", "error")
+        else:
+            return render_template("member/confirm_transfer.html", recipient=to_whom,
+                                   points=points, request_key=_request_key() or "")
     else:
         try:
             outcome = member_ops.transfer(member_id, to, points, request_id=_request_key())
