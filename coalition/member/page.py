@@ -57,8 +57,6 @@ ENTRY_LABELS = {
 }
 
 
-
-
 def describe(entry: dict[str, Any]) -> str:
     """A history line as a person would say it: ``Reserved 400 at Northwind``, ``Spent 250
     of the reservation at Northwind, released 150``, ``Released 150 of the reservation``."""
