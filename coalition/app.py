@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask
 
 from coalition.front import DOCS_ASSETS_URL
+from coalition.wording import plural
 from config import load_settings, source_checkout
 from config.logging import configure_logging
 
@@ -148,6 +149,7 @@ def _register_pages(app: Flask) -> None:
     from coalition.pages import init_pages
 
     init_pages(app)
+    app.add_template_filter(plural)  # {{ n|plural("point") }} → 1 point, 1,200 points
     app.register_blueprint(front.bp)
     app.register_blueprint(front.assets)
     app.register_blueprint(authorize.bp)
