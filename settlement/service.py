@@ -16,6 +16,7 @@ from coalition.audit.service import SYSTEM, Actor, record
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
 from coalition.schemas import rfc3339
+from coalition.wording import plural, verb
 from settlement.compute import Unpriced, compute
 from settlement.models import Break, SettlementRun
 
@@ -158,7 +159,8 @@ def close_run(run_id: int, closed_by: str, *, actor: Actor | None = None) -> dic
         open_breaks = uow.session.scalar(select(func.count()).where(
             Break.run_id == run.id, Break.status == "open")) or 0
         if open_breaks:
-            raise UnresolvedBreaks(f"{open_breaks} reconciliation break(s) are unresolved.")
+            raise UnresolvedBreaks(f"{plural(open_breaks, 'reconciliation break')} "
+                                   f"{verb(open_breaks, 'is', 'are')} unresolved.")
         result = _compute(uow.session, run.period_start, run.period_end)
         now = utcnow()
         run.result, run.result_digest, run.computed_at = result, digest(result), now

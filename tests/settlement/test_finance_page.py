@@ -258,7 +258,7 @@ def test_create_a_run_read_it_reconcile_resolve_and_close(app, client, booked, s
     assert "1 reconciliation break is open: resolve it before closing." in html
     refused = client.post(f"/finance/runs/{run_id}/close", data={"csrf_token": csrf},
                           follow_redirects=True)
-    assert "The run was not closed: 1 reconciliation break(s) are unresolved." \
+    assert "The run was not closed: 1 reconciliation break is unresolved." \
         in text_of(refused)
 
     # a reason is required
@@ -507,7 +507,7 @@ def test_a_finance_user_in_a_real_browser(chromium, backend, live_server, booked
                     "buffer": booked.grocer_file(1010).encode()}])
         page.get_by_role("button", name="Reconcile").click()
         page.wait_for_load_state()
-        assert "1 break(s) to resolve." in page.get_by_role("status").first.inner_text()
+        assert "1 break to resolve." in page.get_by_role("status").first.inner_text()
         assert page.get_by_test_id("close-run").is_disabled()
         page.screenshot(path=str(ARTIFACTS / f"finance-run-desktop-{backend}.png"),
                         full_page=True)
