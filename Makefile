@@ -18,8 +18,18 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	COALITION_ENV=$${COALITION_ENV:-development} $(BIN)/coalition db upgrade
-	COALITION_ENV=$${COALITION_ENV:-development} $(BIN)/coalition demo load
-	@echo "Coalition on http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/docs)"
+	COALITION_ENV=$${COALITION_ENV:-development} $(BIN)/coalition demo load --with-history
+	@echo
+	@echo "Coalition on http://$(HOST):$(PORT)/"
+	@echo "  API docs        http://$(HOST):$(PORT)/docs"
+	@echo "  OpenAPI         http://$(HOST):$(PORT)/openapi.json"
+	@echo "  member page     http://$(HOST):$(PORT)/member"
+	@echo "  finance page    http://$(HOST):$(PORT)/finance"
+	@echo "  program terms   http://$(HOST):$(PORT)/member/terms"
+	@echo "In another terminal, in this folder:"
+	@echo "  . $(BIN)/activate                    # puts 'coalition' on the PATH"
+	@echo "  coalition finance user create fiona --name \"Fiona Ledger\"   # a finance user"
+	@echo
 	COALITION_ENV=$${COALITION_ENV:-development} $(BIN)/coalition run --host $(HOST) --port $(PORT)
 
 test: $(STAMP) chromium

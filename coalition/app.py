@@ -8,7 +8,9 @@ from typing import Any
 
 from flask import Flask
 
-from config import load_settings
+from coalition.front import DOCS_ASSETS_URL
+from coalition.wording import plural
+from config import load_settings, source_checkout
 from config.logging import configure_logging
 
 API_TITLE = "Coalition"
@@ -20,7 +22,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     instance_path = os.environ.get("COALITION_INSTANCE_PATH")
     app = Flask("coalition", instance_path=str(Path(instance_path).resolve())
                 if instance_path else None)
-    settings = load_settings(Path(app.instance_path), overrides=config)
+    settings = load_settings(Path(app.instance_path), overrides=config,
+                             checkout=source_checkout())
     app.config.update(settings)
     app.config.update(
         TESTING=settings["ENV"] == "testing",
@@ -31,7 +34,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        # Swagger UI from the installed swagger-ui-bundle package, never a CDN; no
+        # validator badge (it would be fetched from another host)
+        OPENAPI_SWAGGER_UI_URL=DOCS_ASSETS_URL,
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
         API_SPEC_OPTIONS=_spec_options(),
         JSON_SORT_KEYS=False,
         # the member page keeps its OAuth tokens in the session cookie: never sent by
@@ -135,12 +141,17 @@ def _register_api(app: Flask) -> None:
 
 
 def _register_pages(app: Flask) -> None:
-    """Server-rendered pages: sign-in (``/oauth/authorize``), ``/member`` and ``/finance``."""
+    """Server-rendered pages: the front door, sign-in (``/oauth/authorize``), ``/member``,
+    ``/finance``, and the files of ``/docs``."""
+    from coalition import front
     from coalition.member import page
     from coalition.oauth import authorize
     from coalition.pages import init_pages
 
     init_pages(app)
+    app.add_template_filter(plural)  # {{ n|plural("point") }} → 1 point, 1,200 points
+    app.register_blueprint(front.bp)
+    app.register_blueprint(front.assets)
     app.register_blueprint(authorize.bp)
     app.register_blueprint(page.bp)
     from settlement import page as finance_page

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import click
 from flask.cli import FlaskGroup, with_appcontext
 
 from coalition.audit.service import ACTIONS as AUDIT_ACTIONS
+from coalition.schemas import rfc3339
+from coalition.wording import plural
 from config import ConfigError
 
 
@@ -23,12 +27,29 @@ def _create_app() -> Any:
         sys.exit(2)
 
 
-main = FlaskGroup(create_app=_create_app, add_version_option=False,
-              help="Coalition loyalty platform.")
+main = FlaskGroup(create_app=_create_app, add_version_option=False, load_dotenv=False,
+                 help="Coalition loyalty platform. Settings come from COALITION_* "
+                      "environment variables (see the README); every command has --help.")
+# Flask's --app, --env-file and --debug do not apply: the application is always Coalition,
+# and its settings come from the environment only (never from a stray .env file)
+main.params = [param for param in main.params if param.name not in ("app", "env_file", "debug")]
+
+
+def _json_value(value: Any) -> Any:
+    """Timestamps as the API writes them (RFC 3339, UTC); amounts as decimal strings."""
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, default=_json_value, indent=2, ensure_ascii=False)
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, default=str, indent=2) if as_json else text)
+    click.echo(to_json(data) if as_json else text)
 
 
 # --------------------------------------------------------------------------- db
@@ -193,17 +214,34 @@ def demo_cli() -> None:
 
 
 @demo_cli.command("load")
+@click.option("--with-history", is_flag=True,
+              help="Also book a history of demo transactions (docs/samples/"
+                   "demo-transactions.csv in a source checkout), for the pages to show.")
+@click.option("--history-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The demo history to book (implies --with-history).")
 @click.option("--json", "as_json", is_flag=True)
 @with_appcontext
-def demo_load(as_json: bool) -> None:
+def demo_load(with_history: bool, history_file: Path | None, as_json: bool) -> None:
     """Load a demo coalition unless the database already has partners."""
     from coalition.audit.service import cli_actor
-    from coalition.demo import load_demo
+    from coalition.demo import history_file as shipped_history
+    from coalition.demo import load_demo, load_history
+    from coalition.errors import CoalitionError
 
+    if with_history and history_file is None:
+        history_file = shipped_history()
+        if history_file is None or not history_file.is_file():
+            raise click.UsageError("No demo history here (it comes with a source checkout): "
+                                   "give one with --history-file.")
     result = load_demo(cli_actor())
     if result is None:
         emit({"loaded": False}, as_json, "demo coalition already loaded")
         return
+    if history_file is not None:
+        try:
+            result["history"] = load_history(history_file.read_text(encoding="utf-8"))
+        except CoalitionError as exc:
+            raise click.ClickException(exc.message) from exc
     if as_json:
         emit(result, True, "")
         return
@@ -211,6 +249,12 @@ def demo_load(as_json: bool) -> None:
     for row in result["clients"]:
         click.echo(f"  {row['for']:<10} client_id={row['client_id']}  "
                    f"client_secret={row['client_secret']}  scope=\"{' '.join(row['scopes'])}\"")
+    if "history" in result:
+        history = result["history"]
+        click.echo(f"Booked {plural(history['transactions'], 'demo transaction')} for "
+                   f"{plural(len(history['members']), 'member')} from {history_file}:")
+        for handle, number in history["members"].items():
+            click.echo(f"  {handle:<10} member_number={number}")
 
 
 # --------------------------------------------------------------------------- ledger jobs
@@ -276,13 +320,15 @@ def expire_command(as_of: str | None, as_json: bool) -> None:
         bar.close()
     data = summary.to_dict()
     emit(data, as_json,
-         f"expiry as of {moment.isoformat()} (policy {summary.policy}): "
-         f"{summary.members} members\n"
-         f"  holds voided:    {summary.holds_voided} ({summary.points_unheld} points)\n"
-         f"  released:        {summary.points_released} points, {summary.lots_released} lots, "
-         f"{summary.members_released} members\n"
-         f"  expired:         {summary.points_expired} points, {summary.lots_expired} lots, "
-         f"{summary.members_expired} members"
+         f"expiry as of {rfc3339(moment)} (policy {summary.policy}): "
+         f"{plural(summary.members, 'member')}\n"
+         f"  holds voided:    {summary.holds_voided} "
+         f"({plural(summary.points_unheld, 'point')})\n"
+         f"  released:        {plural(summary.points_released, 'point')}, "
+         f"{plural(summary.lots_released, 'lot')}, "
+         f"{plural(summary.members_released, 'member')}\n"
+         f"  expired:         {plural(summary.points_expired, 'point')}, "
+         f"{plural(summary.lots_expired, 'lot')}, {plural(summary.members_expired, 'member')}"
          + "".join(f"\n  FAILED member {f['member_id']}: {f['error']}"
                    for f in summary.failures))
     if summary.failures:
@@ -307,13 +353,14 @@ def ledger_check(limit: int, as_json: bool) -> None:
     if as_json:
         emit(report.to_dict(), True, "")
     else:
-        lines = [f"ledger check at {report.checked_at.isoformat()}: "
-                 + ("OK" if report.ok else f"{report.violation_count} violation(s)")]
+        lines = [f"ledger check at {rfc3339(report.checked_at)}: "
+                 + ("OK" if report.ok else plural(report.violation_count, "violation"))]
         for check in report.checks:
             covered = ", ".join(f"{k}={v}" for k, v in check.covered.items())
             lines.append(f"  {'ok  ' if check.ok else 'FAIL'}  {check.name:<20} {covered}")
             if not check.ok:
-                lines.append(f"        {check.violation_count} violation(s): {check.title}")
+                lines.append(f"        {plural(check.violation_count, 'violation')}: "
+                             f"{check.title}")
                 lines += [f"        - {json.dumps(v, default=str, ensure_ascii=False)}"
                           for v in check.violations]
         click.echo("\n".join(lines))
@@ -357,8 +404,8 @@ def member_merge(absorbed: str, survivor: str, as_json: bool) -> None:
     emit(result, as_json,
          (f"{absorbed} was already merged into {survivor}" if result["already_merged"] else
           f"merged {absorbed} into {survivor}: {moved['available']} available and "
-          f"{moved['pending']} pending points, {moved['lots']} lots, {moved['links']} links, "
-          f"{moved['holds_voided']} holds voided")
+          f"{plural(moved['pending'], 'pending point')}, {plural(moved['lots'], 'lot')}, "
+          f"{plural(moved['links'], 'link')}, {plural(moved['holds_voided'], 'hold')} voided")
          + f"\n{survivor}: tier {result['survivor']['tier']}, balance "
          + ", ".join(f"{k} {v}" for k, v in result["survivor"]["balance"].items()))
 
@@ -389,10 +436,10 @@ def daily_command(as_of: str | None, as_json: bool) -> None:
     data = summary.to_dict()
     emit(data, as_json,
          f"daily job for {day.isoformat()}\n"
-         f"  birthday bonuses: {summary.birthday_members} members, "
-         f"{summary.birthday_points} points\n"
-         f"  tier downgrades:  {summary.tier_downgrades} of {summary.tier_members_checked} "
-         f"members above the first tier"
+         f"  birthday bonuses: {plural(summary.birthday_members, 'member')}, "
+         f"{plural(summary.birthday_points, 'point')}\n"
+         f"  tier downgrades:  {summary.tier_downgrades} of "
+         f"{plural(summary.tier_members_checked, 'member')} above the first tier"
          + "".join(f"\n    {step}: {n}" for step, n in sorted(summary.downgrades.items()))
          + "".join(f"\n  FAILED member {f['member_id']} ({f['step']}): {f['error']}"
                    for f in summary.failures))

@@ -1,18 +1,27 @@
-"""A demo coalition: an operator client, two merchants and a charity, with rate cards."""
+"""A demo coalition: an operator client, two merchants and a charity, with rate cards,
+and optionally a history of transactions (``docs/samples/demo-transactions.csv``) so that
+the member and finance pages have something to show and settle on first start."""
 
 from __future__ import annotations
 
-from decimal import Decimal
+import csv
+import io
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from coalition.audit.service import SYSTEM, Actor
 from coalition.db import read
+from coalition.errors import InvalidRequest
+from coalition.ledger import service as ledger
+from coalition.ledger.members import enrol
 from coalition.models import Partner
 from coalition.oauth.clients import create_operator_client
 from coalition.oauth.models import PARTNER_SCOPES
 from coalition.program.service import publish_rules
+from config import source_checkout
 
 DEMO_PARTNERS = (
     dict(code="northwind", name="Northwind Grocers", kind="merchant", currency="GBP",
@@ -58,3 +67,78 @@ def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
                        "client_secret": client.client_secret, "scopes": client.scopes})
     publish_rules(DEMO_RULES, published_by=operator.client_id, actor=actor)
     return {"loaded": True, "clients": issued}
+
+
+#: the people of the demo history, by the handle its file names them with
+DEMO_MEMBERS = {"ada": "Ada Lovelace", "grace": "Grace Hopper", "alan": "Alan Turing",
+                "katherine": "Katherine Johnson"}
+HISTORY_COLUMNS = ("partner", "partner_txn_id", "type", "member", "points", "spend_amount",
+                   "spend_currency", "reference")
+HISTORY_TYPES = ("earn", "burn", "hold", "hold_capture", "hold_void", "earn_reversal",
+                 "burn_reversal")
+
+
+def history_file() -> Path | None:
+    """The demo history shipped with a source checkout (None when installed)."""
+    checkout = source_checkout()
+    return None if checkout is None else checkout / "docs" / "samples" / "demo-transactions.csv"
+
+
+def load_history(text: str) -> dict[str, Any]:
+    """Book the demo history, each row through the same ledger service as the partner API.
+
+    Members are enrolled at the first partner that names them and linked at the others.
+    Every row is idempotent by its ``partner_txn_id``, so loading twice books nothing twice.
+    """
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or tuple(rows[0]) != HISTORY_COLUMNS:
+        raise InvalidRequest(f"The demo history needs the columns {', '.join(HISTORY_COLUMNS)}.")
+    with read() as session:
+        partners = {row.code: row.id for row in session.execute(select(Partner.code, Partner.id))}
+    numbers: dict[str, str] = {}
+    linked: set[tuple[str, str]] = set()
+    booked: dict[tuple[str, str], int] = {}  # (partner, partner_txn_id) -> transaction/hold id
+    replayed = 0
+    for line, row in enumerate(rows, start=2):
+        partner_id = partners.get(row["partner"])
+        if partner_id is None or row["type"] not in HISTORY_TYPES \
+                or row["member"] not in DEMO_MEMBERS:
+            raise InvalidRequest(f"Line {line} of the demo history names an unknown "
+                                 "partner, type or member.")
+        handle = row["member"]
+        if (row["partner"], handle) not in linked:
+            member, _ = enrol(partner_id, handle, name=DEMO_MEMBERS[handle],
+                              member_number=numbers.get(handle))
+            numbers[handle] = member["member_number"]
+            linked.add((row["partner"], handle))
+        outcome = _book(partner_id, row, numbers[handle],
+                        booked.get((row["partner"], row["reference"])), line)
+        booked[(row["partner"], row["partner_txn_id"])] = outcome.body["id"]
+        replayed += outcome.replayed
+    return {"transactions": len(rows), "replayed": replayed, "members": numbers}
+
+
+def _book(partner_id: int, row: dict[str, str], member_number: str, reference: int | None,
+          line: int) -> ledger.Outcome:
+    kind = row["type"]
+    data: dict[str, Any] = {"partner_txn_id": row["partner_txn_id"]}
+    try:
+        if row["points"]:
+            data["points"] = int(row["points"])
+        if row["spend_amount"]:
+            data["spend"] = {"amount": Decimal(row["spend_amount"]),
+                             "currency": row["spend_currency"]}
+    except (ValueError, InvalidOperation) as exc:
+        raise InvalidRequest(f"Line {line} of the demo history: {exc}.") from exc
+    if kind in ("earn", "burn", "hold"):
+        data["member_number"] = member_number
+        book = {"earn": ledger.earn, "burn": ledger.burn, "hold": ledger.authorise_hold}[kind]
+        return book(partner_id, data)
+    if reference is None:
+        raise InvalidRequest(f"Line {line} of the demo history refers to "
+                             f"{row['reference']!r}, which no earlier line books.")
+    if kind == "hold_capture":
+        return ledger.capture_hold(partner_id, reference, data)
+    if kind == "hold_void":
+        return ledger.cancel_hold(partner_id, reference, data)
+    return ledger.reverse(partner_id, reference, data)

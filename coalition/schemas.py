@@ -113,6 +113,12 @@ class DecimalString(fields.Field):
 _RFC3339 = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?"
 
 
+def rfc3339(value: datetime) -> str:
+    """The one way Coalition writes a moment: RFC 3339 in UTC, to the second
+    (``2026-01-31T12:00:00Z``), in the API, the exports and the command line alike."""
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 class UTCTimestamp(fields.Field):
     """RFC 3339 with an offset (converted to UTC), or a bare date meaning midnight UTC."""
 
@@ -129,7 +135,7 @@ class UTCTimestamp(fields.Field):
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
         if value is None:
             return None
-        return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return rfc3339(value)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
         if not isinstance(value, str):

@@ -100,11 +100,28 @@ class _BadRequestDoc(BasePlugin):
                 operation.setdefault("responses", {}).setdefault("400", "BAD_REQUEST")
 
 
+class _ErrorBodiesDoc(BasePlugin):
+    """Every error answer has the one error shape: a 4xx response documented by its
+    description alone gets the ``Error`` schema, so that generated clients parse it (rather
+    than typing the answer as anything)."""
+
+    def operation_helper(self, path: str | None = None,
+                         operations: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        for operation in (operations or {}).values():
+            if not isinstance(operation, dict):
+                continue
+            for status, response in operation.get("responses", {}).items():
+                if (str(status).startswith("4") and isinstance(response, dict)
+                        and "content" not in response):
+                    response["content"] = {"application/json": {"schema": "Error"}}
+
+
 class Api(_Api):
     """flask-smorest's Api with Coalition's error shape for every HTTP exception."""
 
     def _init_spec(self, **kwargs: Any) -> None:
-        kwargs["extra_plugins"] = [*kwargs.get("extra_plugins", ()), _BadRequestDoc()]
+        kwargs["extra_plugins"] = [*kwargs.get("extra_plugins", ()), _BadRequestDoc(),
+                                   _ErrorBodiesDoc()]
         super()._init_spec(**kwargs)
 
     def handle_http_exception(self, error: HTTPException) -> Any:  # type: ignore[override]

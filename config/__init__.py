@@ -158,12 +158,41 @@ SETTINGS: tuple[Setting, ...] = (
 _SECRET_SETTINGS = {"SECRET_KEY", "DATABASE_URL"}
 
 
+def source_checkout() -> Path | None:
+    """The Git checkout Coalition runs from (``make run``), or None when it is installed."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / ".git").exists():
+        return root
+    return None
+
+
+def _default_env(instance_path: Path, environ: Mapping[str, str],
+                 overrides: Mapping[str, Any], checkout: Path | None) -> str:
+    """``development`` for the embedded database of a source checkout, else ``production``.
+
+    So that the commands of a checkout work as typed after ``make run``, its own instance
+    folder (``./instance``) is a development instance when nothing says otherwise. Any sign
+    of a deployment — an instance folder elsewhere, a database URL or a secret key given —
+    keeps the default at production, as does an installed package (no checkout at all).
+    """
+    given = {name for name in ("DATABASE_URL", "SECRET_KEY")
+             if name in overrides or PREFIX + name in environ}
+    if (checkout is not None and not given
+            and instance_path.resolve() == (checkout / "instance").resolve()):
+        return "development"
+    return "production"
+
+
 def load_settings(
     instance_path: Path,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    checkout: Path | None = None,
 ) -> dict[str, Any]:
-    """Resolve every setting, or raise :class:`ConfigError` naming all the bad ones."""
+    """Resolve every setting, or raise :class:`ConfigError` naming all the bad ones.
+
+    ``checkout`` is the source checkout the code runs from (:func:`source_checkout`), if
+    any: its own instance folder defaults to development."""
     environ = os.environ if environ is None else environ
     overrides = dict(overrides or {})
     unknown = sorted(k for k in overrides if k not in {s.name for s in SETTINGS})
@@ -176,6 +205,9 @@ def load_settings(
             raw, source = overrides[setting.name], f"setting {setting.name}"
         elif PREFIX + setting.name in environ:
             raw, source = environ[PREFIX + setting.name], PREFIX + setting.name
+        elif setting.name == "ENV":
+            values["ENV"] = _default_env(instance_path, environ, overrides, checkout)
+            continue
         else:
             values[setting.name] = setting.default
             continue

@@ -84,8 +84,12 @@ class MemberLookupArgsSchema(Schema):
 
 
 class ExpiringSchema(Schema):
+    """Points that expire on one date (UTC)."""
+
+    date = fields.Date()
     points = fields.Integer()
-    expires_at = UTCTimestamp()
+    expires_at = UTCTimestamp(metadata={"description": "the first moment of that date at "
+                                                       "which some of them expire"})
 
 
 class BalanceSchema(Schema):
@@ -181,6 +185,11 @@ class HoldSchema(Schema):
     expires_at = UTCTimestamp()
     created_at = UTCTimestamp()
     balance = fields.Nested(BalanceSummarySchema)
+    balance_at = fields.String(metadata={
+        "enum": ["authorisation", "void", "now"],
+        "description": "whose moment `balance` shows: just after the authorisation (the "
+                       "answer to the hold and its replays), just after the void, or now "
+                       "(`GET /v1/holds/{id}`)"})
 
 
 class TransactionQueryArgsSchema(CursorQueryArgsSchema):

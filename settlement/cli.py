@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +12,9 @@ from flask.cli import with_appcontext
 from marshmallow import ValidationError
 
 from coalition.audit.service import cli_actor
-from coalition.schemas import UTCTimestamp
+from coalition.cli import emit
+from coalition.schemas import UTCTimestamp, rfc3339
+from coalition.wording import breaks_to_resolve, plural, reconciliation_counts
 
 CLI_USER = "cli"
 
@@ -25,12 +26,11 @@ def _moment(value: str, name: str) -> datetime:
         raise click.BadParameter(" ".join(exc.messages), param_hint=name) from exc  # type: ignore[arg-type]
 
 
-def _emit(data: Any, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, default=str, indent=2) if as_json else text)
 
 
 def _run_text(run: dict[str, Any]) -> str:
-    lines = [f"run {run['id']} ({run['status']}) {run['period_start']} → {run['period_end']}",
+    lines = [f"run {run['id']} ({run['status']}) {rfc3339(run['period_start'])} → "
+             f"{rfc3339(run['period_end'])}",
              f"{'partner':<14} {'cur':<4} {'issued':>10} {'redeemed':>10} {'payable':>12} "
              f"{'receivable':>12} {'net':>12}"]
     for s in run["statements"]:
@@ -41,7 +41,7 @@ def _run_text(run: dict[str, Any]) -> str:
     lines += [f"  {p['from']} → {p['to']}: {p['amount']} {p['currency']}"
               for p in run["payments"]] or ["  none"]
     if run.get("open_breaks"):
-        lines.append(f"open breaks: {run['open_breaks']}")
+        lines.append(f"{breaks_to_resolve(run['open_breaks'])}.")
     return "\n".join(lines)
 
 
@@ -79,7 +79,7 @@ def settle_run(start: str, end: str, as_json: bool) -> None:
         except Exception as exc:  # noqa: BLE001 - domain errors become a clean message
             raise _fail(exc) from exc
         bar.update(1)
-    _emit(RunSchema().dump(run), as_json, _run_text(run))
+    emit(RunSchema().dump(run), as_json, _run_text(run))
 
 
 @settle_cli.command("reconcile")
@@ -97,9 +97,10 @@ def settle_reconcile(run_id: int, partner: str, file: Path, as_json: bool) -> No
         report = reconcile(run_id, partner, file.read_bytes(), CLI_USER, actor=cli_actor())
     except Exception as exc:  # noqa: BLE001
         raise _fail(exc) from exc
-    summary = ", ".join(f"{k} {v}" for k, v in report["summary"].items())
-    _emit(ReconciliationSchema().dump(report), as_json,
-          f"reconciliation {report['id']} of {partner} for run {run_id}: {summary}")
+    emit(ReconciliationSchema().dump(report), as_json,
+          f"reconciliation {report['id']} of {partner} for run {run_id}: "
+          f"{reconciliation_counts(report['summary'])}. "
+          f"{breaks_to_resolve(len(report['breaks']))}.")
 
 
 @settle_cli.command("close")
@@ -115,7 +116,7 @@ def settle_close(run_id: int, as_json: bool) -> None:
         run = close_run(run_id, CLI_USER, actor=cli_actor())
     except Exception as exc:  # noqa: BLE001
         raise _fail(exc) from exc
-    _emit(RunSchema().dump(run), as_json, _run_text(run))
+    emit(RunSchema().dump(run), as_json, _run_text(run))
 
 
 @settle_cli.command("show")
@@ -131,7 +132,7 @@ def settle_show(run_id: int, as_json: bool) -> None:
         run = get_run(run_id)
     except Exception as exc:  # noqa: BLE001
         raise _fail(exc) from exc
-    _emit(RunSchema().dump(run), as_json, _run_text(run))
+    emit(RunSchema().dump(run), as_json, _run_text(run))
 
 
 
@@ -183,7 +184,7 @@ def finance_user_create(username: str, name: str, password_stdin: bool,
         if exc.status == 422 and hint:
             raise click.BadParameter(exc.message, param_hint=hint) from exc
         raise click.ClickException(f"{exc.code}: {exc.message}") from exc
-    _emit({k: user[k] for k in ("username", "name", "active", "created_at")}, as_json,
+    emit({k: user[k] for k in ("username", "name", "active", "created_at")}, as_json,
           f"created finance user {user['username']} ({user['name']})")
 
 
@@ -196,7 +197,7 @@ def finance_user_list(as_json: bool) -> None:
 
     users = finance_users.list_users()
     rows = [{k: u[k] for k in ("username", "name", "active", "created_at")} for u in users]
-    _emit(rows, as_json, "\n".join(_user_text(u) for u in users) or "no finance users")
+    emit(rows, as_json, "\n".join(_user_text(u) for u in users) or "no finance users")
 
 
 @finance_user_cli.command("disable")
@@ -212,5 +213,6 @@ def finance_user_disable(username: str, as_json: bool) -> None:
         user = finance_users.disable_user(username, actor=cli_actor())
     except Exception as exc:  # noqa: BLE001
         raise _fail(exc) from exc
-    _emit({k: user[k] for k in ("username", "active", "tokens_revoked")}, as_json,
-          f"disabled finance user {username} ({user['tokens_revoked']} token(s) revoked)")
+    emit({k: user[k] for k in ("username", "active", "tokens_revoked")}, as_json,
+          f"disabled finance user {username} "
+          f"({plural(user['tokens_revoked'], 'token')} revoked)")

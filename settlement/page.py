@@ -55,6 +55,7 @@ from coalition.pages import (
     revoke_tokens,
     token_refused,
 )
+from coalition.wording import breaks_to_resolve, plural, reconciliation_counts
 from config.logging import current_request_id
 from settlement import charts, reconcile, service
 from settlement.schemas import RunSchema
@@ -74,7 +75,6 @@ BREAK_LABELS = {
     "missing_in_file": "Missing in the partner's file",
     "duplicated_in_file": "Duplicated in the file", "malformed": "Unreadable row",
 }
-SUMMARY_LABELS = {"matched": "matched", **{k: v.lower() for k, v in BREAK_LABELS.items()}}
 ADJUSTABLE = ("points_mismatch", "missing_in_ledger", "missing_in_file")
 #: ids are 64-bit: a larger one names nothing (404) rather than overflowing the driver
 ID = "int(max=9223372036854775807)"
@@ -339,11 +339,9 @@ def upload(run_id: int) -> Any:
                           if isinstance(ms, list) for m in ms if m != refused.message)
         flash(f"The file was not reconciled: {refused.message} {detail}".strip(), "error")
         return _back(run_id)
-    counts = ", ".join(f"{n} {SUMMARY_LABELS.get(k, k)}"
-                       for k, n in report["summary"].items() if n)
     breaks = len(report["breaks"])
-    flash(f"{partner}'s file of {report['rows']} rows is reconciled: {counts or 'no rows'}. "
-          + (f"{breaks} break(s) to resolve." if breaks else "No breaks."),
+    flash(f"{partner}'s file of {plural(report['rows'], 'row')} is reconciled: "
+          f"{reconciliation_counts(report['summary'])}. {breaks_to_resolve(breaks)}.",
           "success" if not breaks else "info")
     return _back(run_id)
 

@@ -16,6 +16,8 @@ from coalition.audit.service import SYSTEM, Actor, record
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
 from coalition.ledger import fence
+from coalition.schemas import rfc3339
+from coalition.wording import plural, verb
 from settlement.compute import Unpriced, compute
 from settlement.models import Break, SettlementRun
 
@@ -162,7 +164,8 @@ def close_run(run_id: int, closed_by: str, *, actor: Actor | None = None) -> dic
         open_breaks = uow.session.scalar(select(func.count()).where(
             Break.run_id == run.id, Break.status == "open")) or 0
         if open_breaks:
-            raise UnresolvedBreaks(f"{open_breaks} reconciliation break(s) are unresolved.")
+            raise UnresolvedBreaks(f"{plural(open_breaks, 'reconciliation break')} "
+                                   f"{verb(open_breaks, 'is', 'are')} unresolved.")
         result = _compute(uow.session, run.period_start, run.period_end)
         now = utcnow()
         run.result, run.result_digest, run.computed_at = result, digest(result), now
@@ -207,6 +210,13 @@ def statement(run_id: int, partner_code: str, *, only_closed: bool = False) -> d
 
 
 STATEMENT_COLUMNS = ["type", "points", "rate", "rate_valid_from", "amount"]
+#: what every row of a run's CSV export says first: which run, which period, which money
+#: model. ``model`` is empty until settlement runs record the model they were computed under.
+RUN_CSV_HEAD = ["run_id", "period_start", "period_end", "model"]
+
+
+def _csv_value(value: Any) -> Any:
+    return rfc3339(value) if isinstance(value, datetime) else value
 
 
 def statement_csv(doc: dict[str, Any]) -> str:
@@ -214,9 +224,9 @@ def statement_csv(doc: dict[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["partner", "currency", "period_start", "period_end", *STATEMENT_COLUMNS])
     for line in doc["lines"]:
-        writer.writerow([doc["partner"], doc["currency"], doc["period_start"].isoformat(),
-                         doc["period_end"].isoformat(),
-                         *(line[c] for c in STATEMENT_COLUMNS)])
+        writer.writerow([doc["partner"], doc["currency"], rfc3339(doc["period_start"]),
+                         rfc3339(doc["period_end"]),
+                         *(_csv_value(line[c]) for c in STATEMENT_COLUMNS)])
     writer.writerow([doc["partner"], doc["currency"], "", "", "payable", doc["issued_points"],
                      "", "", doc["payable"]])
     writer.writerow([doc["partner"], doc["currency"], "", "", "receivable",
@@ -226,18 +236,22 @@ def statement_csv(doc: dict[str, Any]) -> str:
 
 
 def run_csv(doc: dict[str, Any]) -> str:
-    """Every statement line of the run, then the payment instructions."""
+    """Every statement line of the run, then the payment instructions; each row names the
+    run, its period and its money model, so a row read on its own still says where it is from."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["section", "partner", "currency", "type", "points", "rate",
+    head = [doc["id"], rfc3339(doc["period_start"]), rfc3339(doc["period_end"]),
+            doc.get("model") or ""]
+    writer.writerow([*RUN_CSV_HEAD, "section", "partner", "currency", "type", "points", "rate",
                      "rate_valid_from", "amount"])
     for s in doc["statements"]:
         for line in s["lines"]:
-            writer.writerow(["statement", s["partner"], s["currency"], line["type"],
-                             line["points"], line["rate"], line["rate_valid_from"],
+            writer.writerow([*head, "statement", s["partner"], s["currency"], line["type"],
+                             line["points"], line["rate"], _csv_value(line["rate_valid_from"]),
                              line["amount"]])
-        writer.writerow(["total", s["partner"], s["currency"], "net", "", "", "", s["net"]])
+        writer.writerow([*head, "total", s["partner"], s["currency"], "net", "", "", "",
+                         s["net"]])
     for p in doc["payments"]:
-        writer.writerow(["payment", f"{p['from']}->{p['to']}", p["currency"], "", "", "", "",
-                         p["amount"]])
+        writer.writerow([*head, "payment", f"{p['from']}->{p['to']}", p["currency"], "", "",
+                         "", "", p["amount"]])
     return out.getvalue()

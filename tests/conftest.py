@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -325,3 +326,38 @@ def server_url(request: pytest.FixtureRequest) -> str:
     if request.param == "werkzeug":
         return request.getfixturevalue("live_server").url  # type: ignore[no-any-return]
     return request.getfixturevalue("gunicorn_server")  # type: ignore[no-any-return]
+# --------------------------------------------------------------------------- a real browser
+
+#: screenshots of the browser tests, kept for people to look at
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = os.environ.get("COALITION_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+REQUIRE_BROWSER = os.environ.get("COALITION_REQUIRE_BROWSER", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's headless Chromium driven by Playwright (never a browser Playwright downloads)."""
+    def unavailable(reason: str) -> None:
+        if REQUIRE_BROWSER:
+            pytest.fail(f"{reason} (COALITION_REQUIRE_BROWSER is set)", pytrace=False)
+        pytest.skip(reason)
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        unavailable(f"Playwright for Python is not installed: {exc}")
+    if not os.access(CHROMIUM, os.X_OK):
+        unavailable(f"Chromium is not installed at {CHROMIUM} "
+                    "(apt-get install chromium chromium-driver)")
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                             headless=True)
+    except Exception as exc:  # noqa: BLE001 - whatever stops Chromium from starting
+        playwright.stop()
+        unavailable(f"Chromium could not be launched: {exc}")
+    yield browser
+    browser.close()
+    playwright.stop()

@@ -50,6 +50,7 @@ from sqlalchemy.orm import Session
 from coalition.db import db, utcnow
 from coalition.errors import CoalitionError
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting, Wallet
+from coalition.models import Partner
 from settlement.models import SettlementRun
 from settlement.service import journal_digest
 
@@ -98,10 +99,27 @@ class CheckResult:
         return data
 
 
+def _named(value: Any, partners: dict[int, str]) -> Any:
+    """``partner_id``-like keys (``origin_partner_id``, …) as partner codes, for people."""
+    if isinstance(value, list):
+        return [_named(item, partners) for item in value]
+    if not isinstance(value, dict):
+        return value
+    named: dict[str, Any] = {}
+    for key, item in value.items():
+        if key.endswith("partner_id") and (item is None or isinstance(item, int)):
+            named[key.removesuffix("_id")] = None if item is None else partners.get(item, item)
+        else:
+            named[key] = _named(item, partners)
+    return named
+
+
 @dataclass
 class LedgerReport:
     checked_at: datetime
     checks: list[CheckResult]
+    #: partner codes by id, to name partners in the report
+    partners: dict[int, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -115,9 +133,11 @@ class LedgerReport:
         return next(c for c in self.checks if c.name == name)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report with partners named by code (``origin_partner``: null is the
+        coalition itself, for the points it funds)."""
         return {"checked_at": self.checked_at, "ok": self.ok,
                 "violation_count": self.violation_count,
-                "checks": [c.to_dict() for c in self.checks]}
+                "checks": [_named(c.to_dict(), self.partners) for c in self.checks]}
 
 
 def check_ledger(limit: int = LIMIT) -> LedgerReport:
@@ -132,7 +152,8 @@ def check_ledger(limit: int = LIMIT) -> LedgerReport:
             _conservation(conn, limit),
             _closed_runs(conn, limit),
         ]
-    return LedgerReport(checked_at, checks)
+        partners = {row.id: row.code for row in conn.execute(select(Partner.id, Partner.code))}
+    return LedgerReport(checked_at, checks, partners)
 
 
 @contextmanager

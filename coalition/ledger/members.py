@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from coalition.db import UnitOfWork, read, run_with_retries, utcnow
 from coalition.errors import AlreadyExists, MemberClosed, MemberMerged, NotFound
 from coalition.ledger import numbers
+from coalition.ledger.expiring import by_date
 from coalition.ledger.models import Lot, Member, MemberConsent, MemberLink, Wallet
 from coalition.member.signin import activation_digest, display_code, new_activation_code
 from coalition.models import Partner
@@ -254,25 +255,24 @@ def get_member(partner_id: int, identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def balance(partner_id: int, identity: dict[str, Any], limit: int = 12) -> dict[str, Any]:
-    """Balances, the tier, and live points grouped by the moment they expire."""
+    """Balances, the tier, and live points grouped by the date they expire."""
     with read() as session:
         member = find_member(session, partner_id, identity.get("member_number"),
                              identity.get("partner_member_ref"))
         wallet = session.get(Wallet, member.id)
         lot = Lot.__table__.c
-        expiring = session.execute(
-            select(func.sum(lot.remaining), lot.expires_at)
+        moments = session.execute(
+            select(lot.expires_at, func.sum(lot.remaining))
             .where(lot.member_id == member.id, lot.state == "live", lot.remaining > 0,
                    lot.expires_at.is_not(None))
-            .group_by(lot.expires_at).order_by(lot.expires_at).limit(limit)
-        ).all()
+            .group_by(lot.expires_at).order_by(lot.expires_at)
+        )
         return {
             "member_number": member.member_number,
             "available": wallet.available if wallet else 0,
             "pending": wallet.pending if wallet else 0,
             "held": wallet.held if wallet else 0,
-            "expiring": [{"points": int(points), "expires_at": at}
-                         for points, at in expiring],
+            "expiring": by_date(moments, limit),
             "tier": member.tier,
         }
 

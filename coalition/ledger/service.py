@@ -48,6 +48,7 @@ from coalition.ledger.models import (
     Lot,
     LotMovement,
     Member,
+    Wallet,
 )
 from coalition.models import Partner, RateCard
 from coalition.money import floor_points
@@ -194,7 +195,7 @@ def render_transaction(session: Session, entry: Entry, partner_code: str) -> dic
 def render_hold(session: Session, hold: Hold, partner_code: str,
                 balance_from: Entry | None = None) -> dict[str, Any]:
     """The hold, with the member's balances just after ``balance_from`` (default: the
-    authorisation)."""
+    authorisation); ``balance_at`` says which."""
     entry = session.get_one(Entry, hold.entry_id)
     after = balance_from or entry
     return {
@@ -209,6 +210,7 @@ def render_hold(session: Session, hold: Hold, partner_code: str,
         "created_at": entry.booked_at,
         "balance": {"available": after.available_after, "pending": after.pending_after,
                     "held": after.held_after},
+        "balance_at": "authorisation" if after is entry else "void",
     }
 
 
@@ -454,7 +456,8 @@ def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcom
                 "captured_points": 0, "status": "open", "expires_at": hold.expires_at,
                 "created_at": now,
                 "balance": {"available": balance.available, "pending": balance.pending,
-                            "held": balance.held}}
+                            "held": balance.held},
+                "balance_at": "authorisation"}
 
     def render(session: Session, entry: Entry) -> dict[str, Any]:
         hold = session.scalars(select(Hold).where(Hold.entry_id == entry.id)).one()
@@ -603,7 +606,13 @@ def get_hold(partner_id: int, hold_id: int) -> dict[str, Any]:
                                                  Hold.partner_id == partner_id))
         if hold is None:
             raise NotFound(f"No hold {hold_id}.")
-        return render_hold(session, hold, partner_ref(session, partner_id).code)
+        view = render_hold(session, hold, partner_ref(session, partner_id).code)
+        # read later, the member's balance is the one of now, not of the authorisation
+        wallet = session.get_one(Wallet, hold.member_id)
+        view["balance"] = {"available": wallet.available, "pending": wallet.pending,
+                           "held": wallet.held}
+        view["balance_at"] = "now"
+        return view
 
 
 # --------------------------------------------------------------------------- reversals

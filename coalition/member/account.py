@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from coalition.db import read, utcnow
 from coalition.errors import NotFound
+from coalition.ledger.expiring import by_date
 from coalition.ledger.member_ops import member_entries, member_ids_of, sender_label
 from coalition.ledger.models import Entry, Hold, Lot, Member, Posting, Wallet
 from coalition.ledger.service import _decode_cursor, _encode_cursor, add_months
@@ -84,8 +85,7 @@ def _tier(session: Session, member: Member, rules: Any, now: datetime) -> dict[s
 
 def _expiring(session: Session, member_id: int, wallet: Wallet | None, rules: Any,
               now: datetime) -> dict[str, Any]:
-    """Live points by the moment they expire, within the longest window."""
-    horizon = now + timedelta(days=max(EXPIRY_WINDOWS))
+    """Live points by the date they expire, and within the next 30, 60 and 90 days."""
     expiry = rules["expiry"]
     lot = Lot.__table__.c
     dates: list[tuple[datetime, int]] = []
@@ -95,9 +95,7 @@ def _expiring(session: Session, member_id: int, wallet: Wallet | None, rules: An
         live = session.scalar(select(func.coalesce(func.sum(lot.remaining), 0)).where(
             lot.member_id == member_id, lot.state == "live", lot.remaining > 0)) or 0
         if last is not None and live:
-            at = add_months(last, expiry["months"])
-            if at <= horizon:
-                dates.append((at, int(live)))
+            dates.append((add_months(last, expiry["months"]), int(live)))
     else:
         # under ``fixed`` each lot has its date; after a switch to ``none`` the job expires
         # nothing, so nothing is shown as expiring
@@ -105,7 +103,7 @@ def _expiring(session: Session, member_id: int, wallet: Wallet | None, rules: An
             rows = session.execute(
                 select(lot.expires_at, func.sum(lot.remaining))
                 .where(lot.member_id == member_id, lot.state == "live", lot.remaining > 0,
-                       lot.expires_at.is_not(None), lot.expires_at <= horizon)
+                       lot.expires_at.is_not(None))
                 .group_by(lot.expires_at).order_by(lot.expires_at)).all()
             dates = [(at, int(points)) for at, points in rows]
     windows = []
@@ -113,8 +111,7 @@ def _expiring(session: Session, member_id: int, wallet: Wallet | None, rules: An
         until = now + timedelta(days=days)
         windows.append({"days": days, "until": until,
                         "points": sum(p for at, p in dates if at <= until)})
-    return {"policy": expiry["policy"], "windows": windows,
-            "dates": [{"points": p, "expires_at": at} for at, p in dates]}
+    return {"policy": expiry["policy"], "windows": windows, "dates": by_date(dates)}
 
 
 def summary(member_id: int) -> dict[str, Any]:
@@ -165,6 +162,23 @@ def summary(member_id: int) -> dict[str, Any]:
             "tier": _tier(session, member, rules, now),
             "as_of": now,
         }
+
+
+def mask_name(name: str | None) -> str | None:
+    """``Ada Lovelace`` → ``A** L*******``: enough for a sender to recognise a friend,
+    not enough to learn a stranger's name."""
+    if not name:
+        return None
+    return " ".join(word[0] + "*" * (len(word) - 1) for word in name.split())
+
+
+def recipient(member_number: str) -> dict[str, Any]:
+    """Who a transfer to ``member_number`` would reach, as the sender may see them."""
+    with read() as session:
+        member = session.scalar(select(Member).where(Member.member_number == member_number))
+        if member is None or member.status != "active":
+            raise NotFound(f"No active member has the number {member_number}.")
+        return {"member_number": member.member_number, "masked_name": mask_name(member.name)}
 
 
 def transactions(member_id: int, args: dict[str, Any]) -> dict[str, Any]:

@@ -97,6 +97,8 @@ class TransferForm(PageForm):
     points = FormPoints(required=True)
     idempotency_key = _key()
     share_name = FormCheckbox(load_default=False)
+    #: the member saw whom the points reach and agreed (the page asks first)
+    confirmed = FormCheckbox(load_default=False)
 
 
 class DonationForm(PageForm):

@@ -75,6 +75,22 @@ ENTRY_LABELS = {
 }
 
 
+def describe(entry: dict[str, Any]) -> str:
+    """A history line as a person would say it: ``Reserved 400 at Northwind``, ``Spent 250
+    of the reservation at Northwind, released 150``, ``Released 150 of the reservation``."""
+    kind, points, partner = entry["type"], f"{entry['points']:,}", entry.get("partner_name")
+    at = f" at {partner}" if partner else ""
+    if kind == "hold":
+        return f"Reserved {points}{at}"
+    if kind == "hold_capture":
+        released = -entry["change"]["held"] - entry["points"]
+        return f"Spent {points} of the reservation{at}" + (
+            f", released {released:,}" if released > 0 else "")
+    if kind == "hold_void":
+        return f"Released {-entry['change']['held']:,} of the reservation{at}"
+    return ENTRY_LABELS.get(kind, kind) + (f" · {partner}" if partner else "")
+
+
 # --------------------------------------------------------------------------- the OAuth client
 
 
@@ -193,7 +209,7 @@ def _account_page(member_id: int, status: int = 200) -> Any:
     terms = program_terms()
     charities = [p for p in terms["partners"] if p["kind"] == "charity"]
     return render_template(
-        "member/account.html", me=me, history=history, labels=ENTRY_LABELS, terms=terms,
+        "member/account.html", me=me, history=history, describe=describe, terms=terms,
         charities=charities, consents=members.consents(member_id),
         request_key=secrets.token_urlsafe(18),
         older=request.args.get("cursor") is not None), status
@@ -249,6 +265,16 @@ def transfer() -> Any:
     check_csrf()
     form = _form(TransferForm(), member_id)
     to, points = form["to_member_number"], form["points"]
+    if not form["confirmed"]:
+        # first show whom the points would reach, and send only once the member agrees
+        try:
+            to_whom = account.recipient(to)
+        except CoalitionError as refused:
+            flash(f"The transfer was not made: {refused.message}", "error")
+            return redirect(url_for(".home"))
+        return render_template("member/confirm_transfer.html", recipient=to_whom,
+                               points=points, share_name=form["share_name"],
+                               request_key=form["idempotency_key"] or "")
     try:
         outcome = member_ops.transfer(member_id, to, points, share_name=form["share_name"],
                                       request_id=form["idempotency_key"])

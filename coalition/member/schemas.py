@@ -69,7 +69,9 @@ class MeExpiryWindowSchema(Schema):
 
 
 class MeExpiryDateSchema(MePointsAtSchema):
-    expires_at = UTCTimestamp()
+    date = fields.Date(metadata={"description": "the date (UTC) these points expire"})
+    expires_at = UTCTimestamp(metadata={"description": "the first moment of that date at "
+                                                       "which some of them expire"})
 
 
 class MeExpiringSchema(Schema):

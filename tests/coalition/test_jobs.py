@@ -405,7 +405,7 @@ def test_cli_expire_prints_the_summary(app, monkeypatch):
     result = runner.invoke(args=["expire", "--as-of", "2024-03-01", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["as_of"].startswith("2024-03-01 00:00:00")
+    assert data["as_of"] == "2024-03-01T00:00:00Z"
     assert (data["members_expired"], data["lots_expired"], data["points_expired"]) \
         == (3, 3, 30)
 

@@ -424,12 +424,13 @@ class LedgerMachine(RuleBasedStateMachine):
             body["spend"] = {"amount": money(spend[0]), "currency": spend[1]}
         return body
 
-    def hold_body(self, hold: MHold) -> dict[str, Any]:
+    def hold_body(self, hold: MHold, balance_at: str) -> dict[str, Any]:
         return {"id": hold.id, "partner": self.partners[hold.partner].code,
                 "member_number": hold.member.number, "partner_txn_id": hold.txn_id,
                 "points": hold.points, "captured_points": hold.captured,
                 "status": hold.status, "expires_at": rfc3339(hold.expires_at),
-                "created_at": rfc3339(hold.created_at), "balance": self.balance(hold.member)}
+                "created_at": rfc3339(hold.created_at), "balance": self.balance(hold.member),
+                "balance_at": balance_at}
 
     def multiplier(self, member: MMember) -> Fraction:
         for tier in self.rules["tiers"]:
@@ -677,7 +678,7 @@ class LedgerMachine(RuleBasedStateMachine):
                              now + timedelta(seconds=seconds),
                              {lot: -n for lot, n in taken})
                 self.holds.append(hold)
-                return self.hold_body(hold)
+                return self.hold_body(hold, "authorisation")
 
             return ok(apply)
 
@@ -751,7 +752,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 hold.member.held -= hold.points
                 hold.member.available += hold.points
                 hold.status = "voided"
-                return self.hold_body(hold)
+                return self.hold_body(hold, "void")
 
             return ok(apply)
 
@@ -1014,14 +1015,18 @@ class LedgerMachine(RuleBasedStateMachine):
                                        headers=self.partners["b"].headers)
             assert response.status_code == 200, response.get_json()
             answer = response.get_json()
-            expiring: dict[datetime, int] = {}
-            for lot in member.lots:
-                if lot.state == "live" and lot.remaining and lot.expires_at is not None:
-                    expiring[lot.expires_at] = expiring.get(lot.expires_at, 0) + lot.remaining
+            # one row per UTC date: its points, and the first moment of it that some expire
+            expiring: dict[str, dict[str, Any]] = {}
+            live = [lot for lot in member.lots
+                    if lot.state == "live" and lot.remaining and lot.expires_at is not None]
+            for lot in sorted(live, key=lambda lot: lot.expires_at):
+                day = rfc3339(lot.expires_at)[:10]
+                row = expiring.setdefault(day, {"date": day, "points": 0,
+                                                "expires_at": rfc3339(lot.expires_at)})
+                row["points"] += lot.remaining
             assert answer == {
                 "member_number": member.number, **self.balance(member), "tier": member.tier,
-                "expiring": [{"points": n, "expires_at": rfc3339(at)}
-                             for at, n in sorted(expiring.items())][:12],
+                "expiring": list(expiring.values())[:12],
             }, member.number
 
     def ledger_agrees(self) -> None:

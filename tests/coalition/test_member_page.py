@@ -7,9 +7,7 @@ out by revoking its tokens. Last, a real headless Chromium does it the way a mem
 from __future__ import annotations
 
 import copy
-import os
 import re
-from pathlib import Path
 
 import pytest
 import requests
@@ -19,13 +17,8 @@ from coalition.db import read
 from coalition.ledger.models import Member
 from coalition.oauth.models import OAuthClient, OAuthToken
 from tests.coalition.member_support import PASSWORD, active_member, csrf_of, enrol
-from tests.partners.support import earn
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM = os.environ.get("COALITION_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-REQUIRE_BROWSER = os.environ.get("COALITION_REQUIRE_BROWSER", "").lower() in ("1", "true", "yes")
+from tests.conftest import ARTIFACTS, snapshot
+from tests.partners.support import balance, earn, hold, luhn_ok, post_ok
 
 RULES = {
     "pending_days": 0,
@@ -58,7 +51,7 @@ def coalition(client, operator_headers, make_partner):
     # an earn from a spend: it also makes the welcome bonus spendable
     earn(client, northwind, member.member_number, "n1",
          spend={"amount": "1200.00", "currency": "GBP"})
-    friend = active_member(client, northwind, ref="bob")
+    friend = active_member(client, northwind, ref="bob", name="Bob Babbage")
     return {"member": member, "friend": friend, "northwind": northwind}
 
 
@@ -237,6 +230,14 @@ def test_transfer_and_donate_forms(live_server, coalition):
     key = re.search(r'name="idempotency_key" value="([^"]+-t)"', home.text).group(1)
     form = {"csrf_token": csrf_of(home.text), "to_member_number": friend.member_number,
             "points": "200", "idempotency_key": key}
+    # first the page names the recipient (masked) and asks; nothing is sent yet
+    asked = browser.post(f"{live_server.url}/member/transfer", data=form, timeout=10)
+    assert "Send 200 points?" in asked.text and "B** B******" in asked.text
+    assert "Bob" not in asked.text
+    assert f'name="idempotency_key" value="{key}"' in asked.text
+    assert figure(browser.get(f"{live_server.url}/member", timeout=10).text,
+                  "available") == "1,250"
+    form["confirmed"] = "yes"
     sent = browser.post(f"{live_server.url}/member/transfer", data=form, timeout=10)
     assert f"You sent 200 points to member {friend.member_number}." in sent.text
     assert figure(sent.text, "available") == "1,050"
@@ -260,6 +261,54 @@ def test_transfer_and_donate_forms(live_server, coalition):
     assert "You donated 50 points." in donated.text
     assert figure(donated.text, "available") == "1,000"
     assert "Donation · Green Hearts Trust" in donated.text
+
+
+def test_a_transfer_to_no_member_is_refused_before_asking(app, live_server, coalition):
+    member = coalition["member"]
+    browser, home = sign_in(live_server.url, member.member_number)
+    nobody = "100000000008"  # a valid member number that no member has
+    assert luhn_ok(nobody) and nobody != coalition["friend"].member_number
+    before = snapshot(app)
+    answer = browser.post(f"{live_server.url}/member/transfer", data={
+        "csrf_token": csrf_of(home.text), "to_member_number": nobody, "points": "200",
+        "idempotency_key": "k-nobody"}, timeout=10)
+    assert f"The transfer was not made: No active member has the number {nobody}." \
+        in answer.text
+    assert figure(answer.text, "available") == "1,250"
+    assert snapshot(app) == before
+
+
+def test_holds_expiry_dates_and_times_read_as_a_person_would(client, live_server, coalition):
+    number, northwind = coalition["member"].member_number, coalition["northwind"]
+    first = hold(client, northwind, number, "h1", 400)
+    assert first["balance_at"] == "authorisation" and first["balance"]["held"] == 400
+    post_ok(client, f"/v1/holds/{first['id']}/capture", northwind,
+            {"partner_txn_id": "h1c", "points": 250})
+    second = hold(client, northwind, number, "h2", 100)
+    voided = post_ok(client, f"/v1/holds/{second['id']}/void", northwind,
+                     {"partner_txn_id": "h2v"})
+    assert voided["balance_at"] == "void"
+    # read later, a hold says that its balance is the member's balance now
+    later = client.get(f"/v1/holds/{first['id']}", headers=northwind).get_json()
+    assert later["balance_at"] == "now" and later["status"] == "captured"
+    assert later["balance"] == {"available": 1000, "pending": 0, "held": 0}
+
+    # the 1,200 earned and the 50 welcome points were booked moments apart: one date
+    expiring = balance(client, northwind, number)["expiring"]
+    assert [(row["points"], row["date"]) for row in expiring] == [
+        (1000, expiring[0]["expires_at"][:10])]
+
+    _, home = sign_in(live_server.url, number)
+    html = home.text
+    assert "Reserved 400 at Northwind Grocers" in html
+    assert "Spent 250 of the reservation at Northwind Grocers, released 150" in html
+    assert "Released 100 of the reservation at Northwind Grocers" in html
+    dates = re.findall(r'data-testid="expiry-dates">(.*?)</ul>', html, re.S)[0]
+    assert re.findall(r"<li>([\d,]+) points expire on", dates) == ["1,000"]
+    history = re.findall(r'data-testid="history">(.*?)</table>', html, re.S)[0]
+    times = re.findall(r"<time [^>]*>([^<]*)</time>", history)
+    assert len(times) == 6 and all(re.fullmatch(r"\d{1,2} \w{3} \d{4}, \d{2}:\d{2} UTC", t)
+                                   for t in times), times
 
 
 def test_actions_need_a_signed_in_member(live_server, coalition):
@@ -354,32 +403,6 @@ def test_production_needs_the_page_client_registered(app, client, monkeypatch):
 # --------------------------------------------------------------------------- a real browser
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    def unavailable(reason: str) -> None:
-        if REQUIRE_BROWSER:
-            pytest.fail(f"{reason} (COALITION_REQUIRE_BROWSER is set)", pytrace=False)
-        pytest.skip(reason)
-
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        unavailable(f"Playwright for Python is not installed: {exc}")
-    if not os.access(CHROMIUM, os.X_OK):
-        unavailable(f"Chromium is not installed at {CHROMIUM} "
-                    "(apt-get install chromium chromium-driver)")
-    playwright = sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             headless=True)
-    except Exception as exc:  # noqa: BLE001 - whatever stops Chromium from starting
-        playwright.stop()
-        unavailable(f"Chromium could not be launched: {exc}")
-    yield browser
-    browser.close()
-    playwright.stop()
-
-
 def test_a_member_in_a_real_browser(chromium, backend, live_server, coalition):
     member, friend = coalition["member"], coalition["friend"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -407,9 +430,19 @@ def test_a_member_in_a_real_browser(chromium, backend, live_server, coalition):
         for landmark in ("banner", "navigation", "main", "contentinfo"):
             assert page.get_by_role(landmark).count() >= 1, landmark
 
+        # signed in, there is nothing to activate
+        nav = page.get_by_role("navigation")
+        assert nav.get_by_role("link", name="Activate").count() == 0
+        assert nav.get_by_role("link", name="Terms").count() == 1
+
         page.get_by_label("Their member number").fill(friend.member_number)
         page.locator("#transfer_points").fill("200")
         page.get_by_role("button", name="Send points").click()
+        page.wait_for_load_state()
+        assert page.get_by_test_id("recipient").inner_text() == \
+            f"To member {friend.member_number}, B** B******."
+        page.screenshot(path=str(ARTIFACTS / f"member-transfer-confirm-{backend}.png"))
+        page.get_by_role("button", name="Confirm and send").click()
         page.wait_for_load_state()
         assert page.get_by_role("status").first.inner_text() == \
             f"You sent 200 points to member {friend.member_number}."
@@ -428,6 +461,7 @@ def test_a_member_in_a_real_browser(chromium, backend, live_server, coalition):
         page.get_by_role("button", name="Sign out").click()
         page.wait_for_load_state()
         assert page.get_by_role("link", name="Sign in").is_visible()
+        assert page.get_by_role("navigation").get_by_role("link", name="Activate").count() == 1
         assert not live_tokens(member.member_number)
     finally:
         context.close()

@@ -318,11 +318,12 @@ def test_burn_consumes_the_earliest_expiring_points_first(client, acme, operator
     first = burn(client, headers, number, "b1", points=150)
     assert first["balance"]["available"] == 150
     assert balance(client, headers, number)["expiring"] == [
-        {"points": 50, "expires_at": mid}, {"points": 100, "expires_at": late}]
+        {"date": mid[:10], "points": 50, "expires_at": mid},
+        {"date": late[:10], "points": 100, "expires_at": late}]
 
     second = burn(client, headers, number, "b2", points=70)
     assert balance(client, headers, number)["expiring"] == [
-        {"points": 80, "expires_at": late}]
+        {"date": late[:10], "points": 80, "expires_at": late}]
 
     # reversing the first burn brings its points back with their original expiry dates
     back = post_ok(client, f"/v1/transactions/{first['id']}/reversals", headers,
@@ -330,20 +331,23 @@ def test_burn_consumes_the_earliest_expiring_points_first(client, acme, operator
     assert back["type"] == "burn_reversal" and back["points"] == 150
     assert back["balance"]["available"] == 230
     assert balance(client, headers, number)["expiring"] == [
-        {"points": 100, "expires_at": early}, {"points": 50, "expires_at": mid},
-        {"points": 80, "expires_at": late}]
+        {"date": early[:10], "points": 100, "expires_at": early},
+        {"date": mid[:10], "points": 50, "expires_at": mid},
+        {"date": late[:10], "points": 80, "expires_at": late}]
     # the second burn took 50 from the lot expiring mid and 20 from the late one; a partial
     # reversal gives back the latest-expiring points first (as a partial capture does)
     post_ok(client, f"/v1/transactions/{second['id']}/reversals", headers,
             {"partner_txn_id": "r2", "points": 30})
     assert balance(client, headers, number)["expiring"] == [
-        {"points": 100, "expires_at": early}, {"points": 60, "expires_at": mid},
-        {"points": 100, "expires_at": late}]
+        {"date": early[:10], "points": 100, "expires_at": early},
+        {"date": mid[:10], "points": 60, "expires_at": mid},
+        {"date": late[:10], "points": 100, "expires_at": late}]
     post_ok(client, f"/v1/transactions/{second['id']}/reversals", headers,
             {"partner_txn_id": "r3"})
     assert balance(client, headers, number)["expiring"] == [
-        {"points": 100, "expires_at": early}, {"points": 100, "expires_at": mid},
-        {"points": 100, "expires_at": late}]
+        {"date": early[:10], "points": 100, "expires_at": early},
+        {"date": mid[:10], "points": 100, "expires_at": mid},
+        {"date": late[:10], "points": 100, "expires_at": late}]
 
 
 # --------------------------------------------------------------------------- holds

@@ -275,8 +275,8 @@ def test_create_a_run_read_it_reconcile_resolve_and_close(app, client, booked, s
         "file": (__import__("io").BytesIO(booked.grocer_file(1010).encode()), "grocer.csv",
                  "text/csv")}, content_type="multipart/form-data", follow_redirects=True)
     html = text_of(upload)
-    assert "grocer&#39;s file of 2 rows is reconciled: 1 matched, 1 records differ. " \
-           "1 break(s) to resolve." in html
+    assert "grocer&#39;s file of 2 rows is reconciled: 1 matched, 1 record differs. " \
+           "1 break to resolve." in html
     with read() as session:
         brk = session.scalars(select(Break)).one()
     assert brk.kind == "points_mismatch" and brk.status == "open"
@@ -287,7 +287,7 @@ def test_create_a_run_read_it_reconcile_resolve_and_close(app, client, booked, s
     assert "1 reconciliation break is open: resolve it before closing." in html
     refused = client.post(f"/finance/runs/{run_id}/close", data={"csrf_token": csrf},
                           follow_redirects=True)
-    assert "The run was not closed: 1 reconciliation break(s) are unresolved." \
+    assert "The run was not closed: 1 reconciliation break is unresolved." \
         in text_of(refused)
 
     # a reason is required
@@ -536,7 +536,7 @@ def test_a_finance_user_in_a_real_browser(chromium, backend, live_server, booked
                     "buffer": booked.grocer_file(1010).encode()}])
         page.get_by_role("button", name="Reconcile").click()
         page.wait_for_load_state()
-        assert "1 break(s) to resolve." in page.get_by_role("status").first.inner_text()
+        assert "1 break to resolve." in page.get_by_role("status").first.inner_text()
         assert page.get_by_test_id("close-run").is_disabled()
         page.screenshot(path=str(ARTIFACTS / f"finance-run-desktop-{backend}.png"),
                         full_page=True)

@@ -596,7 +596,8 @@ def test_cli_run_reconcile_close(app, client, operator_headers, period, tmp_path
     assert body["summary"]["missing_in_file"] == 1 and body["uploaded_by"] == "cli"
     (brk,) = body["breaks"]
     plain = runner.invoke(args=["settle", "reconcile", str(period.id), "acme", str(file)])
-    assert plain.exit_code == 0 and "missing_in_file 1" in plain.stdout
+    assert plain.exit_code == 0
+    assert "1 missing in the partner's file. 1 break to resolve." in plain.stdout
 
     garbage = tmp_path / "garbage.csv"
     garbage.write_bytes(b"\xff\xfe\x00garbage")
