@@ -13,6 +13,9 @@ entries):
 
 Money is computed in ``Decimal`` and rounded once per statement line (or matrix cell),
 half-even to the currency's minor unit, so lines add up exactly to totals.
+
+The run's money model decides who pays whom (``settlement.netting``); a partner's net is
+the same under both, and its payment instructions in and out add up to it to the cent.
 """
 
 from __future__ import annotations
@@ -29,9 +32,8 @@ from sqlalchemy.orm import Session, aliased
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting
 from coalition.models import Partner, RateCard
 from coalition.money import money_str, round_money
-from settlement.netting import settle_positions
+from settlement.netting import COALITION, OPERATOR, settle
 
-COALITION = "coalition"
 REDEMPTION_KINDS = ("burn", "hold_capture", "donation", "burn_reversal", "adjustment")
 LATE_LIMIT = 100
 
@@ -87,8 +89,9 @@ class Buckets:
 WORK_MEM = "64MB"
 
 
-def compute(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
-    """The whole result document of a run over ``[start, end)``."""
+def compute(session: Session, start: datetime, end: datetime,
+            model: str = OPERATOR) -> dict[str, Any]:
+    """The whole result document of a run over ``[start, end)`` under money ``model``."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     partners = {p.id: p for p in session.scalars(select(Partner))}
@@ -114,17 +117,19 @@ def compute(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
                              {"count": late_counts.get(partner.id, 0),
                               "entries": late.get(partner.id, [])})
                   for partner in sorted(partners.values(), key=lambda p: p.code)]
-    cells, obligations = _matrix(partners, cards, movements)
-    positions, payments = settle_positions(obligations)
+    cells, between_partners = _matrix(partners, cards, movements)
+    settlement = settle(model, statements, between_partners)
     coalition = _coalition_report(partners, postings, movements, created, base, statements)
+    coalition["position"] = settlement.coalition
     return {
+        "model": model,
         "period_start": start.isoformat(),
         "period_end": end.isoformat(),
-        "statements": statements,
+        "statements": settlement.statements,
         "matrix": {"cells": cells},
-        "obligations": obligations,
-        "positions": positions,
-        "payments": payments,
+        "obligations": settlement.obligations,
+        "positions": settlement.positions,
+        "payments": settlement.payments,
         "coalition": coalition,
     }
 
@@ -262,7 +267,8 @@ def _statement(partner: Partner, cards: dict[int, Card],
             kind, rate = "redeemed", card.redeem_rate
         else:
             continue
-        lines.append({"type": kind, "points": points, "rate": money_str(rate),
+        lines.append({"type": kind, "counterparty": COALITION, "points": points,
+                      "rate": money_str(rate),
                       "rate_valid_from": card.valid_from.isoformat(),
                       "amount": money_str(amount)})
     return {

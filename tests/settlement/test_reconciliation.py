@@ -632,11 +632,13 @@ def test_partners_read_only_their_own_closed_statements(client, operator_headers
     as_csv = client.get(f"{base}/statements/acme", headers={**acme, "Accept": "text/csv"})
     assert as_csv.status_code == 200 and as_csv.mimetype == "text/csv"
     table = list(csv.reader(io.StringIO(as_csv.get_data(as_text=True))))
-    assert table[0][:4] == ["partner", "currency", "period_start", "period_end"]
-    lines = [r for r in table[1:] if r[4] in ("issued", "redeemed")]
-    assert [(r[4], int(r[5]), r[8]) for r in lines] == [("issued", 180, "1.80"),
-                                                        ("redeemed", 50, "0.40")]
-    assert table[-1][4:] == ["net", "", "", "", "-1.40"]
+    assert table[0][:6] == ["partner", "currency", "model", "period_start", "period_end",
+                            "type"]
+    assert {r[2] for r in table[1:]} == {"operator"}
+    lines = [r for r in table[1:] if r[5] in ("issued", "redeemed")]
+    assert [(r[5], r[6], int(r[7]), r[10]) for r in lines] == [
+        ("issued", "coalition", 180, "1.80"), ("redeemed", "coalition", 50, "0.40")]
+    assert table[-1][5:] == ["net", "", "", "", "", "-1.40"]
 
     # everything else about settlement is finance's
     for method, path in [("get", "/v1/settlement/runs"), ("get", base),
@@ -675,17 +677,29 @@ def test_exports_as_json_and_csv(client, operator_headers, period) -> None:
         assert sum((Decimal(r["amount"]) for r in lines if r["type"] == "redeemed"),
                    Decimal(0)) - sum((Decimal(r["amount"]) for r in lines
                                       if r["type"] == "issued"), Decimal(0)) == Decimal(s["net"])
-    # acme's points spent at beta: 5 × 0.008 EUR, netted into one payment
-    assert doc["payments"] == [{"from": "acme", "to": "beta", "amount": "0.04",
-                                "currency": "EUR"}]
+    # the operator model: each partner settles its own net with the coalition, in its
+    # currency (acme's points spent at beta are in beta's statement, not a payment of acme's)
+    assert doc["model"] == "operator" and {r["model"] for r in table} == {"operator"}
+    nets = {s["partner"]: s["net"] for s in doc["statements"]}
+    assert nets == {"acme": "-1.40", "beta": "-0.03"}
+    assert doc["payments"] == [
+        {"from": "acme", "to": "coalition", "amount": "1.40", "currency": "GBP",
+         "model": "operator"},
+        {"from": "beta", "to": "coalition", "amount": "0.03", "currency": "EUR",
+         "model": "operator"}]
     payments = [r for r in table if r["section"] == "payment"]
     assert [(r["partner"], r["currency"], r["amount"]) for r in payments] == [
-        ("acme->beta", "EUR", "0.04")]
+        ("acme->coalition", "GBP", "1.40"), ("beta->coalition", "EUR", "0.03")]
+    # the coalition's own position and margin, apart from the partners'
+    coalition = [(r["type"], r["currency"], r["amount"]) for r in table
+                 if r["section"] == "coalition"]
+    assert coalition == [("position", "EUR", "0.03"), ("position", "GBP", "1.40"),
+                         ("margin", "EUR", "0.03"), ("margin", "GBP", "1.40")]
     # the statement of the finance API, as CSV too
     statement = client.get(f"{base}/statements/acme",
                            headers={**operator_headers, "Accept": "text/csv"})
     assert statement.mimetype == "text/csv"
-    assert statement.get_data(as_text=True).splitlines()[-1].endswith(",net,,,,-1.40")
+    assert statement.get_data(as_text=True).splitlines()[-1] == "acme,GBP,operator,,,net,,,,,-1.40"
 
 
 # --------------------------------------------------------------------------- the parser
