@@ -66,7 +66,8 @@ BREAK_LABELS = {
     "missing_in_file": "Missing in the partner's file",
     "duplicated_in_file": "Duplicated in the file", "malformed": "Unreadable row",
 }
-SUMMARY_LABELS = {"matched": "matched", **{k: v.lower() for k, v in BREAK_LABELS.items()}}
+SUMMARY_LABELS = {"matched": "matched", "adjusted": "already adjusted",
+                  **{k: v.lower() for k, v in BREAK_LABELS.items()}}
 ADJUSTABLE = ("points_mismatch", "missing_in_ledger", "missing_in_file")
 #: ids are 64-bit: a larger one names nothing (404) rather than overflowing the driver
 ID = "int(max=9223372036854775807)"
@@ -334,7 +335,7 @@ def upload(run_id: int) -> Any:
         return _back(run_id)
     counts = ", ".join(f"{n} {SUMMARY_LABELS.get(k, k)}"
                        for k, n in report["summary"].items() if n)
-    breaks = len(report["breaks"])
+    breaks = sum(1 for b in report["breaks"] if b["status"] == "open")
     flash(f"{partner}'s file of {report['rows']} rows is reconciled: {counts or 'no rows'}. "
           + (f"{breaks} break(s) to resolve." if breaks else "No breaks."),
           "success" if not breaks else "info")
