@@ -28,8 +28,11 @@ class LineSchema(Schema):
         "description": "issued, fee_payable, owes: the partner pays; redeemed, "
                        "fee_receivable, owed: the partner is paid"})
     counterparty = fields.String(metadata={"description": "'coalition' or a partner"})
-    points = fields.Integer(allow_none=True)
-    rate = Amount()
+    points = fields.Integer(allow_none=True, metadata={
+        "description": "none for the coalition's fee, which is money only"})
+    rate = fields.String(allow_none=True, metadata={
+        "description": "the rate card's rate; none for a line between partners (at the "
+                       "redeeming partner's rates) or a fee", **_AMOUNT})
     rate_valid_from = fields.String(allow_none=True)
     amount = Amount("always positive; the type says who pays")
 
