@@ -372,6 +372,16 @@ def test_an_adjustment_is_booked_in_the_users_name(client, booked, signed_in):
         done = session.get(Break, brk.id)
     assert (done.status, done.resolved_by) == ("adjusted", "fiona")
     assert done.adjustment_entry_id is not None
+    # the same file again: the record is shown as already adjusted, nothing to resolve
+    again = client.post(f"/finance/runs/{run_id}/reconciliations", data={
+        "csrf_token": csrf, "partner": "grocer",
+        "file": (__import__("io").BytesIO(booked.grocer_file(1010).encode()), "g.csv")},
+        content_type="multipart/form-data", follow_redirects=True)
+    assert "grocer&#39;s file of 2 rows is reconciled: 1 matched, 1 already adjusted. " \
+        "No breaks." in text_of(again)
+    with read() as session:
+        shown = session.scalars(select(Break).where(Break.id != brk.id)).one()
+    assert (shown.status, shown.adjustment_entry_id) == ("adjusted", done.adjustment_entry_id)
 
 
 def test_a_bad_upload_changes_nothing(app, client, booked, signed_in):
