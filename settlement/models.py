@@ -117,7 +117,11 @@ class Adjustment(Base):
     partner_id: Mapped[int] = mapped_column(BigId, ForeignKey("partner.id"))
     #: the partner's transaction corrected (the partner_txn_id of the break)
     partner_txn_id: Mapped[str] = mapped_column(String(64))
-    break_id: Mapped[int] = mapped_column(BigId, ForeignKey("settlement_break.id"), unique=True)
+    #: the break it resolved; the link outlives it when its draft run is deleted (the
+    #: correcting entry stays in the journal, so the transaction stays corrected)
+    break_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("settlement_break.id", ondelete="SET NULL"), unique=True)
     #: the signed change in the transaction's points (+50: the ledger now has 50 more)
     points: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64))

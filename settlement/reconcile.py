@@ -157,11 +157,12 @@ def _ledger(session: Any, partner_id: int, start: datetime, end: datetime
             sum(1 for r in rows if r.adjustment is not None))
 
 
-def _adjustments(session: Any, partner_id: int) -> dict[str, tuple[Adjustment, Break]]:
+def _adjustments(session: Any, partner_id: int
+                 ) -> dict[str, tuple[Adjustment, Break | None]]:
     """The partner's transactions already corrected, with the break each correction
-    resolved."""
+    resolved (none when that break's draft run was deleted since)."""
     rows = session.execute(
-        select(Adjustment, Break).join(Break, Break.id == Adjustment.break_id)
+        select(Adjustment, Break).outerjoin(Break, Break.id == Adjustment.break_id)
         .where(Adjustment.partner_id == partner_id)).all()
     return {adj.partner_txn_id: (adj, brk) for adj, brk in rows}
 
@@ -199,14 +200,16 @@ def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str, 
                 return False
             adj, done = link
             if (ours["points"] if ours else 0) + adj.points != points:
-                details["adjusted_by"] = {"entry_id": adj.entry_id, "break_id": done.id,
+                details["adjusted_by"] = {"entry_id": adj.entry_id, "break_id": adj.break_id,
                                           "points": adj.points}
                 return False
             breaks.append({"kind": kind, "line": line, "partner_txn_id": txn_id,
                            "details": {**details, "adjusted_by": {
-                               "entry_id": adj.entry_id, "break_id": done.id,
+                               "entry_id": adj.entry_id, "break_id": adj.break_id,
                                "points": adj.points}},
-                           "resolved": done})
+                           "resolved": adj,
+                           "reason": done.reason if done else
+                           f"corrected by entry {adj.entry_id}"})
             return True
 
         for record in records:
@@ -283,11 +286,11 @@ def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str, 
             row = Break(run_id=run.id, reconciliation_id=recon.id, partner_id=partner.id,
                         kind=b["kind"], partner_txn_id=b["partner_txn_id"],
                         line=b["line"], details=b["details"], status="open")
-            done = b.get("resolved")
-            if done is not None:  # resolved once, by the adjustment that corrected it
-                row.status, row.resolved_at, row.resolved_by = ("adjusted", done.resolved_at,
-                                                                done.resolved_by)
-                row.reason, row.adjustment_entry_id = done.reason, done.adjustment_entry_id
+            adj = b.get("resolved")
+            if adj is not None:  # resolved once, by the adjustment that corrected it
+                row.status, row.resolved_at, row.resolved_by = ("adjusted", adj.created_at,
+                                                                adj.created_by)
+                row.reason, row.adjustment_entry_id = b["reason"], adj.entry_id
             session.add(row)
         session.flush()
         audit.record(session, actor or Actor(uploaded_by),
@@ -366,7 +369,7 @@ def resolve(run_id: int, break_id: int, action: str, reason: str, resolved_by: s
                 entry_id, points = _adjust(session, brk, partner)
                 session.add(Adjustment(entry_id=entry_id, partner_id=partner.id,
                                        partner_txn_id=brk.partner_txn_id, break_id=brk.id,
-                                       points=points))
+                                       points=points, created_by=resolved_by))
             status = "adjusted" if action == "adjust" else "accepted"
             brk.status, brk.resolved_at, brk.resolved_by = status, utcnow(), resolved_by
             brk.reason, brk.adjustment_entry_id = reason, entry_id

@@ -551,6 +551,29 @@ def test_an_adjusted_missing_earn_is_resolved_once(app, client, operator_headers
     assert report["summary"]["matched"] == 1 and report["summary"]["missing_in_file"] == 0
 
 
+def test_a_deleted_draft_keeps_its_adjustments_corrected(app, client, operator_headers,
+                                                         period) -> None:
+    content = csv_rows(*period.full_file(), ("x1", "earn", period.ann, 250, AT))
+    (brk,) = reconciled(client, operator_headers, period, content)["breaks"]
+    booked = _adjusted(app, client, operator_headers, period, brk)
+    deleted = client.delete(f"/v1/settlement/runs/{period.id}", headers=operator_headers)
+    assert deleted.status_code == 204, deleted.get_data(as_text=True)
+    # the correcting entry stays in the journal, and so does its link: a new run of the
+    # period shows x1 as adjusted, and it cannot be corrected a second time
+    again = run_ok(client, operator_headers, S, E)
+    report = upload(client, operator_headers, again["id"], "acme", content).get_json()
+    (row,) = report["breaks"]
+    assert (row["status"], row["partner_txn_id"], row["resolved_by"]) == (
+        "adjusted", "x1", "bea@finance")
+    assert row["details"]["adjusted_by"] == {"entry_id": row["adjustment_entry_id"],
+                                             "break_id": None, "points": 250}
+    assert entry(app, row["adjustment_entry_id"]) == booked
+    before = snapshot(app)
+    assert_error(resolve(client, operator_headers, again["id"], row["id"], "adjust"), 409,
+                 "break_resolved")
+    assert snapshot(app) == before
+
+
 def resolve_listed(client, headers, period: Period, break_id: int) -> dict[str, Any]:
     listed = client.get(f"/v1/settlement/runs/{period.id}/breaks", headers=headers).get_json()
     return next(b for b in listed if b["id"] == break_id)
@@ -649,9 +672,12 @@ def test_accept_and_adjust_at_the_same_moment_one_wins(app, client, operator_hea
                 answers[action] = exc
 
     def waiting(conn: Any) -> int:
-        return conn.execute(text(
+        # a transaction of its own each time: the activity view is a snapshot per transaction
+        count = conn.execute(text(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND wait_event_type = 'Lock'")).scalar_one()
+        conn.rollback()
+        return count
 
     with app.app_context():
         holder = db.engine.connect()
@@ -668,7 +694,6 @@ def test_accept_and_adjust_at_the_same_moment_one_wins(app, client, operator_hea
                 while waiting(watcher) < n:  # queued behind the holder, in this order
                     assert clock_time.monotonic() < deadline, f"{action} never waited"
                     clock_time.sleep(0.02)
-                watcher.rollback()
         finally:
             holder.rollback()
             holder.close()
