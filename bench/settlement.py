@@ -8,9 +8,10 @@ so pricing splits mid-period), then times, in the same run and on the same data:
 * the bare aggregate: postings of the period joined to their entries, grouped by
   account and partner — the least any settlement must read;
 * a settlement run: ``settlement.compute.compute`` over the same period (statements per
-  rate card, the cross-partner matrix from lot movements, coalition figures).
+  rate card, the cross-partner matrix from lot movements, coalition figures), once under
+  each money model (``operator`` and ``clearing``).
 
-Each is run ``--repeat`` times after a warm-up; the medians and their ratio are printed.
+Each is run ``--repeat`` times after a warm-up; the medians and their ratios are printed.
 
     .venv/bin/python bench/settlement.py --entries 1000000 --entries 10000000
 """
@@ -34,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 PARTNERS = 6
+TARGET = 1.5
+MODELS = ("operator", "clearing")
 
 
 def recreate(server: str, name: str) -> str:
@@ -199,20 +202,23 @@ def measure(url: str, repeat: int) -> dict[str, float]:
                 conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
                 conn.execute(BARE, {"start": START, "end": end}).all()
 
-        def settle() -> None:
+        def settle(model: str) -> None:
             with read() as session:
-                result = compute(session, START, end)
-            assert result["statements"], "the run priced nothing"
+                result = compute(session, START, end, model)
+            assert result["statements"] and result["payments"], "the run priced nothing"
 
         counts = {}
         with db.engine.connect() as conn:
             for table in ("entry", "posting", "lot", "lot_movement"):
                 counts[table] = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
-        bare_s, bare_runs = timed(bare, repeat)
-        settle_s, settle_runs = timed(settle, repeat)
+        figures: dict = {**counts}
+        figures["bare_s"], figures["bare_runs"] = timed(bare, repeat)
+        for model in MODELS:
+            settle_s, settle_runs = timed(lambda m=model: settle(m), repeat)
+            figures[model] = {"settle_s": settle_s, "settle_runs": settle_runs,
+                              "ratio": settle_s / figures["bare_s"]}
         db.engine.dispose()
-    return {**counts, "bare_s": bare_s, "settle_s": settle_s, "ratio": settle_s / bare_s,
-            "bare_runs": bare_runs, "settle_runs": settle_runs}
+    return figures
 
 
 def main() -> None:
@@ -222,11 +228,13 @@ def main() -> None:
                         help="journal size (repeatable); default 1000000")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--server", default=SERVER)
+    parser.add_argument("--database", default="coalition_bench_settlement",
+                        help="the database to drop, fill and measure")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     results = []
     for entries in args.entries or [1_000_000]:
-        url = recreate(args.server, "coalition_bench_settlement")
+        url = recreate(args.server, args.database)
         migrate(url)
         filled = fill(url, entries)
         # each size is measured in its own process so no state carries over
@@ -239,8 +247,11 @@ def main() -> None:
         print(f"{entries:>11,} entries  ({figures['entry']:,} entries, {figures['posting']:,} "
               f"postings, {figures['lot_movement']:,} lot movements; filled in {filled:.0f} s)")
         print(f"    bare GROUP BY over postings: {figures['bare_s'] * 1000:9.0f} ms (median)")
-        print(f"    settlement run:              {figures['settle_s'] * 1000:9.0f} ms (median)")
-        print(f"    ratio settlement / bare:     {figures['ratio']:9.2f}  (target ≤ 2)")
+        for model in MODELS:
+            run = figures[model]
+            label = f"settlement run ({model}):"
+            print(f"    {label:<29}{run['settle_s'] * 1000:9.0f} ms (median), "
+                  f"ratio {run['ratio']:.2f} (target ≤ {TARGET})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

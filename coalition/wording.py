@@ -17,6 +17,7 @@ def verb(count: int, singular: str, plural_form: str) -> str:
 #: a reconciliation's counts, as a sentence says them: (one, several)
 _RECONCILIATION = {
     "matched": ("{n} matched", "{n} matched"),
+    "adjusted": ("{n} already adjusted", "{n} already adjusted"),
     "points_mismatch": ("{n} record differs", "{n} records differ"),
     "missing_in_ledger": ("{n} missing in the ledger", "{n} missing in the ledger"),
     "missing_in_file": ("{n} missing in the partner's file", "{n} missing in the partner's file"),

@@ -79,7 +79,7 @@ def position_charts(positions: list[dict[str, Any]]) -> list[BarChart]:
             f"{p['party']} {'is owed' if a > 0 else 'pays' if a < 0 else 'is square at'} "
             f"{_money(abs(a))} {currency}" for p, a in zip(rows, amounts, strict=True))
         charts.append(BarChart(currency, bars, round(zero, 2), TOP * 2 + len(rows) * ROW,
-                               f"Net position of each partner in {currency} after netting: "
+                               f"Net position of each partner in {currency} (its statement's net): "
                                f"{said}."))
     return charts
 

@@ -37,7 +37,8 @@ def _run_text(run: dict[str, Any]) -> str:
         lines.append(f"{s['partner']:<14} {s['currency']:<4} {s['issued_points']:>10} "
                      f"{s['redeemed_points']:>10} {s['payable']:>12} {s['receivable']:>12} "
                      f"{s['net']:>12}")
-    lines.append("payments:")
+    lines.append(f"payments ({run['model']} model: pay exactly these; each partner's add up "
+                 f"to its net):")
     lines += [f"  {p['from']} → {p['to']}: {p['amount']} {p['currency']}"
               for p in run["payments"]] or ["  none"]
     if run.get("open_breaks"):

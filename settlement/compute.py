@@ -1,18 +1,21 @@
 """The figures of a settlement period, from the journal alone.
 
-Three aggregate queries, each one pass over the period's rows (never a Python loop over
-entries):
+Aggregate queries, each one pass over the period's rows (never a Python loop over
+entries), grouped by plain columns with a filtered sum per rate-card bucket:
 
-1. postings of the period by account, partner and the partner's rate card in force at the
-   entry's ``booked_at`` → statements and the coalition's accounts;
+1. postings of the period by account and partner, per bucket of the partners' rate cards
+   in force at the entry's ``booked_at`` → statements and the coalition's accounts;
 2. lot movements of the period by the lot's origin partner and the redeeming entry (a
    hold's reservation counts when the hold is captured, so an open hold redeems nothing
-   yet) → the cross-partner matrix, breakage and forfeitures by origin, and the change in
-   points outstanding by origin;
-3. lots created in the period by origin → the rest of that change.
+   yet; holds are read apart) → the cross-partner matrix, breakage and forfeitures by
+   origin, and the change in points outstanding by origin;
+3. lots created before and in the period by origin → the rest of that change.
 
 Money is computed in ``Decimal`` and rounded once per statement line (or matrix cell),
 half-even to the currency's minor unit, so lines add up exactly to totals.
+
+The run's money model decides who pays whom (``settlement.netting``); a partner's net is
+the same under both, and its payment instructions in and out add up to it to the cent.
 """
 
 from __future__ import annotations
@@ -23,15 +26,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, select, text
+from sqlalchemy import and_, func, select, text
 from sqlalchemy.orm import Session, aliased
 
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting
 from coalition.models import Partner, RateCard
 from coalition.money import money_str, round_money
-from settlement.netting import settle_positions
+from settlement.netting import COALITION, OPERATOR, settle
 
-COALITION = "coalition"
 REDEMPTION_KINDS = ("burn", "hold_capture", "donation", "burn_reversal", "adjustment")
 LATE_LIMIT = 100
 
@@ -55,8 +57,8 @@ class Card:
 
 class Buckets:
     """The period cut at every rate card change of any partner, so that within one bucket
-    each partner has one card in force: aggregates group by bucket (a ``CASE`` over a few
-    boundaries) instead of joining every row to a range of cards."""
+    each partner has one card in force: aggregates sum each bucket apart (a filter on a
+    few boundaries) instead of joining every row to a range of cards."""
 
     def __init__(self, cards: dict[int, Card], start: datetime, end: datetime) -> None:
         self.starts = [start] + sorted({c.valid_from for c in cards.values()
@@ -65,11 +67,16 @@ class Buckets:
         for card in sorted(cards.values(), key=lambda c: c.valid_from):
             self.by_partner[card.partner_id].append(card)
 
-    def expression(self, column: Any) -> Any:
+    def conditions(self, column: Any) -> list[Any]:
+        """One condition per bucket on a column already limited to the period (``None``:
+        the whole period is one bucket)."""
         if len(self.starts) == 1:
-            return literal(0)
-        return case(*((column < b, i) for i, b in enumerate(self.starts[1:])),
-                    else_=len(self.starts) - 1)
+            return [None]
+        bounds = self.starts[1:]
+        return ([column < bounds[0]]
+                + [and_(column >= a, column < b) for a, b in zip(bounds, bounds[1:],
+                                                                  strict=False)]
+                + [column >= bounds[-1]])
 
     def card(self, partner_id: int | None, bucket: int | None) -> Card | None:
         if partner_id is None or bucket is None:
@@ -87,8 +94,9 @@ class Buckets:
 WORK_MEM = "64MB"
 
 
-def compute(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
-    """The whole result document of a run over ``[start, end)``."""
+def compute(session: Session, start: datetime, end: datetime,
+            model: str = OPERATOR) -> dict[str, Any]:
+    """The whole result document of a run over ``[start, end)`` under money ``model``."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     partners = {p.id: p for p in session.scalars(select(Partner))}
@@ -98,8 +106,8 @@ def compute(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
     buckets = Buckets(cards, start, end)
     postings, late_counts = _postings_by_card(session, buckets, start, end)
     movements = _movements_by_origin(session, start, end, buckets)
-    created = _lots_created(session, start, end)
-    base = _outstanding_before(session, start)
+    created_before, created = _lots_created(session, start, end)
+    base = _outstanding_before(session, start, created_before)
 
     unpriced = sorted({partners[pid].code for (account, pid, card) in postings
                        if pid is not None and card is None and account.startswith("partner:")})
@@ -114,17 +122,19 @@ def compute(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
                              {"count": late_counts.get(partner.id, 0),
                               "entries": late.get(partner.id, [])})
                   for partner in sorted(partners.values(), key=lambda p: p.code)]
-    cells, obligations = _matrix(partners, cards, movements)
-    positions, payments = settle_positions(obligations)
+    cells, between_partners = _matrix(partners, cards, movements)
+    settlement = settle(model, statements, between_partners)
     coalition = _coalition_report(partners, postings, movements, created, base, statements)
+    coalition["position"] = settlement.coalition
     return {
+        "model": model,
         "period_start": start.isoformat(),
         "period_end": end.isoformat(),
-        "statements": statements,
+        "statements": settlement.statements,
         "matrix": {"cells": cells},
-        "obligations": obligations,
-        "positions": positions,
-        "payments": payments,
+        "obligations": settlement.obligations,
+        "positions": settlement.positions,
+        "payments": settlement.payments,
         "coalition": coalition,
     }
 
@@ -135,23 +145,31 @@ def compute(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
 def _postings_by_card(session: Session, buckets: Buckets, start: datetime, end: datetime
                       ) -> tuple[dict[tuple[str, int | None, int | None], int], dict[int, int]]:
     """Σ postings by (account, partner, card in force), and late entries per partner
-    (booked in the period for an ``occurred_at`` before it), in one pass."""
+    (booked in the period for an ``occurred_at`` before it), in one pass.
+
+    The rate-card buckets and the late count are filtered aggregates over a grouping by
+    account and partner alone: the database then knows the handful of groups to expect and
+    aggregates in parallel, as it does for a bare ``GROUP BY``.
+    """
     p, e = Posting.__table__.c, Entry.__table__.c
-    bucket = buckets.expression(e.booked_at).label("bucket")
-    is_late = (e.occurred_at < start).label("late")
+    by_bucket = _sums(p.points, buckets.conditions(e.booked_at))
     rows = session.execute(
-        select(p.account, p.partner_id, bucket, is_late, func.sum(p.points), func.count())
+        select(p.account, p.partner_id, func.count().filter(e.occurred_at < start),
+               *by_bucket)
         .select_from(Posting.__table__.join(Entry.__table__, e.id == p.entry_id))
         .where(e.booked_at >= start, e.booked_at < end)
-        .group_by(p.account, p.partner_id, bucket, is_late)
+        .group_by(p.account, p.partner_id)
     ).all()
     sums: dict[tuple[str, int | None, int | None], int] = defaultdict(int)
     late: dict[int, int] = defaultdict(int)
-    for account, partner, b, was_late, points, count in rows:
-        card = buckets.card(partner, b)
-        sums[(account, partner, card.id if card else None)] += int(points)
-        if was_late and partner is not None and account.startswith("partner:"):
-            late[partner] += int(count)  # one partner posting per late entry
+    for account, partner, late_count, *points_by_bucket in rows:
+        for b, points in enumerate(points_by_bucket):
+            if points is None:  # nothing booked in this bucket
+                continue
+            card = buckets.card(partner, b)
+            sums[(account, partner, card.id if card else None)] += int(points)
+        if late_count and partner is not None and account.startswith("partner:"):
+            late[partner] += int(late_count)  # one partner posting per late entry
     return dict(sums), dict(late)
 
 
@@ -163,50 +181,73 @@ def _movements_by_origin(session: Session, start: datetime, end: datetime,
     A hold's reservation is attributed to the entry that closed the hold (capture or void)
     when that entry is booked before ``end``; until then it stays a reservation (kind
     ``hold``), so a past period reads the same before and after a later capture.
+
+    Two queries: every other movement carries its entry's kind, partner and time, so it is
+    aggregated from the movements alone (by plain columns and filtered sums, which the
+    database estimates well and aggregates in parallel); a hold's movements are read from
+    the holds, with the entry that closed each.
     """
     mv = LotMovement.__table__.c
+    buckets = buckets or Buckets({}, start, end)
+    own = session.execute(
+        select(mv.origin_partner_id, mv.entry_kind, mv.entry_partner_id,
+               *_sums(mv.points, buckets.conditions(mv.entry_booked_at)))
+        .where(mv.entry_booked_at >= start, mv.entry_booked_at < end,
+               mv.entry_kind != "hold")
+        .group_by(mv.origin_partner_id, mv.entry_kind, mv.entry_partner_id)
+    ).all()
     closing = aliased(Entry.__table__)
     hold = Hold.__table__
     kind = func.coalesce(closing.c.kind, mv.entry_kind)
     partner = func.coalesce(closing.c.partner_id, mv.entry_partner_id)
     booked = func.coalesce(closing.c.booked_at, mv.entry_booked_at)
-    bucket = (buckets.expression(booked) if buckets else literal(None)).label("bucket")
-    rows = session.execute(
-        select(mv.origin_partner_id, kind, partner, bucket, func.sum(mv.points))
+    held = session.execute(
+        select(mv.origin_partner_id, kind, partner,
+               *_sums(mv.points, buckets.conditions(booked)))
         .select_from(
-            # movements carry their entry's kind, partner and time: only a hold's need
-            # the hold and the entry that closed it
-            LotMovement.__table__
-            .outerjoin(hold, and_(mv.entry_kind == "hold", hold.c.entry_id == mv.entry_id))
+            hold.join(LotMovement.__table__, and_(mv.entry_id == hold.c.entry_id,
+                                                  mv.entry_kind == "hold"))
             .outerjoin(closing, and_(closing.c.id == hold.c.closed_by_entry_id,
-                                     closing.c.booked_at < end))
-        )
-        # the moving entry is always booked before the end; the test on it lets the
-        # database use its index before the exact test on the attributed time
+                                     closing.c.booked_at < end)))
         .where(mv.entry_booked_at < end, booked >= start, booked < end)
-        .group_by(mv.origin_partner_id, kind, partner, bucket)
+        .group_by(mv.origin_partner_id, kind, partner)
     ).all()
     result: dict[tuple[int | None, str, int | None, int | None], int] = defaultdict(int)
-    for origin, k, b, bucket_index, points in rows:
-        card = buckets.card(b, bucket_index) if buckets and k in REDEMPTION_KINDS else None
-        result[(origin, k, b, card.id if card else None)] += int(points)
+    for origin, k, b, *by_bucket in [*own, *held]:
+        for bucket_index, points in enumerate(by_bucket):
+            if points is None:
+                continue
+            card = buckets.card(b, bucket_index) if k in REDEMPTION_KINDS else None
+            result[(origin, k, b, card.id if card else None)] += int(points)
     return dict(result)
 
 
-def _lots_created(session: Session, start: datetime, end: datetime) -> dict[int | None, int]:
+def _sums(column: Any, conditions: list[Any]) -> list[Any]:
+    """Σ ``column`` under each condition (``None``: every row)."""
+    return [func.sum(column).filter(c) if c is not None else func.sum(column)
+            for c in conditions]
+
+
+def _lots_created(session: Session, start: datetime, end: datetime
+                  ) -> tuple[dict[int | None, int], dict[int | None, int]]:
+    """Points of the lots created before ``start`` and in ``[start, end)``, by origin, in
+    one pass."""
     lot = Lot.__table__.c
+    before, during = _sums(lot.points, [lot.earned_at < start, lot.earned_at >= start])
     rows = session.execute(
-        select(lot.origin_partner_id, func.sum(lot.points))
-        .where(lot.earned_at >= start, lot.earned_at < end)
+        select(lot.origin_partner_id, before, during)
+        .where(lot.earned_at < end)
         .group_by(lot.origin_partner_id)
     ).all()
-    return {origin: int(points) for origin, points in rows}
+    return ({origin: int(b) for origin, b, _ in rows if b is not None},
+            {origin: int(d) for origin, _, d in rows if d is not None})
 
 
-def _outstanding_before(session: Session, start: datetime) -> dict[int | None, int]:
-    """Points outstanding (available, pending or held) by origin at ``start``."""
+def _outstanding_before(session: Session, start: datetime,
+                        created: dict[int | None, int]) -> dict[int | None, int]:
+    """Points outstanding (available, pending or held) by origin at ``start``, from the
+    lots ``created`` before it."""
     before = datetime.min.replace(tzinfo=start.tzinfo)
-    created = _lots_created(session, before, start)
     moved = _movements_by_origin(session, before, start)
     result: dict[int | None, int] = defaultdict(int)
     for origin, points in created.items():
@@ -262,7 +303,8 @@ def _statement(partner: Partner, cards: dict[int, Card],
             kind, rate = "redeemed", card.redeem_rate
         else:
             continue
-        lines.append({"type": kind, "points": points, "rate": money_str(rate),
+        lines.append({"type": kind, "counterparty": COALITION, "points": points,
+                      "rate": money_str(rate),
                       "rate_valid_from": card.valid_from.isoformat(),
                       "amount": money_str(amount)})
     return {

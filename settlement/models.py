@@ -9,12 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coalition.db import PK, Base, BigId, Timestamp, utcnow
 
 RUN_STATUSES = ("draft", "closed")
+#: who pays whom: ``operator`` (every partner settles with the coalition) or ``clearing``
+#: (partners settle their cross-partner obligations with each other)
+MONEY_MODELS = ("operator", "clearing")
 BREAK_CLASSES = ("points_mismatch", "missing_in_ledger", "missing_in_file",
                  "duplicated_in_file", "malformed")
 BREAK_STATUSES = ("open", "accepted", "adjusted")
@@ -25,12 +37,16 @@ class SettlementRun(Base):
     __table_args__ = (
         CheckConstraint("status IN ('draft', 'closed')", name="status"),
         CheckConstraint("period_start < period_end", name="period"),
+        CheckConstraint("model IN ('operator', 'clearing')", name="model"),
     )
 
     id: Mapped[PK]
     period_start: Mapped[Timestamp]
     period_end: Mapped[Timestamp]
     status: Mapped[str] = mapped_column(String(16), default="draft")
+    #: the money model of the program rules when the run was created; part of ``result``
+    model: Mapped[str] = mapped_column(String(16), default="operator",
+                                       server_default="operator")
     created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(64))
     computed_at: Mapped[Timestamp]
@@ -84,3 +100,28 @@ class Break(Base):
     resolved_by: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
     adjustment_entry_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("entry.id"))
+
+
+class Adjustment(Base):
+    """The link from a correcting entry to the partner's transaction it corrects: a later
+    upload of the partner's file shows that transaction as adjusted, and the next period
+    matches the correcting entry instead of finding it missing in the file. One per
+    partner transaction, so a difference is never corrected twice."""
+
+    __tablename__ = "settlement_adjustment"
+    __table_args__ = (
+        UniqueConstraint("partner_id", "partner_txn_id"),
+    )
+
+    entry_id: Mapped[int] = mapped_column(BigId, ForeignKey("entry.id"), primary_key=True)
+    partner_id: Mapped[int] = mapped_column(BigId, ForeignKey("partner.id"))
+    #: the partner's transaction corrected (the partner_txn_id of the break)
+    partner_txn_id: Mapped[str] = mapped_column(String(64))
+    #: the break it resolved; the link outlives it when its draft run is deleted (the
+    #: correcting entry stays in the journal, so the transaction stays corrected)
+    break_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("settlement_break.id", ondelete="SET NULL"), unique=True)
+    #: the signed change in the transaction's points (+50: the ledger now has 50 more)
+    points: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64))

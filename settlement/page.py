@@ -339,7 +339,7 @@ def upload(run_id: int) -> Any:
                           if isinstance(ms, list) for m in ms if m != refused.message)
         flash(f"The file was not reconciled: {refused.message} {detail}".strip(), "error")
         return _back(run_id)
-    breaks = len(report["breaks"])
+    breaks = sum(1 for b in report["breaks"] if b["status"] == "open")
     flash(f"{partner}'s file of {plural(report['rows'], 'row')} is reconciled: "
           f"{reconciliation_counts(report['summary'])}. {breaks_to_resolve(breaks)}.",
           "success" if not breaks else "info")

@@ -7,6 +7,12 @@ missing in the ledger, missing in the partner's file, or duplicated in the file;
 that cannot be read is reported by its line number. Every class but matched is a break,
 which finance resolves by accepting it with a reason or by booking an adjustment (the
 transaction that corrects the difference) in the open period.
+
+A break is resolved once. Resolving it is one transaction on the locked break row, so of
+two resolutions at the same moment one wins and the other books nothing. An adjustment is
+linked to the partner's transaction it corrects: a later upload shows that record as
+adjusted (not a new break, and not to be adjusted again), and the next period's
+reconciliation counts the correcting entry as matched rather than missing in the file.
 """
 
 from __future__ import annotations
@@ -24,14 +30,14 @@ from sqlalchemy import select, update
 
 from coalition.audit import service as audit
 from coalition.audit.service import Actor
-from coalition.db import UnitOfWork, read, utcnow
+from coalition.db import UnitOfWork, read, run_with_retries, utcnow
 from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
 from coalition.ledger import service as ledger
 from coalition.ledger.models import TRANSACTION_TYPES, Entry, Member
 from coalition.ledger.numbers import is_valid
 from coalition.models import Partner
 from coalition.schemas import MAX_POINTS, UTCTimestamp
-from settlement.models import Break, Reconciliation, SettlementRun
+from settlement.models import Adjustment, Break, Reconciliation, SettlementRun
 
 COLUMNS = ("partner_txn_id", "type", "member_number", "points", "occurred_at")
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -131,17 +137,34 @@ def parse(content: bytes) -> tuple[list[Record], list[dict[str, Any]]]:
 
 
 def _ledger(session: Any, partner_id: int, start: datetime, end: datetime
-            ) -> dict[str, dict[str, Any]]:
-    e, m = Entry.__table__.c, Member.__table__.c
+            ) -> tuple[dict[str, dict[str, Any]], int]:
+    """The partner's transactions booked in ``[start, end)`` by partner_txn_id, and how
+    many of its entries there are adjustments finance booked (the partner's file does not
+    list them: they are matched by their link to the transaction they correct)."""
+    e, m, a = Entry.__table__.c, Member.__table__.c, Adjustment.__table__.c
     rows = session.execute(
-        select(e.id, e.partner_txn_id, e.kind, m.member_number, e.points, e.occurred_at)
+        select(e.id, e.partner_txn_id, e.kind, m.member_number, e.points, e.occurred_at,
+               a.entry_id.label("adjustment"))
         .join(Member.__table__, m.id == e.member_id)
+        .outerjoin(Adjustment.__table__, a.entry_id == e.id)
         .where(e.partner_id == partner_id, e.booked_at >= start, e.booked_at < end,
                e.kind.in_(TRANSACTION_TYPES), e.partner_txn_id.is_not(None))
     ).all()
-    return {r.partner_txn_id: {"entry_id": r.id, "type": r.kind,
-                               "member_number": r.member_number, "points": r.points,
-                               "occurred_at": r.occurred_at.isoformat()} for r in rows}
+    return ({r.partner_txn_id: {"entry_id": r.id, "type": r.kind,
+                                "member_number": r.member_number, "points": r.points,
+                                "occurred_at": r.occurred_at.isoformat()}
+             for r in rows if r.adjustment is None},
+            sum(1 for r in rows if r.adjustment is not None))
+
+
+def _adjustments(session: Any, partner_id: int
+                 ) -> dict[str, tuple[Adjustment, Break | None]]:
+    """The partner's transactions already corrected, with the break each correction
+    resolved (none when that break's draft run was deleted since)."""
+    rows = session.execute(
+        select(Adjustment, Break).outerjoin(Break, Break.id == Adjustment.break_id)
+        .where(Adjustment.partner_id == partner_id)).all()
+    return {adj.partner_txn_id: (adj, brk) for adj, brk in rows}
 
 
 def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str, *,
@@ -160,11 +183,35 @@ def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str, 
         partner = session.scalar(select(Partner).where(Partner.code == partner_code))
         if partner is None:
             raise NotFound(f"No partner {partner_code!r}.")
-        ledger_rows = _ledger(session, partner.id, run.period_start, run.period_end)
+        ledger_rows, corrections = _ledger(session, partner.id, run.period_start,
+                                           run.period_end)
+        adjusted = _adjustments(session, partner.id)
 
         breaks: list[dict[str, Any]] = []
-        matched = 0
+        matched = corrections
         seen: dict[str, Record] = {}
+
+        def corrected(txn_id: str, ours: dict[str, Any] | None, points: int,
+                      kind: str, line: int | None, details: dict[str, Any]) -> bool:
+            """Whether an adjustment already made the ledger say what the file says: the
+            record is then shown as adjusted, resolved by that adjustment."""
+            link = adjusted.get(txn_id)
+            if link is None:
+                return False
+            adj, done = link
+            if (ours["points"] if ours else 0) + adj.points != points:
+                details["adjusted_by"] = {"entry_id": adj.entry_id, "break_id": adj.break_id,
+                                          "points": adj.points}
+                return False
+            breaks.append({"kind": kind, "line": line, "partner_txn_id": txn_id,
+                           "details": {**details, "adjusted_by": {
+                               "entry_id": adj.entry_id, "break_id": adj.break_id,
+                               "points": adj.points}},
+                           "resolved": adj,
+                           "reason": done.reason if done else
+                           f"corrected by entry {adj.entry_id}"})
+            return True
+
         for record in records:
             if record.partner_txn_id in seen:
                 breaks.append({"kind": "duplicated_in_file", "line": record.line,
@@ -183,22 +230,31 @@ def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str, 
                 if elsewhere is not None:
                     details["booked_in_another_period"] = {
                         "entry_id": elsewhere.id, "booked_at": elsewhere.booked_at.isoformat()}
+                if corrected(record.partner_txn_id, None, record.points, "missing_in_ledger",
+                             record.line, details):
+                    continue
                 breaks.append({"kind": "missing_in_ledger", "line": record.line,
                                "partner_txn_id": record.partner_txn_id, "details": details})
                 continue
             differing = [f for f in ("type", "member_number", "points")
                          if ours[f] != getattr(record, f)]
             if differing:
+                details = {"fields": differing, "file": _file_view(record), "ledger": ours}
+                if differing == ["points"] and corrected(
+                        record.partner_txn_id, ours, record.points, "points_mismatch",
+                        record.line, details):
+                    continue
                 breaks.append({"kind": "points_mismatch", "line": record.line,
-                               "partner_txn_id": record.partner_txn_id,
-                               "details": {"fields": differing, "file": _file_view(record),
-                                           "ledger": ours}})
+                               "partner_txn_id": record.partner_txn_id, "details": details})
             else:
                 matched += 1
         for txn_id, ours in sorted(ledger_rows.items(), key=lambda kv: kv[1]["entry_id"]):
             if txn_id not in seen:
+                details = {"ledger": ours}
+                if corrected(txn_id, ours, 0, "missing_in_file", None, details):
+                    continue
                 breaks.append({"kind": "missing_in_file", "line": None,
-                               "partner_txn_id": txn_id, "details": {"ledger": ours}})
+                               "partner_txn_id": txn_id, "details": details})
         for row in malformed:
             breaks.append({"kind": "malformed", "line": row["line"],
                            "partner_txn_id": row.get("partner_txn_id"),
@@ -214,11 +270,12 @@ def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str, 
                             .values(status="accepted", resolved_at=utcnow(),
                                     resolved_by=uploaded_by,
                                     reason="superseded by a later upload"))
-        counts = {k: 0 for k in ("matched", "points_mismatch", "missing_in_ledger",
-                                 "missing_in_file", "duplicated_in_file", "malformed")}
+        counts = {k: 0 for k in ("matched", "adjusted", "points_mismatch",
+                                 "missing_in_ledger", "missing_in_file", "duplicated_in_file",
+                                 "malformed")}
         counts["matched"] = matched
         for b in breaks:
-            counts[b["kind"]] += 1
+            counts["adjusted" if "resolved" in b else b["kind"]] += 1
         recon = Reconciliation(run_id=run.id, partner_id=partner.id, uploaded_by=uploaded_by,
                                file_sha256=hashlib.sha256(content).hexdigest(),
                                rows=len(records) + len(malformed), superseded=False,
@@ -226,9 +283,15 @@ def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str, 
         session.add(recon)
         session.flush()
         for b in breaks:
-            session.add(Break(run_id=run.id, reconciliation_id=recon.id, partner_id=partner.id,
-                              kind=b["kind"], partner_txn_id=b["partner_txn_id"],
-                              line=b["line"], details=b["details"], status="open"))
+            row = Break(run_id=run.id, reconciliation_id=recon.id, partner_id=partner.id,
+                        kind=b["kind"], partner_txn_id=b["partner_txn_id"],
+                        line=b["line"], details=b["details"], status="open")
+            adj = b.get("resolved")
+            if adj is not None:  # resolved once, by the adjustment that corrected it
+                row.status, row.resolved_at, row.resolved_by = ("adjusted", adj.created_at,
+                                                                adj.created_by)
+                row.reason, row.adjustment_entry_id = b["reason"], adj.entry_id
+            session.add(row)
         session.flush()
         audit.record(session, actor or Actor(uploaded_by),
                      "settlement.reconciliation_uploaded", f"run:{run.id}",
@@ -281,45 +344,50 @@ def list_breaks(run_id: int, status: str | None = None) -> list[dict[str, Any]]:
 def resolve(run_id: int, break_id: int, action: str, reason: str, resolved_by: str, *,
             actor: Actor | None = None) -> dict[str, Any]:
     """Accept a break with a reason, or adjust: book the transaction that corrects the
-    difference in the open period, then mark the break adjusted. ``actor`` is who the
-    audit log names (by default, ``resolved_by``)."""
-    with read() as session:
-        row = session.execute(
-            select(Break, SettlementRun.status, Partner)
-            .join(SettlementRun, SettlementRun.id == Break.run_id)
-            .join(Partner, Partner.id == Break.partner_id)
-            .where(Break.id == break_id, Break.run_id == run_id)).first()
-    if row is None:
-        raise NotFound(f"No break {break_id} in run {run_id}.")
-    brk, run_status, partner = row
-    if run_status == "closed":
-        raise PeriodClosed(f"Settlement run {run_id} is closed.")
-    if brk.status != "open":
-        raise BreakResolved(f"Break {break_id} is already {brk.status}.")
-    entry_id = None
-    if action == "adjust":
-        entry_id = _adjust(brk, partner)
-    with UnitOfWork() as uow:
-        done = uow.session.execute(
-            update(Break).where(Break.id == break_id, Break.status == "open")
-            .values(status="adjusted" if action == "adjust" else "accepted",
-                    resolved_at=utcnow(), resolved_by=resolved_by, reason=reason,
-                    adjustment_entry_id=entry_id))
-        if done.rowcount != 1:  # type: ignore[attr-defined]
-            raise BreakResolved(f"Break {break_id} was resolved meanwhile.")
-        status = "adjusted" if action == "adjust" else "accepted"
-        audit.record(uow.session, actor or Actor(resolved_by), f"settlement.break_{status}",
-                     f"break:{break_id}",
-                     {"run": run_id, "partner": partner.code, "kind": brk.kind,
-                      "partner_txn_id": brk.partner_txn_id, "reason": reason,
-                      "resolved_by": resolved_by, "adjustment_entry_id": entry_id})
-        uow.commit()
+    difference in the open period and link it to the partner's transaction. One unit of
+    work on the locked break: a second resolution waits, then finds it resolved and books
+    nothing. ``actor`` is who the audit log names (by default, ``resolved_by``)."""
+
+    def attempt() -> None:
+        with UnitOfWork() as uow:
+            session = uow.session
+            row = session.execute(
+                select(Break, SettlementRun.status, Partner)
+                .join(SettlementRun, SettlementRun.id == Break.run_id)
+                .join(Partner, Partner.id == Break.partner_id)
+                .where(Break.id == break_id, Break.run_id == run_id)
+                .with_for_update(of=Break)).first()
+            if row is None:
+                raise NotFound(f"No break {break_id} in run {run_id}.")
+            brk, run_status, partner = row
+            if run_status == "closed":
+                raise PeriodClosed(f"Settlement run {run_id} is closed.")
+            if brk.status != "open":
+                raise BreakResolved(f"Break {break_id} is already {brk.status}.")
+            entry_id = None
+            if action == "adjust":
+                entry_id, points = _adjust(session, brk, partner)
+                session.add(Adjustment(entry_id=entry_id, partner_id=partner.id,
+                                       partner_txn_id=brk.partner_txn_id, break_id=brk.id,
+                                       points=points, created_by=resolved_by))
+            status = "adjusted" if action == "adjust" else "accepted"
+            brk.status, brk.resolved_at, brk.resolved_by = status, utcnow(), resolved_by
+            brk.reason, brk.adjustment_entry_id = reason, entry_id
+            session.flush()
+            audit.record(session, actor or Actor(resolved_by), f"settlement.break_{status}",
+                         f"break:{break_id}",
+                         {"run": run_id, "partner": partner.code, "kind": brk.kind,
+                          "partner_txn_id": brk.partner_txn_id, "reason": reason,
+                          "resolved_by": resolved_by, "adjustment_entry_id": entry_id})
+            uow.commit()
+
+    run_with_retries(attempt)
     return next(b for b in list_breaks(run_id) if b["id"] == break_id)
 
 
-def _adjust(brk: Break, partner: Partner) -> int:
-    """Book the correcting transaction; its partner_txn_id names the break, so resolving
-    again after a failure replays it rather than booking it twice."""
+def _adjust(session: Any, brk: Break, partner: Partner) -> tuple[int, int]:
+    """Book the correcting transaction in ``session``; its partner_txn_id names the break.
+    Returns the entry and the change in the partner transaction's points it makes."""
     ref = ledger.PartnerRef(partner.id, partner.code, partner.currency)
     file = brk.details.get("file")
     ours = brk.details.get("ledger")
@@ -334,6 +402,12 @@ def _adjust(brk: Break, partner: Partner) -> int:
                              "reason and correct it with the partner.")
     if kind not in EARN_LIKE + BURN_LIKE:
         raise InvalidRequest(f"A {kind} cannot be adjusted; accept this break with a reason.")
+    earlier = session.scalar(select(Adjustment.entry_id).where(
+        Adjustment.partner_id == partner.id, Adjustment.partner_txn_id == brk.partner_txn_id))
+    if earlier is not None:
+        raise InvalidRequest(
+            f"{brk.partner_txn_id} was already corrected by entry {earlier}; accept this "
+            "break with a reason and settle the rest with the partner.")
     difference = (file["points"] if file else 0) - (ours["points"] if ours else 0)
     txn = f"adj-{brk.id}-{brk.partner_txn_id}"[:64]
     member = (file or ours)["member_number"]
@@ -341,8 +415,10 @@ def _adjust(brk: Break, partner: Partner) -> int:
         data = {"member_number": member, "partner_txn_id": txn, "points": difference}
         if file:
             data["occurred_at"] = datetime.fromisoformat(file["occurred_at"])
-        outcome = (ledger.earn(ref, data) if kind in EARN_LIKE else ledger.burn(ref, data))
+        outcome = (ledger.earn(ref, data, session=session) if kind in EARN_LIKE
+                   else ledger.burn(ref, data, session=session))
     else:
         outcome = ledger.reverse(ref, ours["entry_id"],
-                                 {"partner_txn_id": txn, "points": -difference})
-    return int(outcome.body["id"])
+                                 {"partner_txn_id": txn, "points": -difference},
+                                 session=session)
+    return int(outcome.body["id"]), difference

@@ -7,6 +7,9 @@ from marshmallow import Schema, fields, validate
 from coalition.schemas import StrictSchema, UTCTimestamp
 
 _AMOUNT = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
+_MODEL = {"enum": ["operator", "clearing"], "description": "the money model of the run: "
+          "operator (each partner settles its net with the coalition) or clearing (partners "
+          "pay each other and the coalition its fees)"}
 
 
 def Amount(description: str = "decimal string") -> fields.String:  # noqa: N802
@@ -20,11 +23,18 @@ class RunCreateSchema(StrictSchema):
 
 
 class LineSchema(Schema):
-    type = fields.String(metadata={"enum": ["issued", "redeemed"]})
-    points = fields.Integer()
-    rate = Amount()
-    rate_valid_from = fields.String()
-    amount = Amount()
+    type = fields.String(metadata={
+        "enum": ["issued", "redeemed", "owes", "owed", "fee_payable", "fee_receivable"],
+        "description": "issued, fee_payable, owes: the partner pays; redeemed, "
+                       "fee_receivable, owed: the partner is paid"})
+    counterparty = fields.String(metadata={"description": "'coalition' or a partner"})
+    points = fields.Integer(allow_none=True, metadata={
+        "description": "none for the coalition's fee, which is money only"})
+    rate = fields.String(allow_none=True, metadata={
+        "description": "the rate card's rate; none for a line between partners (at the "
+                       "redeeming partner's rates) or a fee", **_AMOUNT})
+    rate_valid_from = fields.String(allow_none=True)
+    amount = Amount("always positive; the type says who pays")
 
 
 class LateEntrySchema(Schema):
@@ -44,6 +54,7 @@ class LateSchema(Schema):
 class StatementSchema(Schema):
     run = fields.Integer()
     status = fields.String()
+    model = fields.String(metadata=_MODEL)
     period_start = UTCTimestamp()
     period_end = UTCTimestamp()
     partner = fields.String()
@@ -61,6 +72,7 @@ class StatementSchema(Schema):
 
 
 class RunStatementSchema(Schema):
+    model = fields.String(metadata=_MODEL)
     partner = fields.String()
     name = fields.String()
     kind = fields.String()
@@ -90,10 +102,17 @@ class PaymentSchema(Schema):
     to = fields.String()
     amount = Amount()
     currency = fields.String()
+    model = fields.String(metadata=_MODEL)
 
 
-class ObligationSchema(PaymentSchema):
-    points = fields.Integer()
+class ObligationSchema(Schema):
+    from_ = fields.String(data_key="from", attribute="from")
+    to = fields.String()
+    points = fields.Integer(allow_none=True, metadata={
+        "description": "points spent across partners; none for a settlement with the "
+                       "coalition"})
+    amount = Amount()
+    currency = fields.String()
 
 
 class PositionSchema(Schema):
@@ -127,11 +146,14 @@ class CoalitionReportSchema(Schema):
     bonuses = fields.Nested(PointsTotalSchema)
     outstanding = fields.Nested(PointsReportSchema)
     margin = fields.List(fields.Nested(MarginSchema))
+    position = fields.List(fields.Nested(MarginSchema), metadata={
+        "description": "the coalition's own position per currency (positive: it is owed)"})
 
 
 class RunSchema(Schema):
     id = fields.Integer()
     status = fields.String(metadata={"enum": ["draft", "closed"]})
+    model = fields.String(metadata=_MODEL)
     period_start = UTCTimestamp()
     period_end = UTCTimestamp()
     created_at = UTCTimestamp()
@@ -152,6 +174,7 @@ class RunSchema(Schema):
 class RunSummarySchema(Schema):
     id = fields.Integer()
     status = fields.String()
+    model = fields.String(metadata=_MODEL)
     period_start = UTCTimestamp()
     period_end = UTCTimestamp()
     digest = fields.String()

@@ -16,10 +16,12 @@ from coalition.audit.service import SYSTEM, Actor, record
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
 from coalition.ledger import fence
+from coalition.program.service import rules_in_force
 from coalition.schemas import rfc3339
 from coalition.wording import plural, verb
 from settlement.compute import Unpriced, compute
 from settlement.models import Break, SettlementRun
+from settlement.netting import COALITION
 
 
 class PeriodOverlap(Conflict):
@@ -39,9 +41,9 @@ def digest(result: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _compute(session: Any, start: datetime, end: datetime) -> dict[str, Any]:
+def _compute(session: Any, start: datetime, end: datetime, model: str) -> dict[str, Any]:
     try:
-        return compute(session, start, end)
+        return compute(session, start, end, model)
     except Unpriced as exc:
         raise UnpricedEntries(
             f"Entries fall before the first rate card of: {', '.join(exc.partners)}.",
@@ -53,7 +55,7 @@ def describe(run: SettlementRun, session: Any) -> dict[str, Any]:
         Break.run_id == run.id, Break.status == "open")) or 0
     return {
         **run.result,
-        "id": run.id, "status": run.status,
+        "id": run.id, "status": run.status, "model": run.model,
         "period_start": run.period_start, "period_end": run.period_end,
         "created_at": run.created_at, "created_by": run.created_by,
         "computed_at": run.computed_at, "closed_at": run.closed_at, "closed_by": run.closed_by,
@@ -82,8 +84,11 @@ def create_run(start: datetime, end: datetime, created_by: str, *,
         if overlapping is not None:
             raise PeriodOverlap(f"The period overlaps settlement run {overlapping}.",
                                 errors={"period_start": [f"Overlaps run {overlapping}."]})
-        result = _compute(uow.session, start, end)
-        run = SettlementRun(period_start=start, period_end=end, status="draft",
+        # the money model in force when the run is made is the period's, for good: a
+        # recompute or the close keeps it, so a closed run always recomputes the same
+        model = rules_in_force(uow.session)["settlement_model"]
+        result = _compute(uow.session, start, end, model)
+        run = SettlementRun(period_start=start, period_end=end, status="draft", model=model,
                             created_by=created_by, computed_at=now, result=result,
                             result_digest=digest(result))
         uow.session.add(run)
@@ -92,7 +97,7 @@ def create_run(start: datetime, end: datetime, created_by: str, *,
         except (IntegrityError, DBAPIError) as exc:  # a concurrent run took the period
             raise PeriodOverlap("The period overlaps another settlement run.") from exc
         record(uow.session, actor or Actor(created_by), "settlement.run_created",
-               f"run:{run.id}", {**_period(run), "digest": run.result_digest})
+               f"run:{run.id}", {**_period(run), "model": model, "digest": run.result_digest})
         uow.commit()
         return describe(run, uow.session)
 
@@ -113,7 +118,8 @@ def get_run(run_id: int) -> dict[str, Any]:
 def list_runs() -> list[dict[str, Any]]:
     with read() as session:
         runs = session.scalars(select(SettlementRun).order_by(SettlementRun.period_start))
-        return [{"id": r.id, "status": r.status, "period_start": r.period_start,
+        return [{"id": r.id, "status": r.status, "model": r.model,
+                 "period_start": r.period_start,
                  "period_end": r.period_end, "digest": r.result_digest} for r in runs]
 
 
@@ -123,7 +129,7 @@ def recompute(run_id: int, *, actor: Actor = SYSTEM) -> dict[str, Any]:
         run = _load(uow.session, run_id, lock=True)
         if run.status == "closed":
             raise PeriodClosed(f"Settlement run {run_id} is closed.")
-        result = _compute(uow.session, run.period_start, run.period_end)
+        result = _compute(uow.session, run.period_start, run.period_end, run.model)
         before = run.result_digest
         run.result, run.result_digest, run.computed_at = result, digest(result), utcnow()
         record(uow.session, actor, "settlement.run_recomputed", f"run:{run.id}",
@@ -166,7 +172,7 @@ def close_run(run_id: int, closed_by: str, *, actor: Actor | None = None) -> dic
         if open_breaks:
             raise UnresolvedBreaks(f"{plural(open_breaks, 'reconciliation break')} "
                                    f"{verb(open_breaks, 'is', 'are')} unresolved.")
-        result = _compute(uow.session, run.period_start, run.period_end)
+        result = _compute(uow.session, run.period_start, run.period_end, run.model)
         now = utcnow()
         run.result, run.result_digest, run.computed_at = result, digest(result), now
         run.status, run.closed_at, run.closed_by = "closed", now, closed_by
@@ -180,14 +186,7 @@ def close_run(run_id: int, closed_by: str, *, actor: Actor | None = None) -> dic
 def journal_digest(session: Any, run: SettlementRun) -> str:
     """The digest of the run's figures computed from the journal as it is now: for a
     closed run, the digest it was closed with, unless its period changed since."""
-    return digest(_compute(session, run.period_start, run.period_end))
-
-
-def closed_before(session: Any, moment: datetime) -> datetime | None:
-    """The end of the latest closed period that ends after ``moment``, if any: a rate card
-    valid from ``moment`` would reprice that closed period."""
-    return session.scalar(select(func.max(SettlementRun.period_end)).where(
-        SettlementRun.status == "closed", SettlementRun.period_end > moment))
+    return digest(_compute(session, run.period_start, run.period_end, run.model))
 
 
 # --------------------------------------------------------------------------- statements
@@ -205,13 +204,13 @@ def statement(run_id: int, partner_code: str, *, only_closed: bool = False) -> d
         for s in run.result["statements"]:
             if s["partner"] == partner_code:
                 return {"run": run.id, "status": run.status,
-                        "period_start": run.period_start, "period_end": run.period_end, **s}
+                        "period_start": run.period_start, "period_end": run.period_end,
+                        **s, "model": run.model}
         raise NotFound(f"No statement for {partner_code} in run {run_id}.")
 
 
-STATEMENT_COLUMNS = ["type", "points", "rate", "rate_valid_from", "amount"]
-#: what every row of a run's CSV export says first: which run, which period, which money
-#: model. ``model`` is empty until settlement runs record the model they were computed under.
+STATEMENT_COLUMNS = ["type", "counterparty", "points", "rate", "rate_valid_from", "amount"]
+#: what every row of a run's CSV export says first: which run, which period, which money model
 RUN_CSV_HEAD = ["run_id", "period_start", "period_end", "model"]
 
 
@@ -222,36 +221,43 @@ def _csv_value(value: Any) -> Any:
 def statement_csv(doc: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["partner", "currency", "period_start", "period_end", *STATEMENT_COLUMNS])
+    writer.writerow(["partner", "currency", "model", "period_start", "period_end",
+                     *STATEMENT_COLUMNS])
+    head = [doc["partner"], doc["currency"], doc["model"]]
     for line in doc["lines"]:
-        writer.writerow([doc["partner"], doc["currency"], rfc3339(doc["period_start"]),
-                         rfc3339(doc["period_end"]),
-                         *(_csv_value(line[c]) for c in STATEMENT_COLUMNS)])
-    writer.writerow([doc["partner"], doc["currency"], "", "", "payable", doc["issued_points"],
-                     "", "", doc["payable"]])
-    writer.writerow([doc["partner"], doc["currency"], "", "", "receivable",
-                     doc["redeemed_points"], "", "", doc["receivable"]])
-    writer.writerow([doc["partner"], doc["currency"], "", "", "net", "", "", "", doc["net"]])
+        writer.writerow([*head, rfc3339(doc["period_start"]), rfc3339(doc["period_end"]),
+                         *(_csv_value(line.get(c)) for c in STATEMENT_COLUMNS)])
+    writer.writerow([*head, "", "", "payable", "", doc["issued_points"], "", "",
+                     doc["payable"]])
+    writer.writerow([*head, "", "", "receivable", "", doc["redeemed_points"], "", "",
+                     doc["receivable"]])
+    writer.writerow([*head, "", "", "net", "", "", "", "", doc["net"]])
     return out.getvalue()
 
 
 def run_csv(doc: dict[str, Any]) -> str:
-    """Every statement line of the run, then the payment instructions; each row names the
-    run, its period and its money model, so a row read on its own still says where it is from."""
+    """Every statement line of the run, the payment instructions, then the coalition's
+    own position and margin; each row names the run, its period and its money model, so a
+    row read on its own still says where it is from."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    head = [doc["id"], rfc3339(doc["period_start"]), rfc3339(doc["period_end"]),
-            doc.get("model") or ""]
-    writer.writerow([*RUN_CSV_HEAD, "section", "partner", "currency", "type", "points", "rate",
-                     "rate_valid_from", "amount"])
+    head = [doc["id"], rfc3339(doc["period_start"]), rfc3339(doc["period_end"]), doc["model"]]
+    writer.writerow([*RUN_CSV_HEAD, "section", "partner", "currency", "type", "counterparty",
+                     "points", "rate", "rate_valid_from", "amount"])
     for s in doc["statements"]:
         for line in s["lines"]:
             writer.writerow([*head, "statement", s["partner"], s["currency"], line["type"],
-                             line["points"], line["rate"], _csv_value(line["rate_valid_from"]),
-                             line["amount"]])
-        writer.writerow([*head, "total", s["partner"], s["currency"], "net", "", "", "",
+                             line.get("counterparty", COALITION), line["points"], line["rate"],
+                             _csv_value(line["rate_valid_from"]), line["amount"]])
+        writer.writerow([*head, "total", s["partner"], s["currency"], "net", "", "", "", "",
                          s["net"]])
     for p in doc["payments"]:
         writer.writerow([*head, "payment", f"{p['from']}->{p['to']}", p["currency"], "", "",
-                         "", "", p["amount"]])
+                         "", "", "", p["amount"]])
+    for p in doc["coalition"].get("position", []):
+        writer.writerow([*head, "coalition", COALITION, p["currency"], "position", "", "", "",
+                         "", p["amount"]])
+    for m in doc["coalition"]["margin"]:
+        writer.writerow([*head, "coalition", COALITION, m["currency"], "margin", "", "", "",
+                         "", m["amount"]])
     return out.getvalue()

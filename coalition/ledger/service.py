@@ -102,9 +102,14 @@ def _idempotent(
     digest: str,
     work: Callable[[Session], dict[str, Any]],
     render: Callable[[Session, Entry], dict[str, Any]],
+    session: Session | None = None,
 ) -> Outcome:
     """Run ``work`` (which books one entry and returns the answer) exactly once per id;
-    ``render`` rebuilds that answer from the stored entry for a replay."""
+    ``render`` rebuilds that answer from the stored entry for a replay.
+
+    With ``session``, the booking joins the caller's unit of work (which commits it, or
+    retries it whole); otherwise it is a unit of work of its own.
+    """
 
     def replay(session: Session, entry: Entry) -> Outcome:
         if entry.request_hash != digest:
@@ -133,6 +138,11 @@ def _idempotent(
             uow.commit()
             return Outcome(body, replayed=False)
 
+    if session is not None:
+        entry = _existing(session, partner.id, partner_txn_id)
+        if entry is not None:
+            return replay(session, entry)
+        return Outcome(work(session), replayed=False)
     try:
         return run_with_retries(attempt)
     except IntegrityError:
@@ -323,7 +333,8 @@ def release_welcome_bonus(session: Session, member_id: int, now: datetime) -> in
     return points
 
 
-def earn(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
+def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
+         session: Session | None = None) -> Outcome:
     """Credit points for a spend (× earn rate × tier multiplier, rounded down) or as given."""
     partner = _partner(partner_id)
     digest = request_hash("earn", data)
@@ -386,10 +397,11 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
         )
 
     return _idempotent(partner, data["partner_txn_id"], digest, work,
-                       lambda s, e: render_transaction(s, e, partner.code))
+                       lambda s, e: render_transaction(s, e, partner.code), session)
 
 
-def burn(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
+def burn(partner_id: int | PartnerRef, data: dict[str, Any], *,
+         session: Session | None = None) -> Outcome:
     """Spend points at this partner, from the member's earliest-expiring lots."""
     partner = _partner(partner_id)
     digest = request_hash("burn", data)
@@ -417,7 +429,7 @@ def burn(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
         )
 
     return _idempotent(partner, data["partner_txn_id"], digest, work,
-                       lambda s, e: render_transaction(s, e, partner.code))
+                       lambda s, e: render_transaction(s, e, partner.code), session)
 
 
 # --------------------------------------------------------------------------- holds
@@ -669,7 +681,8 @@ def _reversal_points(original: Entry, data: dict[str, Any], done: int,
 
 
 def reverse(partner_id: int | PartnerRef, transaction_id: int, data: dict[str, Any],
-            scopes: frozenset[str] | None = None) -> Outcome:
+            scopes: frozenset[str] | None = None, *,
+            session: Session | None = None) -> Outcome:
     """Reverse the partner's own earn, burn or capture, in whole or in part. With
     ``scopes``, the caller's token must hold the scope of the original's kind."""
     partner = _partner(partner_id)
@@ -700,7 +713,7 @@ def reverse(partner_id: int | PartnerRef, transaction_id: int, data: dict[str, A
         return render_transaction(session, session.get_one(Entry, entry_id), partner.code)
 
     return _idempotent(partner, data["partner_txn_id"], digest, work,
-                       lambda s, e: render_transaction(s, e, partner.code))
+                       lambda s, e: render_transaction(s, e, partner.code), session)
 
 
 def _reverse_earn(session: Session, partner: PartnerRef, member: MemberRef, original: Entry,

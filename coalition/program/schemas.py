@@ -82,6 +82,12 @@ class ProgramRulesSchema(StrictSchema):
         metadata={"description": "when an earn is reversed after its points were spent: take "
                   "the points from the member's other lots, or refuse the reversal"},
     )
+    settlement_model = fields.String(
+        load_default="operator", validate=validate.OneOf(["operator", "clearing"]),
+        metadata={"description": "who pays whom at settlement: operator (every partner "
+                  "settles its statement with the coalition) or clearing (partners pay each "
+                  "other for points spent across partners, and the coalition its fees)"},
+    )
     terms = fields.String(load_default="", validate=validate.Length(max=20_000))
 
     @validates_schema

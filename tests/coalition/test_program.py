@@ -55,8 +55,22 @@ def test_before_anything_is_published_the_defaults_show_as_version_0(client):
                       "max_points_per_day": 250000},
         "holds": {"default_seconds": 900, "max_seconds": 604800},
         "earn_reversal_after_spend": "take_from_other_lots",
+        "settlement_model": "operator",
         "terms": "",
     }
+
+
+def test_the_settlement_model_is_operator_or_clearing(client, operator_headers):
+    tiers = [{"code": "member", "name": "Member", "threshold": 0, "multiplier": "1"}]
+    refused = client.put("/v1/admin/program", headers=operator_headers,
+                         json={"tiers": tiers, "settlement_model": "barter"})
+    assert refused.status_code == 422
+    body = refused.get_json()
+    assert body["error"] == "invalid_request" and "settlement_model" in body["errors"]
+    assert client.get("/v1/program").get_json()["version"] == 0  # nothing published
+    ok = client.put("/v1/admin/program", headers=operator_headers,
+                    json={"tiers": tiers, "settlement_model": "clearing"})
+    assert ok.status_code == 200 and ok.get_json()["settlement_model"] == "clearing"
 
 
 def test_put_publishes_the_next_version_and_get_shows_it(client, operator, operator_headers):

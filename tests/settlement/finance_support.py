@@ -34,9 +34,9 @@ AT = iso(S + timedelta(seconds=1))
 #: fuel:   issued  600 at 0.0090 =  5.40; redeemed 300 at 0.0085 = 2.55 → net −2.85
 #:         (100 of the 600 booked in the period for an earlier date: a late entry)
 #: charity:                              redeemed 200 at 0.0100 = 2.00 → net  2.00
-#: matrix: fuel→grocer 120, grocer→charity 200, grocer→fuel 300; obligations at the
-#: redeemer's rate 0.96, 2.00, 2.55; positions grocer 0.96 − 2.00 − 2.55 = −3.59,
-#: fuel 2.55 − 0.96 = 1.59, charity 2.00; margin 10.00 + 5.40 − 0.96 − 2.55 − 2.00 = 9.89;
+#: matrix: fuel→grocer 120, grocer→charity 200, grocer→fuel 300; under the operator model
+#: (the default) each partner settles its net with the coalition: positions are the nets,
+#: the coalition's is the margin 10.00 + 5.40 − 0.96 − 2.55 − 2.00 = 9.89;
 #: outstanding ann 1000 − 300 − 200 = 500 (grocer), bob 500 + 100 − 120 = 480 (fuel)
 EXPECTED = {
     "grocer": {"issued_points": 1000, "redeemed_points": 120, "payable": "10.00",
@@ -50,10 +50,14 @@ CELLS = [{"origin": "fuel", "redeemed_at": "grocer", "points": 120},
          {"origin": "grocer", "redeemed_at": "charity", "points": 200},
          {"origin": "grocer", "redeemed_at": "fuel", "points": 300}]
 POSITIONS = [{"party": "charity", "currency": "GBP", "amount": "2.00"},
-             {"party": "fuel", "currency": "GBP", "amount": "1.59"},
-             {"party": "grocer", "currency": "GBP", "amount": "-3.59"}]
-PAYMENTS = [{"from": "grocer", "to": "charity", "amount": "2.00", "currency": "GBP"},
-            {"from": "grocer", "to": "fuel", "amount": "1.59", "currency": "GBP"}]
+             {"party": "fuel", "currency": "GBP", "amount": "-2.85"},
+             {"party": "grocer", "currency": "GBP", "amount": "-9.04"}]
+PAYMENTS = [{"from": "coalition", "to": "charity", "amount": "2.00", "currency": "GBP",
+             "model": "operator"},
+            {"from": "fuel", "to": "coalition", "amount": "2.85", "currency": "GBP",
+             "model": "operator"},
+            {"from": "grocer", "to": "coalition", "amount": "9.04", "currency": "GBP",
+             "model": "operator"}]
 
 
 @pytest.fixture(autouse=True)

@@ -241,7 +241,7 @@ def test_create_a_run_read_it_reconcile_resolve_and_close(app, client, booked, s
     assert chart, "no positions chart"
     assert '<title id="pos-title-GBP">Net positions in GBP</title>' in html
     desc = re.search(r'<desc id="pos-desc-GBP">([^<]+)</desc>', html).group(1)
-    assert "grocer pays 3.59 GBP" in desc and "fuel is owed 1.59 GBP" in desc
+    assert "grocer pays 9.04 GBP" in desc and "fuel pays 2.85 GBP" in desc
     assert html.count('<rect x="') == len(POSITIONS)
     assert '<table data-testid="positions">' in html
     # the heat map: every cell with its number, darker with more points
@@ -253,9 +253,14 @@ def test_create_a_run_read_it_reconcile_resolve_and_close(app, client, booked, s
     assert re.search(r'class="num heat-8[^"]*" data-testid="cell-grocer-fuel"', html)
     assert re.search(r'class="num heat-0[^"]*" data-testid="cell-charity-grocer"', html)
     # payments, and the coalition's figures
+    # which money model is in force, and what to pay, in one sentence
+    assert by_testid(html, "model-name") == "operator"
+    assert '<p data-testid="model-instruction"><strong>Pay exactly the payment instructions ' \
+        'below, and nothing else:</strong> one per partner and currency, between the ' \
+        'partner and the coalition, for exactly its statement\'s net.</p>' in html
     for p in PAYMENTS:
-        assert f"<td>{p['from']}</td><td>{p['to']}</td><td class=\"num\">{p['amount']} GBP" \
-            in html
+        assert by_testid(html, f"payment-{p['from']}-{p['to']}") == f"{p['amount']} GBP"
+    assert by_testid(html, "coalition-position-GBP") == "9.89"
     assert by_testid(html, "margin-GBP") == "9.89"
     assert by_testid(html, "outstanding") == "980"
     # the late entry, flagged on fuel's statement with the date it happened
@@ -329,7 +334,8 @@ def test_create_a_run_read_it_reconcile_resolve_and_close(app, client, booked, s
     as_csv = client.get(f"/finance/runs/{run_id}/export.csv")
     assert as_csv.mimetype == "text/csv"
     assert f'filename="settlement-run-{run_id}.csv"' in as_csv.headers["Content-Disposition"]
-    assert "payment,grocer->fuel,GBP,,,,,1.59" in text_of(as_csv)
+    assert "operator,payment,grocer->coalition,GBP,,,,,,9.04" in text_of(as_csv)
+    assert "operator,coalition,coalition,GBP,position,,,,,9.89" in text_of(as_csv)
     as_json = client.get(f"/finance/runs/{run_id}/export.json")
     assert as_json.mimetype == "application/json"
     doc = json.loads(text_of(as_json))
@@ -337,13 +343,45 @@ def test_create_a_run_read_it_reconcile_resolve_and_close(app, client, booked, s
     assert doc["positions"] == POSITIONS and doc["matrix"]["cells"] == CELLS
     statement = client.get(f"/finance/runs/{run_id}/statements/fuel.csv")
     assert statement.mimetype == "text/csv"
-    assert text_of(statement).splitlines()[-1] == "fuel,GBP,,,net,,,,-2.85"
+    assert text_of(statement).splitlines()[-1] == "fuel,GBP,operator,,,net,,,,,-2.85"
     assert client.get(f"/finance/runs/{run_id}/statements/nobody.csv").status_code == 404
 
     # the list of runs shows it, closed
     runs = text_of(client.get("/finance"))
     assert f'href="/finance/runs/{run_id}">Run {run_id}</a>' in runs
     assert "2001-03-01 09:00:00 UTC" in runs and "2001-03-01 09:00:10 UTC" in runs
+
+
+def test_under_the_clearing_model_the_page_says_partners_pay_each_other(client, booked,
+                                                                      signed_in):
+    from coalition.program.schemas import ProgramRulesSchema
+    from coalition.program.service import publish_rules
+
+    publish_rules(ProgramRulesSchema().load({
+        "settlement_model": "clearing",
+        "tiers": [{"code": "member", "name": "Member", "threshold": 0, "multiplier": "1"}]}),
+        "tests")
+    csrf = csrf_of(text_of(signed_in))
+    html = text_of(client.get(create_run(client, csrf).headers["Location"]))
+    assert by_testid(html, "model-name") == "clearing"
+    assert '<p data-testid="model-instruction"><strong>Pay exactly the payment instructions ' \
+        'below, and nothing else:</strong> they net what partners owe each other for points ' \
+        'spent across partners and the coalition\'s fees, and each partner\'s instructions ' \
+        'in and out add up to its statement\'s net.</p>' in html
+    # the nets are the statements' as under the operator model
+    for code, figures in EXPECTED.items():
+        assert by_testid(html, f"statement-net-{code}") == figures["net"].replace("-", "−")
+    # grocer: owed 0.96 by fuel, owes 2.00 to charity and 2.55 to fuel, fee 9.04 − 3.59 =
+    # 5.45; fuel: owed 2.55, owes 0.96, fee 2.85 + 1.59 = 4.44. Netting: debts grocer 9.04,
+    # fuel 2.85; claims coalition 9.89, charity 2.00
+    for payer, payee, amount in (("grocer", "coalition", "9.04"), ("fuel", "coalition", "0.85"),
+                                 ("fuel", "charity", "2.00")):
+        assert by_testid(html, f"payment-{payer}-{payee}") == f"{amount} GBP"
+    assert html.count('data-testid="payment-') == 3
+    grocer = re.search(r'data-testid="statement-grocer".*?</section>', html, re.S).group(0)
+    assert "fee payable <span class=\"muted small\">to coalition</span>" in grocer
+    assert "owes <span class=\"muted small\">to charity</span>" in grocer
+    assert by_testid(html, "coalition-position-GBP") == "9.89"
 
 
 def test_an_adjustment_is_booked_in_the_users_name(client, booked, signed_in):
@@ -363,6 +401,16 @@ def test_an_adjustment_is_booked_in_the_users_name(client, booked, signed_in):
         done = session.get(Break, brk.id)
     assert (done.status, done.resolved_by) == ("adjusted", "fiona")
     assert done.adjustment_entry_id is not None
+    # the same file again: the record is shown as already adjusted, nothing to resolve
+    again = client.post(f"/finance/runs/{run_id}/reconciliations", data={
+        "csrf_token": csrf, "partner": "grocer",
+        "file": (__import__("io").BytesIO(booked.grocer_file(1010).encode()), "g.csv")},
+        content_type="multipart/form-data", follow_redirects=True)
+    assert "grocer&#39;s file of 2 rows is reconciled: 1 matched, 1 already adjusted. " \
+        "No breaks." in text_of(again)
+    with read() as session:
+        shown = session.scalars(select(Break).where(Break.id != brk.id)).one()
+    assert (shown.status, shown.adjustment_entry_id) == ("adjusted", done.adjustment_entry_id)
 
 
 def test_a_bad_upload_changes_nothing(app, client, booked, signed_in):
@@ -511,6 +559,12 @@ def test_a_finance_user_in_a_real_browser(chromium, backend, live_server, booked
                 figures["net"].replace("-", "−")
             assert page.get_by_test_id(f"issued-{code}").inner_text() == \
                 f"{figures['issued_points']:,}"
+        # which money model is in force, and what to pay, before any figure
+        assert page.get_by_test_id("model-name").inner_text() == "operator"
+        assert page.get_by_test_id("model-instruction").inner_text().startswith(
+            "Pay exactly the payment instructions below, and nothing else:")
+        assert page.get_by_test_id("model-instruction").is_visible()
+        assert page.get_by_test_id("payment-grocer-coalition").inner_text() == "9.04 GBP"
         chart = page.get_by_role("img", name="Net positions in GBP")
         assert chart.is_visible()
         assert chart.locator("rect").count() == 3

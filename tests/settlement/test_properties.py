@@ -11,14 +11,19 @@ way the ledger does (earliest first out, a hold's and a burn's points back to th
 lots first), so every figure of the run is predicted independently; on top of that the
 run's own figures must agree with each other:
 
-(a) per currency, Σ statement nets + the coalition's margin = 0 exactly;
-(b) statement lines add up to payable and receivable, net = receivable − payable, and each
-    line is round_half_even(points × rate, 0.01);
-(c) the payment instructions settle every position exactly, with at most one fewer
-    instruction than parties with a non-zero position, and positions sum to zero;
+(a) per currency, Σ statement nets + the coalition's margin = 0 exactly, and the
+    coalition's position is its margin;
+(b) statement lines add up to the net: under the operator model to payable and
+    receivable, net = receivable − payable, each line round_half_even(points × rate, 0.01);
+    under the clearing model, owed − owes ± the coalition's fee;
+(c) under either money model, each partner's payment instructions in and out add up to
+    its statement's net to the cent; the instructions settle every party's position
+    exactly (at most one per partner under the operator model, at most n − 1 per currency
+    under clearing), and positions sum to zero;
 (d) Σ of the matrix cells redeemed at b = b's redeemed points;
 (e) recomputing a draft, even after more bookings, gives the same document and digest;
-(f) closing freezes the run: later bookings never change it.
+(f) closing freezes the run: later bookings never change it, and recomputing the closed
+    run's period under its model gives its digest again.
 
 Plus pure properties of settlement.netting.
 """
@@ -163,8 +168,8 @@ class Model:
 
 
 def expected_run(model: Model, start: datetime, end: datetime,
-                 outstanding: dict[str, int]) -> dict[str, Any]:
-    """The figures of [start, end) from the model alone."""
+                 outstanding: dict[str, int], money_model: str = "operator") -> dict[str, Any]:
+    """The figures of [start, end) from the model alone, paid under ``money_model``."""
     def inside(moment: datetime) -> bool:
         return start <= moment < end
 
@@ -180,7 +185,8 @@ def expected_run(model: Model, start: datetime, end: datetime,
                 continue
             card = next(c for c in p.cards if c[0] == valid_from)
             rate = card[1] if kind == "issued" else card[2]
-            lines.append({"type": kind, "points": points, "rate": rate,
+            lines.append({"type": kind, "counterparty": "coalition", "points": points,
+                          "rate": rate,
                           "rate_valid_from": valid_from, "amount": cents(points * rate)})
         payable = sum((ln["amount"] for ln in lines if ln["type"] == "issued"), Decimal(0))
         receivable = sum((ln["amount"] for ln in lines if ln["type"] == "redeemed"),
@@ -210,7 +216,50 @@ def expected_run(model: Model, start: datetime, end: datetime,
     margin: dict[str, Decimal] = defaultdict(Decimal)
     for s in statements.values():
         margin[s["currency"]] += s["payable"] - s["receivable"]
-    return {"statements": statements,
+    if money_model == "operator":
+        # each partner settles its net with the coalition
+        obligations = [
+            {"from": "coalition", "to": code, "points": None, "amount": s["net"],
+             "currency": s["currency"]} if s["net"] > 0 else
+            {"from": code, "to": "coalition", "points": None, "amount": -s["net"],
+             "currency": s["currency"]}
+            for code, s in sorted(statements.items()) if s["net"]]
+    else:
+        # partners pay each other for points spent across them in one currency (a
+        # negative amount is an obligation the other way round), the coalition the rest
+        direct = []
+        for o in obligations:
+            if o["from"] == "coalition" or currency[o["from"]] != o["currency"]:
+                continue
+            if o["amount"] < 0:
+                o = {**o, "from": o["to"], "to": o["from"], "points": -o["points"],
+                     "amount": -o["amount"]}
+            direct.append(o)
+        fees = []
+        for code, s in statements.items():
+            lines = []
+            for o in direct:
+                if o["from"] == code:
+                    lines.append({"type": "owes", "counterparty": o["to"],
+                                  "points": o["points"], "amount": o["amount"]})
+                elif o["to"] == code:
+                    lines.append({"type": "owed", "counterparty": o["from"],
+                                  "points": o["points"], "amount": o["amount"]})
+            fee = s["net"] - sum((ln["amount"] if ln["type"] == "owed" else -ln["amount"]
+                                  for ln in lines), Decimal(0))
+            if fee:
+                lines.append({"type": "fee_receivable" if fee > 0 else "fee_payable",
+                              "counterparty": "coalition", "points": None,
+                              "amount": abs(fee)})
+                fees.append(({"from": "coalition", "to": code} if fee > 0 else
+                             {"from": code, "to": "coalition"})
+                            | {"points": None, "amount": abs(fee),
+                               "currency": s["currency"]})
+            s["lines"] = lines
+        obligations = direct + sorted(fees, key=lambda o: o["to"] if o["from"] == "coalition"
+                                      else o["from"])
+    return {"model": money_model,
+            "statements": statements,
             "cells": [{"origin": a, "redeemed_at": b, "points": n}
                       for (a, b), n in sorted(cells.items()) if n],
             "obligations": obligations,
@@ -410,11 +459,18 @@ def check_against_model(run: dict[str, Any], expected: dict[str, Any]) -> None:
         assert got["currency"] == want["currency"]
         assert (got["issued_points"], got["redeemed_points"]) == (
             want["issued_points"], want["redeemed_points"]), code
-        assert [(ln["type"], ln["points"], Decimal(ln["rate"]),
-                 datetime.fromisoformat(ln["rate_valid_from"]), Decimal(ln["amount"]))
-                for ln in got["lines"]] == [
-            (ln["type"], ln["points"], ln["rate"], ln["rate_valid_from"], ln["amount"])
-            for ln in want["lines"]], code
+        assert got["model"] == expected["model"]
+        if expected["model"] == "operator":
+            assert [(ln["type"], ln["counterparty"], ln["points"], Decimal(ln["rate"]),
+                     datetime.fromisoformat(ln["rate_valid_from"]), Decimal(ln["amount"]))
+                    for ln in got["lines"]] == [
+                (ln["type"], ln["counterparty"], ln["points"], ln["rate"],
+                 ln["rate_valid_from"], ln["amount"]) for ln in want["lines"]], code
+        else:
+            assert [(ln["type"], ln["counterparty"], ln["points"], Decimal(ln["amount"]))
+                    for ln in got["lines"]] == [
+                (ln["type"], ln["counterparty"], ln["points"], ln["amount"])
+                for ln in want["lines"]], code
         for key in ("payable", "receivable", "net"):
             assert Decimal(got[key]) == want[key], (code, key)
         assert got["late_entries"]["count"] == len(want["late"]), code
@@ -436,53 +492,91 @@ def check_consistency(run: dict[str, Any]) -> None:
     import re
 
     nets: dict[str, Decimal] = defaultdict(Decimal)
+    model = run["model"]
     for s in run["statements"]:
+        assert s["model"] == model
         for key in ("payable", "receivable", "net"):
             assert re.fullmatch(AMOUNT_RE, s[key]), s[key]
-        issued = [ln for ln in s["lines"] if ln["type"] == "issued"]
-        redeemed = [ln for ln in s["lines"] if ln["type"] == "redeemed"]
-        assert len(issued) + len(redeemed) == len(s["lines"])
-        # (b) lines add up exactly; each is one rounding of points × rate
-        assert sum((Decimal(ln["amount"]) for ln in issued), Decimal(0)) == Decimal(s["payable"])
-        assert sum((Decimal(ln["amount"]) for ln in redeemed), Decimal(0)) == Decimal(
-            s["receivable"])
-        assert Decimal(s["net"]) == Decimal(s["receivable"]) - Decimal(s["payable"])
-        assert sum(ln["points"] for ln in issued) == s["issued_points"]
-        assert sum(ln["points"] for ln in redeemed) == s["redeemed_points"]
         for ln in s["lines"]:
-            assert ln["points"] != 0
-            assert Decimal(ln["amount"]) == cents(ln["points"] * Decimal(ln["rate"])), ln
+            assert Decimal(ln["amount"]) >= 0 or ln["type"] in ("issued", "redeemed"), ln
             assert Decimal(ln["amount"]).as_tuple().exponent == -2, ln
-        # one line per rate that applied
-        keys = [(ln["type"], ln["rate_valid_from"]) for ln in s["lines"]]
-        assert len(keys) == len(set(keys))
+        assert Decimal(s["net"]) == Decimal(s["receivable"]) - Decimal(s["payable"])
+        if model == "operator":
+            issued = [ln for ln in s["lines"] if ln["type"] == "issued"]
+            redeemed = [ln for ln in s["lines"] if ln["type"] == "redeemed"]
+            assert len(issued) + len(redeemed) == len(s["lines"])
+            # (b) lines add up exactly; each is one rounding of points × rate
+            assert sum((Decimal(ln["amount"]) for ln in issued), Decimal(0)) == Decimal(
+                s["payable"])
+            assert sum((Decimal(ln["amount"]) for ln in redeemed), Decimal(0)) == Decimal(
+                s["receivable"])
+            assert sum(ln["points"] for ln in issued) == s["issued_points"]
+            assert sum(ln["points"] for ln in redeemed) == s["redeemed_points"]
+            for ln in s["lines"]:
+                assert ln["points"] != 0 and ln["counterparty"] == "coalition"
+                assert Decimal(ln["amount"]) == cents(ln["points"] * Decimal(ln["rate"])), ln
+            # one line per rate that applied
+            keys = [(ln["type"], ln["rate_valid_from"]) for ln in s["lines"]]
+            assert len(keys) == len(set(keys))
+        else:
+            # (b) what others owe it, less what it owes them, and the coalition's fee
+            sign = {"owed": 1, "fee_receivable": 1, "owes": -1, "fee_payable": -1}
+            assert sum((sign[ln["type"]] * Decimal(ln["amount"]) for ln in s["lines"]),
+                       Decimal(0)) == Decimal(s["net"]), s["partner"]
+            fees = [ln for ln in s["lines"] if ln["type"].startswith("fee_")]
+            assert len(fees) <= 1 and all(ln["counterparty"] == "coalition" for ln in fees)
+            assert all(ln["counterparty"] not in ("coalition", s["partner"])
+                       for ln in s["lines"] if ln not in fees)
         nets[s["currency"]] += Decimal(s["net"])
     # (a) what the partners net, the coalition keeps (or pays), to the cent
     margin = {m["currency"]: Decimal(m["amount"]) for m in run["coalition"]["margin"]}
     assert set(margin) == set(nets)
     for currency, total in nets.items():
         assert total + margin[currency] == 0, currency
-    # (c) netting
-    positions: dict[str, dict[str, Decimal]] = defaultdict(dict)
-    for p in run["positions"]:
-        positions[p["currency"]][p["party"]] = Decimal(p["amount"])
+    assert {p["currency"]: Decimal(p["amount"]) for p in run["coalition"]["position"]} == \
+        margin
+    # (c) each partner's position is its net; the obligations make up every position
+    # (the coalition's is its margin), and the payments settle them exactly
+    assert run["positions"] == sorted(
+        ({"party": s["partner"], "currency": s["currency"], "amount": s["net"]}
+         for s in run["statements"]), key=lambda p: (p["currency"], p["party"]))
+    positions: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for s in run["statements"]:
+        positions[s["currency"]][s["partner"]] = Decimal(s["net"])
+        positions[s["currency"]]["coalition"] -= Decimal(s["net"])
     owed: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for o in run["obligations"]:
         assert o["from"] != o["to"]
+        # points spent at a partner whose redeem rate is nothing owe nothing, but are shown
+        assert Decimal(o["amount"]) > 0 or (Decimal(o["amount"]) == 0 and o["points"]), o
         owed[o["currency"]][o["to"]] += Decimal(o["amount"])
         owed[o["currency"]][o["from"]] -= Decimal(o["amount"])
-    assert {c: dict(v) for c, v in owed.items()} == dict(positions)
     for currency, parties in positions.items():
+        assert {p: v for p, v in owed[currency].items() if v} == {
+            p: v for p, v in parties.items() if v}, currency
         assert sum(parties.values(), Decimal(0)) == 0, currency
         left = dict(parties)
         payments = [p for p in run["payments"] if p["currency"] == currency]
         for pay in payments:
-            assert Decimal(pay["amount"]) > 0
+            assert Decimal(pay["amount"]) > 0 and pay["model"] == model
             left[pay["from"]] += Decimal(pay["amount"])
             left[pay["to"]] -= Decimal(pay["amount"])
         assert all(v == 0 for v in left.values()), (currency, left)
         nonzero = sum(1 for v in parties.values() if v)
         assert len(payments) <= max(nonzero - 1, 0), (currency, payments)
+    # the property a finance user relies on: pay exactly the instructions, and each
+    # partner has received or paid its statement's net, to the cent
+    for s in run["statements"]:
+        paid = sum((Decimal(p["amount"]) if p["to"] == s["partner"] else -Decimal(p["amount"])
+                    for p in run["payments"] if s["partner"] in (p["from"], p["to"])),
+                   Decimal(0))
+        assert paid == Decimal(s["net"]), (model, s["partner"])
+        assert all(p["currency"] == s["currency"] for p in run["payments"]
+                   if s["partner"] in (p["from"], p["to"]))
+        if model == "operator":
+            assert sum(1 for p in run["payments"] if s["partner"] in (p["from"], p["to"])) == (
+                1 if Decimal(s["net"]) else 0)
+            assert all("coalition" in (p["from"], p["to"]) for p in run["payments"])
     assert {p["currency"] for p in run["payments"]} <= set(positions)
     # (d) every redemption consumed lots, so the matrix accounts for each redeemed point
     by_redeemer: dict[str, int] = defaultdict(int)
@@ -501,7 +595,8 @@ def describe_example(expected: dict[str, Any]) -> None:
     event(f"obligations: {min(len(expected['obligations']), 3)}+")
     if len(cards) < len(lines):
         event("a statement with lines at two rates")
-    if any(ln["points"] < 0 for ln in lines):
+    event(f"money model: {expected['model']}")
+    if any(ln["points"] is not None and ln["points"] < 0 for ln in lines):
         event("a negative line")
     if any(not o["points"] for o in expected["obligations"]):
         event("an obligation of money but no points")
@@ -512,6 +607,26 @@ def describe_example(expected: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- the property
+
+
+def publish_model(client: Any, operator: dict[str, str], money_model: str) -> None:
+    response = client.put("/v1/admin/program", headers=operator, json={
+        "settlement_model": money_model,
+        "tiers": [{"code": "member", "name": "Member", "threshold": 0, "multiplier": "1"}]})
+    assert response.status_code == 200, response.get_json()
+
+
+def recomputed_digest(run_id: int) -> str:
+    """The digest of a run's period computed again from the journal, as a check of the
+    ledger would: the run's own figures are not read."""
+    from coalition.db import UnitOfWork
+    from settlement.compute import compute
+    from settlement.models import SettlementRun
+    from settlement.service import digest
+
+    with UnitOfWork(readonly=True) as uow:
+        run = uow.session.get_one(SettlementRun, run_id)
+        return digest(compute(uow.session, run.period_start, run.period_end, run.model))
 
 
 @pytest.fixture
@@ -526,10 +641,11 @@ def reset(app):
        before=PHASE, during=PERIOD, last_just_before_end=st.booleans(), after=PHASE,
        rate_changes=st.lists(st.tuples(st.integers(0, 15), st.integers(0, 3),
                                        st.integers(0, 400_000_000)), max_size=2),
-       after_close=st.lists(st.tuples(STEP, OP), min_size=1, max_size=4))
+       after_close=st.lists(st.tuples(STEP, OP), min_size=1, max_size=4),
+       money_model=st.sampled_from(["operator", "clearing"]))
 def test_runs_agree_with_the_model_and_with_themselves(
         app, client, make_partner, clock, reset, specs, members, before, during,
-        last_just_before_end, after, rate_changes, after_close) -> None:
+        last_just_before_end, after, rate_changes, after_close, money_model) -> None:
     reset()
     operator = operator_headers_now(client)
     clock.set(S - timedelta(hours=1))
@@ -568,9 +684,11 @@ def test_runs_agree_with_the_model_and_with_themselves(
     end = clock.now.replace(microsecond=0) + timedelta(seconds=1)
     outstanding_at_end = model.outstanding()
 
+    publish_model(client, operator, money_model)
     run = run_ok(client, operator, S, end)
     assert run["status"] == "draft" and run["open_breaks"] == 0
-    expected = expected_run(model, S, end, outstanding_at_end)
+    assert run["model"] == money_model
+    expected = expected_run(model, S, end, outstanding_at_end, money_model)
     check_against_model(run, expected)
     describe_example(expected)
     check_consistency(run)
@@ -604,6 +722,10 @@ def test_runs_agree_with_the_model_and_with_themselves(
         booker.run(op)
     booker.earn(0, 0, 17)
     assert client.get(f"/v1/settlement/runs/{run['id']}", headers=operator).get_json() == closed
+    # the closed period recomputed from the journal under the run's model: the same digest,
+    # even once the program has moved to the other model
+    publish_model(client, operator, "clearing" if money_model == "operator" else "operator")
+    assert recomputed_digest(run["id"]) == closed["digest"]
     refused = client.post(f"/v1/settlement/runs/{run['id']}/recompute", headers=operator)
     assert refused.status_code == 409 and refused.get_json()["error"] == "period_closed"
     for s in closed["statements"]:
@@ -615,7 +737,9 @@ def test_runs_agree_with_the_model_and_with_themselves(
     # the next period holds everything booked since, by the same model
     next_end = clock.now.replace(microsecond=0) + timedelta(seconds=1)
     following = run_ok(client, operator, end, next_end)
-    check_against_model(following, expected_run(model, end, next_end, model.outstanding()))
+    other = "clearing" if money_model == "operator" else "operator"
+    check_against_model(following, expected_run(model, end, next_end, model.outstanding(),
+                                                 other))
     check_consistency(following)
     assert client.get(f"/v1/settlement/runs/{run['id']}", headers=operator).get_json() == closed
 
@@ -645,12 +769,26 @@ def test_a_burn_and_its_reversal_at_different_rates_still_owe_money(
     statement = next(s for s in run["statements"] if s["partner"] == "b")
     assert statement["redeemed_points"] == 0
     assert statement["receivable"] == "-10.00"  # +1000 × 0.01, −1000 × 0.02
+    # operator: b pays the coalition what its statement says
+    assert run["model"] == "operator"
     assert run["obligations"] == [
-        {"from": "a", "to": "b", "points": 0, "amount": "-10.00", "currency": "GBP"}]
-    assert run["positions"] == [{"party": "a", "currency": "GBP", "amount": "10.00"},
+        {"from": "b", "to": "coalition", "points": None, "amount": "10.00", "currency": "GBP"}]
+    assert run["positions"] == [{"party": "a", "currency": "GBP", "amount": "0"},
                                 {"party": "b", "currency": "GBP", "amount": "-10.00"}]
-    assert run["payments"] == [{"from": "b", "to": "a", "amount": "10.00",
-                                "currency": "GBP"}]
+    assert run["payments"] == [{"from": "b", "to": "coalition", "amount": "10.00",
+                                "currency": "GBP", "model": "operator"}]
+    check_consistency(run)
+    # clearing: the matrix cell a → b is worth −10.00, so b owes a 10.00 for no points;
+    # a's net is nothing, so its fee gives the 10.00 back to the coalition
+    client.delete(f"/v1/settlement/runs/{run['id']}", headers=operator)
+    publish_model(client, operator, "clearing")
+    run = run_ok(client, operator, S, S + timedelta(seconds=3))
+    assert run["obligations"] == [
+        {"from": "b", "to": "a", "points": 0, "amount": "10.00", "currency": "GBP"},
+        {"from": "a", "to": "coalition", "points": None, "amount": "10.00",
+         "currency": "GBP"}]
+    assert run["payments"] == [{"from": "b", "to": "coalition", "amount": "10.00",
+                                "currency": "GBP", "model": "clearing"}]
     check_consistency(run)
 
 

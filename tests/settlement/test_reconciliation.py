@@ -128,7 +128,8 @@ def entry(app, entry_id: int) -> dict[str, Any]:
 
 def test_a_file_that_agrees_is_all_matched(client, operator_headers, period) -> None:
     report = reconciled(client, operator_headers, period, csv_rows(*period.full_file()))
-    assert report["summary"] == {"matched": 6, "points_mismatch": 0, "missing_in_ledger": 0,
+    assert report["summary"] == {"matched": 6, "adjusted": 0, "points_mismatch": 0,
+                                 "missing_in_ledger": 0,
                                  "missing_in_file": 0, "duplicated_in_file": 0, "malformed": 0}
     assert report["breaks"] == [] and report["rows"] == 6
     assert report["partner"] == "acme" and report["run"] == period.id
@@ -152,7 +153,8 @@ def test_every_class_of_break(client, operator_headers, period) -> None:
         ("bad", "earn", period.ann, "x", AT),         # 10 malformed
     )  # b1 is not in the file
     report = reconciled(client, operator_headers, period, content)
-    assert report["summary"] == {"matched": 2, "points_mismatch": 3, "missing_in_ledger": 2,
+    assert report["summary"] == {"matched": 2, "adjusted": 0, "points_mismatch": 3,
+                                 "missing_in_ledger": 2,
                                  "missing_in_file": 1, "duplicated_in_file": 1, "malformed": 1}
     assert report["rows"] == 9
     found = sorted((b["kind"], b["partner_txn_id"], b["line"]) for b in report["breaks"])
@@ -492,6 +494,239 @@ def test_an_adjustment_the_ledger_refuses_leaves_the_break_open(
     assert resolve(client, operator_headers, period.id, brk["id"], "accept").status_code == 200
 
 
+# --------------------------------------------------------------------------- resolved once
+
+
+LEDGER_TABLES = ("entry", "posting", "lot", "lot_movement", "wallet", "member", "hold")
+
+
+def ledger_of(state: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    return {t: rows for t, rows in state.items() if t in LEDGER_TABLES}
+
+
+def test_an_adjusted_missing_earn_is_resolved_once(app, client, operator_headers, period,
+                                                   clock) -> None:
+    # the partner's file has a 250-point earn the ledger never booked
+    content = csv_rows(*period.full_file(), ("x1", "earn", period.ann, 250, AT))
+    (brk,) = reconciled(client, operator_headers, period, content)["breaks"]
+    assert brk["kind"] == "missing_in_ledger"
+    booked = _adjusted(app, client, operator_headers, period, brk)
+    assert (booked["kind"], booked["points"]) == ("earn", 250)
+    adjustment_id = resolve_listed(client, operator_headers, period, brk["id"])[
+        "adjustment_entry_id"]
+    after_adjusting = snapshot(app)
+
+    # the same file again: x1 is shown adjusted by that entry, not as a new break
+    again = reconciled(client, operator_headers, period, content)
+    assert again["summary"]["adjusted"] == 1 and again["summary"]["missing_in_ledger"] == 0
+    assert again["summary"]["matched"] == 6
+    (row,) = again["breaks"]
+    assert (row["kind"], row["partner_txn_id"], row["status"]) == (
+        "missing_in_ledger", "x1", "adjusted")
+    assert row["adjustment_entry_id"] == adjustment_id
+    assert row["resolved_by"] == "bea@finance"
+    assert row["details"]["adjusted_by"] == {"entry_id": adjustment_id, "break_id": brk["id"],
+                                             "points": 250}
+    run = client.get(f"/v1/settlement/runs/{period.id}", headers=operator_headers).get_json()
+    assert run["open_breaks"] == 0
+    # and it cannot be adjusted (or accepted) again: the ledger keeps one 250-point earn
+    before = snapshot(app)
+    assert ledger_of(before) == ledger_of(after_adjusting)
+    assert_error(resolve(client, operator_headers, period.id, row["id"], "adjust"), 409,
+                 "break_resolved")
+    assert_error(resolve(client, operator_headers, period.id, row["id"], "accept"), 409,
+                 "break_resolved")
+    assert snapshot(app) == before
+
+    # the next period: the partner's file is right (x1 was the last period's), and the
+    # adjustment booked in this period is matched to it, not missing in the file
+    assert client.post(f"/v1/settlement/runs/{period.id}/close",
+                       headers=operator_headers).status_code == 200
+    following = run_ok(client, operator_headers, E,
+                       clock.now.replace(microsecond=0) + timedelta(seconds=1))
+    nxt = upload(client, operator_headers, following["id"], "acme", CSV_HEADER)
+    assert nxt.status_code == 201, nxt.get_json()
+    report = nxt.get_json()
+    assert report["breaks"] == []
+    assert report["summary"]["matched"] == 1 and report["summary"]["missing_in_file"] == 0
+
+
+def test_a_deleted_draft_keeps_its_adjustments_corrected(app, client, operator_headers,
+                                                         period) -> None:
+    content = csv_rows(*period.full_file(), ("x1", "earn", period.ann, 250, AT))
+    (brk,) = reconciled(client, operator_headers, period, content)["breaks"]
+    booked = _adjusted(app, client, operator_headers, period, brk)
+    deleted = client.delete(f"/v1/settlement/runs/{period.id}", headers=operator_headers)
+    assert deleted.status_code == 204, deleted.get_data(as_text=True)
+    # the correcting entry stays in the journal, and so does its link: a new run of the
+    # period shows x1 as adjusted, and it cannot be corrected a second time
+    again = run_ok(client, operator_headers, S, E)
+    report = upload(client, operator_headers, again["id"], "acme", content).get_json()
+    (row,) = report["breaks"]
+    assert (row["status"], row["partner_txn_id"], row["resolved_by"]) == (
+        "adjusted", "x1", "bea@finance")
+    assert row["details"]["adjusted_by"] == {"entry_id": row["adjustment_entry_id"],
+                                             "break_id": None, "points": 250}
+    assert entry(app, row["adjustment_entry_id"]) == booked
+    before = snapshot(app)
+    assert_error(resolve(client, operator_headers, again["id"], row["id"], "adjust"), 409,
+                 "break_resolved")
+    assert snapshot(app) == before
+
+
+def resolve_listed(client, headers, period: Period, break_id: int) -> dict[str, Any]:
+    listed = client.get(f"/v1/settlement/runs/{period.id}/breaks", headers=headers).get_json()
+    return next(b for b in listed if b["id"] == break_id)
+
+
+def test_an_adjusted_points_difference_is_shown_adjusted_on_the_next_upload(
+        app, client, operator_headers, period) -> None:
+    content = period.file_without(e2=("e2", "earn", period.bob, 60, AT))
+    (brk,) = reconciled(client, operator_headers, period, content)["breaks"]
+    booked = _adjusted(app, client, operator_headers, period, brk)
+    assert (booked["kind"], booked["points"]) == ("earn", 10)
+    again = reconciled(client, operator_headers, period, content)
+    (row,) = again["breaks"]
+    assert (row["kind"], row["status"], row["partner_txn_id"]) == (
+        "points_mismatch", "adjusted", "e2")
+    assert again["summary"]["adjusted"] == 1 and again["summary"]["points_mismatch"] == 0
+    # the partner changes its mind again: a new break, which says what corrected it before
+    # and cannot be corrected a second time (accept it, and settle it with the partner)
+    third = reconciled(client, operator_headers, period,
+                       period.file_without(e2=("e2", "earn", period.bob, 70, AT)))
+    (changed,) = third["breaks"]
+    assert (changed["kind"], changed["status"]) == ("points_mismatch", "open")
+    assert changed["details"]["adjusted_by"]["points"] == 10
+    before = snapshot(app)
+    assert_error(resolve(client, operator_headers, period.id, changed["id"], "adjust"), 422,
+                 "invalid_request")
+    assert snapshot(app) == before
+
+
+def test_a_reversed_record_missing_in_the_file_is_shown_adjusted(
+        app, client, operator_headers, period) -> None:
+    content = period.file_without("b1")
+    (brk,) = reconciled(client, operator_headers, period, content)["breaks"]
+    booked = _adjusted(app, client, operator_headers, period, brk)
+    assert (booked["kind"], booked["points"]) == ("burn_reversal", 30)
+    again = reconciled(client, operator_headers, period, content)
+    (row,) = again["breaks"]
+    assert (row["kind"], row["status"], row["partner_txn_id"]) == (
+        "missing_in_file", "adjusted", "b1")
+    assert again["summary"]["missing_in_file"] == 0 and again["summary"]["adjusted"] == 1
+
+
+def test_every_resolution_is_audited_with_its_entry(app, client, operator_headers,
+                                                    period) -> None:
+    from sqlalchemy import select
+
+    from coalition.audit.models import AuditEvent
+    from coalition.db import read
+
+    report = reconciled(client, operator_headers, period, period.file_without(
+        "b1", e2=("e2", "earn", period.bob, 60, AT)))
+    found = breaks_by_txn(report)
+    adjusted = resolve(client, operator_headers, period.id, found["e2"]["id"], "adjust",
+                       user="bea@finance").get_json()
+    accepted = resolve(client, operator_headers, period.id, found["b1"]["id"], "accept",
+                       user="bea@finance").get_json()
+    with read() as session:
+        events = session.execute(select(AuditEvent.action, AuditEvent.target,
+                                        AuditEvent.details)
+                                 .where(AuditEvent.action.like("settlement.break_%"))
+                                 .order_by(AuditEvent.id)).all()
+    assert [(a, subject, d["adjustment_entry_id"]) for a, subject, d in events] == [
+        ("settlement.break_adjusted", f"break:{adjusted['id']}",
+         adjusted["adjustment_entry_id"]),
+        ("settlement.break_accepted", f"break:{accepted['id']}", None)]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("first", ["accept", "adjust"])
+def test_accept_and_adjust_at_the_same_moment_one_wins(app, client, operator_headers, period,
+                                                       first) -> None:
+    """Both resolutions wait on the break's row lock, queued in a known order; the first
+    resolves it, the second answers 409 break_resolved and books nothing."""
+    import threading
+    import time as clock_time
+
+    from sqlalchemy import select, text
+
+    from coalition.audit.models import AuditEvent
+    from coalition.db import db, read
+    from coalition.errors import CoalitionError
+    from settlement import reconcile
+
+    (brk,) = reconciled(client, operator_headers, period, period.file_without(
+        e2=("e2", "earn", period.bob, 60, AT)))["breaks"]
+    before = snapshot(app)
+    second = "adjust" if first == "accept" else "accept"
+    answers: dict[str, Any] = {}
+
+    def resolver(action: str) -> None:
+        with app.app_context():
+            try:
+                answers[action] = reconcile.resolve(period.id, brk["id"], action,
+                                                    f"{action} it", "bea@finance")
+            except CoalitionError as exc:
+                answers[action] = exc
+
+    def waiting(conn: Any) -> int:
+        # a transaction of its own each time: the activity view is a snapshot per transaction
+        count = conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'")).scalar_one()
+        conn.rollback()
+        return count
+
+    with app.app_context():
+        holder = db.engine.connect()
+        watcher = db.engine.connect()
+        try:
+            holder.execute(text("SELECT id FROM settlement_break WHERE id = :id FOR UPDATE"),
+                           {"id": brk["id"]})
+            threads = []
+            for n, action in enumerate((first, second), start=1):
+                thread = threading.Thread(target=resolver, args=(action,), daemon=True)
+                thread.start()
+                threads.append(thread)
+                deadline = clock_time.monotonic() + 10
+                while waiting(watcher) < n:  # queued behind the holder, in this order
+                    assert clock_time.monotonic() < deadline, f"{action} never waited"
+                    clock_time.sleep(0.02)
+        finally:
+            holder.rollback()
+            holder.close()
+            watcher.close()
+        for thread in threads:
+            thread.join(30)
+            assert not thread.is_alive()
+
+    winner, loser = answers[first], answers[second]
+    assert isinstance(winner, dict), winner
+    assert isinstance(loser, CoalitionError) and loser.code == "break_resolved", loser
+    after = snapshot(app)
+    with read() as session:
+        events = session.execute(select(AuditEvent.action, AuditEvent.details).where(
+            AuditEvent.action.like("settlement.break_%"))).all()
+    if first == "accept":
+        assert (winner["status"], winner["adjustment_entry_id"]) == ("accepted", None)
+        assert ledger_of(after) == ledger_of(before)  # the adjust lost and booked nothing
+        assert after["settlement_adjustment"] == []
+        assert [(a, d["adjustment_entry_id"]) for a, d in events] == [
+            ("settlement.break_accepted", None)]
+    else:
+        assert winner["status"] == "adjusted" and winner["adjustment_entry_id"]
+        new = set(after["entry"]) - set(before["entry"])
+        assert [row[0] for row in new] == [winner["adjustment_entry_id"]]
+        assert len(after["settlement_adjustment"]) == 1
+        assert [(a, d["adjustment_entry_id"]) for a, d in events] == [
+            ("settlement.break_adjusted", winner["adjustment_entry_id"])]
+    listed = resolve_listed(client, operator_headers, period, brk["id"])
+    assert listed["status"] == winner["status"]
+    assert listed["adjustment_entry_id"] == winner["adjustment_entry_id"]
+
+
 # --------------------------------------------------------------------------- close
 
 
@@ -654,11 +889,13 @@ def test_partners_read_only_their_own_closed_statements(client, operator_headers
     as_csv = client.get(f"{base}/statements/acme", headers={**acme, "Accept": "text/csv"})
     assert as_csv.status_code == 200 and as_csv.mimetype == "text/csv"
     table = list(csv.reader(io.StringIO(as_csv.get_data(as_text=True))))
-    assert table[0][:4] == ["partner", "currency", "period_start", "period_end"]
-    lines = [r for r in table[1:] if r[4] in ("issued", "redeemed")]
-    assert [(r[4], int(r[5]), r[8]) for r in lines] == [("issued", 180, "1.80"),
-                                                        ("redeemed", 50, "0.40")]
-    assert table[-1][4:] == ["net", "", "", "", "-1.40"]
+    assert table[0][:6] == ["partner", "currency", "model", "period_start", "period_end",
+                            "type"]
+    assert {r[2] for r in table[1:]} == {"operator"}
+    lines = [r for r in table[1:] if r[5] in ("issued", "redeemed")]
+    assert [(r[5], r[6], int(r[7]), r[10]) for r in lines] == [
+        ("issued", "coalition", 180, "1.80"), ("redeemed", "coalition", 50, "0.40")]
+    assert table[-1][5:] == ["net", "", "", "", "", "-1.40"]
 
     # everything else about settlement is finance's
     for method, path in [("get", "/v1/settlement/runs"), ("get", base),
@@ -697,17 +934,29 @@ def test_exports_as_json_and_csv(client, operator_headers, period) -> None:
         assert sum((Decimal(r["amount"]) for r in lines if r["type"] == "redeemed"),
                    Decimal(0)) - sum((Decimal(r["amount"]) for r in lines
                                       if r["type"] == "issued"), Decimal(0)) == Decimal(s["net"])
-    # acme's points spent at beta: 5 × 0.008 EUR, netted into one payment
-    assert doc["payments"] == [{"from": "acme", "to": "beta", "amount": "0.04",
-                                "currency": "EUR"}]
+    # the operator model: each partner settles its own net with the coalition, in its
+    # currency (acme's points spent at beta are in beta's statement, not a payment of acme's)
+    assert doc["model"] == "operator" and {r["model"] for r in table} == {"operator"}
+    nets = {s["partner"]: s["net"] for s in doc["statements"]}
+    assert nets == {"acme": "-1.40", "beta": "-0.03"}
+    assert doc["payments"] == [
+        {"from": "acme", "to": "coalition", "amount": "1.40", "currency": "GBP",
+         "model": "operator"},
+        {"from": "beta", "to": "coalition", "amount": "0.03", "currency": "EUR",
+         "model": "operator"}]
     payments = [r for r in table if r["section"] == "payment"]
     assert [(r["partner"], r["currency"], r["amount"]) for r in payments] == [
-        ("acme->beta", "EUR", "0.04")]
+        ("acme->coalition", "GBP", "1.40"), ("beta->coalition", "EUR", "0.03")]
+    # the coalition's own position and margin, apart from the partners'
+    coalition = [(r["type"], r["currency"], r["amount"]) for r in table
+                 if r["section"] == "coalition"]
+    assert coalition == [("position", "EUR", "0.03"), ("position", "GBP", "1.40"),
+                         ("margin", "EUR", "0.03"), ("margin", "GBP", "1.40")]
     # the statement of the finance API, as CSV too
     statement = client.get(f"{base}/statements/acme",
                            headers={**operator_headers, "Accept": "text/csv"})
     assert statement.mimetype == "text/csv"
-    assert statement.get_data(as_text=True).splitlines()[-1].endswith(",net,,,,-1.40")
+    assert statement.get_data(as_text=True).splitlines()[-1] == "acme,GBP,operator,,,net,,,,,-1.40"
 
 
 # --------------------------------------------------------------------------- the parser

@@ -20,17 +20,64 @@ from tests.conftest import bearer, fetch_token
 from tests.partners.support import burn, earn, enrol, hold, post_ok
 
 
-def rules(months: int) -> dict:
-    return {"expiry": {"policy": "fixed", "months": months},
+def rules(months: int, model: str = "operator") -> dict:
+    return {"expiry": {"policy": "fixed", "months": months}, "settlement_model": model,
             "tiers": [{"code": "member", "name": "Member", "threshold": 0, "multiplier": "1"}]}
 
 
-def publish(client, operator_headers, months: int) -> None:
-    response = client.put("/v1/admin/program", json=rules(months), headers=operator_headers)
+def publish(client, operator_headers, months: int, model: str = "operator") -> None:
+    response = client.put("/v1/admin/program", json=rules(months, model),
+                          headers=operator_headers)
     assert response.status_code == 200, response.get_json()
 
 
-def test_hand_worked_period(app, client, make_partner, operator_headers):
+#: the same period paid under each money model. The statements' nets are the same (grocer
+#: −11.52, fuel −4.65, charity 2.00, the coalition's margin 14.17); who pays whom differs.
+SETTLED = {
+    # every partner settles its net with the coalition, one instruction each
+    "operator": {
+        "obligations": [
+            {"from": "coalition", "to": "charity", "points": None, "amount": "2.00",
+             "currency": "GBP"},
+            {"from": "fuel", "to": "coalition", "points": None, "amount": "4.65",
+             "currency": "GBP"},
+            {"from": "grocer", "to": "coalition", "points": None, "amount": "11.52",
+             "currency": "GBP"}],
+        "payments": [("coalition", "charity", "2.00"), ("fuel", "coalition", "4.65"),
+                     ("grocer", "coalition", "11.52")],
+        "lines": {"grocer": [("issued", "coalition", 1080, "10.80"),
+                             ("issued", "coalition", 150, "1.80"),
+                             ("redeemed", "coalition", 120, "1.08")]},
+    },
+    # obligations at the redeemer's rate: fuel→grocer 120 × 0.0090 = 1.08, grocer→charity
+    # 200 × 0.0100 = 2.00, grocer→fuel 300 × 0.0085 = 2.55; the coalition's fees make up
+    # the rest of each net: grocer −11.52 − (1.08 − 2.00 − 2.55) = −8.05, fuel −4.65 −
+    # (2.55 − 1.08) = −6.12, charity 2.00 − 2.00 = 0. Netting: debts grocer 11.52, fuel
+    # 4.65; claims coalition 14.17, charity 2.00 → three instructions (n − 1 = 3)
+    "clearing": {
+        "obligations": [
+            {"from": "fuel", "to": "grocer", "points": 120, "amount": "1.08",
+             "currency": "GBP"},
+            {"from": "grocer", "to": "charity", "points": 200, "amount": "2.00",
+             "currency": "GBP"},
+            {"from": "grocer", "to": "fuel", "points": 300, "amount": "2.55",
+             "currency": "GBP"},
+            {"from": "fuel", "to": "coalition", "points": None, "amount": "6.12",
+             "currency": "GBP"},
+            {"from": "grocer", "to": "coalition", "points": None, "amount": "8.05",
+             "currency": "GBP"}],
+        "payments": [("grocer", "coalition", "11.52"), ("fuel", "coalition", "2.65"),
+                     ("fuel", "charity", "2.00")],
+        "lines": {"grocer": [("owed", "fuel", 120, "1.08"), ("owes", "charity", 200, "2.00"),
+                             ("owes", "fuel", 300, "2.55"),
+                             ("fee_payable", "coalition", None, "8.05")],
+                  "charity": [("owed", "grocer", 200, "2.00")]},
+    },
+}
+
+
+@pytest.mark.parametrize("model", ["operator", "clearing"])
+def test_hand_worked_period(app, client, make_partner, operator_headers, model):
     from coalition.ledger.jobs import expire
     from partners.service import add_rate_card
 
@@ -48,7 +95,7 @@ def test_hand_worked_period(app, client, make_partner, operator_headers):
     # cy's 80 points expire after one month; everything else after twelve
     publish(client, operator_headers, months=1)
     earn(client, grocer, cy, "g-cy", points=80)
-    publish(client, operator_headers, months=12)
+    publish(client, operator_headers, months=12, model=model)
 
     earn(client, grocer, ann, "g1", points=1000)                              # grocer card 1
     earn(client, fuel, bob, "f1", spend={"amount": "250.00", "currency": "GBP"})  # 500 points
@@ -86,10 +133,13 @@ def test_hand_worked_period(app, client, make_partner, operator_headers):
     g = statements["grocer"]
     assert (g["issued_points"], g["redeemed_points"]) == (1230, 120)
     assert (g["payable"], g["receivable"], g["net"]) == ("12.60", "1.08", "-11.52")
-    assert [(line["type"], line["points"], line["rate"], line["amount"])
-            for line in g["lines"]] == [
-        ("issued", 1080, "0.01", "10.80"), ("issued", 150, "0.012", "1.80"),
-        ("redeemed", 120, "0.009", "1.08")]
+    assert run["model"] == model and all(s["model"] == model for s in run["statements"])
+    for code, lines in SETTLED[model]["lines"].items():
+        assert [(line["type"], line["counterparty"], line["points"], line["amount"])
+                for line in statements[code]["lines"]] == lines
+    if model == "operator":
+        assert [(line["rate"], line["rate_valid_from"] is not None)
+                for line in g["lines"]] == [("0.01", True), ("0.012", True), ("0.009", True)]
     # fuel: issued 800 at 0.0090 = 7.20; redeemed 400 − 100 = 300 at 0.0085 = 2.55
     f = statements["fuel"]
     assert (f["issued_points"], f["redeemed_points"]) == (800, 300)
@@ -107,22 +157,21 @@ def test_hand_worked_period(app, client, make_partner, operator_headers):
         {"origin": "grocer", "redeemed_at": "charity", "points": 200},
         {"origin": "grocer", "redeemed_at": "fuel", "points": 300},
     ]
-    # obligations at the redeemer's rate: 120 × 0.0090, 200 × 0.0100, 300 × 0.0085
-    assert run["obligations"] == [
-        {"from": "fuel", "to": "grocer", "points": 120, "amount": "1.08", "currency": "GBP"},
-        {"from": "grocer", "to": "charity", "points": 200, "amount": "2.00", "currency": "GBP"},
-        {"from": "grocer", "to": "fuel", "points": 300, "amount": "2.55", "currency": "GBP"},
-    ]
-    # positions: grocer 1.08 − 2.00 − 2.55 = −3.47; fuel 2.55 − 1.08 = 1.47; charity 2.00
+    assert run["obligations"] == SETTLED[model]["obligations"]
+    # each partner's position is its statement's net, whatever the model
     assert run["positions"] == [
         {"party": "charity", "currency": "GBP", "amount": "2.00"},
-        {"party": "fuel", "currency": "GBP", "amount": "1.47"},
-        {"party": "grocer", "currency": "GBP", "amount": "-3.47"},
+        {"party": "fuel", "currency": "GBP", "amount": "-4.65"},
+        {"party": "grocer", "currency": "GBP", "amount": "-11.52"},
     ]
     assert run["payments"] == [
-        {"from": "grocer", "to": "charity", "amount": "2.00", "currency": "GBP"},
-        {"from": "grocer", "to": "fuel", "amount": "1.47", "currency": "GBP"},
-    ]
+        {"from": a, "to": b, "amount": amount, "currency": "GBP", "model": model}
+        for a, b, amount in SETTLED[model]["payments"]]
+    for s in run["statements"]:  # the instructions in and out add up to the net
+        paid = sum((Decimal(p["amount"]) * (1 if p["to"] == s["partner"] else -1)
+                    for p in run["payments"] if s["partner"] in (p["from"], p["to"])),
+                   Decimal(0))
+        assert paid == Decimal(s["net"]), s["partner"]
     coalition = run["coalition"]
     assert coalition["breakage"] == {"points": 80,
                                      "by_origin": [{"partner": "grocer", "points": 80}]}
@@ -131,6 +180,7 @@ def test_hand_worked_period(app, client, make_partner, operator_headers):
         {"partner": "fuel", "points": 680}, {"partner": "grocer", "points": 650}]}
     # the coalition keeps 12.60 + 7.20 − 1.08 − 2.55 − 2.00 = 14.17
     assert coalition["margin"] == [{"currency": "GBP", "amount": "14.17"}]
+    assert coalition["position"] == [{"currency": "GBP", "amount": "14.17"}]
 
     # partners read their own statement, never another's
     from partners.service import issue_partner_client
@@ -149,7 +199,7 @@ def test_hand_worked_period(app, client, make_partner, operator_headers):
     as_csv = client.get(f"/v1/settlement/runs/{run['id']}/statements/fuel",
                         headers={**reader, "Accept": "text/csv"})
     assert as_csv.mimetype == "text/csv"
-    assert as_csv.get_data(as_text=True).splitlines()[-1].endswith(",net,,,,-4.65")
+    assert as_csv.get_data(as_text=True).splitlines()[-1] == f"fuel,GBP,{model},,,net,,,,,-4.65"
 
 
 def test_a_closed_period_is_frozen(app, client, make_partner, operator_headers):

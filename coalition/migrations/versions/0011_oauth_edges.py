@@ -1,7 +1,7 @@
 """oauth edges: client generations, rotated refresh tokens
 
 Revision ID: 0011_oauth_edges
-Revises: 0009_fence
+Revises: 0010_money_model
 Create Date: 2026-12-04 21:40:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import coalition.db
 
 revision = '0011_oauth_edges'
-down_revision = '0009_fence'
+down_revision = '0010_money_model'
 branch_labels = None
 depends_on = None
 
