@@ -8,10 +8,8 @@ run and export it. Last, a real headless Chromium does it the way a finance user
 from __future__ import annotations
 
 import json
-import os
 import re
 from html import unescape
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -20,7 +18,7 @@ from coalition.db import db, read
 from coalition.oauth.models import FinanceUser, OAuthClient, OAuthToken
 from settlement.models import Break, SettlementRun
 from tests.coalition.member_support import csrf_of
-from tests.conftest import make_test_app, snapshot
+from tests.conftest import ARTIFACTS, make_test_app, snapshot
 from tests.settlement.finance_support import (
     CELLS,
     EXPECTED,
@@ -34,12 +32,6 @@ from tests.settlement.finance_support import (
     finance_user,
     page_sign_in,
 )
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM = os.environ.get("COALITION_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-REQUIRE_BROWSER = os.environ.get("COALITION_REQUIRE_BROWSER", "").lower() in ("1", "true", "yes")
 
 PERIOD_FORM = {"start_date": S.date().isoformat(), "start_time": S.strftime("%H:%M:%S"),
                "end_date": E.date().isoformat(), "end_time": E.strftime("%H:%M:%S")}
@@ -503,32 +495,6 @@ def test_finance_user_record(booked):
 
 
 # --------------------------------------------------------------------------- a real browser
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    def unavailable(reason: str) -> None:
-        if REQUIRE_BROWSER:
-            pytest.fail(f"{reason} (COALITION_REQUIRE_BROWSER is set)", pytrace=False)
-        pytest.skip(reason)
-
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        unavailable(f"Playwright for Python is not installed: {exc}")
-    if not os.access(CHROMIUM, os.X_OK):
-        unavailable(f"Chromium is not installed at {CHROMIUM} "
-                    "(apt-get install chromium chromium-driver)")
-    playwright = sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             headless=True)
-    except Exception as exc:  # noqa: BLE001 - whatever stops Chromium from starting
-        playwright.stop()
-        unavailable(f"Chromium could not be launched: {exc}")
-    yield browser
-    browser.close()
-    playwright.stop()
 
 
 def test_a_finance_user_in_a_real_browser(chromium, backend, live_server, booked):
