@@ -70,7 +70,16 @@ from harness.postgres import (
     recreate_database,
     server_facts,
 )
-from harness.processes import BIN, STOP, BenchError, Processes, clean_env, run_command, say
+from harness.processes import (
+    BIN,
+    STOP,
+    BenchError,
+    Processes,
+    clean_env,
+    run_command,
+    say,
+    wait_until,
+)
 from harness.profile import Profilers
 from harness.report import machine_facts, scenario_lines, summary_lines
 from scenarios import SCENARIOS, pool_sizes, request_factory
@@ -286,14 +295,12 @@ class Bench:
         counters_before = db_counters(self.server, a.database)
 
         def sample() -> None:
-            wait = (t_measure - time.monotonic_ns()) / 1e9
-            if wait > 0 and STOP.wait(wait):
+            if wait_until(t_measure):
                 return
             meter.start()
             if scenario == a.profile_scenario and a.profile_dir:
                 self.start_profilers(scenario, a.duration)
-            wait = (t_end - time.monotonic_ns()) / 1e9
-            if wait > 0 and STOP.wait(wait):
+            if wait_until(t_end):
                 return
             sampler_result.update(meter.stop())
 

@@ -38,22 +38,22 @@ def request_factory(scenario: str, pools: dict[str, list[str]],
             body["points"] = rng.randint(1, 50)
         return "earn", "/v1/earn", json.dumps(body).encode()
 
-    def burn(member: str, txn: str, points: int) -> tuple[str, str, bytes]:
+    def book(op: str, member: str, txn: str, points: int) -> tuple[str, str, bytes]:
         body = {"member_number": member, "partner_txn_id": txn, "points": points}
-        return "burn", "/v1/burn", json.dumps(body).encode()
+        return op, f"/v1/{op}", json.dumps(body).encode()
 
     if scenario == "earn":
         members = pools["earn"]
         return lambda rng, txn: earn(rng, rng.choice(members), txn)
     if scenario == "burn":
         members = pools["burn"]
-        return lambda rng, txn: burn(rng.choice(members), txn, 10)
+        return lambda rng, txn: book("burn", rng.choice(members), txn, 10)
     if scenario == "mixed":
         members = pools["burn"]
 
         def mixed(rng: random.Random, txn: str) -> tuple[str, str, bytes]:
             member = rng.choice(members)
-            return earn(rng, member, txn) if rng.random() < 0.5 else burn(member, txn, 10)
+            return earn(rng, member, txn) if rng.random() < 0.5 else book("burn", member, txn, 10)
 
         return mixed
     if scenario == "hot":
@@ -61,10 +61,7 @@ def request_factory(scenario: str, pools: dict[str, list[str]],
 
         def hot(rng: random.Random, txn: str) -> tuple[str, str, bytes]:
             member = rng.choice(members)
-            if rng.random() < 0.5:
-                body = {"member_number": member, "partner_txn_id": txn, "points": 10}
-                return "earn", "/v1/earn", json.dumps(body).encode()
-            return burn(member, txn, 10)
+            return book("earn" if rng.random() < 0.5 else "burn", member, txn, 10)
 
         return hot
     raise ValueError(scenario)

@@ -9,5 +9,6 @@
 * ``postgres``: the benchmark's databases, their statistics counters, pgbench's environment;
 * ``gunicorn``: the application server under test;
 * ``pgbench``: PostgreSQL's own TPC-B-like yardstick;
-* ``report``: the machine's facts, py-spy summaries and the printed report.
+* ``profile``: py-spy recordings of the server's workers and their summary;
+* ``report``: the machine's facts and the printed report.
 """

@@ -6,6 +6,7 @@ import contextlib
 import re
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from gunicorn.config import KNOWN_SETTINGS
@@ -19,20 +20,19 @@ START_TIMEOUT = 60.0
 PROBLEM = re.compile(r"\b(ERROR|CRITICAL|Traceback|WORKER TIMEOUT)\b")
 
 
+@dataclass
 class Gunicorn:
     """gunicorn serving Coalition on 127.0.0.1:``port``, its log in ``log``."""
 
-    def __init__(self, procs: Processes, *, env: dict[str, str], log: Path, port: int,
-                 workers: int, worker_class: str, threads: int, reuse_port: bool) -> None:
-        self.procs = procs
-        self.env = env
-        self.log = log
-        self.port = port
-        self.workers = workers
-        self.worker_class = worker_class
-        self.threads = threads
-        self.reuse_port = reuse_port
-        self.process: subprocess.Popen[bytes] | None = None
+    procs: Processes
+    env: dict[str, str]
+    log: Path
+    port: int
+    workers: int
+    worker_class: str
+    threads: int
+    reuse_port: bool
+    process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         command = [str(BIN / "gunicorn"), "--workers", str(self.workers),

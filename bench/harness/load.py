@@ -17,7 +17,7 @@ from typing import Any
 
 from .client import Client, ClientError
 from .cpu import own_cpu_seconds
-from .processes import STOP, BenchError
+from .processes import STOP, BenchError, wait_until
 
 #: ``factory(rng, partner_txn_id) -> (operation, path, JSON body)``: one scenario's requests
 RequestFactory = Callable[[random.Random, str], tuple[str, str, bytes]]
@@ -169,13 +169,9 @@ def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[s
     for thread in pool:
         thread.start()
     # this thread only samples the process's CPU at the window's edges
-    wait = (t_measure - time.monotonic_ns()) / 1e9
-    if wait > 0:
-        STOP.wait(wait)
+    wait_until(t_measure)
     cpu_before = own_cpu_seconds()
-    wait = (t_end - time.monotonic_ns()) / 1e9
-    if wait > 0:
-        STOP.wait(wait)
+    wait_until(t_end)
     cpu_after = own_cpu_seconds()
     deadline = time.monotonic() + plan["request_timeout"] + 10
     for thread in pool:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -21,6 +22,12 @@ STOP = threading.Event()
 
 class BenchError(RuntimeError):
     """A step failed; the message says which and why."""
+
+
+def wait_until(t_ns: int) -> bool:
+    """Sleep until the monotonic time ``t_ns`` (ns); whether the run was stopped meanwhile."""
+    wait = (t_ns - time.monotonic_ns()) / 1e9
+    return wait > 0 and STOP.wait(wait)
 
 
 def say(message: str = "") -> None:

@@ -14,6 +14,8 @@ HEAD = ["scenario/op", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "max m
         "409 short", "errors"]
 WIDTHS = [12, 8, 8, 7, 7, 7, 8, 9, 6]
 RULE = "=" * 96
+TARGETS = (("ratio", "earn throughput / pgbench tps = {value:.2f}  (target {target}: {met})"),
+           ("earn_p99_ms", "earn p99 = {value:.1f} ms  (target {target} ms: {met})"))
 
 
 def machine_facts() -> dict[str, Any]:
@@ -126,14 +128,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if report.get("pgbench"):
         lines += _pgbench_lines(report["pgbench"])
     targets = report.get("targets", {})
-    if "ratio" in targets:
-        t = targets["ratio"]
-        lines.append(f"earn throughput / pgbench tps = {t['value']:.2f}  (target {t['target']}: "
-                     f"{'met' if t['met'] else 'NOT met'})")
-    if "earn_p99_ms" in targets:
-        t = targets["earn_p99_ms"]
-        lines.append(f"earn p99 = {t['value']:.1f} ms  (target {t['target']} ms: "
-                     f"{'met' if t['met'] else 'NOT met'})")
+    for key, text in TARGETS:
+        if key in targets:
+            t = targets[key]
+            lines.append(text.format(value=t["value"], target=t["target"],
+                                     met="met" if t["met"] else "NOT met"))
     check = report["ledger_check"]
     lines.append(f"ledger check: {check['status']}"
                  + (f" — {check['message']}" if check.get("message") else ""))
