@@ -1,0 +1,67 @@
+"""The ledger benchmark's scenarios: which members each one needs, and its requests.
+
+* ``earn``: earn over many members;
+* ``burn``: burn 10 points over many pre-loaded members;
+* ``mixed``: earn and burn at random over the pre-loaded members;
+* ``hot``: earn 10 and burn 10 at random on a few members, contending for their wallet
+  rows (a 409 ``insufficient_points`` is an expected business answer there).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from harness.load import RequestFactory
+
+SCENARIOS = ("earn", "burn", "mixed", "hot")
+
+
+def pool_sizes(scenarios: list[str], members: int, hot_members: int) -> dict[str, int]:
+    """Members to enrol per pool. The burn pool is always loaded: besides feeding burn and
+    mixed, its entries are the history the planner statistics are taken from."""
+    wanted = {"earn": members if "earn" in scenarios else 0, "burn": members,
+              "hot": hot_members if "hot" in scenarios else 0}
+    return {k: v for k, v in wanted.items() if v}
+
+
+def request_factory(scenario: str, pools: dict[str, list[str]],
+                    earn_body: str) -> RequestFactory:
+    """``factory(rng, partner_txn_id) -> (op, path, body)`` for one scenario."""
+
+    def earn(rng: random.Random, member: str, txn: str) -> tuple[str, str, bytes]:
+        body: dict[str, Any] = {"member_number": member, "partner_txn_id": txn}
+        if earn_body == "spend":
+            body["spend"] = {"amount": f"{rng.randint(100, 20000) / 100:.2f}", "currency": "GBP"}
+        else:
+            body["points"] = rng.randint(1, 50)
+        return "earn", "/v1/earn", json.dumps(body).encode()
+
+    def book(op: str, member: str, txn: str, points: int) -> tuple[str, str, bytes]:
+        body = {"member_number": member, "partner_txn_id": txn, "points": points}
+        return op, f"/v1/{op}", json.dumps(body).encode()
+
+    if scenario == "earn":
+        members = pools["earn"]
+        return lambda rng, txn: earn(rng, rng.choice(members), txn)
+    if scenario == "burn":
+        members = pools["burn"]
+        return lambda rng, txn: book("burn", rng.choice(members), txn, 10)
+    if scenario == "mixed":
+        members = pools["burn"]
+
+        def mixed(rng: random.Random, txn: str) -> tuple[str, str, bytes]:
+            member = rng.choice(members)
+            return earn(rng, member, txn) if rng.random() < 0.5 else book("burn", member, txn, 10)
+
+        return mixed
+    if scenario == "hot":
+        members = pools["hot"]
+
+        def hot(rng: random.Random, txn: str) -> tuple[str, str, bytes]:
+            member = rng.choice(members)
+            return book("earn" if rng.random() < 0.5 else "burn", member, txn, 10)
+
+        return hot
+    raise ValueError(scenario)
