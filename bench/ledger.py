@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Ledger benchmark (issue "ledger", item 8): earn and burn through the real stack.
+"""Ledger benchmark: earn and burn through the real stack.
 
     .venv/bin/python bench/ledger.py --duration 20 --concurrency 16 \
         [--members 1000] [--hot-members 4] [--workers 2] [--scenario earn|burn|mixed|hot|all] \
