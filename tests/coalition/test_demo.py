@@ -98,7 +98,7 @@ def test_the_demo_can_be_settled_on_first_start(app, client, demo, tmp_path):
     assert {(r["run_id"], r["period_start"], r["period_end"]) for r in rows} == {
         (str(body["id"]), start.strftime("%Y-%m-%dT%H:%M:%SZ"),
          end.strftime("%Y-%m-%dT%H:%M:%SZ"))}
-    assert {r["section"] for r in rows} == {"statement", "total", "payment"}
+    assert {r["section"] for r in rows} == {"statement", "total", "payment", "coalition"}
 
     # the reconciliation sample, through the command line
     runner = app.test_cli_runner()

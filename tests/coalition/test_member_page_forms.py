@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import re
+from html import unescape
 
 import requests
 from sqlalchemy import select
@@ -109,10 +110,15 @@ def test_a_transfer_on_the_page_names_the_sender_only_if_asked(live_server, coal
     browser, home = sign_in(live_server.url, member.member_number)
     assert 'name="share_name"' in home.text
     csrf = csrf_of(home.text)
-    for key, share in (("k-anonymous", {}), ("k-named", {"share_name": "yes"})):
-        sent = browser.post(f"{live_server.url}/member/transfer", data={
-            "csrf_token": csrf, "to_member_number": friend.member_number, "points": "10",
-            "idempotency_key": key, **share}, timeout=10)
+    for key, share, shown in (("k-anonymous", {}, 'from "a member"'),
+                              ("k-named", {"share_name": "yes"}, "your first name")):
+        form = {"csrf_token": csrf, "to_member_number": friend.member_number, "points": "10",
+                "idempotency_key": key, **share}
+        # the page first asks, saying what the receiver will see
+        asked = browser.post(f"{live_server.url}/member/transfer", data=form, timeout=10)
+        assert asked.status_code == 200 and shown in unescape(asked.text)
+        sent = browser.post(f"{live_server.url}/member/transfer",
+                            data={**form, "confirmed": "yes"}, timeout=10)
         assert sent.status_code == 200 and "You sent 10 points" in sent.text
     # the sender's page says to whom
     assert f"to {friend.member_number}" in sent.text
