@@ -45,8 +45,7 @@ from werkzeug.exceptions import HTTPException
 
 from coalition.audit.service import Actor
 from coalition.errors import CoalitionError, NotFound
-from coalition.oauth.server import principal_for
-from coalition.pages import (
+from coalition.http.pages import (
     check_csrf,
     keep_tokens,
     oauth_call,
@@ -55,6 +54,7 @@ from coalition.pages import (
     revoke_tokens,
     token_refused,
 )
+from coalition.oauth.server import principal_for
 from coalition.wording import breaks_to_resolve, plural, reconciliation_counts
 from config.logging import current_request_id
 from settlement import charts, reconcile, service

@@ -36,6 +36,15 @@ from flask import (
 from marshmallow import Schema, ValidationError
 
 from coalition.errors import CoalitionError
+from coalition.http.pages import (
+    check_csrf,
+    keep_tokens,
+    oauth_call,
+    page_client_id,
+    protect_pages,
+    revoke_tokens,
+    token_refused,
+)
 from coalition.ledger import member_ops, members
 from coalition.member import account, signin
 from coalition.member.forms import (
@@ -47,15 +56,6 @@ from coalition.member.forms import (
     field_errors,
 )
 from coalition.oauth.server import principal_for
-from coalition.pages import (
-    check_csrf,
-    keep_tokens,
-    oauth_call,
-    page_client_id,
-    protect_pages,
-    revoke_tokens,
-    token_refused,
-)
 from coalition.program.service import program_terms
 
 bp = Blueprint("member_page", __name__, url_prefix="/member")

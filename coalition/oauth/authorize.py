@@ -19,11 +19,11 @@ from typing import Any
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Response, render_template, request
 
+from coalition.http.pages import check_csrf, protect_pages
 from coalition.member import signin
 from coalition.oauth import finance_users
 from coalition.oauth.member_grants import audience
 from coalition.oauth.server import authorization
-from coalition.pages import check_csrf, protect_pages
 
 bp = Blueprint("authorize", __name__)
 protect_pages(bp)

@@ -25,6 +25,8 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 from werkzeug.test import Client
 
+from coalition.oauth.clients import create_public_client, find_public_client
+
 CSRF_FIELD = "csrf_token"
 
 
@@ -106,8 +108,6 @@ def page_client_id(redirect_uri: str, name: str, scope: str) -> str:
     """The public client a page signs in through: the one registered for its redirect URI
     and scope. Outside production the page registers it on first use; in production the
     operator must (a forged Host header must never register a redirect URI)."""
-    from coalition.oauth.clients import create_public_client, find_public_client
-
     client_id = find_public_client(redirect_uri, scope=scope)
     if client_id is None:
         if current_app.config["ENV"] == "production":

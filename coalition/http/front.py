@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, render_template, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
-from coalition.pages import protect_pages
+from coalition.http.pages import protect_pages
 
 #: where ``/docs`` finds Swagger UI (``OPENAPI_SWAGGER_UI_URL``)
 DOCS_ASSETS_URL = "/docs/assets/"
