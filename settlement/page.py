@@ -27,7 +27,6 @@ from flask import (
     session,
     url_for,
 )
-from werkzeug.exceptions import HTTPException
 
 from coalition.audit.service import Actor
 from coalition.errors import CoalitionError, NotFound
@@ -40,7 +39,7 @@ from settlement import charts, reconcile, service
 from settlement.schemas import RunSchema
 
 bp = Blueprint("finance_page", __name__, url_prefix="/finance")
-protect_pages(bp)
+protect_pages(bp, "finance/base.html", "finance_page.home", "Back to settlement runs")
 
 SCOPE = "settlement:run"
 TOKENS = "finance_tokens"
@@ -55,16 +54,6 @@ BREAK_LABELS = {
 ADJUSTABLE = ("points_mismatch", "missing_in_ledger", "missing_in_file")
 #: ids are 64-bit: a larger one names nothing (404) rather than overflowing the driver
 ID = "int(max=9223372036854775807)"
-
-
-def _error_page(error: HTTPException) -> tuple[str, int]:
-    status = error.code or 500
-    message = error.description if status != 500 else "Something went wrong on our side."
-    return render_template("finance/error.html", status=status, title=error.name,
-                           message=message), status
-
-
-bp.register_error_handler(HTTPException, _error_page)
 
 
 def _stamp(value: datetime | None) -> str:

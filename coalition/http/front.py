@@ -18,7 +18,7 @@ from coalition.http.pages import protect_pages
 DOCS_ASSETS_URL = "/docs/assets/"
 
 bp = Blueprint("front", __name__)
-protect_pages(bp)
+protect_pages(bp, "member/base.html", "member_page.home", "Back to my points")
 
 assets = Blueprint("docs_assets", __name__)
 

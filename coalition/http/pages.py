@@ -84,10 +84,14 @@ def _html_error(error: HTTPException) -> tuple[str, int]:
                            message=message), status
 
 
-def protect_pages(blueprint: Blueprint) -> None:
-    """Security headers, and errors as pages rather than JSON, for a blueprint of pages."""
+def protect_pages(blueprint: Blueprint, layout: str, home: str, home_label: str) -> None:
+    """Security headers, and errors as pages rather than JSON, for a blueprint of pages.
+    Its pages (the shared ``error.html`` and ``signin.html`` too) are laid out by
+    ``layout``; an error page leads back to the endpoint ``home``."""
     blueprint.after_request(_security_headers)
     blueprint.register_error_handler(HTTPException, _html_error)
+    blueprint.context_processor(
+        lambda: {"layout": layout, "home": home, "home_label": home_label})
 
 
 def init_pages(app: Flask) -> None:

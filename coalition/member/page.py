@@ -41,7 +41,7 @@ from coalition.oauth.server import Principal
 from coalition.program.service import program_terms
 
 bp = Blueprint("member_page", __name__, url_prefix="/member")
-protect_pages(bp)
+protect_pages(bp, "member/base.html", "member_page.home", "Back to my points")
 
 HISTORY_PAGE = 20
 
