@@ -17,6 +17,7 @@ from typing import Any
 from apispec import BasePlugin
 from flask import Flask, Response, current_app, g, jsonify, request
 from flask_smorest import Api as _Api
+from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from coalition.errors import CoalitionError
@@ -39,6 +40,16 @@ STATUS_CODES = {
     500: "internal_error",
     503: "unavailable",
 }
+
+
+class ErrorSchema(Schema):
+    """The one error shape, as the API document describes it."""
+
+    code = fields.Integer(required=True, metadata={"description": "HTTP status"})
+    status = fields.String(required=True, metadata={"description": "HTTP reason"})
+    message = fields.String(required=True)
+    error = fields.String(required=True, metadata={"description": "stable machine code"})
+    errors = fields.Dict(metadata={"description": "field errors"})
 
 
 def error_body(
@@ -78,11 +89,11 @@ def _flatten_locations(messages: Any) -> Any:
     if not set(messages) <= locations:
         return messages
     flat: dict[str, Any] = {}
-    for fields in messages.values():
-        if isinstance(fields, dict):
-            flat.update(fields)
+    for located in messages.values():
+        if isinstance(located, dict):
+            flat.update(located)
         else:
-            flat.setdefault("_schema", []).extend(fields)
+            flat.setdefault("_schema", []).extend(located)
     return flat
 
 
@@ -115,6 +126,8 @@ class _ErrorBodiesDoc(BasePlugin):
 
 class Api(_Api):
     """flask-smorest's Api with Coalition's error shape for every HTTP exception."""
+
+    ERROR_SCHEMA = ErrorSchema
 
     def _init_spec(self, **kwargs: Any) -> None:
         kwargs["extra_plugins"] = [*kwargs.get("extra_plugins", ()), _BadRequestDoc(),

@@ -10,14 +10,12 @@ from coalition.http import front
 from coalition.http.errors import Api, register_error_handlers
 from coalition.http.limits import init_limits
 from coalition.http.pages import init_pages
-from coalition.schemas import ErrorSchema
 from coalition.wording import plural
 
 
 def init_app(app: Flask) -> None:
     register_error_handlers(app)
     init_limits(app)  # rate limits (429), strict JSON bodies (400), 413 in the error shape
-    Api.ERROR_SCHEMA = ErrorSchema
     api = Api(app)
     app.extensions["coalition.api"] = api
     api.register_blueprint(health.blp)
