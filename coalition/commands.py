@@ -1,5 +1,5 @@
-"""The core's commands (db, client, ledger, expire, member, daily, audit) and what every
-command shares: JSON output, timestamps given on the command line."""
+"""The core's commands (db, ledger, expire, member, daily) and what every command shares:
+JSON output, dates and times given on the command line."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from flask import Flask
 from flask.cli import with_appcontext
 from marshmallow import ValidationError
 
-from coalition.audit.service import ACTIONS as AUDIT_ACTIONS
-from coalition.audit.service import cli_actor, list_events
-from coalition.audit.views import AuditPageSchema
+from coalition.audit.service import cli_actor
 from coalition.db import utcnow
 from coalition.errors import CoalitionError
 from coalition.ledger import numbers
@@ -24,12 +22,6 @@ from coalition.ledger.check import check_ledger
 from coalition.ledger.jobs import expire
 from coalition.ledger.member_ops import daily, merge
 from coalition.migrations import runner
-from coalition.oauth.clients import (
-    create_operator_client,
-    create_public_client,
-    list_clients,
-    revoke_client,
-)
 from coalition.schemas import UTCTimestamp, rfc3339
 from coalition.wording import plural
 
@@ -98,92 +90,6 @@ def db_revision(message: str) -> None:
     runner.revision(message)
 
 
-# --------------------------------------------------------------------------- clients
-
-
-@click.group("client", help="OAuth clients.")
-def client_cli() -> None:
-    pass
-
-
-@client_cli.command("create")
-@click.option("--operator", "kind", flag_value="operator",
-              help="An operator client (partner clients: `coalition partner client`).")
-@click.option("--public", "kind", flag_value="public",
-              help="A public client (a member app): no secret; members sign in through it "
-                   "with the authorization code grant and PKCE; scope `member` (or, for "
-                   "the finance page, where finance users sign in: `settlement:run`).")
-@click.option("--scope", "scope", help='Operator clients: space-separated, e.g. '
-                                       '"admin settlement:run". Public clients: `member` '
-                                       '(default) or `settlement:run` (the finance page).')
-@click.option("--redirect-uri", "redirect_uris", multiple=True, metavar="URI",
-              help="Public clients: where sign-in may return (exact match); repeatable.")
-@click.option("--name", default="")
-@click.option("--json", "as_json", is_flag=True)
-@with_appcontext
-def client_create(kind: str | None, scope: str | None, redirect_uris: tuple[str, ...],
-                  name: str, as_json: bool) -> None:
-    """Create an operator client and print its secret (shown once), or a public client."""
-    if kind is None:
-        raise click.UsageError("Missing option '--operator' or '--public': the kind of "
-                               "client to create.")
-    try:
-        if kind == "public":
-            if scope not in (None, "member", "settlement:run"):
-                raise click.UsageError("A public client has the scope `member` (members sign "
-                                       "in) or `settlement:run` (the finance page).")
-            view = create_public_client(name, list(redirect_uris),
-                                        scopes=((scope,) if scope else ("member",)),
-                                        actor=cli_actor())
-            data = {"client_id": view.client_id, "kind": view.kind, "name": view.name,
-                    "scopes": view.scopes, "redirect_uris": view.redirect_uris,
-                    "token_endpoint_auth_method": "none"}
-            emit(data, as_json, f"client_id:     {view.client_id}  (public: no secret, PKCE)\n"
-                                f"scopes:        {' '.join(view.scopes)}\n"
-                                f"redirect_uris: {' '.join(view.redirect_uris)}")
-            return
-        if redirect_uris:
-            raise click.UsageError("--redirect-uri is for public clients.")
-        issued = create_operator_client((scope or "").split(), name=name, actor=cli_actor())
-    except CoalitionError as exc:
-        detail = exc.message
-        if exc.errors and "redirect_uris" in exc.errors:
-            problems = exc.errors["redirect_uris"]
-            if isinstance(problems, dict):
-                detail += " " + "; ".join(f"{redirect_uris[i]}: {' '.join(m)}"
-                                          for i, m in problems.items())
-        raise click.UsageError(detail) from exc
-    data = {"client_id": issued.client_id, "client_secret": issued.client_secret,
-            "scopes": issued.scopes}
-    emit(data, as_json, f"client_id:     {issued.client_id}\n"
-                        f"client_secret: {issued.client_secret}  (shown once)\n"
-                        f"scopes:        {' '.join(issued.scopes)}")
-
-
-@client_cli.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@with_appcontext
-def client_list(as_json: bool) -> None:
-    """List OAuth clients (never their secrets)."""
-    rows = [{"client_id": c.client_id, "kind": c.kind, "scopes": c.scopes,
-             "revoked": c.revoked_at is not None} for c in list_clients()]
-    emit(rows, as_json, "\n".join(
-        f"{r['client_id']:<24} {r['kind']:<9} {' '.join(r['scopes'])}"
-        f"{'  (revoked)' if r['revoked'] else ''}" for r in rows) or "no clients")
-
-
-@client_cli.command("revoke")
-@click.argument("client_id")
-@with_appcontext
-def client_revoke(client_id: str) -> None:
-    """Revoke a client and its tokens."""
-    try:
-        revoke_client(client_id, actor=cli_actor())
-    except CoalitionError as exc:
-        raise click.ClickException(exc.message) from exc
-    click.echo(f"revoked {client_id}")
-
-
 # --------------------------------------------------------------------------- ledger jobs
 
 #: above this many members, ``coalition expire`` shows a progress bar
@@ -191,8 +97,6 @@ PROGRESS_THRESHOLD = 200
 
 
 def _as_of(value: str | None) -> Any:
-
-
     if value is None:
         return utcnow()
     try:
@@ -357,57 +261,6 @@ def daily_command(as_of: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
-# --------------------------------------------------------------------------- audit
-
-
-@click.group("audit", help="The audit log of operator and finance actions.")
-def audit_cli() -> None:
-    pass
-
-
-def _timestamp(value: str | None, hint: str) -> Any:
-
-
-    if value is None:
-        return None
-    try:
-        return UTCTimestamp().deserialize(value)
-    except ValidationError as exc:
-        raise click.BadParameter(" ".join(exc.messages), param_hint=hint) from exc  # type: ignore[arg-type]
-
-
-@audit_cli.command("list")
-@click.option("--action", type=click.Choice(AUDIT_ACTIONS), help="only this action")
-@click.option("--actor", help="only this client id (`cli` for the command line) or person")
-@click.option("--from", "occurred_from", metavar="TIME", help="inclusive (date or RFC 3339)")
-@click.option("--to", "occurred_to", metavar="TIME", help="exclusive (date or RFC 3339)")
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
-@click.option("--cursor", help="`next_cursor` of the previous page")
-@click.option("--json", "as_json", is_flag=True)
-@with_appcontext
-def audit_list(action: str | None, actor: str | None, occurred_from: str | None,
-               occurred_to: str | None, limit: int, cursor: str | None,
-               as_json: bool) -> None:
-    """Audit events, newest first."""
-    try:
-        page = list_events(action=action, actor=actor,
-                           occurred_from=_timestamp(occurred_from, "--from"),
-                           occurred_to=_timestamp(occurred_to, "--to"),
-                           cursor=cursor, limit=limit)
-    except CoalitionError as exc:
-        raise click.BadParameter(exc.message, param_hint="--cursor") from exc
-    data = AuditPageSchema().dump(page)
-    lines = []
-    for event in data["items"]:
-        who = event["actor"] + (f" ({event['actor_user']})" if event["actor_user"] else "")
-        lines.append(f"{event['occurred_at']}  {event['action']:<34} {who:<28} "
-                     f"{event['target']:<24} {json.dumps(event['details'], sort_keys=True)}")
-    if data["next_cursor"]:
-        lines.append(f"more: --cursor {data['next_cursor']}")
-    emit(data, as_json, "\n".join(lines) or "no audit events")
-
-
 def add_core_commands(app: Flask) -> None:
-    for command in (db_cli, client_cli, ledger_cli, expire_command, member_cli, daily_command,
-                    audit_cli):
+    for command in (db_cli, ledger_cli, expire_command, member_cli, daily_command):
         app.cli.add_command(command)

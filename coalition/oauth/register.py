@@ -1,5 +1,5 @@
-"""The authorization server, its endpoints, the sign-in page and the operator's API
-for public clients, installed on the app."""
+"""The authorization server, its endpoints, the sign-in page, the operator's API for
+public clients and the ``client`` command, installed on the app."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from flask import Flask
 
 from coalition.http.errors import api_of
 from coalition.oauth import admin, authorize, views
+from coalition.oauth.cli import client_cli
 from coalition.oauth.server import init_oauth
 
 
@@ -16,3 +17,4 @@ def init_app(app: Flask) -> None:
     api.register_blueprint(views.blp)
     api.register_blueprint(admin.blp)
     app.register_blueprint(authorize.bp)
+    app.cli.add_command(client_cli)
