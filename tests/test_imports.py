@@ -14,8 +14,9 @@ PACKAGES = ("coalition", "partners", "settlement", "config")
 
 #: imports inside a function, each for a stated reason: (module, imported module)
 ALLOWED_IN_FUNCTIONS = {
-    # the ledger's member operations and member creation still reach each other and the
-    # OAuth tables from inside functions; the ledger's split by use case removes these
+    # member creation books the welcome bonus of the member operations, which look members
+    # up (a cycle within the ledger, until it is split by use case); closing an account
+    # revokes its OAuth grants
     ("coalition.ledger.member_ops", "coalition.oauth.models"),
     ("coalition.ledger.members", "coalition.ledger.member_ops"),
 }
