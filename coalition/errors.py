@@ -1,4 +1,4 @@
-"""Domain exceptions. Services raise these; :mod:`coalition.web` maps them to HTTP.
+"""Domain exceptions. Services raise these; :mod:`coalition.http.errors` maps them to HTTP.
 
 Each carries a stable machine-readable ``code`` that partners can program against.
 """

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from coalition.db import read
-from coalition.web import error_response
+from coalition.http.errors import error_response
 
 blp = Blueprint("health", __name__, description="Health")
 log = logging.getLogger("coalition.health")

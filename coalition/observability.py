@@ -44,6 +44,7 @@ from prometheus_client import (
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
+from coalition.http.errors import STATUS_CODES
 from config.logging import REQUEST_ID_KEY
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -100,8 +101,6 @@ def _begin() -> None:
 def _outcome(response: Response) -> str:
     if response.status_code < 400:
         return "ok"
-    from coalition.web import STATUS_CODES
-
     if response.is_json and not response.is_streamed:
         body = response.get_json(silent=True)
         if isinstance(body, dict) and isinstance(body.get("error"), str):

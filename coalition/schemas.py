@@ -174,16 +174,6 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
-class ErrorSchema(Schema):
-    """The one error shape."""
-
-    code = fields.Integer(required=True, metadata={"description": "HTTP status"})
-    status = fields.String(required=True, metadata={"description": "HTTP reason"})
-    message = fields.String(required=True)
-    error = fields.String(required=True, metadata={"description": "stable machine code"})
-    errors = fields.Dict(metadata={"description": "field errors"})
-
-
 class CursorQueryArgsSchema(Schema):
     cursor = fields.String(metadata={"description": "`next_cursor` of the previous page"})
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))

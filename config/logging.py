@@ -13,6 +13,8 @@ import logging.config
 from datetime import UTC, datetime
 from typing import Any
 
+from flask import has_request_context, request
+
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 #: where the request id of the request being served is kept (its WSGI environ)
@@ -21,7 +23,6 @@ REQUEST_ID_KEY = "coalition.request_id"
 
 def current_request_id() -> str | None:
     """The id of the request being served, or ``None`` outside a request."""
-    from flask import has_request_context, request
 
     if not has_request_context():
         return None

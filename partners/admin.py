@@ -8,8 +8,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from coalition.audit.views import current_actor
+from coalition.http.guard import protected
 from coalition.oauth import clients
-from coalition.web import protected
 from partners import service
 from partners.schemas import (
     ClientCreateSchema,

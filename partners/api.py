@@ -6,11 +6,13 @@ from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import ValidationError
 
+from coalition.errors import InvalidRequest
+from coalition.http.guard import protected
 from coalition.ledger import members, service
 from coalition.ledger.service import Outcome, PartnerRef
 from coalition.oauth.server import current_principal
-from coalition.web import protected
 from partners.api_schemas import (
     BalanceSchema,
     BurnSchema,
@@ -61,9 +63,7 @@ def _answer(outcome: Outcome) -> tuple[dict[str, Any], int, dict[str, str]]:
 
 def _member_number(value: str) -> str:
     """Validate a member number from the path, so a typo is a 422 rather than a 404."""
-    from marshmallow import ValidationError
 
-    from coalition.errors import InvalidRequest
 
     try:
         return MemberNumber()._deserialize(value, "member_number", None)

@@ -1,15 +1,23 @@
-"""``coalition partner …``: onboarding from the command line."""
+"""``coalition partner …``: onboarding from the command line; ``coalition demo load``."""
 
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import click
 from flask.cli import with_appcontext
+from marshmallow import ValidationError
 
 from coalition.audit.service import cli_actor
-from coalition.cli import emit
+from coalition.commands import emit
+from coalition.errors import CoalitionError
+from coalition.wording import plural
+from partners.demo import history_file as shipped_history
+from partners.demo import load_demo, load_history
+from partners.schemas import PartnerCreateSchema, PartnerSchema
+from partners.service import create_partner, issue_partner_client, list_partners
 
 
 def _decimal(value: str) -> Decimal:
@@ -46,11 +54,7 @@ def partner_cli() -> None:
 def partner_create(code: str, name: str, kind: str, currency: str, earn_rate: str,
                    issue_price: str, redeem_rate: str, as_json: bool) -> None:
     """Onboard a partner with its first rate card."""
-    from marshmallow import ValidationError
 
-    from coalition.errors import CoalitionError
-    from partners.schemas import PartnerCreateSchema, PartnerSchema
-    from partners.service import create_partner
 
     try:
         data = PartnerCreateSchema().load({
@@ -69,8 +73,6 @@ def partner_create(code: str, name: str, kind: str, currency: str, earn_rate: st
 @with_appcontext
 def partner_list(as_json: bool) -> None:
     """List partners with the rates in force."""
-    from partners.schemas import PartnerSchema
-    from partners.service import list_partners
 
     partners = list_partners()
     emit(PartnerSchema(many=True).dump(partners), as_json,
@@ -84,8 +86,6 @@ def partner_list(as_json: bool) -> None:
 @with_appcontext
 def partner_client(code: str, scope: str, as_json: bool) -> None:
     """Issue an OAuth client to partner CODE (secret shown once)."""
-    from coalition.errors import CoalitionError
-    from partners.service import issue_partner_client
 
     try:
         issued = issue_partner_client(code, scope.split(), actor=cli_actor())
@@ -94,3 +94,51 @@ def partner_client(code: str, scope: str, as_json: bool) -> None:
     emit({"client_id": issued.client_id, "client_secret": issued.client_secret,
           "scopes": issued.scopes}, as_json,
          f"client_id:     {issued.client_id}\nclient_secret: {issued.client_secret}  (shown once)")
+# --------------------------------------------------------------------------- demo
+
+
+@click.group("demo", help="The demo coalition.")
+def demo_cli() -> None:
+    pass
+
+
+@demo_cli.command("load")
+@click.option("--with-history", is_flag=True,
+              help="Also book a history of demo transactions (docs/samples/"
+                   "demo-transactions.csv in a source checkout), for the pages to show.")
+@click.option("--history-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The demo history to book (implies --with-history).")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def demo_load(with_history: bool, history_file: Path | None, as_json: bool) -> None:
+    """Load a demo coalition unless the database already has partners."""
+
+    if with_history and history_file is None:
+        history_file = shipped_history()
+        if history_file is None or not history_file.is_file():
+            raise click.UsageError("No demo history here (it comes with a source checkout): "
+                                   "give one with --history-file.")
+    result = load_demo(cli_actor())
+    if result is None:
+        emit({"loaded": False}, as_json, "demo coalition already loaded")
+        return
+    if history_file is not None:
+        try:
+            result["history"] = load_history(history_file.read_text(encoding="utf-8"))
+        except CoalitionError as exc:
+            raise click.ClickException(exc.message) from exc
+    if as_json:
+        emit(result, True, "")
+        return
+    click.echo("Demo coalition loaded. These secrets are shown once:")
+    for row in result["clients"]:
+        click.echo(f"  {row['for']:<10} client_id={row['client_id']}  "
+                   f"client_secret={row['client_secret']}  scope=\"{' '.join(row['scopes'])}\"")
+    if "history" in result:
+        history = result["history"]
+        click.echo(f"Booked {plural(history['transactions'], 'demo transaction')} for "
+                   f"{plural(len(history['members']), 'member')} from {history_file}:")
+        for handle, number in history["members"].items():
+            click.echo(f"  {handle:<10} member_number={number}")
+
+

@@ -9,9 +9,10 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from coalition.audit.views import current_actor
-from coalition.errors import InsufficientScope, InvalidRequest
+from coalition.errors import CoalitionError, InsufficientScope, InvalidRequest, NotFound
+from coalition.http.errors import accepts
+from coalition.http.guard import protected
 from coalition.oauth.server import current_principal
-from coalition.web import accepts, protected
 from settlement import reconcile, service
 from settlement.schemas import (
     BreakQueryArgsSchema,
@@ -122,7 +123,6 @@ class Statement(MethodView):
                 raise InsufficientScope("This call needs the scope settlement:read.")
             if principal.partner_code != partner:
                 # another partner's statement does not exist, as far as this caller knows
-                from coalition.errors import NotFound
 
                 raise NotFound(f"No statement for {partner} in run {run_id}.")
             doc = service.statement(run_id, partner, only_closed=True)
@@ -186,7 +186,6 @@ class Reconciliations(MethodView):
     def post(self, run_id: int, partner: str) -> Any:
         """Reconcile the partner's CSV (partner_txn_id,type,member_number,points,occurred_at)."""
         if request.mimetype != "text/csv":
-            from coalition.errors import CoalitionError
 
             class _Unsupported(CoalitionError):
                 status, code = 415, "unsupported_media_type"

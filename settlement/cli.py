@@ -12,9 +12,14 @@ from flask.cli import with_appcontext
 from marshmallow import ValidationError
 
 from coalition.audit.service import cli_actor
-from coalition.cli import emit
+from coalition.commands import emit
+from coalition.errors import CoalitionError
+from coalition.oauth import finance_users
 from coalition.schemas import UTCTimestamp, rfc3339
 from coalition.wording import breaks_to_resolve, plural, reconciliation_counts
+from settlement.reconcile import reconcile
+from settlement.schemas import ReconciliationSchema, RunSchema
+from settlement.service import close_run, create_run, get_run
 
 CLI_USER = "cli"
 
@@ -47,7 +52,6 @@ def _run_text(run: dict[str, Any]) -> str:
 
 
 def _fail(exc: Exception) -> click.ClickException:
-    from coalition.errors import CoalitionError
 
     if isinstance(exc, CoalitionError):
         return click.ClickException(f"{exc.code}: {exc.message}")
@@ -66,8 +70,6 @@ def settle_cli() -> None:
 @with_appcontext
 def settle_run(start: str, end: str, as_json: bool) -> None:
     """Compute a draft run over [FROM, TO) in booking time."""
-    from settlement.schemas import RunSchema
-    from settlement.service import create_run
 
     # sys.stderr, read at call time (the CLI runner swaps it); click.get_text_stream is
     # deprecated (a DeprecationWarning each run, gone in Click 9)
@@ -91,8 +93,6 @@ def settle_run(start: str, end: str, as_json: bool) -> None:
 @with_appcontext
 def settle_reconcile(run_id: int, partner: str, file: Path, as_json: bool) -> None:
     """Reconcile PARTNER's CSV FILE against run RUN_ID."""
-    from settlement.reconcile import reconcile
-    from settlement.schemas import ReconciliationSchema
 
     try:
         report = reconcile(run_id, partner, file.read_bytes(), CLI_USER, actor=cli_actor())
@@ -110,8 +110,6 @@ def settle_reconcile(run_id: int, partner: str, file: Path, as_json: bool) -> No
 @with_appcontext
 def settle_close(run_id: int, as_json: bool) -> None:
     """Close run RUN_ID (every break must be resolved)."""
-    from settlement.schemas import RunSchema
-    from settlement.service import close_run
 
     try:
         run = close_run(run_id, CLI_USER, actor=cli_actor())
@@ -126,8 +124,6 @@ def settle_close(run_id: int, as_json: bool) -> None:
 @with_appcontext
 def settle_show(run_id: int, as_json: bool) -> None:
     """Show run RUN_ID."""
-    from settlement.schemas import RunSchema
-    from settlement.service import get_run
 
     try:
         run = get_run(run_id)
@@ -169,9 +165,6 @@ def finance_user_create(username: str, name: str, password_stdin: bool,
                         as_json: bool) -> None:
     """Create finance user USERNAME, who signs in to the finance page with a password of
     at least 12 characters."""
-    from coalition.audit.service import cli_actor
-    from coalition.errors import CoalitionError
-    from coalition.oauth import finance_users
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -194,7 +187,6 @@ def finance_user_create(username: str, name: str, password_stdin: bool,
 @with_appcontext
 def finance_user_list(as_json: bool) -> None:
     """List finance users."""
-    from coalition.oauth import finance_users
 
     users = finance_users.list_users()
     rows = [{k: u[k] for k in ("username", "name", "active", "created_at")} for u in users]
@@ -207,8 +199,6 @@ def finance_user_list(as_json: bool) -> None:
 @with_appcontext
 def finance_user_disable(username: str, as_json: bool) -> None:
     """Disable USERNAME: no more sign-in, and their tokens are revoked at once."""
-    from coalition.audit.service import cli_actor
-    from coalition.oauth import finance_users
 
     try:
         user = finance_users.disable_user(username, actor=cli_actor())

@@ -1,33 +1,19 @@
 """``/finance``: the finance page.
 
-Finance users sign in with their own accounts (``coalition finance user create``) through
-the authorization-code grant with PKCE, exactly as the member page does: the page is a
-public client of this server with the scope ``settlement:run``, starts each sign-in with a
-fresh state and verifier, exchanges the code at ``/oauth/token`` in process, and keeps the
-tokens in the signed, HTTP-only session cookie. Each view proves the access token the way
-the API does (refreshing it with rotation when it is about to expire) and then calls the
-same settlement services as ``/v1/settlement``, in the finance user's name: what they
-create, upload, resolve or close is recorded under their username. Signing out revokes the
-tokens.
-
-The page's client is the oldest public client with the scope ``settlement:run`` registered
-with the redirect URI ``<this site>/finance/callback``. Outside production one is
-registered on first use; in production the operator registers it (``coalition client
-create --public --scope settlement:run``).
+Finance users sign in with their own accounts (``coalition finance user create``) the way
+every page signs its user in (:mod:`coalition.http.signin`, scope ``settlement:run``,
+redirect URI ``<this site>/finance/callback``), coming back to the page they asked for.
+Each view then calls the same settlement services as ``/v1/settlement``, in the finance
+user's name: what they create, upload, resolve or close is recorded under their username.
 """
 
 from __future__ import annotations
 
-import hmac
 import re
-import secrets
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlencode
 
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from flask import (
     Blueprint,
     Response,
@@ -41,31 +27,21 @@ from flask import (
     session,
     url_for,
 )
-from werkzeug.exceptions import HTTPException
 
 from coalition.audit.service import Actor
 from coalition.errors import CoalitionError, NotFound
-from coalition.oauth.server import principal_for
-from coalition.pages import (
-    check_csrf,
-    keep_tokens,
-    oauth_call,
-    page_client_id,
-    protect_pages,
-    revoke_tokens,
-    token_refused,
-)
+from coalition.http.pages import check_csrf, protect_pages
+from coalition.http.signin import PageSignIn
+from coalition.oauth.server import Principal
 from coalition.wording import breaks_to_resolve, plural, reconciliation_counts
 from config.logging import current_request_id
 from settlement import charts, reconcile, service
 from settlement.schemas import RunSchema
 
 bp = Blueprint("finance_page", __name__, url_prefix="/finance")
-protect_pages(bp)
+protect_pages(bp, "finance/base.html", "finance_page.home", "Back to settlement runs")
 
 SCOPE = "settlement:run"
-#: refresh this long before the access token expires
-REFRESH_MARGIN = 30
 TOKENS = "finance_tokens"
 PENDING = "finance_oauth_pending"
 REASON_MIN, REASON_MAX = 3, 2000
@@ -80,16 +56,6 @@ ADJUSTABLE = ("points_mismatch", "missing_in_ledger", "missing_in_file")
 ID = "int(max=9223372036854775807)"
 
 
-def _error_page(error: HTTPException) -> tuple[str, int]:
-    status = error.code or 500
-    message = error.description if status != 500 else "Something went wrong on our side."
-    return render_template("finance/error.html", status=status, title=error.name,
-                           message=message), status
-
-
-bp.register_error_handler(HTTPException, _error_page)
-
-
 def _stamp(value: datetime | None) -> str:
     """To the second, since periods are honoured to the second."""
     return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -102,7 +68,7 @@ def _sign(value: str) -> int:
 
 @bp.before_request
 def _nobody_yet() -> None:
-    # set by _signed_in once the session's token is proven, for the page header
+    # set once the session's token is proven (_finance_user), for the page header
     g.finance_user = None
 
 
@@ -112,122 +78,21 @@ def _context() -> dict[str, Any]:
             "sign": _sign}
 
 
-# --------------------------------------------------------------------------- the OAuth client
+# --------------------------------------------------------------------------- sign in and out
 
 
-def _redirect_uri() -> str:
-    return url_for("finance_page.callback", _external=True)
+def _finance_user(principal: Principal) -> str | None:
+    g.finance_user = principal.finance_user or None
+    return g.finance_user
 
 
-def _client_id() -> str:
-    return page_client_id(_redirect_uri(), "Finance page", SCOPE)
-
-
-def _keep_tokens(token: dict[str, Any], client_id: str) -> None:
-    keep_tokens(TOKENS, token, client_id)
-
-
-def _signed_in() -> str | None:
-    """The username of the finance user whose tokens this session holds, refreshing them
-    if needed."""
-    tokens = session.get(TOKENS)
-    if not tokens:
-        return None
-    if tokens["expires_at"] - REFRESH_MARGIN <= time.time():
-        status, body = oauth_call("/oauth/token", {
-            "grant_type": "refresh_token", "refresh_token": tokens.get("refresh_token") or "",
-            "client_id": tokens["client_id"]})
-        if status != 200:
-            session.pop(TOKENS, None)
-            return None
-        _keep_tokens(body, tokens["client_id"])
-        tokens = session[TOKENS]
-    principal = principal_for(tokens["access_token"])
-    if (principal is None or principal.kind != "public" or SCOPE not in principal.scopes
-            or not principal.finance_user):
-        session.pop(TOKENS, None)
-        return None
-    g.finance_user = principal.finance_user
-    return principal.finance_user
-
-
-def _local(path: str | None) -> str | None:
-    """A path on this page to come back to after signing in (never another site)."""
-    if path and path.startswith("/finance") and not path.startswith("//") and "\\" not in path:
-        return path
-    return None
-
-
-def _require() -> str:
-    username = _signed_in()
-    if username is None:
-        back = request.full_path.rstrip("?") if request.method == "GET" else None
-        abort(redirect(url_for(".sign_in", next=back) if back else url_for(".sign_in")))
-    return username
+page_sign_in = PageSignIn(bp, name="Finance page", scope=SCOPE, tokens=TOKENS, pending=PENDING,
+                          who=_finance_user, come_back=True, clears_session=False)
 
 
 def _actor(username: str) -> Actor:
     """Who the audit log names: the page's client, acting for the finance user."""
     return Actor(session[TOKENS]["client_id"], username, current_request_id())
-
-
-# --------------------------------------------------------------------------- sign in and out
-
-
-@bp.get("/signin")
-def sign_in() -> Any:
-    """Start the authorization-code flow: a fresh state and PKCE verifier per attempt."""
-    client_id = _client_id()
-    verifier = secrets.token_urlsafe(64)
-    state = secrets.token_urlsafe(24)
-    session[PENDING] = {"state": state, "verifier": verifier, "client_id": client_id,
-                        "redirect_uri": _redirect_uri(),
-                        "next": _local(request.args.get("next"))}
-    query = urlencode({
-        "response_type": "code", "client_id": client_id, "redirect_uri": _redirect_uri(),
-        "scope": SCOPE, "state": state,
-        "code_challenge": create_s256_code_challenge(verifier),
-        "code_challenge_method": "S256",
-    })
-    return redirect(f"{url_for('authorize.authorize')}?{query}")
-
-
-@bp.get("/callback")
-def callback() -> Any:
-    """Where the authorization server sends the finance user back with a code."""
-    pending = session.pop(PENDING, None)
-    state = request.args.get("state", "")
-    if not pending or not hmac.compare_digest(pending["state"].encode(), state.encode()):
-        abort(400, "This sign-in has expired or was started elsewhere. Please sign in again.")
-    if request.args.get("error"):
-        if request.args["error"] == "access_denied":
-            flash("Sign-in was cancelled.", "info")
-            return redirect(url_for(".home"))
-        abort(400, request.args.get("error_description") or request.args["error"])
-    status, body = oauth_call("/oauth/token", {
-        "grant_type": "authorization_code", "code": request.args.get("code", ""),
-        "redirect_uri": pending["redirect_uri"], "client_id": pending["client_id"],
-        "code_verifier": pending["verifier"]})
-    if status != 200:
-        token_refused(status, body)
-    _keep_tokens(body, pending["client_id"])
-    return redirect(_local(pending.get("next")) or url_for(".home"))
-
-
-@bp.post("/signout")
-def sign_out() -> Any:
-    check_csrf()
-    tokens = session.get(TOKENS)
-    if tokens:
-        refused = revoke_tokens(tokens)
-        if refused:
-            flash(refused, "error")
-            return redirect(url_for(".home"))
-    session.pop(TOKENS, None)
-    session.pop(PENDING, None)
-    session.pop("csrf", None)  # a new form token for whoever signs in next
-    flash("You have signed out.", "info")
-    return redirect(url_for(".home"))
 
 
 # --------------------------------------------------------------------------- runs
@@ -262,7 +127,7 @@ def _runs_page(form: dict[str, str] | None = None,
 
 @bp.get("")
 def home() -> Any:
-    username = _signed_in()
+    username = page_sign_in.signed_in()
     if username is None:
         return render_template("finance/welcome.html")
     return _runs_page()
@@ -270,7 +135,7 @@ def home() -> Any:
 
 @bp.post("/runs")
 def create_run() -> Any:
-    username = _require()
+    username = page_sign_in.require()
     check_csrf()
     form = {k: request.form.get(k, "").strip()
             for k in ("start_date", "start_time", "end_date", "end_time")}
@@ -302,7 +167,7 @@ def _load(run_id: int) -> dict[str, Any]:
 
 @bp.get(f"/runs/<{ID}:run_id>")
 def run(run_id: int) -> Any:
-    _require()
+    page_sign_in.require()
     doc = _load(run_id)
     breaks = reconcile.list_breaks(run_id)
     partners = [s["partner"] for s in doc["statements"]]
@@ -323,7 +188,7 @@ def _back(run_id: int) -> Response:
 @bp.post(f"/runs/<{ID}:run_id>/reconciliations")
 def upload(run_id: int) -> Any:
     """The partner's own record of the period, as a CSV file, against the journal."""
-    username = _require()
+    username = page_sign_in.require()
     check_csrf()
     partner = request.form.get("partner", "")
     file = request.files.get("file")
@@ -348,7 +213,7 @@ def upload(run_id: int) -> Any:
 
 @bp.post(f"/runs/<{ID}:run_id>/breaks/<{ID}:break_id>")
 def resolve(run_id: int, break_id: int) -> Any:
-    username = _require()
+    username = page_sign_in.require()
     check_csrf()
     action = request.form.get("action", "")
     reason = request.form.get("reason", "").strip()
@@ -372,7 +237,7 @@ def resolve(run_id: int, break_id: int) -> Any:
 
 @bp.post(f"/runs/<{ID}:run_id>/recompute")
 def recompute(run_id: int) -> Any:
-    username = _require()
+    username = page_sign_in.require()
     check_csrf()
     try:
         doc = service.recompute(run_id, actor=_actor(username))
@@ -386,7 +251,7 @@ def recompute(run_id: int) -> Any:
 
 @bp.post(f"/runs/<{ID}:run_id>/close")
 def close(run_id: int) -> Any:
-    username = _require()
+    username = page_sign_in.require()
     check_csrf()
     try:
         service.close_run(run_id, username, actor=_actor(username))
@@ -408,21 +273,21 @@ def _download(body: str, mimetype: str, filename: str) -> Response:
 
 @bp.get(f"/runs/<{ID}:run_id>/export.csv")
 def export_csv(run_id: int) -> Response:
-    _require()
+    page_sign_in.require()
     return _download(service.run_csv(_load(run_id)), "text/csv",
                      f"settlement-run-{run_id}.csv")
 
 
 @bp.get(f"/runs/<{ID}:run_id>/export.json")
 def export_json(run_id: int) -> Response:
-    _require()
+    page_sign_in.require()
     body = json.dumps(RunSchema().dump(_load(run_id)), indent=2)
     return _download(body, "application/json", f"settlement-run-{run_id}.json")
 
 
 @bp.get(f"/runs/<{ID}:run_id>/statements/<partner>.csv")
 def statement_csv(run_id: int, partner: str) -> Response:
-    _require()
+    page_sign_in.require()
     try:
         doc = service.statement(run_id, partner)
     except NotFound as missing:

@@ -20,7 +20,7 @@ from coalition.program.service import rules_in_force
 from coalition.schemas import rfc3339
 from coalition.wording import plural, verb
 from settlement.compute import Unpriced, compute
-from settlement.models import Break, SettlementRun
+from settlement.models import Break, Reconciliation, SettlementRun
 from settlement.netting import COALITION
 
 
@@ -144,7 +144,6 @@ def delete_draft(run_id: int, *, actor: Actor = SYSTEM) -> None:
         run = _load(uow.session, run_id, lock=True)
         if run.status == "closed":
             raise PeriodClosed(f"Settlement run {run_id} is closed.")
-        from settlement.models import Reconciliation
 
         for model in (Break, Reconciliation):
             for row in uow.session.scalars(select(model).where(model.run_id == run_id)):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from coalition.demo import history_file, load_demo, load_history
+from partners.demo import history_file, load_demo, load_history
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

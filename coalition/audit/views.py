@@ -11,9 +11,9 @@ from marshmallow import Schema, fields, validate
 
 from coalition.audit import service
 from coalition.audit.service import ACTIONS, Actor
+from coalition.http.guard import protected
 from coalition.oauth.server import current_principal
 from coalition.schemas import CursorQueryArgsSchema, UTCTimestamp
-from coalition.web import protected
 from config.logging import current_request_id
 
 blp = Blueprint("admin_audit", __name__, url_prefix="/v1/admin/audit",

@@ -21,19 +21,21 @@ count is always exact).
    partner (from lots and their movements by the moving entry's kind), cross-checked
    against the postings of the earns and earn reversals at each partner.
 6. ``closed_runs``: a closed settlement period never changes: each closed run's figures,
-   computed again from the journal, give the digest the run was closed with.
+   computed again from the journal, give the digest the run was closed with (settlement
+   adds this check with :func:`add_check`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from flask import Flask, current_app
 from sqlalchemy import (
     Connection,
     Select,
@@ -45,17 +47,15 @@ from sqlalchemy import (
     select,
     union_all,
 )
-from sqlalchemy.orm import Session
 
 from coalition.db import db, utcnow
-from coalition.errors import CoalitionError
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting, Wallet
 from coalition.models import Partner
-from settlement.models import SettlementRun
-from settlement.service import journal_digest
 
 #: violations listed per check (the count is always exact)
 LIMIT = 50
+#: where the app keeps the checks other packages add
+_ADDED = "coalition.ledger.checks"
 
 _e = Entry.__table__.c
 _p = Posting.__table__.c
@@ -140,6 +140,12 @@ class LedgerReport:
                 "checks": [_named(c.to_dict(), self.partners) for c in self.checks]}
 
 
+def add_check(app: Flask, check: Callable[[Connection, int], CheckResult]) -> None:
+    """Run ``check`` after the ledger's own, in the same snapshot: a package that keeps
+    figures derived from the journal proves them here."""
+    app.extensions.setdefault(_ADDED, []).append(check)
+
+
 def check_ledger(limit: int = LIMIT) -> LedgerReport:
     """Run every check in one read-only snapshot of the database."""
     checked_at = utcnow()
@@ -150,7 +156,7 @@ def check_ledger(limit: int = LIMIT) -> LedgerReport:
             _no_negative(conn, limit),
             _unique_partner_txn(conn, limit),
             _conservation(conn, limit),
-            _closed_runs(conn, limit),
+            *(check(conn, limit) for check in current_app.extensions.get(_ADDED, ())),
         ]
         partners = {row.id: row.code for row in conn.execute(select(Partner.id, Partner.code))}
     return LedgerReport(checked_at, checks, partners)
@@ -580,32 +586,4 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
     result.found(len(found), found[:limit])
     result.figures = {"totals": {**totals, "expected_outstanding": expected_outstanding},
                       "per_origin_partner": per_origin}
-    return result
-
-
-# --------------------------------------------------------------------------- 6
-
-
-def _closed_runs(conn: Connection, limit: int) -> CheckResult:
-    runs = SettlementRun.__table__.c
-    closed = conn.execute(select(runs.id).where(runs.status == "closed")
-                          .order_by(runs.period_start)).scalars().all()
-    result = CheckResult("closed_runs",
-                         "each closed settlement run's figures, computed again from the "
-                         "journal, give the digest it was closed with",
-                         {"closed_runs": len(closed)})
-    found: list[dict[str, Any]] = []
-    with Session(bind=conn) as session:
-        for run_id in closed:
-            run = session.get_one(SettlementRun, run_id)
-            try:
-                actual = journal_digest(session, run)
-            except CoalitionError as exc:  # e.g. entries it can no longer price
-                actual = exc.code
-            if actual != run.result_digest:
-                found.append({"problem": "a closed run's figures changed", "run_id": run.id,
-                              "period_start": run.period_start,
-                              "period_end": run.period_end,
-                              "expected": run.result_digest, "actual": actual})
-    result.found(len(found), found[:limit])
     return result

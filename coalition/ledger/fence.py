@@ -26,18 +26,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select, text
+from sqlalchemy import String, bindparam, column, exists, func, select, table, text
 from sqlalchemy.orm import Session
 
 from coalition.db import Retry, UTCDateTime
 from coalition.errors import NoRateCard, PeriodClosed
 from coalition.models import RateCard
-from settlement.models import SettlementRun
 
 #: the advisory lock's key ("Coal"); the database function ``coalition_fence`` takes it
 FENCE_KEY = 0x436F616C
 
-_RUN = SettlementRun.__table__.c
+#: what the fence reads of settlement's runs (the table is settlement's; the ledger only
+#: needs the end of the latest closed period, and never imports settlement for it)
+_RUN = table("settlement_run", column("status", String()),
+             column("period_end", UTCDateTime())).c
 _CARD = RateCard.__table__.c
 _CLOSED_UNTIL = (select(func.max(_RUN.period_end)).where(_RUN.status == "closed")
                  .scalar_subquery())

@@ -7,6 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from coalition.http.guard import protected
 from coalition.ledger import members
 from coalition.member import account, signin
 from coalition.member.schemas import (
@@ -20,7 +21,6 @@ from coalition.member.schemas import (
     MeTransactionQueryArgsSchema,
 )
 from coalition.oauth.server import current_principal
-from coalition.web import protected
 
 blp = Blueprint("me", __name__, url_prefix="/v1", description="Members: their own account")
 

@@ -1,27 +1,16 @@
 """``/member``: the member web page.
 
-The page is an OAuth public client of this server like any member app: it signs the member
-in with the authorization-code grant and PKCE (a fresh verifier and state per sign-in),
-exchanges the code at ``/oauth/token`` from the server, and keeps the tokens in the
-(signed, HTTP-only) session cookie. Each page view proves the access token the way the API
-does, refreshes it (with rotation) when it is about to expire, and then calls the same
-service functions as ``/v1/me``. Signing out revokes the tokens at ``/oauth/revoke``.
-
-The page's client is the oldest public client registered with the redirect URI
-``<this site>/member/callback``. Outside production one is registered on first use; in
-production the operator registers it (``coalition client create --public``), so a forged
-``Host`` header can never register a redirect URI.
+The page is an OAuth public client of this server like any member app, signed in to the
+way every page is (:mod:`coalition.http.signin`, scope ``member``, redirect URI
+``<this site>/member/callback``); each view then calls the same service functions as
+``/v1/me``.
 """
 
 from __future__ import annotations
 
-import hmac
 import secrets
-import time
 from typing import Any
-from urllib.parse import urlencode
 
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from flask import (
     Blueprint,
     abort,
@@ -36,6 +25,8 @@ from flask import (
 from marshmallow import Schema, ValidationError
 
 from coalition.errors import CoalitionError
+from coalition.http.pages import check_csrf, protect_pages
+from coalition.http.signin import PageSignIn, oauth_call
 from coalition.ledger import member_ops, members
 from coalition.member import account, signin
 from coalition.member.forms import (
@@ -46,23 +37,12 @@ from coalition.member.forms import (
     TransferForm,
     field_errors,
 )
-from coalition.oauth.server import principal_for
-from coalition.pages import (
-    check_csrf,
-    keep_tokens,
-    oauth_call,
-    page_client_id,
-    protect_pages,
-    revoke_tokens,
-    token_refused,
-)
+from coalition.oauth.server import Principal
 from coalition.program.service import program_terms
 
 bp = Blueprint("member_page", __name__, url_prefix="/member")
-protect_pages(bp)
+protect_pages(bp, "member/base.html", "member_page.home", "Back to my points")
 
-#: refresh this long before the access token expires
-REFRESH_MARGIN = 30
 HISTORY_PAGE = 20
 
 ENTRY_LABELS = {
@@ -91,104 +71,15 @@ def describe(entry: dict[str, Any]) -> str:
     return ENTRY_LABELS.get(kind, kind) + (f" · {partner}" if partner else "")
 
 
-# --------------------------------------------------------------------------- the OAuth client
-
-
-def _redirect_uri() -> str:
-    return url_for("member_page.callback", _external=True)
-
-
-def _client_id() -> str:
-    return page_client_id(_redirect_uri(), "Member page", "member")
-
-
-def _keep_tokens(token: dict[str, Any], client_id: str) -> None:
-    keep_tokens("member_tokens", token, client_id)
-
-
-def _signed_in_member() -> int | None:
-    """The member whose tokens this session holds, refreshing them if needed."""
-    tokens = session.get("member_tokens")
-    if not tokens:
-        return None
-    if tokens["expires_at"] - REFRESH_MARGIN <= time.time():
-        status, body = oauth_call("/oauth/token", {
-            "grant_type": "refresh_token", "refresh_token": tokens.get("refresh_token") or "",
-            "client_id": tokens["client_id"]})
-        if status != 200:
-            session.pop("member_tokens", None)
-            return None
-        _keep_tokens(body, tokens["client_id"])
-        tokens = session["member_tokens"]
-    principal = principal_for(tokens["access_token"])
-    if (principal is None or principal.kind != "public" or "member" not in principal.scopes
-            or principal.member_id is None):
-        session.pop("member_tokens", None)
-        return None
-    return principal.member_id
-
-
-def _require_member() -> int:
-    member_id = _signed_in_member()
-    if member_id is None:
-        abort(redirect(url_for(".sign_in")))
-    return member_id
-
-
 # --------------------------------------------------------------------------- sign in and out
 
 
-@bp.get("/signin")
-def sign_in() -> Any:
-    """Start the authorization-code flow: a fresh state and PKCE verifier per attempt."""
-    client_id = _client_id()
-    verifier = secrets.token_urlsafe(64)
-    state = secrets.token_urlsafe(24)
-    session["oauth_pending"] = {"state": state, "verifier": verifier, "client_id": client_id,
-                                "redirect_uri": _redirect_uri()}
-    query = urlencode({
-        "response_type": "code", "client_id": client_id, "redirect_uri": _redirect_uri(),
-        "scope": "member", "state": state,
-        "code_challenge": create_s256_code_challenge(verifier),
-        "code_challenge_method": "S256",
-    })
-    return redirect(f"{url_for('authorize.authorize')}?{query}")
+def _member(principal: Principal) -> int | None:
+    return principal.member_id if "member" in principal.scopes else None
 
 
-@bp.get("/callback")
-def callback() -> Any:
-    """Where the authorization server sends the member back with a code."""
-    pending = session.pop("oauth_pending", None)
-    state = request.args.get("state", "")
-    if not pending or not hmac.compare_digest(pending["state"].encode(), state.encode()):
-        abort(400, "This sign-in has expired or was started elsewhere. Please sign in again.")
-    if request.args.get("error"):
-        if request.args["error"] == "access_denied":
-            flash("Sign-in was cancelled.", "info")
-            return redirect(url_for(".home"))
-        abort(400, request.args.get("error_description") or request.args["error"])
-    status, body = oauth_call("/oauth/token", {
-        "grant_type": "authorization_code", "code": request.args.get("code", ""),
-        "redirect_uri": pending["redirect_uri"], "client_id": pending["client_id"],
-        "code_verifier": pending["verifier"]})
-    if status != 200:
-        token_refused(status, body)
-    _keep_tokens(body, pending["client_id"])
-    return redirect(url_for(".home"))
-
-
-@bp.post("/signout")
-def sign_out() -> Any:
-    check_csrf()
-    tokens = session.get("member_tokens")
-    if tokens:
-        refused = revoke_tokens(tokens)
-        if refused:
-            flash(refused, "error")
-            return redirect(url_for(".home"))
-    session.clear()
-    flash("You have signed out.", "info")
-    return redirect(url_for(".home"))
+page_sign_in = PageSignIn(bp, name="Member page", scope="member", tokens="member_tokens",
+                          pending="oauth_pending", who=_member)
 
 
 # --------------------------------------------------------------------------- pages
@@ -196,7 +87,7 @@ def sign_out() -> Any:
 
 @bp.get("")
 def home() -> Any:
-    member_id = _signed_in_member()
+    member_id = page_sign_in.signed_in()
     if member_id is None:
         return render_template("member/welcome.html")
     return _account_page(member_id)
@@ -261,7 +152,7 @@ def _form(schema: Schema, member_id: int) -> dict[str, Any]:
 
 @bp.post("/transfer")
 def transfer() -> Any:
-    member_id = _require_member()
+    member_id = page_sign_in.require()
     check_csrf()
     form = _form(TransferForm(), member_id)
     to, points = form["to_member_number"], form["points"]
@@ -289,7 +180,7 @@ def transfer() -> Any:
 
 @bp.post("/donate")
 def donate() -> Any:
-    member_id = _require_member()
+    member_id = page_sign_in.require()
     check_csrf()
     form = _form(DonationForm(), member_id)
     try:
@@ -307,7 +198,7 @@ def donate() -> Any:
 @bp.post("/consents")
 def consent() -> Any:
     """Share the member's personal data with a partner, or stop sharing it."""
-    member_id = _require_member()
+    member_id = page_sign_in.require()
     check_csrf()
     form = _form(ConsentForm(), member_id)
     try:
@@ -324,7 +215,7 @@ def consent() -> Any:
 
 @bp.post("/close")
 def close() -> Any:
-    member_id = _require_member()
+    member_id = page_sign_in.require()
     check_csrf()
     _form(CloseForm(), member_id)
     try:

@@ -10,9 +10,9 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from coalition.audit.views import current_actor
+from coalition.http.guard import protected
 from coalition.oauth import clients
 from coalition.schemas import StrictSchema, UTCTimestamp
-from coalition.web import protected
 
 blp = Blueprint("admin_clients", __name__, url_prefix="/v1/admin/clients",
                 description="Operator: public clients for member sign-in")

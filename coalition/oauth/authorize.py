@@ -19,27 +19,28 @@ from typing import Any
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Response, render_template, request
 
+from coalition.http.pages import check_csrf, protect_pages
 from coalition.member import signin
 from coalition.oauth import finance_users
 from coalition.oauth.member_grants import audience
 from coalition.oauth.server import authorization
-from coalition.pages import check_csrf, protect_pages
 
 bp = Blueprint("authorize", __name__)
-protect_pages(bp)
+protect_pages(bp, "member/base.html", "member_page.home", "Back to my points")
 
 
 def _form(client: Any, status: int = 200, error: str | None = None,
           member_number: str = "", headers: dict[str, str] | None = None) -> Any:
-    return (render_template("authorize.html", client=client, error=error,
+    return (render_template("member/signin.html", client=client, error=error,
                             member_number=member_number, action=request.full_path),
             status, headers or {})
 
 
 def _finance_form(client: Any, status: int = 200, error: str | None = None,
                   username: str = "", headers: dict[str, str] | None = None) -> Any:
-    return (render_template("finance/authorize.html", client=client, error=error,
-                            username=username, action=request.full_path),
+    return (render_template("finance/signin.html", client=client, error=error,
+                            username=username, action=request.full_path,
+                            layout="finance/base.html"),
             status, headers or {})
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from coalition.audit.service import SYSTEM, Actor, record
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import InvalidRequest, NotFound
+from coalition.models import Partner
 from coalition.oauth.finance_users import FINANCE_SCOPES
 from coalition.oauth.models import (
     MEMBER_SCOPES,
@@ -203,7 +204,6 @@ def _revoke_tokens(uow: UnitOfWork, client: OAuthClient) -> int:
 
 def _audit(uow: UnitOfWork, actor: Actor, action: str, client: OAuthClient,
            tokens_revoked: int) -> None:
-    from coalition.models import Partner
 
     partner = (uow.session.scalar(select(Partner.code).where(Partner.id == client.partner_id))
                if client.partner_id is not None else None)

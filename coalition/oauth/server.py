@@ -25,9 +25,12 @@ from sqlalchemy import or_, select, update
 
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import Forbidden, InsufficientScope, InvalidRequest, Unauthorized
+from coalition.http.errors import error_body
+from coalition.http.limits import limit_client
+from coalition.ledger.models import Member
 from coalition.models import Partner
+from coalition.oauth.member_grants import register_member_grants
 from coalition.oauth.models import ALL_SCOPES, FinanceUser, OAuthClient, OAuthToken, digest
-from coalition.web import error_body
 
 REALM = "coalition"
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
@@ -217,7 +220,6 @@ class IntrospectionEndpoint(_TokenLookup, _IntrospectionEndpoint):
                     select(FinanceUser.username).where(FinanceUser.id == token.finance_user_id))
         if token.member_id is not None:
             # a member token's subject is the member it acts for
-            from coalition.ledger.models import Member
 
             with read() as session:
                 answer["sub"] = answer["member_number"] = session.scalar(
@@ -232,7 +234,6 @@ def init_oauth(app: Flask) -> None:
     authorization.init_app(app)
     authorization.scopes_supported = list(ALL_SCOPES)
     if not authorization._token_grants:
-        from coalition.oauth.member_grants import register_member_grants
 
         authorization.register_grant(ClientCredentialsGrant)
         register_member_grants(authorization)
@@ -359,8 +360,6 @@ def require_token(scopes: list[str], kinds: tuple[str, ...] | None = None) -> Pr
     principal = Principal(token.client_id, token.kind, token.partner_id,
                           frozenset(token.scope.split()), token.partner_code,
                           token.partner_currency, token.member_id, token.finance_user)
-    from coalition.limits import limit_client
-
     limit_client(principal.client_id, principal.member_id)  # 429 before the body is read
     g.principal = principal
     return principal

@@ -6,8 +6,8 @@ from flask import Response
 from flask_smorest import Blueprint
 from marshmallow import fields
 
+from coalition.http.errors import ErrorSchema
 from coalition.oauth.server import IntrospectionEndpoint, RevocationEndpoint, authorization
-from coalition.schemas import ErrorSchema
 
 blp = Blueprint("oauth", __name__, url_prefix="/oauth", description="OAuth 2.0")
 

@@ -8,9 +8,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from coalition.audit.views import current_actor
+from coalition.http.guard import protected
 from coalition.program import service
 from coalition.program.schemas import ProgramRulesSchema, ProgramSchema
-from coalition.web import protected
 
 blp = Blueprint("program", __name__, url_prefix="/v1", description="Program rules")
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from coalition.demo import history_file, load_history
 from coalition.ledger.check import check_ledger
 from coalition.ledger.models import TRANSACTION_TYPES
 from coalition.wording import breaks_to_resolve, plural, reconciliation_counts, verb
+from partners.demo import history_file, load_history
 from settlement.reconcile import parse
 from tests.conftest import bearer, fetch_token, snapshot
 

@@ -394,13 +394,13 @@ def test_a_member_whose_state_disagrees_is_reported_and_the_others_settled(app):
 
 
 def test_cli_expire_prints_the_summary(app, monkeypatch):
-    import coalition.cli
+    import coalition.commands
 
     set_rules(policy="fixed", months=1)
     acme = make_partner("acme")
     for _ in range(3):
         book_earn(make_member(), acme, 10, T0)
-    monkeypatch.setattr(coalition.cli, "PROGRESS_THRESHOLD", 1)  # show the bar
+    monkeypatch.setattr(coalition.commands, "PROGRESS_THRESHOLD", 1)  # show the bar
     runner = app.test_cli_runner()
     result = runner.invoke(args=["expire", "--as-of", "2024-03-01", "--json"])
     assert result.exit_code == 0, result.output

@@ -1,4 +1,4 @@
-"""Limits (coalition.limits): rate limits per client and per address (429), request body
+"""Limits (coalition.http.limits): rate limits per client and per address (429), request body
 size (413), and JSON bodies that are refused before anything looks at them (400) — each
 answered in the one error shape, and none of them changing anything."""
 
@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from coalition.db import db, read
-from coalition.limits import (
+from coalition.http.limits import (
     MAX_DEPTH,
     BodyRefused,
     RateLimited,

@@ -31,7 +31,7 @@ JSON bodies
     * an object with the same key twice: parsers disagree on which one wins (first, last,
       error), so a payment system must not pick one silently;
     * a string with an unpaired UTF-16 surrogate escape (``"\\ud800"``), which no database
-      text column can store (NUL characters are refused by :mod:`coalition.web`, wherever
+      text column can store (NUL characters are refused by :mod:`coalition.http.errors`, wherever
       they are).
 
     A body over ``MAX_CONTENT_LENGTH`` is ``413 payload_too_large`` in the same error shape
@@ -62,7 +62,7 @@ from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from coalition.errors import CoalitionError
-from coalition.web import error_response
+from coalition.http.errors import error_response
 
 #: deepest nesting of arrays and objects accepted in a JSON body
 MAX_DEPTH = 32

@@ -12,13 +12,13 @@ from typing import Any
 from flask import Blueprint, render_template, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
-from coalition.pages import protect_pages
+from coalition.http.pages import protect_pages
 
 #: where ``/docs`` finds Swagger UI (``OPENAPI_SWAGGER_UI_URL``)
 DOCS_ASSETS_URL = "/docs/assets/"
 
 bp = Blueprint("front", __name__)
-protect_pages(bp)
+protect_pages(bp, "member/base.html", "member_page.home", "Back to my points")
 
 assets = Blueprint("docs_assets", __name__)
 

@@ -14,6 +14,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from coalition.audit.views import current_actor
 from coalition.errors import Forbidden
+from coalition.http.guard import protected
 from coalition.ledger import member_ops
 from coalition.ledger.service import Outcome
 from coalition.oauth.server import current_principal
@@ -24,7 +25,6 @@ from coalition.schemas import (
     StrictSchema,
     UTCTimestamp,
 )
-from coalition.web import protected
 
 blp = Blueprint("member_ledger", __name__, url_prefix="/v1/me",
                 description="Member: transfers, donations, closing the account")

@@ -22,6 +22,7 @@ from coalition.oauth.clients import create_operator_client
 from coalition.oauth.models import PARTNER_SCOPES
 from coalition.program.service import publish_rules
 from config import source_checkout
+from partners.service import create_partner, issue_partner_client
 
 DEMO_PARTNERS = (
     dict(code="northwind", name="Northwind Grocers", kind="merchant", currency="GBP",
@@ -51,7 +52,6 @@ DEMO_RULES: dict[str, Any] = {
 
 def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
     """Create the demo coalition, or return ``None`` if partners already exist."""
-    from partners.service import create_partner, issue_partner_client
 
     with read() as session:
         if session.scalar(select(Partner.id).limit(1)) is not None:

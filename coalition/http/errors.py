@@ -1,5 +1,4 @@
-"""The HTTP surface shared by every blueprint: the API object, the one error shape,
-and the decorator that protects a view with an OAuth 2.0 scope.
+"""The one error shape of the HTTP surface, and the API object that documents and renders it.
 
 Every error, whatever raised it (a domain exception, webargs validation, routing, Authlib,
 an unexpected crash), leaves as::
@@ -12,19 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from functools import wraps
 from http import HTTPStatus
 from typing import Any
 
 from apispec import BasePlugin
 from flask import Flask, Response, current_app, g, jsonify, request
 from flask_smorest import Api as _Api
-from flask_smorest import Blueprint
+from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from coalition.errors import CoalitionError, InsufficientScope
+from coalition.errors import CoalitionError
 
-log = logging.getLogger("coalition.web")
+log = logging.getLogger("coalition.http")
 
 #: machine codes for errors that are not raised as domain exceptions
 STATUS_CODES = {
@@ -42,6 +40,16 @@ STATUS_CODES = {
     500: "internal_error",
     503: "unavailable",
 }
+
+
+class ErrorSchema(Schema):
+    """The one error shape, as the API document describes it."""
+
+    code = fields.Integer(required=True, metadata={"description": "HTTP status"})
+    status = fields.String(required=True, metadata={"description": "HTTP reason"})
+    message = fields.String(required=True)
+    error = fields.String(required=True, metadata={"description": "stable machine code"})
+    errors = fields.Dict(metadata={"description": "field errors"})
 
 
 def error_body(
@@ -81,11 +89,11 @@ def _flatten_locations(messages: Any) -> Any:
     if not set(messages) <= locations:
         return messages
     flat: dict[str, Any] = {}
-    for fields in messages.values():
-        if isinstance(fields, dict):
-            flat.update(fields)
+    for located in messages.values():
+        if isinstance(located, dict):
+            flat.update(located)
         else:
-            flat.setdefault("_schema", []).extend(fields)
+            flat.setdefault("_schema", []).extend(located)
     return flat
 
 
@@ -119,6 +127,8 @@ class _ErrorBodiesDoc(BasePlugin):
 class Api(_Api):
     """flask-smorest's Api with Coalition's error shape for every HTTP exception."""
 
+    ERROR_SCHEMA = ErrorSchema
+
     def _init_spec(self, **kwargs: Any) -> None:
         kwargs["extra_plugins"] = [*kwargs.get("extra_plugins", ()), _BadRequestDoc(),
                                    _ErrorBodiesDoc()]
@@ -142,6 +152,11 @@ class Api(_Api):
         return error_response(
             status, message, data.get("error"), _flatten_locations(errors), headers
         )
+
+
+def api_of(app: Flask) -> Api:
+    """The app's API object, which every package registers its API blueprints with."""
+    return app.extensions["coalition.api"]  # type: ignore[no-any-return]
 
 
 def accepts(*mimetypes: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -220,39 +235,3 @@ def register_error_handlers(app: Flask) -> None:
             raise exc
         log.exception("unhandled error")
         return error_response(500, "The server could not complete the request.")
-
-
-# --------------------------------------------------------------------------- security
-
-
-def protected(*scopes: str, kinds: tuple[str, ...] | None = None,
-              any_of: bool = False) -> Callable[..., Any]:
-    """Require a bearer token with every one of ``scopes`` (with ``any_of``, at least one;
-    the view then checks which it needs) and, if given, a client of one of ``kinds``.
-    Put it above ``@blp.arguments`` so that an anonymous request is refused with 401
-    before its body is validated."""
-    from coalition.oauth.server import require_token
-
-    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
-        @wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if any_of:
-                principal = require_token([], kinds)
-                if not principal.scopes & set(scopes):
-                    raise InsufficientScope(
-                        f"This call needs one of the scopes: {' '.join(scopes)}")
-            else:
-                require_token(list(scopes), kinds)
-            return view(*args, **kwargs)
-
-        doc = Blueprint.doc(
-            # OpenAPI: scopes in one requirement are all needed; alternatives are a list
-            security=[{"oauth2": [scope]} for scope in scopes] if any_of
-            else [{"oauth2": list(scopes)}],
-            # by name, so that flask-smorest registers the components (a bare $ref would
-            # point at nothing unless some other operation named them)
-            responses={"401": "UNAUTHORIZED", "403": "FORBIDDEN"},
-        )
-        return doc(wrapper)
-
-    return decorator
