@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from coalition.clock import utcnow  # noqa: F401 - the clock, for this module's callers
 from coalition.money import canonical
 
 NAMING_CONVENTION = {
@@ -119,10 +120,6 @@ Rate = Annotated[Decimal, mapped_column(ExactDecimal(24, 8))]
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # --------------------------------------------------------------------------- engine

@@ -34,11 +34,11 @@ from sqlalchemy import Select, exists, func, select, union, update
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
+from coalition.clock import add_months
 from coalition.db import UnitOfWork, read, run_with_retries, utcnow
 from coalition.ledger import journal
 from coalition.ledger.journal import LedgerInconsistency, Take
 from coalition.ledger.models import Hold, Lot, LotMovement, Member, Wallet
-from coalition.ledger.service import add_months
 from coalition.program.service import load_rules
 
 #: members settled per candidate query (keyset pages, so memory stays flat)

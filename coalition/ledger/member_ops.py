@@ -69,11 +69,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, extract, func, literal, or_, select, update
+from sqlalchemy import delete, extract, func, or_, select, update
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
 from coalition.audit.service import Actor, record
+from coalition.clock import add_months
 from coalition.db import UnitOfWork, read, run_with_retries, utcnow
 from coalition.errors import (
     BalanceLimit,
@@ -86,7 +87,7 @@ from coalition.errors import (
     NotFound,
     TransferLimit,
 )
-from coalition.ledger import journal
+from coalition.ledger import journal, tiers
 from coalition.ledger.journal import Balance, LedgerInconsistency, Take
 from coalition.ledger.models import (
     Entry,
@@ -98,7 +99,7 @@ from coalition.ledger.models import (
     Posting,
     Wallet,
 )
-from coalition.ledger.service import Outcome, add_months, request_hash, void_hold
+from coalition.ledger.service import Outcome, request_hash, void_hold
 from coalition.models import Partner
 from coalition.program.service import Rules, rules_in_force
 
@@ -562,65 +563,33 @@ def _grant_birthday(member_id: int, as_of: date, points: int) -> bool:
         return True
 
 
-def _qualifying(since: datetime, member_ids: list[int] | None = None) -> Any:
-    """Qualifying points per member: earns less earn reversals booked after ``since``,
-    with those of the members merged into it."""
-    signed = case((_e.kind == "earn", _e.points), else_=-_e.points)
-    owner = func.coalesce(_m.merged_into_id, _m.id)
-    query = (select(owner.label("member_id"), func.sum(signed).label("points"))
-             .select_from(Entry.__table__.join(Member.__table__, _m.id == _e.member_id))
-             .where(_e.kind.in_(("earn", "earn_reversal")), _e.booked_at > since))
-    if member_ids is not None:
-        query = query.where(_e.member_id.in_(member_ids))
-    return query.group_by(owner)
-
-
-def _tier_rank(rules: Rules, tier: Any, *, unknown: int) -> Any:
-    """SQL: the rank of a tier code in the program (``unknown`` for a code it no longer
-    has)."""
-    return case(*[(tier == t["code"], literal(i)) for i, t in enumerate(rules["tiers"])],
-                else_=literal(unknown))
-
-
-def _reached_rank(rules: Rules, points: Any) -> Any:
-    tiers = list(enumerate(rules["tiers"]))
-    return case(*[(points >= t["threshold"], literal(i)) for i, t in reversed(tiers)],
-                else_=literal(0))
-
-
-def _reached(rules: Rules, points: int) -> str:
-    # reversals in the window of earns from before it can make the total negative: the
-    # first tier (threshold 0) is the floor
-    return [t["code"] for t in rules["tiers"] if t["threshold"] <= max(points, 0)][-1]
-
-
 def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None) -> None:
     """Move down every active member whose qualifying points over the 12 months before
     ``as_of`` no longer reach their tier (upgrades happen at earn time)."""
     with read() as session:
         rules = rules_in_force(session)
-    tiers = rules["tiers"]
-    since = add_months(datetime.combine(as_of, time(), UTC), -12)
-    qualifying = _qualifying(since).subquery()
+    first = rules["tiers"][0]["code"]
+    now = datetime.combine(as_of, time(), UTC)
+    qualifying = tiers.qualifying_by_member(tiers.window_start(now)).subquery()
     points = func.coalesce(qualifying.c.points, 0)
-    current = _tier_rank(rules, _m.tier, unknown=len(tiers))
+    current = tiers.rank_sql(rules, _m.tier, unknown=len(rules["tiers"]))
     due = (
         select(_m.id)
         .select_from(Member.__table__.outerjoin(qualifying,
                                                 qualifying.c.member_id == _m.id))
-        .where(_m.status == "active", _m.tier != tiers[0]["code"],
-               current > _reached_rank(rules, points))
+        .where(_m.status == "active", _m.tier != first,
+               current > tiers.reached_rank_sql(rules, points))
     )
     with read() as session:
         summary.tier_members_checked = session.scalar(
-            select(func.count()).where(_m.status == "active", _m.tier != tiers[0]["code"])
+            select(func.count()).where(_m.status == "active", _m.tier != first)
         ) or 0
         candidates = list(session.scalars(due.order_by(_m.id)))
     if progress:
         progress("tiers", 0, len(candidates))
     for done, member_id in enumerate(candidates, 1):
         try:
-            moved = run_with_retries(lambda m=member_id: _downgrade(m, rules, since))
+            moved = run_with_retries(lambda m=member_id: _downgrade(m, rules, now))
         except (CoalitionError, LedgerInconsistency) as exc:
             summary.failures.append({"member_id": member_id, "step": "tier",
                                      "error": str(exc)})
@@ -633,7 +602,7 @@ def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None) -
             progress("tiers", done, len(candidates))
 
 
-def _downgrade(member_id: int, rules: Rules, since: datetime) -> tuple[str, str] | None:
+def _downgrade(member_id: int, rules: Rules, now: datetime) -> tuple[str, str] | None:
     """Under the wallet lock (which every earn takes before it upgrades), decide again
     from the committed earns, and move the member down if they no longer qualify."""
     with UnitOfWork() as uow:
@@ -642,16 +611,9 @@ def _downgrade(member_id: int, rules: Rules, since: datetime) -> tuple[str, str]
         member = _state(session, member_id)
         if member.status != "active":
             return None
-        row = session.execute(
-            _qualifying(since, member_ids_of(member_id, session))).first()
-        reached = _reached(rules, int(row.points) if row else 0)
-        codes = [t["code"] for t in rules["tiers"]]
-        current = codes.index(member.tier) if member.tier in codes else len(codes)
-        if current <= codes.index(reached):
+        reached = tiers.downgrade(session, member_id, member.tier, rules, now)
+        if reached is None:
             return None
-        session.execute(update(Member.__table__)
-                        .where(_m.id == member_id, _m.tier == member.tier)
-                        .values(tier=reached))
         uow.commit()
         return member.tier, reached
 
@@ -746,12 +708,7 @@ def _absorb_member_row(session: Session, rules: Rules, absorbed_id: int,
                        survivor_id: int) -> None:
     x = session.get_one(Member, absorbed_id)
     s = session.get_one(Member, survivor_id)
-    codes = [t["code"] for t in rules["tiers"]]
-
-    def rank(tier: str) -> int:
-        return codes.index(tier) if tier in codes else -1
-
-    if rank(x.tier) > rank(s.tier):
+    if tiers.rank(rules, x.tier, unknown=-1) > tiers.rank(rules, s.tier, unknown=-1):
         s.tier = x.tier
     # the survivor gains the personal data it lacks; the absorbed row keeps none of it
     s.email = s.email or x.email

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import calendar
 import hashlib
 import json
 from collections.abc import Callable
@@ -21,10 +20,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from coalition.clock import add_months
 from coalition.db import UnitOfWork, read, run_with_retries, utcnow
 from coalition.errors import (
     BalanceLimit,
@@ -38,7 +38,7 @@ from coalition.errors import (
     NoRateCard,
     NotFound,
 )
-from coalition.ledger import journal
+from coalition.ledger import journal, tiers
 from coalition.ledger.journal import Balance, LedgerInconsistency, Take
 from coalition.ledger.members import MemberRef, active_member
 from coalition.ledger.models import (
@@ -52,7 +52,7 @@ from coalition.ledger.models import (
 )
 from coalition.models import Partner, RateCard
 from coalition.money import floor_points
-from coalition.program.service import Rules, rules_in_force
+from coalition.program.service import rules_in_force
 
 #: an ``occurred_at`` may run ahead of the server clock by this much (till clocks drift)
 CLOCK_SKEW = timedelta(minutes=5)
@@ -246,14 +246,6 @@ def _check_occurred(occurred_at: datetime | None, now: datetime) -> None:
                              errors={"occurred_at": ["Must not be in the future."]})
 
 
-def add_months(moment: datetime, months: int) -> datetime:
-    """The same day and time ``months`` later, clamped to the month's last day."""
-    month_index = moment.month - 1 + months
-    year, month = moment.year + month_index // 12, month_index % 12 + 1
-    day = min(moment.day, calendar.monthrange(year, month)[1])
-    return moment.replace(year=year, month=month, day=day)
-
-
 def _debit(session: Session, member: MemberRef, now: datetime, available: int = 0,
            held: int = 0, pending: int = 0) -> Balance:
     balance = journal.change_wallet(session, member.id, available=available, held=held,
@@ -265,40 +257,6 @@ def _debit(session: Session, member: MemberRef, now: datetime, available: int = 
             raise BalanceLimit("The member's balance would exceed the largest allowed.")
         raise InsufficientPoints(f"Member {member.member_number} does not have enough points.")
     return balance
-
-
-def _tier_multiplier(rules: Rules, tier: str) -> Decimal:
-    for t in rules["tiers"]:
-        if t["code"] == tier:
-            return t["multiplier"]
-    return Decimal(1)
-
-
-def _upgrade_tier(session: Session, member: MemberRef, rules: Rules, now: datetime) -> None:
-    """Upgrade at the earn that crosses a threshold (downgrades are the daily job's)."""
-    tiers = rules["tiers"]
-    codes = [t["code"] for t in tiers]
-    # the tier as it is now, under the wallet lock: the daily job may have moved the
-    # member down since ``member`` was read
-    tier = session.scalar(select(Member.tier).where(Member.id == member.id)) or member.tier
-    if len(tiers) < 2 or (tier in codes and codes.index(tier) == len(codes) - 1):
-        return
-    e = Entry.__table__.c
-    since = add_months(now, -12)
-    # the member's own entries and those of members merged into it
-    whose = e.member_id.in_(select(Member.id).where(
-        or_(Member.id == member.id, Member.merged_into_id == member.id)))
-    earned = session.scalar(select(func.coalesce(func.sum(e.points), 0)).where(
-        whose, e.kind == "earn", e.booked_at > since)) or 0
-    reversed_ = session.scalar(select(func.coalesce(func.sum(e.points), 0)).where(
-        whose, e.kind == "earn_reversal", e.booked_at > since)) or 0
-    # below zero when an earn from before the window was reversed in it: the first tier
-    qualifying = max(int(earned) - int(reversed_), 0)
-    reached = [t["code"] for t in tiers if t["threshold"] <= qualifying][-1]
-    current = codes.index(tier) if tier in codes else 0
-    if codes.index(reached) > current:
-        session.execute(update(Member.__table__).where(Member.id == member.id)
-                        .values(tier=reached))
 
 
 # --------------------------------------------------------------------------- earn / burn
@@ -355,7 +313,7 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
                 raise NoRateCard("The partner has no rate card in force yet: settlement "
                                  "could not price this booking.")
             points = floor_points(spend["amount"] * earn_rate
-                                  * _tier_multiplier(rules, member.tier))
+                                  * tiers.multiplier(rules, member.tier))
             if points < 1:
                 raise InvalidRequest("The spend earns no points.",
                                      errors={"spend": {"amount": ["Earns no points."]}})
@@ -386,7 +344,7 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
             entry_id=entry_id, points=points, earned_at=now, expires_at=expires_at,
             pending_until=pending_until,
         )
-        _upgrade_tier(session, member, rules, now)
+        tiers.upgrade(session, member.id, member.tier, rules, now)
         return transaction_body(
             entry_id=entry_id, kind="earn", partner_code=partner.code,
             member_number=member.member_number, partner_txn_id=data["partner_txn_id"],

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from coalition.clock import add_months
 from coalition.db import UnitOfWork, utcnow
 from coalition.ledger import journal, member_ops
 from coalition.ledger.member_ops import daily
 from coalition.ledger.models import Lot, Member
-from coalition.ledger.service import add_months
 from coalition.program.schemas import ProgramRulesSchema
 from coalition.program.service import publish_rules
 from tests.coalition.ledger_helpers import (

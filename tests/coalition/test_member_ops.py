@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, text
 
+from coalition.clock import add_months
 from coalition.db import UnitOfWork, db
 from coalition.errors import IdempotencyConflict
 from coalition.ledger import member_ops, numbers
 from coalition.ledger.models import Entry, Hold, Member, Wallet
-from coalition.ledger.service import add_months
 from partners.service import partner_id
 from tests.coalition.ledger_helpers import PRICED_FROM, book_earn
 from tests.coalition.member_ops_support import (
