@@ -389,7 +389,7 @@ def member_merge(absorbed: str, survivor: str, as_json: bool) -> None:
     from coalition.audit.service import cli_actor
     from coalition.errors import CoalitionError
     from coalition.ledger import numbers
-    from coalition.ledger.member_ops import merge
+    from coalition.ledger.merge import merge
 
     for name, value in (("ABSORBED", absorbed), ("SURVIVOR", survivor)):
         if not numbers.is_valid(value):
@@ -419,7 +419,7 @@ def daily_command(as_of: str | None, as_json: bool) -> None:
     from datetime import date
 
     from coalition.db import utcnow
-    from coalition.ledger.member_ops import daily
+    from coalition.ledger.daily import daily
 
     today = utcnow().date()
     if as_of is None:

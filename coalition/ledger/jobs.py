@@ -8,7 +8,7 @@ hand, and running again finishes the job. Everything it does is decided by the s
 finds under the member's wallet lock, so a second run with the same ``as_of`` (or two runs
 at once) books nothing twice::
 
-    summary = expire(utcnow())
+    summary = expire(clock.utcnow())
 
 For each member, in this order (so that points a voided hold returns, and points released
 from pending, are themselves expired when they are due):
@@ -34,8 +34,9 @@ from sqlalchemy import Select, exists, func, select, union, update
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
+from coalition import clock
 from coalition.clock import add_months
-from coalition.db import UnitOfWork, read, run_with_retries, utcnow
+from coalition.db import UnitOfWork, read, run_with_retries
 from coalition.ledger import journal
 from coalition.ledger.journal import LedgerInconsistency, Take
 from coalition.ledger.models import Hold, Lot, LotMovement, Member, Wallet
@@ -184,7 +185,7 @@ def _settle(member_id: int, as_of: datetime, policy: _Policy) -> _Settled:
     """Everything due for one member, in one transaction under the member's wallet lock."""
     with UnitOfWork() as uow:
         session = uow.session
-        now = utcnow()
+        now = clock.utcnow()
         try:
             journal.lock_wallet(session, member_id)
         except NoResultFound as exc:

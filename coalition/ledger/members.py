@@ -18,9 +18,11 @@ from sqlalchemy import bindparam, delete, func, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from coalition.db import UnitOfWork, read, run_with_retries, utcnow
+from coalition import clock
+from coalition.db import UnitOfWork, read, run_with_retries
 from coalition.errors import AlreadyExists, MemberClosed, MemberMerged, NotFound
 from coalition.ledger import numbers
+from coalition.ledger.bonuses import book_welcome_bonus
 from coalition.ledger.expiring import by_date
 from coalition.ledger.models import Lot, Member, MemberConsent, MemberLink, Wallet
 from coalition.member.signin import activation_digest, display_code, new_activation_code
@@ -172,14 +174,12 @@ def _create(session: Session, partner_id: int, email: str | None, name: str | No
         insert(Member.__table__).values(
             member_number=numbers.new_number(), status="active",
             tier=rules["tiers"][0]["code"], email=email, name=name, birth_date=birth_date,
-            enrolled_by=partner_id, created_at=utcnow(),
+            enrolled_by=partner_id, created_at=clock.utcnow(),
             activation_code_hash=activation_code_hash,
         ).returning(literal_column("id"))
     ).scalar_one()
     session.execute(insert(Wallet.__table__).values(
         member_id=member_id, available=0, pending=0, held=0, version=0))
-    from coalition.ledger.member_ops import book_welcome_bonus
-
     book_welcome_bonus(session, member_id, rules)  # in the enrolment's unit of work
     return member_id
 
@@ -189,7 +189,7 @@ def _link(session: Session, partner_id: int, ref: str, member_id: int, *,
           birth_date: date | None = None) -> None:
     session.execute(insert(MemberLink.__table__).values(
         partner_id=partner_id, partner_member_ref=ref, member_id=member_id,
-        created_at=utcnow(), email=email, name=name, birth_date=birth_date))
+        created_at=clock.utcnow(), email=email, name=name, birth_date=birth_date))
 
 
 # --------------------------------------------------------------------------- consents
@@ -227,7 +227,7 @@ def set_consent(member_id: int, partner_code: str, share: bool) -> dict[str, Any
             current = session.get(MemberConsent, (member_id, partner.id))
             if share and current is None:
                 current = MemberConsent(member_id=member_id, partner_id=partner.id,
-                                        granted_at=utcnow())
+                                        granted_at=clock.utcnow())
                 session.add(current)
             elif not share and current is not None:
                 session.execute(delete(MemberConsent.__table__).where(

@@ -19,10 +19,11 @@ from coalition.clock import add_months
 from coalition.db import read, utcnow
 from coalition.errors import NotFound
 from coalition.ledger.expiring import by_date
-from coalition.ledger.member_ops import member_entries, member_ids_of, sender_label
+from coalition.ledger.history import decode_cursor, encode_cursor
+from coalition.ledger.lookup import member_entries, member_ids_of
 from coalition.ledger.models import Entry, Hold, Lot, Member, Posting, Wallet
-from coalition.ledger.service import _decode_cursor, _encode_cursor
 from coalition.ledger.tiers import qualifying_points
+from coalition.ledger.transfers import sender_label
 from coalition.models import Partner
 from coalition.program.service import load_rules
 
@@ -182,7 +183,7 @@ def transactions(member_id: int, args: dict[str, Any]) -> dict[str, Any]:
         if args.get("type"):
             query = query.where(Entry.kind == args["type"])
         if args.get("cursor"):
-            query = query.where(Entry.id < _decode_cursor(args["cursor"]))
+            query = query.where(Entry.id < decode_cursor(args["cursor"]))
         rows = session.scalars(query.order_by(Entry.id.desc()).limit(limit + 1)).all()
         page = rows[:limit]
         changes: dict[int, dict[str, int]] = defaultdict(
@@ -221,4 +222,4 @@ def transactions(member_id: int, args: dict[str, Any]) -> dict[str, Any]:
             })
         more = len(rows) > limit
         return {"items": items,
-                "next_cursor": _encode_cursor(page[-1].id) if more else None}
+                "next_cursor": encode_cursor(page[-1].id) if more else None}

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from coalition.clock import add_months
 from coalition.db import UnitOfWork, read, utcnow
-from coalition.ledger import member_ops
+from coalition.ledger import daily, merge, transfers
 from coalition.ledger.models import Entry, Lot, Member
 from coalition.ledger.tiers import qualifying_points
 from tests.coalition.member_support import active_member, bearer_of, member_token
@@ -169,7 +169,7 @@ def test_after_a_merge_me_shows_the_qualifying_points_the_daily_job_uses(
     survivor = active_member(client, northwind, "cust-s")
     earn(client, northwind, absorbed.member_number, "x1", 700)
     earn(client, northwind, survivor.member_number, "s1", 400)
-    member_ops.merge(absorbed.member_number, survivor.member_number, operator="test")
+    merge.merge(absorbed.member_number, survivor.member_number, operator="test")
     assert member_row(survivor.member_number).tier == "blue"
     earn(client, northwind, survivor.member_number, "s2", 1)  # 700 + 400 + 1: silver
     assert member_row(survivor.member_number).tier == "silver"
@@ -180,7 +180,7 @@ def test_after_a_merge_me_shows_the_qualifying_points_the_daily_job_uses(
     assert tier["next_tier"]["code"] == "gold" and tier["points_to_next_tier"] == 3899
 
     # the daily job counts the same points: the survivor keeps its tier
-    summary = member_ops.daily(utcnow().date())
+    summary = daily.daily(utcnow().date())
     assert summary.tier_downgrades == 0 and summary.failures == []
     assert member_row(survivor.member_number).tier == "silver"
 
@@ -227,7 +227,7 @@ def test_history_across_partners_newest_first(client, operator_headers, partners
                                              "points": 120}, headers=skyline)
     assert response.status_code == 201
     earn(client, skyline, friend.member_number, "f1", 25)
-    member_ops.transfer(member_id_of(friend.member_number), number, 25)
+    transfers.transfer(member_id_of(friend.member_number), number, 25)
     headers = bearer_of(member_token(client, member))
 
     page = client.get("/v1/me/transactions", headers=headers).get_json()
