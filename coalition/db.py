@@ -239,6 +239,10 @@ class UnitOfWork:
         self.session.commit()
 
 
+#: what a use case opens its unit of work with: a job or a test can hand in its own
+Units = Callable[[], UnitOfWork]
+
+
 T = TypeVar("T")
 
 # PostgreSQL: serialization_failure, deadlock_detected.

@@ -7,6 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from coalition.errors import InsufficientScope
 from coalition.ledger import earn_burn, history, holds, members, reversals
 from coalition.ledger.booking import PartnerRef
 from coalition.ledger.idempotency import Outcome
@@ -225,8 +226,15 @@ class Reversals(MethodView):
 
         An earn reversal needs ``points:earn``; a burn or capture reversal ``points:burn``.
         """
-        return _answer(reversals.reverse(_partner(), transaction_id, data,
-                                       scopes=current_principal().scopes))
+        scopes = current_principal().scopes
+        may_reverse = {kind for kind in ("earn", "burn") if f"points:{kind}" in scopes}
+        try:
+            outcome = reversals.reverse(_partner(), transaction_id, data,
+                                        may_reverse=may_reverse)
+        except reversals.ReversalNotPermitted as exc:
+            raise InsufficientScope(f"Reversing a {exc.kind} needs the scope "
+                                    f"points:{exc.needs}.") from None
+        return _answer(outcome)
 
 
 @blp.route("/transactions")

@@ -1,5 +1,13 @@
 """Coalition-funded bonuses: the welcome bonus (pending until the member's first earn
 from a spend releases it) and the birthday bonus.
+
+* **bonus** of n (coalition-funded): coalition:funded −n, member:available +n; a lot of
+  source ``bonus`` with no origin partner and the program's expiry. Note ``welcome`` or
+  ``birthday``. A bonus is not the member's activity (``last_activity_at`` stays).
+  The welcome bonus goes to member:pending instead, in a pending lot with no release
+  date: it cannot be farmed (enrol, burn the bonus at the enrolling partner) because it
+  becomes spendable only with the member's first earn from a spend, at any partner
+  (:func:`coalition.ledger.earn_burn.earn` releases it).
 """
 
 from __future__ import annotations
@@ -13,17 +21,12 @@ from sqlalchemy.orm import Session
 
 from coalition import clock
 from coalition.clock import add_months
-from coalition.db import UnitOfWork
-from coalition.errors import (
-    BalanceLimit,
-)
+from coalition.db import UnitOfWork, Units
+from coalition.errors import BalanceLimit
 from coalition.ledger import journal
 from coalition.ledger.journal import LedgerInconsistency
 from coalition.ledger.lookup import lock_members
-from coalition.ledger.models import (
-    Lot,
-    Member,
-)
+from coalition.ledger.models import Lot, Member
 from coalition.program.service import Rules, rules_in_force
 
 _m = Member.__table__.c
@@ -115,8 +118,8 @@ def birthday_conditions(as_of: date) -> list[Any]:
     ]
 
 
-def grant_birthday(member_id: int, as_of: date, points: int) -> bool:
-    with UnitOfWork() as uow:
+def grant_birthday(member_id: int, as_of: date, points: int, *, units: Units = UnitOfWork) -> bool:
+    with units() as uow:
         session = uow.session
         lock_members(session, member_id)
         # the guard that makes the bonus once a year: only one run can move the year on

@@ -11,11 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coalition.db import read
-from coalition.errors import (
-    BalanceLimit,
-    InsufficientPoints,
-    InvalidRequest,
-)
+from coalition.errors import BalanceLimit, InsufficientPoints, InvalidRequest
 from coalition.ledger import journal
 from coalition.ledger.journal import Balance
 from coalition.ledger.members import MemberRef

@@ -1,4 +1,8 @@
 """Closing a member's account: open holds voided, points forfeited, personal data erased.
+
+* **forfeiture** at closure: open holds are voided first, then member:available −a and
+  member:pending −p against coalition:forfeited; every lot's remaining is taken (lot
+  movements) and the lots are ``forfeited``.
 """
 
 from __future__ import annotations
@@ -8,18 +12,11 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from coalition import clock
-from coalition.db import UnitOfWork, run_with_retries
+from coalition.db import UnitOfWork, Units, run_with_retries
 from coalition.ledger import journal
 from coalition.ledger.journal import LedgerInconsistency, Take
 from coalition.ledger.lookup import lock_members, member_state, require_active
-from coalition.ledger.models import (
-    Hold,
-    Lot,
-    Member,
-    MemberConsent,
-    MemberLink,
-    Wallet,
-)
+from coalition.ledger.models import Hold, Lot, Member, MemberConsent, MemberLink, Wallet
 from coalition.ledger.voiding import void_hold
 from coalition.oauth.models import OAuthAuthorizationCode, OAuthToken
 
@@ -35,13 +32,13 @@ _ERASED: dict[str, Any] = {"name": None, "email": None, "birth_date": None,
                            "locked_until": None}
 
 
-def close(member_id: int) -> dict[str, Any]:
+def close(member_id: int, *, units: Units = UnitOfWork) -> dict[str, Any]:
     """Close the member's account: open holds are voided, the remaining points forfeited
     (one ``forfeiture`` entry), personal data erased and partner links removed, sign-in
     ended. The row and its number stay, so the number is never given out again and the
     journal keeps its numbers."""
     def attempt() -> dict[str, Any]:
-        with UnitOfWork() as uow:
+        with units() as uow:
             session = uow.session
             now = clock.utcnow()
             lock_members(session, member_id)

@@ -1,5 +1,4 @@
-"""The daily job: birthday bonuses and tier downgrades for a day; safe to rerun.
-"""
+"""The daily job: birthday bonuses and tier downgrades for a day; safe to rerun."""
 
 from __future__ import annotations
 
@@ -10,17 +9,13 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from coalition.db import UnitOfWork, read, run_with_retries
-from coalition.errors import (
-    CoalitionError,
-)
+from coalition.db import UnitOfWork, Units, read, run_with_retries
+from coalition.errors import CoalitionError
 from coalition.ledger import tiers
 from coalition.ledger.bonuses import birthday_conditions, grant_birthday
 from coalition.ledger.journal import LedgerInconsistency
 from coalition.ledger.lookup import lock_members, member_state
-from coalition.ledger.models import (
-    Member,
-)
+from coalition.ledger.models import Member
 from coalition.program.service import Rules, rules_in_force
 
 _m = Member.__table__.c
@@ -49,7 +44,8 @@ class DailySummary:
         return asdict(self)
 
 
-def daily(as_of: date, progress: Progress | None = None) -> DailySummary:
+def daily(as_of: date, progress: Progress | None = None, *,
+          units: Units = UnitOfWork) -> DailySummary:
     """Birthday bonuses and tier downgrades for ``as_of`` (a UTC date); safe to rerun.
 
     Candidates are found with set-based queries; each member is then handled in a
@@ -58,12 +54,13 @@ def daily(as_of: date, progress: Progress | None = None) -> DailySummary:
     twice and a crash loses at most the member in hand.
     """
     summary = DailySummary(as_of=as_of)
-    _birthdays(as_of, summary, progress)
-    _downgrades(as_of, summary, progress)
+    _birthdays(as_of, summary, progress, units)
+    _downgrades(as_of, summary, progress, units)
     return summary
 
 
-def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None) -> None:
+def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None,
+               units: Units) -> None:
     with read() as session:
         rules = rules_in_force(session)
     points = rules["bonuses"]["birthday"]
@@ -85,7 +82,7 @@ def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None) ->
         for member_id in page:
             try:
                 granted = run_with_retries(
-                    lambda m=member_id: grant_birthday(m, as_of, points))
+                    lambda m=member_id: grant_birthday(m, as_of, points, units=units))
             except (CoalitionError, LedgerInconsistency) as exc:
                 summary.failures.append({"member_id": member_id, "step": "birthday",
                                          "error": str(exc)})
@@ -99,7 +96,8 @@ def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None) ->
         after = page[-1]
 
 
-def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None) -> None:
+def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None,
+                units: Units) -> None:
     """Move down every active member whose qualifying points over the 12 months before
     ``as_of`` no longer reach their tier (upgrades happen at earn time)."""
     with read() as session:
@@ -125,7 +123,7 @@ def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None) -
         progress("tiers", 0, len(candidates))
     for done, member_id in enumerate(candidates, 1):
         try:
-            moved = run_with_retries(lambda m=member_id: _downgrade(m, rules, now))
+            moved = run_with_retries(lambda m=member_id: _downgrade(m, rules, now, units))
         except (CoalitionError, LedgerInconsistency) as exc:
             summary.failures.append({"member_id": member_id, "step": "tier",
                                      "error": str(exc)})
@@ -138,10 +136,11 @@ def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None) -
             progress("tiers", done, len(candidates))
 
 
-def _downgrade(member_id: int, rules: Rules, now: datetime) -> tuple[str, str] | None:
+def _downgrade(member_id: int, rules: Rules, now: datetime,
+               units: Units) -> tuple[str, str] | None:
     """Under the wallet lock (which every earn takes before it upgrades), decide again
     from the committed earns, and move the member down if they no longer qualify."""
-    with UnitOfWork() as uow:
+    with units() as uow:
         session = uow.session
         lock_members(session, member_id)
         member = member_state(session, member_id)

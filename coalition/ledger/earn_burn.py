@@ -13,10 +13,8 @@ from sqlalchemy.orm import Session
 
 from coalition import clock
 from coalition.clock import add_months
-from coalition.errors import (
-    InvalidRequest,
-    NoRateCard,
-)
+from coalition.db import UnitOfWork, Units
+from coalition.errors import InvalidRequest, NoRateCard
 from coalition.ledger import journal, tiers
 from coalition.ledger.bonuses import release_welcome_bonus
 from coalition.ledger.booking import PartnerRef, check_occurred, debit_wallet, partner_of
@@ -34,7 +32,7 @@ _EARN_RATE = (select(RateCard.__table__.c.earn_rate)
 
 
 def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
-         session: Session | None = None) -> Outcome:
+         session: Session | None = None, units: Units = UnitOfWork) -> Outcome:
     """Credit points for a spend (× earn rate × tier multiplier, rounded down) or as given."""
     partner = partner_of(partner_id)
     digest = request_hash("earn", data)
@@ -97,11 +95,11 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
         )
 
     return idempotent(partner, data["partner_txn_id"], digest, work,
-                       lambda s, e: render_transaction(s, e, partner.code), session)
+                      lambda s, e: render_transaction(s, e, partner.code), session, units)
 
 
 def burn(partner_id: int | PartnerRef, data: dict[str, Any], *,
-         session: Session | None = None) -> Outcome:
+         session: Session | None = None, units: Units = UnitOfWork) -> Outcome:
     """Spend points at this partner, from the member's earliest-expiring lots."""
     partner = partner_of(partner_id)
     digest = request_hash("burn", data)
@@ -129,4 +127,4 @@ def burn(partner_id: int | PartnerRef, data: dict[str, Any], *,
         )
 
     return idempotent(partner, data["partner_txn_id"], digest, work,
-                       lambda s, e: render_transaction(s, e, partner.code), session)
+                      lambda s, e: render_transaction(s, e, partner.code), session, units)

@@ -1,5 +1,4 @@
-"""Holds: a partner reserves points (authorise), then captures or cancels them.
-"""
+"""Holds: a partner reserves points (authorise), then captures or cancels them."""
 
 from __future__ import annotations
 
@@ -10,29 +9,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coalition import clock
-from coalition.db import read
-from coalition.errors import (
-    HoldNotOpen,
-    InvalidRequest,
-    MemberClosed,
-    NotFound,
-)
+from coalition.db import UnitOfWork, Units, read
+from coalition.errors import HoldNotOpen, InvalidRequest, MemberClosed, NotFound
 from coalition.ledger import journal
 from coalition.ledger.booking import PartnerRef, debit_wallet, partner_of, partner_ref
 from coalition.ledger.idempotency import Outcome, idempotent, request_hash
 from coalition.ledger.members import active_member
-from coalition.ledger.models import (
-    Entry,
-    Hold,
-    Member,
-    Wallet,
-)
+from coalition.ledger.models import Entry, Hold, Member, Wallet
 from coalition.ledger.rendering import render_hold, render_transaction, transaction_body
 from coalition.ledger.voiding import hold_takes, returning, void_hold
 from coalition.program.service import rules_in_force
 
 
-def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcome:
+def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
+                   units: Units = UnitOfWork) -> Outcome:
     """Move points from available to held until captured, voided or expired."""
     partner = partner_of(partner_id)
     digest = request_hash("hold", data)
@@ -75,7 +65,7 @@ def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any]) -> Outcom
         body["captured_points"] = 0
         return body
 
-    return idempotent(partner, data["partner_txn_id"], digest, work, render)
+    return idempotent(partner, data["partner_txn_id"], digest, work, render, units=units)
 
 
 def _open_hold(session: Session, partner: PartnerRef, hold_id: int, now: datetime) -> Hold:
@@ -91,7 +81,8 @@ def _open_hold(session: Session, partner: PartnerRef, hold_id: int, now: datetim
     return hold
 
 
-def capture_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any]) -> Outcome:
+def capture_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any], *,
+                 units: Units = UnitOfWork) -> Outcome:
     """Capture all or part of a hold as a redemption; the rest returns to available."""
     partner = partner_of(partner_id)
     digest = request_hash("capture", {"hold": hold_id, **data})
@@ -131,10 +122,11 @@ def capture_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any
         )
 
     return idempotent(partner, data["partner_txn_id"], digest, work,
-                       lambda s, e: render_transaction(s, e, partner.code))
+                      lambda s, e: render_transaction(s, e, partner.code), units=units)
 
 
-def cancel_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any]) -> Outcome:
+def cancel_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any], *,
+                units: Units = UnitOfWork) -> Outcome:
     """Void an open hold: every held point returns to available."""
     partner = partner_of(partner_id)
     digest = request_hash("void", {"hold": hold_id, **data})
@@ -158,7 +150,7 @@ def cancel_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any]
         hold = session.scalars(select(Hold).where(Hold.entry_id == entry.reference_id)).one()
         return render_hold(session, hold, partner.code, balance_from=entry)
 
-    return idempotent(partner, data["partner_txn_id"], digest, work, render)
+    return idempotent(partner, data["partner_txn_id"], digest, work, render, units=units)
 
 
 def get_hold(partner_id: int, hold_id: int) -> dict[str, Any]:

@@ -21,16 +21,10 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from coalition.db import UnitOfWork, read, run_with_retries
-from coalition.errors import (
-    CoalitionError,
-    IdempotencyConflict,
-    InvalidRequest,
-)
+from coalition.db import UnitOfWork, Units, read, run_with_retries
+from coalition.errors import CoalitionError, IdempotencyConflict, InvalidRequest
 from coalition.ledger.booking import PartnerRef
-from coalition.ledger.models import (
-    Entry,
-)
+from coalition.ledger.models import Entry
 
 _E = Entry.__table__.c
 _e = Entry.__table__.c
@@ -66,12 +60,13 @@ def idempotent(
     work: Callable[[Session], dict[str, Any]],
     render: Callable[[Session, Entry], dict[str, Any]],
     session: Session | None = None,
+    units: Units = UnitOfWork,
 ) -> Outcome:
     """Run ``work`` (which books one entry and returns the answer) exactly once per id;
     ``render`` rebuilds that answer from the stored entry for a replay.
 
     With ``session``, the booking joins the caller's unit of work (which commits it, or
-    retries it whole); otherwise it is a unit of work of its own.
+    retries it whole); otherwise it is a unit of work of its own, from ``units``.
     """
 
     def replay(session: Session, entry: Entry) -> Outcome:
@@ -82,7 +77,7 @@ def idempotent(
         return Outcome(render(session, entry), replayed=True)
 
     def attempt() -> Outcome:
-        with UnitOfWork() as uow:
+        with units() as uow:
             entry = _existing(uow.session, partner.id, partner_txn_id)
             if entry is not None:
                 return replay(uow.session, entry)
@@ -146,8 +141,8 @@ def keyed_entry(session: Session, member_id: int, key: str | None) -> Entry | No
     return None if entry_id is None else session.get_one(Entry, entry_id)
 
 
-def replay(session: Session, entry: Entry, digest: str,
-            render: Callable[[Session, Entry], dict[str, Any]]) -> Outcome:
+def replay_keyed(session: Session, entry: Entry, digest: str,
+                 render: Callable[[Session, Entry], dict[str, Any]]) -> Outcome:
     if entry.request_hash != digest:
         raise IdempotencyConflict(
             "This Idempotency-Key was already used for a different request.",

@@ -13,17 +13,9 @@ from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
 from coalition.db import read
-from coalition.errors import (
-    MemberClosed,
-    MemberMerged,
-    NotFound,
-)
+from coalition.errors import MemberClosed, MemberMerged, NotFound
 from coalition.ledger import journal
-from coalition.ledger.models import (
-    Entry,
-    Member,
-    Posting,
-)
+from coalition.ledger.models import Entry, Member, Posting
 
 _m = Member.__table__.c
 _p = Posting.__table__.c

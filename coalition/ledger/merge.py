@@ -1,4 +1,9 @@
 """Merging one member into another.
+
+* **merge** of X into S: X's open holds are voided first, then one ``merge`` entry (S's)
+  moves member:available(X) −a → member:available(S) +a and the same for pending; X's
+  lots and partner links are re-pointed to S (lots are working state: the journal keeps
+  X's old entries under X, and :func:`member_ids_of` lets S's history include them).
 """
 
 from __future__ import annotations
@@ -10,11 +15,8 @@ from sqlalchemy.orm import Session
 
 from coalition import clock
 from coalition.audit.service import Actor, record
-from coalition.db import UnitOfWork, run_with_retries
-from coalition.errors import (
-    BalanceLimit,
-    InvalidRequest,
-)
+from coalition.db import UnitOfWork, Units, run_with_retries
+from coalition.errors import BalanceLimit, InvalidRequest
 from coalition.ledger import journal, tiers
 from coalition.ledger.journal import LedgerInconsistency
 from coalition.ledger.lookup import (
@@ -24,14 +26,7 @@ from coalition.ledger.lookup import (
     member_state,
     require_active,
 )
-from coalition.ledger.models import (
-    Hold,
-    Lot,
-    Member,
-    MemberConsent,
-    MemberLink,
-    Wallet,
-)
+from coalition.ledger.models import Hold, Lot, Member, MemberConsent, MemberLink, Wallet
 from coalition.ledger.voiding import void_hold
 from coalition.program.service import Rules, rules_in_force
 
@@ -42,7 +37,7 @@ _link = MemberLink.__table__.c
 
 
 def merge(absorbed_number: str, survivor_number: str, operator: str, *,
-          actor: Actor | None = None) -> dict[str, Any]:
+          actor: Actor | None = None, units: Units = UnitOfWork) -> dict[str, Any]:
     """Merge the member found twice: everything of ``absorbed`` moves to ``survivor``.
 
     Balances (one ``merge`` entry), lots and partner links move; the survivor keeps the
@@ -55,7 +50,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
         raise InvalidRequest(message, errors={"survivor": [message]})
 
     def attempt() -> dict[str, Any]:
-        with UnitOfWork() as uow:
+        with units() as uow:
             session = uow.session
             now = clock.utcnow()
             absorbed = member_by_number(session, absorbed_number, "absorbed")

@@ -1,5 +1,4 @@
-"""Answers as dicts: a booking, a hold, a balance after an entry.
-"""
+"""Answers as dicts: a booking, a hold, a balance after an entry."""
 
 from __future__ import annotations
 
@@ -11,12 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coalition.ledger.journal import Balance
-from coalition.ledger.models import (
-    Entry,
-    Hold,
-    Lot,
-    Member,
-)
+from coalition.ledger.models import Entry, Hold, Lot, Member
 
 
 def member_number_of(session: Session, member_id: int) -> str:

@@ -1,8 +1,8 @@
-"""Reversals: a partner takes back all or part of an earn or a burn.
-"""
+"""Reversals: a partner takes back all or part of an earn or a burn."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -11,24 +11,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coalition import clock
-from coalition.errors import (
-    InsufficientPoints,
-    InsufficientScope,
-    InvalidRequest,
-    MemberClosed,
-    NotFound,
-)
+from coalition.db import UnitOfWork, Units
+from coalition.errors import InsufficientPoints, InvalidRequest, MemberClosed, NotFound
 from coalition.ledger import journal
 from coalition.ledger.booking import PartnerRef, debit_wallet, partner_of
 from coalition.ledger.idempotency import Outcome, idempotent, request_hash
 from coalition.ledger.journal import Take
 from coalition.ledger.members import MemberRef
-from coalition.ledger.models import (
-    Entry,
-    Lot,
-    LotMovement,
-    Member,
-)
+from coalition.ledger.models import Entry, Lot, LotMovement, Member
 from coalition.ledger.rendering import render_transaction
 from coalition.ledger.voiding import returning
 from coalition.money import floor_points
@@ -85,11 +75,20 @@ def _reversal_points(original: Entry, data: dict[str, Any], done: int,
     return points
 
 
+class ReversalNotPermitted(Exception):
+    """The caller may not reverse bookings of this kind (``needs``: ``earn`` or ``burn``)."""
+
+    def __init__(self, kind: str, needs: str) -> None:
+        super().__init__(f"Reversing a {kind} is not permitted.")
+        self.kind, self.needs = kind, needs
+
+
 def reverse(partner_id: int | PartnerRef, transaction_id: int, data: dict[str, Any],
-            scopes: frozenset[str] | None = None, *,
-            session: Session | None = None) -> Outcome:
+            *, may_reverse: Collection[str] | None = None,
+            session: Session | None = None, units: Units = UnitOfWork) -> Outcome:
     """Reverse the partner's own earn, burn or capture, in whole or in part. With
-    ``scopes``, the caller's token must hold the scope of the original's kind."""
+    ``may_reverse``, the caller may reverse only bookings of those kinds (``earn``,
+    ``burn``: a capture is a burn); another is refused with :class:`ReversalNotPermitted`."""
     partner = partner_of(partner_id)
     digest = request_hash("reversal", {"transaction": transaction_id, **data})
 
@@ -100,9 +99,9 @@ def reverse(partner_id: int | PartnerRef, transaction_id: int, data: dict[str, A
             Entry.kind.in_(("earn", "burn", "hold_capture"))))
         if original is None or original.member_id is None:
             raise NotFound(f"No transaction {transaction_id} to reverse.")
-        needed = "points:earn" if original.kind == "earn" else "points:burn"
-        if scopes is not None and needed not in scopes:
-            raise InsufficientScope(f"Reversing a {original.kind} needs the scope {needed}.")
+        needed = "earn" if original.kind == "earn" else "burn"
+        if may_reverse is not None and needed not in may_reverse:
+            raise ReversalNotPermitted(original.kind, needed)
         # a merged member's points and lots moved to the survivor: so does the reversal
         member_id = session.scalar(select(func.coalesce(Member.merged_into_id, Member.id))
                                    .where(Member.id == original.member_id))
@@ -118,7 +117,7 @@ def reverse(partner_id: int | PartnerRef, transaction_id: int, data: dict[str, A
         return render_transaction(session, session.get_one(Entry, entry_id), partner.code)
 
     return idempotent(partner, data["partner_txn_id"], digest, work,
-                       lambda s, e: render_transaction(s, e, partner.code), session)
+                      lambda s, e: render_transaction(s, e, partner.code), session, units)
 
 
 def _reverse_earn(session: Session, partner: PartnerRef, member: MemberRef, original: Entry,

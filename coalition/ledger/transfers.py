@@ -1,4 +1,48 @@
 """Transfers between members and donations to a charity partner.
+
+Each operation is one unit of work, run again from the start on a deadlock or a
+serialization failure. It locks the wallets it touches before it reads anything it decides
+on (lowest member id first when there are two, as :mod:`coalition.ledger.journal` asks),
+so a member's status, balances and lots cannot change under it.
+
+Postings (``coalition ledger check`` verifies them):
+
+* **transfer** A→B of n: member:available(A) −n, member:available(B) +n. A's lots are
+  consumed earliest expiry first; B receives one new lot (source ``transfer``) per part
+  consumed, with that part's origin partner and expiry and ``earned_at`` = now, so
+  settlement still knows whose points they are. The entry is A's (``member_id``), with no
+  partner; the receiver is the other posting (and the entry's note).
+* **donation** of n to charity c: member:available −n, partner:redeemed(c) +n; lots are
+  consumed like a burn (it is a redemption at the charity).
+
+Refusals (every one changes nothing):
+
+* ``transfer_limit`` (409, :class:`~coalition.errors.TransferLimit`): transfers are
+  disabled, the points are below ``min_points`` or above ``max_points``, or the sender's
+  transfers booked since midnight UTC would exceed ``max_points_per_day``. A conflict with
+  the program's current rules rather than malformed input, hence 409 (with the field error
+  on ``points``).
+* ``invalid_request`` (422): a transfer to oneself; a donation to a partner that is not an
+  active charity (or no partner at all).
+* ``not_found`` (404): no member has the receiver's number.
+* ``member_closed`` / ``member_merged`` (409): either member is closed, or was merged (the
+  error names the survivor).
+* ``insufficient_points`` (409), ``balance_limit`` (409).
+
+Idempotency of member requests. A transfer or donation may carry an ``Idempotency-Key``
+(1 to 50 printable ASCII characters, no spaces). It is stored as the entry's
+``partner_txn_id`` in the form ``"<member number> <key>"``: the member number makes it the
+member's own namespace, and the space, which a partner's ``partner_txn_id`` never contains,
+keeps it apart from partner ids (a donation's entry has the charity as its partner, so the
+unique index on (partner, partner_txn_id) covers it too). The guarantee rests on the
+sender's wallet lock: a keyed request takes it *before* it looks for an entry with its key,
+and the entry is committed before the lock is released, so a duplicate, concurrent or late,
+finds the first one's entry (READ COMMITTED reads a fresh snapshot per statement; SQLite
+serialises writers) and answers with it: the original result (``replayed``) for the same
+request, ``idempotency_conflict`` for a different one. Nothing else books entries keyed
+this way, so for a transfer (no partner, where the unique index does not apply) the lock is
+a complete guarantee. A request without a key is always a new transfer: the member app
+should send one so that a retry after a timeout is safe.
 """
 
 from __future__ import annotations
@@ -10,23 +54,19 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coalition import clock
-from coalition.db import UnitOfWork, run_with_retries
-from coalition.errors import (
-    BalanceLimit,
-    InsufficientPoints,
-    InvalidRequest,
-    TransferLimit,
-)
+from coalition.db import UnitOfWork, Units, run_with_retries
+from coalition.errors import BalanceLimit, InsufficientPoints, InvalidRequest, TransferLimit
 from coalition.ledger import journal
-from coalition.ledger.idempotency import Outcome, keyed_entry, replay, request_hash, stored_key
+from coalition.ledger.idempotency import (
+    Outcome,
+    keyed_entry,
+    replay_keyed,
+    request_hash,
+    stored_key,
+)
 from coalition.ledger.journal import Take
 from coalition.ledger.lookup import lock_members, member_by_number, member_state, require_active
-from coalition.ledger.models import (
-    Entry,
-    Lot,
-    Member,
-    Posting,
-)
+from coalition.ledger.models import Entry, Lot, Member, Posting
 from coalition.ledger.rendering import balance_after, balance_dict
 from coalition.models import Partner
 from coalition.program.service import Rules, rules_in_force
@@ -73,7 +113,8 @@ def _check_transfer_rules(session: Session, rules: Rules, sender_id: int, points
 
 
 def transfer(member_id: int, to_member_number: str, points: int, *,
-             request_id: str | None = None, share_name: bool = False) -> Outcome:
+             request_id: str | None = None, share_name: bool = False,
+             units: Units = UnitOfWork) -> Outcome:
     """Give ``points`` of the member's available points to another member.
 
     ``request_id`` is the member's ``Idempotency-Key`` (see the module doc). The receiver
@@ -85,7 +126,7 @@ def transfer(member_id: int, to_member_number: str, points: int, *,
                                        **({"share_name": True} if share_name else {})})
 
     def attempt() -> Outcome:
-        with UnitOfWork() as uow:
+        with units() as uow:
             session = uow.session
             now = clock.utcnow()
             sender = member_state(session, member_id)
@@ -97,7 +138,7 @@ def transfer(member_id: int, to_member_number: str, points: int, *,
             lock_members(session, sender.id, receiver.id)
             existing = keyed_entry(session, sender.id, key)
             if existing is not None:
-                return replay(session, existing, digest, _render_transfer)
+                return replay_keyed(session, existing, digest, _render_transfer)
             # read again under the locks: a closure or merge takes them too
             sender, receiver = member_state(session, sender.id), member_state(session, receiver.id)
             require_active(session, sender)
@@ -165,12 +206,12 @@ def _render_donation(session: Session, entry: Entry) -> dict[str, Any]:
 
 
 def donate(member_id: int, partner_code: str, points: int, *,
-           request_id: str | None = None) -> Outcome:
+           request_id: str | None = None, units: Units = UnitOfWork) -> Outcome:
     """Give ``points`` to a charity partner: a redemption at the charity."""
     digest = request_hash("donation", {"partner": partner_code, "points": points})
 
     def attempt() -> Outcome:
-        with UnitOfWork() as uow:
+        with units() as uow:
             session = uow.session
             now = clock.utcnow()
             member = member_state(session, member_id)
@@ -178,7 +219,7 @@ def donate(member_id: int, partner_code: str, points: int, *,
             lock_members(session, member.id)
             existing = keyed_entry(session, member.id, key)
             if existing is not None:
-                return replay(session, existing, digest, _render_donation)
+                return replay_keyed(session, existing, digest, _render_donation)
             member = member_state(session, member.id)
             require_active(session, member)
             charity = session.execute(

@@ -11,11 +11,7 @@ from sqlalchemy.orm import Session
 
 from coalition.ledger import journal
 from coalition.ledger.journal import Take
-from coalition.ledger.models import (
-    Hold,
-    Lot,
-    LotMovement,
-)
+from coalition.ledger.models import Hold, Lot, LotMovement
 
 
 def hold_takes(session: Session, hold: Hold) -> list[Take]:
