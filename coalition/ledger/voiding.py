@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coalition.ledger import journal
-from coalition.ledger.journal import Take
+from coalition.ledger.journal import LedgerInconsistency, Take
 from coalition.ledger.models import Hold, Lot, LotMovement
 
 
@@ -41,16 +41,22 @@ def returning(reserved: list[Take], points: int) -> list[Take]:
 
 def void_hold(session: Session, hold: Hold, now: datetime, *, status: str,
               partner_txn_id: str | None = None, digest: str | None = None,
-              note: str | None = None) -> int:
-    """Return a hold's points to available (its lots get them back). The caller has
-    locked the member's wallet and checked the hold is open."""
+              note: str | None = None, occurred_at: datetime | None = None) -> int:
+    """Return a hold's points to available (its lots get them back, exactly what the hold
+    took from each). The caller has locked the member's wallet and checked the hold is
+    open; ``status`` is what the hold becomes (``voided``, ``expired``)."""
+    takes = returning(hold_takes(session, hold), hold.points)
+    if sum(t.points for t in takes) != hold.points:
+        raise LedgerInconsistency(f"hold {hold.id}: its lots reserve "
+                                  f"{sum(t.points for t in takes)} of {hold.points} points")
     balance = journal.change_wallet(session, hold.member_id, held=-hold.points,
                                     available=hold.points, activity_at=None)
-    assert balance is not None, "a held amount is always in the wallet"
-    takes = returning(hold_takes(session, hold), hold.points)
+    if balance is None:
+        raise LedgerInconsistency(f"hold {hold.id}: member {hold.member_id} holds less "
+                                  f"than {hold.points} points")
     journal.apply_takes(session, takes)
     entry_id = journal.book_entry(
-        session, kind="hold_void", booked_at=now, points=hold.points,
+        session, kind="hold_void", booked_at=now, occurred_at=occurred_at, points=hold.points,
         partner_id=hold.partner_id, member_id=hold.member_id, partner_txn_id=partner_txn_id,
         request_hash=digest, reference_id=hold.entry_id, balance=balance, takes=takes,
         note=note,
