@@ -14,7 +14,7 @@ from coalition.db import read
 from coalition.errors import BalanceLimit, InsufficientPoints, InvalidRequest
 from coalition.ledger import journal
 from coalition.ledger.journal import Balance
-from coalition.ledger.members import MemberRef
+from coalition.ledger.lookup import MemberRef
 from coalition.models import Partner
 
 #: an ``occurred_at`` may run ahead of the server clock by this much (till clocks drift)

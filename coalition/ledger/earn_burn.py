@@ -19,7 +19,7 @@ from coalition.ledger import journal, tiers
 from coalition.ledger.bonuses import release_welcome_bonus
 from coalition.ledger.booking import PartnerRef, check_occurred, debit_wallet, partner_of
 from coalition.ledger.idempotency import Outcome, idempotent, request_hash
-from coalition.ledger.members import active_member
+from coalition.ledger.lookup import active_member
 from coalition.ledger.rendering import render_transaction, transaction_body
 from coalition.models import RateCard
 from coalition.money import floor_points

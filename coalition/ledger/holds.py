@@ -14,7 +14,7 @@ from coalition.errors import HoldNotOpen, InvalidRequest, MemberClosed, NotFound
 from coalition.ledger import journal
 from coalition.ledger.booking import PartnerRef, debit_wallet, partner_of, partner_ref
 from coalition.ledger.idempotency import Outcome, idempotent, request_hash
-from coalition.ledger.members import active_member
+from coalition.ledger.lookup import active_member
 from coalition.ledger.models import Entry, Hold, Member, Wallet
 from coalition.ledger.rendering import render_hold, render_transaction, transaction_body
 from coalition.ledger.voiding import hold_takes, returning, void_hold

@@ -10,73 +10,24 @@ Linking an existing member number therefore reveals nothing of the member to the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, literal_column, select
+from sqlalchemy import delete, func, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coalition import clock
 from coalition.db import UnitOfWork, read, run_with_retries
-from coalition.errors import AlreadyExists, MemberClosed, MemberMerged, NotFound
+from coalition.errors import AlreadyExists, MemberClosed, NotFound
 from coalition.ledger import numbers
 from coalition.ledger.bonuses import book_welcome_bonus
 from coalition.ledger.expiring import by_date
+from coalition.ledger.lookup import active_member, find_member
 from coalition.ledger.models import Lot, Member, MemberConsent, MemberLink, Wallet
 from coalition.member.signin import activation_digest, display_code, new_activation_code
 from coalition.models import Partner
 from coalition.program.service import load_rules
-
-
-@dataclass(frozen=True)
-class MemberRef:
-    id: int
-    member_number: str
-    status: str
-    tier: str
-
-
-_M, _LINK = Member.__table__.c, MemberLink.__table__.c
-_MEMBER = select(_M.id, _M.member_number, _M.status, _M.tier)
-_BY_NUMBER = _MEMBER.where(_M.member_number == bindparam("number"))
-_BY_REF = _MEMBER.join(MemberLink.__table__, _LINK.member_id == _M.id).where(
-    _LINK.partner_id == bindparam("partner"), _LINK.partner_member_ref == bindparam("ref"))
-
-
-def find_member(
-    session: Session, partner_id: int, member_number: str | None = None,
-    partner_member_ref: str | None = None,
-) -> MemberRef:
-    """The member named by number or by this partner's own reference, or ``NotFound``."""
-    if member_number is not None:
-        row = session.execute(_BY_NUMBER, {"number": member_number}).first()
-        missing = f"No member {member_number}."
-    else:
-        row = session.execute(_BY_REF, {"partner": partner_id,
-                                        "ref": partner_member_ref}).first()
-        missing = f"No member linked to your reference {partner_member_ref!r}."
-    if row is None:
-        raise NotFound(missing)
-    return MemberRef(row.id, row.member_number, row.status, row.tier)
-
-
-def active_member(session: Session, partner_id: int, identity: dict[str, Any]) -> MemberRef:
-    """Like :func:`find_member`, refusing closed and merged members."""
-    member = find_member(session, partner_id, identity.get("member_number"),
-                         identity.get("partner_member_ref"))
-    if member.status == "closed":
-        raise MemberClosed(f"Member {member.member_number} is closed.")
-    if member.status == "merged":
-        survivor = session.scalar(
-            select(Member.member_number).where(
-                Member.id == select(Member.merged_into_id)
-                .where(Member.id == member.id).scalar_subquery()))
-        raise MemberMerged(f"Member {member.member_number} was merged into {survivor}.",
-                           errors={"member_number": [f"Use {survivor}."]})
-    return member
-
 
 PERSONAL_FIELDS = ("name", "email", "birth_date")
 

@@ -20,7 +20,7 @@ from coalition.errors import BalanceLimit, InvalidRequest
 from coalition.ledger import journal, tiers
 from coalition.ledger.journal import LedgerInconsistency
 from coalition.ledger.lookup import (
-    MemberState,
+    MemberRef,
     lock_members,
     member_by_number,
     member_state,
@@ -155,7 +155,7 @@ def _move_consents(session: Session, absorbed_id: int, survivor_id: int) -> None
                     .where(consent.member_id == absorbed_id))
 
 
-def _merge_body(session: Session, absorbed: MemberState, survivor: MemberState,
+def _merge_body(session: Session, absorbed: MemberRef, survivor: MemberRef,
                 entry_id: int | None, moved: dict[str, int],
                 already: bool = False) -> dict[str, Any]:
     wallet = session.execute(select(_w.available, _w.pending, _w.held)

@@ -17,7 +17,7 @@ from coalition.ledger import journal
 from coalition.ledger.booking import PartnerRef, debit_wallet, partner_of
 from coalition.ledger.idempotency import Outcome, idempotent, request_hash
 from coalition.ledger.journal import Take
-from coalition.ledger.members import MemberRef
+from coalition.ledger.lookup import MemberRef
 from coalition.ledger.models import Entry, Lot, LotMovement, Member
 from coalition.ledger.rendering import render_transaction
 from coalition.ledger.voiding import returning
