@@ -19,8 +19,9 @@ from coalition.db import utcnow
 from coalition.errors import CoalitionError
 from coalition.ledger import numbers
 from coalition.ledger.check import check_ledger
+from coalition.ledger.daily import daily
 from coalition.ledger.jobs import expire
-from coalition.ledger.member_ops import daily, merge
+from coalition.ledger.merge import merge
 from coalition.migrations import runner
 from coalition.schemas import UTCTimestamp, rfc3339
 from coalition.wording import plural

@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from coalition.clock import utcnow  # noqa: F401 - the clock, for this module's callers
 from coalition.money import canonical
 
 NAMING_CONVENTION = {
@@ -119,10 +120,6 @@ Rate = Annotated[Decimal, mapped_column(ExactDecimal(24, 8))]
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # --------------------------------------------------------------------------- engine
@@ -240,6 +237,10 @@ class UnitOfWork:
         if self.readonly:
             raise RuntimeError("a read-only unit of work cannot commit")
         self.session.commit()
+
+
+#: what a use case opens its unit of work with: a job or a test can hand in its own
+Units = Callable[[], UnitOfWork]
 
 
 T = TypeVar("T")

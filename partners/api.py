@@ -8,10 +8,11 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import ValidationError
 
-from coalition.errors import InvalidRequest
+from coalition.errors import InsufficientScope, InvalidRequest
 from coalition.http.guard import protected
-from coalition.ledger import members, service
-from coalition.ledger.service import Outcome, PartnerRef
+from coalition.ledger import earn_burn, history, holds, members, reversals
+from coalition.ledger.booking import PartnerRef
+from coalition.ledger.idempotency import Outcome
 from coalition.oauth.server import current_principal
 from partners.api_schemas import (
     BalanceSchema,
@@ -145,7 +146,7 @@ class Earn(MethodView):
     @_txn_errors
     def post(self, data: dict[str, Any]) -> Any:
         """Credit points for a spend or as given."""
-        return _answer(service.earn(_partner(), data))
+        return _answer(earn_burn.earn(_partner(), data))
 
 
 @blp.route("/burn")
@@ -156,7 +157,7 @@ class Burn(MethodView):
     @_txn_errors
     def post(self, data: dict[str, Any]) -> Any:
         """Spend points at your store."""
-        return _answer(service.burn(_partner(), data))
+        return _answer(earn_burn.burn(_partner(), data))
 
 
 # --------------------------------------------------------------------------- holds
@@ -170,7 +171,7 @@ class Holds(MethodView):
     @_txn_errors
     def post(self, data: dict[str, Any]) -> Any:
         """Authorise a burn: hold points until captured or voided."""
-        return _answer(service.authorise_hold(_partner(), data))
+        return _answer(holds.authorise_hold(_partner(), data))
 
 
 @blp.route(f"/holds/<{_ID}:hold_id>")
@@ -180,7 +181,7 @@ class HoldResource(MethodView):
     @blp.alt_response(404, description="No such hold of yours")
     def get(self, hold_id: int) -> Any:
         """One of your holds."""
-        return service.get_hold(_partner_id(), hold_id)
+        return holds.get_hold(_partner_id(), hold_id)
 
 
 @blp.route(f"/holds/<{_ID}:hold_id>/capture")
@@ -193,7 +194,7 @@ class HoldCapture(MethodView):
                       "period_closed")
     def post(self, data: dict[str, Any], hold_id: int) -> Any:
         """Capture a hold in full or in part; the rest returns to the member."""
-        return _answer(service.capture_hold(_partner(), hold_id, data))
+        return _answer(holds.capture_hold(_partner(), hold_id, data))
 
 
 @blp.route(f"/holds/<{_ID}:hold_id>/void")
@@ -205,7 +206,7 @@ class HoldVoid(MethodView):
     @blp.alt_response(409, description="hold_not_open, idempotency_conflict, period_closed")
     def post(self, data: dict[str, Any], hold_id: int) -> Any:
         """Void a hold; every held point returns to the member."""
-        return _answer(service.cancel_hold(_partner(), hold_id, data))
+        return _answer(holds.cancel_hold(_partner(), hold_id, data))
 
 
 # --------------------------------------------------------------------------- reversals, history
@@ -224,8 +225,15 @@ class Reversals(MethodView):
 
         An earn reversal needs ``points:earn``; a burn or capture reversal ``points:burn``.
         """
-        return _answer(service.reverse(_partner(), transaction_id, data,
-                                       scopes=current_principal().scopes))
+        scopes = current_principal().scopes
+        may_reverse = {kind for kind in ("earn", "burn") if f"points:{kind}" in scopes}
+        try:
+            outcome = reversals.reverse(_partner(), transaction_id, data,
+                                        may_reverse=may_reverse)
+        except reversals.ReversalNotPermitted as exc:
+            raise InsufficientScope(f"Reversing a {exc.kind} needs the scope "
+                                    f"points:{exc.needs}.") from None
+        return _answer(outcome)
 
 
 @blp.route("/transactions")
@@ -235,7 +243,7 @@ class Transactions(MethodView):
     @blp.response(200, TransactionPageSchema)
     def get(self, args: dict[str, Any]) -> Any:
         """Your transactions, newest first; follow ``next_cursor`` for more."""
-        return service.list_transactions(_partner_id(), args)
+        return history.list_transactions(_partner_id(), args)
 
 
 @blp.route(f"/transactions/<{_ID}:transaction_id>")
@@ -245,4 +253,4 @@ class TransactionResource(MethodView):
     @blp.alt_response(404, description="No such transaction of yours")
     def get(self, transaction_id: int) -> Any:
         """One of your transactions."""
-        return service.get_transaction(_partner_id(), transaction_id)
+        return history.get_transaction(_partner_id(), transaction_id)

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from coalition.audit.service import SYSTEM, Actor
 from coalition.db import read
 from coalition.errors import InvalidRequest
-from coalition.ledger import service as ledger
+from coalition.ledger import earn_burn, holds, idempotency, reversals
 from coalition.ledger.members import enrol
 from coalition.models import Partner
 from coalition.oauth.clients import create_operator_client
@@ -119,7 +119,7 @@ def load_history(text: str) -> dict[str, Any]:
 
 
 def _book(partner_id: int, row: dict[str, str], member_number: str, reference: int | None,
-          line: int) -> ledger.Outcome:
+          line: int) -> idempotency.Outcome:
     kind = row["type"]
     data: dict[str, Any] = {"partner_txn_id": row["partner_txn_id"]}
     try:
@@ -132,13 +132,13 @@ def _book(partner_id: int, row: dict[str, str], member_number: str, reference: i
         raise InvalidRequest(f"Line {line} of the demo history: {exc}.") from exc
     if kind in ("earn", "burn", "hold"):
         data["member_number"] = member_number
-        book = {"earn": ledger.earn, "burn": ledger.burn, "hold": ledger.authorise_hold}[kind]
+        book = {"earn": earn_burn.earn, "burn": earn_burn.burn, "hold": holds.authorise_hold}[kind]
         return book(partner_id, data)
     if reference is None:
         raise InvalidRequest(f"Line {line} of the demo history refers to "
                              f"{row['reference']!r}, which no earlier line books.")
     if kind == "hold_capture":
-        return ledger.capture_hold(partner_id, reference, data)
+        return holds.capture_hold(partner_id, reference, data)
     if kind == "hold_void":
-        return ledger.cancel_hold(partner_id, reference, data)
-    return ledger.reverse(partner_id, reference, data)
+        return holds.cancel_hold(partner_id, reference, data)
+    return reversals.reverse(partner_id, reference, data)

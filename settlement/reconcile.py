@@ -32,7 +32,7 @@ from coalition.audit import service as audit
 from coalition.audit.service import Actor
 from coalition.db import UnitOfWork, read, run_with_retries, utcnow
 from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
-from coalition.ledger import service as ledger
+from coalition.ledger import booking, earn_burn, reversals
 from coalition.ledger.models import TRANSACTION_TYPES, Entry, Member
 from coalition.ledger.numbers import is_valid
 from coalition.models import Partner
@@ -388,7 +388,7 @@ def resolve(run_id: int, break_id: int, action: str, reason: str, resolved_by: s
 def _adjust(session: Any, brk: Break, partner: Partner) -> tuple[int, int]:
     """Book the correcting transaction in ``session``; its partner_txn_id names the break.
     Returns the entry and the change in the partner transaction's points it makes."""
-    ref = ledger.PartnerRef(partner.id, partner.code, partner.currency)
+    ref = booking.PartnerRef(partner.id, partner.code, partner.currency)
     file = brk.details.get("file")
     ours = brk.details.get("ledger")
     kind = (file or ours or {}).get("type")
@@ -415,10 +415,10 @@ def _adjust(session: Any, brk: Break, partner: Partner) -> tuple[int, int]:
         data = {"member_number": member, "partner_txn_id": txn, "points": difference}
         if file:
             data["occurred_at"] = datetime.fromisoformat(file["occurred_at"])
-        outcome = (ledger.earn(ref, data, session=session) if kind in EARN_LIKE
-                   else ledger.burn(ref, data, session=session))
+        outcome = (earn_burn.earn(ref, data, session=session) if kind in EARN_LIKE
+                   else earn_burn.burn(ref, data, session=session))
     else:
-        outcome = ledger.reverse(ref, ours["entry_id"],
+        outcome = reversals.reverse(ref, ours["entry_id"],
                                  {"partner_txn_id": txn, "points": -difference},
                                  session=session)
     return int(outcome.body["id"]), difference

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from coalition import clock
 from tests.partners.support import RULES, burn, earn, enrol, hold, post_ok
 
 #: the settled periods: [T0, T1) is closed, [T1, T2) is a draft with a break
@@ -35,11 +36,8 @@ def iso(moment: datetime) -> str:
 @contextmanager
 def ledger_clock(moment: datetime) -> Iterator[None]:
     """Book on the ledger as if it were ``moment`` (settlement keeps the real clock)."""
-    from coalition.ledger import jobs, members, service
-
     with pytest.MonkeyPatch.context() as patch:
-        for module in (service, members, jobs):
-            patch.setattr(module, "utcnow", lambda: moment)
+        patch.setattr(clock, "utcnow", lambda: moment)
         yield
 
 

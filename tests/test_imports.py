@@ -12,14 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("coalition", "partners", "settlement", "config")
 
-#: imports inside a function, each for a stated reason: (module, imported module)
-ALLOWED_IN_FUNCTIONS = {
-    # member creation books the welcome bonus of the member operations, which look members
-    # up (a cycle within the ledger, until it is split by use case); closing an account
-    # revokes its OAuth grants
-    ("coalition.ledger.member_ops", "coalition.oauth.models"),
-    ("coalition.ledger.members", "coalition.ledger.member_ops"),
-}
+#: imports inside a function, each for a stated reason: (module, imported module); none
+#: is needed today
+ALLOWED_IN_FUNCTIONS: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -8,7 +8,7 @@ hand, and running again finishes the job. Everything it does is decided by the s
 finds under the member's wallet lock, so a second run with the same ``as_of`` (or two runs
 at once) books nothing twice::
 
-    summary = expire(utcnow())
+    summary = expire(clock.utcnow())
 
 For each member, in this order (so that points a voided hold returns, and points released
 from pending, are themselves expired when they are due):
@@ -34,11 +34,13 @@ from sqlalchemy import Select, exists, func, select, union, update
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
-from coalition.db import UnitOfWork, read, run_with_retries, utcnow
+from coalition import clock
+from coalition.clock import add_months
+from coalition.db import UnitOfWork, read, run_with_retries
 from coalition.ledger import journal
 from coalition.ledger.journal import LedgerInconsistency, Take
 from coalition.ledger.models import Hold, Lot, LotMovement, Member, Wallet
-from coalition.ledger.service import add_months
+from coalition.ledger.voiding import void_hold
 from coalition.program.service import load_rules
 
 #: members settled per candidate query (keyset pages, so memory stays flat)
@@ -184,7 +186,7 @@ def _settle(member_id: int, as_of: datetime, policy: _Policy) -> _Settled:
     """Everything due for one member, in one transaction under the member's wallet lock."""
     with UnitOfWork() as uow:
         session = uow.session
-        now = utcnow()
+        now = clock.utcnow()
         try:
             journal.lock_wallet(session, member_id)
         except NoResultFound as exc:
@@ -198,46 +200,16 @@ def _settle(member_id: int, as_of: datetime, policy: _Policy) -> _Settled:
 
 def _void_expired_holds(session: Session, member_id: int, as_of: datetime,
                         now: datetime) -> tuple[int, int]:
-    holds = session.execute(
-        select(_hold.id, _hold.entry_id, _hold.partner_id, _hold.points)
-        .where(_hold.member_id == member_id, _hold.status == "open",
-               _hold.expires_at <= as_of)
+    holds = session.scalars(
+        select(Hold).where(_hold.member_id == member_id, _hold.status == "open",
+                           _hold.expires_at <= as_of)
         .order_by(_hold.expires_at, _hold.id)
     ).all()
-    unheld = 0
-    for hold_id, hold_entry_id, partner_id, points in holds:
-        # give each lot back exactly what the hold took from it
-        reserved = session.execute(
-            select(_movement.lot_id, _lot.origin_partner_id, -func.sum(_movement.points))
-            .join(Lot.__table__, _lot.id == _movement.lot_id)
-            .where(_movement.entry_id == hold_entry_id)
-            .group_by(_movement.lot_id, _lot.origin_partner_id)
-            .order_by(_movement.lot_id)
-        ).all()
-        takes = [Take(lot_id, origin, int(back)) for lot_id, origin, back in reserved if back]
-        if sum(t.points for t in takes) != points:
-            raise LedgerInconsistency(
-                f"hold {hold_id}: its lots reserve {sum(t.points for t in takes)} "
-                f"of {points} points")
-        balance = journal.change_wallet(session, member_id, available=points, held=-points)
-        if balance is None:
-            raise LedgerInconsistency(f"hold {hold_id}: member {member_id} holds less than "
-                                      f"{points} points")
-        # a lot that expired while some of its points were held takes them back as live
-        # points (apply_takes revives it); step 3 expires them again when they are due
-        journal.apply_takes(session, takes)
-        entry_id = journal.book_entry(
-            session, kind="hold_void", booked_at=now, occurred_at=as_of, points=points,
-            partner_id=partner_id, member_id=member_id, reference_id=hold_entry_id,
-            balance=balance, takes=takes, note="expired",
-            postings=[("member:held", member_id, None, -points),
-                      ("member:available", member_id, None, points)],
-        )
-        session.execute(
-            update(Hold.__table__).where(_hold.id == hold_id, _hold.status == "open")
-            .values(status="expired", closed_by_entry_id=entry_id))
-        unheld += points
-    return len(holds), unheld
+    # a lot that expired while some of its points were held takes them back as live
+    # points (apply_takes revives it); step 3 expires them again when they are due
+    for hold in holds:
+        void_hold(session, hold, now, status="expired", note="expired", occurred_at=as_of)
+    return len(holds), sum(hold.points for hold in holds)
 
 
 def _release(session: Session, member_id: int, as_of: datetime,

@@ -10,71 +10,24 @@ Linking an existing member number therefore reveals nothing of the member to the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, literal_column, select
+from sqlalchemy import delete, func, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from coalition.db import UnitOfWork, read, run_with_retries, utcnow
-from coalition.errors import AlreadyExists, MemberClosed, MemberMerged, NotFound
+from coalition import clock
+from coalition.db import UnitOfWork, read, run_with_retries
+from coalition.errors import AlreadyExists, MemberClosed, NotFound
 from coalition.ledger import numbers
+from coalition.ledger.bonuses import book_welcome_bonus
 from coalition.ledger.expiring import by_date
+from coalition.ledger.lookup import active_member, find_member
 from coalition.ledger.models import Lot, Member, MemberConsent, MemberLink, Wallet
 from coalition.member.signin import activation_digest, display_code, new_activation_code
 from coalition.models import Partner
 from coalition.program.service import load_rules
-
-
-@dataclass(frozen=True)
-class MemberRef:
-    id: int
-    member_number: str
-    status: str
-    tier: str
-
-
-_M, _LINK = Member.__table__.c, MemberLink.__table__.c
-_MEMBER = select(_M.id, _M.member_number, _M.status, _M.tier)
-_BY_NUMBER = _MEMBER.where(_M.member_number == bindparam("number"))
-_BY_REF = _MEMBER.join(MemberLink.__table__, _LINK.member_id == _M.id).where(
-    _LINK.partner_id == bindparam("partner"), _LINK.partner_member_ref == bindparam("ref"))
-
-
-def find_member(
-    session: Session, partner_id: int, member_number: str | None = None,
-    partner_member_ref: str | None = None,
-) -> MemberRef:
-    """The member named by number or by this partner's own reference, or ``NotFound``."""
-    if member_number is not None:
-        row = session.execute(_BY_NUMBER, {"number": member_number}).first()
-        missing = f"No member {member_number}."
-    else:
-        row = session.execute(_BY_REF, {"partner": partner_id,
-                                        "ref": partner_member_ref}).first()
-        missing = f"No member linked to your reference {partner_member_ref!r}."
-    if row is None:
-        raise NotFound(missing)
-    return MemberRef(row.id, row.member_number, row.status, row.tier)
-
-
-def active_member(session: Session, partner_id: int, identity: dict[str, Any]) -> MemberRef:
-    """Like :func:`find_member`, refusing closed and merged members."""
-    member = find_member(session, partner_id, identity.get("member_number"),
-                         identity.get("partner_member_ref"))
-    if member.status == "closed":
-        raise MemberClosed(f"Member {member.member_number} is closed.")
-    if member.status == "merged":
-        survivor = session.scalar(
-            select(Member.member_number).where(
-                Member.id == select(Member.merged_into_id)
-                .where(Member.id == member.id).scalar_subquery()))
-        raise MemberMerged(f"Member {member.member_number} was merged into {survivor}.",
-                           errors={"member_number": [f"Use {survivor}."]})
-    return member
-
 
 PERSONAL_FIELDS = ("name", "email", "birth_date")
 
@@ -172,14 +125,12 @@ def _create(session: Session, partner_id: int, email: str | None, name: str | No
         insert(Member.__table__).values(
             member_number=numbers.new_number(), status="active",
             tier=rules["tiers"][0]["code"], email=email, name=name, birth_date=birth_date,
-            enrolled_by=partner_id, created_at=utcnow(),
+            enrolled_by=partner_id, created_at=clock.utcnow(),
             activation_code_hash=activation_code_hash,
         ).returning(literal_column("id"))
     ).scalar_one()
     session.execute(insert(Wallet.__table__).values(
         member_id=member_id, available=0, pending=0, held=0, version=0))
-    from coalition.ledger.member_ops import book_welcome_bonus
-
     book_welcome_bonus(session, member_id, rules)  # in the enrolment's unit of work
     return member_id
 
@@ -189,7 +140,7 @@ def _link(session: Session, partner_id: int, ref: str, member_id: int, *,
           birth_date: date | None = None) -> None:
     session.execute(insert(MemberLink.__table__).values(
         partner_id=partner_id, partner_member_ref=ref, member_id=member_id,
-        created_at=utcnow(), email=email, name=name, birth_date=birth_date))
+        created_at=clock.utcnow(), email=email, name=name, birth_date=birth_date))
 
 
 # --------------------------------------------------------------------------- consents
@@ -227,7 +178,7 @@ def set_consent(member_id: int, partner_code: str, share: bool) -> dict[str, Any
             current = session.get(MemberConsent, (member_id, partner.id))
             if share and current is None:
                 current = MemberConsent(member_id=member_id, partner_id=partner.id,
-                                        granted_at=utcnow())
+                                        granted_at=clock.utcnow())
                 session.add(current)
             elif not share and current is not None:
                 session.execute(delete(MemberConsent.__table__).where(

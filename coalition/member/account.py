@@ -15,12 +15,15 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from coalition.clock import add_months
 from coalition.db import read, utcnow
 from coalition.errors import NotFound
 from coalition.ledger.expiring import by_date
-from coalition.ledger.member_ops import member_entries, member_ids_of, sender_label
+from coalition.ledger.history import decode_cursor, encode_cursor
+from coalition.ledger.lookup import member_entries, member_ids_of
 from coalition.ledger.models import Entry, Hold, Lot, Member, Posting, Wallet
-from coalition.ledger.service import _decode_cursor, _encode_cursor, add_months
+from coalition.ledger.tiers import qualifying_points
+from coalition.ledger.transfers import sender_label
 from coalition.models import Partner
 from coalition.program.service import load_rules
 
@@ -46,20 +49,6 @@ def _partners(session: Session, ids: set[int]) -> dict[int, tuple[str, str]]:
     rows = session.execute(select(Partner.id, Partner.code, Partner.name)
                            .where(Partner.id.in_(ids))).all()
     return {pid: (code, name) for pid, code, name in rows}
-
-
-def qualifying_points(session: Session, member_id: int, now: datetime) -> tuple[int, datetime]:
-    """Earns less earn reversals booked in the rolling 12 months before ``now`` (the rule
-    the tier upgrade at earn time uses), and the window's start."""
-    since = add_months(now, -12)
-    e = Entry.__table__.c
-    rows = session.execute(
-        select(e.kind, func.coalesce(func.sum(e.points), 0))
-        .where(e.member_id == member_id, e.kind.in_(("earn", "earn_reversal")),
-               e.booked_at > since)
-        .group_by(e.kind)).all()
-    totals = {kind: int(points) for kind, points in rows}
-    return totals.get("earn", 0) - totals.get("earn_reversal", 0), since
 
 
 def _tier(session: Session, member: Member, rules: Any, now: datetime) -> dict[str, Any]:
@@ -194,7 +183,7 @@ def transactions(member_id: int, args: dict[str, Any]) -> dict[str, Any]:
         if args.get("type"):
             query = query.where(Entry.kind == args["type"])
         if args.get("cursor"):
-            query = query.where(Entry.id < _decode_cursor(args["cursor"]))
+            query = query.where(Entry.id < decode_cursor(args["cursor"]))
         rows = session.scalars(query.order_by(Entry.id.desc()).limit(limit + 1)).all()
         page = rows[:limit]
         changes: dict[int, dict[str, int]] = defaultdict(
@@ -233,4 +222,4 @@ def transactions(member_id: int, args: dict[str, Any]) -> dict[str, Any]:
             })
         more = len(rows) > limit
         return {"items": items,
-                "next_cursor": _encode_cursor(page[-1].id) if more else None}
+                "next_cursor": encode_cursor(page[-1].id) if more else None}

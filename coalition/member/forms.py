@@ -14,7 +14,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from coalition.ledger import numbers
-from coalition.ledger.member_ops import IDEMPOTENCY_KEY
+from coalition.ledger.idempotency import IDEMPOTENCY_KEY
 from coalition.member.signin import PASSWORD_MAX, PASSWORD_MIN
 from coalition.schemas import MAX_POINTS
 

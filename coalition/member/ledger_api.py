@@ -1,7 +1,7 @@
 """Member ledger operations over HTTP: ``POST /v1/me/transfers``, ``/v1/me/donations``,
 ``/v1/me/close`` (member tokens), and the operator's ``POST /v1/admin/members/merge``.
 
-Thin: parse, call one service in :mod:`coalition.ledger.member_ops`, serialise.
+Thin: parse, call one use case of :mod:`coalition.ledger`, serialise.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 from coalition.audit.views import current_actor
 from coalition.errors import Forbidden
 from coalition.http.guard import protected
-from coalition.ledger import member_ops
-from coalition.ledger.service import Outcome
+from coalition.ledger import closure, idempotency, merge, transfers
+from coalition.ledger.idempotency import Outcome
 from coalition.oauth.server import current_principal
 from coalition.schemas import (
     MemberNumber,
@@ -46,8 +46,8 @@ class IdempotencyHeaderSchema(Schema):
 
     idempotency_key = fields.String(
         data_key="Idempotency-Key",
-        validate=validate.Regexp(member_ops.IDEMPOTENCY_KEY.pattern,
-                                 error=member_ops.IDEMPOTENCY_KEY_RULE),
+        validate=validate.Regexp(idempotency.IDEMPOTENCY_KEY.pattern,
+                                 error=idempotency.IDEMPOTENCY_KEY_RULE),
         metadata={"description": "makes a retry safe: the same key with the same body "
                   "answers with the original result; with a different body, 409 "
                   "idempotency_conflict. Without it, every request is a new one."})
@@ -171,7 +171,7 @@ class Transfers(MethodView):
     @blp.alt_response(422, description="invalid_request, e.g. a transfer to yourself")
     def post(self, data: dict[str, Any], headers: dict[str, Any]) -> Any:
         """Give points to another member (the program's transfer limits apply)."""
-        return _answer(member_ops.transfer(_member_id(), data["to_member_number"],
+        return _answer(transfers.transfer(_member_id(), data["to_member_number"],
                                            data["points"],
                                            request_id=headers.get("idempotency_key"),
                                            share_name=data["share_name"]))
@@ -190,7 +190,7 @@ class Donations(MethodView):
                       "charity")
     def post(self, data: dict[str, Any], headers: dict[str, Any]) -> Any:
         """Donate points to a charity partner."""
-        return _answer(member_ops.donate(_member_id(), data["partner"], data["points"],
+        return _answer(transfers.donate(_member_id(), data["partner"], data["points"],
                                          request_id=headers.get("idempotency_key")))
 
 
@@ -202,7 +202,7 @@ class Close(MethodView):
     def post(self) -> Any:
         """Close your account: remaining points are forfeited, personal data erased, and
         this token (and every other one of yours) stops working. It cannot be undone."""
-        return member_ops.close(_member_id())
+        return closure.close(_member_id())
 
 
 # --------------------------------------------------------------------------- operator
@@ -220,5 +220,5 @@ class Merge(MethodView):
         """Merge a member found twice: points, lots, links and history move to the
         survivor; the absorbed number answers with a pointer to it from then on."""
         actor = current_actor()
-        return member_ops.merge(data["absorbed"], data["survivor"],
+        return merge.merge(data["absorbed"], data["survivor"],
                                 operator=actor.client_id, actor=actor)

@@ -27,7 +27,7 @@ from marshmallow import Schema, ValidationError
 from coalition.errors import CoalitionError
 from coalition.http.pages import check_csrf, protect_pages
 from coalition.http.signin import PageSignIn, oauth_call
-from coalition.ledger import member_ops, members
+from coalition.ledger import closure, members, transfers
 from coalition.member import account, signin
 from coalition.member.forms import (
     ActivationForm,
@@ -167,7 +167,7 @@ def transfer() -> Any:
                                points=points, share_name=form["share_name"],
                                request_key=form["idempotency_key"] or "")
     try:
-        outcome = member_ops.transfer(member_id, to, points, share_name=form["share_name"],
+        outcome = transfers.transfer(member_id, to, points, share_name=form["share_name"],
                                       request_id=form["idempotency_key"])
     except CoalitionError as refused:
         flash(f"The transfer was not made: {refused.message}", "error")
@@ -184,7 +184,7 @@ def donate() -> Any:
     check_csrf()
     form = _form(DonationForm(), member_id)
     try:
-        outcome = member_ops.donate(member_id, form["partner"], form["points"],
+        outcome = transfers.donate(member_id, form["partner"], form["points"],
                                     request_id=form["idempotency_key"])
     except CoalitionError as refused:
         flash(f"The donation was not made: {refused.message}", "error")
@@ -219,7 +219,7 @@ def close() -> Any:
     check_csrf()
     _form(CloseForm(), member_id)
     try:
-        member_ops.close(member_id)
+        closure.close(member_id)
     except CoalitionError as refused:
         flash(f"The account was not closed: {refused.message}", "error")
         return redirect(url_for(".home"))

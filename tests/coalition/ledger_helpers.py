@@ -17,10 +17,10 @@ from typing import Any
 
 from sqlalchemy import insert, literal_column, select, text
 
+from coalition.clock import add_months
 from coalition.db import UnitOfWork, db
 from coalition.ledger import journal
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Wallet
-from coalition.ledger.service import add_months
 from coalition.program.schemas import ProgramRulesSchema
 from coalition.program.service import load_rules, publish_rules
 

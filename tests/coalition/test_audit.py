@@ -13,6 +13,7 @@ from flask import g
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from coalition import clock
 from coalition.audit.service import Actor, list_events
 from coalition.audit.views import current_actor
 from coalition.db import db, utcnow
@@ -123,10 +124,7 @@ def run_with_breaks(client, operator_headers, make_partner, monkeypatch):
     """A draft run of [T0, T0 + 10 s), booked on the ledger's clock set to T0, with acme's
     file giving two breaks: a points mismatch (e-1) and a record missing in the ledger
     (ghost)."""
-    from coalition.ledger import members, service
-
-    for module in (service, members):
-        monkeypatch.setattr(module, "utcnow", lambda: T0)
+    monkeypatch.setattr(clock, "utcnow", lambda: T0)
     publish(client, operator_headers)
     _, acme = make_partner("acme", valid_from=T0 - timedelta(days=1))
     member = enrol(client, acme, "m")

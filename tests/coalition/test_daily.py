@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from coalition.clock import add_months
 from coalition.db import UnitOfWork, utcnow
-from coalition.ledger import journal, member_ops
-from coalition.ledger.member_ops import daily
+from coalition.ledger import journal, merge
+from coalition.ledger.daily import DailySummary, daily
 from coalition.ledger.models import Lot, Member
-from coalition.ledger.service import add_months
 from coalition.program.schemas import ProgramRulesSchema
 from coalition.program.service import publish_rules
 from tests.coalition.ledger_helpers import (
@@ -53,7 +53,7 @@ def row(member_id: int) -> Member:
         return uow.session.get_one(Member, member_id)
 
 
-def granted(summary: member_ops.DailySummary) -> tuple[int, int]:
+def granted(summary: DailySummary) -> tuple[int, int]:
     return summary.birthday_members, summary.birthday_points
 
 
@@ -236,7 +236,7 @@ def test_a_merged_members_points_qualify_for_the_survivor(app):
     absorbed = member(tier="gold")
     book_earn(absorbed, acme, 450, datetime(2024, 6, 1, tzinfo=UTC))
     book_earn(survivor, acme, 60, datetime(2024, 6, 1, tzinfo=UTC))
-    member_ops.merge(row(absorbed).member_number, row(survivor).member_number, "test")
+    merge.merge(row(absorbed).member_number, row(survivor).member_number, "test")
     assert daily(date(2024, 7, 1)).tier_downgrades == 0  # 450 + 60
     assert row(survivor).tier == "gold"
     assert daily(date(2025, 6, 2)).downgrades == {"gold>blue": 1}

@@ -364,31 +364,31 @@ def _ids(sql: str, **params: Any) -> list[int]:
 
 
 def test_the_services_bookings_pass_the_check(app):
-    """What coalition.ledger.service books (and the expiry job after it) keeps every
+    """What the partner use cases of coalition.ledger book (and the expiry job after it) keeps every
     invariant, including a burn reversal into a lot that expired meanwhile."""
     from coalition.db import utcnow
-    from coalition.ledger import members, service
+    from coalition.ledger import earn_burn, holds, members, reversals
 
     set_rules(policy="fixed", months=1)
     acme, shop = make_partner("acme"), make_partner("shop")
     member, _ = members.enrol(acme, "c-1")
     who = {"member_number": member["member_number"]}
-    earn = service.earn(acme, {"partner_txn_id": "e1", "points": 100, **who}).body
-    service.earn(shop, {"partner_txn_id": "e2", "points": 40, **who})
-    burn = service.burn(shop, {"partner_txn_id": "b1", "points": 120, **who}).body
-    hold = service.authorise_hold(shop, {"partner_txn_id": "h1", "points": 10, **who}).body
-    service.capture_hold(shop, hold["id"], {"partner_txn_id": "c1", "points": 5})
-    other = service.authorise_hold(acme, {"partner_txn_id": "h2", "points": 3, **who}).body
-    service.cancel_hold(acme, other["id"], {"partner_txn_id": "v1"})
+    earn = earn_burn.earn(acme, {"partner_txn_id": "e1", "points": 100, **who}).body
+    earn_burn.earn(shop, {"partner_txn_id": "e2", "points": 40, **who})
+    burn = earn_burn.burn(shop, {"partner_txn_id": "b1", "points": 120, **who}).body
+    hold = holds.authorise_hold(shop, {"partner_txn_id": "h1", "points": 10, **who}).body
+    holds.capture_hold(shop, hold["id"], {"partner_txn_id": "c1", "points": 5})
+    other = holds.authorise_hold(acme, {"partner_txn_id": "h2", "points": 3, **who}).body
+    holds.cancel_hold(acme, other["id"], {"partner_txn_id": "v1"})
     # the earn's own lot is spent: the points come from the other lot
-    service.reverse(acme, earn["id"], {"partner_txn_id": "r1", "points": 12})
+    reversals.reverse(acme, earn["id"], {"partner_txn_id": "r1", "points": 12})
     assert check_ledger().ok, json.dumps(check_ledger().to_dict(), default=str, indent=1)
 
     expire(utcnow() + timedelta(days=40))
     assert lots(member_id(member)) == [(100, 0, "live"), (40, 0, "expired")]
     # the burn's later-expiring lot expired meanwhile: it comes back to life for the
     # points restored to it, and the next run expires them
-    service.reverse(shop, burn["id"], {"partner_txn_id": "r2", "points": 10})
+    reversals.reverse(shop, burn["id"], {"partner_txn_id": "r2", "points": 10})
     report = check_ledger()
     assert report.ok, json.dumps(report.to_dict(), default=str, indent=1)
     assert wallet(member_id(member)) == (10, 0, 0)

@@ -48,8 +48,9 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
+from coalition import clock as ledger_clock
 from coalition.db import db
-from coalition.ledger import jobs, member_ops, members, service
+from coalition.ledger import jobs
 from coalition.ledger.check import check_ledger
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Posting, Wallet
 from tests.conftest import bearer, empty_all_tables, fetch_token
@@ -1080,8 +1081,7 @@ def machine(app: Flask, client: FlaskClient, make_partner: Any,
             monkeypatch: pytest.MonkeyPatch) -> type[LedgerMachine]:
     """The state machine bound to this test's app, with the service clock its own."""
     clock = Clock()
-    for module in (service, jobs, members, member_ops):
-        monkeypatch.setattr(module, "utcnow", clock)
+    monkeypatch.setattr(ledger_clock, "utcnow", clock)
 
     class Machine(LedgerMachine):
         pass

@@ -10,11 +10,11 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select, update
 
+from coalition.clock import add_months
 from coalition.db import UnitOfWork, read, utcnow
-from coalition.ledger import member_ops
+from coalition.ledger import daily, merge, transfers
 from coalition.ledger.models import Entry, Lot, Member
-from coalition.ledger.service import add_months
-from coalition.member.account import qualifying_points
+from coalition.ledger.tiers import qualifying_points
 from tests.coalition.member_support import active_member, bearer_of, member_token
 from tests.partners.support import earn, hold
 
@@ -57,6 +57,11 @@ def ts(text: str) -> datetime:
 def member_id_of(number: str) -> int:
     with read() as session:
         return session.scalar(select(Member.id).where(Member.member_number == number))
+
+
+def member_row(number: str) -> Member:
+    with read() as session:
+        return session.scalars(select(Member).where(Member.member_number == number)).one()
 
 
 def set_expiry(entry_id: int, expires_at: datetime) -> None:
@@ -156,6 +161,30 @@ def test_tier_progress_counts_reversals_and_reaches_the_top(client, operator_hea
         assert qualifying_points(session, member_id_of(member.member_number), later)[0] == 0
 
 
+def test_after_a_merge_me_shows_the_qualifying_points_the_daily_job_uses(
+        client, operator_headers, partners):
+    northwind, _ = partners
+    publish(client, operator_headers)  # silver at 1000
+    absorbed = active_member(client, northwind, "cust-x")
+    survivor = active_member(client, northwind, "cust-s")
+    earn(client, northwind, absorbed.member_number, "x1", 700)
+    earn(client, northwind, survivor.member_number, "s1", 400)
+    merge.merge(absorbed.member_number, survivor.member_number, operator="test")
+    assert member_row(survivor.member_number).tier == "blue"
+    earn(client, northwind, survivor.member_number, "s2", 1)  # 700 + 400 + 1: silver
+    assert member_row(survivor.member_number).tier == "silver"
+
+    tier = client.get("/v1/me", headers=bearer_of(member_token(client, survivor))) \
+        .get_json()["tier"]
+    assert (tier["code"], tier["qualifying_points"]) == ("silver", 1101)
+    assert tier["next_tier"]["code"] == "gold" and tier["points_to_next_tier"] == 3899
+
+    # the daily job counts the same points: the survivor keeps its tier
+    summary = daily.daily(utcnow().date())
+    assert summary.tier_downgrades == 0 and summary.failures == []
+    assert member_row(survivor.member_number).tier == "silver"
+
+
 def test_inactivity_expiry_shows_every_point_going_at_once(client, operator_headers, partners):
     northwind, skyline = partners
     publish(client, operator_headers, expiry={"policy": "inactivity", "months": 2},
@@ -198,7 +227,7 @@ def test_history_across_partners_newest_first(client, operator_headers, partners
                                              "points": 120}, headers=skyline)
     assert response.status_code == 201
     earn(client, skyline, friend.member_number, "f1", 25)
-    member_ops.transfer(member_id_of(friend.member_number), number, 25)
+    transfers.transfer(member_id_of(friend.member_number), number, 25)
     headers = bearer_of(member_token(client, member))
 
     page = client.get("/v1/me/transactions", headers=headers).get_json()

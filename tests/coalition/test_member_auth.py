@@ -406,13 +406,13 @@ def test_revoking_a_refresh_token_ends_the_pair(live_server, app_client, member)
 
 
 def test_a_closed_member_cannot_refresh(live_server, app_client, member):
-    from coalition.ledger import member_ops
+    from coalition.ledger import closure
 
     token = flow(live_server, app_client).token(member)
     with read() as session:
         member_id = session.scalar(select(Member.id).where(
             Member.member_number == member.member_number))
-    member_ops.close(member_id)
+    closure.close(member_id)
     assert refresh(live_server.url, app_client["client_id"],
                    token["refresh_token"]).status_code == 400
     assert me(live_server.url, token["access_token"]).status_code == 401

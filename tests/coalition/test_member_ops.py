@@ -14,11 +14,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, text
 
+from coalition import clock
+from coalition.clock import add_months
 from coalition.db import UnitOfWork, db
 from coalition.errors import IdempotencyConflict
-from coalition.ledger import member_ops, numbers
+from coalition.ledger import closure, lookup, merge, numbers, transfers
 from coalition.ledger.models import Entry, Hold, Member, Wallet
-from coalition.ledger.service import add_months
 from partners.service import partner_id
 from tests.coalition.ledger_helpers import PRICED_FROM, book_earn
 from tests.coalition.member_ops_support import (
@@ -170,7 +171,7 @@ def test_a_received_transfer_shows_neither_the_senders_number_nor_its_key(
                  "idempotency_conflict")
     assert snapshot(app) == before
     # once the sender's account is closed its name is gone from the receiver's view too
-    member_ops.close(member_id(alice))
+    closure.close(member_id(alice))
     transfers = [t for t in history(bob_h).get_json()["items"] if t["type"] == "transfer"]
     assert [t["note"] for t in transfers] == ["from a member", "from a member"]
     assert_clean()
@@ -195,7 +196,7 @@ def test_transfer_limits_per_transfer_and_per_day(app, client, operator_headers,
     # a transfer booked yesterday (UTC) does not count against today's allowance
     yesterday = datetime.combine(datetime.now(UTC).date(), datetime.min.time(),
                                  UTC) - timedelta(seconds=1)
-    monkeypatch.setattr(member_ops, "utcnow", lambda: yesterday)
+    monkeypatch.setattr(clock, "utcnow", lambda: yesterday)
     assert transfer(client, alice_h, bob, 100).status_code == 201
     monkeypatch.undo()
 
@@ -221,8 +222,8 @@ def test_transfer_refusals_change_nothing(app, client, operator_headers, rules, 
     carol, dave = enrol(client, acme_h, "carol"), enrol(client, acme_h, "dave")
     earn(client, acme_h, alice, "e1", 100)
     alice_h = member_token(alice)
-    member_ops.close(member_id(carol))
-    member_ops.merge(dave, bob, operator="test")
+    closure.close(member_id(carol))
+    merge.merge(dave, bob, operator="test")
 
     before = snapshot(app)
     assert_error(transfer(client, alice_h, alice, 10), 422, "invalid_request",
@@ -300,7 +301,7 @@ def test_concurrent_duplicates_make_one_transfer(app, client, rules, acme):
         with app.app_context():
             barrier.wait()
             try:
-                results.append(member_ops.transfer(a, bob, 40, request_id="same"))
+                results.append(transfers.transfer(a, bob, 40, request_id="same"))
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
 
@@ -329,7 +330,7 @@ def test_concurrent_transfers_both_ways_never_deadlock_for_good(app, client, rul
         with app.app_context():
             for _ in range(10):
                 try:
-                    member_ops.transfer(ids[sender], receiver, 7)
+                    transfers.transfer(ids[sender], receiver, 7)
                 except Exception as exc:  # noqa: BLE001
                     errors.append(exc)
 
@@ -539,10 +540,10 @@ def test_merge_moves_balances_lots_links_and_history(app, client, operator_heade
                                    (bravo_id, "s-at-bravo")])
     # history: x's entries stay x's; the survivor's history includes them
     assert [e.id for e in entries_of(xi, "earn")] == x_entries
-    assert member_ops.member_ids_of(si) == sorted([xi, si])
+    assert lookup.member_ids_of(si) == sorted([xi, si])
     with UnitOfWork(readonly=True) as uow:
         history = set(uow.session.scalars(select(Entry.id).where(
-            member_ops.member_entries(member_ops.member_ids_of(si, uow.session)))))
+            lookup.member_entries(lookup.member_ids_of(si, uow.session)))))
     assert set(x_entries) <= history and merge_entry.id in history
     # the survivor gains the personal data it lacked
     survivor = member_row(s)
@@ -596,7 +597,7 @@ def test_merge_moves_personal_data_and_erases_it_from_the_absorbed_row(
     other = enrol(client, acme_h, "o", name="Olga", email="olga@example.com",
                   birth_date="1980-01-02")
     before = personal_data()
-    member_ops.merge(x, s, operator="test")
+    merge.merge(x, s, operator="test")
     after = personal_data()
     # the links move with what each partner supplied on them
     assert link_data() == {
@@ -621,15 +622,15 @@ def test_close_erases_personal_data_on_every_row_of_the_member(app, client, rule
     x = enrol(client, acme_h, "x", name="Xia", email="xia@example.com")
     s = enrol(client, acme_h, "s", name="Sam")
     other = enrol(client, acme_h, "o", name="Olga", email="olga@example.com")
-    member_ops.merge(y, x, operator="test")
-    member_ops.merge(x, s, operator="test")
+    merge.merge(y, x, operator="test")
+    merge.merge(x, s, operator="test")
     # a row merged before merges erased personal data still holds it
     with UnitOfWork() as uow:
         uow.session.execute(text("UPDATE member SET name = 'Yan', email = 'yan@example.com' "
                                  "WHERE member_number = :n"), {"n": y})
         uow.commit()
     before = personal_data()
-    member_ops.close(member_id(s))
+    closure.close(member_id(s))
     after = personal_data()
     assert link_data() == {"o": (other, "Olga", "olga@example.com", None)}
     for number in (y, x, s):
@@ -644,7 +645,7 @@ def test_merged_points_count_for_the_survivors_tier(app, client, operator_header
     x, s = enrol(client, acme_h, "x"), enrol(client, acme_h, "s")
     earn(client, acme_h, x, "x1", 80)
     earn(client, acme_h, s, "s1", 19)
-    member_ops.merge(x, s, operator="test")
+    merge.merge(x, s, operator="test")
     assert member_row(s).tier == "blue"
     earn(client, acme_h, s, "s2", 1)  # 80 + 19 + 1 qualifying points
     assert member_row(s).tier == "silver"
@@ -655,16 +656,16 @@ def test_merge_of_a_member_with_nothing_and_chains(app, client, rules, acme):
     _, acme_h = acme
     y, x, s = (enrol(client, acme_h, r) for r in ("y", "x", "s"))
     earn(client, acme_h, y, "y1", 10)
-    first = member_ops.merge(y, x, operator="test")
+    first = merge.merge(y, x, operator="test")
     assert first["entry_id"] is not None
-    empty = member_ops.merge(enrol(client, acme_h, "empty"), s, operator="test")
+    empty = merge.merge(enrol(client, acme_h, "empty"), s, operator="test")
     assert empty["entry_id"] is None  # nothing to move: no entry without postings
-    member_ops.merge(x, s, operator="test")
+    merge.merge(x, s, operator="test")
     # y was merged into x, which was merged into s: y points straight at s
     assert member_row(y).merged_into_id == member_id(s)
     shown = client.get(f"/v1/members/{y}", headers=acme_h).get_json()
     assert shown["merged_into"] == s
-    assert set(member_ops.member_ids_of(member_id(s))) == {
+    assert set(lookup.member_ids_of(member_id(s))) == {
         member_id(n) for n in (y, x, s)} | {member_id(empty["absorbed"]["member_number"])}
     assert wallet(s) == (10, 0, 0)
     assert_clean()
@@ -674,7 +675,7 @@ def test_merge_refusals_change_nothing(app, client, operator_headers, rules, acm
     _, acme_h = acme
     x, s, c = (enrol(client, acme_h, r) for r in ("x", "s", "c"))
     earn(client, acme_h, x, "x1", 10)
-    member_ops.close(member_id(c))
+    closure.close(member_id(c))
     before = snapshot(app)
 
     def merge(absorbed: str, survivor: str, headers=operator_headers):
@@ -774,7 +775,7 @@ def test_close_forfeits_points_and_erases_personal_data(app, client, operator_he
 def test_closed_number_is_never_reused(app, client, rules, acme, monkeypatch):
     _, acme_h = acme
     alice = enrol(client, acme_h, "alice")
-    member_ops.close(member_id(alice))
+    closure.close(member_id(alice))
     drawn = iter([alice, alice])
     real = numbers.new_number
     monkeypatch.setattr(numbers, "new_number", lambda: next(drawn, None) or real())
@@ -789,17 +790,17 @@ def test_closed_number_is_never_reused(app, client, rules, acme, monkeypatch):
 def test_close_refusals_change_nothing(app, client, rules, acme):
     _, acme_h = acme
     alice, bob = enrol(client, acme_h, "alice"), enrol(client, acme_h, "bob")
-    member_ops.merge(alice, bob, operator="test")
+    merge.merge(alice, bob, operator="test")
     headers = member_token(alice)
     before = snapshot(app)
     body = assert_error(client.post("/v1/me/close", headers=headers), 409, "member_merged")
     assert bob in body["message"]
     assert_error(client.post("/v1/me/close", headers=acme_h), 403, "insufficient_scope")
     assert snapshot(app) == before
-    member_ops.close(member_id(bob))
+    closure.close(member_id(bob))
     before = snapshot(app)
     with pytest.raises(Exception) as refused:
-        member_ops.close(member_id(bob))
+        closure.close(member_id(bob))
     assert getattr(refused.value, "code", None) == "member_closed"
     assert snapshot(app) == before
 
@@ -807,7 +808,7 @@ def test_close_refusals_change_nothing(app, client, rules, acme):
 def test_a_member_with_nothing_closes_without_an_entry(app, client, rules, acme):
     _, acme_h = acme
     alice = enrol(client, acme_h, "alice")
-    result = member_ops.close(member_id(alice))
+    result = closure.close(member_id(alice))
     assert result["forfeited"] == {"available": 0, "pending": 0}
     assert entries_of(member_id(alice), "forfeiture") == []
     assert_clean()
@@ -818,7 +819,7 @@ def test_replaying_a_transfer_key_after_conflicting_use(app, client, rules, acme
     _, acme_h = acme
     alice, bob = enrol(client, acme_h, "alice"), enrol(client, acme_h, "bob")
     earn(client, acme_h, alice, "e1", 50)
-    member_ops.transfer(member_id(alice), bob, 10, request_id="x")
+    transfers.transfer(member_id(alice), bob, 10, request_id="x")
     with pytest.raises(IdempotencyConflict):
-        member_ops.transfer(member_id(alice), bob, 11, request_id="x")
-    assert member_ops.transfer(member_id(alice), bob, 10, request_id="x").replayed
+        transfers.transfer(member_id(alice), bob, 11, request_id="x")
+    assert transfers.transfer(member_id(alice), bob, 10, request_id="x").replayed

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from coalition import clock as ledger_clock
 from coalition.ledger import numbers
 from tests.conftest import snapshot
 from tests.partners.support import (
@@ -717,13 +718,11 @@ def test_history_filters_by_member_and_type(client, acme):
 
 
 def test_history_filters_by_booked_time_half_open(client, make_partner, monkeypatch):
-    from coalition.ledger import service
-
     start = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
     _, headers = make_partner("acme", valid_from=start)
     number = enrol(client, headers, "c1")
     clock = {"now": start}
-    monkeypatch.setattr(service, "utcnow", lambda: clock["now"])
+    monkeypatch.setattr(ledger_clock, "utcnow", lambda: clock["now"])
     for hour in range(4):
         clock["now"] = start + timedelta(hours=hour)
         earn(client, headers, number, f"t{hour}", points=1)

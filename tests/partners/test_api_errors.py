@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from coalition import clock
 from coalition.ledger import numbers
 from tests.conftest import bearer, fetch_token, snapshot
 from tests.partners.support import (
@@ -529,10 +530,8 @@ def test_an_operator_token_is_refused_on_partner_endpoints(client, world):
 
 
 def test_an_expired_hold_cannot_be_captured(client, world, monkeypatch):
-    from coalition.ledger import service
-
     later = datetime.now(UTC) + timedelta(seconds=901)  # the hold was for 900 seconds
-    monkeypatch.setattr(service, "utcnow", lambda: later)
+    monkeypatch.setattr(clock, "utcnow", lambda: later)
     refused(client, world, "POST", "/v1/holds/{hold}/capture", 409, "hold_not_open",
             json={"partner_txn_id": "new-1"})
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from coalition.db import UnitOfWork
-from coalition.ledger import member_ops
+from coalition.ledger import closure, merge
 from coalition.ledger.models import MemberConsent, MemberLink
 from tests.coalition.member_ops_support import member_id, member_token
 from tests.conftest import snapshot
@@ -248,12 +248,12 @@ def test_consents_follow_a_merge_and_end_with_a_closure(client, make_partner):
     s = enrol(client, bravo, "s")
     assert client.put("/v1/me/consents/bravo", json={"share": True},
                       headers=member_token(x)).status_code == 200
-    member_ops.merge(x, s, operator="test")
+    merge.merge(x, s, operator="test")
     # the survivor took Ann's data, and bravo, which she shared it with, sees it
     assert _personal(client, bravo, s) == ("Ann", "ann@example.com", None)
     assert _personal(client, acme, s) == ("Ann", "ann@example.com", None)  # acme's own
     assert _personal(client, acme, x) == (None, None, None)
-    member_ops.close(member_id(s))
+    closure.close(member_id(s))
     with UnitOfWork(readonly=True) as uow:
         assert uow.session.query(MemberConsent).count() == 0
         assert uow.session.query(MemberLink).count() == 0

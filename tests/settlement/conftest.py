@@ -6,15 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from coalition import clock as ledger_clock
 from tests.settlement.support import T0, Clock
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
     """The ledger's clock, starting at T0; the settlement service keeps the real one."""
-    from coalition.ledger import jobs, members, service
-
     fake = Clock(T0)
-    for module in (service, members, jobs):
-        monkeypatch.setattr(module, "utcnow", fake)
+    monkeypatch.setattr(ledger_clock, "utcnow", fake)
     yield fake

@@ -116,7 +116,7 @@ def test_a_booking_waiting_for_a_wallet_lock_lands_after_a_close(app, booked, cl
     """An earn reads the clock inside the period, then waits for the member's wallet while
     the period is closed: it commits after the period end, and the closed run's figures
     are what the close froze."""
-    from coalition.ledger.service import earn
+    from coalition.ledger.earn_burn import earn
     from partners.service import partner_id
 
     acme = partner_id("acme")

@@ -1,0 +1,130 @@
+"""Earn and burn: a partner credits points for a spend (or as given) and redeems them.
+Each is one unit of work keyed by the partner's ``partner_txn_id``
+(:mod:`coalition.ledger.idempotency`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
+
+from coalition import clock
+from coalition.clock import add_months
+from coalition.db import UnitOfWork, Units
+from coalition.errors import InvalidRequest, NoRateCard
+from coalition.ledger import journal, tiers
+from coalition.ledger.bonuses import release_welcome_bonus
+from coalition.ledger.booking import PartnerRef, check_occurred, debit_wallet, partner_of
+from coalition.ledger.idempotency import Outcome, idempotent, request_hash
+from coalition.ledger.lookup import active_member
+from coalition.ledger.rendering import render_transaction, transaction_body
+from coalition.models import RateCard
+from coalition.money import floor_points
+from coalition.program.service import rules_in_force
+
+_EARN_RATE = (select(RateCard.__table__.c.earn_rate)
+              .where(RateCard.__table__.c.partner_id == bindparam("partner"),
+                     RateCard.__table__.c.valid_from <= bindparam("now"))
+              .order_by(RateCard.__table__.c.valid_from.desc()).limit(1))
+
+
+def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
+         session: Session | None = None, units: Units = UnitOfWork) -> Outcome:
+    """Credit points for a spend (× earn rate × tier multiplier, rounded down) or as given."""
+    partner = partner_of(partner_id)
+    digest = request_hash("earn", data)
+
+    def work(session: Session) -> int:
+        now = clock.utcnow()
+        check_occurred(data.get("occurred_at"), now)
+        member = active_member(session, partner.id, data)
+        rules = rules_in_force(session)
+        spend = data.get("spend")
+        if spend is not None:
+            if spend["currency"] != partner.currency:
+                message = f"This partner earns in {partner.currency}."
+                raise InvalidRequest(message, errors={"spend": {"currency": [message]}})
+            earn_rate = session.execute(_EARN_RATE, {"partner": partner.id,
+                                                     "now": now}).scalar()
+            if earn_rate is None:
+                raise NoRateCard("The partner has no rate card in force yet: settlement "
+                                 "could not price this booking.")
+            points = floor_points(spend["amount"] * earn_rate
+                                  * tiers.multiplier(rules, member.tier))
+            if points < 1:
+                raise InvalidRequest("The spend earns no points.",
+                                     errors={"spend": {"amount": ["Earns no points."]}})
+            release_welcome_bonus(session, member.id, now)
+        else:
+            points = data["points"]
+        pending_days = rules["pending_days"]
+        pending_until = now + timedelta(days=pending_days) if pending_days else None
+        expiry = rules["expiry"]
+        expires_at = add_months(now, expiry["months"]) if expiry["policy"] == "fixed" else None
+        if pending_until:
+            balance = debit_wallet(session, member, now, pending=points)
+            account = "member:pending"
+        else:
+            balance = debit_wallet(session, member, now, available=points)
+            account = "member:available"
+        entry_id = journal.book_entry(
+            session, kind="earn", booked_at=now, occurred_at=data.get("occurred_at"),
+            points=points, partner_id=partner.id, member_id=member.id,
+            partner_txn_id=data["partner_txn_id"], request_hash=digest,
+            spend_amount=spend["amount"] if spend else None,
+            spend_currency=spend["currency"] if spend else None, balance=balance,
+            postings=[("partner:issued", None, partner.id, -points),
+                      (account, member.id, None, points)],
+        )
+        journal.create_lot(
+            session, member_id=member.id, origin_partner_id=partner.id, source="earn",
+            entry_id=entry_id, points=points, earned_at=now, expires_at=expires_at,
+            pending_until=pending_until,
+        )
+        tiers.upgrade(session, member.id, member.tier, rules, now)
+        return transaction_body(
+            entry_id=entry_id, kind="earn", partner_code=partner.code,
+            member_number=member.member_number, partner_txn_id=data["partner_txn_id"],
+            points=points, pending=pending_until is not None, booked_at=now,
+            occurred_at=data.get("occurred_at") or now, reference=None, balance=balance,
+            spend_amount=spend["amount"] if spend else None,
+            spend_currency=spend["currency"] if spend else None,
+        )
+
+    return idempotent(partner, data["partner_txn_id"], digest, work,
+                      lambda s, e: render_transaction(s, e, partner.code), session, units)
+
+
+def burn(partner_id: int | PartnerRef, data: dict[str, Any], *,
+         session: Session | None = None, units: Units = UnitOfWork) -> Outcome:
+    """Spend points at this partner, from the member's earliest-expiring lots."""
+    partner = partner_of(partner_id)
+    digest = request_hash("burn", data)
+
+    def work(session: Session) -> int:
+        now = clock.utcnow()
+        check_occurred(data.get("occurred_at"), now)
+        member = active_member(session, partner.id, data)
+        points = data["points"]
+        balance = debit_wallet(session, member, now, available=-points)
+        takes = journal.take_from_live_lots(session, member.id, points)
+        entry_id = journal.book_entry(
+            session, kind="burn", booked_at=now, occurred_at=data.get("occurred_at"),
+            points=points, partner_id=partner.id, member_id=member.id,
+            partner_txn_id=data["partner_txn_id"], request_hash=digest, balance=balance,
+            postings=[("member:available", member.id, None, -points),
+                      ("partner:redeemed", None, partner.id, points)],
+            takes=takes,
+        )
+        return transaction_body(
+            entry_id=entry_id, kind="burn", partner_code=partner.code,
+            member_number=member.member_number, partner_txn_id=data["partner_txn_id"],
+            points=points, pending=False, booked_at=now,
+            occurred_at=data.get("occurred_at") or now, reference=None, balance=balance,
+        )
+
+    return idempotent(partner, data["partner_txn_id"], digest, work,
+                      lambda s, e: render_transaction(s, e, partner.code), session, units)
