@@ -28,7 +28,7 @@ def _moment(value: str, name: str) -> datetime:
     try:
         return UTCTimestamp().deserialize(value)
     except ValidationError as exc:
-        raise click.BadParameter(" ".join(exc.messages), param_hint=name) from exc  # type: ignore[arg-type]
+        raise click.BadParameter(" ".join(exc.messages), param_hint=name) from exc
 
 
 

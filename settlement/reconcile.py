@@ -125,7 +125,7 @@ def parse(content: bytes) -> tuple[list[Record], list[dict[str, Any]]]:
         try:
             occurred = timestamp.deserialize(value["occurred_at"])
         except ValidationError as exc:
-            errors.append(f"occurred_at: {' '.join(exc.messages)}")  # type: ignore[arg-type]
+            errors.append(f"occurred_at: {' '.join(exc.messages)}")
         if errors:
             malformed.append({"line": line,
                               "partner_txn_id": value["partner_txn_id"] if txn_ok else None,

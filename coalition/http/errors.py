@@ -134,7 +134,7 @@ class Api(_Api):
                                    _ErrorBodiesDoc()]
         super()._init_spec(**kwargs)
 
-    def handle_http_exception(self, error: HTTPException) -> Any:  # type: ignore[override]
+    def handle_http_exception(self, error: HTTPException) -> Any:
         status = error.code or 500
         data = getattr(error, "data", None) or {}
         if status >= 500:
@@ -156,7 +156,7 @@ class Api(_Api):
 
 def api_of(app: Flask) -> Api:
     """The app's API object, which every package registers its API blueprints with."""
-    return app.extensions["coalition.api"]  # type: ignore[no-any-return]
+    return app.extensions["coalition.api"]
 
 
 def accepts(*mimetypes: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
