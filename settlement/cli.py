@@ -173,7 +173,7 @@ def finance_user_create(username: str, name: str, password_stdin: bool,
     try:
         user = finance_users.create_user(username, name, password, actor=cli_actor())
     except CoalitionError as exc:
-        field = next(iter(exc.errors or {}), None)
+        field = next(iter(exc.errors or {}), "")
         hint = {"username": "USERNAME", "name": "--name", "password": "password"}.get(field)
         if exc.status == 422 and hint:
             raise click.BadParameter(exc.message, param_hint=hint) from exc

@@ -147,8 +147,9 @@ class Api(_Api):
         else:
             message = data.get("message") or error.description or HTTPStatus(status).phrase
         headers = dict(data.get("headers") or {})
-        if status == 405 and getattr(error, "valid_methods", None):
-            headers["Allow"] = ", ".join(error.valid_methods)
+        valid_methods = getattr(error, "valid_methods", None)  # set on MethodNotAllowed
+        if status == 405 and valid_methods:
+            headers["Allow"] = ", ".join(valid_methods)
         return error_response(
             status, message, data.get("error"), _flatten_locations(errors), headers
         )
