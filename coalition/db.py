@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar, cast
 
 from flask import Flask, current_app
 from sqlalchemy import (
@@ -28,10 +28,11 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    Table,
     create_engine,
     event,
 )
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import CursorResult, Dialect, Result, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -120,6 +121,17 @@ Rate = Annotated[Decimal, mapped_column(ExactDecimal(24, 8))]
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+    if TYPE_CHECKING:
+        # every model here is mapped to a Table (never a subquery), so Core statements
+        # such as update(Model.__table__) take it as it is
+        __table__: ClassVar[Table]
+
+
+def affected_rows(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE matched. ``Session.execute`` is typed to return
+    the general :class:`Result`; for those statements it is a :class:`CursorResult`."""
+    return cast("CursorResult[Any]", result).rowcount
 
 
 # --------------------------------------------------------------------------- engine

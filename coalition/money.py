@@ -47,7 +47,10 @@ def canonical(value: Decimal) -> Decimal:
         return Decimal(0)  # not "-0" or "0E-8"
     number = value.normalize()
     # normalize() writes 100 as 1E+2: bring whole numbers back to exponent 0
-    return number if number.as_tuple().exponent <= 0 else number.quantize(Decimal(1))
+    exponent = number.as_tuple().exponent
+    if isinstance(exponent, str):  # "n", "N" or "F": not a number a rate can be
+        raise ValueError(f"not a finite number: {value}")
+    return number if exponent <= 0 else number.quantize(Decimal(1))
 
 
 def money_str(amount: Decimal) -> str:

@@ -78,13 +78,12 @@ class DecimalString(fields.Field):
 
     def __init__(self, *, positive: bool = False, places: int = MAX_PLACES,
                  max_digits: int = 16, **kwargs: Any) -> None:
+        kwargs["metadata"] = {"type": "string", "pattern": r"^\d+(\.\d+)?$", "example": "1.25",
+                              **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
         self.positive = positive
         self.places = places
         self.max_digits = max_digits
-        self.metadata.setdefault("type", "string")
-        self.metadata.setdefault("pattern", r"^\d+(\.\d+)?$")
-        self.metadata.setdefault("example", "1.25")
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
         return None if value is None else money_str(value)
@@ -128,9 +127,8 @@ class UTCTimestamp(fields.Field):
     }
 
     def __init__(self, **kwargs: Any) -> None:
+        kwargs["metadata"] = {"type": "string", "format": "date-time", **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
-        self.metadata.setdefault("type", "string")
-        self.metadata.setdefault("format", "date-time")
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
         if value is None:

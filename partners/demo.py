@@ -8,7 +8,7 @@ import csv
 import io
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import select
 
@@ -24,13 +24,24 @@ from coalition.program.service import publish_rules
 from config import source_checkout
 from partners.service import create_partner, issue_partner_client
 
-DEMO_PARTNERS = (
-    dict(code="northwind", name="Northwind Grocers", kind="merchant", currency="GBP",
-         earn_rate=Decimal("1"), issue_price=Decimal("0.0100"), redeem_rate=Decimal("0.0080")),
-    dict(code="skyline", name="Skyline Fuel", kind="merchant", currency="GBP",
-         earn_rate=Decimal("2"), issue_price=Decimal("0.0090"), redeem_rate=Decimal("0.0085")),
-    dict(code="greenhearts", name="Green Hearts Trust", kind="charity", currency="GBP",
-         earn_rate=Decimal("0"), issue_price=Decimal("0"), redeem_rate=Decimal("0.0100")),
+
+class DemoPartner(TypedDict):
+    code: str
+    name: str
+    kind: str
+    currency: str
+    earn_rate: Decimal
+    issue_price: Decimal
+    redeem_rate: Decimal
+
+
+DEMO_PARTNERS: tuple[DemoPartner, ...] = (
+    {"code": "northwind", "name": "Northwind Grocers", "kind": "merchant", "currency": "GBP",
+     "earn_rate": Decimal("1"), "issue_price": Decimal("0.0100"), "redeem_rate": Decimal("0.0080")},
+    {"code": "skyline", "name": "Skyline Fuel", "kind": "merchant", "currency": "GBP",
+     "earn_rate": Decimal("2"), "issue_price": Decimal("0.0090"), "redeem_rate": Decimal("0.0085")},
+    {"code": "greenhearts", "name": "Green Hearts Trust", "kind": "charity", "currency": "GBP",
+     "earn_rate": Decimal("0"), "issue_price": Decimal("0"), "redeem_rate": Decimal("0.0100")},
 )
 
 DEMO_RULES: dict[str, Any] = {

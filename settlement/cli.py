@@ -28,7 +28,7 @@ def _moment(value: str, name: str) -> datetime:
     try:
         return UTCTimestamp().deserialize(value)
     except ValidationError as exc:
-        raise click.BadParameter(" ".join(exc.messages), param_hint=name) from exc  # type: ignore[arg-type]
+        raise click.BadParameter(" ".join(exc.messages), param_hint=name) from exc
 
 
 
@@ -173,7 +173,7 @@ def finance_user_create(username: str, name: str, password_stdin: bool,
     try:
         user = finance_users.create_user(username, name, password, actor=cli_actor())
     except CoalitionError as exc:
-        field = next(iter(exc.errors or {}), None)
+        field = next(iter(exc.errors or {}), "")
         hint = {"username": "USERNAME", "name": "--name", "password": "password"}.get(field)
         if exc.status == 422 and hint:
             raise click.BadParameter(exc.message, param_hint=hint) from exc

@@ -27,6 +27,7 @@ from flask import (
     session,
     url_for,
 )
+from werkzeug.wrappers import Response as BaseResponse
 
 from coalition.audit.service import Actor
 from coalition.errors import CoalitionError, NotFound
@@ -180,7 +181,7 @@ def run(run_id: int) -> Any:
         reason_max=REASON_MAX)
 
 
-def _back(run_id: int) -> Response:
+def _back(run_id: int) -> BaseResponse:
     """Back to the run, whose top says what happened (a status message)."""
     return redirect(url_for(".run", run_id=run_id))
 

@@ -125,7 +125,7 @@ def parse(content: bytes) -> tuple[list[Record], list[dict[str, Any]]]:
         try:
             occurred = timestamp.deserialize(value["occurred_at"])
         except ValidationError as exc:
-            errors.append(f"occurred_at: {' '.join(exc.messages)}")  # type: ignore[arg-type]
+            errors.append(f"occurred_at: {' '.join(exc.messages)}")
         if errors:
             malformed.append({"line": line,
                               "partner_txn_id": value["partner_txn_id"] if txn_ok else None,
@@ -255,10 +255,10 @@ def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str, 
                     continue
                 breaks.append({"kind": "missing_in_file", "line": None,
                                "partner_txn_id": txn_id, "details": details})
-        for row in malformed:
-            breaks.append({"kind": "malformed", "line": row["line"],
-                           "partner_txn_id": row.get("partner_txn_id"),
-                           "details": {"errors": row["errors"]}})
+        for bad in malformed:
+            breaks.append({"kind": "malformed", "line": bad["line"],
+                           "partner_txn_id": bad.get("partner_txn_id"),
+                           "details": {"errors": bad["errors"]}})
 
         previous = session.scalars(select(Reconciliation).where(
             Reconciliation.run_id == run.id, Reconciliation.partner_id == partner.id,

@@ -28,7 +28,7 @@ def _timestamp(value: str | None, hint: str) -> Any:
     try:
         return UTCTimestamp().deserialize(value)
     except ValidationError as exc:
-        raise click.BadParameter(" ".join(exc.messages), param_hint=hint) from exc  # type: ignore[arg-type]
+        raise click.BadParameter(" ".join(exc.messages), param_hint=hint) from exc
 
 
 @audit_cli.command("list")

@@ -134,7 +134,7 @@ class Api(_Api):
                                    _ErrorBodiesDoc()]
         super()._init_spec(**kwargs)
 
-    def handle_http_exception(self, error: HTTPException) -> Any:  # type: ignore[override]
+    def handle_http_exception(self, error: HTTPException) -> Any:
         status = error.code or 500
         data = getattr(error, "data", None) or {}
         if status >= 500:
@@ -147,8 +147,9 @@ class Api(_Api):
         else:
             message = data.get("message") or error.description or HTTPStatus(status).phrase
         headers = dict(data.get("headers") or {})
-        if status == 405 and getattr(error, "valid_methods", None):
-            headers["Allow"] = ", ".join(error.valid_methods)
+        valid_methods = getattr(error, "valid_methods", None)  # set on MethodNotAllowed
+        if status == 405 and valid_methods:
+            headers["Allow"] = ", ".join(valid_methods)
         return error_response(
             status, message, data.get("error"), _flatten_locations(errors), headers
         )
@@ -156,7 +157,7 @@ class Api(_Api):
 
 def api_of(app: Flask) -> Api:
     """The app's API object, which every package registers its API blueprints with."""
-    return app.extensions["coalition.api"]  # type: ignore[no-any-return]
+    return app.extensions["coalition.api"]
 
 
 def accepts(*mimetypes: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

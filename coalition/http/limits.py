@@ -125,7 +125,7 @@ class Limits:
 
 
 def _limits() -> Limits:
-    return current_app.extensions["coalition.limits"]  # type: ignore[no-any-return]
+    return current_app.extensions["coalition.limits"]
 
 
 def _refuse(wait: float, who: str) -> RateLimited:

@@ -56,7 +56,8 @@ def oauth_call(path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
     The inner request carries the address of the person at the page: the token endpoints
     are limited per remote address, and without it every visitor of the page would share
     one bucket, so that one visitor sending bogus sign-ins could lock out everyone else."""
-    response = Client(current_app._get_current_object()).post(
+    # current_app is a proxy that Flask types as the Flask application it stands for
+    response = Client(current_app._get_current_object()).post(  # type: ignore[attr-defined]
         path, data=form, base_url="https://localhost/",
         environ_base={"REMOTE_ADDR": request.remote_addr or ""})
     return response.status_code, response.get_json(silent=True) or {}
@@ -166,8 +167,9 @@ class PageSignIn:
         client_id = page_client_id(self._redirect_uri(), self.name, self.scope)
         verifier = secrets.token_urlsafe(64)
         state = secrets.token_urlsafe(24)
-        pending = {"state": state, "verifier": verifier, "client_id": client_id,
-                   "redirect_uri": self._redirect_uri()}
+        pending: dict[str, str | None] = {
+            "state": state, "verifier": verifier, "client_id": client_id,
+            "redirect_uri": self._redirect_uri()}
         if self.come_back:
             pending["next"] = self._local(request.args.get("next"))
         session[self.pending] = pending

@@ -125,7 +125,7 @@ def summary(member_id: int) -> dict[str, Any]:
             .group_by(lot.origin_partner_id)).all()
         names = _partners(session, {p for p, _ in by_origin if p is not None}
                           | {h.partner_id for h in holds})
-        breakdown = []
+        breakdown: list[dict[str, Any]] = []
         for partner_id, points in by_origin:
             code, name = names[partner_id] if partner_id is not None else (
                 COALITION["code"], COALITION["name"])

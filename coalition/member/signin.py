@@ -24,7 +24,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import and_, or_, select, update
 
-from coalition.db import UnitOfWork, read, utcnow
+from coalition.db import UnitOfWork, affected_rows, read, utcnow
 from coalition.errors import CoalitionError
 from coalition.ledger.models import Member
 from coalition.oauth.models import digest
@@ -199,13 +199,13 @@ def activate(member_number: str, code: str, password: str) -> SignedInMember:
     m = Member.__table__.c
     with UnitOfWork() as uow:
         # the code is spent by the statement that uses it, so two uses cannot both win
-        used = uow.session.execute(
+        used = affected_rows(uow.session.execute(
             update(Member.__table__)
             .where(and_(m.id == attempt.member_id, m.activation_code_hash == given,
                         m.status == "active"))
             .values(password_hash=password_hash, activation_code_hash=None,
                     activated_at=utcnow(), failed_sign_ins=0, locked_until=None)
-        ).rowcount
+        ))
         if not used:
             raise ActivationFailed(refused)
         uow.commit()

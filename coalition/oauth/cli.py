@@ -80,11 +80,12 @@ def client_create(kind: str | None, scope: str | None, redirect_uris: tuple[str,
 @with_appcontext
 def client_list(as_json: bool) -> None:
     """List OAuth clients (never their secrets)."""
+    clients = list_clients()
     rows = [{"client_id": c.client_id, "kind": c.kind, "scopes": c.scopes,
-             "revoked": c.revoked_at is not None} for c in list_clients()]
+             "revoked": c.revoked_at is not None} for c in clients]
     emit(rows, as_json, "\n".join(
-        f"{r['client_id']:<24} {r['kind']:<9} {' '.join(r['scopes'])}"
-        f"{'  (revoked)' if r['revoked'] else ''}" for r in rows) or "no clients")
+        f"{c.client_id:<24} {c.kind:<9} {' '.join(c.scopes)}"
+        f"{'  (revoked)' if c.revoked_at is not None else ''}" for c in clients) or "no clients")
 
 
 @client_cli.command("revoke")

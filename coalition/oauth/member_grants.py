@@ -43,7 +43,7 @@ from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from coalition.db import UnitOfWork, read, utcnow
+from coalition.db import UnitOfWork, affected_rows, read, utcnow
 from coalition.member.signin import SignedInMember, active_member
 from coalition.oauth.finance_users import (
     FINANCE_SCOPES,
@@ -133,7 +133,7 @@ def revoke_member_tokens(session: Session, member_id: int, client_id: str | None
                                                t.revoked_at.is_(None))
     if client_id is not None:
         query = query.where(t.client_id == client_id)
-    return session.execute(query.values(revoked_at=utcnow())).rowcount
+    return affected_rows(session.execute(query.values(revoked_at=utcnow())))
 
 
 def _revoke_after_replay(member_id: int | None, finance_user_id: int | None,
@@ -236,11 +236,11 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         c = OAuthAuthorizationCode.__table__.c
         now = utcnow()
         with UnitOfWork() as uow:
-            spent = uow.session.execute(
+            spent = affected_rows(uow.session.execute(
                 update(OAuthAuthorizationCode.__table__)
                 .where(c.id == code.id, c.used_at.is_(None), c.expires_at > now)
                 .values(used_at=now)
-            ).rowcount
+            ))
             if not spent:
                 raise InvalidGrantError("The code was already used or has expired.")
             uow.session.add(_token_row(client, member, token))
@@ -305,11 +305,11 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
         t = OAuthToken.__table__.c
         now = utcnow()
         with UnitOfWork() as uow:
-            rotated = uow.session.execute(
+            rotated = affected_rows(uow.session.execute(
                 update(OAuthToken.__table__)
                 .where(t.id == old.id, t.revoked_at.is_(None))
                 .values(revoked_at=now, rotated_at=now)
-            ).rowcount
+            ))
             if rotated:
                 uow.session.add(_token_row(self.request.client, member, token))
                 uow.commit()

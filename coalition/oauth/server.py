@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,7 +52,7 @@ class AuthorizationServer(_AuthorizationServer):
         generator.refresh_token_generator = lambda **_: generate_token(48)
         return generator
 
-    def authenticate_client(self, request: Any, methods: list[str],
+    def authenticate_client(self, request: Any, methods: Collection[str],
                             endpoint: str = "token") -> OAuthClient:
         if not _readable_authorization(request.headers.get("Authorization")):
             raise InvalidClientError(

@@ -7,6 +7,8 @@ Create Date: 2026-11-22 18:30:16.174614
 
 from __future__ import annotations
 
+from typing import Literal
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -18,7 +20,7 @@ branch_labels = None
 depends_on = None
 
 
-def _recreate() -> str:
+def _recreate() -> Literal['always', 'auto']:
     return 'always' if op.get_bind().dialect.name == 'sqlite' else 'auto'
 
 
