@@ -37,7 +37,10 @@ def release_welcome_bonus(session: Session, member_id: int, now: datetime) -> in
     work of the member's earn from a spend; the bonus waits for it, so that a partner
     cannot enrol members to burn their bonus. Returns the points released."""
     lot = Lot.__table__.c
-    journal.lock_wallet(session, member_id)  # before the lots are read
+    # the wallet is locked before the lots are read; a waiting bonus is pending points, so
+    # a member with none pending (most members, after their first spend) needs no lot query
+    if journal.lock_wallet(session, member_id).pending == 0:
+        return 0
     waiting = session.execute(
         select(lot.id, lot.remaining).where(
             lot.member_id == member_id, lot.source == "bonus", lot.state == "pending",
