@@ -68,7 +68,8 @@ def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
     return idempotent(partner, data["partner_txn_id"], digest, work, render, units=units)
 
 
-def _open_hold(session: Session, partner: PartnerRef, hold_id: int, now: datetime) -> Hold:
+def _locked_open_hold(session: Session, partner: PartnerRef, hold_id: int) -> Hold:
+    """The partner's hold, read again under its member's wallet lock; refused unless open."""
     hold = session.scalar(select(Hold).where(Hold.id == hold_id, Hold.partner_id == partner.id))
     if hold is None:
         raise NotFound(f"No hold {hold_id}.")
@@ -76,6 +77,12 @@ def _open_hold(session: Session, partner: PartnerRef, hold_id: int, now: datetim
     session.refresh(hold)
     if hold.status != "open":
         raise HoldNotOpen(f"Hold {hold_id} is {hold.status}.")
+    return hold
+
+
+def _open_hold(session: Session, partner: PartnerRef, hold_id: int, now: datetime) -> Hold:
+    """As :func:`_locked_open_hold`, and not expired: what a capture needs."""
+    hold = _locked_open_hold(session, partner, hold_id)
     if hold.expires_at <= now:
         raise HoldNotOpen(f"Hold {hold_id} has expired.")
     return hold
@@ -133,14 +140,7 @@ def cancel_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any]
 
     def work(session: Session) -> int:
         now = clock.utcnow()
-        hold = session.scalar(select(Hold).where(Hold.id == hold_id,
-                                                 Hold.partner_id == partner.id))
-        if hold is None:
-            raise NotFound(f"No hold {hold_id}.")
-        journal.lock_wallet(session, hold.member_id)
-        session.refresh(hold)
-        if hold.status != "open":
-            raise HoldNotOpen(f"Hold {hold_id} is {hold.status}.")
+        hold = _locked_open_hold(session, partner, hold_id)
         entry_id = void_hold(session, hold, now, status="voided",
                              partner_txn_id=data["partner_txn_id"], digest=digest)
         return render_hold(session, hold, partner.code,
