@@ -24,7 +24,6 @@ from coalition.clock import add_months
 from coalition.db import UnitOfWork, Units
 from coalition.errors import BalanceLimit
 from coalition.ledger import journal
-from coalition.ledger.journal import LedgerInconsistency
 from coalition.ledger.lookup import lock_members
 from coalition.ledger.models import Lot, Member
 from coalition.program.service import Rules, rules_in_force
@@ -45,23 +44,8 @@ def release_welcome_bonus(session: Session, member_id: int, now: datetime) -> in
         select(lot.id, lot.remaining).where(
             lot.member_id == member_id, lot.source == "bonus", lot.state == "pending",
             lot.pending_until.is_(None))).all()
-    if not waiting:
-        return 0
-    session.execute(update(Lot.__table__).where(lot.id.in_([i for i, _ in waiting]))
-                    .values(state="live"))
-    points = sum(remaining for _, remaining in waiting)
-    if not points:
-        return 0
-    balance = journal.change_wallet(session, member_id, pending=-points, available=points)
-    if balance is None:
-        raise LedgerInconsistency(f"member {member_id}: pending short of the {points} "
-                                  f"welcome bonus points")
-    journal.book_entry(
-        session, kind="release", booked_at=now, points=points, member_id=member_id,
-        balance=balance, note="welcome bonus: first earn from a spend",
-        postings=[("member:pending", member_id, None, -points),
-                  ("member:available", member_id, None, points)])
-    return points
+    return journal.release_lots(session, member_id, [tuple(row) for row in waiting], now,
+                                note="welcome bonus: first earn from a spend")
 
 
 def lot_expiry(rules: Rules, now: datetime) -> datetime | None:

@@ -219,24 +219,8 @@ def _release(session: Session, member_id: int, as_of: datetime,
         .where(_lot.member_id == member_id, _lot.state == "pending",
                _lot.pending_until <= as_of)
     ).all()
-    if not lots:
-        return 0, 0
-    points = sum(remaining for _, remaining in lots)
-    session.execute(update(Lot.__table__)
-                    .where(_lot.id.in_([lot_id for lot_id, _ in lots]))
-                    .values(state="live"))
-    if points == 0:  # reversed in full while pending: nothing left to move
-        return 0, 0
-    balance = journal.change_wallet(session, member_id, pending=-points, available=points)
-    if balance is None:
-        raise LedgerInconsistency(f"member {member_id}: pending short of {points} points "
-                                  f"in pending lots (or available would overflow)")
-    journal.book_entry(
-        session, kind="release", booked_at=now, occurred_at=as_of, points=points,
-        member_id=member_id, balance=balance,
-        postings=[("member:pending", member_id, None, -points),
-                  ("member:available", member_id, None, points)],
-    )
+    points = journal.release_lots(session, member_id, [tuple(row) for row in lots], now,
+                                  occurred_at=as_of)
     return sum(1 for _, remaining in lots if remaining), points
 
 

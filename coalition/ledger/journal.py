@@ -172,6 +172,31 @@ def apply_takes(session: Session, takes: Sequence[Take]) -> None:
     session.execute(_APPLY_TAKE, [{"lot": t.lot_id, "delta": t.points} for t in takes])
 
 
+def release_lots(session: Session, member_id: int, lots: Sequence[tuple[int, int]],
+                 booked_at: datetime, occurred_at: datetime | None = None,
+                 note: str | None = None) -> int:
+    """Make pending lots ``(lot id, remaining points)`` live and move their points from
+    pending to available in one ``release`` entry (none when nothing is left in them, as
+    after a reversal in full while pending); the wallet is already locked. Returns the
+    points released."""
+    if not lots:
+        return 0
+    session.execute(update(_L).where(_L.c.id.in_([lot_id for lot_id, _ in lots]))
+                    .values(state="live"))
+    points = sum(remaining for _, remaining in lots)
+    if points == 0:
+        return 0
+    balance = change_wallet(session, member_id, pending=-points, available=points)
+    if balance is None:
+        raise LedgerInconsistency(f"member {member_id}: pending short of {points} points "
+                                  f"in pending lots (or available would overflow)")
+    book_entry(session, kind="release", booked_at=booked_at, occurred_at=occurred_at,
+               points=points, member_id=member_id, balance=balance, note=note,
+               postings=[("member:pending", member_id, None, -points),
+                         ("member:available", member_id, None, points)])
+    return points
+
+
 _INSERT_ENTRY = insert(Entry.__table__).returning(Entry.__table__.c.id)
 _INSERT_ENTRY_FENCED = {
     priced: insert(Entry.__table__).returning(Entry.__table__.c.id, *fence.returning(priced))
