@@ -57,6 +57,7 @@ chromium:
 
 lint: $(STAMP)
 	$(BIN)/ruff check coalition partners settlement config tests $(wildcard bench)
+	$(BIN)/mypy
 
 # Migrate an empty SQLite database, then fail if the models and the migrations differ.
 check-schema: $(STAMP)

@@ -391,8 +391,10 @@ def _adjust(session: Any, brk: Break, partner: Partner) -> tuple[int, int]:
     ref = booking.PartnerRef(partner.id, partner.code, partner.currency)
     file = brk.details.get("file")
     ours = brk.details.get("ledger")
-    kind = (file or ours or {}).get("type")
-    if brk.kind not in ("points_mismatch", "missing_in_ledger", "missing_in_file") or (
+    record = file or ours
+    kind = (record or {}).get("type")
+    adjustable = ("points_mismatch", "missing_in_ledger", "missing_in_file")
+    if record is None or brk.kind not in adjustable or (
             brk.kind == "missing_in_ledger" and "booked_in_another_period" in brk.details):
         raise InvalidRequest("Only a points difference or a missing record can be adjusted; "
                              "accept this break with a reason.")
@@ -410,15 +412,18 @@ def _adjust(session: Any, brk: Break, partner: Partner) -> tuple[int, int]:
             "break with a reason and settle the rest with the partner.")
     difference = (file["points"] if file else 0) - (ours["points"] if ours else 0)
     txn = f"adj-{brk.id}-{brk.partner_txn_id}"[:64]
-    member = (file or ours)["member_number"]
+    member = record["member_number"]
     if difference > 0:
         data = {"member_number": member, "partner_txn_id": txn, "points": difference}
         if file:
             data["occurred_at"] = datetime.fromisoformat(file["occurred_at"])
         outcome = (earn_burn.earn(ref, data, session=session) if kind in EARN_LIKE
                    else earn_burn.burn(ref, data, session=session))
-    else:
+    elif ours is not None:
         outcome = reversals.reverse(ref, ours["entry_id"],
                                  {"partner_txn_id": txn, "points": -difference},
                                  session=session)
+    else:
+        raise InvalidRequest("Nothing in the ledger to take points back from; accept this "
+                             "break with a reason.")
     return int(outcome.body["id"]), difference

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from coalition import clock
 from coalition.clock import add_months
-from coalition.db import UnitOfWork, Units
+from coalition.db import UnitOfWork, Units, affected_rows
 from coalition.errors import BalanceLimit
 from coalition.ledger import journal
 from coalition.ledger.lookup import lock_members
@@ -60,7 +60,8 @@ def book_bonus(session: Session, member_id: int, points: int, note: str, now: da
     the member's lock), spendable at once or ``pending`` until released. Returns the
     entry id."""
     account = "member:pending" if pending else "member:available"
-    balance = journal.change_wallet(session, member_id, **{account.split(":")[1]: points})
+    balance = journal.change_wallet(session, member_id, available=0 if pending else points,
+                                    pending=points if pending else 0)
     if balance is None:
         raise BalanceLimit("The member's balance would exceed the largest allowed.")
     entry_id = journal.book_entry(
@@ -110,11 +111,11 @@ def grant_birthday(member_id: int, as_of: date, points: int, *, units: Units = U
         session = uow.session
         lock_members(session, member_id)
         # the guard that makes the bonus once a year: only one run can move the year on
-        claimed = session.execute(
+        claimed = affected_rows(session.execute(
             update(Member.__table__)
             .where(_m.id == member_id, *birthday_conditions(as_of))
             .values(birthday_bonus_year=as_of.year)
-        ).rowcount
+        ))
         if claimed != 1:
             return False
         now = clock.utcnow()

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from coalition import clock
-from coalition.db import UnitOfWork, Units, run_with_retries
+from coalition.db import UnitOfWork, Units, affected_rows, run_with_retries
 from coalition.ledger import journal
 from coalition.ledger.journal import LedgerInconsistency, Take
 from coalition.ledger.lookup import lock_members, member_state, require_active
@@ -84,8 +84,8 @@ def close(member_id: int, *, units: Units = UnitOfWork) -> dict[str, Any]:
                 _l.member_id == member_id, _l.state.in_(("live", "pending")))
                 .values(state="forfeited"))
             # the links go with what each partner supplied on them, and every consent
-            links = session.execute(delete(MemberLink.__table__)
-                                    .where(_link.member_id == member_id)).rowcount
+            links = affected_rows(session.execute(delete(MemberLink.__table__)
+                                                  .where(_link.member_id == member_id)))
             session.execute(delete(MemberConsent.__table__)
                             .where(MemberConsent.member_id == member_id))
             session.execute(update(Member.__table__).where(_m.id == member_id).values(

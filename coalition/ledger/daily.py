@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select
@@ -82,7 +83,7 @@ def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None,
         for member_id in page:
             try:
                 granted = run_with_retries(
-                    lambda m=member_id: grant_birthday(m, as_of, points, units=units))
+                    partial(grant_birthday, member_id, as_of, points, units=units))
             except (CoalitionError, LedgerInconsistency) as exc:
                 summary.failures.append({"member_id": member_id, "step": "birthday",
                                          "error": str(exc)})
@@ -123,7 +124,7 @@ def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None,
         progress("tiers", 0, len(candidates))
     for done, member_id in enumerate(candidates, 1):
         try:
-            moved = run_with_retries(lambda m=member_id: _downgrade(m, rules, now, units))
+            moved = run_with_retries(partial(_downgrade, member_id, rules, now, units))
         except (CoalitionError, LedgerInconsistency) as exc:
             summary.failures.append({"member_id": member_id, "step": "tier",
                                      "error": str(exc)})

@@ -37,7 +37,7 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
     partner = partner_of(partner_id)
     digest = request_hash("earn", data)
 
-    def work(session: Session) -> int:
+    def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
         check_occurred(data.get("occurred_at"), now)
         member = active_member(session, partner.id, data)
@@ -104,7 +104,7 @@ def burn(partner_id: int | PartnerRef, data: dict[str, Any], *,
     partner = partner_of(partner_id)
     digest = request_hash("burn", data)
 
-    def work(session: Session) -> int:
+    def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
         check_occurred(data.get("occurred_at"), now)
         member = active_member(session, partner.id, data)

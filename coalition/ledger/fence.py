@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import String, bindparam, column, exists, func, select, table, text
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from coalition.db import Retry, UTCDateTime
 from coalition.errors import NoRateCard, PeriodClosed
@@ -81,7 +82,7 @@ def read(session: Session, partner_id: int | None,
          at: datetime | None = None) -> tuple[datetime | None, bool]:
     """Pass the fence (lock shared on PostgreSQL) in a statement of its own, and read the
     end of the latest closed period and whether ``partner_id`` is priced at ``at``."""
-    columns = [_PASS_SHARED if _postgres(session) else _CLOSED_UNTIL]
+    columns: list[ColumnElement[Any]] = [_PASS_SHARED if _postgres(session) else _CLOSED_UNTIL]
     if partner_id is not None:
         columns.append(_PRICED)
     row = session.execute(select(*columns), parameters(partner_id, at)).one()

@@ -27,7 +27,7 @@ def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
     partner = partner_of(partner_id)
     digest = request_hash("hold", data)
 
-    def work(session: Session) -> int:
+    def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
         member = active_member(session, partner.id, data)
         holds = rules_in_force(session)["holds"]
@@ -94,7 +94,7 @@ def capture_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any
     partner = partner_of(partner_id)
     digest = request_hash("capture", {"hold": hold_id, **data})
 
-    def work(session: Session) -> int:
+    def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
         hold = _open_hold(session, partner, hold_id, now)
         member = session.get_one(Member, hold.member_id)
@@ -138,7 +138,7 @@ def cancel_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any]
     partner = partner_of(partner_id)
     digest = request_hash("void", {"hold": hold_id, **data})
 
-    def work(session: Session) -> int:
+    def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
         hold = _locked_open_hold(session, partner, hold_id)
         entry_id = void_hold(session, hold, now, status="voided",

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Select, exists, func, select, union, update
@@ -123,7 +124,7 @@ def expire(as_of: datetime, progress: Progress | None = None) -> ExpirySummary:
             break
         for member_id in page:
             try:
-                done = run_with_retries(lambda m=member_id: _settle(m, as_of, policy))
+                done = run_with_retries(partial(_settle, member_id, as_of, policy))
             except LedgerInconsistency as exc:
                 summary.failures.append({"member_id": member_id, "error": str(exc)})
                 done = _Settled()

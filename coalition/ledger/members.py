@@ -121,7 +121,7 @@ def enrol(
 def _create(session: Session, partner_id: int, email: str | None, name: str | None,
             birth_date: date | None, activation_code_hash: str | None = None) -> int:
     rules = load_rules(session)
-    member_id = session.execute(
+    member_id: int = session.execute(
         insert(Member.__table__).values(
             member_number=numbers.new_number(), status="active",
             tier=rules["tiers"][0]["code"], email=email, name=name, birth_date=birth_date,

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from coalition import clock
 from coalition.audit.service import Actor, record
-from coalition.db import UnitOfWork, Units, run_with_retries
+from coalition.db import UnitOfWork, Units, affected_rows, run_with_retries
 from coalition.errors import BalanceLimit, InvalidRequest
 from coalition.ledger import journal, tiers
 from coalition.ledger.journal import LedgerInconsistency
@@ -95,11 +95,12 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
                               ("member:pending", absorbed.id, None, -pending),
                               ("member:pending", survivor.id, None, pending)],
                 )
-            lots = session.execute(update(Lot.__table__).where(_l.member_id == absorbed.id)
-                                   .values(member_id=survivor.id)).rowcount
-            links = session.execute(
+            lots = affected_rows(session.execute(
+                update(Lot.__table__).where(_l.member_id == absorbed.id)
+                .values(member_id=survivor.id)))
+            links = affected_rows(session.execute(
                 update(MemberLink.__table__).where(_link.member_id == absorbed.id)
-                .values(member_id=survivor.id)).rowcount
+                .values(member_id=survivor.id)))
             _move_consents(session, absorbed.id, survivor.id)
             # members merged into the absorbed one point at the survivor now (one hop)
             session.execute(update(Member.__table__)

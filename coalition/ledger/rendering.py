@@ -54,9 +54,17 @@ def render_transaction(session: Session, entry: Entry, partner_code: str) -> dic
         partner_txn_id=entry.partner_txn_id, points=entry.points, pending=pending,
         booked_at=entry.booked_at, occurred_at=entry.occurred_at,
         reference=entry.reference_id,
-        balance=Balance(entry.available_after, entry.pending_after, entry.held_after),
+        balance=recorded_balance(entry),
         spend_amount=entry.spend_amount, spend_currency=entry.spend_currency,
     )
+
+
+def recorded_balance(entry: Entry) -> Balance | None:
+    """The member's balances just after ``entry``, as the entry recorded them (every
+    booking does)."""
+    if entry.available_after is None or entry.pending_after is None or entry.held_after is None:
+        return None
+    return Balance(entry.available_after, entry.pending_after, entry.held_after)
 
 
 def render_hold(session: Session, hold: Hold, partner_code: str,

@@ -36,7 +36,8 @@ def _reversed_so_far(session: Session, original: Entry, kind: str) -> tuple[int,
         refunded = sum((a for a in session.scalars(
             select(Entry.spend_amount).where(Entry.reference_id == original.id,
                                              Entry.kind == kind,
-                                             Entry.spend_amount.is_not(None)))), Decimal(0))
+                                             Entry.spend_amount.is_not(None))) if a is not None),
+            Decimal(0))
     return int(points), refunded or Decimal(0)
 
 
@@ -92,7 +93,7 @@ def reverse(partner_id: int | PartnerRef, transaction_id: int, data: dict[str, A
     partner = partner_of(partner_id)
     digest = request_hash("reversal", {"transaction": transaction_id, **data})
 
-    def work(session: Session) -> int:
+    def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
         original = session.scalar(select(Entry).where(
             Entry.id == transaction_id, Entry.partner_id == partner.id,
@@ -103,8 +104,9 @@ def reverse(partner_id: int | PartnerRef, transaction_id: int, data: dict[str, A
         if may_reverse is not None and needed not in may_reverse:
             raise ReversalNotPermitted(original.kind, needed)
         # a merged member's points and lots moved to the survivor: so does the reversal
-        member_id = session.scalar(select(func.coalesce(Member.merged_into_id, Member.id))
-                                   .where(Member.id == original.member_id))
+        member_id: int = session.execute(
+            select(func.coalesce(Member.merged_into_id, Member.id))
+            .where(Member.id == original.member_id)).scalar_one()
         journal.lock_wallet(session, member_id)
         member = session.get_one(Member, member_id)
         if member.status != "active":

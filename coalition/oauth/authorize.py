@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from authlib.oauth2 import OAuth2Error
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, render_template, request
 
 from coalition.http.pages import check_csrf, protect_pages
 from coalition.member import signin
@@ -69,7 +69,8 @@ def authorize() -> Any:
         grant = authorization.get_consent_grant(end_user=None)
     except OAuth2Error as error:
         if error.redirect_uri:
-            return authorization.handle_error_response(None, error)
+            return authorization.handle_error_response(
+                authorization.create_oauth2_request(request), error)
         return render_template("error.html", status=400, title="This sign-in link is not valid",
                                message=error.get_error_description() or error.error), 400
     client = grant.request.client
@@ -88,6 +89,4 @@ def authorize() -> Any:
         return _form(client, 429, locked.message, member_number, locked.headers)
     except signin.SignInFailed as failed:
         return _form(client, 401, failed.message, member_number)
-    response: Response = authorization.create_authorization_response(grant=grant,
-                                                                     grant_user=member)
-    return response
+    return authorization.create_authorization_response(grant=grant, grant_user=member)

@@ -27,17 +27,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from authlib.oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import (
+    ClientMixin,
     InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
+    TokenMixin,
     grants,
 )
-from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oauth2.rfc7636 import CodeChallenge
 from flask import current_app
 from sqlalchemy import select, update
@@ -51,6 +54,7 @@ from coalition.oauth.finance_users import (
     active_finance_user,
     revoke_finance_user_tokens,
 )
+from coalition.oauth.grant_request import client_of, held_scopes
 from coalition.oauth.models import (
     MEMBER_SCOPES,
     OAuthAuthorizationCode,
@@ -63,6 +67,8 @@ from coalition.oauth.models import (
 PUBLIC_AUTH_METHODS = ["none"]
 
 Owner = SignedInMember | SignedInFinanceUser
+#: what a grant's token endpoint answers: status, the token (a dict) and headers
+TokenResponse = tuple[int, dict[str, str | int], Collection[tuple[str, str]]]
 
 
 def audience(scope: str) -> str:
@@ -146,19 +152,24 @@ def _revoke_after_replay(member_id: int | None, finance_user_id: int | None,
         uow.commit()
 
 
-def _token_row(client: OAuthClient, owner: Owner, token: dict[str, Any]) -> OAuthToken:
+def granted_scope(token: Mapping[str, str | int]) -> str:
+    """The scope of a token Authlib generated (absent when empty)."""
+    return str(token.get("scope", ""))
+
+
+def _token_row(client: OAuthClient, owner: Owner, token: Mapping[str, str | int]) -> OAuthToken:
     refresh = token.get("refresh_token")
     finance = isinstance(owner, SignedInFinanceUser)
-    if not scope_fits(owner, token.get("scope", "")):
+    if not scope_fits(owner, granted_scope(token)):
         # never store a member token with settlement:run, nor a finance token with member
         raise InvalidScopeError("The scope does not fit who signed in.")
     return OAuthToken(
         client_pk=client.id, client_id=client.client_id, kind=client.kind, partner_id=None,
         member_id=None if finance else owner.id,
         finance_user_id=owner.id if finance else None,
-        access_token_hash=digest(token["access_token"]),
-        refresh_token_hash=digest(refresh) if refresh else None,
-        scope=token.get("scope", ""), expires_in=int(token["expires_in"]),
+        access_token_hash=digest(str(token["access_token"])),
+        refresh_token_hash=digest(str(refresh)) if refresh else None,
+        scope=granted_scope(token), expires_in=int(token["expires_in"]),
         client_generation=client.generation,
     )
 
@@ -168,11 +179,7 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def validate_requested_scope(self) -> None:
         super().validate_requested_scope()
-        requested = set(scope_to_list(self.request.payload.scope) or [])
-        held = set(self.request.client.scope.split())
-        if not requested <= held:
-            raise InvalidScopeError(f"The client may not request: "
-                                    f"{' '.join(sorted(requested - held))}")
+        requested, held = held_scopes(self.request)
         granted = requested or held
         if not (granted <= set(MEMBER_SCOPES) or granted <= set(FINANCE_SCOPES)):
             raise InvalidScopeError("Members and finance users sign in separately: ask for "
@@ -201,11 +208,12 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             ))
             uow.commit()
 
-    def query_authorization_code(self, code: str, client: OAuthClient) -> AuthorizationCode | None:
+    def query_authorization_code(self, code: str,
+                                 client: ClientMixin) -> AuthorizationCode | None:
         with read() as session:
             row = session.scalar(select(OAuthAuthorizationCode).where(
                 OAuthAuthorizationCode.code_hash == digest(code),
-                OAuthAuthorizationCode.client_id == client.client_id))
+                OAuthAuthorizationCode.client_id == client.get_client_id()))
         if row is None:
             return None
         if row.used_at is not None:
@@ -223,15 +231,17 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         """Codes are spent in :meth:`create_token_response`, with the token they buy."""
 
-    def create_token_response(self) -> tuple[int, dict[str, Any], Any]:
-        client: OAuthClient = self.request.client
-        code: AuthorizationCode = self.request.authorization_code
+    # Authlib answers the token as a dict (its stub says a string)
+    def create_token_response(self) -> TokenResponse:  # type: ignore[override]
+        client = client_of(self.request)
+        code = self.request.authorization_code
+        assert isinstance(code, AuthorizationCode), "set by query_authorization_code"
         member = self.authenticate_user(code)
         if member is None:
             raise InvalidGrantError("The member or user can no longer sign in.")
         self.request.user = member
         token = self.generate_token(user=member, scope=code.scope, include_refresh_token=True)
-        if not scope_fits(member, token.get("scope", "")):
+        if not scope_fits(member, granted_scope(token)):
             raise InvalidGrantError("The code's scope does not fit who signed in.")
         c = OAuthAuthorizationCode.__table__.c
         now = utcnow()
@@ -270,7 +280,9 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = PUBLIC_AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
 
-    def authenticate_refresh_token(self, refresh_token: str) -> OAuthToken | None:
+    # Authlib refuses the grant when this answers None; its stub says never None
+    def authenticate_refresh_token(  # type: ignore[override]
+            self, refresh_token: str) -> OAuthToken | None:
         with read() as session:
             row = session.scalar(select(OAuthToken).where(
                 OAuthToken.refresh_token_hash == digest(refresh_token)))
@@ -289,19 +301,22 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
     def authenticate_user(self, refresh_token: OAuthToken) -> Owner | None:
         return _owner(refresh_token.member_id, refresh_token.finance_user_id)
 
-    def revoke_old_credential(self, refresh_token: OAuthToken) -> None:
+    def revoke_old_credential(self, refresh_token: TokenMixin) -> None:
         """The old token is revoked in :meth:`create_token_response`, with the new one."""
 
-    def create_token_response(self) -> tuple[int, dict[str, Any], Any]:
-        old: OAuthToken = self.request.refresh_token
+    # Authlib answers the token as a dict (its stub says a string)
+    def create_token_response(self) -> TokenResponse:  # type: ignore[override]
+        old = self.request.refresh_token
+        assert isinstance(old, OAuthToken), "set by authenticate_refresh_token"
         member = self.authenticate_user(old)
         if member is None:
             raise InvalidGrantError("The member or user can no longer sign in.")
         self.request.user = member
         token = self.issue_token(member, old)
-        if not scope_fits(member, token.get("scope", "")):
+        if not scope_fits(member, granted_scope(token)):
             raise InvalidGrantError("The scope does not fit who signed in.")
-        token["access_token"], token["refresh_token"] = successor_pair(self.presented)
+        access, refresh = successor_pair(self.presented)
+        token["access_token"], token["refresh_token"] = access, refresh
         t = OAuthToken.__table__.c
         now = utcnow()
         with UnitOfWork() as uow:
@@ -311,7 +326,7 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
                 .values(revoked_at=now, rotated_at=now)
             ))
             if rotated:
-                uow.session.add(_token_row(self.request.client, member, token))
+                uow.session.add(_token_row(client_of(self.request), member, token))
                 uow.commit()
                 return 200, token, self.TOKEN_RESPONSE_HEADER
             # rotated already (by a refresh in parallel, or a moment ago): within the grace,
@@ -319,7 +334,7 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
             rotated_at = uow.session.scalar(select(t.rotated_at).where(t.id == old.id))
             successor = uow.session.execute(
                 select(t.issued_at, t.expires_in, t.scope)
-                .where(t.access_token_hash == digest(token["access_token"]),
+                .where(t.access_token_hash == digest(access),
                        t.revoked_at.is_(None))
             ).first()
         if successor is None or not _in_grace(rotated_at, now):
@@ -330,6 +345,6 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
-def register_member_grants(server: Any) -> None:
+def register_member_grants(server: AuthorizationServer) -> None:
     server.register_grant(MemberAuthorizationCodeGrant, [S256CodeChallenge(required=True)])
     server.register_grant(MemberRefreshTokenGrant)

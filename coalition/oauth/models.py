@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin
+from authlib.oauth2.rfc6749.util import scope_to_list
 from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -67,10 +69,11 @@ class OAuthClient(Base, ClientMixin):
     def get_client_id(self) -> str:
         return self.client_id
 
-    def get_default_redirect_uri(self) -> str | None:
-        return None
+    def get_default_redirect_uri(self) -> str:
+        # none: a request must name its redirect URI (Authlib refuses an empty default)
+        return ""
 
-    def get_allowed_scope(self, scope: str | None) -> str:
+    def get_allowed_scope(self, scope: Collection[str] | str | None) -> str:
         """The requested scopes this client holds; all of its scopes when none are asked.
 
         Scopes it does not hold were already refused by the grant, so this only orders them.
@@ -78,7 +81,7 @@ class OAuthClient(Base, ClientMixin):
         allowed = self.scope.split()
         if not scope:
             return " ".join(allowed)
-        requested = set(scope.split())
+        requested = set(scope_to_list(scope))
         return " ".join(s for s in allowed if s in requested)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
