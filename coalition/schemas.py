@@ -23,6 +23,17 @@ MAX_POINTS = 2**53 - 1
 _DECIMAL_RE = re.compile(r"^[+-]?(\d+)(\.(\d+))?$")
 
 
+class WholeMatch(validate.Regexp):
+    """A pattern that must match the whole value. :class:`validate.Regexp` uses
+    ``re.match``, where ``$`` also matches before a trailing newline, so ``"abc\\n"`` would
+    pass ``^[a-z]+$``; the pattern (and so the OpenAPI ``pattern``) stays as written."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 class StrictInteger(fields.Integer):
     """A JSON integer; booleans, floats and numeric strings are refused."""
 

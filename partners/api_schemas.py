@@ -16,10 +16,11 @@ from coalition.schemas import (
     StrictInteger,
     StrictSchema,
     UTCTimestamp,
+    WholeMatch,
 )
 
-TXN_ID = validate.Regexp(r"^[\x21-\x7e]{1,64}$",
-                         error="1 to 64 printable ASCII characters, no spaces.")
+TXN_ID = WholeMatch(r"^[\x21-\x7e]{1,64}$",
+                    error="1 to 64 printable ASCII characters, no spaces.")
 REF = validate.Length(min=1, max=64)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from coalition.oauth.models import PARTNER_SCOPES
-from coalition.schemas import Currency, DecimalString, StrictSchema, UTCTimestamp
+from coalition.schemas import Currency, DecimalString, StrictSchema, UTCTimestamp, WholeMatch
 
-PARTNER_CODE = validate.Regexp(
+PARTNER_CODE = WholeMatch(
     r"^[a-z][a-z0-9-]{1,31}$",
     error="2 to 32 characters: lower-case letters, digits and '-', starting with a letter.",
 )

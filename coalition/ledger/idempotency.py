@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coalition.db import UnitOfWork, Units, read, run_with_retries
-from coalition.errors import CoalitionError, IdempotencyConflict, InvalidRequest
+from coalition.errors import CoalitionError, IdempotencyConflict
 from coalition.ledger.booking import PartnerRef
 from coalition.ledger.models import Entry
 
@@ -111,13 +111,9 @@ def idempotent(
             return replay(session, entry)
 
 
-#: an ``Idempotency-Key``: stored after the member number and a space, within 64 characters
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,50}$")  # (also the OpenAPI pattern)
-
-
-_KEY = re.compile(r"[\x21-\x7e]{1,50}")
-
-
+#: an ``Idempotency-Key`` (the whole value; also the OpenAPI pattern), checked where a
+#: request is parsed: it is stored after the member number and a space, within 64 characters
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,50}$")
 IDEMPOTENCY_KEY_RULE = "1 to 50 printable ASCII characters, no spaces."
 
 
@@ -125,9 +121,6 @@ def stored_key(member_number: str, idempotency_key: str | None) -> str | None:
     """The ``partner_txn_id`` a member's ``Idempotency-Key`` is kept as (module doc)."""
     if idempotency_key is None:
         return None
-    if not _KEY.fullmatch(idempotency_key):
-        raise InvalidRequest("The Idempotency-Key header is not valid.",
-                             errors={"Idempotency-Key": [IDEMPOTENCY_KEY_RULE]})
     return f"{member_number} {idempotency_key}"
 
 

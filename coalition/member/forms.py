@@ -16,7 +16,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from coalition.ledger import numbers
 from coalition.ledger.idempotency import IDEMPOTENCY_KEY
 from coalition.member.signin import PASSWORD_MAX, PASSWORD_MIN
-from coalition.schemas import MAX_POINTS
+from coalition.schemas import MAX_POINTS, WholeMatch
 
 _DIGITS = re.compile(r"[0-9]{1,16}")
 
@@ -75,8 +75,8 @@ class FormCheckbox(fields.Field):
 
 def _key() -> fields.String:
     # the form's one-time key: the same form sent twice books once (the page writes it)
-    return fields.String(load_default=None, validate=validate.Regexp(
-        IDEMPOTENCY_KEY.pattern, error="This form is damaged; reload the page."))
+    return fields.String(load_default=None, validate=WholeMatch(
+        IDEMPOTENCY_KEY, error="This form is damaged; reload the page."))
 
 
 def _text(message: str, length: int = 32) -> fields.String:

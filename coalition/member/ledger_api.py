@@ -24,6 +24,7 @@ from coalition.schemas import (
     StrictBoolean,
     StrictSchema,
     UTCTimestamp,
+    WholeMatch,
 )
 
 blp = Blueprint("member_ledger", __name__, url_prefix="/v1/me",
@@ -46,8 +47,7 @@ class IdempotencyHeaderSchema(Schema):
 
     idempotency_key = fields.String(
         data_key="Idempotency-Key",
-        validate=validate.Regexp(idempotency.IDEMPOTENCY_KEY.pattern,
-                                 error=idempotency.IDEMPOTENCY_KEY_RULE),
+        validate=WholeMatch(idempotency.IDEMPOTENCY_KEY, error=idempotency.IDEMPOTENCY_KEY_RULE),
         metadata={"description": "makes a retry safe: the same key with the same body "
                   "answers with the original result; with a different body, 409 "
                   "idempotency_conflict. Without it, every request is a new one."})

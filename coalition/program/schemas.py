@@ -6,10 +6,17 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from coalition.schemas import MAX_POINTS, DecimalString, StrictInteger, StrictSchema, UTCTimestamp
+from coalition.schemas import (
+    MAX_POINTS,
+    DecimalString,
+    StrictInteger,
+    StrictSchema,
+    UTCTimestamp,
+    WholeMatch,
+)
 
-_CODE = validate.Regexp(r"^[a-z][a-z0-9_-]{0,31}$",
-                        error="Lower-case letters, digits, '-' and '_'; up to 32.")
+_CODE = WholeMatch(r"^[a-z][a-z0-9_-]{0,31}$",
+                   error="Lower-case letters, digits, '-' and '_'; up to 32.")
 
 
 class TierSchema(StrictSchema):

@@ -66,6 +66,7 @@ def test_every_other_field_is_parsed_strictly(app, live_server, coalition):  # n
         ({"to_member_number": ""}, "Enter the member number."),
         ({"idempotency_key": "has space"}, "This form is damaged"),
         ({"idempotency_key": "k" * 51}, "This form is damaged"),
+        ({"idempotency_key": "t-key\n"}, "This form is damaged"),
         ({"share_name": "maybe"}, "Not a valid choice."),
     ]:
         answer = _post(browser, f"{live_server.url}/member/transfer", {**good, **change})
