@@ -15,7 +15,7 @@ from coalition import clock
 from coalition.db import UnitOfWork, Units, affected_rows, run_with_retries
 from coalition.ledger import journal
 from coalition.ledger.journal import LedgerInconsistency, Take
-from coalition.ledger.lookup import lock_members, member_state, require_active
+from coalition.ledger.lookup import locked_states, require_active
 from coalition.ledger.models import Hold, Lot, Member, MemberConsent, MemberLink, Wallet
 from coalition.ledger.voiding import void_hold
 from coalition.oauth.models import OAuthAuthorizationCode, OAuthToken
@@ -41,8 +41,7 @@ def close(member_id: int, *, units: Units = UnitOfWork) -> dict[str, Any]:
         with units() as uow:
             session = uow.session
             now = clock.utcnow()
-            lock_members(session, member_id)
-            member = member_state(session, member_id)
+            (member,) = locked_states(session, member_id)
             require_active(session, member)
             holds = session.scalars(select(Hold).where(
                 Hold.member_id == member_id, Hold.status == "open").order_by(Hold.id)).all()

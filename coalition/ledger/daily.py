@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 
@@ -27,6 +27,7 @@ PAGE = 500
 
 
 Progress = Callable[[str, int, int], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,6 +61,16 @@ def daily(as_of: date, progress: Progress | None = None, *,
     return summary
 
 
+def _each(summary: DailySummary, step: str, member_id: int, work: Callable[[], T]) -> T | None:
+    """Run one member's ``step`` (its own unit of work, retried on a conflict); a refusal
+    or an inconsistency is that member's failure, and the job goes on."""
+    try:
+        return run_with_retries(work)
+    except (CoalitionError, LedgerInconsistency) as exc:
+        summary.failures.append({"member_id": member_id, "step": step, "error": str(exc)})
+        return None
+
+
 def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None,
                units: Units) -> None:
     with read() as session:
@@ -81,13 +92,8 @@ def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None,
         if not page:
             break
         for member_id in page:
-            try:
-                granted = run_with_retries(
-                    partial(grant_birthday, member_id, as_of, points, units=units))
-            except (CoalitionError, LedgerInconsistency) as exc:
-                summary.failures.append({"member_id": member_id, "step": "birthday",
-                                         "error": str(exc)})
-                granted = False
+            granted = _each(summary, "birthday", member_id,
+                            partial(grant_birthday, member_id, as_of, points, units=units))
             if granted:
                 summary.birthday_members += 1
                 summary.birthday_points += points
@@ -123,12 +129,8 @@ def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None,
     if progress:
         progress("tiers", 0, len(candidates))
     for done, member_id in enumerate(candidates, 1):
-        try:
-            moved = run_with_retries(partial(_downgrade, member_id, rules, now, units))
-        except (CoalitionError, LedgerInconsistency) as exc:
-            summary.failures.append({"member_id": member_id, "step": "tier",
-                                     "error": str(exc)})
-            moved = None
+        moved = _each(summary, "tier", member_id,
+                      partial(_downgrade, member_id, rules, now, units))
         if moved:
             summary.tier_downgrades += 1
             step = f"{moved[0]}>{moved[1]}"

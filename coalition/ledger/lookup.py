@@ -110,6 +110,13 @@ def lock_members(session: Session, *member_ids: int) -> None:
             raise NotFound(f"Member {member_id} has no wallet.") from exc
 
 
+def locked_states(session: Session, *member_ids: int) -> list[MemberRef]:
+    """Lock the members' wallet rows (:func:`lock_members`) and read their states again
+    under the locks, in the order given: a closure or a merge takes the locks too."""
+    lock_members(session, *member_ids)
+    return [member_state(session, member_id) for member_id in member_ids]
+
+
 def member_ids_of(member_id: int, session: Session | None = None) -> list[int]:
     """The member and everyone merged into it, lowest id first: whose entries make up the
     member's history (a merge leaves the absorbed member's entries under its own id)."""

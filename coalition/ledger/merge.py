@@ -21,7 +21,7 @@ from coalition.ledger import journal, tiers
 from coalition.ledger.journal import LedgerInconsistency
 from coalition.ledger.lookup import (
     MemberRef,
-    lock_members,
+    locked_states,
     member_by_number,
     member_state,
     require_active,
@@ -55,9 +55,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
             now = clock.utcnow()
             absorbed = member_by_number(session, absorbed_number, "absorbed")
             survivor = member_by_number(session, survivor_number, "survivor")
-            lock_members(session, absorbed.id, survivor.id)
-            absorbed = member_state(session, absorbed.id)
-            survivor = member_state(session, survivor.id)
+            absorbed, survivor = locked_states(session, absorbed.id, survivor.id)
             if absorbed.status == "merged" and absorbed.merged_into_id == survivor.id:
                 return _merge_body(session, absorbed, survivor, None, {}, already=True)
             require_active(session, absorbed, "absorbed")

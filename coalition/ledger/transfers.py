@@ -64,8 +64,8 @@ from coalition.ledger.idempotency import (
     request_hash,
     stored_key,
 )
-from coalition.ledger.journal import Take
-from coalition.ledger.lookup import lock_members, member_by_number, member_state, require_active
+from coalition.ledger.journal import Balance, Take
+from coalition.ledger.lookup import locked_states, member_by_number, member_state, require_active
 from coalition.ledger.models import Entry, Lot, Member, Posting
 from coalition.ledger.rendering import balance_after, balance_dict
 from coalition.models import Partner
@@ -112,6 +112,17 @@ def _check_transfer_rules(session: Session, rules: Rules, sender_id: int, points
         raise TransferLimit(message, errors={"points": [message]})
 
 
+def _spend(session: Session, member_id: int, points: int,
+           now: datetime) -> tuple[Balance, list[Take]]:
+    """Take ``points`` off the member's available points (one guarded statement) and from
+    its live lots, earliest expiry first; under the member's wallet lock."""
+    balance = journal.change_wallet(session, member_id, available=-points, activity_at=now)
+    if balance is None:
+        raise InsufficientPoints("You do not have enough points.",
+                                 errors={"points": ["More than you have."]})
+    return balance, journal.take_from_live_lots(session, member_id, points)
+
+
 def transfer(member_id: int, to_member_number: str, points: int, *,
              request_id: str | None = None, share_name: bool = False,
              units: Units = UnitOfWork) -> Outcome:
@@ -135,23 +146,15 @@ def transfer(member_id: int, to_member_number: str, points: int, *,
                 message = "You cannot transfer points to yourself."
                 raise InvalidRequest(message, errors={"to_member_number": [message]})
             receiver = member_by_number(session, to_member_number, "to_member_number")
-            lock_members(session, sender.id, receiver.id)
+            sender, receiver = locked_states(session, sender.id, receiver.id)
             existing = keyed_entry(session, sender.id, key)
             if existing is not None:
                 return replay_keyed(session, existing, digest, _render_transfer)
-            # read again under the locks: a closure or merge takes them too
-            sender, receiver = member_state(session, sender.id), member_state(session, receiver.id)
             require_active(session, sender)
             require_active(session, receiver, "to_member_number")
             rules = rules_in_force(session)
             _check_transfer_rules(session, rules, sender.id, points, now)
-
-            balance = journal.change_wallet(session, sender.id, available=-points,
-                                            activity_at=now)
-            if balance is None:
-                raise InsufficientPoints("You do not have enough points.",
-                                         errors={"points": ["More than you have."]})
-            takes = journal.take_from_live_lots(session, sender.id, points)
+            balance, takes = _spend(session, sender.id, points, now)
             if journal.change_wallet(session, receiver.id, available=points) is None:
                 raise BalanceLimit("The receiver's balance would exceed the largest allowed.")
             entry_id = journal.book_entry(
@@ -216,11 +219,10 @@ def donate(member_id: int, partner_code: str, points: int, *,
             now = clock.utcnow()
             member = member_state(session, member_id)
             key = stored_key(member.member_number, request_id)
-            lock_members(session, member.id)
+            (member,) = locked_states(session, member.id)
             existing = keyed_entry(session, member.id, key)
             if existing is not None:
                 return replay_keyed(session, existing, digest, _render_donation)
-            member = member_state(session, member.id)
             require_active(session, member)
             charity = session.execute(
                 select(Partner.id, Partner.code, Partner.kind, Partner.status)
@@ -230,12 +232,7 @@ def donate(member_id: int, partner_code: str, points: int, *,
                            f"{partner_code!r} is not an active charity.")
                 raise InvalidRequest(message, errors={"partner": [
                     "Points can only be donated to an active charity partner."]})
-            balance = journal.change_wallet(session, member.id, available=-points,
-                                            activity_at=now)
-            if balance is None:
-                raise InsufficientPoints("You do not have enough points.",
-                                         errors={"points": ["More than you have."]})
-            takes = journal.take_from_live_lots(session, member.id, points)
+            balance, takes = _spend(session, member.id, points, now)
             entry_id = journal.book_entry(
                 session, kind="donation", booked_at=now, points=points,
                 partner_id=charity.id, member_id=member.id, partner_txn_id=key,
