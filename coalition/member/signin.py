@@ -99,13 +99,17 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-def check_password_rules(password: str) -> None:
-    if len(password) < PASSWORD_MIN:
-        message = f"Choose a password of at least {PASSWORD_MIN} characters."
-        raise ActivationFailed(message, errors={"password": [message]})
-    if len(password) > PASSWORD_MAX:
+def check_password_rules(password: str, refusal: type[CoalitionError] = ActivationFailed,
+                         shortest: int = PASSWORD_MIN) -> None:
+    """The password rules of members (and, with their own ``shortest``, finance users); a
+    password that breaks one is refused with ``refusal`` naming the field."""
+    message = None
+    if len(password) < shortest:
+        message = f"Choose a password of at least {shortest} characters."
+    elif len(password) > PASSWORD_MAX:
         message = f"A password may have at most {PASSWORD_MAX} characters."
-        raise ActivationFailed(message, errors={"password": [message]})
+    if message is not None:
+        raise refusal(message, errors={"password": [message]})
 
 
 # --------------------------------------------------------------------------- throttling

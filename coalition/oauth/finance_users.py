@@ -37,6 +37,7 @@ from coalition.member.signin import (
     PASSWORD_MAX,
     SignInFailed,
     SignInLocked,
+    check_password_rules,
 )
 from coalition.oauth.models import FinanceUser, OAuthToken
 
@@ -70,12 +71,7 @@ def _view(user: FinanceUser) -> dict[str, Any]:
 
 
 def check_password(password: str) -> None:
-    if len(password) < PASSWORD_MIN:
-        message = f"Choose a password of at least {PASSWORD_MIN} characters."
-        raise InvalidRequest(message, errors={"password": [message]})
-    if len(password) > PASSWORD_MAX:
-        message = f"A password may have at most {PASSWORD_MAX} characters."
-        raise InvalidRequest(message, errors={"password": [message]})
+    check_password_rules(password, InvalidRequest, PASSWORD_MIN)
 
 
 def create_user(username: str, name: str, password: str, *,

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from authlib.oauth2 import AuthorizationServer
+from authlib.oauth2 import AuthorizationServer, OAuth2Request
 from authlib.oauth2.rfc6749 import (
     ClientMixin,
     InvalidGrantError,
@@ -142,6 +142,15 @@ def revoke_member_tokens(session: Session, member_id: int, client_id: str | None
     return affected_rows(session.execute(query.values(revoked_at=utcnow())))
 
 
+def _signed_in(request: OAuth2Request, owner: Owner | None) -> Owner:
+    """The member or finance user a code or refresh token still acts for, now the
+    request's user; refused when they can no longer sign in."""
+    if owner is None:
+        raise InvalidGrantError("The member or user can no longer sign in.")
+    request.user = owner
+    return owner
+
+
 def _revoke_after_replay(member_id: int | None, finance_user_id: int | None,
                          client_id: str) -> None:
     with UnitOfWork() as uow:
@@ -236,10 +245,7 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         client = client_of(self.request)
         code = self.request.authorization_code
         assert isinstance(code, AuthorizationCode), "set by query_authorization_code"
-        member = self.authenticate_user(code)
-        if member is None:
-            raise InvalidGrantError("The member or user can no longer sign in.")
-        self.request.user = member
+        member = _signed_in(self.request, self.authenticate_user(code))
         token = self.generate_token(user=member, scope=code.scope, include_refresh_token=True)
         if not scope_fits(member, granted_scope(token)):
             raise InvalidGrantError("The code's scope does not fit who signed in.")
@@ -308,10 +314,7 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
     def create_token_response(self) -> TokenResponse:  # type: ignore[override]
         old = self.request.refresh_token
         assert isinstance(old, OAuthToken), "set by authenticate_refresh_token"
-        member = self.authenticate_user(old)
-        if member is None:
-            raise InvalidGrantError("The member or user can no longer sign in.")
-        self.request.user = member
+        member = _signed_in(self.request, self.authenticate_user(old))
         token = self.issue_token(member, old)
         if not scope_fits(member, granted_scope(token)):
             raise InvalidGrantError("The scope does not fit who signed in.")

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 from collections.abc import Collection
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin
 from authlib.oauth2.rfc6749.util import scope_to_list
@@ -110,7 +111,41 @@ class OAuthClient(Base, ClientMixin):
         return grant_type == "client_credentials"
 
 
-class OAuthToken(Base, TokenMixin):
+class _TokenFields(Protocol):
+    """What :class:`TokenState` reads: a stored token row, or a token as validated."""
+
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def issued_at(self) -> datetime: ...
+    @property
+    def expires_in(self) -> int: ...
+    @property
+    def revoked_at(self) -> datetime | None: ...
+
+
+class TokenState(TokenMixin):
+    """Authlib's :class:`TokenMixin` over a token's client, scope, lifetime and revocation."""
+
+    def check_client(self: _TokenFields, client: ClientMixin) -> bool:
+        return self.client_id == client.get_client_id()
+
+    def get_scope(self: _TokenFields) -> str:
+        return self.scope
+
+    def get_expires_in(self: _TokenFields) -> int:
+        return self.expires_in
+
+    def is_expired(self: _TokenFields) -> bool:
+        return utcnow() >= self.issued_at + timedelta(seconds=self.expires_in)
+
+    def is_revoked(self: _TokenFields) -> bool:
+        return self.revoked_at is not None
+
+
+class OAuthToken(Base, TokenState):
     __tablename__ = "oauth_token"
 
     id: Mapped[PK]
@@ -138,22 +173,6 @@ class OAuthToken(Base, TokenMixin):
     @property
     def expires_at(self) -> datetime:
         return self.issued_at + timedelta(seconds=self.expires_in)
-
-    # -- Authlib TokenMixin
-    def check_client(self, client: ClientMixin) -> bool:
-        return self.client_id == client.get_client_id()
-
-    def get_scope(self) -> str:
-        return self.scope
-
-    def get_expires_in(self) -> int:
-        return self.expires_in
-
-    def is_expired(self) -> bool:
-        return utcnow() >= self.expires_at
-
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
 
 
 class OAuthAuthorizationCode(Base):

@@ -8,14 +8,14 @@ import base64
 import binascii
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from authlib.common.security import generate_token
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskJsonRequest
 from authlib.oauth2 import OAuth2Error, ResourceProtector
-from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, TokenMixin, grants
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, grants
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
@@ -31,7 +31,14 @@ from coalition.ledger.models import Member
 from coalition.models import Partner
 from coalition.oauth.grant_request import held_scopes
 from coalition.oauth.member_grants import register_member_grants
-from coalition.oauth.models import ALL_SCOPES, FinanceUser, OAuthClient, OAuthToken, digest
+from coalition.oauth.models import (
+    ALL_SCOPES,
+    FinanceUser,
+    OAuthClient,
+    OAuthToken,
+    TokenState,
+    digest,
+)
 
 REALM = "coalition"
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
@@ -266,7 +273,7 @@ class Principal:
 
 
 @dataclass(frozen=True)
-class _ValidatedToken(TokenMixin):
+class _ValidatedToken(TokenState):
     client_id: str
     kind: str
     partner_id: int | None
@@ -278,21 +285,6 @@ class _ValidatedToken(TokenMixin):
     partner_code: str | None
     partner_currency: str | None
     finance_user: str | None = None
-
-    def check_client(self, client: Any) -> bool:
-        return self.client_id == client.get_client_id()
-
-    def get_scope(self) -> str:
-        return self.scope
-
-    def get_expires_in(self) -> int:
-        return self.expires_in
-
-    def is_expired(self) -> bool:
-        return utcnow() >= self.issued_at + timedelta(seconds=self.expires_in)
-
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
 
 
 def _current_client() -> Any:
