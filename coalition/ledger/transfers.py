@@ -65,7 +65,13 @@ from coalition.ledger.idempotency import (
     stored_key,
 )
 from coalition.ledger.journal import Balance, Take
-from coalition.ledger.lookup import locked_states, member_by_number, member_state, require_active
+from coalition.ledger.lookup import (
+    MemberRef,
+    locked_states,
+    member_by_number,
+    member_state,
+    require_active,
+)
 from coalition.ledger.models import Entry, Lot, Member, Posting
 from coalition.ledger.rendering import balance_after, balance_dict
 from coalition.models import Partner
@@ -112,6 +118,13 @@ def _check_transfer_rules(session: Session, rules: Rules, sender_id: int, points
         raise TransferLimit(message, errors={"points": [message]})
 
 
+def _keyed(session: Session, member_id: int,
+           request_id: str | None) -> tuple[MemberRef, str | None]:
+    """The member making the request and the ``partner_txn_id`` its key is kept as."""
+    member = member_state(session, member_id)
+    return member, stored_key(member.member_number, request_id)
+
+
 def _spend(session: Session, member_id: int, points: int,
            now: datetime) -> tuple[Balance, list[Take]]:
     """Take ``points`` off the member's available points (one guarded statement) and from
@@ -140,8 +153,7 @@ def transfer(member_id: int, to_member_number: str, points: int, *,
         with units() as uow:
             session = uow.session
             now = clock.utcnow()
-            sender = member_state(session, member_id)
-            key = stored_key(sender.member_number, request_id)
+            sender, key = _keyed(session, member_id, request_id)
             if to_member_number == sender.member_number:
                 message = "You cannot transfer points to yourself."
                 raise InvalidRequest(message, errors={"to_member_number": [message]})
@@ -217,8 +229,7 @@ def donate(member_id: int, partner_code: str, points: int, *,
         with units() as uow:
             session = uow.session
             now = clock.utcnow()
-            member = member_state(session, member_id)
-            key = stored_key(member.member_number, request_id)
+            member, key = _keyed(session, member_id, request_id)
             (member,) = locked_states(session, member.id)
             existing = keyed_entry(session, member.id, key)
             if existing is not None:
