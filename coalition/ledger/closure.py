@@ -16,13 +16,12 @@ from coalition.db import UnitOfWork, Units, affected_rows, run_with_retries
 from coalition.ledger import journal
 from coalition.ledger.journal import LedgerInconsistency, Take
 from coalition.ledger.lookup import locked_states, require_active
-from coalition.ledger.models import Hold, Lot, Member, MemberConsent, MemberLink, Wallet
-from coalition.ledger.voiding import void_hold
+from coalition.ledger.models import Lot, Member, MemberConsent, MemberLink
+from coalition.ledger.voiding import void_open_holds
 from coalition.oauth.models import OAuthAuthorizationCode, OAuthToken
 
 _m = Member.__table__.c
 _l = Lot.__table__.c
-_w = Wallet.__table__.c
 _link = MemberLink.__table__.c
 
 
@@ -43,16 +42,7 @@ def close(member_id: int, *, units: Units = UnitOfWork) -> dict[str, Any]:
             now = clock.utcnow()
             (member,) = locked_states(session, member_id)
             require_active(session, member)
-            holds = session.scalars(select(Hold).where(
-                Hold.member_id == member_id, Hold.status == "open").order_by(Hold.id)).all()
-            for hold in holds:
-                void_hold(session, hold, now, status="voided", note="closure")
-            available, pending, held = session.execute(
-                select(_w.available, _w.pending, _w.held)
-                .where(_w.member_id == member_id)).one()
-            if held:
-                raise LedgerInconsistency(f"member {member_id}: {held} held points "
-                                          f"without an open hold")
+            voided, available, pending = void_open_holds(session, member_id, now, "closure")
             entry_id = None
             if available or pending:
                 balance = journal.change_wallet(session, member_id, available=-available,
@@ -101,7 +91,7 @@ def close(member_id: int, *, units: Units = UnitOfWork) -> dict[str, Any]:
             return {"member_number": member.member_number, "status": "closed",
                     "closed_at": now,
                     "forfeited": {"available": available, "pending": pending},
-                    "holds_voided": len(holds), "links_removed": links,
+                    "holds_voided": voided, "links_removed": links,
                     "entry_id": entry_id}
 
     return run_with_retries(attempt)

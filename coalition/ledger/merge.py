@@ -26,8 +26,8 @@ from coalition.ledger.lookup import (
     member_state,
     require_active,
 )
-from coalition.ledger.models import Hold, Lot, Member, MemberConsent, MemberLink, Wallet
-from coalition.ledger.voiding import void_hold
+from coalition.ledger.models import Lot, Member, MemberConsent, MemberLink, Wallet
+from coalition.ledger.voiding import void_open_holds
 from coalition.program.service import Rules, rules_in_force
 
 _m = Member.__table__.c
@@ -62,16 +62,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
             require_active(session, survivor, "survivor")
             rules = rules_in_force(session)
 
-            holds = session.scalars(select(Hold).where(
-                Hold.member_id == absorbed.id, Hold.status == "open").order_by(Hold.id)).all()
-            for hold in holds:
-                void_hold(session, hold, now, status="voided", note="merge")
-            available, pending, held = session.execute(
-                select(_w.available, _w.pending, _w.held)
-                .where(_w.member_id == absorbed.id)).one()
-            if held:
-                raise LedgerInconsistency(f"member {absorbed.id}: {held} held points "
-                                          f"without an open hold")
+            voided, available, pending = void_open_holds(session, absorbed.id, now, "merge")
             entry_id = None
             if available or pending:
                 if journal.change_wallet(session, absorbed.id, available=-available,
@@ -106,7 +97,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
                             .values(merged_into_id=survivor.id))
             _absorb_member_row(session, rules, absorbed.id, survivor.id)
             moved = {"available": available, "pending": pending, "lots": lots,
-                     "links": links, "holds_voided": len(holds)}
+                     "links": links, "holds_voided": voided}
             body = _merge_body(session, member_state(session, absorbed.id),
                                member_state(session, survivor.id), entry_id, moved)
             record(session, actor or Actor(operator), "member.merged",

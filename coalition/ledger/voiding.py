@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from coalition.ledger import journal
 from coalition.ledger.journal import LedgerInconsistency, Take
-from coalition.ledger.models import Hold, Lot, LotMovement
+from coalition.ledger.models import Hold, Lot, LotMovement, Wallet
 
 
 def hold_takes(session: Session, hold: Hold) -> list[Take]:
@@ -66,3 +66,21 @@ def void_hold(session: Session, hold: Hold, now: datetime, *, status: str,
     hold.status, hold.closed_by_entry_id = status, entry_id
     session.flush()
     return entry_id
+
+
+def void_open_holds(session: Session, member_id: int, now: datetime,
+                    note: str) -> tuple[int, int, int]:
+    """Void every open hold of the member (under its wallet lock), oldest first; answers
+    how many, and the available and pending points left, which a merge or a closure moves
+    next. Points still held without an open hold are an inconsistency."""
+    holds = session.scalars(select(Hold).where(
+        Hold.member_id == member_id, Hold.status == "open").order_by(Hold.id)).all()
+    for hold in holds:
+        void_hold(session, hold, now, status="voided", note=note)
+    w = Wallet.__table__.c
+    available, pending, held = session.execute(
+        select(w.available, w.pending, w.held).where(w.member_id == member_id)).one()
+    if held:
+        raise LedgerInconsistency(f"member {member_id}: {held} held points "
+                                  f"without an open hold")
+    return len(holds), available, pending
