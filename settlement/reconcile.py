@@ -131,8 +131,9 @@ def parse(content: bytes) -> tuple[list[Record], list[dict[str, Any]]]:
                               "partner_txn_id": value["partner_txn_id"] if txn_ok else None,
                               "errors": errors})
             continue
+        assert occurred is not None, "an occurred_at that did not parse is an error above"
         records.append(Record(line, value["partner_txn_id"], value["type"],
-                              value["member_number"], points, occurred))  # type: ignore[arg-type]
+                              value["member_number"], points, occurred))
     return records, malformed
 
 

@@ -305,4 +305,5 @@ def init_limits(app: Flask) -> None:
     hooks[:0] = [_limit_address, _check_body]
     app.register_error_handler(RequestEntityTooLarge, _too_large)
     app.register_error_handler(ClientDisconnected, _cut_short)
+    # Flask's documented way to wrap its WSGI app in middleware; mypy sees a method there
     app.wsgi_app = DeclaredLength(app.wsgi_app)  # type: ignore[method-assign]

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coalition.audit.service import SYSTEM, Actor, record
-from coalition.db import UnitOfWork, read, utcnow
+from coalition.db import UnitOfWork, affected_rows, read, utcnow
 from coalition.errors import AlreadyExists, InvalidRequest, NotFound
 from coalition.member.signin import (
     LOCK_FOR,
@@ -115,7 +115,7 @@ def revoke_finance_user_tokens(session: Session, finance_user_id: int,
                                                t.revoked_at.is_(None))
     if client_id is not None:
         query = query.where(t.client_id == client_id)
-    return int(session.execute(query.values(revoked_at=utcnow())).rowcount)  # type: ignore[attr-defined]
+    return affected_rows(session.execute(query.values(revoked_at=utcnow())))
 
 
 def disable_user(username: str, *, actor: Actor = SYSTEM) -> dict[str, Any]:
