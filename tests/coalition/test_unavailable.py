@@ -1,0 +1,118 @@
+"""No primary reachable: a 503 with Retry-After in the one error shape, never a 500; a unit
+of work retried while a failover is under way; a commit whose outcome is unknown retried
+only by work that replays it (DESIGN.md "Running on more than one machine").
+
+The Patroni failover itself is in test_failover.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from flask import Flask
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from coalition.db import (
+    CommitOutcomeUnknown,
+    UnitOfWork,
+    db,
+    is_unreachable,
+    run_with_retries,
+)
+from tests.conftest import make_test_app
+
+#: nothing listens here (the range this project's own test clusters use)
+NOWHERE = "postgresql+psycopg://postgres@127.0.0.1:18199/coalition"
+
+
+@pytest.fixture
+def down_app() -> Iterator[Flask]:
+    app = make_test_app(NOWHERE, DB_FAILOVER_WAIT=0, DB_RETRY_AFTER=7, DB_CONNECT_TIMEOUT=1)
+    with app.app_context():
+        yield app
+        db.dispose()
+
+
+def _lost() -> OperationalError:
+    """What SQLAlchemy raises when libpq loses (or never gets) its connection."""
+    return OperationalError("SELECT 1", {}, psycopg.OperationalError(
+        "consuming input failed: server closed the connection unexpectedly"))
+
+
+def test_no_primary_answers_503_with_retry_after(down_app: Flask) -> None:
+    client = down_app.test_client()
+    for method, path, body in (("GET", "/v1/program", None),
+                               ("POST", "/v1/earn", {"member_number": "1", "points": 1,
+                                                     "partner_txn_id": "t"})):
+        response = client.open(path, method=method, json=body,
+                               headers={"Authorization": "Bearer some-token"})
+        assert response.status_code == 503, response.get_json()
+        assert response.headers["Retry-After"] == "7"
+        answer = response.get_json()
+        assert answer["error"] == "unavailable" and answer["code"] == 503
+        assert set(answer) == {"code", "status", "message", "error"}
+        assert "18199" not in answer["message"]  # nothing of the database leaks
+
+
+def test_unreachable_is_told_from_other_errors() -> None:
+    assert is_unreachable(_lost())
+    assert not is_unreachable(OperationalError("x", {}, Exception("database is locked")))
+    timeout = psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+    assert not is_unreachable(OperationalError("x", {}, timeout))
+
+
+def test_a_lost_connection_is_retried_while_a_failover_may_end(down_app: Flask) -> None:
+    down_app.config["DB_FAILOVER_WAIT"] = 2
+    calls: list[float] = []
+
+    def work() -> str:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise _lost()
+        return "booked"
+
+    assert run_with_retries(work) == "booked"
+    assert len(calls) == 3
+
+    calls.clear()
+
+    def never() -> str:
+        calls.append(time.monotonic())
+        raise _lost()
+
+    started = time.monotonic()
+    with pytest.raises(OperationalError):
+        run_with_retries(never)
+    assert 2 <= time.monotonic() - started < 4 and len(calls) > 2
+
+
+def test_an_unknown_commit_is_retried_only_by_work_that_replays(down_app: Flask) -> None:
+    down_app.config["DB_FAILOVER_WAIT"] = 2
+    attempts = []
+
+    def work() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise CommitOutcomeUnknown("lost while committing")
+        return "replayed"
+
+    with pytest.raises(CommitOutcomeUnknown):
+        run_with_retries(work)  # it might have committed: running it again could double it
+    assert len(attempts) == 1
+    assert run_with_retries(work, replays=True) == "replayed"
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_at_commit_is_an_unknown_outcome(app: Flask) -> None:
+    with UnitOfWork() as uow:
+        pid = uow.session.execute(text("SELECT pg_backend_pid()")).scalar()
+        with db.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(CommitOutcomeUnknown) as caught:
+            uow.commit()
+    assert is_unreachable(caught.value.__cause__)
+    db.dispose()  # the pool's other connections are fine; start the next test clean
