@@ -209,8 +209,12 @@ class Node:
         return False
 
     def postmaster_pid(self, data: Path) -> int | None:
+        """The node's running postmaster (checked against its command line, so that a
+        stale pid file never names another process)."""
         with suppress(OSError, ValueError, IndexError):
-            return int((data / "postmaster.pid").read_text().split()[0])
+            pid = int((data / "postmaster.pid").read_text().split()[0])
+            if str(data).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
         return None
 
 
@@ -219,7 +223,7 @@ class Node:
 TTL, LOOP_WAIT, RETRY_TIMEOUT = 8, 1, 3
 
 
-def _patroni_config(node: Node, root: Path, etcd_port: int) -> str:
+def _patroni_config(node: Node, root: Path, etcd_port: int, durable: bool) -> str:
     data = root / node.name
     # JSON is YAML: Patroni reads it as it is
     return json.dumps({
@@ -252,8 +256,10 @@ def _patroni_config(node: Node, root: Path, etcd_port: int) -> str:
                 "rewind": {"username": "postgres", "password": "postgres"}},
             "pg_hba": ["local all all trust", "host all all 127.0.0.1/32 trust",
                        "host replication all 127.0.0.1/32 trust"],
-            "parameters": {"unix_socket_directories": str(root), "fsync": "off",
-                           "shared_buffers": "32MB"},
+            # tests skip fsync (nothing here outlives the test); a benchmark keeps it
+            "parameters": {"unix_socket_directories": str(root),
+                           "fsync": "on" if durable else "off",
+                           "shared_buffers": "128MB" if durable else "32MB"},
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
     })
@@ -267,7 +273,19 @@ class Patroni:
 
     def start(self, stack: ExitStack, node: Node) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PATRONI")}
+        # Patroni runs PostgreSQL in a session of its own: killed after Patroni (the stack
+        # unwinds in reverse), so that no Patroni is left to start it again
+        stack.callback(self.kill_postgres, node)
         node.process = start(stack, [_tool("patroni"), str(node.config)], node.log, env=env)
+
+    def kill_postgres(self, node: Node) -> None:
+        postmaster = node.postmaster_pid(self.root / node.name)
+        if postmaster is None:
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(os.getpgid(postmaster), signal.SIGKILL)
+        with suppress(ProcessLookupError):
+            os.kill(postmaster, signal.SIGKILL)
 
     def primary(self) -> Node | None:
         leaders = [node for node in self.nodes if node.is_primary()]
@@ -276,15 +294,10 @@ class Patroni:
     def kill_node(self, node: Node) -> None:
         """The machine is lost: Patroni and its PostgreSQL die at once (SIGKILL), with no
         chance to hand over or release the leader key."""
-        postmaster = node.postmaster_pid(self.root / node.name)
         assert node.process is not None
         with suppress(ProcessLookupError):
             os.killpg(node.process.pid, signal.SIGKILL)
-        if postmaster is not None:
-            with suppress(ProcessLookupError):
-                os.killpg(os.getpgid(postmaster), signal.SIGKILL)
-            with suppress(ProcessLookupError):
-                os.kill(postmaster, signal.SIGKILL)
+        self.kill_postgres(node)
         node.process.wait(timeout=15)
 
     @property
@@ -298,9 +311,11 @@ class Patroni:
 
 
 def patroni_cluster(stack: ExitStack, root: Path, etcd_port: int, peer_port: int,
-                    pg_ports: tuple[int, int], rest_ports: tuple[int, int]) -> Patroni:
+                    pg_ports: tuple[int, int], rest_ports: tuple[int, int], *,
+                    durable: bool = False) -> Patroni:
     """etcd, then two Patroni nodes: one bootstraps the primary, the other clones it and
-    becomes its synchronous standby. Returns once both roles are held."""
+    becomes its synchronous standby. Returns once both roles are held. ``durable``: with
+    fsync, for a benchmark."""
     etcd_log = root / "etcd.log"
     etcd_data = root / "etcd"
     etcd_data.mkdir(mode=0o700)
@@ -325,7 +340,7 @@ def patroni_cluster(stack: ExitStack, root: Path, etcd_port: int, peer_port: int
         name = f"node{index + 1}"
         config = root / f"{name}.yml"
         node = Node(name, pg_port, rest_port, config, root / f"{name}.log")
-        config.write_text(_patroni_config(node, root, etcd_port))
+        config.write_text(_patroni_config(node, root, etcd_port, durable))
         _owned(config)
         nodes.append(node)
     cluster = Patroni(root, etcd_port, nodes)
