@@ -219,7 +219,9 @@ class Replica:
     queries: the primary's WAL position, then the standby's replay of it), so a
     replica read costs nothing extra. A standby that is too far behind, not a standby
     (promoted, or a wrong URL) or unreachable is not read until a later check finds it
-    usable again; every change is logged.
+    usable again (one that could not be measured is tried again after
+    :attr:`UNREACHABLE_BACKOFF` seconds, so requests do not keep waiting on a dead host);
+    every change is logged.
     """
 
     def __init__(self, engine: Engine, primary: Engine, *, max_lag: float,
@@ -229,17 +231,22 @@ class Replica:
         self.max_lag = max_lag
         self.interval = min(1.0, max_lag / 2) if interval is None else interval
         self._lock = threading.Lock()
-        self._checked_at = -math.inf
+        self._next_check = -math.inf
         self._usable = False
         self.lag: float | None = None
 
+    #: seconds before a replica that could not be measured is tried again (each try may
+    #: wait up to the connect timeout)
+    UNREACHABLE_BACKOFF = 10.0
+
     def usable(self) -> bool:
         now = time.monotonic()
-        if now - self._checked_at < self.interval or not self._lock.acquire(blocking=False):
+        if now < self._next_check or not self._lock.acquire(blocking=False):
             return self._usable  # fresh enough, or another thread is measuring it now
         try:
-            self._checked_at = now
             usable, why = self._measure()
+            self._next_check = time.monotonic() + (
+                self.interval if self.lag is not None else self.UNREACHABLE_BACKOFF)
             if usable != self._usable:
                 (log.info if usable else log.warning)(
                     "replica reads %s: %s", "resumed" if usable else "sent to the primary",

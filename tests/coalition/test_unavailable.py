@@ -116,3 +116,22 @@ def test_a_connection_lost_at_commit_is_an_unknown_outcome(app: Flask) -> None:
             uow.commit()
     assert is_unreachable(caught.value.__cause__)
     db.dispose()  # the pool's other connections are fine; start the next test clean
+
+
+@pytest.mark.postgres
+def test_an_unreachable_replica_sends_reads_to_the_primary(app: Flask) -> None:
+    """A replica that cannot be reached serves nothing: the reads go to the primary, and it
+    is not tried again (each try may wait for the connect timeout) for a while."""
+    routed = make_test_app(app.config["DATABASE_URL"], DATABASE_REPLICA_URL=NOWHERE,
+                           DB_CONNECT_TIMEOUT=1)
+    with routed.app_context():
+        try:
+            client = routed.test_client()
+            assert client.get("/v1/program").status_code == 200
+            replica = db._state.replica
+            assert replica is not None and replica.lag is None and not replica.usable()
+            # not measured again for the back-off, far longer than the lag-check interval
+            assert replica._next_check - time.monotonic() > 5 > replica.interval
+            assert client.get("/v1/program").status_code == 200
+        finally:
+            db.dispose()
