@@ -234,6 +234,16 @@ class Replica:
         self._next_check = -math.inf
         self._usable = False
         self.lag: float | None = None
+        event.listen(engine, "handle_error", self._on_error)
+
+    def _on_error(self, context: Any) -> None:
+        """A read on the replica lost its connection: that request answers 503 (its client
+        retries), and the reads after it go to the primary until the replica is measured
+        again after the back-off."""
+        if context.is_disconnect or _server_lost(context.original_exception):
+            self._usable, self.lag = False, None
+            self._next_check = time.monotonic() + self.UNREACHABLE_BACKOFF
+            log.warning("replica reads sent to the primary: the replica's connection was lost")
 
     #: seconds before a replica that could not be measured is tried again (each try may
     #: wait up to the connect timeout)
@@ -411,18 +421,18 @@ def is_retryable(exc: BaseException) -> bool:
 def is_unreachable(exc: BaseException) -> bool:
     """No primary answered: a connection refused, lost or cut by a server shutting down,
     or a server that is now a standby (a failover, or a server down)."""
-    if not isinstance(exc, DBAPIError) or not isinstance(exc.orig, psycopg.Error):
+    return isinstance(exc, DBAPIError) and _server_lost(exc.orig)
+
+
+def _server_lost(error: BaseException | None) -> bool:
+    """psycopg's error for a server that could not be reached or is gone."""
+    if not isinstance(error, psycopg.Error):
         return False
-    sqlstate = exc.orig.sqlstate
+    sqlstate = error.sqlstate
     if sqlstate is None:
         # raised by libpq itself: the server could not be reached or the connection died
-        return isinstance(exc.orig, psycopg.OperationalError)
+        return isinstance(error, psycopg.OperationalError)
     return sqlstate.startswith("08") or sqlstate in _UNREACHABLE_SQLSTATES
-
-
-def unavailable(exc: BaseException) -> bool:
-    """The database is unreachable, or it was lost during a commit: answer 503."""
-    return isinstance(exc, CommitOutcomeUnknown) or is_unreachable(exc)
 
 
 def run_with_retries(work: Callable[[], T], attempts: int | None = None, *,

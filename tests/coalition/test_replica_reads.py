@@ -27,7 +27,15 @@ from sqlalchemy import create_engine, event, text
 
 from coalition.db import db
 from coalition.migrations import runner
-from tests.coalition.pg_cluster import primary_and_replica, url, wait_for, workdir
+from partners.service import create_partner, issue_partner_client
+from tests.coalition.pg_cluster import (
+    Server,
+    kill,
+    primary_and_replica,
+    url,
+    wait_for,
+    workdir,
+)
 from tests.conftest import bearer, fetch_token, make_test_app
 
 pytestmark = pytest.mark.postgres
@@ -36,9 +44,9 @@ PRIMARY_PORT, REPLICA_PORT = 18130, 18131
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[str, str]]:
+def servers() -> Iterator[tuple[str, str, Server]]:
     """A primary with the ``coalition`` database migrated, and its streaming replica:
-    their URLs."""
+    their URLs, and the replica's server."""
     with ExitStack() as stack:
         root = stack.enter_context(workdir())
         primary, replica = primary_and_replica(stack, root, PRIMARY_PORT, REPLICA_PORT)
@@ -51,7 +59,7 @@ def servers() -> Iterator[tuple[str, str]]:
         with app.app_context():
             runner.upgrade()
             db.dispose()
-        yield primary_url, replica_url
+        yield primary_url, replica_url, replica
 
 
 def _counting(app: Flask) -> Counter[str]:
@@ -87,10 +95,9 @@ def _caught_up(primary_url: str, replica_url: str) -> bool:
     return bool(_sql(replica_url, f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"))
 
 
-def test_reads_go_to_the_replica_within_the_lag_bound(servers: tuple[str, str]) -> None:
-    from partners.service import create_partner, issue_partner_client
-
-    primary_url, replica_url = servers
+def test_reads_go_to_the_replica_within_the_lag_bound(
+        servers: tuple[str, str, Server]) -> None:
+    primary_url, replica_url, replica = servers
     # one app that always trusts the replica, one that leaves it when 1 s behind
     patient = make_test_app(primary_url, DATABASE_REPLICA_URL=replica_url,
                             DB_REPLICA_MAX_LAG=3600)
@@ -168,3 +175,14 @@ def test_reads_go_to_the_replica_within_the_lag_bound(servers: tuple[str, str]) 
         ran["strict"].clear()
         assert balance("strict") == 150
         assert ran["strict"]["replica"] > 0
+
+        # the replica is lost: the read under way on it answers 503 (its client retries),
+        # and the reads after it go to the primary
+        kill(replica.process)
+        first = clients["strict"].get(f"/v1/members/{member}/balance", headers=headers)
+        assert first.status_code in (200, 503), first.get_json()
+        if first.status_code == 503:
+            assert first.get_json()["error"] == "unavailable" and "Retry-After" in first.headers
+        ran["strict"].clear()
+        assert balance("strict") == 150
+        assert ran["strict"]["replica"] == 0 and ran["strict"]["primary"] > 0
