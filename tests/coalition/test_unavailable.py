@@ -1,19 +1,24 @@
 """No primary reachable: a 503 with Retry-After in the one error shape, never a 500; a unit
 of work retried while a failover is under way; a commit whose outcome is unknown retried
-only by work that replays it (DESIGN.md "Running on more than one machine").
+only by work that replays it, and a real booking whose COMMIT answer is cut on the wire
+answered once (DESIGN.md "Running on more than one machine").
 
 The Patroni failover itself is in test_failover.py.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 
 import psycopg
 import pytest
 from flask import Flask
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from coalition.db import (
@@ -135,3 +140,86 @@ def test_an_unreachable_replica_sends_reads_to_the_primary(app: Flask) -> None:
             assert client.get("/v1/program").status_code == 200
         finally:
             db.dispose()
+
+
+# ------------------------------------------------------- a commit whose answer is lost
+
+#: PostgreSQL's answer to a COMMIT that committed: CommandComplete "COMMIT"
+COMMITTED = b"C\x00\x00\x00\x0bCOMMIT\x00"
+
+
+class CommitCutter:
+    """A TCP relay in front of PostgreSQL that, once armed, passes the server's answer to
+    one COMMIT to nobody and cuts that connection: the transaction is committed, and the
+    client only sees its connection lost (what a primary lost just after committing does)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.armed = threading.Event()
+        self.cut = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target, timeout=10)
+            for args in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pipe, args=args, daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if answers and COMMITTED in chunk and self.armed.is_set():
+                    self.armed.clear()
+                    self.cut.set()
+                    break  # the commit's answer goes nowhere
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+
+
+@pytest.mark.postgres
+def test_a_booking_whose_commit_answer_is_lost_is_answered_once(app: Flask,
+                                                                make_partner) -> None:
+    """The earn commits, its connection is cut before the answer arrives: the unit of work
+    runs again, finds the entry by its partner_txn_id, and answers with it. One entry."""
+    partner, headers = make_partner("cutter")
+    client = app.test_client()
+    member = client.post("/v1/members", json={"partner_member_ref": "c1"},
+                         headers=headers).get_json()["member_number"]
+    url = make_url(app.config["DATABASE_URL"])
+    cutter = CommitCutter(url.port or 5432)
+    through = make_test_app(
+        url.set(host="127.0.0.1", port=cutter.port, query={"sslmode": "disable"})
+        .render_as_string(hide_password=False))
+    try:
+        with through.app_context():
+            cutter.armed.set()
+            response = through.test_client().post(
+                "/v1/earn", json={"member_number": member, "partner_txn_id": "lost-answer",
+                                  "points": 40}, headers=headers)
+            db.dispose()
+    finally:
+        cutter.close()
+    assert cutter.cut.is_set(), "no COMMIT answer was cut: the test proved nothing"
+    assert response.status_code == 201, response.get_json()
+    assert response.headers.get("Idempotent-Replayed") == "true"
+    assert response.get_json()["balance"]["available"] == 40
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM entry WHERE partner_txn_id = "
+                                 "'lost-answer'")).scalar() == 1
+        assert conn.execute(text("SELECT sum(available) FROM wallet")).scalar() == 40
