@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: run test fuzz lint check-schema bench clean chromium
+.PHONY: run test fuzz lint check-schema bench clean chromium cluster-tools
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -32,8 +32,21 @@ run: $(STAMP)
 	@echo
 	COALITION_ENV=$${COALITION_ENV:-development} $(BIN)/coalition run --host $(HOST) --port $(PORT)
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium cluster-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The failover and replica tests start their own PostgreSQL servers from the machine's
+# binaries, and a Patroni cluster (Debian's patroni and etcd-server). Installed here when
+# missing and apt-get can (as root); under COALITION_REQUIRE_POSTGRES=1 (CI) a missing one
+# fails those tests, otherwise they skip, saying why.
+cluster-tools:
+	@if { ! command -v patroni >/dev/null || ! command -v etcd >/dev/null; } \
+		&& command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing patroni and etcd-server (apt-get)"; \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends patroni etcd-server; } >/dev/null 2>&1 \
+			|| echo "patroni or etcd-server could not be installed; the failover test will say so"; \
+	fi
 
 # Schemathesis against the live /openapi.json (tests/test_fuzz.py) with many more examples
 # per operation than `make test` runs, on SQLite and on the local PostgreSQL server, with a

@@ -11,7 +11,10 @@ and anything that leaves the block without ``commit()`` is rolled back.
 
 from __future__ import annotations
 
+import logging
+import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar, cast
 
+import psycopg
 from flask import Flask, current_app
 from sqlalchemy import (
     BigInteger,
@@ -31,6 +35,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import CursorResult, Dialect, Result, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -39,6 +44,8 @@ from sqlalchemy.types import TypeDecorator
 
 from coalition.clock import utcnow  # noqa: F401 - the clock, for this module's callers
 from coalition.money import canonical
+
+log = logging.getLogger("coalition.db")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -138,18 +145,29 @@ def affected_rows(result: Result[Any]) -> int:
 
 
 class Database:
-    """Engine and session factory per application, bound with :meth:`init_app`."""
+    """Engine and session factory per application, bound with :meth:`init_app`.
+
+    ``DATABASE_URL`` is the primary (for a Patroni cluster, a libpq multi-host URL with
+    ``target_session_attrs=read-write``, so a new connection finds whichever node is the
+    primary now); ``DATABASE_REPLICA_URL``, if set, a hot standby for the reads that may
+    be a little behind (:func:`replica_read`).
+    """
 
     def init_app(self, app: Flask) -> None:
-        engine = build_engine(
-            app.config["DATABASE_URL"],
+        options = dict(
             pool_size=app.config["DB_POOL_SIZE"],
             max_overflow=app.config["DB_MAX_OVERFLOW"],
             busy_timeout_ms=app.config["DB_BUSY_TIMEOUT_MS"],
+            connect_timeout=app.config["DB_CONNECT_TIMEOUT"],
             echo=app.config["SQL_ECHO"],
             pre_ping=app.config["DB_PRE_PING"],
         )
-        app.extensions["coalition.db"] = _State(engine)
+        engine = build_engine(app.config["DATABASE_URL"], **options)
+        replica = None
+        if app.config["DATABASE_REPLICA_URL"]:
+            replica = Replica(build_engine(app.config["DATABASE_REPLICA_URL"], **options),
+                              engine, max_lag=app.config["DB_REPLICA_MAX_LAG"])
+        app.extensions["coalition.db"] = _State(engine, replica)
 
     @property
     def _state(self) -> _State:
@@ -159,18 +177,109 @@ class Database:
     def engine(self) -> Engine:
         return self._state.engine
 
-    def session(self, readonly: bool = False) -> Session:
+    def session(self, readonly: bool = False, replica: bool = False) -> Session:
         state = self._state
+        if replica and state.replica is not None and state.replica.usable():
+            return state.replica_reader()
         return (state.reader if readonly else state.writer)()
+
+    def dispose(self) -> None:
+        """Close every pooled connection (the primary's and the replica's)."""
+        state = self._state
+        state.engine.dispose()
+        if state.replica is not None:
+            state.replica.engine.dispose()
 
 
 class _State:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, replica: Replica | None = None) -> None:
         self.engine = engine
         self.writer = sessionmaker(engine, expire_on_commit=False)
         self.reader = sessionmaker(
             engine.execution_options(coalition_readonly=True), expire_on_commit=False
         )
+        self.replica = replica
+        self.replica_reader = sessionmaker(
+            replica.engine.execution_options(coalition_readonly=True),
+            expire_on_commit=False) if replica is not None else self.reader
+
+
+#: how behind a standby is: nothing when it has replayed what the primary had written a
+#: moment before; else the time since it last replayed a commit (an upper bound: the
+#: primary's newer commits are at most that old); no answer when it never replayed one
+_REPLICA_LAG = text(
+    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= CAST(:lsn AS pg_lsn), "
+    "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())")
+
+
+class Replica:
+    """A hot standby and whether it is close enough behind the primary to be read.
+
+    The lag is measured at most once per ``interval`` seconds per process (two short
+    queries: the primary's WAL position, then the standby's replay of it), so a
+    replica read costs nothing extra. A standby that is too far behind, not a standby
+    (promoted, or a wrong URL) or unreachable is not read until a later check finds it
+    usable again (one that could not be measured is tried again after
+    :attr:`UNREACHABLE_BACKOFF` seconds, so requests do not keep waiting on a dead host);
+    every change is logged.
+    """
+
+    def __init__(self, engine: Engine, primary: Engine, *, max_lag: float,
+                 interval: float | None = None) -> None:
+        self.engine = engine
+        self.primary = primary
+        self.max_lag = max_lag
+        self.interval = min(1.0, max_lag / 2) if interval is None else interval
+        self._lock = threading.Lock()
+        self._next_check = -math.inf
+        self._usable = False
+        self.lag: float | None = None
+        event.listen(engine, "handle_error", self._on_error)
+
+    def _on_error(self, context: Any) -> None:
+        """A read on the replica lost its connection: that request answers 503 (its client
+        retries), and the reads after it go to the primary until the replica is measured
+        again after the back-off."""
+        if context.is_disconnect or _server_lost(context.original_exception):
+            self._usable, self.lag = False, None
+            self._next_check = time.monotonic() + self.UNREACHABLE_BACKOFF
+            log.warning("replica reads sent to the primary: the replica's connection was lost")
+
+    #: seconds before a replica that could not be measured is tried again (each try may
+    #: wait up to the connect timeout)
+    UNREACHABLE_BACKOFF = 10.0
+
+    def usable(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_check or not self._lock.acquire(blocking=False):
+            return self._usable  # fresh enough, or another thread is measuring it now
+        try:
+            usable, why = self._measure()
+            self._next_check = time.monotonic() + (
+                self.interval if self.lag is not None else self.UNREACHABLE_BACKOFF)
+            if usable != self._usable:
+                (log.info if usable else log.warning)(
+                    "replica reads %s: %s", "resumed" if usable else "sent to the primary",
+                    why)
+            self._usable = usable
+            return usable
+        finally:
+            self._lock.release()
+
+    def _measure(self) -> tuple[bool, str]:
+        try:
+            with self.primary.connect() as conn:
+                lsn = conn.execute(text("SELECT pg_current_wal_lsn()")).scalar()
+            with self.engine.connect() as conn:
+                standby, caught_up, since = conn.execute(_REPLICA_LAG, {"lsn": lsn}).one()
+        except DBAPIError as exc:
+            self.lag = None
+            return False, f"lag not measured ({type(exc.orig).__name__})"
+        if not standby:
+            self.lag = None
+            return False, "the replica is not a standby"
+        self.lag = 0.0 if caught_up else (math.inf if since is None else float(since))
+        return self.lag <= self.max_lag, f"{self.lag:.1f} s behind (bound {self.max_lag} s)"
 
 
 def build_engine(
@@ -179,6 +288,7 @@ def build_engine(
     pool_size: int = 10,
     max_overflow: int = 10,
     busy_timeout_ms: int = 10000,
+    connect_timeout: int = 5,
     echo: bool = False,
     pre_ping: bool = False,
 ) -> Engine:
@@ -187,6 +297,9 @@ def build_engine(
         engine = create_engine(url, echo=echo, connect_args={"timeout": busy_timeout_ms / 1000})
         _configure_sqlite(engine, busy_timeout_ms)
         return engine
+    connect_args: dict[str, Any] = {"application_name": "coalition"}
+    if "connect_timeout" not in parsed.query:  # one given in the URL itself wins
+        connect_args["connect_timeout"] = connect_timeout
     return create_engine(
         url,
         echo=echo,
@@ -194,7 +307,7 @@ def build_engine(
         max_overflow=max_overflow,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
-        connect_args={"application_name": "coalition"},
+        connect_args=connect_args,
     )
 
 
@@ -230,14 +343,22 @@ db = Database()
 
 
 class UnitOfWork:
-    """One database transaction for one use case; rolls back unless committed."""
+    """One database transaction for one use case; rolls back unless committed.
 
-    def __init__(self, readonly: bool = False) -> None:
+    ``replica``: a read-only unit of work that may run on the replica (when one is
+    configured and close enough behind); only for reads that need not see a write the
+    caller has just made.
+    """
+
+    def __init__(self, readonly: bool = False, replica: bool = False) -> None:
+        if replica and not readonly:
+            raise ValueError("only a read-only unit of work may run on a replica")
         self.readonly = readonly
+        self.replica = replica
         self.session: Session
 
     def __enter__(self) -> UnitOfWork:
-        self.session = db.session(readonly=self.readonly)
+        self.session = db.session(readonly=self.readonly, replica=self.replica)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -248,7 +369,15 @@ class UnitOfWork:
     def commit(self) -> None:
         if self.readonly:
             raise RuntimeError("a read-only unit of work cannot commit")
-        self.session.commit()
+        # everything before COMMIT itself: a connection lost here has committed nothing
+        self.session.flush()
+        try:
+            self.session.commit()
+        except DBAPIError as exc:
+            if is_unreachable(exc):
+                raise CommitOutcomeUnknown(
+                    "the connection was lost while committing") from exc
+            raise
 
 
 #: what a use case opens its unit of work with: a job or a test can hand in its own
@@ -259,11 +388,21 @@ T = TypeVar("T")
 
 # PostgreSQL: serialization_failure, deadlock_detected.
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}
+# PostgreSQL: admin_shutdown, crash_shutdown, cannot_connect_now (the server going down or
+# still starting), read_only_sql_transaction (a demoted primary); class 08: connection
+# exceptions
+_UNREACHABLE_SQLSTATES = {"57P01", "57P02", "57P03", "25006"}
 
 
 class Retry(Exception):
     """A unit of work that met a transient obstacle before writing anything for good (it
     is rolled back) and succeeds when run again from the start."""
+
+
+class CommitOutcomeUnknown(Exception):
+    """The connection to the primary was lost while it committed: the transaction may
+    have committed (and, with a synchronous standby, survive a failover) or not. Only
+    work that finds its own earlier commit and answers with it may be run again."""
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -279,27 +418,68 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
-def run_with_retries(work: Callable[[], T], attempts: int | None = None) -> T:
+def is_unreachable(exc: BaseException) -> bool:
+    """No primary answered: a connection refused, lost or cut by a server shutting down,
+    or a server that is now a standby (a failover, or a server down)."""
+    return isinstance(exc, DBAPIError) and _server_lost(exc.orig)
+
+
+def _server_lost(error: BaseException | None) -> bool:
+    """psycopg's error for a server that could not be reached or is gone."""
+    if not isinstance(error, psycopg.Error):
+        return False
+    sqlstate = error.sqlstate
+    if sqlstate is None:
+        # raised by libpq itself: the server could not be reached or the connection died
+        return isinstance(error, psycopg.OperationalError)
+    return sqlstate.startswith("08") or sqlstate in _UNREACHABLE_SQLSTATES
+
+
+def run_with_retries(work: Callable[[], T], attempts: int | None = None, *,
+                     replays: bool = False) -> T:
     """Run ``work`` (one whole unit of work), retrying it on a transient conflict (or a
-    :class:`Retry` it raises).
+    :class:`Retry` it raises), and while no primary is reachable, for up to
+    ``DB_FAILOVER_WAIT`` seconds.
 
     The work must be safe to run again from the start: it opens its own unit of work, so
-    a failed attempt has been rolled back in full before the next one begins.
+    a failed attempt has been rolled back in full before the next one begins. A commit
+    whose outcome is unknown (:class:`CommitOutcomeUnknown`) is run again only when
+    ``replays``: the work looks up what it books by its idempotency key first, so a commit
+    that did happen is answered as a replay rather than booked twice.
     """
     attempts = attempts or current_app.config["TX_RETRIES"]
-    for attempt in range(1, attempts + 1):
+    failover_until = time.monotonic() + current_app.config["DB_FAILOVER_WAIT"]
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return work()
-        except (DBAPIError, Retry) as exc:
-            if attempt == attempts or not (isinstance(exc, Retry) or is_retryable(exc)):
+        except (DBAPIError, Retry, CommitOutcomeUnknown) as exc:
+            if isinstance(exc, CommitOutcomeUnknown) and not replays:
+                raise
+            if isinstance(exc, CommitOutcomeUnknown) or is_unreachable(exc):
+                if time.monotonic() >= failover_until:
+                    raise
+                log.warning("database unreachable, trying again: %s", exc)
+                time.sleep(min(0.5, 0.05 * 2**min(attempt, 4)))
+                continue
+            if attempt >= attempts or not (isinstance(exc, Retry) or is_retryable(exc)):
                 raise
             # jittered exponential backoff, capped so a long retry budget stays bounded
             time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
-    raise AssertionError("unreachable")
 
 
 @contextmanager
 def read() -> Iterator[Session]:
     """A read-only session for queries that change nothing."""
     with UnitOfWork(readonly=True) as uow:
+        yield uow.session
+
+
+@contextmanager
+def replica_read() -> Iterator[Session]:
+    """A read-only session on the replica when one is configured and close enough behind
+    the primary (``DB_REPLICA_MAX_LAG``), else on the primary: for balance, history,
+    statement and program reads that need not see a write the caller has just made."""
+    with UnitOfWork(readonly=True, replica=True) as uow:
         yield uow.session

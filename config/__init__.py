@@ -125,6 +125,20 @@ SETTINGS: tuple[Setting, ...] = (
             "page views refreshing at once); 0: never"),
     Setting("AUTHORIZATION_CODE_LIFETIME", _positive_int, 60,
             "seconds an authorization code lives"),
+    Setting("DATABASE_REPLICA_URL", _database_url, None,
+            "a PostgreSQL hot standby for balance, history, statement and program reads; "
+            "default: none, every read goes to DATABASE_URL"),
+    Setting("DB_REPLICA_MAX_LAG", _positive_number, 5,
+            "seconds a replica may be behind the primary before its reads go to the "
+            "primary instead (checked at most once a second per process)"),
+    Setting("DB_CONNECT_TIMEOUT", _positive_int, 5,
+            "seconds to wait for each PostgreSQL host when connecting (libpq "
+            "connect_timeout; with a multi-host URL, per host)"),
+    Setting("DB_FAILOVER_WAIT", _non_negative_int, 3,
+            "seconds a request keeps trying to reach a primary (a failover under way) "
+            "before it answers 503"),
+    Setting("DB_RETRY_AFTER", _positive_int, 5,
+            "the Retry-After, in seconds, of a 503 answered while no primary is reachable"),
     Setting("DB_POOL_SIZE", _positive_int, 10, "connections per process (PostgreSQL)"),
     Setting("DB_MAX_OVERFLOW", _non_negative_int, 10, "extra connections under load"),
     Setting("DB_BUSY_TIMEOUT_MS", _positive_int, 10000, "SQLite lock wait, milliseconds"),
@@ -155,7 +169,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-_SECRET_SETTINGS = {"SECRET_KEY", "DATABASE_URL"}
+_SECRET_SETTINGS = {"SECRET_KEY", "DATABASE_URL", "DATABASE_REPLICA_URL"}
 
 
 def source_checkout() -> Path | None:
@@ -226,6 +240,11 @@ def load_settings(
         values["RATE_LIMIT_ENABLED"] = values["ENV"] != "testing"
     if values["DATABASE_URL"] is None:
         values["DATABASE_URL"] = f"sqlite:///{instance_path / 'coalition.sqlite3'}"
+    if values["DATABASE_REPLICA_URL"] is not None and not all(
+            make_url(values[name]).get_backend_name() == "postgresql"
+            for name in ("DATABASE_URL", "DATABASE_REPLICA_URL")):
+        raise ConfigError("invalid configuration: COALITION_DATABASE_REPLICA_URL needs "
+                          "PostgreSQL for both COALITION_DATABASE_URL and the replica")
     if values["SECRET_KEY"] is None:
         if values["ENV"] == "production":
             raise ConfigError(

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from coalition.audit.service import SYSTEM, Actor, record
-from coalition.db import UnitOfWork, read, utcnow
+from coalition.db import UnitOfWork, read, replica_read, utcnow
 from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
 from coalition.ledger import fence
 from coalition.program.service import rules_in_force
@@ -192,7 +192,9 @@ def journal_digest(session: Any, run: SettlementRun) -> str:
 
 
 def statement(run_id: int, partner_code: str, *, only_closed: bool = False) -> dict[str, Any]:
-    with read() as session:
+    # a closed run never changes: a partner's statement may come from a replica; finance
+    # reads a draft it has just recomputed, from the primary
+    with (replica_read() if only_closed else read()) as session:
         if only_closed:
             # a partner learns nothing of a run that is not closed, not even that it exists
             run = session.get(SettlementRun, run_id)

@@ -20,6 +20,7 @@ from flask_smorest import Api as _Api
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from coalition.db import CommitOutcomeUnknown, is_unreachable
 from coalition.errors import CoalitionError
 
 log = logging.getLogger("coalition.http")
@@ -235,5 +236,20 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         if isinstance(exc, HTTPException):  # pragma: no cover - handled by Api
             raise exc
+        if isinstance(exc, CommitOutcomeUnknown):
+            # the booking may or may not have been made: its retry says which
+            log.warning("database lost while committing: %s", exc.__cause__)
+            return error_response(
+                503, "The database was lost while this request was being committed. Send "
+                "it again with the same partner_txn_id or Idempotency-Key: if it was done, "
+                "the answer is a replay.", "unavailable",
+                headers={"Retry-After": str(current_app.config["DB_RETRY_AFTER"])})
+        if is_unreachable(exc):
+            log.warning("database unreachable: %s", exc.orig)  # type: ignore[attr-defined]
+            return error_response(
+                503, "The service is briefly unavailable. Try again shortly; a request "
+                "sent again with the same partner_txn_id or Idempotency-Key is never "
+                "done twice.", "unavailable",
+                headers={"Retry-After": str(current_app.config["DB_RETRY_AFTER"])})
         log.exception("unhandled error")
         return error_response(500, "The server could not complete the request.")

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import and_, select
 
 from coalition import cursor as paging
-from coalition.db import read
+from coalition.db import read, replica_read
 from coalition.errors import NotFound
 from coalition.ledger.booking import partner_ref
 from coalition.ledger.models import TRANSACTION_TYPES, Entry, Member
@@ -23,9 +23,11 @@ def decode_cursor(text: str) -> int:
 
 
 def list_transactions(partner_id: int, filters: dict[str, Any]) -> dict[str, Any]:
-    """The partner's own transactions, newest first, a page at a time."""
+    """The partner's own transactions, newest first, a page at a time (from a replica,
+    when one is configured; one transaction asked for by its id is read from the primary,
+    since its id came from the booking's answer)."""
     limit = filters.get("limit", 50)
-    with read() as session:
+    with replica_read() as session:
         partner = partner_ref(session, partner_id)
         query = select(Entry).where(Entry.partner_id == partner_id,
                                     Entry.kind.in_(TRANSACTION_TYPES))

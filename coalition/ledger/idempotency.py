@@ -102,7 +102,8 @@ def idempotent(
             return replay(session, entry)
         return Outcome(work(session), replayed=False)
     try:
-        return run_with_retries(attempt)
+        # a retry after a commit lost in a failover finds the entry and replays it
+        return run_with_retries(attempt, replays=True)
     except IntegrityError:
         with read() as session:
             entry = _existing(session, partner.id, partner_txn_id)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coalition import clock
-from coalition.db import UnitOfWork, read, run_with_retries
+from coalition.db import UnitOfWork, read, replica_read, run_with_retries
 from coalition.errors import AlreadyExists, MemberClosed, NotFound
 from coalition.ledger import numbers
 from coalition.ledger.bonuses import book_welcome_bonus
@@ -206,8 +206,9 @@ def get_member(partner_id: int, identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def balance(partner_id: int, identity: dict[str, Any], limit: int = 12) -> dict[str, Any]:
-    """Balances, the tier, and live points grouped by the date they expire."""
-    with read() as session:
+    """Balances, the tier, and live points grouped by the date they expire (from a
+    replica, when one is configured: the answer to a booking carries its own balance)."""
+    with replica_read() as session:
         member = find_member(session, partner_id, identity.get("member_number"),
                              identity.get("partner_member_ref"))
         wallet = session.get(Wallet, member.id)

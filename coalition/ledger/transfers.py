@@ -182,7 +182,8 @@ def transfer(member_id: int, to_member_number: str, points: int, *,
             return Outcome(_transfer_body(entry_id, receiver.member_number, points, now,
                                           balance_dict(balance)), replayed=False)
 
-    return run_with_retries(attempt)
+    # with a key, a retry after a commit lost in a failover finds the entry and replays it
+    return run_with_retries(attempt, replays=request_id is not None)
 
 
 def sender_label(session: Session, entry: Entry) -> str:
@@ -255,4 +256,5 @@ def donate(member_id: int, partner_code: str, points: int, *,
             return Outcome(_donation_body(entry_id, charity.code, points, now,
                                           balance_dict(balance)), replayed=False)
 
-    return run_with_retries(attempt)
+    # with a key, a retry after a commit lost in a failover finds the entry and replays it
+    return run_with_retries(attempt, replays=request_id is not None)

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coalition.clock import add_months
-from coalition.db import read, utcnow
+from coalition.db import read, replica_read, utcnow
 from coalition.errors import NotFound
 from coalition.ledger.expiring import by_date
 from coalition.ledger.history import decode_cursor, encode_cursor
@@ -104,9 +104,9 @@ def _expiring(session: Session, member_id: int, wallet: Wallet | None, rules: An
 
 
 def summary(member_id: int) -> dict[str, Any]:
-    """``GET /v1/me``: the unified balance."""
+    """``GET /v1/me``: the unified balance (from a replica, when one is configured)."""
     now = utcnow()
-    with read() as session:
+    with replica_read() as session:
         member = _member(session, member_id)
         wallet = session.get(Wallet, member_id)
         rules = load_rules(session)
@@ -172,9 +172,9 @@ def recipient(member_number: str) -> dict[str, Any]:
 
 def transactions(member_id: int, args: dict[str, Any]) -> dict[str, Any]:
     """``GET /v1/me/transactions``: every entry that touched the member's points, newest
-    first, a page at a time."""
+    first, a page at a time (from a replica, when one is configured)."""
     limit = args.get("limit", 50)
-    with read() as session:
+    with replica_read() as session:
         _member(session, member_id)
         p = Posting.__table__.c
         # a merged member's history is the survivor's too

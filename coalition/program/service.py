@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from coalition.audit.service import Actor, record
-from coalition.db import UnitOfWork, read, utcnow
+from coalition.db import UnitOfWork, read, replica_read, utcnow
 from coalition.models import Partner, ProgramRules
 from coalition.program.schemas import ProgramRulesSchema
 
@@ -72,9 +72,10 @@ def publish_rules(values: dict[str, Any], published_by: str, *,
 
 
 def program_terms() -> dict[str, Any]:
-    """The published terms with every active partner's earn rate in force now."""
+    """The published terms with every active partner's earn rate in force now (from a
+    replica, when one is configured)."""
     now = utcnow()
-    with read() as session:
+    with replica_read() as session:
         rules = load_rules(session)
         partners = session.scalars(
             select(Partner).where(Partner.status == "active").order_by(Partner.code)

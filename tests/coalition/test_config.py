@@ -16,6 +16,7 @@ from tests.conftest import TEST_SECRET
 
 DEV = {"COALITION_ENV": "development"}
 PG = "postgresql+psycopg://coalition:pw@db.internal:5432/coalition"
+REPLICA = "postgresql+psycopg://coalition:pw@replica.internal:5432/coalition"
 
 
 @pytest.fixture
@@ -35,6 +36,11 @@ def test_defaults(tmp_path):
         "REFRESH_TOKEN_LIFETIME": 30 * 24 * 3600,
         "REFRESH_GRACE": 5,
         "AUTHORIZATION_CODE_LIFETIME": 60,
+        "DATABASE_REPLICA_URL": None,
+        "DB_REPLICA_MAX_LAG": 5,
+        "DB_CONNECT_TIMEOUT": 5,
+        "DB_FAILOVER_WAIT": 3,
+        "DB_RETRY_AFTER": 5,
         "DB_POOL_SIZE": 10,
         "DB_MAX_OVERFLOW": 10,
         "DB_BUSY_TIMEOUT_MS": 10000,
@@ -80,6 +86,11 @@ def test_environment_overrides_every_default(tmp_path):
         "COALITION_REFRESH_TOKEN_LIFETIME": "3600",
         "COALITION_REFRESH_GRACE": "0",
         "COALITION_AUTHORIZATION_CODE_LIFETIME": "30",
+        "COALITION_DATABASE_REPLICA_URL": REPLICA,
+        "COALITION_DB_REPLICA_MAX_LAG": "0.5",
+        "COALITION_DB_CONNECT_TIMEOUT": "2",
+        "COALITION_DB_FAILOVER_WAIT": "0",
+        "COALITION_DB_RETRY_AFTER": "9",
         "COALITION_DB_POOL_SIZE": "20",
         "COALITION_DB_MAX_OVERFLOW": "0",
         "COALITION_DB_BUSY_TIMEOUT_MS": "500",
@@ -105,6 +116,11 @@ def test_environment_overrides_every_default(tmp_path):
         "REFRESH_TOKEN_LIFETIME": 3600,
         "REFRESH_GRACE": 0,
         "AUTHORIZATION_CODE_LIFETIME": 30,
+        "DATABASE_REPLICA_URL": REPLICA,
+        "DB_REPLICA_MAX_LAG": 0.5,
+        "DB_CONNECT_TIMEOUT": 2,
+        "DB_FAILOVER_WAIT": 0,
+        "DB_RETRY_AFTER": 9,
         "DB_POOL_SIZE": 20,
         "DB_MAX_OVERFLOW": 0,
         "DB_BUSY_TIMEOUT_MS": 500,
@@ -254,3 +270,12 @@ def test_cli_prints_a_clear_error_for_a_missing_secret(tmp_path):
                              "(set COALITION_ENV=development for a local instance)\n")
     # nothing was created before the settings were refused
     assert not (tmp_path / "coalition.sqlite3").exists()
+
+
+def test_a_replica_needs_postgresql_on_both_sides(tmp_path):
+    """Replica reads measure the standby's lag against the primary's WAL: PostgreSQL only."""
+    environ = {**DEV, "COALITION_DATABASE_REPLICA_URL": REPLICA}
+    with pytest.raises(ConfigError, match="COALITION_DATABASE_REPLICA_URL needs PostgreSQL"):
+        load_settings(tmp_path, environ=environ)  # the primary is the embedded SQLite
+    environ["COALITION_DATABASE_URL"] = PG
+    assert load_settings(tmp_path, environ=environ)["DATABASE_REPLICA_URL"] == REPLICA
