@@ -10,13 +10,19 @@ import multiprocessing
 # only nginx talks to gunicorn: on the app host's own address, never the public one
 bind = "127.0.0.1:8000"
 
-# gunicorn's rule of thumb, (2 x cores) + 1 processes, each serving 4 requests at once on
-# threads: a request mostly waits for PostgreSQL. Each process keeps its own database pool
-# (COALITION_DB_POOL_SIZE + COALITION_DB_MAX_OVERFLOW connections): size PostgreSQL for
-# workers x hosts x that. Slow clients are nginx's business: it hands over whole requests.
-workers = 2 * multiprocessing.cpu_count() + 1
+# one process per core, each serving 8 requests at once on threads: a request is Python
+# (one core per process, under the GIL) that mostly waits for PostgreSQL, and psycopg lets
+# other threads run meanwhile. Measured against sync workers and more processes in
+# docs/benchmarks.md ("Why gunicorn gthread"). Each process keeps its own database pool:
+# keep COALITION_DB_POOL_SIZE at least `threads`, and size PostgreSQL for
+# processes x hosts x (COALITION_DB_POOL_SIZE + COALITION_DB_MAX_OVERFLOW).
+# Slow clients are nginx's business: it hands over whole requests only.
+workers = multiprocessing.cpu_count()
 worker_class = "gthread"
-threads = 4
+threads = 8
+# one listening socket per worker, so that the kernel spreads connections evenly (with one
+# shared socket a gthread worker takes every connection it can grab)
+reuse_port = True
 
 # a worker that does not report for 30 s is killed and replaced; a stop or reload lets
 # requests in flight finish for up to 30 s

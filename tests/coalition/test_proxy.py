@@ -15,6 +15,7 @@ import json
 import shutil
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
@@ -28,8 +29,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from gunicorn.config import KNOWN_SETTINGS
 
-from tests.coalition.test_serving import clean_env, gunicorn_command, started, wait_until_healthy
+from tests.coalition.test_serving import APP, BIN, clean_env, started
 from tests.conftest import TEST_SECRET, basic_auth
 from tests.partners.support import enrol, publish
 
@@ -76,6 +78,31 @@ def render(conf: str, replacements: dict[str, str]) -> str:
     return conf
 
 
+def control_socket_off() -> list[str]:
+    # gunicorn >= 25.1 opens a control socket at one fixed per-user path by default
+    return (["--no-control-socket"]
+            if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else [])
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], log: Path,
+             verify: str | None) -> None:
+    """Until ``url`` answers 200 (15 s at most); fails with the log if the process ends."""
+    deadline = time.monotonic() + 15
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args[0]} exited with {process.returncode}:\n"
+                        f"{log.read_text(errors='replace')}", pytrace=False)
+        try:
+            if requests.get(url, verify=verify or True, timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url} did not answer within 15 s:\n"
+                        f"{log.read_text(errors='replace')}", pytrace=False)
+        time.sleep(0.1)
+
+
 @dataclass
 class Deployment:
     https: str  # nginx
@@ -96,7 +123,7 @@ class Deployment:
 
 @pytest.fixture
 def deployment(app: Any, database_url: str, tmp_path: Path) -> Iterator[Deployment]:
-    """gunicorn (deploy/gunicorn.conf.py, but one worker: its 4 threads) behind nginx
+    """gunicorn (deploy/gunicorn.conf.py, but one worker: its 8 threads) behind nginx
     (deploy/nginx/coalition.conf) on free loopback ports, sharing the test database."""
     env = clean_env(tmp_path, COALITION_ENV="testing", COALITION_DATABASE_URL=database_url,
                     COALITION_SECRET_KEY=TEST_SECRET, COALITION_LOG_LEVEL="info",
@@ -107,10 +134,13 @@ def deployment(app: Any, database_url: str, tmp_path: Path) -> Iterator[Deployme
     cert, key = self_signed(tmp_path)
     https, plain = free_port(), free_port()
     with ExitStack() as stack:
-        command = gunicorn_command("--config", str(GUNICORN_CONF), "--workers", "1")
+        # the shipped settings (one listening socket per worker: a fixed port), one worker
+        upstream = f"127.0.0.1:{free_port()}"
+        command = [str(BIN / "gunicorn"), "--config", str(GUNICORN_CONF), "--bind", upstream,
+                   "--workers", "1", *control_socket_off(), APP]
         server = stack.enter_context(started(command, env, gunicorn_log, cwd=tmp_path))
-        direct = wait_until_healthy(server, gunicorn_log)
-        upstream = direct.removeprefix("http://")
+        direct = f"http://{upstream}"
+        wait_for(f"{direct}/healthz", server, gunicorn_log, verify=None)
         site = render(NGINX_CONF.read_text(), {
             "server 127.0.0.1:8000 ": f"server {upstream} ",
             "    listen 80;\n": f"    listen 127.0.0.1:{plain};\n",
@@ -145,20 +175,7 @@ http {{
             [NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e",
              str(tmp_path / "nginx-error.log"), *user], env, nginx_log, cwd=tmp_path))
         base = f"https://127.0.0.1:{https}"
-        deadline = time.monotonic() + 15
-        while True:
-            if nginx.poll() is not None:
-                pytest.fail(f"nginx exited with {nginx.returncode}:\n{nginx_log.read_text()}"
-                            f"\n{(tmp_path / 'nginx-error.log').read_text()}", pytrace=False)
-            try:
-                if requests.get(f"{base}/healthz", verify=str(cert), timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("nginx did not answer /healthz within 15 s:\n"
-                            f"{(tmp_path / 'nginx-error.log').read_text()}", pytrace=False)
-            time.sleep(0.1)
+        wait_for(f"{base}/healthz", nginx, tmp_path / "nginx-error.log", verify=str(cert))
         yield Deployment(base, f"http://127.0.0.1:{plain}", direct, cert, gunicorn_log)
 
 
