@@ -25,11 +25,12 @@ Rate limits
     why the fixed, moving and sliding windows of the ``limits`` library (and so
     flask-limiter) are not used: none of them can answer like this.
 
-    When Redis cannot be reached (down, or slower than :data:`STORE_TIMEOUT`),
-    ``RATE_LIMIT_FAIL_OPEN`` decides: requests go through unlimited (the default: a
-    coalition does not stop taking earns because its rate-limit store died), or are refused
-    with ``503 unavailable`` and ``Retry-After``. The first failure and the recovery are
-    logged with the choice, once per outage and worker.
+    When Redis cannot be reached (down, or slower than :data:`STORE_TIMEOUT`; it is then
+    not asked again for :data:`STORE_RETRY`), ``RATE_LIMIT_FAIL_OPEN`` decides: requests
+    go through unlimited (the default: a coalition does not stop taking earns because its
+    rate-limit store died), or are refused with ``503 unavailable`` and ``Retry-After``.
+    The first failure and the recovery are logged with the choice, once per outage and
+    worker.
 
     Behind a reverse proxy the remote address is the proxy's unless the proxy is trusted
     (``TRUSTED_PROXIES``, :mod:`coalition.http.proxy`), so the per-address limit would then
@@ -94,6 +95,8 @@ MAX_KEYS = 10_000
 
 #: seconds to wait for Redis before it counts as unreachable
 STORE_TIMEOUT = 0.5
+#: seconds during which an unreachable Redis is not asked again
+STORE_RETRY = 1.0
 
 #: the endpoints limited per remote address
 ADDRESS_LIMITED = frozenset({"/oauth/token", "/oauth/revoke", "/oauth/introspect"})
@@ -213,19 +216,26 @@ class Limits:
     #: where the buckets are, for the log (no password)
     storage: str = "memory://"
     _down: bool = field(default=False, repr=False)
+    _retry_at: float = field(default=0.0, repr=False)
 
     def take(self, buckets: Buckets, key: str, who: str) -> None:
         """Take a token for ``key``, or raise :class:`RateLimited`; if the buckets cannot
-        be reached, let the request through or raise :class:`LimitsUnavailable`."""
-        try:
-            wait = buckets.take(key)
-        except redis.RedisError as exc:
-            self._went_down(exc)
+        be reached, let the request through or raise :class:`LimitsUnavailable`. Once
+        they could not, they are not asked again for :data:`STORE_RETRY` seconds, so that
+        a Redis that does not answer costs one request :data:`STORE_TIMEOUT`, not all."""
+        wait: float | None = None
+        if not self._down or time.monotonic() >= self._retry_at:
+            try:
+                wait = buckets.take(key)
+            except redis.RedisError as exc:
+                self._went_down(exc)
+                self._retry_at = time.monotonic() + STORE_RETRY
+        if wait is None:
             if self.fail_open:
                 return
             raise LimitsUnavailable(
                 "Rate limits cannot be checked at the moment; nothing was done. "
-                "Retry after 1 s.", headers={"Retry-After": "1"}) from None
+                "Retry after 1 s.", headers={"Retry-After": "1"})
         if self._down:
             self._down = False
             log.warning("rate limit storage %s answers again: limits apply", self.storage)

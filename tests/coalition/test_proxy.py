@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from gunicorn.config import KNOWN_SETTINGS
 
+from coalition.http.proxy import TrustedProxies
 from tests.coalition.test_serving import APP, BIN, clean_env, started
 from tests.conftest import TEST_SECRET, basic_auth
 from tests.partners.support import enrol, publish
@@ -310,3 +311,44 @@ def test_nginx_answers_in_the_one_error_shape(deployment):
     moved = requests.get(f"{deployment.plain}/healthz?x=1", allow_redirects=False, timeout=5)
     assert moved.status_code == 308
     assert moved.headers["Location"] == "https://127.0.0.1/healthz?x=1"
+
+
+# --------------------------------------------------------------------------- the middleware
+
+
+def _seen(proxies: list[str], remote: str, headers: dict[str, str]) -> tuple[str, str]:
+    """(REMOTE_ADDR, wsgi.url_scheme) as the application sees them."""
+    seen: dict[str, str] = {}
+
+    def inner(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.update(addr=environ.get("REMOTE_ADDR", ""), scheme=environ["wsgi.url_scheme"])
+        start_response("204 No Content", [])
+        return []
+
+    environ = {"REMOTE_ADDR": remote, "wsgi.url_scheme": "http", "HTTP_HOST": "coalition",
+               **{"HTTP_" + name.upper().replace("-", "_"): value
+                  for name, value in headers.items()}}
+    TrustedProxies(inner, proxies)(environ, lambda *_: None)
+    return seen["addr"], seen["scheme"]
+
+
+FORWARDED = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+
+
+@pytest.mark.parametrize(("proxies", "remote", "headers", "expected"), [
+    (["10.0.0.5"], "10.0.0.5", FORWARDED, ("203.0.113.9", "https")),
+    # only the hop the proxy added counts, not what the client wrote before it
+    (["10.0.0.5"], "10.0.0.5", {"X-Forwarded-For": "1.2.3.4, 203.0.113.9"},
+     ("203.0.113.9", "http")),
+    (["10.0.1.0/24", "fd00::/8"], "10.0.1.77", FORWARDED, ("203.0.113.9", "https")),
+    (["10.0.1.0/24", "fd00::/8"], "fd00::1", FORWARDED, ("203.0.113.9", "https")),
+    (["10.0.0.5"], "10.0.0.5", {}, ("10.0.0.5", "http")),
+    # from anyone else, or with no proxy trusted, the headers are ignored
+    (["10.0.0.5"], "10.0.0.6", FORWARDED, ("10.0.0.6", "http")),
+    (["10.0.1.0/24"], "10.0.2.1", FORWARDED, ("10.0.2.1", "http")),
+    ([], "10.0.0.5", FORWARDED, ("10.0.0.5", "http")),
+    (["10.0.0.5"], "", FORWARDED, ("", "http")),  # a Unix socket
+])
+def test_forwarding_headers_are_believed_from_trusted_proxies_only(proxies, remote, headers,
+                                                                   expected):
+    assert _seen(proxies, remote, headers) == expected

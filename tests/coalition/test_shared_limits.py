@@ -11,9 +11,12 @@ import io
 import json
 import logging
 import os
+import shutil
 import socket
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +238,89 @@ def test_redis_down_failing_closed_refuses_with_503_and_changes_nothing(
                          "answers")
     # anonymous requests are still 401 (the limit is taken once the caller is known)
     assert json.loads(client.get("/v1/transactions").data)["code"] == 401
+
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@contextmanager
+def redis_server(port: int, folder: Path) -> Iterator[None]:
+    """A Redis of this test's own on ``port``, stopped (SIGTERM, then SIGKILL) on exit."""
+    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", str(folder)]
+    with started(command, os.environ, folder / f"redis-{port}.log", cwd=folder) as server:
+        client = redis.Redis(port=port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"redis-server exited:\n{(folder / f'redis-{port}.log').read_text()}",
+                            pytrace=False)
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    pytest.fail("redis-server did not answer within 10 s", pytrace=False)
+                time.sleep(0.05)
+        client.close()
+        yield
+
+
+def test_redis_lost_and_back_limits_apply_again_and_both_are_logged(
+        app, database_url, make_partner, tmp_path):
+    """A real Redis stops and starts again on the same port: meanwhile requests go through
+    (failing open), then the limits hold again; the outage and the recovery are logged."""
+    port = closed_port()
+    limited = make_test_app(database_url, RATE_LIMIT_ENABLED=True, RATE_LIMIT=0.001,
+                            RATE_LIMIT_BURST=2,
+                            RATE_LIMIT_STORAGE=f"redis://127.0.0.1:{port}/0")
+    _, headers = make_partner("acme")
+    client = limited.test_client()
+
+    def status() -> int:
+        return client.get("/v1/transactions", headers=headers).status_code
+
+    try:
+        with Logged() as logged:
+            with redis_server(port, tmp_path):
+                assert [status() for _ in range(3)] == [200, 200, 429]
+            assert [status() for _ in range(3)] == [200, 200, 200]  # no Redis: unlimited
+            with redis_server(port, tmp_path):
+                time.sleep(1.0)  # STORE_RETRY: the lost Redis is asked again after 1 s
+                # a new Redis, empty: a full bucket again, then the limit
+                assert [status() for _ in range(3)] == [200, 200, 429]
+    finally:
+        with limited.app_context():
+            db.engine.dispose()
+    error, recovered = logged.lines()
+    assert error.startswith(f"ERROR rate limit storage redis://127.0.0.1:{port}/0 unreachable")
+    assert recovered == (f"WARNING rate limit storage redis://127.0.0.1:{port}/0 answers "
+                         "again: limits apply")
+
+
+def test_a_redis_that_does_not_answer_costs_one_request_the_timeout_not_all(
+        app, database_url, make_partner):
+    """A Redis that accepts connections and never answers (a hung server): the first
+    request waits STORE_TIMEOUT (0.5 s), those of the next second do not wait at all."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        port = hung.getsockname()[1]
+        limited = make_test_app(database_url, RATE_LIMIT_ENABLED=True,
+                                RATE_LIMIT_STORAGE=f"redis://127.0.0.1:{port}/0")
+        _, headers = make_partner("acme")
+        client = limited.test_client()
+        try:
+            with Logged() as logged:
+                timings = []
+                for _ in range(5):
+                    started_at = time.perf_counter()
+                    assert client.get("/v1/transactions", headers=headers).status_code == 200
+                    timings.append(time.perf_counter() - started_at)
+        finally:
+            with limited.app_context():
+                db.engine.dispose()
+    assert 0.45 < timings[0] < 2.0, timings
+    assert sum(timings[1:]) < 0.45, timings
+    [line] = logged.lines()
+    assert "unreachable (TimeoutError" in line
