@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Slow clients against gunicorn with no proxy in front: how long an earn waits.
 
-    .venv/bin/python bench/slow_clients.py [--server former|conf] [--stalled 0,1,2,4,8]
+    .venv/bin/python bench/slow_clients.py [--server former|conf|nginx] [--stalled 0,1,2,4,8]
 
 A stalled client sends the headers of an earn and half its body, then nothing. For each
 count of stalled clients the benchmark opens them, times ``--earns`` earns sent one after
@@ -10,9 +10,9 @@ stalled clients go and waits until the server answers again.
 
 ``--server former`` is the production command the README gave before the nginx
 configuration (``gunicorn -w 4 -b … 'coalition.app:create_app()'``: sync workers, one request
-each); ``--server conf`` is ``deploy/gunicorn.conf.py`` (gthread) alone. Behind nginx
-(``deploy/nginx/coalition.conf``) the same clients never reach gunicorn:
-tests/coalition/test_proxy.py shows fifty of them leave earns as fast as without.
+each); ``--server conf`` is ``deploy/gunicorn.conf.py`` (gthread) alone; ``--server nginx``
+is the same gunicorn behind nginx as shipped (``deploy/nginx/coalition.conf``, TLS with a
+self-signed certificate), the stalled clients and the earns going to nginx.
 
 It drops and re-creates the database ``coalition_slow`` on the local PostgreSQL server;
 every connection goes to 127.0.0.1, every wait has a deadline, and gunicorn is stopped at
@@ -22,14 +22,18 @@ the end, on error and on Ctrl-C too.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import socket
+import ssl
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from harness.client import Client, ClientError, fetch_token, free_port
 from harness.gunicorn import APP
+from harness.nginx import start_nginx
 from harness.postgres import database_url, parse_server, recreate_database
 from harness.processes import BIN, REPO, BenchError, Processes, clean_env, run_command, say
 
@@ -38,7 +42,8 @@ DATABASE = "coalition_slow"
 SCOPES = "points:earn members:write members:read"
 
 
-def stall(port: int, token: str, count: int) -> list[socket.socket]:
+def stall(port: int, token: str, count: int,
+          tls: ssl.SSLContext | None) -> list[socket.socket]:
     body = json.dumps({"member_number": "0", "partner_txn_id": "stalled", "points": 1}).encode()
     head = (f"POST /v1/earn HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
@@ -46,21 +51,28 @@ def stall(port: int, token: str, count: int) -> list[socket.socket]:
     stalled = []
     for _ in range(count):
         conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if tls is not None:
+            conn = tls.wrap_socket(conn, server_hostname="127.0.0.1")
         conn.sendall(head + body[: len(body) // 2])
         stalled.append(conn)
     return stalled
 
 
-def timed_earn(port: int, token: str, member: str, txn: str, timeout: float) -> str:
-    client = Client(port, token, timeout=timeout)
+def timed_earn(port: int, token: str, member: str, txn: str, timeout: float,
+               tls: ssl.SSLContext | None) -> str:
+    conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
+            if tls is not None else
+            http.client.HTTPConnection("127.0.0.1", port, timeout=timeout))
     started = time.perf_counter()
     try:
-        status, _ = client.call("POST", "/v1/earn", json.dumps(
-            {"member_number": member, "partner_txn_id": txn, "points": 1}).encode())
-    except ClientError:
+        conn.request("POST", "/v1/earn", body=json.dumps(
+            {"member_number": member, "partner_txn_id": txn, "points": 1}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException):
         return f"no answer within {timeout:.0f} s"
     finally:
-        client.close()
+        conn.close()
     return f"{status} in {time.perf_counter() - started:.3f} s"
 
 
@@ -81,7 +93,7 @@ def wait_healthy(port: int, deadline_s: float = 60.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", choices=("former", "conf"), default="former")
+    parser.add_argument("--server", choices=("former", "conf", "nginx"), default="former")
     parser.add_argument("--stalled", default="0,1,2,4,8")
     parser.add_argument("--earns", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=40.0)
@@ -110,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         procs.start(command, env=env, log=log)
         wait_healthy(port)
+        target, tls = port, None
+        if args.server == "nginx":
+            folder = Path(tempfile.mkdtemp(prefix="coalition-slow-clients-"))
+            target, tls = start_nginx(procs, folder, f"127.0.0.1:{port}")
+            say(f"nginx: https://127.0.0.1:{target} in front ({folder})")
         admin = Client(port, fetch_token(port, operator["client_id"],
                                          operator["client_secret"]))
         admin.json("PUT", "/v1/admin/program", {
@@ -129,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
 
         results: dict[int, list[str]] = {}
         for count in (int(n) for n in args.stalled.split(",")):
-            stalled = stall(port, token, count)
+            stalled = stall(target, token, count, tls)
             try:
-                results[count] = [timed_earn(port, token, member, f"e{count}-{n}",
-                                             args.timeout) for n in range(args.earns)]
+                results[count] = [timed_earn(target, token, member, f"e{count}-{n}",
+                                             args.timeout, tls) for n in range(args.earns)]
             finally:
                 for conn in stalled:
                     conn.close()
