@@ -182,8 +182,8 @@ return string.format('%.17g', wait)
 @dataclass
 class RedisBuckets:
     """The same token buckets kept in Redis, shared by every process that uses the same
-    server, database and ``prefix``. A bucket left alone until it is full again is deleted
-    (one that is full and one never seen are the same)."""
+    server, database and ``prefix``. A bucket left alone until it is full again expires a
+    second later (one that is full and one never seen are the same)."""
 
     rate: float
     burst: int
@@ -297,8 +297,9 @@ def _make_limits(config: dict[str, Any]) -> Limits:
     shared, by_address = (RedisBuckets(rate, burst, client, prefix + kind)
                           for rate, burst, kind in rates)
     kwargs = client.connection_pool.connection_kwargs
+    scheme = storage.split("://", 1)[0]
     shown = (f"unix://{kwargs['path']}" if "path" in kwargs else
-             f"redis://{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}")
+             f"{scheme}://{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}")
     fail_open = bool(config["RATE_LIMIT_FAIL_OPEN"])
     if enabled:
         log.info("rate limits counted in %s (keys %s…); if it cannot be reached, requests %s",
