@@ -8,12 +8,13 @@ with one access line on the ``coalition.access`` logger::
 
     {"message": "POST /v1/earn 201", "request_id": "…", "method": "POST",
      "path": "/v1/earn", "status": 201, "duration_ms": 3.2, "client_id": "pt_…",
-     "partner": "acme", "outcome": "ok"}
+     "partner": "acme", "outcome": "ok", "remote_addr": "203.0.113.7"}
 
 ``path`` is the URL rule (``/v1/settlement/runs/<int:run_id>``), never the raw path, so
 ids and member numbers stay out of the log and metric labels stay few; ``outcome`` is
-``ok`` or the error's machine code. Nothing else of the request is logged: no headers,
-query string or body, so no token, secret or password.
+``ok`` or the error's machine code; ``remote_addr`` is the client's address (behind
+nginx, the one nginx saw: :mod:`coalition.http.proxy`). Nothing else of the request is
+logged: no headers, query string or body, so no token, secret or password.
 
 Metrics (``prometheus_client``) are served at ``/metrics`` without a token unless
 ``COALITION_METRICS=false``. Under a pre-forking server (gunicorn) set
@@ -124,6 +125,7 @@ def _finish(response: Response) -> Response:
         "%s %s %s", request.method, endpoint, status,
         extra={"request_id": request_id, "method": request.method, "path": endpoint,
                "status": status, "duration_ms": round(seconds * 1000, 2),
+               "remote_addr": request.remote_addr,
                "client_id": principal.client_id if principal else None,
                "partner": principal.partner_code if principal else None,
                "outcome": outcome})

@@ -12,8 +12,10 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -94,6 +96,27 @@ def _database_url(value: Any) -> str:
     return text
 
 
+def _limit_storage(value: Any) -> str:
+    text = str(value).strip()
+    if text == "memory://":
+        return text
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ValueError("expected memory:// or a Redis URL (redis://host:port/db, "
+                         "rediss://…, unix:///path)")
+    return text
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    networks = []
+    for item in str(value).replace(",", " ").split():
+        try:
+            networks.append(str(ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
 def _secret(value: Any) -> str:
     text = str(value)
     if len(text) < 16:
@@ -150,14 +173,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_CONTENT_LENGTH", _positive_int, 1024 * 1024, "largest request body, bytes"),
     Setting("RATE_LIMIT_ENABLED", _bool, None,
             "rate limiting on or off; default: off in testing, on otherwise"),
+    Setting("RATE_LIMIT_STORAGE", _limit_storage, "memory://",
+            "where the rate limits count: memory:// (each worker process counts on its own) "
+            "or a Redis URL shared by every worker and host (redis://host:6379/0)"),
+    Setting("RATE_LIMIT_FAIL_OPEN", _bool, True,
+            "when the Redis of RATE_LIMIT_STORAGE cannot be reached: true lets requests "
+            "through unlimited, false refuses them (503); either way it is logged"),
+    Setting("RATE_LIMIT_KEY_PREFIX", str, "coalition:ratelimit:",
+            "prefix of the rate limits' keys in Redis"),
+    Setting("TRUSTED_PROXIES", _addresses, (),
+            "addresses or networks of the reverse proxies (nginx) whose X-Forwarded-For "
+            "and X-Forwarded-Proto are believed; from anyone else they are ignored"),
     Setting("RATE_LIMIT", _positive_number, 200,
             "requests per second per OAuth client (member tokens: per member), "
-            "per gunicorn worker"),
+            "per worker process with memory://, in all with Redis"),
     Setting("RATE_LIMIT_BURST", _positive_int, 400,
             "requests a client may send at once above RATE_LIMIT (the token bucket's size)"),
     Setting("TOKEN_RATE_LIMIT", _positive_number, 10,
             "requests per second per remote address to /oauth/token, /oauth/revoke and "
-            "/oauth/introspect, per gunicorn worker"),
+            "/oauth/introspect, per worker process with memory://, in all with Redis"),
     Setting("TOKEN_RATE_LIMIT_BURST", _positive_int, 100,
             "requests at once per remote address above TOKEN_RATE_LIMIT"),
     Setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level"),
@@ -169,7 +203,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-_SECRET_SETTINGS = {"SECRET_KEY", "DATABASE_URL", "DATABASE_REPLICA_URL"}
+_SECRET_SETTINGS = {"SECRET_KEY", "DATABASE_URL", "DATABASE_REPLICA_URL", "RATE_LIMIT_STORAGE"}
 
 
 def source_checkout() -> Path | None:

@@ -10,12 +10,31 @@ Rate limits
     (``TOKEN_RATE_LIMIT``, ``TOKEN_RATE_LIMIT_BURST``). A refused request is ``429`` with
     code ``rate_limited`` and ``Retry-After`` (whole seconds), and does nothing.
 
-    The buckets live in each worker process (gunicorn workers do not share them): with
-    ``W`` workers a client may get up to ``W`` times the configured rate, spread over the
-    workers. Keeping them in PostgreSQL instead would put one hot row per client on every
-    earn and burn, which is what the ledger is designed to avoid. Behind a reverse proxy
-    the remote address is the proxy's unless the proxy's ``X-Forwarded-For`` is trusted
-    (werkzeug's ``ProxyFix``), so the per-address limit would then be shared by everyone.
+    Where the buckets live is ``RATE_LIMIT_STORAGE``. With ``memory://`` (the default, for
+    ``make run`` and one process) each worker process keeps its own (:class:`TokenBuckets`):
+    with ``W`` gunicorn workers a client may get up to ``W`` times the configured rate. With
+    a Redis URL every worker of every host takes from the same buckets
+    (:class:`RedisBuckets`): one Lua script per request reads, refills and takes a bucket
+    atomically with the same arithmetic, on Redis's own clock (so the hosts' clocks do not
+    matter), and lets a full bucket expire. Keeping them in PostgreSQL instead would put
+    one hot row per client on every earn and burn, which is what the ledger is designed to
+    avoid.
+
+    The rule is a token bucket, not a window: a caller that used its burst gets one request
+    back every ``1/RATE_LIMIT`` seconds rather than waiting for a window to pass. That is
+    why the fixed, moving and sliding windows of the ``limits`` library (and so
+    flask-limiter) are not used: none of them can answer like this.
+
+    When Redis cannot be reached (down, or slower than :data:`STORE_TIMEOUT`; it is then
+    not asked again for :data:`STORE_RETRY`), ``RATE_LIMIT_FAIL_OPEN`` decides: requests
+    go through unlimited (the default: a coalition does not stop taking earns because its
+    rate-limit store died), or are refused with ``503 unavailable`` and ``Retry-After``.
+    The first failure and the recovery are logged with the choice, once per outage and
+    worker.
+
+    Behind a reverse proxy the remote address is the proxy's unless the proxy is trusted
+    (``TRUSTED_PROXIES``, :mod:`coalition.http.proxy`), so the per-address limit would then
+    be shared by everyone.
 
 JSON bodies
     Before any view runs, a JSON body is parsed once, strictly; whatever is refused here is
@@ -50,6 +69,7 @@ JSON bodies
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import threading
@@ -58,6 +78,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
@@ -72,12 +93,24 @@ MAX_NUMBER_CHARS = 100
 #: forgotten caller starts again with a full bucket)
 MAX_KEYS = 10_000
 
+#: seconds to wait for Redis before it counts as unreachable
+STORE_TIMEOUT = 0.5
+#: seconds during which an unreachable Redis is not asked again
+STORE_RETRY = 1.0
+
 #: the endpoints limited per remote address
 ADDRESS_LIMITED = frozenset({"/oauth/token", "/oauth/revoke", "/oauth/introspect"})
 
 
+log = logging.getLogger("coalition.limits")
+
+
 class RateLimited(CoalitionError):
     status, code = 429, "rate_limited"
+
+
+class LimitsUnavailable(CoalitionError):
+    status, code = 503, "unavailable"
 
 
 # --------------------------------------------------------------------------- token buckets
@@ -117,11 +150,108 @@ class TokenBuckets:
             return wait
 
 
+#: Take one token from the bucket KEYS[1], as :meth:`TokenBuckets.take` does: ARGV is the
+#: rate, the burst and (for tests only) the time; the answer is the wait in seconds, as a
+#: string (Redis would truncate a Lua number to an integer). Numbers are stored with 17
+#: significant digits, so that a double survives the round trip exactly.
+_TAKE = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+if not now then
+    local time = redis.call('TIME')
+    now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+end
+local tokens = burst
+local last = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+if last[1] then
+    tokens = math.min(burst, tonumber(last[1]) + math.max(0, now - tonumber(last[2])) * rate)
+end
+local wait = 0
+if tokens >= 1 then
+    tokens = tokens - 1
+else
+    wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+           'at', string.format('%.17g', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return string.format('%.17g', wait)
+"""
+
+
+@dataclass
+class RedisBuckets:
+    """The same token buckets kept in Redis, shared by every process that uses the same
+    server, database and ``prefix``. A bucket left alone until it is full again expires a
+    second later (one that is full and one never seen are the same)."""
+
+    rate: float
+    burst: int
+    client: redis.Redis
+    prefix: str
+    #: None: Redis's clock; a test may give its own
+    clock: Callable[[], float] | None = None
+
+    def __post_init__(self) -> None:
+        self._take = self.client.register_script(_TAKE)
+
+    def take(self, key: str) -> float:
+        """Take a token for ``key``: 0 if there was one, else the seconds until there is.
+        Raises :class:`redis.RedisError` when Redis cannot be reached."""
+        args: list[str | int] = [repr(self.rate), self.burst]
+        if self.clock is not None:
+            args.append(repr(self.clock()))
+        return float(self._take(keys=[self.prefix + key], args=args))
+
+
+Buckets = TokenBuckets | RedisBuckets
+
+
 @dataclass
 class Limits:
     enabled: bool
-    clients: TokenBuckets
-    addresses: TokenBuckets
+    clients: Buckets
+    addresses: Buckets
+    fail_open: bool = True
+    #: where the buckets are, for the log (no password)
+    storage: str = "memory://"
+    _down: bool = field(default=False, repr=False)
+    _retry_at: float = field(default=0.0, repr=False)
+
+    def take(self, buckets: Buckets, key: str, who: str) -> None:
+        """Take a token for ``key``, or raise :class:`RateLimited`; if the buckets cannot
+        be reached, let the request through or raise :class:`LimitsUnavailable`. Once
+        they could not, they are not asked again for :data:`STORE_RETRY` seconds, so that
+        a Redis that does not answer costs one request :data:`STORE_TIMEOUT`, not all."""
+        wait: float | None = None
+        if not self._down or time.monotonic() >= self._retry_at:
+            try:
+                wait = buckets.take(key)
+            except redis.RedisError as exc:
+                self._went_down(exc)
+                self._retry_at = time.monotonic() + STORE_RETRY
+        if wait is None:
+            if self.fail_open:
+                return
+            raise LimitsUnavailable(
+                "Rate limits cannot be checked at the moment; nothing was done. "
+                "Retry after 1 s.", headers={"Retry-After": "1"})
+        if self._down:
+            self._down = False
+            log.warning("rate limit storage %s answers again: limits apply", self.storage)
+        if wait:
+            raise _refuse(wait, who)
+
+    def _went_down(self, exc: Exception) -> None:
+        if self._down:
+            return
+        self._down = True
+        if self.fail_open:
+            choice = "requests go through unlimited (RATE_LIMIT_FAIL_OPEN=true)"
+        else:
+            choice = "requests are refused with 503 (RATE_LIMIT_FAIL_OPEN=false)"
+        log.error("rate limit storage %s unreachable (%s: %s): %s until it answers",
+                  self.storage, type(exc).__name__, exc, choice)
 
 
 def _limits() -> Limits:
@@ -140,9 +270,7 @@ def limit_client(client_id: str, member_id: int | None = None) -> None:
     if not limits.enabled:
         return
     key = client_id if member_id is None else f"{client_id}\0member:{member_id}"
-    wait = limits.clients.take(key)
-    if wait:
-        raise _refuse(wait, "client")
+    limits.take(limits.clients, key, "client")
 
 
 def _limit_address() -> None:
@@ -151,9 +279,32 @@ def _limit_address() -> None:
     limits = _limits()
     if not limits.enabled:
         return
-    wait = limits.addresses.take(request.remote_addr or "")
-    if wait:
-        raise _refuse(wait, "address")
+    limits.take(limits.addresses, request.remote_addr or "", "address")
+
+
+def _make_limits(config: dict[str, Any]) -> Limits:
+    """The limits as configured: buckets in this process, or in Redis."""
+    enabled = bool(config["RATE_LIMIT_ENABLED"])
+    storage = config["RATE_LIMIT_STORAGE"]
+    rates = ((config["RATE_LIMIT"], config["RATE_LIMIT_BURST"], "client:"),
+             (config["TOKEN_RATE_LIMIT"], config["TOKEN_RATE_LIMIT_BURST"], "address:"))
+    if storage == "memory://":
+        clients, addresses = (TokenBuckets(rate, burst) for rate, burst, _ in rates)
+        return Limits(enabled, clients, addresses)
+    client = redis.Redis.from_url(storage, socket_timeout=STORE_TIMEOUT,
+                                  socket_connect_timeout=STORE_TIMEOUT)
+    prefix = config["RATE_LIMIT_KEY_PREFIX"]
+    shared, by_address = (RedisBuckets(rate, burst, client, prefix + kind)
+                          for rate, burst, kind in rates)
+    kwargs = client.connection_pool.connection_kwargs
+    scheme = storage.split("://", 1)[0]
+    shown = (f"unix://{kwargs['path']}" if "path" in kwargs else
+             f"{scheme}://{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}")
+    fail_open = bool(config["RATE_LIMIT_FAIL_OPEN"])
+    if enabled:
+        log.info("rate limits counted in %s (keys %s…); if it cannot be reached, requests %s",
+                 shown, prefix, "go through unlimited" if fail_open else "are refused (503)")
+    return Limits(enabled, shared, by_address, fail_open=fail_open, storage=shown)
 
 
 # --------------------------------------------------------------------------- JSON bodies
@@ -295,12 +446,7 @@ def init_limits(app: Flask) -> None:
     so far: a rate-limited caller costs nothing more, and no other hook reads a body before
     its size is checked and it is parsed strictly (a lenient ``json.loads`` of a deeply
     nested body raises ``RecursionError``)."""
-    config = app.config
-    app.extensions["coalition.limits"] = Limits(
-        enabled=bool(config["RATE_LIMIT_ENABLED"]),
-        clients=TokenBuckets(config["RATE_LIMIT"], config["RATE_LIMIT_BURST"]),
-        addresses=TokenBuckets(config["TOKEN_RATE_LIMIT"], config["TOKEN_RATE_LIMIT_BURST"]),
-    )
+    app.extensions["coalition.limits"] = _make_limits(app.config)
     hooks = app.before_request_funcs.setdefault(None, [])
     hooks[:0] = [_limit_address, _check_body]
     app.register_error_handler(RequestEntityTooLarge, _too_large)

@@ -102,6 +102,10 @@ def test_environment_overrides_every_default(tmp_path):
         "COALITION_RATE_LIMIT_BURST": "5",
         "COALITION_TOKEN_RATE_LIMIT": "0.5",
         "COALITION_TOKEN_RATE_LIMIT_BURST": "3",
+        "COALITION_RATE_LIMIT_STORAGE": " redis://cache.internal:6379/2 ",
+        "COALITION_RATE_LIMIT_FAIL_OPEN": "no",
+        "COALITION_RATE_LIMIT_KEY_PREFIX": "eu:limits:",
+        "COALITION_TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16,::1",
         "COALITION_LOG_LEVEL": "DEBUG",
         "COALITION_LOG_FORMAT": "text",
         "COALITION_SQL_ECHO": "yes",
@@ -132,6 +136,10 @@ def test_environment_overrides_every_default(tmp_path):
         "RATE_LIMIT_BURST": 5,
         "TOKEN_RATE_LIMIT": 0.5,
         "TOKEN_RATE_LIMIT_BURST": 3,
+        "RATE_LIMIT_STORAGE": "redis://cache.internal:6379/2",
+        "RATE_LIMIT_FAIL_OPEN": False,
+        "RATE_LIMIT_KEY_PREFIX": "eu:limits:",
+        "TRUSTED_PROXIES": ("10.0.0.5/32", "10.1.0.0/16", "::1/128"),
         "LOG_LEVEL": "debug",
         "LOG_FORMAT": "text",
         "SQL_ECHO": True,
@@ -171,12 +179,20 @@ def test_explicit_overrides_beat_the_environment(tmp_path):
     ("RATE_LIMIT_BURST", "1.5", "expected a whole number"),
     ("TOKEN_RATE_LIMIT", "-1", "expected a number greater than zero"),
     ("TOKEN_RATE_LIMIT_BURST", "0", "expected a number greater than zero"),
+    ("RATE_LIMIT_STORAGE", "memcached://h:11211", "expected memory:// or a Redis URL "
+                                                  "(redis://host:port/db, rediss://…, "
+                                                  "unix:///path)"),
+    ("RATE_LIMIT_STORAGE", "redis://", "expected memory:// or a Redis URL "
+                                       "(redis://host:port/db, rediss://…, unix:///path)"),
+    ("RATE_LIMIT_FAIL_OPEN", "perhaps", "expected true or false"),
+    ("TRUSTED_PROXIES", "10.0.0.1, nginx", "'nginx' is not an IP address or network"),
 ])
 def test_malformed_environment_variable_is_named(tmp_path, name, value, reason):
     with pytest.raises(ConfigError) as caught:
         load_settings(tmp_path, environ={**DEV, f"COALITION_{name}": value})
     # secrets and database URLs (which may carry a password) are never echoed back
-    shown = "(hidden)" if name in ("SECRET_KEY", "DATABASE_URL") else repr(value)
+    hidden = ("SECRET_KEY", "DATABASE_URL", "RATE_LIMIT_STORAGE")
+    shown = "(hidden)" if name in hidden else repr(value)
     assert str(caught.value) == f"invalid configuration: COALITION_{name}={shown}: {reason}"
 
 

@@ -123,8 +123,10 @@ def test_the_access_line(observed, logged, make_partner):
     lines = {line["request_id"]: line for line in access(logged)}
     line = lines["look-1"]
     assert set(line) == {"ts", "level", "logger", "message", "request_id", "method", "path",
-                         "status", "duration_ms", "client_id", "partner", "outcome"}
+                         "status", "duration_ms", "client_id", "partner", "outcome",
+                         "remote_addr"}
     assert line["level"] == "info"
+    assert line["remote_addr"] == "127.0.0.1"  # the test client's
     assert line["message"] == "GET /v1/members/<member_number> 200"
     # the URL rule, not the member number
     assert (line["method"], line["path"], line["status"], line["outcome"]) == (
