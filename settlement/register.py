@@ -14,6 +14,7 @@ from settlement.cli import finance_cli, settle_cli
 
 def init_app(app: Flask) -> None:
     api_of(app).register_blueprint(api.blp)
+    api_of(app).register_blueprint(api.analytics_blp)
     app.register_blueprint(page.bp)
     app.cli.add_command(settle_cli)
     app.cli.add_command(finance_cli)

@@ -46,6 +46,8 @@ def test_defaults(tmp_path):
         "RATE_LIMIT_BURST": 400,
         "TOKEN_RATE_LIMIT": 10,
         "TOKEN_RATE_LIMIT_BURST": 100,
+        "BREAKAGE_PRIOR": "0.2",
+        "BREAKAGE_MIN_COHORTS": 6,
         "LOG_LEVEL": "info",
         "LOG_FORMAT": "text",  # readable lines for a developer; json elsewhere
         "SQL_ECHO": False,
@@ -91,6 +93,8 @@ def test_environment_overrides_every_default(tmp_path):
         "COALITION_RATE_LIMIT_BURST": "5",
         "COALITION_TOKEN_RATE_LIMIT": "0.5",
         "COALITION_TOKEN_RATE_LIMIT_BURST": "3",
+        "COALITION_BREAKAGE_PRIOR": " 0.150 ",
+        "COALITION_BREAKAGE_MIN_COHORTS": "2",
         "COALITION_LOG_LEVEL": "DEBUG",
         "COALITION_LOG_FORMAT": "text",
         "COALITION_SQL_ECHO": "yes",
@@ -116,6 +120,8 @@ def test_environment_overrides_every_default(tmp_path):
         "RATE_LIMIT_BURST": 5,
         "TOKEN_RATE_LIMIT": 0.5,
         "TOKEN_RATE_LIMIT_BURST": 3,
+        "BREAKAGE_PRIOR": "0.150",
+        "BREAKAGE_MIN_COHORTS": 2,
         "LOG_LEVEL": "debug",
         "LOG_FORMAT": "text",
         "SQL_ECHO": True,
@@ -155,6 +161,10 @@ def test_explicit_overrides_beat_the_environment(tmp_path):
     ("RATE_LIMIT_BURST", "1.5", "expected a whole number"),
     ("TOKEN_RATE_LIMIT", "-1", "expected a number greater than zero"),
     ("TOKEN_RATE_LIMIT_BURST", "0", "expected a number greater than zero"),
+    ("BREAKAGE_PRIOR", "1", "expected a decimal at least 0 and below 1"),
+    ("BREAKAGE_PRIOR", "a fifth", "expected a decimal at least 0 and below 1"),
+    ("BREAKAGE_PRIOR", "NaN", "expected a decimal at least 0 and below 1"),
+    ("BREAKAGE_MIN_COHORTS", "0", "expected a number greater than zero"),
 ])
 def test_malformed_environment_variable_is_named(tmp_path, name, value, reason):
     with pytest.raises(ConfigError) as caught:

@@ -1,0 +1,193 @@
+"""Program analytics: what the program did, per month and per partner, from the journal.
+
+For each month of ``[first, last]`` (booking time, UTC) and each partner:
+
+* members **enrolled** (by the partner that enrolled them), **active** (an earn, burn,
+  capture or donation at the partner in the month; the month's total counts each member
+  once), **closed** (by the partner that enrolled them), **merged** (absorbed into another
+  member, from the audit log, the one dated record of every merge);
+* points **issued** (earns less earn reversals at the partner: its ``partner:issued``
+  account; coalition-funded bonuses under ``coalition``), **redeemed** at the partner
+  (burns, captures and donations less burn reversals: ``partner:redeemed``), **donated**
+  (the donations among them, at a charity), **expired**, **forfeited** and **transferred**
+  (by the partner where the points were earned, from the lot movements);
+* the **redemption rate**: redeemed ÷ issued, to four decimal places (half even), none
+  when nothing was issued.
+
+Each figure is one aggregate query grouped by month and partner (never a Python loop
+over entries).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from sqlalchemy import and_, func, literal, select
+from sqlalchemy.orm import Session
+
+from coalition.audit.models import AuditEvent
+from coalition.db import read, utcnow
+from coalition.errors import InvalidRequest, NotFound
+from coalition.ledger.models import Entry, LotMovement, Member, Posting
+from coalition.models import Partner
+from settlement.months import month_name, month_of, month_start, next_month
+from settlement.netting import COALITION
+
+FIGURES = ("enrolled", "active", "closed", "merged", "issued", "redeemed", "expired",
+           "forfeited", "transferred", "donated")
+ACTIVE_KINDS = ("earn", "burn", "hold_capture", "donation")
+RATE_PLACES = Decimal("0.0001")
+#: the longest span one request may ask for
+MAX_MONTHS = 120
+
+
+def months_between(first: str, last: str) -> list[str]:
+    months, month = [], first
+    while month <= last:
+        months.append(month)
+        month = next_month(month)
+    return months
+
+
+def redemption_rate(redeemed: int, issued: int) -> str | None:
+    if issued <= 0:
+        return None
+    return format((Decimal(redeemed) / Decimal(issued))
+                  .quantize(RATE_PLACES, rounding=ROUND_HALF_EVEN), "f")
+
+
+def analytics(session: Session, first: str, last: str,
+              partner: str | None = None) -> dict[str, Any]:
+    """The figures of the months ``first`` … ``last`` (``YYYY-MM``), for every partner or
+    the one named."""
+    start, end = month_start(first), month_start(next_month(last))
+    codes = {p.id: p.code for p in session.scalars(select(Partner))}
+    rows: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(FIGURES, 0))
+
+    def add(month: Any, partner_id: int | None, figure: str, value: Any) -> None:
+        if value:
+            code = codes[partner_id] if partner_id is not None else COALITION
+            rows[(month_name(month), code)][figure] += int(value)
+
+    p, e = Posting.__table__.c, Entry.__table__.c
+    month = month_of(session, e.booked_at)
+    for m, account, pid, points, donated in session.execute(
+            select(month, p.account, p.partner_id, func.sum(p.points),
+                   func.sum(p.points).filter(e.kind == "donation"))
+            .select_from(Posting.__table__.join(Entry.__table__, e.id == p.entry_id))
+            .where(e.booked_at >= start, e.booked_at < end,
+                   p.account.in_(("partner:issued", "partner:redeemed", "coalition:funded")))
+            .group_by(month, p.account, p.partner_id)):
+        if account == "partner:redeemed":
+            add(m, pid, "redeemed", points)
+            add(m, pid, "donated", donated)
+        else:  # issued and funded accounts go negative as points are created
+            add(m, pid, "issued", -points)
+
+    mv = LotMovement.__table__.c
+    month = month_of(session, mv.entry_booked_at)
+    for m, origin, kind, points in session.execute(
+            select(month, mv.origin_partner_id, mv.entry_kind, func.sum(mv.points))
+            .where(mv.entry_booked_at >= start, mv.entry_booked_at < end,
+                   mv.entry_kind.in_(("expiry", "forfeiture", "transfer")))
+            .group_by(month, mv.origin_partner_id, mv.entry_kind)):
+        add(m, origin, {"expiry": "expired", "forfeiture": "forfeited",
+                        "transfer": "transferred"}[kind], -points)
+
+    active = (select(month_of(session, e.booked_at).label("month"), e.partner_id,
+                     e.member_id)
+              .where(e.booked_at >= start, e.booked_at < end, e.kind.in_(ACTIVE_KINDS))
+              .distinct().subquery())
+    for m, pid, members in session.execute(
+            select(active.c.month, active.c.partner_id, func.count())
+            .group_by(active.c.month, active.c.partner_id)):
+        add(m, pid, "active", members)
+    totals_active = {month_name(m): int(n) for m, n in session.execute(
+        select(active.c.month, func.count(active.c.member_id.distinct()))
+        .group_by(active.c.month))}
+
+    mb = Member.__table__.c
+    for column, figure, condition in ((mb.created_at, "enrolled", None),
+                                      (mb.closed_at, "closed", mb.status == "closed")):
+        month = month_of(session, column)
+        where = [column >= start, column < end] + ([condition] if condition is not None
+                                                   else [])
+        for m, pid, members in session.execute(
+                select(month, mb.enrolled_by, func.count()).where(*where)
+                .group_by(month, mb.enrolled_by)):
+            add(m, pid, figure, members)
+    a = AuditEvent.__table__.c
+    month = month_of(session, a.occurred_at)
+    for m, pid, members in session.execute(
+            select(month, mb.enrolled_by, func.count())
+            .select_from(AuditEvent.__table__.join(
+                Member.__table__, and_(a.target == literal("member:") + mb.member_number)))
+            .where(a.action == "member.merged", a.occurred_at >= start, a.occurred_at < end)
+            .group_by(month, mb.enrolled_by)):
+        add(m, pid, "merged", members)
+
+    def row(month: str, code: str, figures: dict[str, int]) -> dict[str, Any]:
+        return {"month": month, "partner": code, **figures,
+                "redemption_rate": redemption_rate(figures["redeemed"], figures["issued"])}
+
+    listed = [row(m, code, figures) for (m, code), figures in sorted(rows.items())
+              if partner is None or code == partner]
+    totals = []
+    for m in months_between(first, last):
+        figures = dict.fromkeys(FIGURES, 0)
+        for r in listed:
+            if r["month"] == m:
+                for f in FIGURES:
+                    figures[f] += r[f]
+        if partner is None:
+            figures["active"] = totals_active.get(m, 0)
+        totals.append(row(m, partner or "all", figures))
+    return {"from": first, "to": last, "partner": partner, "months": listed,
+            "totals": totals}
+
+
+def default_span(now: datetime, months: int = 12) -> tuple[str, str]:
+    """The last ``months`` months up to ``now``'s."""
+    last = f"{now.year:04d}-{now.month:02d}"
+    index = now.year * 12 + now.month - 1 - (months - 1)
+    return f"{index // 12:04d}-{index % 12 + 1:02d}", last
+
+
+def program_analytics(first: str | None, last: str | None,
+                      partner: str | None = None) -> dict[str, Any]:
+    """The analytics of ``[first, last]`` (default: the last twelve months), checked."""
+    default_first, default_last = default_span(utcnow())
+    first, last = first or default_first, last or default_last
+    errors: dict[str, list[str]] = {}
+    for name, value in (("from", first), ("to", last)):
+        try:
+            month_start(value)
+        except ValueError:
+            errors[name] = ["Give a month as YYYY-MM."]
+    if not errors and first > last:
+        errors["to"] = ["Must not be before from."]
+    if not errors and len(months_between(first, last)) > MAX_MONTHS:
+        errors["to"] = [f"At most {MAX_MONTHS} months at once."]
+    if errors:
+        raise InvalidRequest("Check the months asked for.", errors=errors)
+    with read() as session:
+        if partner is not None and partner != COALITION and session.scalar(
+                select(Partner.id).where(Partner.code == partner)) is None:
+            raise NotFound(f"No partner {partner}.")
+        return analytics(session, first, last, partner)
+
+
+def as_csv(doc: dict[str, Any]) -> str:
+    """The rows, then the month totals (partner ``all``), one line each."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    columns = ["month", "partner", *FIGURES, "redemption_rate"]
+    writer.writerow(columns)
+    for r in [*doc["months"], *doc["totals"]]:
+        writer.writerow(["" if r[c] is None else r[c] for c in columns])
+    return out.getvalue()
