@@ -27,7 +27,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select
+from sqlalchemy import and_, func, literal, select, text
 from sqlalchemy.orm import Session
 
 from coalition.audit.models import AuditEvent
@@ -35,6 +35,7 @@ from coalition.db import read, utcnow
 from coalition.errors import InvalidRequest, NotFound
 from coalition.ledger.models import Entry, LotMovement, Member, Posting
 from coalition.models import Partner
+from settlement.compute import WORK_MEM
 from settlement.months import month_name, month_of, month_start, next_month
 from settlement.netting import COALITION
 
@@ -66,6 +67,8 @@ def analytics(session: Session, first: str, last: str,
     """The figures of the months ``first`` … ``last`` (``YYYY-MM``), for every partner or
     the one named."""
     start, end = month_start(first), month_start(next_month(last))
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     codes = {p.id: p.code for p in session.scalars(select(Partner))}
     rows: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(FIGURES, 0))
 

@@ -43,13 +43,13 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, select, union_all
+from sqlalchemy import and_, func, select, text, union_all
 from sqlalchemy.orm import Session, aliased
 
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement
 from coalition.models import Partner, RateCard
 from coalition.money import money_str, round_money
-from settlement.compute import REDEMPTION_KINDS
+from settlement.compute import REDEMPTION_KINDS, WORK_MEM
 from settlement.months import month_name, month_of
 from settlement.netting import CLEARING, COALITION
 
@@ -261,6 +261,8 @@ def liability(session: Session, start: datetime, end: datetime, model: str, prio
               opening: dict[str, Decimal] | None = None) -> dict[str, Any]:
     """The liability at ``end`` with the roll-forward of ``[start, end)``; ``opening``:
     the closing liability per currency as reported for ``start`` (a closed run's), if any."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     partners = {p.id: p for p in session.scalars(select(Partner))}
     cards: dict[int, list[RateCard]] = defaultdict(list)
     for card in session.scalars(select(RateCard).order_by(RateCard.valid_from, RateCard.id)):
