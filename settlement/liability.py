@@ -50,7 +50,7 @@ from coalition.ledger.models import Entry, Hold, Lot, LotMovement
 from coalition.models import Partner, RateCard
 from coalition.money import money_str, round_money
 from settlement.compute import REDEMPTION_KINDS, WORK_MEM
-from settlement.months import month_name, month_of
+from settlement.months import Months, month_of_moment
 from settlement.netting import CLEARING, COALITION
 
 RATE_PLACES = Decimal("0.000001")  # the breakage rate
@@ -115,12 +115,18 @@ def _history(session: Session, start: datetime, end: datetime) -> History:
     apart before ``start`` and in ``[start, end)``."""
     lot = Lot.__table__.c
     history = History()
+    # every lot is made by an entry and earned when it is booked: the journal's first
+    # booking (an indexed read) is the first month a cohort can have
+    first = session.scalar(select(func.min(Entry.__table__.c.booked_at)))
+    if first is None:
+        return history
+    months = Months(session, month_of_moment(first), end)
 
     def cohort(origin: int | None, month: Any) -> Cohort:
-        key = (origin, month_name(month))
+        key = (origin, months.name(month))
         return history.cohorts.setdefault(key, Cohort())
 
-    month = month_of(session, lot.earned_at)
+    month = months.of(lot.earned_at)
     for origin, earned, source, before, during in session.execute(
             select(lot.origin_partner_id, month, lot.source,
                    func.sum(lot.points).filter(lot.earned_at < start),
@@ -151,7 +157,6 @@ def _history(session: Session, start: datetime, end: datetime) -> History:
                          .join(closing, and_(closing.c.id == hold.c.closed_by_entry_id,
                                              closing.c.booked_at < end))))
     moves = union_all(own, held).subquery()
-    month = month_of(session, lot.earned_at)
     for origin, earned, kind, partner, before, during in session.execute(
             select(lot.origin_partner_id, month, moves.c.kind, moves.c.partner,
                    func.sum(moves.c.points).filter(moves.c.at < start),
