@@ -223,3 +223,57 @@ def test_analytics_worked_by_hand(app, client, clock, make_partner, operator_hea
         "month,partner,enrolled,active,closed,merged,issued,redeemed,expired,forfeited,"
         "transferred,donated,redemption_rate",
         "2001-03,charity,0,1,0,0,0,200,0,0,0,200,"]
+
+
+def test_the_command_line_gives_the_same_figures(app, client, clock, make_partner,
+                                                 operator_headers):
+    import csv
+    import io
+    import json
+
+    app.config.update(BREAKAGE_MIN_COHORTS=2, BREAKAGE_PRIOR="0.2")
+    book_history(app, client, clock, make_partner, operator_headers)
+    march = post_ok(client, "/v1/settlement/runs", operator_headers, {
+        "period_start": iso(datetime(2001, 3, 1, tzinfo=UTC)),
+        "period_end": iso(datetime(2001, 4, 1, tzinfo=UTC))})
+    runner = app.test_cli_runner()
+    shown = runner.invoke(args=["settle", "liability", str(march["id"]), "--json"])
+    assert shown.exit_code == 0, shown.output
+    api = client.get(f"/v1/settlement/runs/{march['id']}/liability",
+                     headers=operator_headers).get_json()
+    assert json.loads(shown.output) == api
+    text = runner.invoke(args=["settle", "liability", str(march["id"])])
+    assert "GBP          2.40         5.00         2.80         0.00         0.80         5.40" \
+        in text.output, text.output
+    assert runner.invoke(args=["settle", "liability", "999999"]).exit_code == 1
+
+    months = runner.invoke(args=["analytics", "--from", "2001-01", "--to", "2001-03",
+                                 "--json"])
+    assert months.exit_code == 0, months.output
+    assert json.loads(months.output) == client.get(
+        "/v1/analytics?from=2001-01&to=2001-03", headers=operator_headers).get_json()
+    table = runner.invoke(args=["analytics", "--from", "2001-03", "--to", "2001-03", "--csv"])
+    rows = list(csv.DictReader(io.StringIO(table.output)))
+    assert [(r["partner"], r["redeemed"], r["redemption_rate"]) for r in rows] == [
+        ("charity", "200", ""), ("fuel", "300", ""), ("grocer", "0", "0.0000"),
+        ("all", "500", "0.5000")]
+    wrong = runner.invoke(args=["analytics", "--from", "2001-13"])
+    assert wrong.exit_code == 2 and "--from" in wrong.output, wrong.output
+    unknown = runner.invoke(args=["analytics", "--partner", "nobody"])
+    assert unknown.exit_code == 1 and "not_found" in unknown.output, unknown.output
+
+
+def test_bad_questions_are_refused_clearly(client, operator_headers, make_partner):
+    for query, field in (("from=2001-13", "from"), ("to=March", "to"),
+                         ("from=2001-05&to=2001-03", "to"), ("from=1990-01&to=2001-03", "to")):
+        answer = client.get(f"/v1/analytics?{query}", headers=operator_headers)
+        assert answer.status_code == 422, (query, answer.get_json())
+        assert answer.get_json()["error"] == "invalid_request"
+        assert field in answer.get_json()["errors"], (query, answer.get_json())
+    missing = client.get("/v1/analytics?partner=nobody", headers=operator_headers)
+    assert missing.status_code == 404 and missing.get_json()["error"] == "not_found"
+    assert client.get("/v1/settlement/runs/999/liability",
+                      headers=operator_headers).status_code == 404
+    assert client.get("/v1/analytics").status_code == 401
+    _, partner = make_partner("shop")
+    assert client.get("/v1/analytics", headers=partner).status_code == 403
