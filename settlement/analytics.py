@@ -12,7 +12,8 @@ For each month of ``[first, last]`` (booking time, UTC) and each partner:
   (the donations among them, at a charity), **expired**, **forfeited** and **transferred**
   (by the partner where the points were earned, from the lot movements);
 * the **redemption rate**: redeemed ÷ issued, to four decimal places (half even), none
-  when nothing was issued.
+  when nothing was issued;
+* and, for the whole program, the members in each **tier** at each month end.
 
 Each figure is one aggregate query by partner with a filtered sum per month (never a
 Python loop over entries).
@@ -27,14 +28,17 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select, text, true, union_all
+from sqlalchemy import and_, func, literal, or_, select, text, true, union_all
 from sqlalchemy.orm import Session
 
 from coalition.audit.models import AuditEvent
+from coalition.clock import add_months
 from coalition.db import read, utcnow
 from coalition.errors import InvalidRequest, NotFound
+from coalition.ledger import tiers as tier_rule
 from coalition.ledger.models import Entry, LotMovement, Member, Posting
 from coalition.models import Partner
+from coalition.program.service import rules_at
 from settlement.compute import WORK_MEM
 from settlement.months import month_start, next_month
 from settlement.netting import COALITION
@@ -157,6 +161,8 @@ def analytics(session: Session, first: str, last: str,
             .group_by(mb.enrolled_by)):
         add(pid, "merged", values)
 
+    tiers = _tiers(session, names) if partner is None else []
+
     def row(month: str, code: str, figures: dict[str, int]) -> dict[str, Any]:
         return {"month": month, "partner": code, **figures,
                 "redemption_rate": redemption_rate(figures["redeemed"], figures["issued"])}
@@ -174,7 +180,53 @@ def analytics(session: Session, first: str, last: str,
             figures["active"] = totals_active.get(m, 0)
         totals.append(row(m, partner or "all", figures))
     return {"from": first, "to": last, "partner": partner, "months": listed,
-            "totals": totals}
+            "totals": totals, "tiers": tiers}
+
+
+def _tiers(session: Session, names: list[str]) -> list[dict[str, Any]]:
+    """Members per tier at each month end, by the tier rule (``coalition.ledger.tiers``)
+    under the program rules in force then: the members enrolled by then, neither closed
+    by then nor merged into another. One pass over the qualifying entries of the months
+    and the twelve before them."""
+    ends = [month_start(next_month(m)) for m in names]
+    window = tier_rule.WINDOW_MONTHS
+    # month spans (bounds[i], bounds[i + 1]] from a year before the first month end: the
+    # points at ends[k] are those of spans k … k + window − 1
+    bounds = [add_months(ends[0], i - window) for i in range(window)] + ends
+    per_member = tier_rule.qualifying_by_member_and_span(bounds).subquery()
+    mb = Member.__table__.c
+    rules = [rules_at(session, end) for end in ends]
+
+    def exists_at(end: datetime) -> Any:
+        return and_(mb.created_at <= end, or_(mb.closed_at.is_(None), mb.closed_at > end),
+                    mb.status != "merged")
+
+    counts = []
+    for k, (end, r) in enumerate(zip(ends, rules, strict=True)):
+        points = sum((per_member.c[f"s{i}"] for i in range(k, k + window)),
+                     start=literal(0))
+        thresholds = [t["threshold"] for t in r["tiers"]]
+        for j, low in enumerate(thresholds[1:], start=1):
+            high = thresholds[j + 1] if j + 1 < len(thresholds) else None
+            condition = and_(exists_at(end), points >= low,
+                             *([points < high] if high is not None else []))
+            counts.append(func.count().filter(condition))
+    above = session.execute(
+        select(*counts).select_from(per_member.join(Member.__table__,
+                                                    mb.id == per_member.c.member_id))
+    ).one() if counts else ()
+    everyone = session.execute(select(*[func.count().filter(exists_at(end)) for end in ends])
+                               ).one()
+    result, n = [], 0
+    for month, r, members in zip(names, rules, everyone, strict=True):
+        tiers = r["tiers"]
+        higher = [int(above[n + j]) for j in range(len(tiers) - 1)]
+        n += len(tiers) - 1
+        result.append({"month": month, "tier": tiers[0]["code"],
+                       "members": int(members) - sum(higher)})
+        result += [{"month": month, "tier": t["code"], "members": c}
+                   for t, c in zip(tiers[1:], higher, strict=True)]
+    return result
 
 
 def default_span(now: datetime, months: int = 12) -> tuple[str, str]:

@@ -335,6 +335,12 @@ class MonthSchema(Schema):
         **_RATE})
 
 
+class TierCountSchema(Schema):
+    month = fields.String()
+    tier = fields.String()
+    members = fields.Integer()
+
+
 class AnalyticsSchema(Schema):
     from_ = fields.String(data_key="from", attribute="from")
     to = fields.String()
@@ -343,3 +349,6 @@ class AnalyticsSchema(Schema):
         "description": "one row per month and partner with any figure"})
     totals = fields.List(fields.Nested(MonthSchema), metadata={
         "description": "one row per month (partner 'all'); active counts each member once"})
+    tiers = fields.List(fields.Nested(TierCountSchema), metadata={
+        "description": "members per tier at each month end, by the tier rule under the "
+                       "program rules then in force (not for one partner)"})

@@ -121,3 +121,19 @@ def downgrade(session: Session, member_id: int, tier: str, rules: Rules,
     session.execute(update(Member.__table__).where(_m.id == member_id, _m.tier == tier)
                     .values(tier=target))
     return target
+
+
+def qualifying_by_member_and_span(bounds: list[datetime]) -> Any:
+    """SQL: qualifying points per member (``member_id``, then ``s0`` … one per span), booked
+    in each span ``(bounds[i], bounds[i + 1]]``, the merged members' under their survivor.
+    With spans of a month, a member's qualifying points at ``bounds[k]`` are the sum of the
+    :data:`WINDOW_MONTHS` spans before it: the form for many moments at once (analytics'
+    tiers at each month end)."""
+    owner = func.coalesce(_m.merged_into_id, _m.id)
+    spans = [func.coalesce(func.sum(_SIGNED).filter(_e.booked_at > a, _e.booked_at <= b), 0)
+             .label(f"s{i}") for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))]
+    return (select(owner.label("member_id"), *spans)
+            .select_from(Entry.__table__.join(Member.__table__, _m.id == _e.member_id))
+            .where(_e.kind.in_(_QUALIFYING_KINDS), _e.booked_at > bounds[0],
+                   _e.booked_at <= bounds[-1])
+            .group_by(owner))

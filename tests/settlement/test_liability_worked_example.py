@@ -40,7 +40,8 @@ def at(month: int, day: int) -> datetime:
 def publish(client, headers, months: int) -> None:
     response = client.put("/v1/admin/program", headers=headers, json={
         "expiry": {"policy": "fixed", "months": months},
-        "tiers": [{"code": "member", "name": "Member", "threshold": 0, "multiplier": "1"}]})
+        "tiers": [{"code": "member", "name": "Member", "threshold": 0, "multiplier": "1"},
+                  {"code": "gold", "name": "Gold", "threshold": 500, "multiplier": "1"}]})
     assert response.status_code == 200, response.get_json()
 
 
@@ -211,6 +212,16 @@ def test_analytics_worked_by_hand(app, client, clock, make_partner, operator_hea
         row("2001-02", "all", "0.7500", active=2, issued=400, redeemed=300, expired=100),
         row("2001-03", "all", "0.5000", active=1, issued=1000, redeemed=500,
             transferred=100, donated=200),
+    ]
+    # tiers at each month end, from the points earned in the twelve months before it:
+    # ann 100, then 1100 from March (gold from 500); bob 400 and cy 300 stay members
+    assert doc["tiers"] == [
+        {"month": "2001-01", "tier": "member", "members": 3},
+        {"month": "2001-01", "tier": "gold", "members": 0},
+        {"month": "2001-02", "tier": "member", "members": 3},
+        {"month": "2001-02", "tier": "gold", "members": 0},
+        {"month": "2001-03", "tier": "member", "members": 2},
+        {"month": "2001-03", "tier": "gold", "members": 1},
     ]
     fuel = client.get("/v1/analytics?from=2001-03&to=2001-03&partner=fuel",
                       headers=operator_headers).get_json()
