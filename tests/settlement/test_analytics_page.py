@@ -53,7 +53,8 @@ def test_the_analytics_page_draws_and_tables_the_months(client, booked):
     assert by_testid(html, "issued-2001-02") == "0"
     assert by_testid(html, "issued-2001-03-grocer") == "1,000"
     assert "0.3875" in html
-    assert by_testid(html, "tier-2001-03-member") == "2"  # no rules published: the default rules' first tier
+    # no rules were published: the default rules' first tier
+    assert by_testid(html, "tier-2001-03-member") == "2"
     # the charts: lines over the two months, a bar segment per partner that issued points
     assert html.count('<polyline points="') == 3
     assert 'data-testid="bar-2001-03-grocer"' in html and 'data-testid="bar-2001-03-fuel"' in html
