@@ -224,6 +224,19 @@ def measure(url: str, repeat: int) -> dict[str, float]:
                 doc = liability(session, START, end, "operator", Prior(Decimal("0.2"), 6))
             assert doc["cohorts"], "no liability"
 
+        # tiers, so that the analytics count the members in each at every month end
+        from coalition.program.schemas import ProgramRulesSchema
+        from coalition.program.service import publish_rules
+
+        with read() as session:
+            published = session.execute(text("SELECT count(*) FROM program_rules")).scalar()
+        if not published:
+            publish_rules(ProgramRulesSchema().load({"tiers": [
+                {"code": "blue", "name": "Blue", "threshold": 0, "multiplier": "1"},
+                {"code": "silver", "name": "Silver", "threshold": 200, "multiplier": "1"},
+                {"code": "gold", "name": "Gold", "threshold": 1000, "multiplier": "1"}]}),
+                "bench")
+
         counts = {}
         with db.engine.connect() as conn:
             for table in ("entry", "posting", "lot", "lot_movement"):

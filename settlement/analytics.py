@@ -32,7 +32,6 @@ from sqlalchemy import and_, func, literal, or_, select, text, true, union_all
 from sqlalchemy.orm import Session
 
 from coalition.audit.models import AuditEvent
-from coalition.clock import add_months
 from coalition.db import read, utcnow
 from coalition.errors import InvalidRequest, NotFound
 from coalition.ledger import tiers as tier_rule
@@ -189,11 +188,7 @@ def _tiers(session: Session, names: list[str]) -> list[dict[str, Any]]:
     by then nor merged into another. One pass over the qualifying entries of the months
     and the twelve before them."""
     ends = [month_start(next_month(m)) for m in names]
-    window = tier_rule.WINDOW_MONTHS
-    # month spans (bounds[i], bounds[i + 1]] from a year before the first month end: the
-    # points at ends[k] are those of spans k … k + window − 1
-    bounds = [add_months(ends[0], i - window) for i in range(window)] + ends
-    per_member = tier_rule.qualifying_by_member_and_span(bounds).subquery()
+    per_member = tier_rule.qualifying_by_member_at(ends).subquery()
     mb = Member.__table__.c
     rules = [rules_at(session, end) for end in ends]
 
@@ -203,8 +198,7 @@ def _tiers(session: Session, names: list[str]) -> list[dict[str, Any]]:
 
     counts = []
     for k, (end, r) in enumerate(zip(ends, rules, strict=True)):
-        points = sum((per_member.c[f"s{i}"] for i in range(k, k + window)),
-                     start=literal(0))
+        points = per_member.c[f"q{k}"]
         thresholds = [t["threshold"] for t in r["tiers"]]
         for j, low in enumerate(thresholds[1:], start=1):
             high = thresholds[j + 1] if j + 1 < len(thresholds) else None

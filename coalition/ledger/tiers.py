@@ -123,17 +123,21 @@ def downgrade(session: Session, member_id: int, tier: str, rules: Rules,
     return target
 
 
-def qualifying_by_member_and_span(bounds: list[datetime]) -> Any:
-    """SQL: qualifying points per member (``member_id``, then ``s0`` … one per span), booked
-    in each span ``(bounds[i], bounds[i + 1]]``, the merged members' under their survivor.
-    With spans of a month, a member's qualifying points at ``bounds[k]`` are the sum of the
-    :data:`WINDOW_MONTHS` spans before it: the form for many moments at once (analytics'
-    tiers at each month end)."""
+def qualifying_by_member_at(moments: list[datetime]) -> Any:
+    """SQL: qualifying points per member (``member_id``, then ``q0`` … one per moment) at
+    each of ``moments``, the merged members' under their survivor: the set-based form of
+    :func:`qualifying_points` for many moments at once (analytics' tiers at each month
+    end). Entries are summed per member first (a plain grouping the database aggregates in
+    parallel), then per survivor."""
+    at = [func.coalesce(func.sum(_SIGNED).filter(_e.booked_at > window_start(moment),
+                                                 _e.booked_at <= moment), 0).label(f"q{k}")
+          for k, moment in enumerate(moments)]
+    own = (select(_e.member_id, *at)
+           .where(_e.kind.in_(_QUALIFYING_KINDS), _e.booked_at > window_start(moments[0]),
+                  _e.booked_at <= moments[-1])
+           .group_by(_e.member_id).subquery())
     owner = func.coalesce(_m.merged_into_id, _m.id)
-    spans = [func.coalesce(func.sum(_SIGNED).filter(_e.booked_at > a, _e.booked_at <= b), 0)
-             .label(f"s{i}") for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))]
-    return (select(owner.label("member_id"), *spans)
-            .select_from(Entry.__table__.join(Member.__table__, _m.id == _e.member_id))
-            .where(_e.kind.in_(_QUALIFYING_KINDS), _e.booked_at > bounds[0],
-                   _e.booked_at <= bounds[-1])
+    return (select(owner.label("member_id"),
+                   *[func.sum(own.c[f"q{k}"]).label(f"q{k}") for k in range(len(at))])
+            .select_from(own.join(Member.__table__, _m.id == own.c.member_id))
             .group_by(owner))
