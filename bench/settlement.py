@@ -9,7 +9,10 @@ so pricing splits mid-period), then times, in the same run and on the same data:
   account and partner — the least any settlement must read;
 * a settlement run: ``settlement.compute.compute`` over the same period (statements per
   rate card, the cross-partner matrix from lot movements, coalition figures), once under
-  each money model (``operator`` and ``clearing``).
+  each money model (``operator`` and ``clearing``);
+* the program analytics of the months the period covers (``settlement.analytics``), and
+  the points liability at the period end with its roll-forward (``settlement.liability``,
+  operator model), each against the same bare aggregate (target: at most 2 ×).
 
 Each is run ``--repeat`` times after a warm-up; the medians and their ratios are printed.
 
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -36,6 +40,7 @@ SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 PARTNERS = 6
 TARGET = 1.5
+REPORT_TARGET = 2.0
 MODELS = ("operator", "clearing")
 
 
@@ -191,7 +196,9 @@ def measure(url: str, repeat: int) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from coalition.app import create_app
     from coalition.db import db, read
+    from settlement.analytics import analytics
     from settlement.compute import WORK_MEM, compute
+    from settlement.liability import Prior, liability
 
     app = create_app()
     end = START + timedelta(days=31)
@@ -207,6 +214,29 @@ def measure(url: str, repeat: int) -> dict[str, float]:
                 result = compute(session, START, end, model)
             assert result["statements"] and result["payments"], "the run priced nothing"
 
+        def monthly() -> None:
+            with read() as session:
+                doc = analytics(session, f"{START:%Y-%m}", f"{end:%Y-%m}")
+            assert doc["months"], "no analytics"
+
+        def owed() -> None:
+            with read() as session:
+                doc = liability(session, START, end, "operator", Prior(Decimal("0.2"), 6))
+            assert doc["cohorts"], "no liability"
+
+        # tiers, so that the analytics count the members in each at every month end
+        from coalition.program.schemas import ProgramRulesSchema
+        from coalition.program.service import publish_rules
+
+        with read() as session:
+            published = session.execute(text("SELECT count(*) FROM program_rules")).scalar()
+        if not published:
+            publish_rules(ProgramRulesSchema().load({"tiers": [
+                {"code": "blue", "name": "Blue", "threshold": 0, "multiplier": "1"},
+                {"code": "silver", "name": "Silver", "threshold": 200, "multiplier": "1"},
+                {"code": "gold", "name": "Gold", "threshold": 1000, "multiplier": "1"}]}),
+                "bench")
+
         counts = {}
         with db.engine.connect() as conn:
             for table in ("entry", "posting", "lot", "lot_movement"):
@@ -217,6 +247,9 @@ def measure(url: str, repeat: int) -> dict[str, float]:
             settle_s, settle_runs = timed(lambda m=model: settle(m), repeat)
             figures[model] = {"settle_s": settle_s, "settle_runs": settle_runs,
                               "ratio": settle_s / figures["bare_s"]}
+        for name, fn in (("analytics", monthly), ("liability", owed)):
+            seconds, runs = timed(fn, repeat)
+            figures[name] = {"s": seconds, "runs": runs, "ratio": seconds / figures["bare_s"]}
         db.engine.dispose()
     return figures
 
@@ -252,6 +285,10 @@ def main() -> None:
             label = f"settlement run ({model}):"
             print(f"    {label:<29}{run['settle_s'] * 1000:9.0f} ms (median), "
                   f"ratio {run['ratio']:.2f} (target ≤ {TARGET})")
+        for name in ("analytics", "liability"):
+            label = f"{name}:"
+            print(f"    {label:<29}{figures[name]['s'] * 1000:9.0f} ms (median), "
+                  f"ratio {figures[name]['ratio']:.2f} (target ≤ {REPORT_TARGET})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,17 @@ def _positive_number(value: Any) -> float:
     if not (number > 0 and math.isfinite(number)):
         raise ValueError("expected a number greater than zero")
     return number
+
+
+def _fraction(value: Any) -> str:
+    """A decimal in [0, 1), kept as its text so that it stays exact."""
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation as exc:
+        raise ValueError("expected a decimal at least 0 and below 1") from exc
+    if not number.is_finite() or not 0 <= number < 1:
+        raise ValueError("expected a decimal at least 0 and below 1")
+    return str(number)
 
 
 def _non_negative_int(value: Any) -> int:
@@ -194,6 +206,12 @@ SETTINGS: tuple[Setting, ...] = (
             "/oauth/introspect, per worker process with memory://, in all with Redis"),
     Setting("TOKEN_RATE_LIMIT_BURST", _positive_int, 100,
             "requests at once per remote address above TOKEN_RATE_LIMIT"),
+    Setting("BREAKAGE_PRIOR", _fraction, "0.2",
+            "share of points expected never to be redeemed, used for the points liability "
+            "until enough cohorts are closed to measure it (a decimal in [0, 1))"),
+    Setting("BREAKAGE_MIN_COHORTS", _positive_int, 6,
+            "closed cohorts (origin partner and month earned) needed before the points "
+            "liability measures breakage from the program's own history"),
     Setting("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level"),
     Setting("LOG_FORMAT", _choice("json", "text"), None,
             "log line format; default: text in development, json otherwise"),

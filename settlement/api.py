@@ -13,10 +13,13 @@ from coalition.errors import CoalitionError, InsufficientScope, InvalidRequest, 
 from coalition.http.errors import accepts
 from coalition.http.guard import protected
 from coalition.oauth.server import current_principal
-from settlement import reconcile, service
+from settlement import analytics, reconcile, service
 from settlement.schemas import (
+    AnalyticsQueryArgsSchema,
+    AnalyticsSchema,
     BreakQueryArgsSchema,
     BreakSchema,
+    LiabilitySchema,
     MatrixSchema,
     PaymentSchema,
     ReconciliationSchema,
@@ -29,6 +32,8 @@ from settlement.schemas import (
 
 blp = Blueprint("settlement", __name__, url_prefix="/v1/settlement",
                 description="Settlement between partners")
+analytics_blp = Blueprint("analytics", __name__, url_prefix="/v1/analytics",
+                          description="Program analytics for the operator and finance")
 
 #: operator clients, and finance users signed in through the finance page
 _FINANCE = ("operator", "finance")
@@ -228,3 +233,30 @@ class Close(MethodView):
     def post(self, run_id: int) -> Any:
         """Close the run: only with every break resolved; then it never changes."""
         return service.close_run(run_id, _who(), actor=current_actor())
+
+
+@blp.route(f"/runs/<{_ID}:run_id>/liability")
+class Liability(MethodView):
+    @protected("settlement:run", kinds=_FINANCE)
+    @blp.response(200, LiabilitySchema)
+    @blp.alt_response(404, description="No such run")
+    def get(self, run_id: int) -> Any:
+        """The points liability at the run's period end, with the period's roll-forward."""
+        return service.run_liability(run_id)
+
+
+@analytics_blp.route("")
+class Analytics(MethodView):
+    @protected("admin", "settlement:run", any_of=True, kinds=_FINANCE)
+    @analytics_blp.arguments(AnalyticsQueryArgsSchema, location="query")
+    @analytics_blp.response(200, AnalyticsSchema, content_type="application/json")
+    @analytics_blp.alt_response(200, content_type="text/csv", schema=None, success=True,
+                                description="The rows as CSV (Accept: text/csv)")
+    @analytics_blp.alt_response(404, description="No such partner")
+    def get(self, args: dict[str, Any]) -> Any:
+        """Members and points per month and partner."""
+        doc = analytics.program_analytics(args.get("from"), args.get("to"),
+                                          args.get("partner"))
+        if _wants_csv():
+            return Response(analytics.as_csv(doc), mimetype="text/csv")
+        return doc

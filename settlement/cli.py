@@ -17,9 +17,10 @@ from coalition.errors import CoalitionError
 from coalition.oauth import finance_users
 from coalition.schemas import UTCTimestamp, rfc3339
 from coalition.wording import breaks_to_resolve, plural, reconciliation_counts
+from settlement.analytics import as_csv, program_analytics
 from settlement.reconcile import reconcile
-from settlement.schemas import ReconciliationSchema, RunSchema
-from settlement.service import close_run, create_run, get_run
+from settlement.schemas import AnalyticsSchema, LiabilitySchema, ReconciliationSchema, RunSchema
+from settlement.service import close_run, create_run, get_run, run_liability
 
 CLI_USER = "cli"
 
@@ -133,6 +134,81 @@ def settle_show(run_id: int, as_json: bool) -> None:
 
 
 
+@settle_cli.command("liability")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def settle_liability(run_id: int, as_json: bool) -> None:
+    """The points liability at the period end of run RUN_ID, with its roll-forward."""
+
+    try:
+        doc = run_liability(run_id)
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(exc) from exc
+    emit(LiabilitySchema().dump(doc), as_json, _liability_text(doc))
+
+
+def _liability_text(doc: dict[str, Any]) -> str:
+    estimate = doc["estimate"]
+    basis = (f"the history of {plural(estimate['closed_cohorts'], 'closed cohort')}"
+             if estimate["basis"] == "history" else "the configured prior")
+    lines = [f"points liability of run {doc['run']} ({doc['status']}, {doc['model']} model) "
+             f"at {doc['period_end']}",
+             f"breakage rate {estimate['breakage_rate']} (from {basis})",
+             f"{'cur':<4} {'opening':>12} {'issued':>12} {'redeemed':>12} {'breakage':>12} "
+             f"{'estimate':>12} {'closing':>12}"]
+    for r in doc["rollforward"]:
+        lines.append(f"{r['currency']:<4} {r['opening']:>12} {r['issued']:>12} "
+                     f"{r['recognised_on_redemption']:>12} {r['recognised_as_breakage']:>12} "
+                     f"{r['estimate_change']:>12} {r['closing']:>12}")
+    lines.append(f"{'origin':<14} {'month':<8} {'cur':<4} {'points':>10} {'unit cost':>12} "
+                 f"{'expected':>12}")
+    for c in doc["cohorts"]:
+        lines.append(f"{c['origin']:<14} {c['earned_month']:<8} {c['currency'] or '-':<4} "
+                     f"{c['outstanding_points']:>10} {c['unit_cost'] or '-':>12} "
+                     f"{c['expected_cost'] or '-':>12}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- analytics
+
+
+@click.command("analytics")
+@click.option("--from", "first", help="first month, YYYY-MM (default: eleven months "
+                                      "before --to)")
+@click.option("--to", "last", help="last month, YYYY-MM (default: this month)")
+@click.option("--partner", help="one partner's figures")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--csv", "as_csv_", is_flag=True, help="one CSV line per month and partner, "
+                                                     "then the month totals")
+@with_appcontext
+def analytics_cli(first: str | None, last: str | None, partner: str | None, as_json: bool,
+                  as_csv_: bool) -> None:
+    """Members and points per month and partner."""
+
+    try:
+        doc = program_analytics(first, last, partner)
+    except CoalitionError as exc:
+        if exc.status == 422:
+            field = next(iter(exc.errors or {}), "")
+            raise click.BadParameter(" ".join(exc.errors.get(field, [exc.message])),
+                                     param_hint=f"--{field}" if field else None) from exc
+        raise _fail(exc) from exc
+    if as_csv_:
+        click.echo(as_csv(doc), nl=False)
+        return
+    emit(AnalyticsSchema().dump(doc), as_json, _analytics_text(doc))
+
+
+def _analytics_text(doc: dict[str, Any]) -> str:
+    head = (f"{'month':<8} {'partner':<14} {'enrolled':>8} {'active':>7} {'issued':>10} "
+            f"{'redeemed':>10} {'expired':>9} {'rate':>7}")
+    lines = [f"analytics {doc['from']} … {doc['to']}", head]
+    for r in [*doc["months"], *doc["totals"]]:
+        lines.append(f"{r['month']:<8} {r['partner']:<14} {r['enrolled']:>8} {r['active']:>7} "
+                     f"{r['issued']:>10} {r['redeemed']:>10} {r['expired']:>9} "
+                     f"{r['redemption_rate'] or '-':>7}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- finance users

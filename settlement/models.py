@@ -55,6 +55,10 @@ class SettlementRun(Base):
     result_digest: Mapped[str] = mapped_column(String(64))
     closed_at: Mapped[Timestamp | None]
     closed_by: Mapped[str | None] = mapped_column(String(64))
+    #: the points liability at the period end, measured when the run was closed (a draft's
+    #: is measured whenever it is asked for): a closed period's figures never change, even
+    #: when the breakage prior is configured differently later
+    liability: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Reconciliation(Base):

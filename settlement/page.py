@@ -36,7 +36,7 @@ from coalition.http.signin import PageSignIn
 from coalition.oauth.server import Principal
 from coalition.wording import breaks_to_resolve, plural, reconciliation_counts
 from config.logging import current_request_id
-from settlement import charts, reconcile, service
+from settlement import analytics, charts, reconcile, service
 from settlement.schemas import RunSchema
 
 bp = Blueprint("finance_page", __name__, url_prefix="/finance")
@@ -174,6 +174,7 @@ def run(run_id: int) -> Any:
     partners = [s["partner"] for s in doc["statements"]]
     return render_template(
         "finance/run.html", run=doc, charts=charts.position_charts(doc["positions"]),
+        liability=service.run_liability(run_id),
         heat=charts.heat_map(doc["matrix"]["cells"], partners),
         open_breaks=[b for b in breaks if b["status"] == "open"],
         resolved_breaks=[b for b in breaks if b["status"] != "open"],
@@ -261,6 +262,40 @@ def close(run_id: int) -> Any:
     else:
         flash(f"Run {run_id} is closed. Its figures will never change.", "success")
     return _back(run_id)
+
+
+# --------------------------------------------------------------------------- analytics
+
+
+@bp.get("/analytics")
+def program_analytics() -> Any:
+    """Members and points per month and partner, drawn and tabled."""
+    page_sign_in.require()
+    form = {k: request.args.get(k, "").strip() for k in ("from", "to")}
+    try:
+        doc = analytics.program_analytics(form["from"] or None, form["to"] or None)
+    except CoalitionError as refused:
+        errors = {name: " ".join(messages) for name, messages in (refused.errors or {}).items()
+                  if isinstance(messages, list)}
+        return render_template("finance/analytics.html", doc=None, form=form, errors=errors,
+                               problem=refused.message), refused.status
+    months = [t["month"] for t in doc["totals"]]
+    return render_template(
+        "finance/analytics.html", doc=doc, form={"from": doc["from"], "to": doc["to"]},
+        errors={}, problem=None, lines=charts.points_lines(doc["totals"]),
+        bars=charts.issued_bars(doc["months"], months))
+
+
+@bp.get("/analytics.csv")
+def analytics_csv() -> Response:
+    page_sign_in.require()
+    try:
+        doc = analytics.program_analytics(request.args.get("from") or None,
+                                          request.args.get("to") or None)
+    except CoalitionError as refused:
+        abort(refused.status, refused.message)
+    return _download(analytics.as_csv(doc), "text/csv",
+                     f"analytics-{doc['from']}-{doc['to']}.csv")
 
 
 # --------------------------------------------------------------------------- exports

@@ -218,3 +218,137 @@ class ResolveSchema(StrictSchema):
 
 class BreakQueryArgsSchema(Schema):
     status = fields.String(validate=validate.OneOf(["open", "accepted", "adjusted"]))
+
+
+# --------------------------------------------------------------------------- liability
+
+_RATE = {"type": "string", "pattern": r"^\d+(\.\d+)?$"}
+
+
+class RollforwardSchema(Schema):
+    currency = fields.String()
+    opening = Amount("the liability at the period start (a closed run's closing as closed)")
+    issued = Amount("points issued in the period, at the period end's estimate")
+    recognised_on_redemption = Amount("points redeemed in the period, at that estimate")
+    recognised_as_breakage = Amount("points expired or forfeited in the period, at that "
+                                    "estimate")
+    estimate_change = Amount("the opening points re-measured at the period end's estimate "
+                             "(and the rounding of the lines to the minor unit)")
+    closing = Amount("the liability at the period end: Σ the cohorts' expected_cost")
+
+
+class CohortSchema(Schema):
+    origin = fields.String(metadata={"description": "partner where the points were earned, "
+                                     "or 'coalition' for coalition-funded points"})
+    earned_month = fields.String(metadata={"description": "YYYY-MM"})
+    currency = fields.String(allow_none=True, metadata={
+        "description": "where the points are expected to be paid for (none: no redemption "
+                       "anywhere yet to price them)"})
+    outstanding_points = fields.Integer()
+    breakage_rate = fields.String(metadata={"description": "share expected never to be "
+                                            "redeemed", **_RATE})
+    unit_cost = fields.String(allow_none=True, metadata={
+        "description": "expected money per point redeemed, in currency", **_RATE})
+    expected_cost = Amount("outstanding_points × (1 − breakage_rate) × unit_cost, rounded "
+                           "half even to the minor unit")
+
+
+class ClosedCohortSchema(Schema):
+    origin = fields.String()
+    earned_month = fields.String()
+    points = fields.Integer(metadata={"description": "points that stayed in the cohort"})
+    lapsed_points = fields.Integer(metadata={"description": "expired or forfeited"})
+    breakage_rate = fields.String(metadata=_RATE)
+
+
+class PointsRollforwardSchema(Schema):
+    origin = fields.String()
+    opening = fields.Integer()
+    issued = fields.Integer()
+    redeemed = fields.Integer()
+    expired = fields.Integer()
+    forfeited = fields.Integer()
+    closing = fields.Integer()
+
+
+class UnitCostSchema(Schema):
+    origin = fields.String()
+    currency = fields.String()
+    unit_cost = fields.String(metadata=_RATE)
+    opening_unit_cost = fields.String(allow_none=True, metadata=_RATE)
+
+
+class EstimateSchema(Schema):
+    breakage_rate = fields.String(metadata=_RATE)
+    basis = fields.String(metadata={"enum": ["history", "prior"]})
+    closed_cohorts = fields.Integer()
+    opening_breakage_rate = fields.String(metadata=_RATE)
+    prior = fields.String(metadata=_RATE)
+    min_closed_cohorts = fields.Integer()
+    unit_costs = fields.List(fields.Nested(UnitCostSchema))
+
+
+class LiabilitySchema(Schema):
+    run = fields.Integer()
+    status = fields.String(metadata={"enum": ["draft", "closed"]})
+    model = fields.String(metadata=_MODEL)
+    period_start = fields.String()
+    period_end = fields.String()
+    estimate = fields.Nested(EstimateSchema)
+    rollforward = fields.List(fields.Nested(RollforwardSchema))
+    points = fields.List(fields.Nested(PointsRollforwardSchema), metadata={
+        "description": "points by origin: opening + issued − redeemed − expired − "
+                       "forfeited = closing"})
+    cohorts = fields.List(fields.Nested(CohortSchema))
+    closed_cohorts = fields.List(fields.Nested(ClosedCohortSchema))
+
+
+# --------------------------------------------------------------------------- analytics
+
+
+class AnalyticsQueryArgsSchema(Schema):
+    from_ = fields.String(data_key="from", attribute="from", validate=validate.Regexp(
+        r"^\d{4}-(0[1-9]|1[0-2])$", error="Give a month as YYYY-MM."),
+        metadata={"description": "first month, YYYY-MM (default: eleven months before to)"})
+    to = fields.String(validate=validate.Regexp(
+        r"^\d{4}-(0[1-9]|1[0-2])$", error="Give a month as YYYY-MM."),
+        metadata={"description": "last month, YYYY-MM (default: this month)"})
+    partner = fields.String(validate=validate.Length(min=1, max=32), metadata={
+        "description": "one partner's figures (or 'coalition' for coalition-funded points)"})
+
+
+class MonthSchema(Schema):
+    month = fields.String()
+    partner = fields.String()
+    enrolled = fields.Integer()
+    active = fields.Integer()
+    closed = fields.Integer()
+    merged = fields.Integer()
+    issued = fields.Integer()
+    redeemed = fields.Integer()
+    expired = fields.Integer()
+    forfeited = fields.Integer()
+    transferred = fields.Integer()
+    donated = fields.Integer()
+    redemption_rate = fields.String(allow_none=True, metadata={
+        "description": "redeemed ÷ issued to four places; none when nothing was issued",
+        **_RATE})
+
+
+class TierCountSchema(Schema):
+    month = fields.String()
+    tier = fields.String()
+    members = fields.Integer()
+
+
+class AnalyticsSchema(Schema):
+    from_ = fields.String(data_key="from", attribute="from")
+    to = fields.String()
+    partner = fields.String(allow_none=True)
+    months = fields.List(fields.Nested(MonthSchema), metadata={
+        "description": "one row per month and partner with any figure"})
+    totals = fields.List(fields.Nested(MonthSchema), metadata={
+        "description": "one row per month (partner 'all'); active counts each member once"})
+    tiers = fields.List(fields.Nested(TierCountSchema), metadata={
+        "description": "members per tier at each month end, by the tier rule under the "
+                       "program rules then in force (not for one partner)"})

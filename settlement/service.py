@@ -7,8 +7,10 @@ import hashlib
 import io
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -20,6 +22,7 @@ from coalition.program.service import rules_in_force
 from coalition.schemas import rfc3339
 from coalition.wording import plural, verb
 from settlement.compute import Unpriced, compute
+from settlement.liability import Prior, liability
 from settlement.models import Break, Reconciliation, SettlementRun
 from settlement.netting import COALITION
 
@@ -174,6 +177,9 @@ def close_run(run_id: int, closed_by: str, *, actor: Actor | None = None) -> dic
         result = _compute(uow.session, run.period_start, run.period_end, run.model)
         now = utcnow()
         run.result, run.result_digest, run.computed_at = result, digest(result), now
+        # the liability at the period end is kept as it is closed, whatever the breakage
+        # prior is configured to later
+        run.liability = _liability(uow.session, run)
         run.status, run.closed_at, run.closed_by = "closed", now, closed_by
         record(uow.session, actor or Actor(closed_by), "settlement.run_closed",
                f"run:{run.id}", {**_period(run), "digest": run.result_digest,
@@ -186,6 +192,37 @@ def journal_digest(session: Any, run: SettlementRun) -> str:
     """The digest of the run's figures computed from the journal as it is now: for a
     closed run, the digest it was closed with, unless its period changed since."""
     return digest(_compute(session, run.period_start, run.period_end, run.model))
+
+
+# --------------------------------------------------------------------------- liability
+
+
+def prior() -> Prior:
+    """The breakage prior as configured."""
+    return Prior(Decimal(current_app.config["BREAKAGE_PRIOR"]),
+                 int(current_app.config["BREAKAGE_MIN_COHORTS"]))
+
+
+def _liability(session: Any, run: SettlementRun) -> dict[str, Any]:
+    """The liability at the run's period end under its money model; the roll-forward opens
+    with the closing liability of the closed run that ends where this one starts, as it was
+    closed (a change of estimate since then shows as this period's)."""
+    previous = session.scalar(select(SettlementRun).where(
+        SettlementRun.period_end == run.period_start, SettlementRun.status == "closed"))
+    opening = None
+    if previous is not None and previous.liability is not None:
+        opening = {r["currency"]: Decimal(r["closing"])
+                   for r in previous.liability["rollforward"]}
+    return liability(session, run.period_start, run.period_end, run.model, prior(), opening)
+
+
+def run_liability(run_id: int) -> dict[str, Any]:
+    """The points liability at a run's period end: a closed run's as it was closed, a
+    draft's measured now."""
+    with read() as session:
+        run = _load(session, run_id)
+        doc = run.liability if run.liability is not None else _liability(session, run)
+        return {**doc, "run": run.id, "status": run.status}
 
 
 # --------------------------------------------------------------------------- statements

@@ -121,3 +121,23 @@ def downgrade(session: Session, member_id: int, tier: str, rules: Rules,
     session.execute(update(Member.__table__).where(_m.id == member_id, _m.tier == tier)
                     .values(tier=target))
     return target
+
+
+def qualifying_by_member_at(moments: list[datetime]) -> Any:
+    """SQL: qualifying points per member (``member_id``, then ``q0`` … one per moment) at
+    each of ``moments``, the merged members' under their survivor: the set-based form of
+    :func:`qualifying_points` for many moments at once (analytics' tiers at each month
+    end). Entries are summed per member first (a plain grouping the database aggregates in
+    parallel), then per survivor."""
+    at = [func.coalesce(func.sum(_SIGNED).filter(_e.booked_at > window_start(moment),
+                                                 _e.booked_at <= moment), 0).label(f"q{k}")
+          for k, moment in enumerate(moments)]
+    own = (select(_e.member_id, *at)
+           .where(_e.kind.in_(_QUALIFYING_KINDS), _e.booked_at > window_start(moments[0]),
+                  _e.booked_at <= moments[-1])
+           .group_by(_e.member_id).subquery())
+    owner = func.coalesce(_m.merged_into_id, _m.id)
+    return (select(owner.label("member_id"),
+                   *[func.sum(own.c[f"q{k}"]).label(f"q{k}") for k in range(len(at))])
+            .select_from(own.join(Member.__table__, _m.id == own.c.member_id))
+            .group_by(owner))

@@ -47,6 +47,17 @@ def load_rules(session: Session) -> Rules:
     return Rules(row.version, row.published_at, ProgramRulesSchema().load(row.rules))
 
 
+def rules_at(session: Session, moment: datetime) -> Rules:
+    """The rules in force at ``moment``: the latest version published by then (the first
+    version for a moment before any, the defaults when none was ever published)."""
+    row = (session.scalar(select(ProgramRules).where(ProgramRules.published_at <= moment)
+                          .order_by(ProgramRules.version.desc()).limit(1))
+           or session.scalar(select(ProgramRules).order_by(ProgramRules.version).limit(1)))
+    if row is None:
+        return load_rules(session)
+    return Rules(row.version, row.published_at, ProgramRulesSchema().load(row.rules))
+
+
 def current_rules() -> Rules:
     with read() as session:
         return load_rules(session)

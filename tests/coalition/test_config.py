@@ -52,6 +52,8 @@ def test_defaults(tmp_path):
         "RATE_LIMIT_BURST": 400,
         "TOKEN_RATE_LIMIT": 10,
         "TOKEN_RATE_LIMIT_BURST": 100,
+        "BREAKAGE_PRIOR": "0.2",
+        "BREAKAGE_MIN_COHORTS": 6,
         "LOG_LEVEL": "info",
         "LOG_FORMAT": "text",  # readable lines for a developer; json elsewhere
         "SQL_ECHO": False,
@@ -106,6 +108,8 @@ def test_environment_overrides_every_default(tmp_path):
         "COALITION_RATE_LIMIT_FAIL_OPEN": "no",
         "COALITION_RATE_LIMIT_KEY_PREFIX": "eu:limits:",
         "COALITION_TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16,::1",
+        "COALITION_BREAKAGE_PRIOR": " 0.150 ",
+        "COALITION_BREAKAGE_MIN_COHORTS": "2",
         "COALITION_LOG_LEVEL": "DEBUG",
         "COALITION_LOG_FORMAT": "text",
         "COALITION_SQL_ECHO": "yes",
@@ -140,6 +144,8 @@ def test_environment_overrides_every_default(tmp_path):
         "RATE_LIMIT_FAIL_OPEN": False,
         "RATE_LIMIT_KEY_PREFIX": "eu:limits:",
         "TRUSTED_PROXIES": ("10.0.0.5/32", "10.1.0.0/16", "::1/128"),
+        "BREAKAGE_PRIOR": "0.150",
+        "BREAKAGE_MIN_COHORTS": 2,
         "LOG_LEVEL": "debug",
         "LOG_FORMAT": "text",
         "SQL_ECHO": True,
@@ -186,6 +192,10 @@ def test_explicit_overrides_beat_the_environment(tmp_path):
                                        "(redis://host:port/db, rediss://…, unix:///path)"),
     ("RATE_LIMIT_FAIL_OPEN", "perhaps", "expected true or false"),
     ("TRUSTED_PROXIES", "10.0.0.1, nginx", "'nginx' is not an IP address or network"),
+    ("BREAKAGE_PRIOR", "1", "expected a decimal at least 0 and below 1"),
+    ("BREAKAGE_PRIOR", "a fifth", "expected a decimal at least 0 and below 1"),
+    ("BREAKAGE_PRIOR", "NaN", "expected a decimal at least 0 and below 1"),
+    ("BREAKAGE_MIN_COHORTS", "0", "expected a number greater than zero"),
 ])
 def test_malformed_environment_variable_is_named(tmp_path, name, value, reason):
     with pytest.raises(ConfigError) as caught:

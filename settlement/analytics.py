@@ -1,0 +1,265 @@
+"""Program analytics: what the program did, per month and per partner, from the journal.
+
+For each month of ``[first, last]`` (booking time, UTC) and each partner:
+
+* members **enrolled** (by the partner that enrolled them), **active** (an earn, burn,
+  capture or donation at the partner in the month; the month's total counts each member
+  once), **closed** (by the partner that enrolled them), **merged** (absorbed into another
+  member, from the audit log, the one dated record of every merge);
+* points **issued** (earns less earn reversals at the partner: its ``partner:issued``
+  account; coalition-funded bonuses under ``coalition``), **redeemed** at the partner
+  (burns, captures and donations less burn reversals: ``partner:redeemed``), **donated**
+  (the donations among them, at a charity), **expired**, **forfeited** and **transferred**
+  (by the partner where the points were earned, from the lot movements);
+* the **redemption rate**: redeemed ÷ issued, to four decimal places (half even), none
+  when nothing was issued;
+* and, for the whole program, the members in each **tier** at each month end.
+
+Each figure is one aggregate query by partner with a filtered sum per month (never a
+Python loop over entries).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from sqlalchemy import and_, func, literal, or_, select, text, true, union_all
+from sqlalchemy.orm import Session
+
+from coalition.audit.models import AuditEvent
+from coalition.db import read, utcnow
+from coalition.errors import InvalidRequest, NotFound
+from coalition.ledger import tiers as tier_rule
+from coalition.ledger.models import Entry, LotMovement, Member, Posting
+from coalition.models import Partner
+from coalition.program.service import rules_at
+from settlement.compute import WORK_MEM
+from settlement.months import month_start, next_month
+from settlement.netting import COALITION
+
+FIGURES = ("enrolled", "active", "closed", "merged", "issued", "redeemed", "expired",
+           "forfeited", "transferred", "donated")
+ACTIVE_KINDS = ("earn", "burn", "hold_capture", "donation")
+RATE_PLACES = Decimal("0.0001")
+#: the longest span one request may ask for
+MAX_MONTHS = 120
+
+
+def months_between(first: str, last: str) -> list[str]:
+    months, month = [], first
+    while month <= last:
+        months.append(month)
+        month = next_month(month)
+    return months
+
+
+def redemption_rate(redeemed: int, issued: int) -> str | None:
+    if issued <= 0:
+        return None
+    return format((Decimal(redeemed) / Decimal(issued))
+                  .quantize(RATE_PLACES, rounding=ROUND_HALF_EVEN), "f")
+
+
+def analytics(session: Session, first: str, last: str,
+              partner: str | None = None) -> dict[str, Any]:
+    """The figures of the months ``first`` … ``last`` (``YYYY-MM``), for every partner or
+    the one named."""
+    start, end = month_start(first), month_start(next_month(last))
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
+    codes = {p.id: p.code for p in session.scalars(select(Partner))}
+    names = months_between(first, last)
+    bounds = [month_start(m) for m in names[1:]]
+    rows: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(FIGURES, 0))
+
+    def in_month(column: Any) -> list[Any]:
+        """One condition per month on a column already limited to the span: grouping by
+        plain columns with a filtered aggregate per month lets the database expect a
+        handful of groups and aggregate in parallel, as it does for a bare GROUP BY."""
+        if not bounds:
+            return [true()]
+        return ([column < bounds[0]]
+                + [and_(column >= a, column < b) for a, b in zip(bounds, bounds[1:],
+                                                                  strict=False)]
+                + [column >= bounds[-1]])
+
+    def add(partner_id: int | None, figure: str, values: Any) -> None:
+        code = codes[partner_id] if partner_id is not None else COALITION
+        for month, value in zip(names, values, strict=True):
+            if value:
+                rows[(month, code)][figure] += int(value)
+
+    n = len(names)
+    p, e = Posting.__table__.c, Entry.__table__.c
+    each = in_month(e.booked_at)
+    for account, pid, *sums in session.execute(
+            select(p.account, p.partner_id, *[func.sum(p.points).filter(c) for c in each],
+                   *[func.sum(p.points).filter(and_(c, e.kind == "donation")) for c in each])
+            .select_from(Posting.__table__.join(Entry.__table__, e.id == p.entry_id))
+            .where(e.booked_at >= start, e.booked_at < end,
+                   p.account.in_(("partner:issued", "partner:redeemed", "coalition:funded")))
+            .group_by(p.account, p.partner_id)):
+        if account == "partner:redeemed":
+            add(pid, "redeemed", sums[:n])
+            add(pid, "donated", sums[n:])
+        else:  # issued and funded accounts go negative as points are created
+            add(pid, "issued", [-(v or 0) for v in sums[:n]])
+
+    mv = LotMovement.__table__.c
+    for origin, kind, *sums in session.execute(
+            select(mv.origin_partner_id, mv.entry_kind,
+                   *[func.sum(mv.points).filter(c) for c in in_month(mv.entry_booked_at)])
+            .where(mv.entry_booked_at >= start, mv.entry_booked_at < end,
+                   mv.entry_kind.in_(("expiry", "forfeiture", "transfer")))
+            .group_by(mv.origin_partner_id, mv.entry_kind)):
+        add(origin, {"expiry": "expired", "forfeiture": "forfeited",
+                     "transfer": "transferred"}[kind], [-(v or 0) for v in sums])
+
+    # who was active: each (partner, member) once, with its bookings per month, read in
+    # one pass; then counted per partner, and per month over the members (each once,
+    # wherever active)
+    active = (select(e.partner_id, e.member_id,
+                     *[func.count().filter(c).label(f"m{k}")
+                       for k, c in enumerate(in_month(e.booked_at))])
+              .where(e.booked_at >= start, e.booked_at < end, e.kind.in_(ACTIVE_KINDS))
+              .group_by(e.partner_id, e.member_id).cte("active"))
+    counts = [active.c[f"m{k}"] for k in range(n)]
+    members = (select(active.c.member_id, *[func.sum(c).label(c.name) for c in counts])
+               .group_by(active.c.member_id).subquery())
+    totals_active: dict[str, int] = {}
+    for total, pid, *values in session.execute(union_all(
+            select(literal(0), active.c.partner_id,
+                   *[func.count().filter(c > 0) for c in counts])
+            .group_by(active.c.partner_id),
+            select(literal(1), literal(None),
+                   *[func.count().filter(members.c[f"m{k}"] > 0) for k in range(n)]))):
+        if total:
+            totals_active = {m: int(v or 0) for m, v in zip(names, values, strict=True)}
+        else:
+            add(pid, "active", values)
+
+    mb = Member.__table__.c
+    for column, figure, condition in ((mb.created_at, "enrolled", true()),
+                                      (mb.closed_at, "closed", mb.status == "closed")):
+        for pid, *values in session.execute(
+                select(mb.enrolled_by, *[func.count().filter(c) for c in in_month(column)])
+                .where(column >= start, column < end, condition)
+                .group_by(mb.enrolled_by)):
+            add(pid, figure, values)
+    a = AuditEvent.__table__.c
+    for pid, *values in session.execute(
+            select(mb.enrolled_by, *[func.count().filter(c) for c in in_month(a.occurred_at)])
+            .select_from(AuditEvent.__table__.join(
+                Member.__table__, a.target == literal("member:") + mb.member_number))
+            .where(a.action == "member.merged", a.occurred_at >= start, a.occurred_at < end)
+            .group_by(mb.enrolled_by)):
+        add(pid, "merged", values)
+
+    tiers = _tiers(session, names) if partner is None else []
+
+    def row(month: str, code: str, figures: dict[str, int]) -> dict[str, Any]:
+        return {"month": month, "partner": code, **figures,
+                "redemption_rate": redemption_rate(figures["redeemed"], figures["issued"])}
+
+    listed = [row(m, code, figures) for (m, code), figures in sorted(rows.items())
+              if partner is None or code == partner]
+    totals = []
+    for m in names:
+        figures = dict.fromkeys(FIGURES, 0)
+        for r in listed:
+            if r["month"] == m:
+                for f in FIGURES:
+                    figures[f] += r[f]
+        if partner is None:
+            figures["active"] = totals_active.get(m, 0)
+        totals.append(row(m, partner or "all", figures))
+    return {"from": first, "to": last, "partner": partner, "months": listed,
+            "totals": totals, "tiers": tiers}
+
+
+def _tiers(session: Session, names: list[str]) -> list[dict[str, Any]]:
+    """Members per tier at each month end, by the tier rule (``coalition.ledger.tiers``)
+    under the program rules in force then: the members enrolled by then, neither closed
+    by then nor merged into another. One pass over the qualifying entries of the months
+    and the twelve before them."""
+    ends = [month_start(next_month(m)) for m in names]
+    per_member = tier_rule.qualifying_by_member_at(ends).subquery()
+    mb = Member.__table__.c
+    rules = [rules_at(session, end) for end in ends]
+
+    def exists_at(end: datetime) -> Any:
+        return and_(mb.created_at <= end, or_(mb.closed_at.is_(None), mb.closed_at > end),
+                    mb.status != "merged")
+
+    counts = []
+    for k, (end, r) in enumerate(zip(ends, rules, strict=True)):
+        points = per_member.c[f"q{k}"]
+        thresholds = [t["threshold"] for t in r["tiers"]]
+        for j, low in enumerate(thresholds[1:], start=1):
+            high = thresholds[j + 1] if j + 1 < len(thresholds) else None
+            condition = and_(exists_at(end), points >= low,
+                             *([points < high] if high is not None else []))
+            counts.append(func.count().filter(condition))
+    above = session.execute(
+        select(*counts).select_from(per_member.join(Member.__table__,
+                                                    mb.id == per_member.c.member_id))
+    ).one() if counts else ()
+    everyone = session.execute(select(*[func.count().filter(exists_at(end)) for end in ends])
+                               ).one()
+    result, n = [], 0
+    for month, r, members in zip(names, rules, everyone, strict=True):
+        tiers = r["tiers"]
+        higher = [int(above[n + j]) for j in range(len(tiers) - 1)]
+        n += len(tiers) - 1
+        result.append({"month": month, "tier": tiers[0]["code"],
+                       "members": int(members) - sum(higher)})
+        result += [{"month": month, "tier": t["code"], "members": c}
+                   for t, c in zip(tiers[1:], higher, strict=True)]
+    return result
+
+
+def default_span(now: datetime, months: int = 12) -> tuple[str, str]:
+    """The last ``months`` months up to ``now``'s."""
+    last = f"{now.year:04d}-{now.month:02d}"
+    index = now.year * 12 + now.month - 1 - (months - 1)
+    return f"{index // 12:04d}-{index % 12 + 1:02d}", last
+
+
+def program_analytics(first: str | None, last: str | None,
+                      partner: str | None = None) -> dict[str, Any]:
+    """The analytics of ``[first, last]`` (default: the last twelve months), checked."""
+    default_first, default_last = default_span(utcnow())
+    first, last = first or default_first, last or default_last
+    errors: dict[str, list[str]] = {}
+    for name, value in (("from", first), ("to", last)):
+        try:
+            month_start(value)
+        except ValueError:
+            errors[name] = ["Give a month as YYYY-MM."]
+    if not errors and first > last:
+        errors["to"] = ["Must not be before from."]
+    if not errors and len(months_between(first, last)) > MAX_MONTHS:
+        errors["to"] = [f"At most {MAX_MONTHS} months at once."]
+    if errors:
+        raise InvalidRequest("Check the months asked for.", errors=errors)
+    with read() as session:
+        if partner is not None and partner != COALITION and session.scalar(
+                select(Partner.id).where(Partner.code == partner)) is None:
+            raise NotFound(f"No partner {partner}.")
+        return analytics(session, first, last, partner)
+
+
+def as_csv(doc: dict[str, Any]) -> str:
+    """The rows, then the month totals (partner ``all``), one line each."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    columns = ["month", "partner", *FIGURES, "redemption_rate"]
+    writer.writerow(columns)
+    for r in [*doc["months"], *doc["totals"]]:
+        writer.writerow(["" if r[c] is None else r[c] for c in columns])
+    return out.getvalue()
