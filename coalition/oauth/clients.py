@@ -7,10 +7,10 @@ import secrets
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from coalition.audit.service import SYSTEM, Actor, record
-from coalition.db import UnitOfWork, affected_rows, read, utcnow
+from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import InvalidRequest, NotFound
 from coalition.models import Partner
 from coalition.oauth.finance_users import FINANCE_SCOPES
@@ -21,6 +21,7 @@ from coalition.oauth.models import (
     OAuthClient,
     OAuthToken,
     digest,
+    revoke_tokens,
 )
 
 
@@ -195,11 +196,7 @@ def _load(uow: UnitOfWork, client_id: str, partner_id: int | None) -> OAuthClien
 
 
 def _revoke_tokens(uow: UnitOfWork, client: OAuthClient) -> int:
-    return affected_rows(uow.session.execute(
-        update(OAuthToken)
-        .where(OAuthToken.client_pk == client.id, OAuthToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    ))
+    return revoke_tokens(uow.session, OAuthToken.__table__.c.client_pk == client.id)
 
 
 def _audit(uow: UnitOfWork, actor: Actor, action: str, client: OAuthClient,

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coalition.audit.service import SYSTEM, Actor, record
-from coalition.db import UnitOfWork, affected_rows, read, utcnow
+from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import AlreadyExists, InvalidRequest, NotFound
 from coalition.member.signin import (
     LOCK_FOR,
@@ -39,7 +39,7 @@ from coalition.member.signin import (
     SignInLocked,
     check_password_rules,
 )
-from coalition.oauth.models import FinanceUser, OAuthToken
+from coalition.oauth.models import FinanceUser, OAuthToken, revoke_tokens
 
 PASSWORD_MIN = 12
 #: lower-case letters, digits, dot, dash and underscore; it is what appears in
@@ -110,12 +110,8 @@ def revoke_finance_user_tokens(session: Session, finance_user_id: int,
                                client_id: str | None = None) -> int:
     """Revoke the user's live tokens (at one client, or everywhere) in the caller's
     transaction. Returns how many."""
-    t = OAuthToken.__table__.c
-    query = update(OAuthToken.__table__).where(t.finance_user_id == finance_user_id,
-                                               t.revoked_at.is_(None))
-    if client_id is not None:
-        query = query.where(t.client_id == client_id)
-    return affected_rows(session.execute(query.values(revoked_at=utcnow())))
+    return revoke_tokens(session, OAuthToken.__table__.c.finance_user_id == finance_user_id,
+                         client_id)
 
 
 def disable_user(username: str, *, actor: Actor = SYSTEM) -> dict[str, Any]:

@@ -61,6 +61,7 @@ from coalition.oauth.models import (
     OAuthClient,
     OAuthToken,
     digest,
+    revoke_tokens,
 )
 
 #: public clients authenticate with their client_id alone
@@ -134,12 +135,7 @@ class S256CodeChallenge(CodeChallenge):
 def revoke_member_tokens(session: Session, member_id: int, client_id: str | None = None) -> int:
     """Revoke the member's live tokens (at one client, or everywhere) in the caller's
     transaction; e.g. when the account is closed. Returns how many."""
-    t = OAuthToken.__table__.c
-    query = update(OAuthToken.__table__).where(t.member_id == member_id,
-                                               t.revoked_at.is_(None))
-    if client_id is not None:
-        query = query.where(t.client_id == client_id)
-    return affected_rows(session.execute(query.values(revoked_at=utcnow())))
+    return revoke_tokens(session, OAuthToken.__table__.c.member_id == member_id, client_id)
 
 
 def _signed_in(request: OAuth2Request, owner: Owner | None) -> Owner:

@@ -15,10 +15,10 @@ from typing import Protocol
 
 from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin
 from authlib.oauth2.rfc6749.util import scope_to_list
-from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import CheckConstraint, ColumnElement, ForeignKey, Integer, String, Text, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from coalition.db import PK, Base, BigId, Timestamp, utcnow
+from coalition.db import PK, Base, BigId, Timestamp, affected_rows, utcnow
 
 #: scopes a partner client may hold
 PARTNER_SCOPES = (
@@ -173,6 +173,18 @@ class OAuthToken(Base, TokenState):
     @property
     def expires_at(self) -> datetime:
         return self.issued_at + timedelta(seconds=self.expires_in)
+
+
+def revoke_tokens(session: Session, owner: ColumnElement[bool],
+                  client_id: str | None = None) -> int:
+    """Revoke the live tokens that ``owner`` (a condition on the token: its member,
+    finance user or client) selects, at one client or everywhere, in the caller's
+    transaction. Returns how many."""
+    t = OAuthToken.__table__.c
+    query = update(OAuthToken.__table__).where(owner, t.revoked_at.is_(None))
+    if client_id is not None:
+        query = query.where(t.client_id == client_id)
+    return affected_rows(session.execute(query.values(revoked_at=utcnow())))
 
 
 class OAuthAuthorizationCode(Base):
