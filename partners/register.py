@@ -1,18 +1,21 @@
 """Partners, installed on the app: the operator's and the partners' APIs, and the
-``partner`` and ``demo`` commands."""
+``partner``, ``demo`` and ``worker`` commands."""
 
 from __future__ import annotations
 
 from flask import Flask
 
 from coalition.http.errors import api_of
-from partners import admin, api
+from partners import admin, api, webhooks_api
 from partners.cli import demo_cli, partner_cli
+from partners.worker import worker_command
 
 
 def init_app(app: Flask) -> None:
     rest = api_of(app)
     rest.register_blueprint(admin.blp)
     rest.register_blueprint(api.blp)
+    rest.register_blueprint(webhooks_api.blp)
     app.cli.add_command(partner_cli)
     app.cli.add_command(demo_cli)
+    app.cli.add_command(worker_command)
