@@ -161,6 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a receiver has to answer a webhook delivery"),
     Setting("WEBHOOK_CONCURRENCY", _positive_int, 8,
             "webhook deliveries the worker sends at once"),
+    Setting("BATCH_MAX_BYTES", _positive_int, 64 * 1024 * 1024,
+            "largest batch file, bytes (other request bodies: MAX_CONTENT_LENGTH)"),
     Setting("WORKER_POLL", _positive_number, 1,
             "seconds the worker waits when it finds nothing to do"),
     Setting("METRICS", _bool, True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ from marshmallow import ValidationError
 from coalition.audit.service import cli_actor
 from coalition.commands import emit
 from coalition.errors import CoalitionError
+from coalition.oauth.models import PARTNER_SCOPES
 from coalition.wording import plural
+from partners import batches
 from partners.demo import history_file as shipped_history
 from partners.demo import load_demo, load_history
 from partners.schemas import PartnerCreateSchema, PartnerSchema
-from partners.service import create_partner, issue_partner_client, list_partners
+from partners.service import create_partner, issue_partner_client, list_partners, partner_id
 
 
 def _decimal(value: str) -> Decimal:
@@ -94,6 +97,72 @@ def partner_client(code: str, scope: str, as_json: bool) -> None:
     emit({"client_id": issued.client_id, "client_secret": issued.client_secret,
           "scopes": issued.scopes}, as_json,
          f"client_id:     {issued.client_id}\nclient_secret: {issued.client_secret}  (shown once)")
+# --------------------------------------------------------------------------- batch files
+
+
+def _batch_text(batch: dict[str, Any]) -> str:
+    return (f"batch {batch['id']}: {batch['status']}, {plural(batch['rows'], 'row')}: "
+            f"{batch['booked']} booked, {batch['replayed']} replayed, "
+            f"{batch['refused']} refused, {batch['pending']} pending")
+
+
+@click.group("batch", help="Batch files of partner transactions.")
+def batch_cli() -> None:
+    pass
+
+
+@batch_cli.command("upload")
+@click.argument("code")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--rows", "declared", help="The rows the file should hold (checked).")
+@click.option("--no-book", is_flag=True,
+              help="Only queue the file: the worker (coalition worker) books it.")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def batch_upload(code: str, file: Path, declared: str | None, no_book: bool,
+                 as_json: bool) -> None:
+    """Check FILE whole and book it for partner CODE, showing progress."""
+    try:
+        batch = batches.upload(partner_id(code), set(PARTNER_SCOPES), file.read_bytes(),
+                               declared)
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+    if not no_book:
+        with click.progressbar(length=batch["rows"], label=f"booking batch {batch['id']}",
+                               file=sys.stderr) as bar:
+            while batches.book_some(progress=bar.update, batch_id=batch["id"]):
+                pass
+        batch = batches.get_batch(None, batch["id"])
+    emit(batch, as_json, _batch_text(batch))
+
+
+@batch_cli.command("status")
+@click.argument("batch_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def batch_status(batch_id: int, as_json: bool) -> None:
+    """A batch and its counts so far."""
+    try:
+        batch = batches.get_batch(None, batch_id)
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+    emit(batch, as_json, _batch_text(batch))
+
+
+@batch_cli.command("results")
+@click.argument("batch_id", type=int)
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-",
+              help="Where to write the CSV (default: standard output).")
+@with_appcontext
+def batch_results(batch_id: int, output: Any) -> None:
+    """The per-row results of a batch as CSV."""
+    try:
+        for chunk in batches.results(None, batch_id):
+            output.write(chunk)
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
 # --------------------------------------------------------------------------- demo
 
 

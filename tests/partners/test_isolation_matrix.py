@@ -28,6 +28,8 @@ GHOST_ID = 987654321
 GHOST_CODE = "nosuch"
 GHOST_REF = "no-such-ref"
 CSV = "partner_txn_id,type,member_number,points,occurred_at\n"
+BATCH = ("partner_txn_id,type,member_number,partner_member_ref,points,spend_amount,"
+         "spend_currency,occurred_at\nops-b1,earn,{member},,2,,,\n")
 
 #: the scopes a partner endpoint needs: one of them (``None``: open to any partner token)
 NEEDS: dict[tuple[str, str], set[str]] = {
@@ -51,6 +53,11 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/webhooks/{endpoint_id}/deliveries"): {"transactions:read"},
     ("POST", "/v1/webhooks/{endpoint_id}/deliveries/{delivery_id}/replay"):
         {"transactions:read"},
+    ("POST", "/v1/batches"): {"points:earn", "points:burn"},
+    ("GET", "/v1/batches"): {"points:earn", "points:burn", "transactions:read"},
+    ("GET", "/v1/batches/{batch_id}"): {"points:earn", "points:burn", "transactions:read"},
+    ("GET", "/v1/batches/{batch_id}/results"): {"points:earn", "points:burn",
+                                                "transactions:read"},
 }
 
 #: partner endpoints that are not about another partner's objects: enrolling or linking
@@ -59,7 +66,10 @@ NEEDS: dict[tuple[str, str], set[str]] = {
 NOT_OBJECTS = {("POST", "/v1/members"),
                # registering an endpoint makes one of acme's own; the list shows only
                # acme's (a test below)
-               ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks")}
+               ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks"),
+               # an upload is acme's own batch (a row naming bravo's transaction is
+               # refused as one naming none: test_batches.py); the list shows acme's only
+               ("POST", "/v1/batches"), ("GET", "/v1/batches")}
 
 TOKENS = {"all": PARTNER_SCOPES, **{scope: (scope,) for scope in PARTNER_SCOPES}}
 
@@ -86,6 +96,7 @@ class Operations:
     bravo_endpoint: int
     bravo_delivery: int
     acme_endpoint: int
+    bravo_batch: int
 
 
 def attempts(s: Seeded, ops: Operations) -> list[Attempt]:
@@ -153,6 +164,11 @@ def attempts(s: Seeded, ops: Operations) -> list[Attempt]:
         f"/v1/webhooks/{GHOST_ID}/deliveries/{dl}/replay", names=(ep,))
     add("POST", replay, f"/v1/webhooks/{own}/deliveries/{dl}/replay",
         f"/v1/webhooks/{own}/deliveries/{GHOST_ID}/replay", names=(dl,))
+    # bravo's batch and its results
+    batch = str(ops.bravo_batch)
+    for suffix in ("", "/results"):
+        add("GET", f"/v1/batches/{{batch_id}}{suffix}", f"/v1/batches/{batch}{suffix}",
+            f"/v1/batches/{GHOST_ID}{suffix}", names=(batch,))
     # acme's own statement of the draft run does not exist for acme yet either
     add("GET", statements, f"/v1/settlement/runs/{s.draft_run}/statements/acme",
         f"/v1/settlement/runs/{GHOST_ID}/statements/acme", names=(str(s.draft_run),))
@@ -246,7 +262,12 @@ def ops(_migrated_app, seeded) -> Operations:
         assert earned.status_code == 201, earned.get_json()
         deliveries = client.get(f"/v1/webhooks/{bravo}/deliveries",
                                 headers=seeded.bravo.headers).get_json()["items"]
-        return Operations(bravo, deliveries[0]["id"], endpoint(seeded.acme.headers))
+        batch = client.post("/v1/batches", headers={**seeded.bravo.headers,
+                                                    "Content-Type": "text/csv"},
+                            data=BATCH.format(member=seeded.bravo_only))
+        assert batch.status_code == 202, batch.get_json()
+        return Operations(bravo, deliveries[0]["id"], endpoint(seeded.acme.headers),
+                          batch.get_json()["id"])
 
 
 @pytest.fixture
@@ -425,3 +446,10 @@ def test_acme_lists_only_its_own_webhook_endpoints(client, seeded, ops):
     assert [e["id"] for e in listed] == [ops.acme_endpoint]
     theirs = client.get("/v1/webhooks", headers=seeded.bravo.headers).get_json()
     assert [e["id"] for e in theirs] == [ops.bravo_endpoint]
+
+
+def test_acme_lists_only_its_own_batches(client, seeded, ops):
+    headers = acme_token(client, ("transactions:read",))
+    assert client.get("/v1/batches", headers=headers).get_json() == []
+    theirs = client.get("/v1/batches", headers=seeded.bravo.headers).get_json()
+    assert [b["id"] for b in theirs] == [ops.bravo_batch]
