@@ -33,13 +33,15 @@ _EVENTS = {"earn": "transaction.booked", "burn": "transaction.booked",
            "hold_capture": "transaction.booked", "earn_reversal": "transaction.reversed",
            "burn_reversal": "transaction.reversed"}
 
-# the entry just booked, the partner's funding model and whether anything listens: one
-# round trip
-_BOOKED = select(
-    _E.id, _E.kind, _E.points,
-    select(_F.model).where(_F.partner_id == bindparam("partner")).scalar_subquery(),
-    exists().where(_EP.partner_id == bindparam("partner"), _EP.deleted_at.is_(None)),
-).where(_E.partner_id == bindparam("partner"), _E.partner_txn_id == bindparam("txn"))
+# the entry just booked, the partner's funding and whether anything listens: one round trip
+_BOOKED = (
+    select(_E.id, _E.kind, _E.points, _F.model, _F.credit_limit_points,
+           _F.low_threshold_points, _F.low_raised,
+           exists().where(_EP.partner_id == bindparam("partner"), _EP.deleted_at.is_(None)))
+    .select_from(Entry.__table__.outerjoin(PartnerFunding.__table__,
+                                           _F.partner_id == _E.partner_id))
+    .where(_E.partner_id == bindparam("partner"), _E.partner_txn_id == bindparam("txn"))
+)
 
 #: more work for the same transaction, given the booked entry's id (a batch row's outcome)
 Then = Callable[[Session, int], None]
@@ -51,9 +53,11 @@ def report(session: Session, partner: PartnerRef, partner_txn_id: str) -> int | 
     row = session.execute(_BOOKED, {"partner": partner.id, "txn": partner_txn_id}).first()
     if row is None:
         return None
-    entry_id, kind, points, model, listened = row
-    if model is not None and kind in ("earn", "earn_reversal"):
-        funding.change(session, partner.id, -points if kind == "earn" else points, model)
+    entry_id, kind, points, model, credit_limit, low_threshold, low_raised, listened = row
+    metered = model == "prepaid" or (model == "postpaid" and credit_limit is not None)
+    if metered and kind in ("earn", "earn_reversal"):
+        funding.change(session, partner.id, -points if kind == "earn" else points, model,
+                       low_threshold, bool(low_raised))
     if listened and kind in _EVENTS:
         entry = session.get_one(Entry, entry_id)
         body = TransactionSchema().dump(render_transaction(session, entry, partner.code))

@@ -15,12 +15,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
 from coalition.oauth.models import PARTNER_SCOPES
+from partners.funding import configure
 from tests.conftest import bearer, empty_all_tables, fetch_token, snapshot
 from tests.seeding import Seeded, partner_maker, seed
 
@@ -58,6 +60,7 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/batches/{batch_id}"): {"points:earn", "points:burn", "transactions:read"},
     ("GET", "/v1/batches/{batch_id}/results"): {"points:earn", "points:burn",
                                                 "transactions:read"},
+    ("GET", "/v1/funding"): {"settlement:read"},
 }
 
 #: partner endpoints that are not about another partner's objects: enrolling or linking
@@ -69,7 +72,9 @@ NOT_OBJECTS = {("POST", "/v1/members"),
                ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks"),
                # an upload is acme's own batch (a row naming bravo's transaction is
                # refused as one naming none: test_batches.py); the list shows acme's only
-               ("POST", "/v1/batches"), ("GET", "/v1/batches")}
+               ("POST", "/v1/batches"), ("GET", "/v1/batches"),
+               # a partner's funding names no object: it is always the caller's own
+               ("GET", "/v1/funding")}
 
 TOKENS = {"all": PARTNER_SCOPES, **{scope: (scope,) for scope in PARTNER_SCOPES}}
 
@@ -262,6 +267,7 @@ def ops(_migrated_app, seeded) -> Operations:
         assert earned.status_code == 201, earned.get_json()
         deliveries = client.get(f"/v1/webhooks/{bravo}/deliveries",
                                 headers=seeded.bravo.headers).get_json()["items"]
+        configure("bravo", {"points": 1000, "price": Decimal("1.00"), "currency": "GBP"})
         batch = client.post("/v1/batches", headers={**seeded.bravo.headers,
                                                     "Content-Type": "text/csv"},
                             data=BATCH.format(member=seeded.bravo_only))
@@ -453,3 +459,12 @@ def test_acme_lists_only_its_own_batches(client, seeded, ops):
     assert client.get("/v1/batches", headers=headers).get_json() == []
     theirs = client.get("/v1/batches", headers=seeded.bravo.headers).get_json()
     assert [b["id"] for b in theirs] == [ops.bravo_batch]
+
+
+
+def test_acme_sees_only_its_own_funding(client, seeded, ops):
+    headers = acme_token(client, ("settlement:read",))
+    mine = client.get("/v1/funding", headers=headers).get_json()
+    assert (mine["model"], mine["blocks"]) == ("postpaid", [])
+    theirs = client.get("/v1/funding", headers=seeded.bravo.headers).get_json()
+    assert (theirs["model"], len(theirs["blocks"])) == ("prepaid", 1)
