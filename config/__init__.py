@@ -163,6 +163,8 @@ SETTINGS: tuple[Setting, ...] = (
             "webhook deliveries the worker sends at once"),
     Setting("BATCH_MAX_BYTES", _positive_int, 64 * 1024 * 1024,
             "largest batch file, bytes (other request bodies: MAX_CONTENT_LENGTH)"),
+    Setting("BATCH_CONCURRENCY", _positive_int, 8,
+            "batch rows the worker books at once (one member's rows always in file order)"),
     Setting("WORKER_POLL", _positive_number, 1,
             "seconds the worker waits when it finds nothing to do"),
     Setting("METRICS", _bool, True,

@@ -23,6 +23,7 @@ refusal here rolls the booking back whole, and an earn reversal gives its points
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -134,7 +135,7 @@ def _activate_reserves(session: Session, partner_id: int, short: int, now: datet
 
 
 def _spread(session: Session, partner_id: int, total: int,
-            slots: list[Any] | None = None) -> None:
+            slots: Sequence[Any] | None = None) -> None:
     """Set the slots (locked by the caller) to share ``total`` evenly."""
     existing = {row[0] for row in slots} if slots is not None else {
         row[0] for row in session.execute(select(_S.slot).where(_S.partner_id == partner_id))}
@@ -244,7 +245,7 @@ def configure(code: str, data: dict[str, Any], *, actor: Actor = SYSTEM) -> dict
         model_now = values.get("model", row.model if row is not None else None)
         if model_now == "postpaid" or values.get("model") == "prepaid":
             # a model taking effect starts from what it alone covers
-            _reset_slots(session, partner.id, model_now,
+            _reset_slots(session, partner.id, str(model_now),
                          values.get("credit_limit_points",
                                     row.credit_limit_points if row is not None else None))
         if block:

@@ -101,6 +101,7 @@ def test_environment_overrides_every_default(tmp_path):
         "COALITION_WEBHOOK_TIMEOUT": "2",
         "COALITION_WEBHOOK_CONCURRENCY": "3",
         "COALITION_BATCH_MAX_BYTES": "4096",
+        "COALITION_BATCH_CONCURRENCY": "2",
         "COALITION_WORKER_POLL": "0.25",
         "ACCESS_TOKEN_LIFETIME": "1",  # not prefixed: ignored
     }
@@ -133,6 +134,7 @@ def test_environment_overrides_every_default(tmp_path):
         "WEBHOOK_TIMEOUT": 2,
         "WEBHOOK_CONCURRENCY": 3,
         "BATCH_MAX_BYTES": 4096,
+        "BATCH_CONCURRENCY": 2,
         "WORKER_POLL": 0.25,
     }
 

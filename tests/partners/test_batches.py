@@ -349,3 +349,19 @@ def test_a_row_naming_another_partners_transaction_is_refused_as_one_naming_none
     assert theirs["error"] == ghost["error"] == "not_found"
     assert theirs["message"].replace("theirs", "X") == ghost["message"].replace("nosuch", "X")
     assert balance(client, bravo, ada)["available"] == 50
+
+
+def test_rows_are_split_into_lanes_that_keep_what_depends_on_what_in_order():
+    rows = [(n + 2, {"member_number": m, "partner_member_ref": "", "partner_txn_id": t,
+                     "reference": r})
+            for n, (m, t, r) in enumerate([
+                ("A", "1", ""), ("B", "2", ""), ("A", "3", ""), ("", "4", "2"),
+                ("C", "1", ""), ("D", "5", ""), ("E", "6", "")])]
+    lanes = batches._lanes(rows, 8)
+    lane_of = {line: i for i, lane in enumerate(lanes) for line, _ in lane}
+    assert lane_of[2] == lane_of[4] == lane_of[6]   # member A, and txn "1" again (as C)
+    assert lane_of[5] == lane_of[3]                 # the reversal of "2" beside it
+    for lane in lanes:
+        assert [line for line, _ in lane] == sorted(line for line, _ in lane)
+    assert len(lanes) > 1
+    assert batches._lanes(rows, 1) == [rows]
