@@ -382,3 +382,21 @@ def test_a_worker_killed_mid_delivery_loses_no_event(app, client, acme, database
         statuses = session.scalars(select(WebhookDelivery.status)).all()
     assert set(statuses) == {"delivered"}
     assert count(WebhookAttempt) >= 40
+
+
+def test_closing_a_settlement_run_tells_each_partner_its_statement_is_ready(
+        app, client, acme, operator_headers):
+    register(client, acme, "https://hooks.example.com/s", events=["statement.ready"])
+    member = enrol(client, acme, "m1")
+    earn(client, acme, member, "e1", points=50)
+    time.sleep(1.1)
+    end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run = client.post("/v1/settlement/runs", headers=operator_headers,
+                      json={"period_start": "2020-01-01", "period_end": end}).get_json()
+    assert count(WebhookEvent) == 0  # a draft is not a statement
+    closed = client.post(f"/v1/settlement/runs/{run['id']}/close", headers=operator_headers)
+    assert closed.status_code == 200, closed.get_json()
+    [event] = events()
+    body = json.loads(event.body)
+    assert body["type"] == "statement.ready"
+    assert (body["data"]["run_id"], body["data"]["partner"]) == (run["id"], "acme")
