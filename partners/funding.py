@@ -317,6 +317,27 @@ def funding(partner_id: int) -> dict[str, Any]:
     }
 
 
+def in_period(session: Session, code: str, start: datetime, end: datetime,
+              issued_points: int) -> dict[str, Any]:
+    """What a partner's statement shows of its funding for ``[start, end)``: the blocks
+    bought (top-ups included) and, for a prepaid partner, the points they paid for that
+    the period used (its issued points)."""
+    partner_id = session.scalar(select(Partner.id).where(Partner.code == code))
+    model = session.scalar(select(_F.model).where(_F.partner_id == partner_id))
+    blocks = session.execute(select(_K.id, _K.kind, _K.points, _K.price, _K.currency,
+                                    _K.bought_at).where(
+        _K.partner_id == partner_id, _K.bought_at >= start, _K.bought_at < end)
+        .order_by(_K.id)).all()
+    return {
+        "model": model or "postpaid",
+        "blocks_bought": [{"id": b.id, "kind": b.kind, "points": b.points,
+                           "price": round_money(b.price, b.currency), "currency": b.currency,
+                           "bought_at": b.bought_at} for b in blocks],
+        "points_bought": sum(b.points for b in blocks),
+        "points_used": issued_points if model == "prepaid" else None,
+    }
+
+
 def partner_funding(code: str) -> dict[str, Any]:
     with read() as session:
         partner = _partner(session, code)

@@ -20,7 +20,7 @@ from coalition.models import Partner
 from coalition.program.service import rules_in_force
 from coalition.schemas import rfc3339
 from coalition.wording import plural, verb
-from partners import webhooks
+from partners import funding, webhooks
 from settlement.compute import Unpriced, compute
 from settlement.models import Break, Reconciliation, SettlementRun
 from settlement.netting import COALITION
@@ -222,7 +222,10 @@ def statement(run_id: int, partner_code: str, *, only_closed: bool = False) -> d
             if s["partner"] == partner_code:
                 return {"run": run.id, "status": run.status,
                         "period_start": run.period_start, "period_end": run.period_end,
-                        **s, "model": run.model}
+                        **s, "model": run.model,
+                        "funding": funding.in_period(session, partner_code,
+                                                     run.period_start, run.period_end,
+                                                     s["issued_points"])}
         raise NotFound(f"No statement for {partner_code} in run {run_id}.")
 
 

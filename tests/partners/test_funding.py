@@ -265,3 +265,25 @@ def test_the_command_line_sets_and_shows_funding(app, client, acme):
     post = runner.invoke(args=["partner", "funding", "acme", "--credit-limit", "none"])
     assert post.exit_code == 0 and "acme: postpaid, available None" in post.output
     assert runner.invoke(args=["partner", "funding", "nosuch"]).exit_code != 0
+
+
+# --------------------------------------------------------------------------- statement
+
+
+def test_blocks_bought_and_points_used_are_on_the_partners_statement(client, acme,
+                                                                     operator_headers):
+    fund(client, operator_headers, points=500, price="5.00", currency="GBP")
+    fund(client, operator_headers, points=100, price="1.00", currency="GBP", reserve=True)
+    ada = enrol(client, acme, "ada")
+    earn(client, acme, ada, "e1", points=120)
+    time.sleep(1.1)
+    end = clock.utcnow().replace(microsecond=0)
+    run = post_ok(client, "/v1/settlement/runs", operator_headers,
+                  {"period_start": "2020-01-01", "period_end": rfc3339(end)})
+    statement = client.get(f"/v1/settlement/runs/{run['id']}/statements/acme",
+                           headers=operator_headers).get_json()
+    assert statement["issued_points"] == 120
+    got = statement["funding"]
+    assert (got["model"], got["points_bought"], got["points_used"]) == ("prepaid", 600, 120)
+    assert [(b["kind"], b["points"], b["price"]) for b in got["blocks_bought"]] == [
+        ("block", 500, "5.00"), ("reserve", 100, "1.00")]
