@@ -64,6 +64,8 @@ def check_url(url: str) -> str:
         raise refuse("must not have a fragment")
     if parts.scheme == "http" and not _loopback(host):
         raise refuse("must use https (plain http only to 127.0.0.1, ::1 or localhost)")
+    if _internal(host):
+        raise refuse("must not name a private, link-local or reserved address")
     return url
 
 
@@ -74,6 +76,18 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _internal(host: str) -> bool:
+    """An address of a network a partner has no business sending the coalition's requests
+    into (loopback aside, which plain-http development uses)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not address.is_loopback and (address.is_private or address.is_link_local
+                                         or address.is_reserved or address.is_multicast
+                                         or address.is_unspecified)
 
 
 def _endpoint(row: Any) -> dict[str, Any]:

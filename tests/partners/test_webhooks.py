@@ -33,7 +33,9 @@ class Receiver:
     """A real HTTP receiver on a free loopback port that verifies every signature as the
     README tells partners to, and records what arrived."""
 
-    def __init__(self, secret: str = "", status: int = 200, delay: float = 0.0) -> None:
+    def __init__(self, secret: str = "", status: int = 200, delay: float = 0.0,
+                 location: str | None = None) -> None:
+        self.location = location
         self.secret = secret
         self.status = status
         self.delay = delay
@@ -55,6 +57,8 @@ class Receiver:
                                         body),
                     })
                 self.send_response(receiver.status)
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -144,6 +148,10 @@ def test_an_endpoint_is_registered_listed_and_deleted(client, acme):
     ({"url": "ftp://hooks.example.com/x", "events": ["transaction.booked"]}, "url"),
     ({"url": "https://user:pw@hooks.example.com/x", "events": ["transaction.booked"]}, "url"),
     ({"url": "https:///x", "events": ["transaction.booked"]}, "url"),
+    ({"url": "https://10.1.2.3/x", "events": ["transaction.booked"]}, "url"),
+    ({"url": "https://169.254.169.254/latest", "events": ["transaction.booked"]}, "url"),
+    ({"url": "https://[fd00::1]/x", "events": ["transaction.booked"]}, "url"),
+    ({"url": "https://0.0.0.0/x", "events": ["transaction.booked"]}, "url"),
     ({"url": "https://[::1/x", "events": ["transaction.booked"]}, "url"),
     ({"url": "https://hooks.example.com/x", "events": ["transaction.eaten"]}, "events"),
     ({"url": "https://hooks.example.com/x", "events": []}, "events"),
@@ -400,3 +408,18 @@ def test_closing_a_settlement_run_tells_each_partner_its_statement_is_ready(
     body = json.loads(event.body)
     assert body["type"] == "statement.ready"
     assert (body["data"]["run_id"], body["data"]["partner"]) == (run["id"], "acme")
+
+
+def test_a_redirect_is_a_failed_attempt_never_followed(app, client, acme, monkeypatch):
+    monkeypatch.setitem(app.config, "WEBHOOK_BACKOFF", 60)
+    with Receiver() as target, Receiver(status=302, location="") as redirecting:
+        redirecting.location = target.url
+        endpoint = register(client, acme, redirecting.url)
+        member = enrol(client, acme, "m1")
+        earn(client, acme, member, "e1", points=50)
+        deliver_all(app)
+    assert len(redirecting.received) == 1 and target.received == []
+    [delivery] = client.get(f"/v1/webhooks/{endpoint['id']}/deliveries",
+                            headers=acme).get_json()["items"]
+    assert delivery["status"] == "pending"
+    assert [a["status_code"] for a in delivery["attempts"]] == [302]
