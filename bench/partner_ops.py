@@ -140,7 +140,8 @@ class PartnerOpsBench(Bench):
         runs["earn postpaid"] = self.earn_run("post-paid", postpaid, pools)
         runs["earn prepaid"] = self.earn_run("prepaid", prepaid, pools)
         runs["earn postpaid again"] = self.earn_run("post-paid again", postpaid, pools)
-        self.report["batch"] = self.batch_run(postpaid, pools["earn"])
+        if a.rows:
+            self.report["batch"] = self.batch_run(postpaid, pools["earn"])
         self.stop_gunicorn()
         if not a.skip_pgbench:
             self.report["pgbench"] = self.run_pgbench()
@@ -159,14 +160,16 @@ class PartnerOpsBench(Bench):
         post = (rps["earn postpaid"] + rps["earn postpaid again"]) / 2
         ratio = post / rps["earn prepaid"]
         self.report["prepaid_ratio"] = ratio
-        batch = self.report["batch"]
+        batch = self.report.get("batch")
         api_cpu = {name: run["cpu"].get("server_ms_per_request", float("nan"))
                    + run["cpu"].get("postgres_bench_ms_per_request", float("nan"))
                    for name, run in runs.items()}
-        self.report["batch_vs_api"] = {
-            "api_rows_per_s": post, "batch_rows_per_s": batch["rows_per_s"],
-            "api_cpu_ms_per_row": api_cpu["earn postpaid"],
-            "batch_cpu_ms_per_row": batch["worker_ms_per_row"] + batch["postgres_ms_per_row"]}
+        if batch:
+            self.report["batch_vs_api"] = {
+                "api_rows_per_s": post, "batch_rows_per_s": batch["rows_per_s"],
+                "api_cpu_ms_per_row": api_cpu["earn postpaid"],
+                "batch_cpu_ms_per_row": batch["worker_ms_per_row"]
+                + batch["postgres_ms_per_row"]}
         pgbench = self.report.get("pgbench") or {}
         say("")
         say("summary")
@@ -176,9 +179,10 @@ class PartnerOpsBench(Bench):
                 f"p99 {earn['p99_ms']:6.1f} ms  CPU/req {api_cpu[name]:.2f} ms "
                 f"(server+postgres)")
         say(f"  post-paid / prepaid earn throughput: {ratio:.2f} (target <= 1.2)")
-        say(f"  batch: {batch['rows_per_s']:.0f} rows/s vs earn API {post:.0f} req/s; CPU per "
-            f"row {self.report['batch_vs_api']['batch_cpu_ms_per_row']:.2f} ms vs "
-            f"{api_cpu['earn postpaid']:.2f} ms per API earn")
+        if batch:
+            say(f"  batch: {batch['rows_per_s']:.0f} rows/s vs earn API {post:.0f} req/s; CPU "
+                f"per row {self.report['batch_vs_api']['batch_cpu_ms_per_row']:.2f} ms vs "
+                f"{api_cpu['earn postpaid']:.2f} ms per API earn")
         if pgbench:
             say(f"  pgbench TPC-B: {pgbench['tps']:.0f} tps")
         say(f"  ledger check: {self.report['ledger_check']['status']}")
@@ -186,7 +190,8 @@ class PartnerOpsBench(Bench):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--rows", type=int, default=100_000, help="rows in the batch file")
+    p.add_argument("--rows", type=int, default=100_000,
+                   help="rows in the batch file (0: no batch, the earn runs only)")
     p.add_argument("--batch-timeout", type=float, default=3600.0)
     ours, rest = p.parse_known_args(argv)
     args = ledger_args(rest)

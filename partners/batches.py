@@ -398,8 +398,9 @@ def book_some(limit: int = CHUNK, progress: Callable[[int], None] | None = None,
 
     progress_lock = threading.Lock()
     lanes = _lanes(rows, current_app.config["BATCH_CONCURRENCY"])
-    if len(lanes) == 1:
-        book_lane(lanes[0])
+    if len(lanes) <= 1:
+        for lane in lanes:
+            book_lane(lane)
     else:
         with ThreadPoolExecutor(len(lanes), thread_name_prefix="batch") as pool:
             for future in [pool.submit(book_lane, lane) for lane in lanes]:

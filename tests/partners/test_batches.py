@@ -365,3 +365,14 @@ def test_rows_are_split_into_lanes_that_keep_what_depends_on_what_in_order():
         assert [line for line, _ in lane] == sorted(line for line, _ in lane)
     assert len(lanes) > 1
     assert batches._lanes(rows, 1) == [rows]
+
+
+def test_a_batch_whose_rows_fill_whole_turns_is_finished(app, client, acme):
+    """The worker books 2 rows a turn: the turn after the last full one finds no row left
+    and marks the batch done."""
+    ada = enrol(client, acme, "ada")
+    queued = upload(client, acme, csv_of(*[f"f-{i},earn,{ada},,1,,," for i in range(4)]))
+    while batches.book_some(limit=2):
+        pass
+    done = client.get(f"/v1/batches/{queued['id']}", headers=acme).get_json()
+    assert (done["status"], done["booked"]) == ("done", 4) and done["finished_at"]
