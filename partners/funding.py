@@ -28,7 +28,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition import clock
@@ -60,11 +60,20 @@ class InsufficientFunding(Conflict):
 # --------------------------------------------------------------------------- the hot path
 
 
-def _guarded_take(session: Session, partner_id: int, slot: int, points: int) -> bool:
-    result = session.execute(
-        update(FundingSlot.__table__)
-        .where(_S.partner_id == partner_id, _S.slot == slot, _S.remaining >= points)
-        .values(remaining=_S.remaining - points))
+# one slot with enough, picked at random among those no other earn holds (PostgreSQL skips
+# the locked ones rather than wait for them; on SQLite writers are serialised anyway)
+_FREE_SLOT = (select(_S.slot).where(_S.partner_id == bindparam("partner"),
+                                    _S.remaining >= bindparam("points"))
+              .order_by(func.random()).limit(1).with_for_update(skip_locked=True)
+              .scalar_subquery())
+_TAKE = (update(FundingSlot.__table__)
+         .where(_S.partner_id == bindparam("partner"), _S.slot == _FREE_SLOT,
+                _S.remaining >= bindparam("points"))
+         .values(remaining=_S.remaining - bindparam("points")))
+
+
+def _guarded_take(session: Session, partner_id: int, points: int) -> bool:
+    result = session.execute(_TAKE, {"partner": partner_id, "points": points})
     return affected_rows(result) == 1
 
 
@@ -81,7 +90,7 @@ def change(session: Session, partner_id: int, points: int, model: str,
                         .values(remaining=_S.remaining + points))
         return
     needed = -points
-    if not _guarded_take(session, partner_id, random.randrange(SLOTS), needed):
+    if not _guarded_take(session, partner_id, needed):
         _take_slowly(session, partner_id, needed, model)
     if low_threshold is not None and not low_raised:
         _maybe_low(session, partner_id, low_threshold)
@@ -148,6 +157,14 @@ def _spread(session: Session, partner_id: int, total: int,
         else:
             session.execute(insert(FundingSlot.__table__), {
                 "partner_id": partner_id, "slot": slot, "remaining": value})
+
+
+def _add_evenly(session: Session, partner_id: int, points: int) -> None:
+    """A block bought: its points shared out over every slot, so that earns find them
+    wherever they look."""
+    slots = session.execute(select(_S.slot, _S.remaining).where(_S.partner_id == partner_id)
+                            .order_by(_S.slot).with_for_update()).all()
+    _spread(session, partner_id, sum(r for _, r in slots) + points, slots)
 
 
 def _closed_until(session: Session | Connection) -> datetime | None:
@@ -255,7 +272,7 @@ def configure(code: str, data: dict[str, Any], *, actor: Actor = SYSTEM) -> dict
                 "price": data["price"], "currency": data["currency"], "bought_at": now,
                 "activated_at": None if kind == "reserve" else now})
             if kind == "block":
-                change(session, partner.id, data["points"], "prepaid")
+                _add_evenly(session, partner.id, data["points"])
                 session.execute(update(PartnerFunding.__table__)
                                 .where(_F.partner_id == partner.id).values(low_raised=False))
         record(session, actor, "partner.funding_changed", f"partner:{code}",

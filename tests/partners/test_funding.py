@@ -18,6 +18,7 @@ from coalition import clock
 from coalition.db import db, read
 from coalition.ledger.check import check_ledger
 from coalition.schemas import rfc3339
+from partners.funding import SLOTS
 from partners.models import FundingBlock, FundingSlot, WebhookEvent
 from tests.conftest import snapshot
 from tests.partners.support import assert_error, earn, enrol, post_ok, publish
@@ -62,6 +63,9 @@ def test_a_prepaid_partner_issues_no_more_than_it_bought(app, client, acme, oper
     assert funding_of(client, acme)["model"] == "postpaid"  # no funding: no limit
     bought = fund(client, operator_headers, points=100, price="1.00", currency="GBP")
     assert (bought["model"], bought["available_points"]) == ("prepaid", 100)
+    with read() as session:  # shared out over every slot: an earn finds them wherever it looks
+        shares = session.scalars(select(FundingSlot.remaining)).all()
+    assert len(shares) == SLOTS and max(shares) - min(shares) <= 1
     ada = enrol(client, acme, "ada")
     earn(client, acme, ada, "e1", points=60)
     before = snapshot(app)
