@@ -29,8 +29,12 @@ run: $(STAMP)
 	@echo "In another terminal, in this folder:"
 	@echo "  . $(BIN)/activate                    # puts 'coalition' on the PATH"
 	@echo "  coalition finance user create fiona --name \"Fiona Ledger\"   # a finance user"
+	@echo "The worker (webhook deliveries, batch files) runs alongside and stops with the server."
 	@echo
-	COALITION_ENV=$${COALITION_ENV:-development} $(BIN)/coalition run --host $(HOST) --port $(PORT)
+	export COALITION_ENV=$${COALITION_ENV:-development}; \
+	$(BIN)/coalition worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
+	$(BIN)/coalition run --host $(HOST) --port $(PORT)
 
 test: $(STAMP) chromium cluster-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

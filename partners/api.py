@@ -10,10 +10,11 @@ from marshmallow import ValidationError
 
 from coalition.errors import InsufficientScope, InvalidRequest
 from coalition.http.guard import protected
-from coalition.ledger import earn_burn, history, holds, members, reversals
+from coalition.ledger import history, holds, members, reversals
 from coalition.ledger.booking import PartnerRef
 from coalition.ledger.idempotency import Outcome
 from coalition.oauth.server import current_principal
+from partners import transactions
 from partners.api_schemas import (
     BalanceSchema,
     BurnSchema,
@@ -146,7 +147,7 @@ class Earn(MethodView):
     @_txn_errors
     def post(self, data: dict[str, Any]) -> Any:
         """Credit points for a spend or as given."""
-        return _answer(earn_burn.earn(_partner(), data))
+        return _answer(transactions.earn(_partner(), data))
 
 
 @blp.route("/burn")
@@ -157,7 +158,7 @@ class Burn(MethodView):
     @_txn_errors
     def post(self, data: dict[str, Any]) -> Any:
         """Spend points at your store."""
-        return _answer(earn_burn.burn(_partner(), data))
+        return _answer(transactions.burn(_partner(), data))
 
 
 # --------------------------------------------------------------------------- holds
@@ -194,7 +195,7 @@ class HoldCapture(MethodView):
                       "period_closed")
     def post(self, data: dict[str, Any], hold_id: int) -> Any:
         """Capture a hold in full or in part; the rest returns to the member."""
-        return _answer(holds.capture_hold(_partner(), hold_id, data))
+        return _answer(transactions.capture(_partner(), hold_id, data))
 
 
 @blp.route(f"/holds/<{_ID}:hold_id>/void")
@@ -228,8 +229,7 @@ class Reversals(MethodView):
         scopes = current_principal().scopes
         may_reverse = {kind for kind in ("earn", "burn") if f"points:{kind}" in scopes}
         try:
-            outcome = reversals.reverse(_partner(), transaction_id, data,
-                                        may_reverse=may_reverse)
+            outcome = transactions.reverse(_partner(), transaction_id, data, may_reverse)
         except reversals.ReversalNotPermitted as exc:
             raise InsufficientScope(f"Reversing a {exc.kind} needs the scope "
                                     f"points:{exc.needs}.") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,22 @@ from marshmallow import ValidationError
 from coalition.audit.service import cli_actor
 from coalition.commands import emit
 from coalition.errors import CoalitionError
+from coalition.oauth.models import PARTNER_SCOPES
 from coalition.wording import plural
+from partners import batches
 from partners.demo import history_file as shipped_history
 from partners.demo import load_demo, load_history
+from partners.funding import configure
+from partners.funding import partner_funding as partner_funding_of
+from partners.funding_api import FundingChangeSchema, FundingSchema
 from partners.schemas import PartnerCreateSchema, PartnerSchema
-from partners.service import create_partner, issue_partner_client, list_partners
+from partners.service import (
+    create_partner,
+    get_partner,
+    issue_partner_client,
+    list_partners,
+    partner_id,
+)
 
 
 def _decimal(value: str) -> Decimal:
@@ -94,6 +106,119 @@ def partner_client(code: str, scope: str, as_json: bool) -> None:
     emit({"client_id": issued.client_id, "client_secret": issued.client_secret,
           "scopes": issued.scopes}, as_json,
          f"client_id:     {issued.client_id}\nclient_secret: {issued.client_secret}  (shown once)")
+@partner_cli.command("funding")
+@click.argument("code")
+@click.option("--block", "points", type=int, help="A block of POINTS bought (prepaid).")
+@click.option("--price", help="What the block cost, in the partner's currency.")
+@click.option("--reserve", is_flag=True, help="The block waits until the others run out.")
+@click.option("--credit-limit", help="Post-paid with this limit in points ('none': no limit).")
+@click.option("--low-threshold", type=int, help="Raise funding.low below this many points.")
+@click.option("--topup", metavar="POINTS:PRICE",
+              help="Buy a block of POINTS for PRICE automatically when the others run out "
+                   "('none': stop).")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def partner_funding(code: str, points: int | None, price: str | None, reserve: bool,
+                    credit_limit: str | None, low_threshold: int | None, topup: str | None,
+                    as_json: bool) -> None:
+    """Show or change partner CODE's funding: prepaid blocks or a post-paid credit limit."""
+    body: dict[str, Any] = {}
+    try:
+        currency = get_partner(code)["currency"]
+        if points is not None or price is not None:
+            body.update({name: value for name, value in (("points", points), ("price", price))
+                         if value is not None}, currency=currency)
+        if reserve:
+            body["reserve"] = True
+        if credit_limit is not None:
+            body["credit_limit_points"] = (None if credit_limit == "none"
+                                           else int(credit_limit))
+        if low_threshold is not None:
+            body["low_threshold_points"] = low_threshold
+        if topup is not None:
+            top_points, _, top_price = topup.partition(":")
+            body["auto_topup"] = None if topup == "none" else {
+                "points": int(top_points), "price": top_price, "currency": currency}
+        result = (configure(code, FundingChangeSchema().load(body), actor=cli_actor())
+                  if body else partner_funding_of(code))
+    except ValueError as exc:
+        raise click.UsageError(f"not a whole number: {exc}") from exc
+    except ValidationError as exc:
+        raise click.UsageError(str(exc.messages)) from exc
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+    emit(FundingSchema().dump(result), as_json,
+         f"{code}: {result['model']}, available {result['available_points']}, "
+         f"reserve {result['reserve_points']}, credit limit {result['credit_limit_points']}, "
+         f"{plural(len(result['blocks']), 'block')}")
+
+
+# --------------------------------------------------------------------------- batch files
+
+
+def _batch_text(batch: dict[str, Any]) -> str:
+    return (f"batch {batch['id']}: {batch['status']}, {plural(batch['rows'], 'row')}: "
+            f"{batch['booked']} booked, {batch['replayed']} replayed, "
+            f"{batch['refused']} refused, {batch['pending']} pending")
+
+
+@click.group("batch", help="Batch files of partner transactions.")
+def batch_cli() -> None:
+    pass
+
+
+@batch_cli.command("upload")
+@click.argument("code")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--rows", "declared", help="The rows the file should hold (checked).")
+@click.option("--no-book", is_flag=True,
+              help="Only queue the file: the worker (coalition worker) books it.")
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def batch_upload(code: str, file: Path, declared: str | None, no_book: bool,
+                 as_json: bool) -> None:
+    """Check FILE whole and book it for partner CODE, showing progress."""
+    try:
+        batch = batches.upload(partner_id(code), set(PARTNER_SCOPES), file.read_bytes(),
+                               declared)
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+    if not no_book:
+        with click.progressbar(length=batch["rows"], label=f"booking batch {batch['id']}",
+                               file=sys.stderr) as bar:
+            while batches.book_some(progress=bar.update, batch_id=batch["id"]):
+                pass
+        batch = batches.get_batch(None, batch["id"])
+    emit(batch, as_json, _batch_text(batch))
+
+
+@batch_cli.command("status")
+@click.argument("batch_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def batch_status(batch_id: int, as_json: bool) -> None:
+    """A batch and its counts so far."""
+    try:
+        batch = batches.get_batch(None, batch_id)
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+    emit(batch, as_json, _batch_text(batch))
+
+
+@batch_cli.command("results")
+@click.argument("batch_id", type=int)
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-",
+              help="Where to write the CSV (default: standard output).")
+@with_appcontext
+def batch_results(batch_id: int, output: Any) -> None:
+    """The per-row results of a batch as CSV."""
+    try:
+        for chunk in batches.results(None, batch_id):
+            output.write(chunk)
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
 # --------------------------------------------------------------------------- demo
 
 

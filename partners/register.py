@@ -1,18 +1,26 @@
 """Partners, installed on the app: the operator's and the partners' APIs, and the
-``partner`` and ``demo`` commands."""
+``partner``, ``demo`` and ``worker`` commands."""
 
 from __future__ import annotations
 
 from flask import Flask
 
 from coalition.http.errors import api_of
-from partners import admin, api
-from partners.cli import demo_cli, partner_cli
+from coalition.ledger.check import add_check
+from partners import admin, api, batches_api, funding, funding_api, webhooks_api
+from partners.cli import batch_cli, demo_cli, partner_cli
+from partners.worker import worker_command
 
 
 def init_app(app: Flask) -> None:
     rest = api_of(app)
     rest.register_blueprint(admin.blp)
     rest.register_blueprint(api.blp)
+    rest.register_blueprint(batches_api.blp)
+    rest.register_blueprint(webhooks_api.blp)
+    rest.register_blueprint(funding_api.blp)
     app.cli.add_command(partner_cli)
     app.cli.add_command(demo_cli)
+    app.cli.add_command(batch_cli)
+    app.cli.add_command(worker_command)
+    add_check(app, funding.funded_points)

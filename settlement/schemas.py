@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from coalition.schemas import StrictSchema, UTCTimestamp
+from coalition.schemas import DecimalString, StrictSchema, UTCTimestamp
 
 _AMOUNT = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}
 _MODEL = {"enum": ["operator", "clearing"], "description": "the money model of the run: "
@@ -51,6 +51,25 @@ class LateSchema(Schema):
     entries = fields.List(fields.Nested(LateEntrySchema))
 
 
+class FundingBlockSchema(Schema):
+    id = fields.Integer()
+    kind = fields.String(metadata={"enum": ["block", "reserve", "topup"]})
+    points = fields.Integer()
+    price = DecimalString()
+    currency = fields.String()
+    bought_at = UTCTimestamp()
+
+
+class StatementFundingSchema(Schema):
+    model = fields.String(metadata={"enum": ["prepaid", "postpaid"]})
+    blocks_bought = fields.List(fields.Nested(FundingBlockSchema), metadata={
+        "description": "point blocks bought in the period (top-ups included)"})
+    points_bought = fields.Integer()
+    points_used = fields.Integer(allow_none=True, metadata={
+        "description": "prepaid: the points of the period's blocks and earlier ones that "
+                       "the period's issued points used"})
+
+
 class StatementSchema(Schema):
     run = fields.Integer()
     status = fields.String()
@@ -69,6 +88,8 @@ class StatementSchema(Schema):
     lines = fields.List(fields.Nested(LineSchema))
     late_entries = fields.Nested(LateSchema, metadata={
         "description": "entries booked in the period for an earlier occurred_at"})
+    funding = fields.Nested(StatementFundingSchema, metadata={
+        "description": "the partner's funding in the period: blocks bought, points used"})
 
 
 class RunStatementSchema(Schema):

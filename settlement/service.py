@@ -18,9 +18,11 @@ from coalition.audit.service import SYSTEM, Actor, record
 from coalition.db import UnitOfWork, read, replica_read, utcnow
 from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
 from coalition.ledger import fence
+from coalition.models import Partner
 from coalition.program.service import rules_in_force
 from coalition.schemas import rfc3339
 from coalition.wording import plural, verb
+from partners import funding, webhooks
 from settlement.compute import Unpriced, compute
 from settlement.liability import Prior, liability
 from settlement.models import Break, Reconciliation, SettlementRun
@@ -184,8 +186,24 @@ def close_run(run_id: int, closed_by: str, *, actor: Actor | None = None) -> dic
         record(uow.session, actor or Actor(closed_by), "settlement.run_closed",
                f"run:{run.id}", {**_period(run), "digest": run.result_digest,
                                  "closed_by": closed_by})
+        _statements_ready(uow.session, run, now)
         uow.commit()
         return describe(run, uow.session)
+
+
+def _statements_ready(session: Any, run: SettlementRun, now: datetime) -> None:
+    """``statement.ready`` to each partner of a run being closed, in the close's own
+    transaction."""
+    codes = [s["partner"] for s in run.result["statements"]]
+    ids = {code: partner_id for code, partner_id in session.execute(
+        select(Partner.code, Partner.id).where(Partner.code.in_(codes)))}
+    for s in run.result["statements"]:
+        if s["partner"] in ids:
+            webhooks.emit(session, ids[s["partner"]], "statement.ready", {
+                "run_id": run.id, "partner": s["partner"],
+                "period_start": rfc3339(run.period_start),
+                "period_end": rfc3339(run.period_end), "currency": s.get("currency"),
+                "net": str(s["net"]) if s.get("net") is not None else None}, now)
 
 
 def journal_digest(session: Any, run: SettlementRun) -> str:
@@ -243,7 +261,10 @@ def statement(run_id: int, partner_code: str, *, only_closed: bool = False) -> d
             if s["partner"] == partner_code:
                 return {"run": run.id, "status": run.status,
                         "period_start": run.period_start, "period_end": run.period_end,
-                        **s, "model": run.model}
+                        **s, "model": run.model,
+                        "funding": funding.in_period(session, partner_code,
+                                                     run.period_start, run.period_end,
+                                                     s["issued_points"])}
         raise NotFound(f"No statement for {partner_code} in run {run_id}.")
 
 

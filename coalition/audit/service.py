@@ -25,6 +25,7 @@ from coalition.db import read, utcnow
 ACTIONS = (
     "partner.created",
     "partner.rate_card_added",
+    "partner.funding_changed",
     "client.issued",
     "client.rotated",
     "client.revoked",

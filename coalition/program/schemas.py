@@ -95,6 +95,10 @@ class ProgramRulesSchema(StrictSchema):
                   "settles its statement with the coalition) or clearing (partners pay each "
                   "other for points spent across partners, and the coalition its fees)"},
     )
+    late_posting_days = StrictInteger(
+        load_default=30, validate=validate.Range(min=1, max=3650),
+        metadata={"description": "a batch file's row that occurred more than this many "
+                  "days before the file is booked is refused"})
     terms = fields.String(load_default="", validate=validate.Length(max=20_000))
 
     @validates_schema

@@ -114,6 +114,14 @@ def test_environment_overrides_every_default(tmp_path):
         "COALITION_LOG_FORMAT": "text",
         "COALITION_SQL_ECHO": "yes",
         "COALITION_METRICS": "false",
+        "COALITION_WEBHOOK_RETRY_FOR": "600",
+        "COALITION_WEBHOOK_BACKOFF": "0.5",
+        "COALITION_WEBHOOK_MAX_BACKOFF": "60",
+        "COALITION_WEBHOOK_TIMEOUT": "2",
+        "COALITION_WEBHOOK_CONCURRENCY": "3",
+        "COALITION_BATCH_MAX_BYTES": "4096",
+        "COALITION_BATCH_CONCURRENCY": "2",
+        "COALITION_WORKER_POLL": "0.25",
         "ACCESS_TOKEN_LIFETIME": "1",  # not prefixed: ignored
     }
     assert load_settings(tmp_path, environ=environ) == {
@@ -150,6 +158,14 @@ def test_environment_overrides_every_default(tmp_path):
         "LOG_FORMAT": "text",
         "SQL_ECHO": True,
         "METRICS": False,
+        "WEBHOOK_RETRY_FOR": 600,
+        "WEBHOOK_BACKOFF": 0.5,
+        "WEBHOOK_MAX_BACKOFF": 60,
+        "WEBHOOK_TIMEOUT": 2,
+        "WEBHOOK_CONCURRENCY": 3,
+        "BATCH_MAX_BYTES": 4096,
+        "BATCH_CONCURRENCY": 2,
+        "WORKER_POLL": 0.25,
     }
 
 

@@ -56,6 +56,7 @@ def test_before_anything_is_published_the_defaults_show_as_version_0(client):
         "holds": {"default_seconds": 900, "max_seconds": 604800},
         "earn_reversal_after_spend": "take_from_other_lots",
         "settlement_model": "operator",
+        "late_posting_days": 30,
         "terms": "",
     }
 

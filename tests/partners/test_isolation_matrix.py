@@ -15,12 +15,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
 from coalition.oauth.models import PARTNER_SCOPES
+from partners.funding import configure
 from tests.conftest import bearer, empty_all_tables, fetch_token, snapshot
 from tests.seeding import Seeded, partner_maker, seed
 
@@ -28,6 +30,8 @@ GHOST_ID = 987654321
 GHOST_CODE = "nosuch"
 GHOST_REF = "no-such-ref"
 CSV = "partner_txn_id,type,member_number,points,occurred_at\n"
+BATCH = ("partner_txn_id,type,member_number,partner_member_ref,points,spend_amount,"
+         "spend_currency,occurred_at\nops-b1,earn,{member},,2,,,\n")
 
 #: the scopes a partner endpoint needs: one of them (``None``: open to any partner token)
 NEEDS: dict[tuple[str, str], set[str]] = {
@@ -45,12 +49,32 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/transactions"): {"transactions:read"},
     ("GET", "/v1/transactions/{transaction_id}"): {"transactions:read"},
     ("GET", "/v1/settlement/runs/{run_id}/statements/{partner}"): {"settlement:read"},
+    ("POST", "/v1/webhooks"): {"transactions:read"},
+    ("GET", "/v1/webhooks"): {"transactions:read"},
+    ("DELETE", "/v1/webhooks/{endpoint_id}"): {"transactions:read"},
+    ("GET", "/v1/webhooks/{endpoint_id}/deliveries"): {"transactions:read"},
+    ("POST", "/v1/webhooks/{endpoint_id}/deliveries/{delivery_id}/replay"):
+        {"transactions:read"},
+    ("POST", "/v1/batches"): {"points:earn", "points:burn"},
+    ("GET", "/v1/batches"): {"points:earn", "points:burn", "transactions:read"},
+    ("GET", "/v1/batches/{batch_id}"): {"points:earn", "points:burn", "transactions:read"},
+    ("GET", "/v1/batches/{batch_id}/results"): {"points:earn", "points:burn",
+                                                "transactions:read"},
+    ("GET", "/v1/funding"): {"settlement:read"},
 }
 
 #: partner endpoints that are not about another partner's objects: enrolling or linking
 #: by member number is how a member joins a second partner (test_isolation.py and the
 #: tests below cover that references and personal data stay each partner's own)
-NOT_OBJECTS = {("POST", "/v1/members")}
+NOT_OBJECTS = {("POST", "/v1/members"),
+               # registering an endpoint makes one of acme's own; the list shows only
+               # acme's (a test below)
+               ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks"),
+               # an upload is acme's own batch (a row naming bravo's transaction is
+               # refused as one naming none: test_batches.py); the list shows acme's only
+               ("POST", "/v1/batches"), ("GET", "/v1/batches"),
+               # a partner's funding names no object: it is always the caller's own
+               ("GET", "/v1/funding")}
 
 TOKENS = {"all": PARTNER_SCOPES, **{scope: (scope,) for scope in PARTNER_SCOPES}}
 
@@ -70,7 +94,17 @@ class Attempt:
         return f"{self.method} {self.path} {self.body if self.body is not None else ''}"
 
 
-def attempts(s: Seeded) -> list[Attempt]:
+@dataclass(frozen=True)
+class Operations:
+    """Partner operations objects: bravo's, and acme's own where a path names both."""
+
+    bravo_endpoint: int
+    bravo_delivery: int
+    acme_endpoint: int
+    bravo_batch: int
+
+
+def attempts(s: Seeded, ops: Operations) -> list[Attempt]:
     b = s.bravo
     tried: list[Attempt] = []
 
@@ -124,6 +158,22 @@ def attempts(s: Seeded) -> list[Attempt]:
             f"/v1/settlement/runs/{run}/statements/{GHOST_CODE}", names=("bravo",))
         add("GET", statements, f"/v1/settlement/runs/{run}/statements/bravo",
             f"/v1/settlement/runs/{GHOST_ID}/statements/bravo", names=(str(run),))
+    # bravo's webhook endpoint and its deliveries; bravo's delivery under acme's endpoint
+    ep, dl, own = str(ops.bravo_endpoint), str(ops.bravo_delivery), str(ops.acme_endpoint)
+    add("DELETE", "/v1/webhooks/{endpoint_id}", f"/v1/webhooks/{ep}",
+        f"/v1/webhooks/{GHOST_ID}", names=(ep,))
+    add("GET", "/v1/webhooks/{endpoint_id}/deliveries", f"/v1/webhooks/{ep}/deliveries",
+        f"/v1/webhooks/{GHOST_ID}/deliveries", names=(ep,))
+    replay = "/v1/webhooks/{endpoint_id}/deliveries/{delivery_id}/replay"
+    add("POST", replay, f"/v1/webhooks/{ep}/deliveries/{dl}/replay",
+        f"/v1/webhooks/{GHOST_ID}/deliveries/{dl}/replay", names=(ep,))
+    add("POST", replay, f"/v1/webhooks/{own}/deliveries/{dl}/replay",
+        f"/v1/webhooks/{own}/deliveries/{GHOST_ID}/replay", names=(dl,))
+    # bravo's batch and its results
+    batch = str(ops.bravo_batch)
+    for suffix in ("", "/results"):
+        add("GET", f"/v1/batches/{{batch_id}}{suffix}", f"/v1/batches/{batch}{suffix}",
+            f"/v1/batches/{GHOST_ID}{suffix}", names=(batch,))
     # acme's own statement of the draft run does not exist for acme yet either
     add("GET", statements, f"/v1/settlement/runs/{s.draft_run}/statements/acme",
         f"/v1/settlement/runs/{GHOST_ID}/statements/acme", names=(str(s.draft_run),))
@@ -199,8 +249,35 @@ def seeded(_migrated_app) -> Iterator[Seeded]:
         empty_all_tables(app)
 
 
+@pytest.fixture(scope="module")
+def ops(_migrated_app, seeded) -> Operations:
+    """Bravo's webhook endpoint with a delivery (an earn it reported), and an endpoint of
+    acme's own."""
+    client = _migrated_app.test_client()
+    with _migrated_app.app_context():
+        def endpoint(headers: dict[str, str]) -> int:
+            made = client.post("/v1/webhooks", headers=headers, json={
+                "url": "https://hooks.example.com/in", "events": ["transaction.booked"]})
+            assert made.status_code == 201, made.get_json()
+            return int(made.get_json()["id"])
+
+        bravo = endpoint(seeded.bravo.headers)
+        earned = client.post("/v1/earn", headers=seeded.bravo.headers, json={
+            "member_number": seeded.bravo_only, "partner_txn_id": "ops-e1", "points": 3})
+        assert earned.status_code == 201, earned.get_json()
+        deliveries = client.get(f"/v1/webhooks/{bravo}/deliveries",
+                                headers=seeded.bravo.headers).get_json()["items"]
+        configure("bravo", {"points": 1000, "price": Decimal("1.00"), "currency": "GBP"})
+        batch = client.post("/v1/batches", headers={**seeded.bravo.headers,
+                                                    "Content-Type": "text/csv"},
+                            data=BATCH.format(member=seeded.bravo_only))
+        assert batch.status_code == 202, batch.get_json()
+        return Operations(bravo, deliveries[0]["id"], endpoint(seeded.acme.headers),
+                          batch.get_json()["id"])
+
+
 @pytest.fixture
-def client(_migrated_app, seeded) -> Iterator[FlaskClient]:
+def client(_migrated_app, seeded, ops) -> Iterator[FlaskClient]:
     """A client on the module's coalition (not conftest's, which empties every table
     after each test)."""
     with _migrated_app.app_context():
@@ -250,12 +327,12 @@ def expected(attempt: Attempt, scopes: tuple[str, ...]) -> tuple[int, set[str]]:
 
 
 @pytest.mark.parametrize("token", list(TOKENS))
-def test_acme_is_refused_everything_of_bravos_and_learns_nothing(client, seeded, token):
+def test_acme_is_refused_everything_of_bravos_and_learns_nothing(client, seeded, ops, token):
     headers = acme_token(client, TOKENS[token])
     spec = client.get("/openapi.json").get_json()
     baseline = snapshot(client.application)
     failures = []
-    tried = attempts(seeded) + operator_attempts(seeded, spec)
+    tried = attempts(seeded, ops) + operator_attempts(seeded, spec)
     for attempt in tried:
         status, codes = expected(attempt, TOKENS[token])
         theirs = send(client, attempt, headers)
@@ -277,10 +354,10 @@ def test_acme_is_refused_everything_of_bravos_and_learns_nothing(client, seeded,
     assert not failures, f"{len(failures)} of {len(tried)}:\n" + "\n".join(failures)
 
 
-def test_the_matrix_covers_every_protected_operation(client, seeded):
+def test_the_matrix_covers_every_protected_operation(client, seeded, ops):
     """A new endpoint joins the matrix, or says here why it need not."""
     spec = client.get("/openapi.json").get_json()
-    covered = {(a.method, a.template) for a in attempts(seeded)}
+    covered = {(a.method, a.template) for a in attempts(seeded, ops)}
     covered |= {(a.method, a.template) for a in operator_attempts(seeded, spec)}
     covered |= NOT_OBJECTS | {("GET", "/v1/members/{member_number}"),
                               ("GET", "/v1/members/{member_number}/balance"),
@@ -364,3 +441,30 @@ def test_a_partner_linking_a_member_sees_no_personal_data_it_did_not_supply(clie
     assert snapshot(client.application) == before
     theirs = client.get(f"/v1/members/{shared}", headers=seeded.bravo.headers).get_json()
     assert (theirs["name"], theirs["email"]) == ("Ada", "ada@example.com")
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def test_acme_lists_only_its_own_webhook_endpoints(client, seeded, ops):
+    headers = acme_token(client, ("transactions:read",))
+    listed = client.get("/v1/webhooks", headers=headers).get_json()
+    assert [e["id"] for e in listed] == [ops.acme_endpoint]
+    theirs = client.get("/v1/webhooks", headers=seeded.bravo.headers).get_json()
+    assert [e["id"] for e in theirs] == [ops.bravo_endpoint]
+
+
+def test_acme_lists_only_its_own_batches(client, seeded, ops):
+    headers = acme_token(client, ("transactions:read",))
+    assert client.get("/v1/batches", headers=headers).get_json() == []
+    theirs = client.get("/v1/batches", headers=seeded.bravo.headers).get_json()
+    assert [b["id"] for b in theirs] == [ops.bravo_batch]
+
+
+
+def test_acme_sees_only_its_own_funding(client, seeded, ops):
+    headers = acme_token(client, ("settlement:read",))
+    mine = client.get("/v1/funding", headers=headers).get_json()
+    assert (mine["model"], mine["blocks"]) == ("postpaid", [])
+    theirs = client.get("/v1/funding", headers=seeded.bravo.headers).get_json()
+    assert (theirs["model"], len(theirs["blocks"])) == ("prepaid", 1)

@@ -1,0 +1,105 @@
+"""A partner's bookings (earn, burn, capture, reversal) with what partner operations add
+to each, in the booking's own transaction: the funding a prepaid partner's earn uses up,
+and the webhook event in the outbox.
+
+The ledger's use cases take the unit of work they book in (``units``) and keep their own
+idempotency and retries; the one given here does this work just before it commits, so a
+replay (which commits nothing) adds nothing, and a refusal here (``insufficient_funding``)
+rolls the booking back whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import bindparam, exists, select
+from sqlalchemy.orm import Session
+
+from coalition.db import UnitOfWork
+from coalition.ledger import earn_burn, holds, reversals
+from coalition.ledger.booking import PartnerRef
+from coalition.ledger.idempotency import Outcome
+from coalition.ledger.models import Entry
+from coalition.ledger.rendering import render_transaction
+from partners import funding, webhooks
+from partners.api_schemas import TransactionSchema
+from partners.models import PartnerFunding, WebhookEndpoint
+
+_E = Entry.__table__.c
+_F = PartnerFunding.__table__.c
+_EP = WebhookEndpoint.__table__.c
+_EVENTS = {"earn": "transaction.booked", "burn": "transaction.booked",
+           "hold_capture": "transaction.booked", "earn_reversal": "transaction.reversed",
+           "burn_reversal": "transaction.reversed"}
+
+# the entry just booked, the partner's funding and whether anything listens: one round trip
+_BOOKED = (
+    select(_E.id, _E.kind, _E.points, _F.model, _F.credit_limit_points,
+           _F.low_threshold_points, _F.low_raised,
+           exists().where(_EP.partner_id == bindparam("partner"), _EP.deleted_at.is_(None)))
+    .select_from(Entry.__table__.outerjoin(PartnerFunding.__table__,
+                                           _F.partner_id == _E.partner_id))
+    .where(_E.partner_id == bindparam("partner"), _E.partner_txn_id == bindparam("txn"))
+)
+
+#: more work for the same transaction, given the booked entry's id (a batch row's outcome)
+Then = Callable[[Session, int], None]
+
+
+def report(session: Session, partner: PartnerRef, partner_txn_id: str) -> int | None:
+    """Use the funding and write the event of the entry booked as ``partner_txn_id``, in
+    the caller's transaction; the entry's id."""
+    row = session.execute(_BOOKED, {"partner": partner.id, "txn": partner_txn_id}).first()
+    if row is None:
+        return None
+    entry_id, kind, points, model, credit_limit, low_threshold, low_raised, listened = row
+    metered = model == "prepaid" or (model == "postpaid" and credit_limit is not None)
+    if metered and kind in ("earn", "earn_reversal"):
+        funding.change(session, partner.id, -points if kind == "earn" else points, model,
+                       low_threshold, bool(low_raised))
+    if listened and kind in _EVENTS:
+        entry = session.get_one(Entry, entry_id)
+        body = TransactionSchema().dump(render_transaction(session, entry, partner.code))
+        webhooks.emit(session, partner.id, _EVENTS[kind], body)
+    return int(entry_id)
+
+
+class Reported(UnitOfWork):
+    """The unit of work a partner's booking runs in: it reports the booking as it
+    commits (see :func:`report`), then runs ``then``."""
+
+    def __init__(self, partner: PartnerRef, partner_txn_id: str, then: Then | None = None):
+        super().__init__()
+        self.partner = partner
+        self.partner_txn_id = partner_txn_id
+        self.then = then
+
+    def commit(self) -> None:
+        entry_id = report(self.session, self.partner, self.partner_txn_id)
+        if self.then is not None and entry_id is not None:
+            self.then(self.session, entry_id)
+        super().commit()
+
+
+def units(partner: PartnerRef, data: dict[str, Any],
+          then: Then | None = None) -> Callable[[], UnitOfWork]:
+    return lambda: Reported(partner, data["partner_txn_id"], then)
+
+
+def earn(partner: PartnerRef, data: dict[str, Any], then: Then | None = None) -> Outcome:
+    return earn_burn.earn(partner, data, units=units(partner, data, then))
+
+
+def burn(partner: PartnerRef, data: dict[str, Any], then: Then | None = None) -> Outcome:
+    return earn_burn.burn(partner, data, units=units(partner, data, then))
+
+
+def capture(partner: PartnerRef, hold_id: int, data: dict[str, Any]) -> Outcome:
+    return holds.capture_hold(partner, hold_id, data, units=units(partner, data))
+
+
+def reverse(partner: PartnerRef, transaction_id: int, data: dict[str, Any],
+            may_reverse: set[str], then: Then | None = None) -> Outcome:
+    return reversals.reverse(partner, transaction_id, data, may_reverse=may_reverse,
+                             units=units(partner, data, then))
