@@ -1,7 +1,7 @@
 """partner operations: webhooks, batch files, funding
 
 Revision ID: 0016_partner_ops
-Revises: 0012_personal_data
+Revises: 0015_analytics
 Create Date: 2026-12-05 00:19:31.027881
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import coalition.db
 
 revision = '0016_partner_ops'
-down_revision = '0012_personal_data'
+down_revision = '0015_analytics'
 branch_labels = None
 depends_on = None
 
