@@ -28,7 +28,9 @@ from coalition.db import (
     is_unreachable,
     run_with_retries,
 )
+from tests.coalition.member_ops_support import member_token
 from tests.conftest import make_test_app
+from tests.partners.support import earn, enrol, publish
 
 #: nothing listens here (the range this project's own test clusters use)
 NOWHERE = "postgresql+psycopg://postgres@127.0.0.1:18199/coalition"
@@ -223,3 +225,49 @@ def test_a_booking_whose_commit_answer_is_lost_is_answered_once(app: Flask,
         assert conn.execute(text("SELECT count(*) FROM entry WHERE partner_txn_id = "
                                  "'lost-answer'")).scalar() == 1
         assert conn.execute(text("SELECT sum(available) FROM wallet")).scalar() == 40
+
+
+@pytest.mark.postgres
+def test_a_member_transfer_whose_commit_answer_is_lost(app: Flask, make_partner,
+                                                       operator_headers) -> None:
+    """With an Idempotency-Key, the transfer is run again and answered once, as a replay;
+    without one, running it again could move the points twice, so the member is told the
+    outcome is unknown (503) — and the transfer had in fact been made, once."""
+    _, headers = make_partner("cutter")
+    client = app.test_client()
+    publish(client, operator_headers)
+    alice, bob = (enrol(client, headers, ref) for ref in ("alice", "bob"))
+    earn(client, headers, alice, "welcome", 100)
+    alice_h = member_token(alice)
+    url = make_url(app.config["DATABASE_URL"])
+    cutter = CommitCutter(url.port or 5432)
+    through = make_test_app(
+        url.set(host="127.0.0.1", port=cutter.port, query={"sslmode": "disable"})
+        .render_as_string(hide_password=False))
+    answers = []
+    try:
+        with through.app_context():
+            for key, points in (("move-1", 30), (None, 20)):
+                cutter.cut.clear()
+                cutter.armed.set()
+                answers.append(through.test_client().post(
+                    "/v1/me/transfers", json={"to_member_number": bob, "points": points},
+                    headers={**alice_h, **({"Idempotency-Key": key} if key else {})}))
+                assert cutter.cut.is_set(), "no COMMIT answer was cut"
+            db.dispose()
+    finally:
+        cutter.close()
+    keyed, unkeyed = answers
+    assert keyed.status_code == 201, keyed.get_json()
+    assert keyed.headers.get("Idempotent-Replayed") == "true"
+    assert keyed.get_json()["balance"]["available"] == 70
+    assert unkeyed.status_code == 503 and unkeyed.headers["Retry-After"]
+    assert "Idempotency-Key" in unkeyed.get_json()["message"]
+    with db.engine.connect() as conn:
+        moved = conn.execute(text("SELECT points FROM entry WHERE kind = 'transfer' "
+                                  "ORDER BY id")).scalars().all()
+        balances = dict(conn.execute(text(
+            "SELECT m.member_number, w.available FROM wallet w "
+            "JOIN member m ON m.id = w.member_id")).all())
+    assert moved == [30, 20]  # each once
+    assert (balances[alice], balances[bob]) == (50, 50)
