@@ -21,7 +21,9 @@ workers = multiprocessing.cpu_count()
 worker_class = "gthread"
 threads = 8
 # one listening socket per worker, so that the kernel spreads connections evenly (with one
-# shared socket a gthread worker takes every connection it can grab)
+# shared socket a gthread worker takes every connection it can grab). The price: connections
+# still queued on a worker's socket when that worker exits (a restart, a timeout) are reset;
+# nginx answers those 503 with Retry-After, and a partner's retry is safe (partner_txn_id).
 reuse_port = True
 
 # a worker that does not report for 30 s is killed and replaced; a stop or reload lets
