@@ -322,10 +322,13 @@ _protector = ResourceProtector()
 _protector.register_token_validator(_BearerValidator(realm=REALM))
 
 
-def require_token(scopes: list[str], kinds: tuple[str, ...] | None = None) -> Principal:
-    """Check the request's bearer token, or raise the matching 401/403."""
+def require_token(scopes: list[str], kinds: tuple[str, ...] | None = None,
+                  any_of: bool = False) -> Principal:
+    """Check the request's bearer token, or raise the matching 401/403: first the scopes
+    (every one of them, or with ``any_of`` at least one), then the kind of client."""
     try:
-        token = _protector.validate_request(scopes, FlaskJsonRequest(flask_request))
+        token = _protector.validate_request([] if any_of else scopes,
+                                            FlaskJsonRequest(flask_request))
     except OAuth2Error as error:
         headers = dict(error.get_headers())
         headers.pop("Content-Type", None)
@@ -350,6 +353,8 @@ def require_token(scopes: list[str], kinds: tuple[str, ...] | None = None) -> Pr
             raise Unauthorized(message, headers=headers) from None
         raise InvalidRequest(error.get_error_description() or error.error
                              or "invalid_request") from None
+    if any_of and not set(token.scope.split()) & set(scopes):
+        raise InsufficientScope(f"This call needs one of the scopes: {' '.join(scopes)}")
     # "finance" in kinds admits finance users' tokens (kind public, through the finance page)
     if kinds and token.kind not in kinds and not (token.finance_user and "finance" in kinds):
         raise Forbidden(f"This call is not available to {token.kind} clients.")
