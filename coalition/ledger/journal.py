@@ -22,7 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition.ledger import fence
@@ -112,23 +112,24 @@ def lock_wallet(session: Session, member_id: int) -> Balance:
     return Balance(*session.execute(_LOCK_WALLET, {"member_id": member_id}).one())
 
 
-def _lots_needed(exclude: bool) -> Any:
-    """Live lots in consumption order (earliest expiry first), up to the one that covers
-    the points asked for: a running total picks them in one query."""
+#: the first page of live lots read for a consumption; each further page is 16 times larger
+FIRST_PAGE = 16
+
+
+def _live_lots(exclude: bool) -> Any:
+    """A member's live lots with points left, in consumption order (earliest expiry
+    first), at most ``page`` of them: read from the partial index ``ix_lot_live``, so the
+    cost is that of the lots read, whatever the member's history."""
     lot = Lot.__table__.c
-    running = func.sum(lot.remaining).over(order_by=(lot.expires_at.asc().nulls_last(), lot.id))
     conditions = [lot.member_id == bindparam("member_id"), lot.state == "live",
                   lot.remaining > 0]
     if exclude:
         conditions.append(lot.id != bindparam("exclude"))
-    ordered = (select(lot.id, lot.origin_partner_id, lot.remaining, running.label("running"))
-               .where(*conditions).subquery())
-    return (select(ordered.c.id, ordered.c.origin_partner_id, ordered.c.remaining)
-            .where(ordered.c.running - ordered.c.remaining < bindparam("points"))
-            .order_by(ordered.c.running))
+    return (select(lot.id, lot.origin_partner_id, lot.remaining).where(*conditions)
+            .order_by(lot.expires_at.asc().nulls_last(), lot.id).limit(bindparam("page")))
 
 
-_LOTS_NEEDED = {False: _lots_needed(False), True: _lots_needed(True)}
+_LIVE_LOTS = {False: _live_lots(False), True: _live_lots(True)}
 
 
 def take_from_live_lots(
@@ -136,18 +137,26 @@ def take_from_live_lots(
 ) -> list[Take]:
     """Take ``points`` from the member's live lots, earliest expiry first.
 
-    The caller has already debited the wallet (so the points are there).
+    The caller has already debited the wallet (so the points are there) and holds its
+    lock (so the lots do not change under this read). Lots are read a page at a time and
+    the reading stops once the points are covered: usually one short page.
     """
-    params = {"member_id": member_id, "points": points}
+    params: dict[str, Any] = {"member_id": member_id, "page": FIRST_PAGE}
     if exclude_lot is not None:
         params["exclude"] = exclude_lot
-    rows = session.execute(_LOTS_NEEDED[exclude_lot is not None], params).all()
-    takes: list[Take] = []
-    left = points
-    for lot_id, origin, remaining in rows:
-        taken = min(remaining, left)
-        takes.append(Take(lot_id, origin, -taken))
-        left -= taken
+    while True:
+        rows = session.execute(_LIVE_LOTS[exclude_lot is not None], params).all()
+        takes: list[Take] = []
+        left = points
+        for lot_id, origin, remaining in rows:
+            if not left:
+                break
+            taken = min(remaining, left)
+            takes.append(Take(lot_id, origin, -taken))
+            left -= taken
+        if not left or len(rows) < params["page"]:
+            break
+        params["page"] *= 16
     if left:
         raise LedgerInconsistency(f"member {member_id}: lots short of the wallet by {left}")
     apply_takes(session, takes)
