@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar, cast
 from flask import Flask, current_app
 from sqlalchemy import (
     BigInteger,
+    Connection,
     DateTime,
     Engine,
     Integer,
@@ -168,9 +169,12 @@ class _State:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.writer = sessionmaker(engine, expire_on_commit=False)
-        self.reader = sessionmaker(
-            engine.execution_options(coalition_readonly=True), expire_on_commit=False
-        )
+        readonly = engine.execution_options(coalition_readonly=True)
+        self.reader = sessionmaker(readonly, expire_on_commit=False)
+        # PostgreSQL runs a lone read without BEGIN and ROLLBACK; SQLite's driver is set up
+        # for explicit transactions (see _configure_sqlite), where a read costs nothing more
+        self.single = (engine.execution_options(isolation_level="AUTOCOMMIT")
+                       if engine.dialect.name == "postgresql" else readonly)
 
 
 def build_engine(
@@ -296,6 +300,18 @@ def run_with_retries(work: Callable[[], T], attempts: int | None = None) -> T:
             # jittered exponential backoff, capped so a long retry budget stays bounded
             time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def read_once() -> Iterator[Connection]:
+    """A connection for one read statement that needs no transaction of its own.
+
+    On PostgreSQL it runs in autocommit: one round trip, no ``BEGIN`` and no ``ROLLBACK``;
+    and since psycopg answers every ``ROLLBACK`` with ``DEALLOCATE ALL``, the connection
+    keeps its prepared statements for the requests that follow.
+    """
+    with db._state.single.connect() as connection:
+        yield connection
 
 
 @contextmanager
