@@ -244,7 +244,12 @@ class UnitOfWork:
         self.session = db.session(readonly=self.readonly)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # A read ends with COMMIT rather than ROLLBACK: the same to the database, but psycopg
+        # answers every ROLLBACK with DEALLOCATE ALL, which would throw away the prepared
+        # statements of the pooled connection for every request that uses it next.
+        if self.readonly and exc_type is None and self.session.in_transaction():
+            self.session.commit()
         # close() rolls back whatever was not committed and detaches the objects without
         # expiring them, so plain results loaded here stay readable after the block.
         self.session.close()
