@@ -127,7 +127,7 @@ def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[s
         checked: set[str] = set()
         bad_bodies: list[str] = []
         last_done = t_measure
-        prefix = f"{plan['tag']}-{plan['scenario'][0]}{proc_index}.{index}-"
+        prefix = f"{plan['tag']}-{plan['scenario']}{proc_index}.{index}-"
         delay = t_start - time.monotonic_ns()
         if delay > 0:
             time.sleep(delay / 1e9)

@@ -17,7 +17,13 @@ from coalition.db import UnitOfWork, Units
 from coalition.errors import InvalidRequest, NoRateCard
 from coalition.ledger import journal, tiers
 from coalition.ledger.bonuses import release_welcome_bonus
-from coalition.ledger.booking import PartnerRef, check_occurred, debit_wallet, partner_of
+from coalition.ledger.booking import (
+    PartnerRef,
+    check_occurred,
+    debit_wallet,
+    partner_of,
+    refuse_wallet_change,
+)
 from coalition.ledger.idempotency import Outcome, first_read, idempotent, request_hash
 from coalition.ledger.models import Member, Wallet
 from coalition.ledger.rendering import render_transaction, transaction_body
@@ -78,26 +84,23 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
         pending_until = now + timedelta(days=pending_days) if pending_days else None
         expiry = rules["expiry"]
         expires_at = add_months(now, expiry["months"]) if expiry["policy"] == "fixed" else None
-        if pending_until:
-            balance = debit_wallet(session, member, now, pending=points)
-            account = "member:pending"
-        else:
-            balance = debit_wallet(session, member, now, available=points)
-            account = "member:available"
-        entry_id = journal.book_entry(
-            session, kind="earn", booked_at=now, occurred_at=data.get("occurred_at"),
-            points=points, partner_id=partner.id, member_id=member.id,
-            partner_txn_id=data["partner_txn_id"], request_hash=digest,
-            spend_amount=spend["amount"] if spend else None,
-            spend_currency=spend["currency"] if spend else None, balance=balance,
+        credit = {"pending" if pending_until else "available": points}
+        booked = journal.credit_with_lot(
+            session, member_id=member.id, activity_at=now, **credit,
+            kind="earn", booked_at=now, occurred_at=data.get("occurred_at"),
+            points=points, partner_id=partner.id, partner_txn_id=data["partner_txn_id"],
+            request_hash=digest, spend_amount=spend["amount"] if spend else None,
+            spend_currency=spend["currency"] if spend else None,
             postings=[("partner:issued", None, partner.id, -points),
-                      (account, member.id, None, points)],
+                      ("member:pending" if pending_until else "member:available",
+                       member.id, None, points)],
+            lot=journal.NewLot(origin_partner_id=partner.id, source="earn", points=points,
+                               earned_at=now, expires_at=expires_at,
+                               pending_until=pending_until),
         )
-        journal.create_lot(
-            session, member_id=member.id, origin_partner_id=partner.id, source="earn",
-            entry_id=entry_id, points=points, earned_at=now, expires_at=expires_at,
-            pending_until=pending_until,
-        )
+        if booked is None:
+            refuse_wallet_change(member, **credit)
+        balance, entry_id = booked
         tiers.upgrade(session, member.id, member.tier, rules, now)
         return transaction_body(
             entry_id=entry_id, kind="earn", partner_code=partner.code,

@@ -22,7 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, insert, select, update
+from sqlalchemy import and_, bindparam, case, insert, select, true, union_all, update
 from sqlalchemy.orm import Session
 
 from coalition.ledger import fence
@@ -215,6 +215,33 @@ _INSERT_MOVEMENT = insert(LotMovement.__table__)
 _INSERT_LOT = insert(Lot.__table__).returning(Lot.__table__.c.id)
 
 
+def _priced_at(kind: str, postings: list[tuple[str, int | None, int | None, int]]) -> int | None:
+    """Check an entry's postings (two or more, summing to zero, at one partner at most)
+    and return the partner whose accounts they touch (settlement prices those)."""
+    if len(postings) < 2 or sum(p[3] for p in postings) != 0:
+        raise LedgerInconsistency(
+            f"{kind}: an entry needs two or more postings summing to zero: {postings}")
+    priced = {partner for account, _, partner, _ in postings
+              if partner is not None and account.startswith("partner:")}
+    if len(priced) > 1:
+        raise LedgerInconsistency(f"{kind}: an entry is at one partner at most: {postings}")
+    return next(iter(priced), None)
+
+
+def _entry_values(kind: str, booked_at: datetime, points: int, occurred_at: datetime | None,
+                  partner_id: int | None, member_id: int | None, partner_txn_id: str | None,
+                  request_hash: str | None, reference_id: int | None,
+                  spend_amount: Decimal | None, spend_currency: str | None,
+                  note: str | None, sender_named: bool | None) -> dict[str, Any]:
+    return {
+        "kind": kind, "booked_at": booked_at, "occurred_at": occurred_at or booked_at,
+        "partner_id": partner_id, "member_id": member_id, "partner_txn_id": partner_txn_id,
+        "request_hash": request_hash, "points": points, "reference_id": reference_id,
+        "spend_amount": spend_amount, "spend_currency": spend_currency,
+        "note": note, "sender_named": sender_named,
+    }
+
+
 def book_entry(
     session: Session,
     *,
@@ -238,28 +265,18 @@ def book_entry(
     """Write one entry with its postings ``(account, member_id, partner_id, points)`` and
     the lot movements of ``takes``; returns the entry id."""
     postings = [p for p in postings if p[3] != 0]
-    if len(postings) < 2 or sum(p[3] for p in postings) != 0:
-        raise LedgerInconsistency(
-            f"{kind}: an entry needs two or more postings summing to zero: {postings}")
-    # settlement prices what is booked on a partner's accounts (issued, redeemed)
-    priced = {partner for account, _, partner, _ in postings
-              if partner is not None and account.startswith("partner:")}
-    if len(priced) > 1:
-        raise LedgerInconsistency(f"{kind}: an entry is at one partner at most: {postings}")
-    priced_at = next(iter(priced), None)
+    priced_at = _priced_at(kind, postings)
     in_statement = fence.in_statement(session)
     if not in_statement:
         fence.judge(booked_at, *fence.read(session, priced_at, booked_at))
     statement = _INSERT_ENTRY_FENCED[priced_at is not None] if in_statement else _INSERT_ENTRY
     row = session.execute(statement, {
-        "kind": kind, "booked_at": booked_at, "occurred_at": occurred_at or booked_at,
-        "partner_id": partner_id, "member_id": member_id, "partner_txn_id": partner_txn_id,
-        "request_hash": request_hash, "points": points, "reference_id": reference_id,
-        "spend_amount": spend_amount, "spend_currency": spend_currency,
+        **_entry_values(kind, booked_at, points, occurred_at, partner_id, member_id,
+                        partner_txn_id, request_hash, reference_id, spend_amount,
+                        spend_currency, note, sender_named),
         "available_after": balance.available if balance else None,
         "pending_after": balance.pending if balance else None,
         "held_after": balance.held if balance else None,
-        "note": note, "sender_named": sender_named,
         **(fence.parameters(priced_at, booked_at) if in_statement else {}),
     }).one()
     entry_id = row[0]
@@ -303,6 +320,137 @@ def create_lot(
         "state": "pending" if pending_until or pending else "live",
         "earned_at": earned_at, "expires_at": expires_at, "pending_until": pending_until,
     }).scalar_one()
+
+
+@dataclass(frozen=True)
+class NewLot:
+    """The lot that an entry's points go into (see :func:`create_lot`)."""
+
+    origin_partner_id: int | None
+    source: str
+    points: int
+    earned_at: datetime
+    expires_at: datetime | None
+    pending_until: datetime | None = None
+    pending: bool = False
+
+    def values(self, member_id: int) -> dict[str, Any]:
+        return {"member_id": member_id, "origin_partner_id": self.origin_partner_id,
+                "source": self.source, "points": self.points, "remaining": self.points,
+                "state": "pending" if self.pending_until or self.pending else "live",
+                "earned_at": self.earned_at, "expires_at": self.expires_at,
+                "pending_until": self.pending_until}
+
+
+_ENTRY_FIELDS = ("kind", "booked_at", "occurred_at", "partner_id", "member_id",
+                 "partner_txn_id", "request_hash", "points", "reference_id", "spend_amount",
+                 "spend_currency", "note", "sender_named")
+_LOT_FIELDS = ("member_id", "origin_partner_id", "source", "points", "remaining", "state",
+               "earned_at", "expires_at", "pending_until")
+_POSTING_FIELDS = ("account", "member_id", "partner_id", "points")
+_credits: dict[tuple[Any, ...], Any] = {}
+
+
+def _param(table: Any, name: str, prefix: str) -> Any:
+    return bindparam(prefix + name, type_=table.c[name].type)
+
+
+def _credit_statement(signs: tuple[int, int, int], priced: bool, postings: int) -> Any:
+    """PostgreSQL: the guarded wallet UPDATE, the entry with the balances it returned, the
+    postings and the lot, as one statement of data-modifying CTEs: each INSERT reads the
+    row the step before returned, so a wallet change refused by its guard writes nothing."""
+    key = (signs, priced, postings)
+    statement = _credits.get(key)
+    if statement is not None:
+        return statement
+    entry, posting = Entry.__table__, Posting.__table__
+    w = _wallet_update(signs, True).cte("w")
+    e = (insert(entry)
+         .from_select([*_ENTRY_FIELDS, "available_after", "pending_after", "held_after"],
+                      select(*[_param(entry, f, "e_") for f in _ENTRY_FIELDS],
+                             w.c.available, w.c.pending, w.c.held))
+         .returning(entry.c.id.label("entry_id"),
+                    *[c.label(n) for c, n in zip(fence.returning(priced),
+                                                 ("closed_until", "priced"), strict=False)])
+         .cte("e"))
+    p = (insert(posting)
+         .from_select(["entry_id", *_POSTING_FIELDS], union_all(*[
+             select(e.c.entry_id, *[_param(posting, f, f"p{i}_") for f in _POSTING_FIELDS])
+             for i in range(postings)]))
+         .cte("p"))
+    lot = (insert(_L)
+           .from_select([*_LOT_FIELDS, "entry_id"],
+                        select(*[_param(_L, f, "l_") for f in _LOT_FIELDS], e.c.entry_id))
+           .returning(_L.c.id.label("lot_id"))
+           .cte("l"))
+    columns = [w.c.available, w.c.pending, w.c.held, e.c.entry_id, e.c.closed_until,
+               *([e.c.priced] if priced else []), lot.c.lot_id]
+    statement = (select(*columns).select_from(w.join(e, true()).join(lot, true()))
+                 .add_cte(p))
+    _credits[key] = statement
+    return statement
+
+
+def credit_with_lot(
+    session: Session,
+    *,
+    member_id: int,
+    activity_at: datetime,
+    available: int = 0,
+    pending: int = 0,
+    kind: str,
+    booked_at: datetime,
+    points: int,
+    postings: Iterable[tuple[str, int | None, int | None, int]],
+    lot: NewLot,
+    occurred_at: datetime | None = None,
+    partner_id: int | None = None,
+    partner_txn_id: str | None = None,
+    request_hash: str | None = None,
+    spend_amount: Decimal | None = None,
+    spend_currency: str | None = None,
+    note: str | None = None,
+) -> tuple[Balance, int] | None:
+    """Change the member's wallet (:func:`change_wallet`), write the entry that explains it
+    (:func:`book_entry`, with the balances after the change) and the lot its points are in
+    (:func:`create_lot`); ``None`` (nothing written) when the wallet refused the change.
+    Returns the balances and the entry id.
+
+    On PostgreSQL it is one statement, one round trip (:func:`_credit_statement`); elsewhere
+    the three steps run one after the other, with the same answers.
+    """
+    postings = [p for p in postings if p[3] != 0]
+    priced_at = _priced_at(kind, postings)
+    entry = _entry_values(kind, booked_at, points, occurred_at, partner_id, member_id,
+                          partner_txn_id, request_hash, None, spend_amount, spend_currency,
+                          note, None)
+    if not fence.in_statement(session):
+        balance = change_wallet(session, member_id, available=available, pending=pending,
+                                activity_at=activity_at)
+        if balance is None:
+            return None
+        entry_id = book_entry(session, postings=postings, balance=balance, **entry)
+        create_lot(session, member_id=member_id, origin_partner_id=lot.origin_partner_id,
+                   source=lot.source, entry_id=entry_id, points=lot.points,
+                   earned_at=lot.earned_at, expires_at=lot.expires_at,
+                   pending_until=lot.pending_until, pending=lot.pending)
+        return balance, entry_id
+    params: dict[str, Any] = {
+        "b_member": member_id, "d_available": available, "d_pending": pending, "d_held": 0,
+        "b_activity_at": activity_at, **fence.parameters(priced_at, booked_at),
+        **{f"e_{name}": value for name, value in entry.items()},
+        **{f"l_{name}": value for name, value in lot.values(member_id).items()}}
+    for i, posting in enumerate(postings):
+        params.update({f"p{i}_{name}": value
+                       for name, value in zip(_POSTING_FIELDS, posting, strict=True)})
+    statement = _credit_statement((_sign(available), _sign(pending), 0),
+                                  priced_at is not None, len(postings))
+    row = session.execute(statement, params).first()
+    if row is None:
+        return None
+    fence.judge(booked_at, row.closed_until, bool(row.priced) if priced_at else True)
+    note_booked(session, kind)
+    return Balance(row.available, row.pending, row.held), row.entry_id
 
 
 class LedgerInconsistency(RuntimeError):
