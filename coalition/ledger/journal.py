@@ -242,6 +242,73 @@ def _entry_values(kind: str, booked_at: datetime, points: int, occurred_at: date
     }
 
 
+_POSTING_FIELDS = ("account", "member_id", "partner_id", "points")
+
+
+def _param(table: Any, name: str, prefix: str) -> Any:
+    return bindparam(prefix + name, type_=table.c[name].type)
+
+
+#: lot movements an entry writes within its own statement on PostgreSQL; more (a burn
+#: across many lots) are written by a statement of their own
+MOVES_IN_STATEMENT = 8
+_ENTRY_COLUMNS = ("kind", "booked_at", "occurred_at", "partner_id", "member_id",
+                  "partner_txn_id", "request_hash", "points", "reference_id", "spend_amount",
+                  "spend_currency", "note", "sender_named", "available_after",
+                  "pending_after", "held_after")
+_MOVE_FIELDS = ("lot_id", "points", "origin_partner_id")
+_entries: dict[tuple[bool, int, int], Any] = {}
+
+
+def _entry_statement(priced: bool, postings: int, moves: int) -> Any:
+    """PostgreSQL: the entry (passing the fence), its postings and its lot movements as
+    one statement of data-modifying CTEs, the postings and movements reading the id that
+    the entry's INSERT returned."""
+    key = (priced, postings, moves)
+    statement = _entries.get(key)
+    if statement is not None:
+        return statement
+    entry, posting, movement = Entry.__table__, Posting.__table__, LotMovement.__table__
+    e = (insert(entry).values({f: _param(entry, f, "e_") for f in _ENTRY_COLUMNS})
+         .returning(entry.c.id.label("entry_id"),
+                    *[c.label(n) for c, n in zip(fence.returning(priced),
+                                                 ("closed_until", "priced"), strict=False)])
+         .cte("e"))
+    ctes = [insert(posting).from_select(["entry_id", *_POSTING_FIELDS], union_all(*[
+        select(e.c.entry_id, *[_param(posting, f, f"p{i}_") for f in _POSTING_FIELDS])
+        for i in range(postings)])).cte("p")]
+    if moves:
+        ctes.append(insert(movement).from_select(
+            ["entry_id", *_MOVE_FIELDS, "entry_kind", "entry_partner_id", "entry_booked_at"],
+            union_all(*[select(e.c.entry_id,
+                               *[_param(movement, f, f"m{i}_") for f in _MOVE_FIELDS],
+                               _param(entry, "kind", "e_"), _param(entry, "partner_id", "e_"),
+                               _param(entry, "booked_at", "e_"))
+                        for i in range(moves)])).cte("m"))
+    columns = [e.c.entry_id, e.c.closed_until, *([e.c.priced] if priced else [])]
+    statement = select(*columns).add_cte(*ctes)
+    _entries[key] = statement
+    return statement
+
+
+def _book_in_one_statement(session: Session, values: dict[str, Any],
+                           postings: list[tuple[str, int | None, int | None, int]],
+                           takes: Sequence[Take], priced_at: int | None) -> int:
+    params: dict[str, Any] = {**{f"e_{name}": value for name, value in values.items()},
+                              **fence.parameters(priced_at, values["booked_at"])}
+    for i, posting in enumerate(postings):
+        params.update({f"p{i}_{name}": value
+                       for name, value in zip(_POSTING_FIELDS, posting, strict=True)})
+    for i, take in enumerate(takes):
+        params.update({f"m{i}_lot_id": take.lot_id, f"m{i}_points": take.points,
+                       f"m{i}_origin_partner_id": take.origin_partner_id})
+    row = session.execute(_entry_statement(priced_at is not None, len(postings), len(takes)),
+                          params).one()
+    fence.judge(values["booked_at"], row.closed_until,
+                bool(row.priced) if priced_at is not None else True)
+    return int(row.entry_id)
+
+
 def book_entry(
     session: Session,
     *,
@@ -267,17 +334,23 @@ def book_entry(
     postings = [p for p in postings if p[3] != 0]
     priced_at = _priced_at(kind, postings)
     in_statement = fence.in_statement(session)
-    if not in_statement:
-        fence.judge(booked_at, *fence.read(session, priced_at, booked_at))
-    statement = _INSERT_ENTRY_FENCED[priced_at is not None] if in_statement else _INSERT_ENTRY
-    row = session.execute(statement, {
+    values = {
         **_entry_values(kind, booked_at, points, occurred_at, partner_id, member_id,
                         partner_txn_id, request_hash, reference_id, spend_amount,
                         spend_currency, note, sender_named),
         "available_after": balance.available if balance else None,
         "pending_after": balance.pending if balance else None,
         "held_after": balance.held if balance else None,
-        **(fence.parameters(priced_at, booked_at) if in_statement else {}),
+    }
+    if in_statement and len(takes) <= MOVES_IN_STATEMENT:
+        entry_id = _book_in_one_statement(session, values, postings, takes, priced_at)
+        note_booked(session, kind)
+        return entry_id
+    if not in_statement:
+        fence.judge(booked_at, *fence.read(session, priced_at, booked_at))
+    statement = _INSERT_ENTRY_FENCED[priced_at is not None] if in_statement else _INSERT_ENTRY
+    row = session.execute(statement, {
+        **values, **(fence.parameters(priced_at, booked_at) if in_statement else {}),
     }).one()
     entry_id = row[0]
     if in_statement:
@@ -347,12 +420,7 @@ _ENTRY_FIELDS = ("kind", "booked_at", "occurred_at", "partner_id", "member_id",
                  "spend_currency", "note", "sender_named")
 _LOT_FIELDS = ("member_id", "origin_partner_id", "source", "points", "remaining", "state",
                "earned_at", "expires_at", "pending_until")
-_POSTING_FIELDS = ("account", "member_id", "partner_id", "points")
 _credits: dict[tuple[Any, ...], Any] = {}
-
-
-def _param(table: Any, name: str, prefix: str) -> Any:
-    return bindparam(prefix + name, type_=table.c[name].type)
 
 
 def _credit_statement(signs: tuple[int, int, int], priced: bool, postings: int) -> Any:
