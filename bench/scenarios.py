@@ -4,7 +4,14 @@
 * ``burn``: burn 10 points over many pre-loaded members;
 * ``mixed``: earn and burn at random over the pre-loaded members;
 * ``hot``: earn 10 and burn 10 at random on a few members, contending for their wallet
-  rows (a 409 ``insufficient_points`` is an expected business answer there).
+  rows (a 409 ``insufficient_points`` is an expected business answer there);
+* ``balance``: ``GET /v1/members/{n}/balance`` over the pre-loaded members;
+* ``history``: burn 10 and read the balance, at random, on a member with a deep history of
+  live lots (``--history-lots``) and on one with 10: the cost of history, as a ratio;
+* ``hot64``: earn 10 and burn 10 at random on ONE member from ``--hot-concurrency``
+  clients (64): the hottest wallet row.
+
+A request whose body is ``None`` is a GET.
 """
 
 from __future__ import annotations
@@ -15,19 +22,21 @@ from typing import Any
 
 from harness.load import RequestFactory
 
-SCENARIOS = ("earn", "burn", "mixed", "hot")
+SCENARIOS = ("earn", "burn", "mixed", "hot", "balance", "history", "hot64")
 
 
 def pool_sizes(scenarios: list[str], members: int, hot_members: int) -> dict[str, int]:
     """Members to enrol per pool. The burn pool is always loaded: besides feeding burn and
     mixed, its entries are the history the planner statistics are taken from."""
     wanted = {"earn": members if "earn" in scenarios else 0, "burn": members,
-              "hot": hot_members if "hot" in scenarios else 0}
+              "hot": hot_members if "hot" in scenarios else 0,
+              "history": 2 if "history" in scenarios else 0,
+              "hot64": 1 if "hot64" in scenarios else 0}
     return {k: v for k, v in wanted.items() if v}
 
 
 def request_factory(scenario: str, pools: dict[str, list[str]],
-                    earn_body: str) -> RequestFactory:
+                    earn_body: str) -> RequestFactory:  # noqa: C901 - one branch a scenario
     """``factory(rng, partner_txn_id) -> (op, path, body)`` for one scenario."""
 
     def earn(rng: random.Random, member: str, txn: str) -> tuple[str, str, bytes]:
@@ -56,12 +65,26 @@ def request_factory(scenario: str, pools: dict[str, list[str]],
             return earn(rng, member, txn) if rng.random() < 0.5 else book("burn", member, txn, 10)
 
         return mixed
-    if scenario == "hot":
-        members = pools["hot"]
+    if scenario in ("hot", "hot64"):
+        members = pools[scenario]
 
         def hot(rng: random.Random, txn: str) -> tuple[str, str, bytes]:
             member = rng.choice(members)
             return book("earn" if rng.random() < 0.5 else "burn", member, txn, 10)
 
         return hot
+    if scenario == "balance":
+        members = pools["burn"]
+        return lambda rng, txn: ("balance", f"/v1/members/{rng.choice(members)}/balance", None)
+    if scenario == "history":
+        deep, shallow = pools["history"]
+
+        def history(rng: random.Random, txn: str) -> tuple[str, str, bytes | None]:
+            depth, member = rng.choice((("deep", deep), ("shallow", shallow)))
+            if rng.random() < 0.5:
+                op, path, body = book("burn", member, txn, 10)
+                return f"burn-{depth}", path, body
+            return f"balance-{depth}", f"/v1/members/{member}/balance", None
+
+        return history
     raise ValueError(scenario)

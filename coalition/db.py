@@ -26,6 +26,7 @@ import psycopg
 from flask import Flask, current_app
 from sqlalchemy import (
     BigInteger,
+    Connection,
     DateTime,
     Engine,
     Integer,
@@ -195,9 +196,12 @@ class _State:
     def __init__(self, engine: Engine, replica: Replica | None = None) -> None:
         self.engine = engine
         self.writer = sessionmaker(engine, expire_on_commit=False)
-        self.reader = sessionmaker(
-            engine.execution_options(coalition_readonly=True), expire_on_commit=False
-        )
+        readonly = engine.execution_options(coalition_readonly=True)
+        self.reader = sessionmaker(readonly, expire_on_commit=False)
+        # PostgreSQL runs a lone read without BEGIN and ROLLBACK; SQLite's driver is set up
+        # for explicit transactions (see _configure_sqlite), where a read costs nothing more
+        self.single = (engine.execution_options(isolation_level="AUTOCOMMIT")
+                       if engine.dialect.name == "postgresql" else readonly)
         self.replica = replica
         self.replica_reader = sessionmaker(
             replica.engine.execution_options(coalition_readonly=True),
@@ -361,7 +365,12 @@ class UnitOfWork:
         self.session = db.session(readonly=self.readonly, replica=self.replica)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # A read ends with COMMIT rather than ROLLBACK: the same to the database, but psycopg
+        # answers every ROLLBACK with DEALLOCATE ALL, which would throw away the prepared
+        # statements of the pooled connection for every request that uses it next.
+        if self.readonly and exc_type is None and self.session.in_transaction():
+            self.session.commit()
         # close() rolls back whatever was not committed and detaches the objects without
         # expiring them, so plain results loaded here stay readable after the block.
         self.session.close()
@@ -467,6 +476,18 @@ def run_with_retries(work: Callable[[], T], attempts: int | None = None, *,
                 raise
             # jittered exponential backoff, capped so a long retry budget stays bounded
             time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+
+
+@contextmanager
+def read_once() -> Iterator[Connection]:
+    """A connection for one read statement that needs no transaction of its own.
+
+    On PostgreSQL it runs in autocommit: one round trip, no ``BEGIN`` and no ``ROLLBACK``;
+    and since psycopg answers every ``ROLLBACK`` with ``DEALLOCATE ALL``, the connection
+    keeps its prepared statements for the requests that follow.
+    """
+    with db._state.single.connect() as connection:
+        yield connection
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from .cpu import own_cpu_seconds
 from .processes import STOP, BenchError, wait_until
 
 #: ``factory(rng, partner_txn_id) -> (operation, path, JSON body)``: one scenario's requests
-RequestFactory = Callable[[random.Random, str], tuple[str, str, bytes]]
+RequestFactory = Callable[[random.Random, str], tuple[str, str, bytes | None]]
 
 #: outcomes that are answers, not errors: a burn beyond the balance is a business answer
 ANSWERS = ("ok", "insufficient_points")
@@ -127,7 +127,7 @@ def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[s
         checked: set[str] = set()
         bad_bodies: list[str] = []
         last_done = t_measure
-        prefix = f"{plan['tag']}-{plan['scenario'][0]}{proc_index}.{index}-"
+        prefix = f"{plan['tag']}-{plan['scenario']}{proc_index}.{index}-"
         delay = t_start - time.monotonic_ns()
         if delay > 0:
             time.sleep(delay / 1e9)
@@ -139,7 +139,8 @@ def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[s
                     break
                 op, path, body = factory(rng, f"{prefix}{sent}")
                 try:
-                    status, data = client.call("POST", path, body)
+                    status, data = client.call("GET" if body is None else "POST", path,
+                                               body)
                 except ClientError:
                     status, data = 0, b""
                 done = time.monotonic_ns()
@@ -157,7 +158,12 @@ def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[s
                     checked.add(op)
                     with contextlib.suppress(ValueError):
                         answer = json.loads(data)
-                        if not (isinstance(answer, dict) and answer.get("type") == op):
+                        # a transaction answers with its type; a balance with its points
+                        kind = op.split("-")[0]
+                        expected = ("available" if kind == "balance" else "type",
+                                    None if kind == "balance" else kind)
+                        if not (isinstance(answer, dict) and expected[0] in answer and (
+                                expected[1] is None or answer[expected[0]] == expected[1])):
                             bad_bodies.append(data[:300].decode(errors="replace"))
         finally:
             client.close()

@@ -15,7 +15,17 @@ HEAD = ["scenario/op", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "max m
 WIDTHS = [12, 8, 8, 7, 7, 7, 8, 9, 6]
 RULE = "=" * 96
 TARGETS = (("ratio", "earn throughput / pgbench tps = {value:.2f}  (target {target}: {met})"),
-           ("earn_p99_ms", "earn p99 = {value:.1f} ms  (target {target} ms: {met})"))
+           ("earn_p99_ms", "earn p99 = {value:.1f} ms  (target {target} ms: {met})"),
+           ("balance_ratio",
+            "balance reads / pgbench tps = {value:.2f}  (target {target}: {met})"),
+           ("history_burn", "burn p50, deep history / 10 lots = {value:.2f}  "
+                            "(target {target}: {met})"),
+           ("history_balance", "balance p50, deep history / 10 lots = {value:.2f}  "
+                               "(target {target}: {met})"),
+           ("hot64_rps", "one hot member, earn+burn = {value:.0f}/s  (target {target}, "
+                         "no error: {met})"),
+           ("hot64_p99_ms", "one hot member, p99 = {value:.1f} ms  (target {target} ms, "
+                            "no error: {met})"))
 
 
 def machine_facts() -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -52,9 +53,15 @@ def debit_wallet(session: Session, member: MemberRef, now: datetime, available: 
     balance = journal.change_wallet(session, member.id, available=available, held=held,
                                     pending=pending, activity_at=now)
     if balance is None:
-        # a change that takes points (a hold moves them from available to held) is refused
-        # for want of them; only a pure credit can be refused by the limit
-        if available >= 0 and pending >= 0 and held >= 0:
-            raise BalanceLimit("The member's balance would exceed the largest allowed.")
-        raise InsufficientPoints(f"Member {member.member_number} does not have enough points.")
+        refuse_wallet_change(member, available, held, pending)
     return balance
+
+
+def refuse_wallet_change(member: MemberRef, available: int = 0, held: int = 0,
+                         pending: int = 0) -> NoReturn:
+    """The refusal of a wallet change whose guard failed: a change that takes points (a
+    hold moves them from available to held) is refused for want of them; only a pure
+    credit can be refused by the limit."""
+    if available >= 0 and pending >= 0 and held >= 0:
+        raise BalanceLimit("The member's balance would exceed the largest allowed.")
+    raise InsufficientPoints(f"Member {member.member_number} does not have enough points.")

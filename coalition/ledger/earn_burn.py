@@ -17,18 +17,34 @@ from coalition.db import UnitOfWork, Units
 from coalition.errors import InvalidRequest, NoRateCard
 from coalition.ledger import journal, tiers
 from coalition.ledger.bonuses import release_welcome_bonus
-from coalition.ledger.booking import PartnerRef, check_occurred, debit_wallet, partner_of
-from coalition.ledger.idempotency import Outcome, idempotent, request_hash
-from coalition.ledger.lookup import active_member
+from coalition.ledger.booking import (
+    PartnerRef,
+    check_occurred,
+    debit_wallet,
+    partner_of,
+    refuse_wallet_change,
+)
+from coalition.ledger.idempotency import Outcome, first_read, idempotent, request_hash
+from coalition.ledger.models import Member, Wallet
 from coalition.ledger.rendering import render_transaction, transaction_body
 from coalition.models import RateCard
 from coalition.money import floor_points
-from coalition.program.service import rules_in_force
+from coalition.program.service import latest_version_columns, rules_of_version
 
 _EARN_RATE = (select(RateCard.__table__.c.earn_rate)
               .where(RateCard.__table__.c.partner_id == bindparam("partner"),
                      RateCard.__table__.c.valid_from <= bindparam("now"))
               .order_by(RateCard.__table__.c.valid_from.desc()).limit(1))
+_W = Wallet.__table__.c
+_m = Member.__table__.c
+
+
+def _earn_needs() -> list[Any]:
+    """What an earn reads with its member, in its first statement: the rules' version, the
+    partner's earn rate in force now, and the member's pending points (none pending: no
+    welcome bonus waits, :func:`~coalition.ledger.bonuses.release_welcome_bonus`)."""
+    return [*latest_version_columns(), _EARN_RATE.scalar_subquery(),
+            select(_W.pending).where(_W.member_id == _m.id).scalar_subquery()]
 
 
 def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
@@ -40,15 +56,15 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
     def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
         check_occurred(data.get("occurred_at"), now)
-        member = active_member(session, partner.id, data)
-        rules = rules_in_force(session)
+        member, (version, published_at, earn_rate, pending) = first_read(
+            session, partner, data["partner_txn_id"], data, ("earn", _earn_needs),
+            {"now": now})
+        rules = rules_of_version(session, version, published_at)
         spend = data.get("spend")
         if spend is not None:
             if spend["currency"] != partner.currency:
                 message = f"This partner earns in {partner.currency}."
                 raise InvalidRequest(message, errors={"spend": {"currency": [message]}})
-            earn_rate = session.execute(_EARN_RATE, {"partner": partner.id,
-                                                     "now": now}).scalar()
             if earn_rate is None:
                 raise NoRateCard("The partner has no rate card in force yet: settlement "
                                  "could not price this booking.")
@@ -57,33 +73,34 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
             if points < 1:
                 raise InvalidRequest("The spend earns no points.",
                                      errors={"spend": {"amount": ["Earns no points."]}})
-            release_welcome_bonus(session, member.id, now)
+            # a welcome bonus waits as pending points, booked with the member: none pending
+            # in the first read, none waiting (one moved in by a merge since is released
+            # by the member's next earn from a spend)
+            if pending:
+                release_welcome_bonus(session, member.id, now)
         else:
             points = data["points"]
         pending_days = rules["pending_days"]
         pending_until = now + timedelta(days=pending_days) if pending_days else None
         expiry = rules["expiry"]
         expires_at = add_months(now, expiry["months"]) if expiry["policy"] == "fixed" else None
-        if pending_until:
-            balance = debit_wallet(session, member, now, pending=points)
-            account = "member:pending"
-        else:
-            balance = debit_wallet(session, member, now, available=points)
-            account = "member:available"
-        entry_id = journal.book_entry(
-            session, kind="earn", booked_at=now, occurred_at=data.get("occurred_at"),
-            points=points, partner_id=partner.id, member_id=member.id,
-            partner_txn_id=data["partner_txn_id"], request_hash=digest,
-            spend_amount=spend["amount"] if spend else None,
-            spend_currency=spend["currency"] if spend else None, balance=balance,
+        credit = {"pending" if pending_until else "available": points}
+        booked = journal.credit_with_lot(
+            session, member_id=member.id, activity_at=now, **credit,
+            kind="earn", booked_at=now, occurred_at=data.get("occurred_at"),
+            points=points, partner_id=partner.id, partner_txn_id=data["partner_txn_id"],
+            request_hash=digest, spend_amount=spend["amount"] if spend else None,
+            spend_currency=spend["currency"] if spend else None,
             postings=[("partner:issued", None, partner.id, -points),
-                      (account, member.id, None, points)],
+                      ("member:pending" if pending_until else "member:available",
+                       member.id, None, points)],
+            lot=journal.NewLot(origin_partner_id=partner.id, source="earn", points=points,
+                               earned_at=now, expires_at=expires_at,
+                               pending_until=pending_until),
         )
-        journal.create_lot(
-            session, member_id=member.id, origin_partner_id=partner.id, source="earn",
-            entry_id=entry_id, points=points, earned_at=now, expires_at=expires_at,
-            pending_until=pending_until,
-        )
+        if booked is None:
+            refuse_wallet_change(member, **credit)
+        balance, entry_id = booked
         tiers.upgrade(session, member.id, member.tier, rules, now)
         return transaction_body(
             entry_id=entry_id, kind="earn", partner_code=partner.code,
@@ -95,7 +112,8 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
         )
 
     return idempotent(partner, data["partner_txn_id"], digest, work,
-                      lambda s, e: render_transaction(s, e, partner.code), session, units)
+                      lambda s, e: render_transaction(s, e, partner.code), session, units,
+                      probe=False)
 
 
 def burn(partner_id: int | PartnerRef, data: dict[str, Any], *,
@@ -107,7 +125,7 @@ def burn(partner_id: int | PartnerRef, data: dict[str, Any], *,
     def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
         check_occurred(data.get("occurred_at"), now)
-        member = active_member(session, partner.id, data)
+        member, _ = first_read(session, partner, data["partner_txn_id"], data)
         points = data["points"]
         balance = debit_wallet(session, member, now, available=-points)
         takes = journal.take_from_live_lots(session, member.id, points)
@@ -127,4 +145,5 @@ def burn(partner_id: int | PartnerRef, data: dict[str, Any], *,
         )
 
     return idempotent(partner, data["partner_txn_id"], digest, work,
-                      lambda s, e: render_transaction(s, e, partner.code), session, units)
+                      lambda s, e: render_transaction(s, e, partner.code), session, units,
+                      probe=False)

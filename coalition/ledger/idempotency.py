@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,13 @@ from sqlalchemy.orm import Session
 from coalition.db import UnitOfWork, Units, read, run_with_retries
 from coalition.errors import CoalitionError, IdempotencyConflict
 from coalition.ledger.booking import PartnerRef
+from coalition.ledger.lookup import (
+    MemberRef,
+    active_member,
+    member_params,
+    member_query,
+    require_active,
+)
 from coalition.ledger.models import Entry
 
 _E = Entry.__table__.c
@@ -47,6 +54,52 @@ _EXISTING = select(_E.id).where(_E.partner_id == bindparam("partner"),
                                 _E.partner_txn_id == bindparam("txn"))
 
 
+class AlreadyBooked(Exception):
+    """Raised by a booking's first read (:func:`first_read`) when its ``partner_txn_id``
+    was used already; :func:`idempotent` answers with that entry."""
+
+    def __init__(self, entry_id: int) -> None:
+        super().__init__(entry_id)
+        self.entry_id = entry_id
+
+
+#: the first-read statements, one per way of naming the member and set of extra columns
+_FIRST_READS: dict[tuple[bool, str], Any] = {}
+
+
+def first_read(session: Session, partner: PartnerRef, partner_txn_id: str,
+               identity: dict[str, Any], extra: tuple[str, Callable[[], list[Any]]] | None = None,
+               params: dict[str, Any] | None = None) -> tuple[MemberRef, Sequence[Any]]:
+    """A booking's first statement: whether its ``partner_txn_id`` was used (then
+    :class:`AlreadyBooked`), the member the request names (refused unless active, as
+    :func:`~coalition.ledger.lookup.active_member`), and the ``extra`` columns a use case
+    needs before it writes (``(name, build)``: built once per name), in one round trip.
+
+    Used with ``idempotent(..., probe=False)``, it replaces the probe of its own.
+    """
+    by_ref = identity.get("member_number") is None
+    name, build = extra or ("", list)
+    statement = _FIRST_READS.get((by_ref, name))
+    if statement is None:
+        statement = member_query(by_ref).add_columns(_EXISTING.scalar_subquery(), *build())
+        _FIRST_READS[(by_ref, name)] = statement
+    row = session.execute(statement, {
+        **(params or {}), **member_params(partner.id, identity),
+        "partner": partner.id, "txn": partner_txn_id}).first()
+    if row is None:
+        entry_id = session.execute(_EXISTING, {"partner": partner.id,
+                                               "txn": partner_txn_id}).scalar()
+        if entry_id is not None:
+            raise AlreadyBooked(entry_id)
+        active_member(session, partner.id, identity)  # raises NotFound
+        raise AssertionError("unreachable: the member was not found a moment ago")
+    member, used, extras = MemberRef(*row[:5]), row[5], row[6:]
+    if used is not None:
+        raise AlreadyBooked(used)
+    require_active(session, member)
+    return member, extras
+
+
 def _existing(session: Session, partner_id: int, partner_txn_id: str) -> Entry | None:
     entry_id = session.execute(_EXISTING, {"partner": partner_id,
                                            "txn": partner_txn_id}).scalar()
@@ -61,12 +114,14 @@ def idempotent(
     render: Callable[[Session, Entry], dict[str, Any]],
     session: Session | None = None,
     units: Units = UnitOfWork,
+    probe: bool = True,
 ) -> Outcome:
     """Run ``work`` (which books one entry and returns the answer) exactly once per id;
     ``render`` rebuilds that answer from the stored entry for a replay.
 
     With ``session``, the booking joins the caller's unit of work (which commits it, or
-    retries it whole); otherwise it is a unit of work of its own, from ``units``.
+    retries it whole); otherwise it is a unit of work of its own, from ``units``. Without
+    ``probe``, ``work`` looks for the id itself in its :func:`first_read`.
     """
 
     def replay(session: Session, entry: Entry) -> Outcome:
@@ -78,11 +133,13 @@ def idempotent(
 
     def attempt() -> Outcome:
         with units() as uow:
-            entry = _existing(uow.session, partner.id, partner_txn_id)
+            entry = _existing(uow.session, partner.id, partner_txn_id) if probe else None
             if entry is not None:
                 return replay(uow.session, entry)
             try:
                 body = work(uow.session)
+            except AlreadyBooked as found:
+                return replay(uow.session, uow.session.get_one(Entry, found.entry_id))
             except CoalitionError:
                 # A concurrent duplicate may have committed while this one waited for the
                 # member's wallet lock: the refusal (points spent, hold closed, nothing
@@ -97,10 +154,13 @@ def idempotent(
             return Outcome(body, replayed=False)
 
     if session is not None:
-        entry = _existing(session, partner.id, partner_txn_id)
+        entry = _existing(session, partner.id, partner_txn_id) if probe else None
         if entry is not None:
             return replay(session, entry)
-        return Outcome(work(session), replayed=False)
+        try:
+            return Outcome(work(session), replayed=False)
+        except AlreadyBooked as found:
+            return replay(session, session.get_one(Entry, found.entry_id))
     try:
         # a retry after a commit lost in a failover finds the entry and replays it
         return run_with_retries(attempt, replays=True)

@@ -22,7 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, insert, select, true, union_all, update
 from sqlalchemy.orm import Session
 
 from coalition.ledger import fence
@@ -112,23 +112,24 @@ def lock_wallet(session: Session, member_id: int) -> Balance:
     return Balance(*session.execute(_LOCK_WALLET, {"member_id": member_id}).one())
 
 
-def _lots_needed(exclude: bool) -> Any:
-    """Live lots in consumption order (earliest expiry first), up to the one that covers
-    the points asked for: a running total picks them in one query."""
+#: the first page of live lots read for a consumption; each further page is 16 times larger
+FIRST_PAGE = 16
+
+
+def _live_lots(exclude: bool) -> Any:
+    """A member's live lots with points left, in consumption order (earliest expiry
+    first), at most ``page`` of them: read from the partial index ``ix_lot_live``, so the
+    cost is that of the lots read, whatever the member's history."""
     lot = Lot.__table__.c
-    running = func.sum(lot.remaining).over(order_by=(lot.expires_at.asc().nulls_last(), lot.id))
     conditions = [lot.member_id == bindparam("member_id"), lot.state == "live",
                   lot.remaining > 0]
     if exclude:
         conditions.append(lot.id != bindparam("exclude"))
-    ordered = (select(lot.id, lot.origin_partner_id, lot.remaining, running.label("running"))
-               .where(*conditions).subquery())
-    return (select(ordered.c.id, ordered.c.origin_partner_id, ordered.c.remaining)
-            .where(ordered.c.running - ordered.c.remaining < bindparam("points"))
-            .order_by(ordered.c.running))
+    return (select(lot.id, lot.origin_partner_id, lot.remaining).where(*conditions)
+            .order_by(lot.expires_at.asc().nulls_last(), lot.id).limit(bindparam("page")))
 
 
-_LOTS_NEEDED = {False: _lots_needed(False), True: _lots_needed(True)}
+_LIVE_LOTS = {False: _live_lots(False), True: _live_lots(True)}
 
 
 def take_from_live_lots(
@@ -136,18 +137,26 @@ def take_from_live_lots(
 ) -> list[Take]:
     """Take ``points`` from the member's live lots, earliest expiry first.
 
-    The caller has already debited the wallet (so the points are there).
+    The caller has already debited the wallet (so the points are there) and holds its
+    lock (so the lots do not change under this read). Lots are read a page at a time and
+    the reading stops once the points are covered: usually one short page.
     """
-    params = {"member_id": member_id, "points": points}
+    params: dict[str, Any] = {"member_id": member_id, "page": FIRST_PAGE}
     if exclude_lot is not None:
         params["exclude"] = exclude_lot
-    rows = session.execute(_LOTS_NEEDED[exclude_lot is not None], params).all()
-    takes: list[Take] = []
-    left = points
-    for lot_id, origin, remaining in rows:
-        taken = min(remaining, left)
-        takes.append(Take(lot_id, origin, -taken))
-        left -= taken
+    while True:
+        rows = session.execute(_LIVE_LOTS[exclude_lot is not None], params).all()
+        takes: list[Take] = []
+        left = points
+        for lot_id, origin, remaining in rows:
+            if not left:
+                break
+            taken = min(remaining, left)
+            takes.append(Take(lot_id, origin, -taken))
+            left -= taken
+        if not left or len(rows) < params["page"]:
+            break
+        params["page"] *= 16
     if left:
         raise LedgerInconsistency(f"member {member_id}: lots short of the wallet by {left}")
     apply_takes(session, takes)
@@ -206,6 +215,100 @@ _INSERT_MOVEMENT = insert(LotMovement.__table__)
 _INSERT_LOT = insert(Lot.__table__).returning(Lot.__table__.c.id)
 
 
+def _priced_at(kind: str, postings: list[tuple[str, int | None, int | None, int]]) -> int | None:
+    """Check an entry's postings (two or more, summing to zero, at one partner at most)
+    and return the partner whose accounts they touch (settlement prices those)."""
+    if len(postings) < 2 or sum(p[3] for p in postings) != 0:
+        raise LedgerInconsistency(
+            f"{kind}: an entry needs two or more postings summing to zero: {postings}")
+    priced = {partner for account, _, partner, _ in postings
+              if partner is not None and account.startswith("partner:")}
+    if len(priced) > 1:
+        raise LedgerInconsistency(f"{kind}: an entry is at one partner at most: {postings}")
+    return next(iter(priced), None)
+
+
+def _entry_values(kind: str, booked_at: datetime, points: int, occurred_at: datetime | None,
+                  partner_id: int | None, member_id: int | None, partner_txn_id: str | None,
+                  request_hash: str | None, reference_id: int | None,
+                  spend_amount: Decimal | None, spend_currency: str | None,
+                  note: str | None, sender_named: bool | None) -> dict[str, Any]:
+    return {
+        "kind": kind, "booked_at": booked_at, "occurred_at": occurred_at or booked_at,
+        "partner_id": partner_id, "member_id": member_id, "partner_txn_id": partner_txn_id,
+        "request_hash": request_hash, "points": points, "reference_id": reference_id,
+        "spend_amount": spend_amount, "spend_currency": spend_currency,
+        "note": note, "sender_named": sender_named,
+    }
+
+
+_POSTING_FIELDS = ("account", "member_id", "partner_id", "points")
+
+
+def _param(table: Any, name: str, prefix: str) -> Any:
+    return bindparam(prefix + name, type_=table.c[name].type)
+
+
+#: lot movements an entry writes within its own statement on PostgreSQL; more (a burn
+#: across many lots) are written by a statement of their own
+MOVES_IN_STATEMENT = 8
+_ENTRY_COLUMNS = ("kind", "booked_at", "occurred_at", "partner_id", "member_id",
+                  "partner_txn_id", "request_hash", "points", "reference_id", "spend_amount",
+                  "spend_currency", "note", "sender_named", "available_after",
+                  "pending_after", "held_after")
+_MOVE_FIELDS = ("lot_id", "points", "origin_partner_id")
+_entries: dict[tuple[bool, int, int], Any] = {}
+
+
+def _entry_statement(priced: bool, postings: int, moves: int) -> Any:
+    """PostgreSQL: the entry (passing the fence), its postings and its lot movements as
+    one statement of data-modifying CTEs, the postings and movements reading the id that
+    the entry's INSERT returned."""
+    key = (priced, postings, moves)
+    statement = _entries.get(key)
+    if statement is not None:
+        return statement
+    entry, posting, movement = Entry.__table__, Posting.__table__, LotMovement.__table__
+    e = (insert(entry).values({f: _param(entry, f, "e_") for f in _ENTRY_COLUMNS})
+         .returning(entry.c.id.label("entry_id"),
+                    *[c.label(n) for c, n in zip(fence.returning(priced),
+                                                 ("closed_until", "priced"), strict=False)])
+         .cte("e"))
+    ctes = [insert(posting).from_select(["entry_id", *_POSTING_FIELDS], union_all(*[
+        select(e.c.entry_id, *[_param(posting, f, f"p{i}_") for f in _POSTING_FIELDS])
+        for i in range(postings)])).cte("p")]
+    if moves:
+        ctes.append(insert(movement).from_select(
+            ["entry_id", *_MOVE_FIELDS, "entry_kind", "entry_partner_id", "entry_booked_at"],
+            union_all(*[select(e.c.entry_id,
+                               *[_param(movement, f, f"m{i}_") for f in _MOVE_FIELDS],
+                               _param(entry, "kind", "e_"), _param(entry, "partner_id", "e_"),
+                               _param(entry, "booked_at", "e_"))
+                        for i in range(moves)])).cte("m"))
+    columns = [e.c.entry_id, e.c.closed_until, *([e.c.priced] if priced else [])]
+    statement = select(*columns).add_cte(*ctes)
+    _entries[key] = statement
+    return statement
+
+
+def _book_in_one_statement(session: Session, values: dict[str, Any],
+                           postings: list[tuple[str, int | None, int | None, int]],
+                           takes: Sequence[Take], priced_at: int | None) -> int:
+    params: dict[str, Any] = {**{f"e_{name}": value for name, value in values.items()},
+                              **fence.parameters(priced_at, values["booked_at"])}
+    for i, posting in enumerate(postings):
+        params.update({f"p{i}_{name}": value
+                       for name, value in zip(_POSTING_FIELDS, posting, strict=True)})
+    for i, take in enumerate(takes):
+        params.update({f"m{i}_lot_id": take.lot_id, f"m{i}_points": take.points,
+                       f"m{i}_origin_partner_id": take.origin_partner_id})
+    row = session.execute(_entry_statement(priced_at is not None, len(postings), len(takes)),
+                          params).one()
+    fence.judge(values["booked_at"], row.closed_until,
+                bool(row.priced) if priced_at is not None else True)
+    return int(row.entry_id)
+
+
 def book_entry(
     session: Session,
     *,
@@ -229,29 +332,25 @@ def book_entry(
     """Write one entry with its postings ``(account, member_id, partner_id, points)`` and
     the lot movements of ``takes``; returns the entry id."""
     postings = [p for p in postings if p[3] != 0]
-    if len(postings) < 2 or sum(p[3] for p in postings) != 0:
-        raise LedgerInconsistency(
-            f"{kind}: an entry needs two or more postings summing to zero: {postings}")
-    # settlement prices what is booked on a partner's accounts (issued, redeemed)
-    priced = {partner for account, _, partner, _ in postings
-              if partner is not None and account.startswith("partner:")}
-    if len(priced) > 1:
-        raise LedgerInconsistency(f"{kind}: an entry is at one partner at most: {postings}")
-    priced_at = next(iter(priced), None)
+    priced_at = _priced_at(kind, postings)
     in_statement = fence.in_statement(session)
+    values = {
+        **_entry_values(kind, booked_at, points, occurred_at, partner_id, member_id,
+                        partner_txn_id, request_hash, reference_id, spend_amount,
+                        spend_currency, note, sender_named),
+        "available_after": balance.available if balance else None,
+        "pending_after": balance.pending if balance else None,
+        "held_after": balance.held if balance else None,
+    }
+    if in_statement and len(takes) <= MOVES_IN_STATEMENT:
+        entry_id = _book_in_one_statement(session, values, postings, takes, priced_at)
+        note_booked(session, kind)
+        return entry_id
     if not in_statement:
         fence.judge(booked_at, *fence.read(session, priced_at, booked_at))
     statement = _INSERT_ENTRY_FENCED[priced_at is not None] if in_statement else _INSERT_ENTRY
     row = session.execute(statement, {
-        "kind": kind, "booked_at": booked_at, "occurred_at": occurred_at or booked_at,
-        "partner_id": partner_id, "member_id": member_id, "partner_txn_id": partner_txn_id,
-        "request_hash": request_hash, "points": points, "reference_id": reference_id,
-        "spend_amount": spend_amount, "spend_currency": spend_currency,
-        "available_after": balance.available if balance else None,
-        "pending_after": balance.pending if balance else None,
-        "held_after": balance.held if balance else None,
-        "note": note, "sender_named": sender_named,
-        **(fence.parameters(priced_at, booked_at) if in_statement else {}),
+        **values, **(fence.parameters(priced_at, booked_at) if in_statement else {}),
     }).one()
     entry_id = row[0]
     if in_statement:
@@ -294,6 +393,132 @@ def create_lot(
         "state": "pending" if pending_until or pending else "live",
         "earned_at": earned_at, "expires_at": expires_at, "pending_until": pending_until,
     }).scalar_one()
+
+
+@dataclass(frozen=True)
+class NewLot:
+    """The lot that an entry's points go into (see :func:`create_lot`)."""
+
+    origin_partner_id: int | None
+    source: str
+    points: int
+    earned_at: datetime
+    expires_at: datetime | None
+    pending_until: datetime | None = None
+    pending: bool = False
+
+    def values(self, member_id: int) -> dict[str, Any]:
+        return {"member_id": member_id, "origin_partner_id": self.origin_partner_id,
+                "source": self.source, "points": self.points, "remaining": self.points,
+                "state": "pending" if self.pending_until or self.pending else "live",
+                "earned_at": self.earned_at, "expires_at": self.expires_at,
+                "pending_until": self.pending_until}
+
+
+_ENTRY_FIELDS = ("kind", "booked_at", "occurred_at", "partner_id", "member_id",
+                 "partner_txn_id", "request_hash", "points", "reference_id", "spend_amount",
+                 "spend_currency", "note", "sender_named")
+_LOT_FIELDS = ("member_id", "origin_partner_id", "source", "points", "remaining", "state",
+               "earned_at", "expires_at", "pending_until")
+_credits: dict[tuple[Any, ...], Any] = {}
+
+
+def _credit_statement(signs: tuple[int, int, int], priced: bool, postings: int) -> Any:
+    """PostgreSQL: the guarded wallet UPDATE, the entry with the balances it returned, the
+    postings and the lot, as one statement of data-modifying CTEs: each INSERT reads the
+    row the step before returned, so a wallet change refused by its guard writes nothing."""
+    key = (signs, priced, postings)
+    statement = _credits.get(key)
+    if statement is not None:
+        return statement
+    entry, posting = Entry.__table__, Posting.__table__
+    w = _wallet_update(signs, True).cte("w")
+    e = (insert(entry)
+         .from_select([*_ENTRY_FIELDS, "available_after", "pending_after", "held_after"],
+                      select(*[_param(entry, f, "e_") for f in _ENTRY_FIELDS],
+                             w.c.available, w.c.pending, w.c.held))
+         .returning(entry.c.id.label("entry_id"),
+                    *[c.label(n) for c, n in zip(fence.returning(priced),
+                                                 ("closed_until", "priced"), strict=False)])
+         .cte("e"))
+    p = (insert(posting)
+         .from_select(["entry_id", *_POSTING_FIELDS], union_all(*[
+             select(e.c.entry_id, *[_param(posting, f, f"p{i}_") for f in _POSTING_FIELDS])
+             for i in range(postings)]))
+         .cte("p"))
+    lot = (insert(_L)
+           .from_select([*_LOT_FIELDS, "entry_id"],
+                        select(*[_param(_L, f, "l_") for f in _LOT_FIELDS], e.c.entry_id))
+           .returning(_L.c.id.label("lot_id"))
+           .cte("l"))
+    columns = [w.c.available, w.c.pending, w.c.held, e.c.entry_id, e.c.closed_until,
+               *([e.c.priced] if priced else []), lot.c.lot_id]
+    statement = (select(*columns).select_from(w.join(e, true()).join(lot, true()))
+                 .add_cte(p))
+    _credits[key] = statement
+    return statement
+
+
+def credit_with_lot(
+    session: Session,
+    *,
+    member_id: int,
+    activity_at: datetime,
+    available: int = 0,
+    pending: int = 0,
+    kind: str,
+    booked_at: datetime,
+    points: int,
+    postings: Iterable[tuple[str, int | None, int | None, int]],
+    lot: NewLot,
+    occurred_at: datetime | None = None,
+    partner_id: int | None = None,
+    partner_txn_id: str | None = None,
+    request_hash: str | None = None,
+    spend_amount: Decimal | None = None,
+    spend_currency: str | None = None,
+    note: str | None = None,
+) -> tuple[Balance, int] | None:
+    """Change the member's wallet (:func:`change_wallet`), write the entry that explains it
+    (:func:`book_entry`, with the balances after the change) and the lot its points are in
+    (:func:`create_lot`); ``None`` (nothing written) when the wallet refused the change.
+    Returns the balances and the entry id.
+
+    On PostgreSQL it is one statement, one round trip (:func:`_credit_statement`); elsewhere
+    the three steps run one after the other, with the same answers.
+    """
+    postings = [p for p in postings if p[3] != 0]
+    priced_at = _priced_at(kind, postings)
+    entry = _entry_values(kind, booked_at, points, occurred_at, partner_id, member_id,
+                          partner_txn_id, request_hash, None, spend_amount, spend_currency,
+                          note, None)
+    if not fence.in_statement(session):
+        balance = change_wallet(session, member_id, available=available, pending=pending,
+                                activity_at=activity_at)
+        if balance is None:
+            return None
+        entry_id = book_entry(session, postings=postings, balance=balance, **entry)
+        create_lot(session, member_id=member_id, origin_partner_id=lot.origin_partner_id,
+                   source=lot.source, entry_id=entry_id, points=lot.points,
+                   earned_at=lot.earned_at, expires_at=lot.expires_at,
+                   pending_until=lot.pending_until, pending=lot.pending)
+        return balance, entry_id
+    params: dict[str, Any] = {
+        "b_member": member_id, "d_available": available, "d_pending": pending, "d_held": 0,
+        "b_activity_at": activity_at, **fence.parameters(priced_at, booked_at),
+        **{f"e_{name}": value for name, value in entry.items()},
+        **{f"l_{name}": value for name, value in lot.values(member_id).items()}}
+    for i, posting in enumerate(postings):
+        params.update({f"p{i}_{name}": value
+                       for name, value in zip(_POSTING_FIELDS, posting, strict=True)})
+    statement = _credit_statement((_sign(available), _sign(pending), 0),
+                                  priced_at is not None, len(postings))
+    row = session.execute(statement, params).first()
+    if row is None:
+        return None
+    fence.judge(booked_at, row.closed_until, bool(row.priced) if priced_at else True)
+    note_booked(session, kind)
+    return Balance(row.available, row.pending, row.held), row.entry_id
 
 
 class LedgerInconsistency(RuntimeError):

@@ -40,6 +40,18 @@ _BY_REF = _MEMBER.join(MemberLink.__table__, _link.member_id == _m.id).where(
     _link.partner_id == bindparam("partner"), _link.partner_member_ref == bindparam("ref"))
 
 
+def member_query(by_ref: bool) -> Any:
+    """The member's columns (those of :class:`MemberRef`, in order) named by number or, with
+    ``by_ref``, by the partner's own reference (:func:`member_params`)."""
+    return _BY_REF if by_ref else _BY_NUMBER
+
+
+def member_params(partner_id: int, identity: dict[str, Any]) -> dict[str, Any]:
+    if identity.get("member_number") is not None:
+        return {"number": identity["member_number"]}
+    return {"partner": partner_id, "ref": identity.get("partner_member_ref")}
+
+
 def find_member(
     session: Session, partner_id: int, member_number: str | None = None,
     partner_member_ref: str | None = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from sqlalchemy import delete, func, insert, literal_column, select
+from sqlalchemy import delete, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,9 +22,9 @@ from coalition.db import UnitOfWork, read, replica_read, run_with_retries
 from coalition.errors import AlreadyExists, MemberClosed, NotFound
 from coalition.ledger import numbers
 from coalition.ledger.bonuses import book_welcome_bonus
-from coalition.ledger.expiring import by_date
+from coalition.ledger.expiring import expiring_dates
 from coalition.ledger.lookup import active_member, find_member
-from coalition.ledger.models import Lot, Member, MemberConsent, MemberLink, Wallet
+from coalition.ledger.models import Member, MemberConsent, MemberLink, Wallet
 from coalition.member.signin import activation_digest, display_code, new_activation_code
 from coalition.models import Partner
 from coalition.program.service import load_rules
@@ -212,19 +212,12 @@ def balance(partner_id: int, identity: dict[str, Any], limit: int = 12) -> dict[
         member = find_member(session, partner_id, identity.get("member_number"),
                              identity.get("partner_member_ref"))
         wallet = session.get(Wallet, member.id)
-        lot = Lot.__table__.c
-        moments = session.execute(
-            select(lot.expires_at, func.sum(lot.remaining))
-            .where(lot.member_id == member.id, lot.state == "live", lot.remaining > 0,
-                   lot.expires_at.is_not(None))
-            .group_by(lot.expires_at).order_by(lot.expires_at)
-        )
         return {
             "member_number": member.member_number,
             "available": wallet.available if wallet else 0,
             "pending": wallet.pending if wallet else 0,
             "held": wallet.held if wallet else 0,
-            "expiring": by_date(moments, limit),
+            "expiring": expiring_dates(session, member.id, limit),
             "tier": member.tier,
         }
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -55,6 +56,9 @@ ACCOUNTS = (
 LOT_SOURCES = ("earn", "bonus", "transfer", "adjustment")
 LOT_STATES = ("pending", "live", "expired", "forfeited")
 HOLD_STATUSES = ("open", "captured", "voided", "expired")
+
+#: the lots that still carry spendable points (the partial index ``ix_lot_live``)
+LIVE_LOT = "state = 'live' AND remaining > 0"
 
 
 class Member(Base):
@@ -193,6 +197,10 @@ class Lot(Base):
         CheckConstraint("remaining >= 0 AND remaining <= points", name="remaining"),
         Index("ix_lot_member_id_state", "member_id", "state"),
         Index("ix_lot_state_expires_at", "state", "expires_at"),
+        # a member's live lots with points left, in consumption order: what a burn takes
+        # and a balance read lists, found without reading the member's spent history
+        Index("ix_lot_live", "member_id", "expires_at", "id",
+              postgresql_where=text(LIVE_LOT), sqlite_where=text(LIVE_LOT)),
     )
 
     id: Mapped[PK]

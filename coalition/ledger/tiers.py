@@ -97,11 +97,13 @@ def upgrade(session: Session, member_id: int, tier: str, rules: Rules, now: date
     """Upgrade at the earn that crosses a threshold (downgrades are the daily job's), under
     the member's wallet lock; ``tier`` is the tier read before the lock was taken."""
     tiers = rules["tiers"]
+    if len(tiers) < 2:
+        return  # one tier: nothing to move up to
     # the tier as it is now, under the wallet lock: the daily job may have moved the
     # member down since ``tier`` was read
     tier = session.scalar(select(Member.tier).where(Member.id == member_id)) or tier
     current = rank(rules, tier, unknown=0)
-    if len(tiers) < 2 or (tier in [t["code"] for t in tiers] and current == len(tiers) - 1):
+    if tier in [t["code"] for t in tiers] and current == len(tiers) - 1:
         return
     points, _ = qualifying_points(session, member_id, now)
     target = reached(rules, points)

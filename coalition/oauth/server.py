@@ -21,9 +21,9 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 from flask import Flask, Response, current_app, g, json
 from flask import request as flask_request
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 
-from coalition.db import UnitOfWork, read, utcnow
+from coalition.db import UnitOfWork, read, read_once, utcnow
 from coalition.errors import Forbidden, InsufficientScope, InvalidRequest, Unauthorized
 from coalition.http.errors import error_body
 from coalition.http.limits import limit_client
@@ -299,20 +299,26 @@ def _current_client() -> Any:
             .exists())
 
 
+def _token_read() -> Any:
+    """The token by its digest, with its partner (or finance user), if its client is still
+    current: built once, run with the digest as its one parameter."""
+    t, p, f = OAuthToken.__table__.c, Partner.__table__.c, FinanceUser.__table__.c
+    return (select(t.client_id, t.kind, t.partner_id, t.member_id, t.scope, t.issued_at,
+                   t.expires_in, t.revoked_at, p.code, p.currency, f.username, f.active)
+            .outerjoin(Partner.__table__, p.id == t.partner_id)
+            .outerjoin(FinanceUser.__table__, f.id == t.finance_user_id)
+            .where(t.access_token_hash == bindparam("digest"), _current_client()))
+
+
+_TOKEN_READ = _token_read()
+
+
 class _BearerValidator(BearerTokenValidator):
     def authenticate_token(self, token_string: str) -> _ValidatedToken | None:
-        """One indexed read: the token by its digest, with its partner (or finance user),
-        if its client is still current."""
-        t, p, f = OAuthToken.__table__.c, Partner.__table__.c, FinanceUser.__table__.c
-        with read() as session:
-            row = session.execute(
-                select(t.client_id, t.kind, t.partner_id, t.member_id, t.scope, t.issued_at,
-                       t.expires_in,
-                       t.revoked_at, p.code, p.currency, f.username, f.active)
-                .outerjoin(Partner.__table__, p.id == t.partner_id)
-                .outerjoin(FinanceUser.__table__, f.id == t.finance_user_id)
-                .where(t.access_token_hash == digest(token_string), _current_client())
-            ).first()
+        """One indexed read, in autocommit (no transaction of its own) and afresh on every
+        request: a revocation is seen by the very next request on every worker."""
+        with read_once() as connection:
+            row = connection.execute(_TOKEN_READ, {"digest": digest(token_string)}).first()
         if row is None or (row.username is not None and not row.active):
             return None  # a disabled finance user's tokens are dead
         return _ValidatedToken(*row[:-1])

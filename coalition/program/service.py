@@ -119,10 +119,31 @@ def rules_in_force(session: Session) -> Rules:
     row = session.execute(_LATEST_VERSION).first()
     if row is None:
         return load_rules(session)
-    cached = _parsed.get(row.version)
-    if cached is None or cached.published_at != row.published_at:
+    return rules_of_version(session, row.version, row.published_at)
+
+
+def latest_version_columns() -> list[Any]:
+    """The latest version and its publication time, as columns another statement can carry
+    (a booking's first read): with :func:`rules_of_version`, the rules in force without a
+    round trip of their own."""
+    rules = ProgramRules.__table__.c
+    latest = select(rules.version).order_by(rules.version.desc()).limit(1).scalar_subquery()
+    published = (select(rules.published_at).order_by(rules.version.desc()).limit(1)
+                 .scalar_subquery())
+    return [latest.label("rules_version"), published.label("rules_published_at")]
+
+
+def rules_of_version(session: Session, version: int | None,
+                     published_at: datetime | None) -> Rules:
+    """The rules of ``version`` (the defaults when none was published), parsed once per
+    worker: a version is read again only if its publication time differs (a database
+    emptied and published anew)."""
+    if version is None:
+        return load_rules(session)
+    cached = _parsed.get(version)
+    if cached is None or cached.published_at != published_at:
         rules = session.execute(select(ProgramRules.rules)
-                                .where(ProgramRules.version == row.version)).scalar_one()
-        cached = Rules(row.version, row.published_at, ProgramRulesSchema().load(rules))
-        _parsed[row.version] = cached
+                                .where(ProgramRules.version == version)).scalar_one()
+        cached = Rules(version, published_at, ProgramRulesSchema().load(rules))
+        _parsed[version] = cached
     return cached

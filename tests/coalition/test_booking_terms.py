@@ -1,0 +1,65 @@
+"""What a booking reads of the program and the partner's contract (the rules' version,
+the earn rate in force) comes with its first statement, and the rules are parsed once per
+worker and version: a new version or a new rate card is seen by the very next request."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from coalition.clock import add_months
+
+
+def _rules(multiplier: str, **more):
+    return {"pending_days": 0, "expiry": {"policy": "none"},
+            "tiers": [{"code": "member", "name": "Member", "threshold": 0,
+                       "multiplier": multiplier}], **more}
+
+
+def _earn(client, headers, number: str, txn: str, amount: str = "10.00") -> dict:
+    response = client.post("/v1/earn", json={
+        "member_number": number, "partner_txn_id": txn,
+        "spend": {"amount": amount, "currency": "GBP"}}, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def test_a_new_rules_version_is_seen_by_the_next_earn(client, make_partner,
+                                                      operator_headers):
+    assert client.put("/v1/admin/program", json=_rules("1"),
+                      headers=operator_headers).status_code == 200
+    _, headers = make_partner("acme")
+    number = client.post("/v1/members", json={"partner_member_ref": "c1"},
+                         headers=headers).get_json()["member_number"]
+    assert _earn(client, headers, number, "t-1")["points"] == 10
+    assert client.put("/v1/admin/program", json=_rules("2"),
+                      headers=operator_headers).status_code == 200
+    assert _earn(client, headers, number, "t-2")["points"] == 20
+    # and the expiry of the next version, in the lot's answer
+    assert client.put("/v1/admin/program",
+                      json=_rules("3", expiry={"policy": "fixed", "months": 6}),
+                      headers=operator_headers).status_code == 200
+    third = _earn(client, headers, number, "t-3")
+    assert third["points"] == 30
+    balance = client.get(f"/v1/members/{number}/balance", headers=headers).get_json()
+    booked = datetime.fromisoformat(third["booked_at"])
+    assert [row["points"] for row in balance["expiring"]] == [30]
+    assert balance["expiring"][0]["date"] == add_months(booked, 6).date().isoformat()
+
+
+def test_a_new_rate_card_is_seen_by_the_next_earn(client, make_partner, operator_headers):
+    _, headers = make_partner("acme", valid_from=datetime.now(UTC) - timedelta(days=1))
+    number = client.post("/v1/members", json={"partner_member_ref": "c1"},
+                         headers=headers).get_json()["member_number"]
+    assert _earn(client, headers, number, "t-1")["points"] == 10
+    starts = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    card = client.post("/v1/admin/partners/acme/rates", headers=operator_headers,
+                       json={"valid_from": starts.isoformat(), "earn_rate": "4"})
+    assert card.status_code == 201, card.get_json()
+    # before the card starts, the old rate; from its start, the new one
+    assert _earn(client, headers, number, "t-2")["points"] == 10
+    while datetime.now(UTC) < starts:
+        time.sleep(0.05)
+    assert _earn(client, headers, number, "t-3")["points"] == 40
+    assert Decimal(card.get_json()["earn_rate"]) == 4
