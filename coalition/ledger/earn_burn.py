@@ -84,9 +84,10 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
         pending_until = now + timedelta(days=pending_days) if pending_days else None
         expiry = rules["expiry"]
         expires_at = add_months(now, expiry["months"]) if expiry["policy"] == "fixed" else None
-        credit = {"pending" if pending_until else "available": points}
+        available, pending_points = (0, points) if pending_until else (points, 0)
         booked = journal.credit_with_lot(
-            session, member_id=member.id, activity_at=now, **credit,
+            session, member_id=member.id, activity_at=now,
+            available=available, pending=pending_points,
             kind="earn", booked_at=now, occurred_at=data.get("occurred_at"),
             points=points, partner_id=partner.id, partner_txn_id=data["partner_txn_id"],
             request_hash=digest, spend_amount=spend["amount"] if spend else None,
@@ -99,7 +100,7 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
                                pending_until=pending_until),
         )
         if booked is None:
-            refuse_wallet_change(member, **credit)
+            refuse_wallet_change(member, available=available, pending=pending_points)
         balance, entry_id = booked
         tiers.upgrade(session, member.id, member.tier, rules, now)
         return transaction_body(

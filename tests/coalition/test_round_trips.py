@@ -1,6 +1,8 @@
-"""On PostgreSQL an earn is three statements: the token check (in autocommit), the
-booking's first read, and the booking itself (wallet, entry, postings and lot in one
-statement), between one BEGIN and one COMMIT; and it books exactly what it says."""
+"""On PostgreSQL an earn is three statements of the ledger: the token check (in
+autocommit), the booking's first read, and the booking itself (wallet, entry, postings and
+lot in one statement), between one BEGIN and one COMMIT; partner operations add one read
+before the COMMIT (the partner's funding and webhook listeners, :mod:`partners.transactions`);
+and it books exactly what it says."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ RULES = {"pending_days": 0, "expiry": {"policy": "none"},
 @pytest.mark.postgres
 @pytest.mark.parametrize("body", [{"points": 25}, {"spend": {"amount": "25.40",
                                                              "currency": "GBP"}}])
-def test_an_earn_is_three_statements(client, make_partner, operator_headers, body):
+def test_an_earn_is_three_statements_and_the_partner_report(client, make_partner, operator_headers, body):
     assert client.put("/v1/admin/program", json=RULES,
                       headers=operator_headers).status_code == 200
     _, headers = make_partner("acme")
@@ -40,9 +42,10 @@ def test_an_earn_is_three_statements(client, make_partner, operator_headers, bod
     finally:
         event.remove(db.engine, "before_cursor_execute", seen)
     assert response.status_code == 201, response.get_json()
-    assert len(statements) == 3, statements
+    assert len(statements) == 4, statements
     assert "oauth_token" in statements[0]
     assert statements[2].startswith("WITH w AS (UPDATE wallet"), statements[2]
+    assert "partner_funding" in statements[3] and "webhook_endpoint" in statements[3]
     answer = response.get_json()
     assert answer["points"] == 25 and answer["balance"]["available"] == 26
     with read() as session:
