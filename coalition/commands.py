@@ -93,7 +93,7 @@ def db_revision(message: str) -> None:
 
 # --------------------------------------------------------------------------- ledger jobs
 
-#: above this many members, ``coalition expire`` shows a progress bar
+#: above this many members, ``coalition expire`` and ``coalition daily`` show a progress bar
 PROGRESS_THRESHOLD = 200
 
 
@@ -108,21 +108,40 @@ def _as_of(value: str | None) -> Any:
 
 class _ProgressBar:
     """A click progress bar on stderr, shown only once the run is big enough."""
-    def __init__(self, threshold: int) -> None:
+    def __init__(self, threshold: int, label: str = "expiring") -> None:
         self.threshold = threshold
+        self.label = label
         self.bar: Any = None
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
             if total <= self.threshold:
                 return
-            self.bar = click.progressbar(length=total, label="expiring", file=sys.stderr)
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
             self.bar.__enter__()
         self.bar.update(done - self.bar.pos)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
+
+
+class _StepBars:
+    """A :class:`_ProgressBar` per step of a job (``progress(step, done, total)``)."""
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.bars: dict[str, _ProgressBar] = {}
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if step not in self.bars:
+            self.close()  # the previous step's bar ends where the next one starts
+            self.bars[step] = _ProgressBar(self.threshold, label=step)
+        self.bars[step](done, total)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars = {}
 
 
 @click.command("expire")
@@ -247,7 +266,11 @@ def daily_command(as_of: str | None, as_json: bool) -> None:
     if day > today:
         # a downgrade ahead of time would judge points not yet out of the window
         raise click.BadParameter("must not be in the future", param_hint="--as-of")
-    summary = daily(day)
+    bars = _StepBars(PROGRESS_THRESHOLD)
+    try:
+        summary = daily(day, progress=bars)
+    finally:
+        bars.close()
     data = summary.to_dict()
     emit(data, as_json,
          f"daily job for {day.isoformat()}\n"
