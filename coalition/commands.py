@@ -18,7 +18,7 @@ from coalition.audit.service import cli_actor
 from coalition.db import utcnow
 from coalition.errors import CoalitionError
 from coalition.ledger import numbers
-from coalition.ledger.batch import BATCH
+from coalition.ledger.batch import BATCH, WORKERS
 from coalition.ledger.check import check_ledger
 from coalition.ledger.daily import daily
 from coalition.ledger.jobs import expire
@@ -145,18 +145,23 @@ class _StepBars:
         self.bars = {}
 
 
-_BATCH_OPTION = click.option(
-    "--batch", type=click.IntRange(min=1), default=BATCH, show_default=True,
-    help="Members per transaction (their wallets are locked until it commits).")
+def _batch_options(command: Any) -> Any:
+    command = click.option(
+        "--workers", type=click.IntRange(min=1), default=WORKERS, show_default=True,
+        help="Transactions at once (each on its own connection).")(command)
+    return click.option(
+        "--batch", type=click.IntRange(min=1), default=BATCH, show_default=True,
+        help="Members per transaction (their wallets are locked until it commits)."
+    )(command)
 
 
 @click.command("expire")
 @click.option("--as-of", "as_of", metavar="DATE",
               help="YYYY-MM-DD (midnight UTC) or an RFC 3339 timestamp; default now.")
-@_BATCH_OPTION
+@_batch_options
 @click.option("--json", "as_json", is_flag=True)
 @with_appcontext
-def expire_command(as_of: str | None, batch: int, as_json: bool) -> None:
+def expire_command(as_of: str | None, batch: int, workers: int, as_json: bool) -> None:
     """Void expired holds, release pending points and expire points (safe to rerun)."""
 
 
@@ -166,7 +171,7 @@ def expire_command(as_of: str | None, batch: int, as_json: bool) -> None:
         raise click.BadParameter("must not be in the future", param_hint="--as-of")
     bar = _ProgressBar(PROGRESS_THRESHOLD)
     try:
-        summary = expire(moment, progress=bar, batch=batch)
+        summary = expire(moment, progress=bar, batch=batch, workers=workers)
     finally:
         bar.close()
     data = summary.to_dict()
@@ -256,10 +261,10 @@ def member_merge(absorbed: str, survivor: str, as_json: bool) -> None:
 
 @click.command("daily")
 @click.option("--as-of", "as_of", metavar="DATE", help="YYYY-MM-DD (UTC); default today.")
-@_BATCH_OPTION
+@_batch_options
 @click.option("--json", "as_json", is_flag=True)
 @with_appcontext
-def daily_command(as_of: str | None, batch: int, as_json: bool) -> None:
+def daily_command(as_of: str | None, batch: int, workers: int, as_json: bool) -> None:
     """Birthday bonuses and tier downgrades for a day (safe to rerun)."""
 
 
@@ -276,7 +281,7 @@ def daily_command(as_of: str | None, batch: int, as_json: bool) -> None:
         raise click.BadParameter("must not be in the future", param_hint="--as-of")
     bars = _StepBars(PROGRESS_THRESHOLD)
     try:
-        summary = daily(day, progress=bars, batch=batch)
+        summary = daily(day, progress=bars, batch=batch, workers=workers)
     finally:
         bars.close()
     data = summary.to_dict()

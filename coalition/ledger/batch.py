@@ -18,18 +18,25 @@ this one keeps the same rules for a batch:
 * :meth:`Batch.write` then writes wallets, entries (their ids returned in order), postings,
   lot movements, new lots and closed holds: one statement each for the whole batch.
 
-:func:`run_batches` runs a job's work over members in batches: a member refused is reported
+:func:`run_batch` runs a job's work over a batch of members: a member refused is reported
 and the others booked, and a database error the work did not foresee (a constraint the
 member's rows break) is narrowed down to its member by running the batch member by member.
+:func:`run_pages` runs the batches of a job, a few at once (each its own transaction on its
+own connection; the batches hold disjoint members, so they never wait for each other).
+:func:`windows` cuts a member id range into pages for a candidate query that reads one
+window of ids at a time through the indexes (so a page costs what it holds, not what the
+job has left).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+from flask import current_app
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
@@ -43,6 +50,8 @@ from coalition.observability import note_booked
 
 #: members per batch: one transaction, and a few statements, for this many members
 BATCH = 500
+#: batches in flight at once: one's Python overlaps the other's time in the database
+WORKERS = 2
 
 T = TypeVar("T")
 
@@ -242,3 +251,51 @@ def run_batch(members: Sequence[int], work: Callable[[list[int]], T]
             else:
                 groups.extend([m] for m in reversed(group))
     return results, failures
+
+
+Outcome = tuple[list[int], list[T], dict[int, str]]
+
+
+def run_pages(pages: Iterable[list[int]], work: Callable[[list[int]], T], *,
+              workers: int = 1) -> Iterator[Outcome[T]]:
+    """:func:`run_batch` over each page, up to ``workers`` pages at once; yields
+    ``(page, results, failures)`` as each page is done (in page order with one worker).
+    An unexpected error stops the run (the pages in flight finish or roll back)."""
+    if workers <= 1:
+        for page in pages:
+            yield (page, *run_batch(page, work))
+        return
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def one(page: list[int]) -> Outcome[T]:
+        with app.app_context():
+            return (page, *run_batch(page, work))
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="coalition-job") as pool:
+        running: set[Future[Outcome[T]]] = set()
+        for page in pages:
+            running.add(pool.submit(one, page))
+            if len(running) >= workers:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+        for future in running:
+            yield future.result()
+
+
+def windows(top: int, width: int) -> Iterator[tuple[int, int]]:
+    """``[low, high)`` member id windows of ``width`` ids covering ``1..top``."""
+    for low in range(1, top + 1, width):
+        yield low, low + width
+
+
+def paged(candidates: Iterable[list[int]], size: int) -> Iterator[list[int]]:
+    """The candidate ids of successive windows, regrouped into pages of ``size``."""
+    page: list[int] = []
+    for found in candidates:
+        page += found
+        while len(page) >= size:
+            yield page[:size]
+            page = page[size:]
+    if page:
+        yield page

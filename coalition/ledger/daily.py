@@ -11,7 +11,7 @@ are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from coalition.db import UnitOfWork, Units, read
 from coalition.ledger import tiers
-from coalition.ledger.batch import BATCH, Batch, run_batch
+from coalition.ledger.batch import BATCH, Batch, run_pages
 from coalition.ledger.bonuses import birthday_conditions, grant_birthdays
 from coalition.ledger.models import Member
 from coalition.program.service import Rules, rules_in_force
@@ -48,16 +48,18 @@ class DailySummary:
 
 
 def daily(as_of: date, progress: Progress | None = None, *,
-          units: Units = UnitOfWork, batch: int = BATCH) -> DailySummary:
-    """Birthday bonuses and tier downgrades for ``as_of`` (a UTC date); safe to rerun."""
+          units: Units = UnitOfWork, batch: int = BATCH, workers: int = 1) -> DailySummary:
+    """Birthday bonuses and tier downgrades for ``as_of`` (a UTC date), ``batch`` members
+    per transaction, ``workers`` transactions at once; safe to rerun."""
     summary = DailySummary(as_of=as_of)
-    _birthdays(as_of, summary, progress, units, batch)
-    _downgrades(as_of, summary, progress, units, batch)
+    _birthdays(as_of, summary, progress, units, batch, workers)
+    _downgrades(as_of, summary, progress, units, batch, workers)
+    summary.failures.sort(key=lambda failure: failure["member_id"])
     return summary
 
 
 def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None,
-               units: Units, batch: int) -> None:
+               units: Units, batch: int, workers: int) -> None:
     with read() as session:
         rules = rules_in_force(session)
     points = rules["bonuses"]["birthday"]
@@ -68,16 +70,22 @@ def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None,
         total = session.scalar(select(func.count()).where(*conditions)) or 0
     if progress:
         progress("birthdays", 0, total)
-    after = 0
+
+    def pages() -> Iterator[list[int]]:
+        after = 0
+        while True:
+            with read() as session:
+                page = list(session.scalars(select(_m.id).where(*conditions, _m.id > after)
+                                            .order_by(_m.id).limit(batch)))
+            if not page:
+                return
+            yield page
+            after = page[-1]
+
     done = 0
-    while True:
-        with read() as session:
-            page = list(session.scalars(select(_m.id).where(*conditions, _m.id > after)
-                                        .order_by(_m.id).limit(batch)))
-        if not page:
-            break
-        granted, failures = run_batch(
-            page, lambda members: grant_birthdays(members, as_of, points, units=units))
+    for page, granted, failures in run_pages(
+            pages(), lambda members: grant_birthdays(members, as_of, points, units=units),
+            workers=workers):
         count = sum(len(members) for members in granted)
         summary.birthday_members += count
         summary.birthday_points += count * points
@@ -86,11 +94,10 @@ def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None,
         done += len(page)
         if progress:
             progress("birthdays", done, max(total, done))
-        after = page[-1]
 
 
 def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None,
-                units: Units, batch: int) -> None:
+                units: Units, batch: int, workers: int) -> None:
     """Move down every active member whose qualifying points over the 12 months before
     ``as_of`` no longer reach their tier (upgrades happen at earn time)."""
     with read() as session:
@@ -114,10 +121,10 @@ def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None,
         candidates = list(session.scalars(due.order_by(_m.id)))
     if progress:
         progress("tiers", 0, len(candidates))
-    for start in range(0, len(candidates), batch):
-        page = candidates[start:start + batch]
-        moved, failures = run_batch(page, lambda members: _downgrade(members, rules, now,
-                                                                     units))
+    pages = (candidates[start:start + batch] for start in range(0, len(candidates), batch))
+    done = 0
+    for page, moved, failures in run_pages(
+            pages, lambda members: _downgrade(members, rules, now, units), workers=workers):
         for changes in moved:
             for step in changes.values():
                 summary.tier_downgrades += 1
@@ -125,8 +132,9 @@ def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None,
                 summary.downgrades[name] = summary.downgrades.get(name, 0) + 1
         summary.failures += [{"member_id": m, "step": "tier", "error": why}
                              for m, why in sorted(failures.items())]
+        done += len(page)
         if progress:
-            progress("tiers", start + len(page), len(candidates))
+            progress("tiers", done, len(candidates))
 
 
 def _downgrade(member_ids: list[int], rules: Rules, now: datetime,

@@ -28,7 +28,7 @@ The job's own entries are not member activity: they never move ``last_activity_a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +38,7 @@ from sqlalchemy import Select, exists, func, select, union, update
 from coalition.clock import add_months
 from coalition.db import UnitOfWork, read
 from coalition.ledger import journal
-from coalition.ledger.batch import BATCH, Batch, refuse, run_batch
+from coalition.ledger.batch import BATCH, Batch, paged, refuse, run_pages, windows
 from coalition.ledger.journal import LedgerInconsistency, Take
 from coalition.ledger.models import Hold, Lot, Member, Wallet
 from coalition.ledger.voiding import holds_takes, void_takes
@@ -46,6 +46,9 @@ from coalition.program.service import load_rules
 
 #: ``progress(done, total)``: called once before the first member and after each batch
 Progress = Callable[[int, int], None]
+
+#: member ids read per candidate query, in batches: a window of WINDOW × batch ids
+WINDOW = 4
 
 _hold = Hold.__table__.c
 _lot = Lot.__table__.c
@@ -93,8 +96,9 @@ class _Policy:
 
 
 def expire(as_of: datetime, progress: Progress | None = None, *,
-           batch: int = BATCH) -> ExpirySummary:
-    """Void expired holds, release pending points and expire points, as of ``as_of``.
+           batch: int = BATCH, workers: int = 1) -> ExpirySummary:
+    """Void expired holds, release pending points and expire points, as of ``as_of``,
+    ``batch`` members per transaction, ``workers`` transactions at once.
 
     ``booked_at`` of every entry is the server clock; ``occurred_at`` is ``as_of``.
     """
@@ -104,36 +108,42 @@ def expire(as_of: datetime, progress: Progress | None = None, *,
         policy = _Policy.of(load_rules(session)["expiry"])
         total = session.scalar(select(func.count()).select_from(
             _candidates(as_of, policy).subquery())) or 0
+        top = session.scalar(select(func.max(_member.id))) or 0
     summary = ExpirySummary(as_of=as_of, policy=policy.name)
     if progress:
         progress(0, total)
-    after: int | None = None
-    while True:
-        with read() as session:
-            query = _candidates(as_of, policy, after=after)
-            page = list(session.scalars(query.order_by("member_id").limit(batch)))
-        if not page:
-            break
-        done, failures = run_batch(page, lambda members: _settle(members, as_of, policy))
+
+    def candidates() -> Iterator[list[int]]:
+        # a window of member ids at a time, read through the member indexes
+        for low, high in windows(top, WINDOW * batch):
+            with read() as session:
+                yield list(session.scalars(_candidates(as_of, policy, (low, high))
+                                           .order_by("member_id")))
+
+    for page, done, failures in run_pages(
+            paged(candidates(), batch), lambda members: _settle(members, as_of, policy),
+            workers=workers):
         for part in done:
             summary.add(part)
         summary.failures += [{"member_id": m, "error": why} for m, why in sorted(failures.items())]
         summary.members += len(page)
         if progress:
             progress(summary.members, max(total, summary.members))
-        after = page[-1]
+    summary.failures.sort(key=lambda failure: failure["member_id"])
     return summary
 
 
-def _candidates(as_of: datetime, policy: _Policy, after: int | None = None) -> Select[Any]:
-    """Members with anything that may be due: one set-based query, no lots in Python.
+def _candidates(as_of: datetime, policy: _Policy,
+                window: tuple[int, int] | None = None) -> Select[Any]:
+    """Members with anything that may be due (in the ``[low, high)`` window of member
+    ids): one set-based query, no lots in Python.
 
     A candidate is only a suspicion; :func:`_settle` decides under the wallet locks.
     """
 
     def arm(member_column: Any, *conditions: Any) -> Select[Any]:
-        if after is not None:
-            conditions += (member_column > after,)
+        if window is not None:
+            conditions += (member_column >= window[0], member_column < window[1])
         return select(member_column.label("member_id")).where(*conditions)
 
     arms = [

@@ -138,6 +138,44 @@ def test_the_daily_job_costs_the_same_statements_for_5_members_as_for_40(app):
     assert_clean()
 
 
+def test_batches_run_side_by_side_settle_every_member_once(app):
+    set_rules(pending_days=7, policy="fixed", months=1)
+    acme = make_partner("acme")
+    members = expiring_members(30, acme)
+    seen = []
+    summary = expire(T0 + timedelta(days=40), batch=4, workers=3,
+                     progress=lambda done, total: seen.append((done, total)))
+    assert (summary.members, summary.holds_voided, summary.members_released,
+            summary.members_expired, summary.points_expired) == (30, 30, 30, 30, 30 * 100)
+    assert summary.failures == []
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert seen[0] == (0, 30) and seen[-1] == (30, 30) and len(seen) == 1 + 8
+    assert all(wallet(m) == (20, 0, 0) for m in members)
+    assert len(entries("expiry")) == 30 and len(entries("hold_void")) == 30
+    assert_clean()
+    before = snapshot(app)
+    assert expire(T0 + timedelta(days=40), batch=4, workers=3).members == 0
+    assert snapshot(app) == before
+
+
+def test_the_daily_job_side_by_side(app):
+    publish_rules(ProgramRulesSchema().load({
+        "tiers": TIERS, "expiry": {"policy": "none"},
+        "bonuses": {"welcome": 0, "birthday": 25}}), "tests")
+    members = [make_member(created_at=T0) for _ in range(25)]
+    for m in members:
+        execute("UPDATE member SET birth_date = '1990-03-15', tier = 'gold' WHERE id = :m",
+                m=m)
+    summary = daily(date(2025, 3, 15), batch=3, workers=3)
+    assert (summary.birthday_members, summary.tier_downgrades) == (25, 25)
+    assert summary.failures == []
+    assert all(wallet(m) == (25, 0, 0) for m in members)
+    assert_clean()
+    before = snapshot(app)
+    assert daily(date(2025, 3, 15), batch=3, workers=3).birthday_members == 0
+    assert snapshot(app) == before
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -337,17 +375,20 @@ def test_cli_daily_shows_progress_per_step(app, monkeypatch):
     assert (data["birthday_members"], data["tier_downgrades"]) == (3, 3)
 
 
-def test_cli_batch_option(app):
+def test_cli_batch_and_workers_options(app):
     set_rules(policy="fixed", months=1)
     acme = make_partner("acme")
     for _ in range(3):
         book_earn(make_member(), acme, 10, T0)
     runner = app.test_cli_runner()
-    result = runner.invoke(args=["expire", "--as-of", "2024-03-01", "--batch", "2", "--json"])
+    result = runner.invoke(args=["expire", "--as-of", "2024-03-01", "--batch", "2",
+                                 "--workers", "2", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["points_expired"] == 30
     bad = runner.invoke(args=["expire", "--batch", "0"])
     assert bad.exit_code == 2 and "--batch" in bad.output
+    bad = runner.invoke(args=["daily", "--workers", "0"])
+    assert bad.exit_code == 2 and "--workers" in bad.output
     result = runner.invoke(args=["daily", "--as-of", "2025-03-15", "--batch", "2", "--json"])
     assert result.exit_code == 0, result.output
     with db.engine.connect() as conn:
