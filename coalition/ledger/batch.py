@@ -15,8 +15,9 @@ this one keeps the same rules for a batch:
 * The batch passes the settlement fence once, after the locks and before it writes, with
   the ``booked_at`` its entries all share: a batch whose moment falls into a period closed
   meanwhile is run again (:class:`~coalition.ledger.fence.BookingFenced`).
-* :meth:`Batch.write` then writes wallets, entries (their ids returned in order), postings,
-  lot movements, new lots and closed holds: one statement each for the whole batch.
+* :meth:`Batch.write` then writes wallets, entries (their ids taken in advance), postings,
+  lot movements, new lots and closed holds: one statement (on PostgreSQL a ``COPY``) each
+  for the whole batch.
 
 :func:`run_batch` runs a job's work over a batch of members: a member refused is reported
 and the others booked, and a database error the work did not foresee (a constraint the
@@ -37,7 +38,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from flask import current_app
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -65,10 +66,6 @@ _WALLET = (update(Wallet.__table__).where(_W.member_id == bindparam("b_member"))
            .values(available=_W.available + bindparam("d_available"),
                    pending=_W.pending + bindparam("d_pending"),
                    held=_W.held + bindparam("d_held"), version=_W.version + 1))
-_ENTRY = insert(Entry.__table__).returning(Entry.__table__.c.id, sort_by_parameter_order=True)
-_POSTING = insert(Posting.__table__)
-_MOVEMENT = insert(LotMovement.__table__)
-_LOT = insert(Lot.__table__)
 _CLOSE_HOLD = (update(Hold.__table__).where(_H.id == bindparam("b_hold"))
                .values(status=bindparam("b_status"), closed_by_entry_id=bindparam("b_entry")))
 
@@ -170,47 +167,81 @@ class Batch:
         """Write every booking decided; returns the entry ids, in booking order."""
         if not self.bookings:
             return []
-        session, now = self.session, self.now
+        session, now, bookings = self.session, self.now, self.bookings
         fence.judge(now, *fence.read(session, None))
         session.execute(_WALLET, [
             {"b_member": member, "d_available": a, "d_pending": p, "d_held": h}
             for member, (a, p, h) in self._deltas.items() if a or p or h])
-        ids = list(session.execute(_ENTRY, [
-            {"kind": b.kind, "booked_at": now, "occurred_at": b.occurred_at or now,
-             "partner_id": b.partner_id, "member_id": b.member_id, "partner_txn_id": None,
-             "request_hash": None, "points": b.points, "reference_id": b.reference_id,
-             "spend_amount": None, "spend_currency": None,
-             "available_after": b.balance.available, "pending_after": b.balance.pending,
-             "held_after": b.balance.held, "note": b.note, "sender_named": None}
-            for b in self.bookings]).scalars())
-        session.execute(_POSTING, [
-            {"entry_id": entry_id, "account": account, "member_id": member,
-             "partner_id": partner, "points": amount}
-            for entry_id, b in zip(ids, self.bookings, strict=True)
+        ids = _entry_ids(session, len(bookings))
+        _insert(session, Entry.__table__, _ENTRY_COLUMNS, [
+            (entry_id, b.kind, now, b.occurred_at or now, b.partner_id, b.member_id, b.points,
+             b.reference_id, b.balance.available, b.balance.pending, b.balance.held, b.note)
+            for entry_id, b in zip(ids, bookings, strict=True)])
+        _insert(session, Posting.__table__, _POSTING_COLUMNS, [
+            (entry_id, account, member, partner, amount)
+            for entry_id, b in zip(ids, bookings, strict=True)
             for account, member, partner, amount in b.postings])
-        movements = [
-            {"lot_id": t.lot_id, "entry_id": entry_id, "points": t.points,
-             "origin_partner_id": t.origin_partner_id, "entry_kind": b.kind,
-             "entry_partner_id": b.partner_id, "entry_booked_at": now}
-            for entry_id, b in zip(ids, self.bookings, strict=True) for t in b.takes]
-        if movements:
-            session.execute(_MOVEMENT, movements)
-        lots = [
-            {"member_id": b.member_id, "origin_partner_id": b.lot.origin_partner_id,
-             "source": b.lot.source, "entry_id": entry_id, "points": b.lot.points,
-             "remaining": b.lot.points, "state": "pending" if b.lot.pending else "live",
-             "earned_at": b.lot.earned_at, "expires_at": b.lot.expires_at,
-             "pending_until": None}
-            for entry_id, b in zip(ids, self.bookings, strict=True) if b.lot is not None]
-        if lots:
-            session.execute(_LOT, lots)
+        _insert(session, LotMovement.__table__, _MOVEMENT_COLUMNS, [
+            (t.lot_id, entry_id, t.points, t.origin_partner_id, b.kind, b.partner_id, now)
+            for entry_id, b in zip(ids, bookings, strict=True) for t in b.takes])
+        _insert(session, Lot.__table__, _LOT_COLUMNS, [
+            (b.member_id, b.lot.origin_partner_id, b.lot.source, entry_id, b.lot.points,
+             b.lot.points, "pending" if b.lot.pending else "live", b.lot.earned_at,
+             b.lot.expires_at)
+            for entry_id, b in zip(ids, bookings, strict=True) if b.lot is not None])
         holds = [{"b_hold": b.closes_hold[0], "b_status": b.closes_hold[1], "b_entry": entry_id}
-                 for entry_id, b in zip(ids, self.bookings, strict=True) if b.closes_hold]
+                 for entry_id, b in zip(ids, bookings, strict=True) if b.closes_hold]
         if holds:
             session.execute(_CLOSE_HOLD, holds)
-        for b in self.bookings:
+        for b in bookings:
             note_booked(session, b.kind)
         return ids
+
+
+_ENTRY_COLUMNS = ("id", "kind", "booked_at", "occurred_at", "partner_id", "member_id",
+                  "points", "reference_id", "available_after", "pending_after", "held_after",
+                  "note")
+_POSTING_COLUMNS = ("entry_id", "account", "member_id", "partner_id", "points")
+_MOVEMENT_COLUMNS = ("lot_id", "entry_id", "points", "origin_partner_id", "entry_kind",
+                     "entry_partner_id", "entry_booked_at")
+_LOT_COLUMNS = ("member_id", "origin_partner_id", "source", "entry_id", "points", "remaining",
+                "state", "earned_at", "expires_at")
+_E = Entry.__table__.c
+_NEXT_ENTRY_IDS = text("SELECT nextval(pg_get_serial_sequence('entry', 'id')) "
+                       "FROM generate_series(1, :n)")
+_LAST_ENTRY_ID = select(func.coalesce(func.max(_E.id), 0))
+
+
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _entry_ids(session: Session, count: int) -> list[int]:
+    """Ids for ``count`` new entries, known before they are written (so their postings and
+    movements need no answer from the database): a block of the sequence on PostgreSQL;
+    on SQLite, where the batch holds the database's write lock from its first statement,
+    the ids after the last one."""
+    if _postgres(session):
+        return list(session.execute(_NEXT_ENTRY_IDS, {"n": count}).scalars())
+    last = session.execute(_LAST_ENTRY_ID).scalar_one()
+    return list(range(last + 1, last + 1 + count))
+
+
+def _insert(session: Session, table: Any, columns: tuple[str, ...],
+            rows: list[tuple[Any, ...]]) -> None:
+    """Insert plain rows: PostgreSQL's COPY (one stream, no statement to parse per row);
+    elsewhere an ``executemany``. The values are already what the columns hold (UTC
+    timestamps, integers, text)."""
+    if not rows:
+        return
+    if _postgres(session):
+        raw = session.connection().connection.driver_connection
+        command = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+        with raw.cursor() as cursor, cursor.copy(command) as copy:  # type: ignore[union-attr]
+            for row in rows:
+                copy.write_row(row)
+        return
+    session.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
 
 
 def refuse(failures: dict[int, str]) -> None:

@@ -90,8 +90,9 @@ def expiring_members(count: int, acme: int) -> list[int]:
 # --------------------------------------------------------------------------- set-based
 
 
-# Round trips to the server: on SQLite (in the process, no round trip) SQLAlchemy inserts
-# the entries one by one to read their ids back in order, so these count on PostgreSQL.
+# Statements sent through SQLAlchemy, on PostgreSQL (the batch's rows are written with one
+# COPY per table besides, on the same connection; on SQLite, in the process, an
+# executemany runs the statement row by row).
 
 
 @pytest.mark.postgres
