@@ -2,8 +2,8 @@
 """Ledger benchmark: earn and burn through the real stack.
 
     .venv/bin/python bench/ledger.py --duration 20 --concurrency 16 \
-        [--members 1000] [--hot-members 4] [--workers 2] [--scenario earn|burn|mixed|hot|all] \
-        [--json PATH]
+        [--members 1000] [--hot-members 4] [--workers 2] \
+        [--scenario earn|burn|mixed|hot|jobs|all] [--job-members 100000] [--json PATH]
 
 One run, start to finish, on this machine only (every connection goes to 127.0.0.1):
 
@@ -59,6 +59,7 @@ from typing import Any
 from harness.client import Client, fetch_token, free_port
 from harness.cpu import CpuMeter, ms_per_request, other_pct
 from harness.gunicorn import Gunicorn
+from harness.jobs import run_jobs
 from harness.load import drive, ops_stats
 from harness.pgbench import run_pgbench
 from harness.postgres import (
@@ -461,7 +462,8 @@ class Bench:
 
     def run(self) -> int:
         a = self.args
-        scenarios = list(SCENARIOS) if a.scenario == "all" else [a.scenario]
+        scenarios = (list(SCENARIOS) if a.scenario == "all"
+                     else [] if a.scenario == "jobs" else [a.scenario])
         self.report["run"] = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "scenarios": scenarios, "duration_s": a.duration, "warmup_s": a.warmup,
@@ -508,6 +510,9 @@ class Bench:
                 self.report["scenarios"][scenario] = self.run_scenario(scenario, token, pools)
                 self.print_scenario(scenario, self.report["scenarios"][scenario])
         self.stop_gunicorn()
+        if a.scenario in ("jobs", "all"):
+            self.report["jobs"] = run_jobs(self.server, a.jobs_database, a.job_members,
+                                           a.job_batch, a.jobs_code)
         if not a.skip_pgbench:
             self.report["pgbench"] = self.run_pgbench()
         self.report["ledger_check"] = self.ledger_check()
@@ -517,7 +522,9 @@ class Bench:
             Path(a.json).write_text(json.dumps(self.report, indent=2, default=str) + "\n")
             say(f"figures written to {a.json}")
         failed = (any(s["errors"] for s in self.report["scenarios"].values())
-                  or self.report["ledger_check"]["status"] == "failed")
+                  or self.report["ledger_check"]["status"] == "failed"
+                  or self.report.get("jobs", {}).get("ledger_check", {}).get("status")
+                  == "failed")
         return 1 if failed else 0
 
     def cleanup(self) -> None:
@@ -565,7 +572,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "connection per client for the whole scenario)")
     p.add_argument("--earn-body", choices=("spend", "points"), default="spend",
                    help="earn by spend {amount, currency} or by points")
-    p.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
+    p.add_argument("--scenario", choices=(*SCENARIOS, "jobs", "all"), default="all",
+                   help="jobs: coalition expire and coalition daily over --job-members "
+                        "members in a database of their own (bench/harness/jobs.py)")
+    p.add_argument("--job-members", type=int, default=100_000,
+                   help="members filled for the jobs scenario")
+    p.add_argument("--job-batch", type=int, default=0,
+                   help="--batch given to the jobs (0: their default)")
+    p.add_argument("--jobs-database", default="coalition_bench_jobs",
+                   help="dropped and re-created by the jobs scenario")
+    p.add_argument("--jobs-code",
+                   help="run the jobs from this checkout of Coalition instead (PYTHONPATH), "
+                        "for figures before and after a change in one run")
     p.add_argument("--max-requests", type=int, default=2_000_000,
                    help="per scenario, a bound besides the duration")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn workers")

@@ -18,6 +18,7 @@ from coalition.audit.service import cli_actor
 from coalition.db import utcnow
 from coalition.errors import CoalitionError
 from coalition.ledger import numbers
+from coalition.ledger.batch import BATCH, WORKERS
 from coalition.ledger.check import check_ledger
 from coalition.ledger.daily import daily
 from coalition.ledger.jobs import expire
@@ -93,7 +94,7 @@ def db_revision(message: str) -> None:
 
 # --------------------------------------------------------------------------- ledger jobs
 
-#: above this many members, ``coalition expire`` shows a progress bar
+#: above this many members, ``coalition expire`` and ``coalition daily`` show a progress bar
 PROGRESS_THRESHOLD = 200
 
 
@@ -108,15 +109,16 @@ def _as_of(value: str | None) -> Any:
 
 class _ProgressBar:
     """A click progress bar on stderr, shown only once the run is big enough."""
-    def __init__(self, threshold: int) -> None:
+    def __init__(self, threshold: int, label: str = "expiring") -> None:
         self.threshold = threshold
+        self.label = label
         self.bar: Any = None
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
             if total <= self.threshold:
                 return
-            self.bar = click.progressbar(length=total, label="expiring", file=sys.stderr)
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
             self.bar.__enter__()
         self.bar.update(done - self.bar.pos)
 
@@ -125,12 +127,41 @@ class _ProgressBar:
             self.bar.__exit__(None, None, None)
 
 
+class _StepBars:
+    """A :class:`_ProgressBar` per step of a job (``progress(step, done, total)``)."""
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.bars: dict[str, _ProgressBar] = {}
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if step not in self.bars:
+            self.close()  # the previous step's bar ends where the next one starts
+            self.bars[step] = _ProgressBar(self.threshold, label=step)
+        self.bars[step](done, total)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars = {}
+
+
+def _batch_options(command: Any) -> Any:
+    command = click.option(
+        "--workers", type=click.IntRange(min=1), default=WORKERS, show_default=True,
+        help="Transactions at once (each on its own connection).")(command)
+    return click.option(
+        "--batch", type=click.IntRange(min=1), default=BATCH, show_default=True,
+        help="Members per transaction (their wallets are locked until it commits)."
+    )(command)
+
+
 @click.command("expire")
 @click.option("--as-of", "as_of", metavar="DATE",
               help="YYYY-MM-DD (midnight UTC) or an RFC 3339 timestamp; default now.")
+@_batch_options
 @click.option("--json", "as_json", is_flag=True)
 @with_appcontext
-def expire_command(as_of: str | None, as_json: bool) -> None:
+def expire_command(as_of: str | None, batch: int, workers: int, as_json: bool) -> None:
     """Void expired holds, release pending points and expire points (safe to rerun)."""
 
 
@@ -140,7 +171,7 @@ def expire_command(as_of: str | None, as_json: bool) -> None:
         raise click.BadParameter("must not be in the future", param_hint="--as-of")
     bar = _ProgressBar(PROGRESS_THRESHOLD)
     try:
-        summary = expire(moment, progress=bar)
+        summary = expire(moment, progress=bar, batch=batch, workers=workers)
     finally:
         bar.close()
     data = summary.to_dict()
@@ -230,9 +261,10 @@ def member_merge(absorbed: str, survivor: str, as_json: bool) -> None:
 
 @click.command("daily")
 @click.option("--as-of", "as_of", metavar="DATE", help="YYYY-MM-DD (UTC); default today.")
+@_batch_options
 @click.option("--json", "as_json", is_flag=True)
 @with_appcontext
-def daily_command(as_of: str | None, as_json: bool) -> None:
+def daily_command(as_of: str | None, batch: int, workers: int, as_json: bool) -> None:
     """Birthday bonuses and tier downgrades for a day (safe to rerun)."""
 
 
@@ -247,7 +279,11 @@ def daily_command(as_of: str | None, as_json: bool) -> None:
     if day > today:
         # a downgrade ahead of time would judge points not yet out of the window
         raise click.BadParameter("must not be in the future", param_hint="--as-of")
-    summary = daily(day)
+    bars = _StepBars(PROGRESS_THRESHOLD)
+    try:
+        summary = daily(day, progress=bars, batch=batch, workers=workers)
+    finally:
+        bars.close()
     data = summary.to_dict()
     emit(data, as_json,
          f"daily job for {day.isoformat()}\n"

@@ -21,10 +21,11 @@ from sqlalchemy.orm import Session
 
 from coalition import clock
 from coalition.clock import add_months
-from coalition.db import UnitOfWork, Units, affected_rows
+from coalition.db import UnitOfWork, Units
 from coalition.errors import BalanceLimit
 from coalition.ledger import journal
-from coalition.ledger.lookup import lock_members
+from coalition.ledger.batch import Batch, NewLot, refuse
+from coalition.ledger.journal import LedgerInconsistency
 from coalition.ledger.models import Lot, Member
 from coalition.program.service import Rules, rules_in_force
 
@@ -53,6 +54,12 @@ def lot_expiry(rules: Rules, now: datetime) -> datetime | None:
     return add_months(now, expiry["months"]) if expiry["policy"] == "fixed" else None
 
 
+def bonus_postings(member_id: int, points: int, account: str = "member:available"
+                   ) -> list[tuple[str, int | None, int | None, int]]:
+    """A bonus's postings: the coalition funds the member's points."""
+    return [("coalition:funded", None, None, -points), (account, member_id, None, points)]
+
+
 def book_bonus(session: Session, member_id: int, points: int, note: str, now: datetime,
                rules: Rules, occurred_at: datetime | None = None,
                pending: bool = False) -> int:
@@ -67,8 +74,7 @@ def book_bonus(session: Session, member_id: int, points: int, note: str, now: da
     entry_id = journal.book_entry(
         session, kind="bonus", booked_at=now, occurred_at=occurred_at, points=points,
         member_id=member_id, balance=balance, note=note,
-        postings=[("coalition:funded", None, None, -points),
-                  (account, member_id, None, points)],
+        postings=bonus_postings(member_id, points, account),
     )
     journal.create_lot(session, member_id=member_id, origin_partner_id=None, source="bonus",
                        entry_id=entry_id, points=points, earned_at=now,
@@ -106,20 +112,34 @@ def birthday_conditions(as_of: date) -> list[Any]:
     ]
 
 
-def grant_birthday(member_id: int, as_of: date, points: int, *, units: Units = UnitOfWork) -> bool:
+def grant_birthdays(member_ids: list[int], as_of: date, points: int, *,
+                    units: Units = UnitOfWork) -> list[int]:
+    """The birthday bonus of ``as_of`` for a batch of members, in one unit of work under
+    their wallet locks (:mod:`coalition.ledger.batch`); returns the members granted. A
+    member whose balance cannot take the bonus is refused alone (its year is not moved)."""
     with units() as uow:
         session = uow.session
-        lock_members(session, member_id)
+        ledger = Batch.lock(session, member_ids)
         # the guard that makes the bonus once a year: only one run can move the year on
-        claimed = affected_rows(session.execute(
+        claimed = sorted(session.scalars(
             update(Member.__table__)
-            .where(_m.id == member_id, *birthday_conditions(as_of))
+            .where(_m.id.in_(ledger.members), *birthday_conditions(as_of))
             .values(birthday_bonus_year=as_of.year)
-        ))
-        if claimed != 1:
-            return False
-        now = clock.utcnow()
-        book_bonus(session, member_id, points, "birthday", now, rules_in_force(session),
-                   occurred_at=min(now, datetime.combine(as_of, time(), UTC)))
+            .returning(_m.id)))
+        now = ledger.now
+        rules = rules_in_force(session)
+        occurred_at = min(now, datetime.combine(as_of, time(), UTC))
+        lot = NewLot(source="bonus", points=points, earned_at=now,
+                     expires_at=lot_expiry(rules, now))
+        failures = {}
+        for member_id in claimed:
+            try:
+                ledger.book(member_id, kind="bonus", points=points, available=points,
+                            occurred_at=occurred_at, note="birthday", lot=lot,
+                            postings=bonus_postings(member_id, points))
+            except LedgerInconsistency:
+                failures[member_id] = "The member's balance would exceed the largest allowed."
+        refuse(failures)
+        ledger.write()
         uow.commit()
-        return True
+        return claimed

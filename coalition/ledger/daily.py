@@ -1,33 +1,34 @@
-"""The daily job: birthday bonuses and tier downgrades for a day; safe to rerun."""
+"""The daily job: birthday bonuses and tier downgrades for a day; safe to rerun.
+
+Candidates are found with set-based queries (keyset pages of
+:data:`~coalition.ledger.batch.BATCH` members); each page is then handled in one
+transaction under its members' wallet locks (:mod:`coalition.ledger.batch`), where the
+decision is made again from what is committed, so a second run (or two runs at once)
+changes nothing twice, a booking racing the job is neither lost nor doubled, a crash loses
+at most the page in hand, and a member that cannot be handled is reported while the others
+are.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import func, select
 
-from coalition.db import UnitOfWork, Units, read, run_with_retries
-from coalition.errors import CoalitionError
+from coalition.db import UnitOfWork, Units, read
 from coalition.ledger import tiers
-from coalition.ledger.bonuses import birthday_conditions, grant_birthday
-from coalition.ledger.journal import LedgerInconsistency
-from coalition.ledger.lookup import lock_members, member_state
+from coalition.ledger.batch import BATCH, Batch, run_pages
+from coalition.ledger.bonuses import birthday_conditions, grant_birthdays
 from coalition.ledger.models import Member
 from coalition.program.service import Rules, rules_in_force
 
 _m = Member.__table__.c
 
-
-#: members handled per candidate query of the daily job (keyset pages)
-PAGE = 500
-
-
+#: ``progress(step, done, total)``: before the step's first member and after each batch
 Progress = Callable[[str, int, int], None]
-T = TypeVar("T")
 
 
 @dataclass
@@ -47,32 +48,18 @@ class DailySummary:
 
 
 def daily(as_of: date, progress: Progress | None = None, *,
-          units: Units = UnitOfWork) -> DailySummary:
-    """Birthday bonuses and tier downgrades for ``as_of`` (a UTC date); safe to rerun.
-
-    Candidates are found with set-based queries; each member is then handled in a
-    transaction of its own under the member's wallet lock, where the decision is made
-    again from what is committed, so a second run (or two runs at once) changes nothing
-    twice and a crash loses at most the member in hand.
-    """
+          units: Units = UnitOfWork, batch: int = BATCH, workers: int = 1) -> DailySummary:
+    """Birthday bonuses and tier downgrades for ``as_of`` (a UTC date), ``batch`` members
+    per transaction, ``workers`` transactions at once; safe to rerun."""
     summary = DailySummary(as_of=as_of)
-    _birthdays(as_of, summary, progress, units)
-    _downgrades(as_of, summary, progress, units)
+    _birthdays(as_of, summary, progress, units, batch, workers)
+    _downgrades(as_of, summary, progress, units, batch, workers)
+    summary.failures.sort(key=lambda failure: failure["member_id"])
     return summary
 
 
-def _each(summary: DailySummary, step: str, member_id: int, work: Callable[[], T]) -> T | None:
-    """Run one member's ``step`` (its own unit of work, retried on a conflict); a refusal
-    or an inconsistency is that member's failure, and the job goes on."""
-    try:
-        return run_with_retries(work)
-    except (CoalitionError, LedgerInconsistency) as exc:
-        summary.failures.append({"member_id": member_id, "step": step, "error": str(exc)})
-        return None
-
-
 def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None,
-               units: Units) -> None:
+               units: Units, batch: int, workers: int) -> None:
     with read() as session:
         rules = rules_in_force(session)
     points = rules["bonuses"]["birthday"]
@@ -83,28 +70,34 @@ def _birthdays(as_of: date, summary: DailySummary, progress: Progress | None,
         total = session.scalar(select(func.count()).where(*conditions)) or 0
     if progress:
         progress("birthdays", 0, total)
-    after = 0
+
+    def pages() -> Iterator[list[int]]:
+        after = 0
+        while True:
+            with read() as session:
+                page = list(session.scalars(select(_m.id).where(*conditions, _m.id > after)
+                                            .order_by(_m.id).limit(batch)))
+            if not page:
+                return
+            yield page
+            after = page[-1]
+
     done = 0
-    while True:
-        with read() as session:
-            page = list(session.scalars(select(_m.id).where(*conditions, _m.id > after)
-                                        .order_by(_m.id).limit(PAGE)))
-        if not page:
-            break
-        for member_id in page:
-            granted = _each(summary, "birthday", member_id,
-                            partial(grant_birthday, member_id, as_of, points, units=units))
-            if granted:
-                summary.birthday_members += 1
-                summary.birthday_points += points
-            done += 1
-            if progress:
-                progress("birthdays", done, max(total, done))
-        after = page[-1]
+    for page, granted, failures in run_pages(
+            pages(), lambda members: grant_birthdays(members, as_of, points, units=units),
+            workers=workers):
+        count = sum(len(members) for members in granted)
+        summary.birthday_members += count
+        summary.birthday_points += count * points
+        summary.failures += [{"member_id": m, "step": "birthday", "error": why}
+                             for m, why in sorted(failures.items())]
+        done += len(page)
+        if progress:
+            progress("birthdays", done, max(total, done))
 
 
 def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None,
-                units: Units) -> None:
+                units: Units, batch: int, workers: int) -> None:
     """Move down every active member whose qualifying points over the 12 months before
     ``as_of`` no longer reach their tier (upgrades happen at earn time)."""
     with read() as session:
@@ -128,29 +121,32 @@ def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None,
         candidates = list(session.scalars(due.order_by(_m.id)))
     if progress:
         progress("tiers", 0, len(candidates))
-    for done, member_id in enumerate(candidates, 1):
-        moved = _each(summary, "tier", member_id,
-                      partial(_downgrade, member_id, rules, now, units))
-        if moved:
-            summary.tier_downgrades += 1
-            step = f"{moved[0]}>{moved[1]}"
-            summary.downgrades[step] = summary.downgrades.get(step, 0) + 1
+    pages = (candidates[start:start + batch] for start in range(0, len(candidates), batch))
+    done = 0
+    for page, moved, failures in run_pages(
+            pages, lambda members: _downgrade(members, rules, now, units), workers=workers):
+        for changes in moved:
+            for step in changes.values():
+                summary.tier_downgrades += 1
+                name = f"{step[0]}>{step[1]}"
+                summary.downgrades[name] = summary.downgrades.get(name, 0) + 1
+        summary.failures += [{"member_id": m, "step": "tier", "error": why}
+                             for m, why in sorted(failures.items())]
+        done += len(page)
         if progress:
             progress("tiers", done, len(candidates))
 
 
-def _downgrade(member_id: int, rules: Rules, now: datetime,
-               units: Units) -> tuple[str, str] | None:
-    """Under the wallet lock (which every earn takes before it upgrades), decide again
-    from the committed earns, and move the member down if they no longer qualify."""
+def _downgrade(member_ids: list[int], rules: Rules, now: datetime,
+               units: Units) -> dict[int, tuple[str, str]]:
+    """Under the wallet locks (which every earn takes before it upgrades), decide again
+    from the committed earns, and move down the members that no longer qualify."""
     with units() as uow:
         session = uow.session
-        lock_members(session, member_id)
-        member = member_state(session, member_id)
-        if member.status != "active":
-            return None
-        reached = tiers.downgrade(session, member_id, member.tier, rules, now)
-        if reached is None:
-            return None
+        locked = Batch.lock(session, member_ids)
+        active = dict(session.execute(
+            select(_m.id, _m.tier).where(_m.id.in_(locked.members), _m.status == "active")
+        ).all())
+        moved = tiers.downgrades(session, active, rules, now)
         uow.commit()
-        return member.tier, reached
+        return moved

@@ -1,12 +1,15 @@
 """The expiry job: holds past their expiry, pending points that became spendable, and
 points that expired under the program's expiry policy.
 
-``expire(as_of)`` finds the members with something due in set-based queries and then
-settles each member in a transaction of its own (retried on a transient conflict), so a
-run never holds more than one member's wallet lock, a crash loses at most the member in
-hand, and running again finishes the job. Everything it does is decided by the state it
-finds under the member's wallet lock, so a second run with the same ``as_of`` (or two runs
-at once) books nothing twice::
+``expire(as_of)`` finds the members with something due in set-based queries (keyset
+pages of :data:`~coalition.ledger.batch.BATCH` members) and settles each page in one
+transaction under those members' wallet locks, with statements over the whole page
+(:mod:`coalition.ledger.batch`), so a crash loses at most the page in hand and running
+again finishes the job. Everything it does is decided by the state it finds under the
+locks, so a second run with the same ``as_of`` (or two runs at once) books nothing twice,
+and an earn or a burn racing the job waits for the page's transaction (or the page for
+it) and is neither lost nor doubled. A member whose state disagrees with itself is
+reported and the others settled::
 
     summary = expire(clock.utcnow())
 
@@ -25,36 +28,32 @@ The job's own entries are not member activity: they never move ``last_activity_a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from sqlalchemy import Select, exists, func, select, union, update
-from sqlalchemy.exc import NoResultFound
-from sqlalchemy.orm import Session
 
-from coalition import clock
 from coalition.clock import add_months
-from coalition.db import UnitOfWork, read, run_with_retries
+from coalition.db import UnitOfWork, read
 from coalition.ledger import journal
+from coalition.ledger.batch import BATCH, Batch, paged, refuse, run_pages, windows
 from coalition.ledger.journal import LedgerInconsistency, Take
-from coalition.ledger.models import Hold, Lot, LotMovement, Member, Wallet
-from coalition.ledger.voiding import void_hold
+from coalition.ledger.models import Hold, Lot, Member, Wallet
+from coalition.ledger.voiding import holds_takes, void_takes
 from coalition.program.service import load_rules
 
-#: members settled per candidate query (keyset pages, so memory stays flat)
-PAGE = 500
-
-#: ``progress(done, total)``: called once before the first member and after each one
+#: ``progress(done, total)``: called once before the first member and after each batch
 Progress = Callable[[int, int], None]
+
+#: member ids read per candidate query, in batches: a window of WINDOW × batch ids
+WINDOW = 4
 
 _hold = Hold.__table__.c
 _lot = Lot.__table__.c
 _wallet = Wallet.__table__.c
 _member = Member.__table__.c
-_movement = LotMovement.__table__.c
 
 
 @dataclass
@@ -77,15 +76,10 @@ class ExpirySummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-@dataclass(frozen=True)
-class _Settled:
-    holds: int = 0
-    unheld: int = 0
-    lots_released: int = 0
-    released: int = 0
-    lots_expired: int = 0
-    expired: int = 0
+    def add(self, done: ExpirySummary) -> None:
+        for name in ("holds_voided", "points_unheld", "members_released", "lots_released",
+                     "points_released", "members_expired", "lots_expired", "points_expired"):
+            setattr(self, name, getattr(self, name) + getattr(done, name))
 
 
 @dataclass(frozen=True)
@@ -101,8 +95,10 @@ class _Policy:
 # --------------------------------------------------------------------------- the run
 
 
-def expire(as_of: datetime, progress: Progress | None = None) -> ExpirySummary:
-    """Void expired holds, release pending points and expire points, as of ``as_of``.
+def expire(as_of: datetime, progress: Progress | None = None, *,
+           batch: int = BATCH, workers: int = 1) -> ExpirySummary:
+    """Void expired holds, release pending points and expire points, as of ``as_of``,
+    ``batch`` members per transaction, ``workers`` transactions at once.
 
     ``booked_at`` of every entry is the server clock; ``occurred_at`` is ``as_of``.
     """
@@ -112,50 +108,42 @@ def expire(as_of: datetime, progress: Progress | None = None) -> ExpirySummary:
         policy = _Policy.of(load_rules(session)["expiry"])
         total = session.scalar(select(func.count()).select_from(
             _candidates(as_of, policy).subquery())) or 0
+        top = session.scalar(select(func.max(_member.id))) or 0
     summary = ExpirySummary(as_of=as_of, policy=policy.name)
     if progress:
         progress(0, total)
-    after: int | None = None
-    while True:
-        with read() as session:
-            query = _candidates(as_of, policy, after=after)
-            page = list(session.scalars(query.order_by("member_id").limit(PAGE)))
-        if not page:
-            break
-        for member_id in page:
-            try:
-                done = run_with_retries(partial(_settle, member_id, as_of, policy))
-            except LedgerInconsistency as exc:
-                summary.failures.append({"member_id": member_id, "error": str(exc)})
-                done = _Settled()
-            _add(summary, done)
-            summary.members += 1
-            if progress:
-                progress(summary.members, max(total, summary.members))
-        after = page[-1]
+
+    def candidates() -> Iterator[list[int]]:
+        # a window of member ids at a time, read through the member indexes
+        for low, high in windows(top, WINDOW * batch):
+            with read() as session:
+                yield list(session.scalars(_candidates(as_of, policy, (low, high))
+                                           .order_by("member_id")))
+
+    for page, done, failures in run_pages(
+            paged(candidates(), batch), lambda members: _settle(members, as_of, policy),
+            workers=workers):
+        for part in done:
+            summary.add(part)
+        summary.failures += [{"member_id": m, "error": why} for m, why in sorted(failures.items())]
+        summary.members += len(page)
+        if progress:
+            progress(summary.members, max(total, summary.members))
+    summary.failures.sort(key=lambda failure: failure["member_id"])
     return summary
 
 
-def _add(summary: ExpirySummary, done: _Settled) -> None:
-    summary.holds_voided += done.holds
-    summary.points_unheld += done.unheld
-    summary.lots_released += done.lots_released
-    summary.points_released += done.released
-    summary.members_released += 1 if done.released else 0
-    summary.lots_expired += done.lots_expired
-    summary.points_expired += done.expired
-    summary.members_expired += 1 if done.expired else 0
+def _candidates(as_of: datetime, policy: _Policy,
+                window: tuple[int, int] | None = None) -> Select[Any]:
+    """Members with anything that may be due (in the ``[low, high)`` window of member
+    ids): one set-based query, no lots in Python.
 
-
-def _candidates(as_of: datetime, policy: _Policy, after: int | None = None) -> Select[Any]:
-    """Members with anything that may be due: one set-based query, no lots in Python.
-
-    A candidate is only a suspicion; :func:`_settle` decides under the wallet lock.
+    A candidate is only a suspicion; :func:`_settle` decides under the wallet locks.
     """
 
     def arm(member_column: Any, *conditions: Any) -> Select[Any]:
-        if after is not None:
-            conditions += (member_column > after,)
+        if window is not None:
+            conditions += (member_column >= window[0], member_column < window[1])
         return select(member_column.label("member_id")).where(*conditions)
 
     arms = [
@@ -180,88 +168,137 @@ def _candidates(as_of: datetime, policy: _Policy, after: int | None = None) -> S
     return select(due.c.member_id)
 
 
-# --------------------------------------------------------------------------- one member
+# --------------------------------------------------------------------------- one batch
 
 
-def _settle(member_id: int, as_of: datetime, policy: _Policy) -> _Settled:
-    """Everything due for one member, in one transaction under the member's wallet lock."""
+def _settle(member_ids: list[int], as_of: datetime, policy: _Policy) -> ExpirySummary:
+    """Everything due for a batch of members, in one transaction under their wallet locks;
+    refuses (:class:`~coalition.ledger.batch.Refused`) the members whose state disagrees."""
+    done = ExpirySummary(as_of=as_of, policy=policy.name)
     with UnitOfWork() as uow:
         session = uow.session
-        now = clock.utcnow()
-        try:
-            journal.lock_wallet(session, member_id)
-        except NoResultFound as exc:
-            raise LedgerInconsistency(f"member {member_id} has no wallet") from exc
-        holds, unheld = _void_expired_holds(session, member_id, as_of, now)
-        lots_released, released = _release(session, member_id, as_of, now)
-        lots_expired, expired = _expire_lots(session, member_id, as_of, now, policy)
+        batch = Batch.lock(session, member_ids)
+        refuse({m: f"member {m} has no wallet" for m in member_ids if m not in batch.balances})
+        _void_expired_holds(batch, as_of, done)
+        _release(batch, as_of, done)
+        _expire_lots(batch, as_of, policy, done)
+        batch.write()
         uow.commit()
-    return _Settled(holds, unheld, lots_released, released, lots_expired, expired)
+    return done
 
 
-def _void_expired_holds(session: Session, member_id: int, as_of: datetime,
-                        now: datetime) -> tuple[int, int]:
-    holds = session.scalars(
-        select(Hold).where(_hold.member_id == member_id, _hold.status == "open",
-                           _hold.expires_at <= as_of)
-        .order_by(_hold.expires_at, _hold.id)
+def _void_expired_holds(batch: Batch, as_of: datetime, done: ExpirySummary) -> None:
+    session = batch.session
+    holds = session.execute(
+        select(_hold.id, _hold.member_id, _hold.partner_id, _hold.points, _hold.entry_id)
+        .where(_hold.member_id.in_(batch.members), _hold.status == "open",
+               _hold.expires_at <= as_of)
+        .order_by(_hold.member_id, _hold.expires_at, _hold.id)
     ).all()
+    reserved = holds_takes(session, [hold.entry_id for hold in holds])
+    takes: list[Take] = []
+    failures: dict[int, str] = {}
+    for hold_id, member_id, partner_id, points, entry_id in holds:
+        try:
+            back = void_takes(hold_id, reserved[entry_id], points)
+            batch.book(member_id, kind="hold_void", points=points, held=-points,
+                       available=points, occurred_at=as_of, partner_id=partner_id,
+                       reference_id=entry_id, note="expired", takes=back,
+                       closes_hold=(hold_id, "expired"),
+                       postings=[("member:held", member_id, None, -points),
+                                 ("member:available", member_id, None, points)])
+        except LedgerInconsistency as exc:
+            failures.setdefault(member_id, str(exc))
+            continue
+        takes += back
+        done.holds_voided += 1
+        done.points_unheld += points
+    refuse(failures)
     # a lot that expired while some of its points were held takes them back as live
     # points (apply_takes revives it); step 3 expires them again when they are due
-    for hold in holds:
-        void_hold(session, hold, now, status="expired", note="expired", occurred_at=as_of)
-    return len(holds), sum(hold.points for hold in holds)
+    journal.apply_takes(session, takes)
 
 
-def _release(session: Session, member_id: int, as_of: datetime,
-             now: datetime) -> tuple[int, int]:
-    lots = session.execute(
-        select(_lot.id, _lot.remaining)
-        .where(_lot.member_id == member_id, _lot.state == "pending",
+def _release(batch: Batch, as_of: datetime, done: ExpirySummary) -> None:
+    session = batch.session
+    rows = session.execute(
+        select(_lot.member_id, _lot.id, _lot.remaining)
+        .where(_lot.member_id.in_(batch.members), _lot.state == "pending",
                _lot.pending_until <= as_of)
+        .order_by(_lot.member_id, _lot.id)
     ).all()
-    points = journal.release_lots(session, member_id, [tuple(row) for row in lots], now,
-                                  occurred_at=as_of)
-    return sum(1 for _, remaining in lots if remaining), points
+    if not rows:
+        return
+    session.execute(update(Lot.__table__).where(_lot.id.in_([row.id for row in rows]))
+                    .values(state="live"))
+    per_member: dict[int, list[int]] = {}
+    for member_id, _, remaining in rows:
+        per_member.setdefault(member_id, []).append(remaining)
+    failures: dict[int, str] = {}
+    for member_id, remaining in per_member.items():
+        points = sum(remaining)
+        if points == 0:  # emptied while pending (a reversal in full): no entry
+            continue
+        try:
+            batch.book(member_id, kind="release", points=points, pending=-points,
+                       available=points, occurred_at=as_of,
+                       postings=[("member:pending", member_id, None, -points),
+                                 ("member:available", member_id, None, points)])
+        except LedgerInconsistency:
+            failures[member_id] = (f"member {member_id}: pending short of {points} points "
+                                   f"in pending lots (or available would overflow)")
+        done.members_released += 1
+        done.lots_released += sum(1 for points in remaining if points)
+        done.points_released += points
+    refuse(failures)
 
 
-def _expire_lots(session: Session, member_id: int, as_of: datetime, now: datetime,
-                 policy: _Policy) -> tuple[int, int]:
+def _expire_lots(batch: Batch, as_of: datetime, policy: _Policy,
+                 done: ExpirySummary) -> None:
     if policy.name == "none" or not policy.months:
-        return 0, 0
-    conditions = [_lot.member_id == member_id, _lot.state == "live", _lot.remaining > 0]
+        return
+    session = batch.session
+    conditions = [_lot.state == "live", _lot.remaining > 0]
     if policy.name == "fixed":
+        members = batch.members
         conditions.append(_lot.expires_at <= as_of)
     else:
-        last, created = session.execute(
-            select(_wallet.last_activity_at, _member.created_at)
-            .join(Member.__table__, _member.id == _wallet.member_id)
-            .where(_wallet.member_id == member_id)
-        ).one()
-        if add_months(last or created, policy.months) > as_of:
-            return 0, 0
+        members = [
+            member_id for member_id, last, created in session.execute(
+                select(_wallet.member_id, _wallet.last_activity_at, _member.created_at)
+                .join(Member.__table__, _member.id == _wallet.member_id)
+                .where(_wallet.member_id.in_(batch.members)))
+            if add_months(last or created, policy.months) <= as_of]
+        if not members:
+            return
     lots = session.execute(
-        select(_lot.id, _lot.origin_partner_id, _lot.remaining)
-        .where(*conditions).order_by(_lot.expires_at.asc().nulls_last(), _lot.id)
+        select(_lot.member_id, _lot.id, _lot.origin_partner_id, _lot.remaining)
+        .where(_lot.member_id.in_(members), *conditions)
+        .order_by(_lot.member_id, _lot.expires_at.asc().nulls_last(), _lot.id)
     ).all()
     if not lots:
-        return 0, 0
-    points = sum(remaining for _, _, remaining in lots)
-    balance = journal.change_wallet(session, member_id, available=-points)
-    if balance is None:
-        raise LedgerInconsistency(f"member {member_id}: available short of the {points} "
-                                  f"points in expiring lots")
-    takes = [Take(lot_id, origin, -remaining) for lot_id, origin, remaining in lots]
-    journal.apply_takes(session, takes)
+        return
+    per_member: dict[int, list[Take]] = {}
+    for member_id, lot_id, origin, remaining in lots:
+        per_member.setdefault(member_id, []).append(Take(lot_id, origin, -remaining))
+    failures: dict[int, str] = {}
+    for member_id, takes in per_member.items():
+        points = -sum(t.points for t in takes)
+        try:
+            batch.book(member_id, kind="expiry", points=points, available=-points,
+                       occurred_at=as_of, takes=takes,
+                       postings=[("member:available", member_id, None, -points),
+                                 ("coalition:breakage", None, None, points)])
+        except LedgerInconsistency:
+            failures[member_id] = (f"member {member_id}: available short of the {points} "
+                                   f"points in expiring lots")
+        done.members_expired += 1
+        done.lots_expired += len(takes)
+        done.points_expired += points
+    refuse(failures)
+    journal.apply_takes(session, [t for takes in per_member.values() for t in takes])
     # points an open hold still reserves in these lots, if it is voided or partly
     # captured, come back to them as live points (apply_takes revives an expired lot) and
     # the next run expires them
-    session.execute(update(Lot.__table__).where(_lot.id.in_([t.lot_id for t in takes]))
+    session.execute(update(Lot.__table__).where(_lot.id.in_([lot.id for lot in lots]))
                     .values(state="expired"))
-    journal.book_entry(
-        session, kind="expiry", booked_at=now, occurred_at=as_of, points=points,
-        member_id=member_id, balance=balance, takes=takes,
-        postings=[("member:available", member_id, None, -points),
-                  ("coalition:breakage", None, None, points)],
-    )
-    return len(lots), points

@@ -2,17 +2,18 @@
 booked in the rolling 12 months, the member's own and those of every member merged into
 it; the tier reached is the highest whose threshold they meet (the first tier, threshold 0,
 is the floor). Upgrades happen at the earn that crosses a threshold
-(:func:`upgrade`), downgrades in the daily job (:func:`downgrade`), and the member's own
+(:func:`upgrade`), downgrades in the daily job (:func:`downgrades`), and the member's own
 view shows the same figure (:func:`qualifying_points`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, literal, or_, select, update
+from sqlalchemy import bindparam, case, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from coalition.clock import add_months
@@ -49,15 +50,19 @@ def qualifying_points(session: Session, member_id: int, now: datetime) -> tuple[
     return int(points or 0), since
 
 
-def qualifying_by_member(since: datetime) -> Any:
+def qualifying_by_member(since: datetime, members: Sequence[int] | None = None) -> Any:
     """SQL: qualifying points per member (``member_id``, ``points``) booked after
     ``since``, the merged members' under their survivor: the daily job's set-based form of
-    :func:`qualifying_points`."""
+    :func:`qualifying_points` (for ``members`` only, when given)."""
     owner = func.coalesce(_m.merged_into_id, _m.id)
-    return (select(owner.label("member_id"), func.sum(_SIGNED).label("points"))
-            .select_from(Entry.__table__.join(Member.__table__, _m.id == _e.member_id))
-            .where(_e.kind.in_(_QUALIFYING_KINDS), _e.booked_at > since)
-            .group_by(owner))
+    query = (select(owner.label("member_id"), func.sum(_SIGNED).label("points"))
+             .select_from(Entry.__table__.join(Member.__table__, _m.id == _e.member_id))
+             .where(_e.kind.in_(_QUALIFYING_KINDS), _e.booked_at > since)
+             .group_by(owner))
+    if members is not None:
+        # the member's own entries and those of the members merged into it
+        query = query.where(or_(_m.id.in_(members), _m.merged_into_id.in_(members)))
+    return query
 
 
 def reached(rules: Rules, points: int) -> str:
@@ -112,17 +117,25 @@ def upgrade(session: Session, member_id: int, tier: str, rules: Rules, now: date
                         .values(tier=target))
 
 
-def downgrade(session: Session, member_id: int, tier: str, rules: Rules,
-              now: datetime) -> str | None:
-    """Move an active member whose tier is ``tier`` down to the tier its qualifying points
-    at ``now`` reach, under its wallet lock; the tier moved to, or None."""
-    points, _ = qualifying_points(session, member_id, now)
-    target = reached(rules, points)
-    if rank(rules, tier, unknown=len(rules["tiers"])) <= rank(rules, target, unknown=0):
-        return None
-    session.execute(update(Member.__table__).where(_m.id == member_id, _m.tier == tier)
-                    .values(tier=target))
-    return target
+def downgrades(session: Session, tiers: dict[int, str], rules: Rules,
+               now: datetime) -> dict[int, tuple[str, str]]:
+    """Move down each active member of ``tiers`` (member → the tier read under its wallet
+    lock, which the caller holds) whose qualifying points at ``now`` reach a lower tier:
+    one query for their points and one statement for the moves. Returns member →
+    ``(from, to)`` for the members moved."""
+    points = dict(session.execute(qualifying_by_member(window_start(now), list(tiers))).all())
+    moved = {}
+    for member_id, tier in tiers.items():
+        target = reached(rules, int(points.get(member_id) or 0))
+        if rank(rules, tier, unknown=len(rules["tiers"])) > rank(rules, target, unknown=0):
+            moved[member_id] = (tier, target)
+    if moved:
+        session.execute(
+            update(Member.__table__)
+            .where(_m.id == bindparam("b_member"), _m.tier == bindparam("b_from"))
+            .values(tier=bindparam("b_to")),
+            [{"b_member": m, "b_from": old, "b_to": new} for m, (old, new) in moved.items()])
+    return moved
 
 
 def qualifying_by_member_at(moments: list[datetime]) -> Any:

@@ -4,6 +4,7 @@ that reserved them; used by hold cancellation, the expiry job, merges and closur
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select
@@ -13,18 +14,37 @@ from coalition.ledger import journal
 from coalition.ledger.journal import LedgerInconsistency, Take
 from coalition.ledger.models import Hold, Lot, LotMovement, Wallet
 
+_mv, _lot = LotMovement.__table__.c, Lot.__table__.c
+#: the order a hold's points go back to its lots: latest expiry first (so a partial
+#: capture keeps the earliest-expiring points and returns the rest)
+_RETURN_ORDER = (_lot.expires_at.desc().nulls_first(), _lot.id.desc())
+
 
 def hold_takes(session: Session, hold: Hold) -> list[Take]:
-    """The points the hold still reserves, per lot, latest expiry first (so a partial
-    capture keeps the earliest-expiring points and returns the rest)."""
-    mv, lot = LotMovement.__table__.c, Lot.__table__.c
+    """The points the hold still reserves, per lot, in the order they go back."""
     rows = session.execute(
-        select(mv.lot_id, lot.origin_partner_id, -mv.points)
-        .join(Lot.__table__, lot.id == mv.lot_id)
-        .where(mv.entry_id == hold.entry_id)
-        .order_by(lot.expires_at.desc().nulls_first(), lot.id.desc())
+        select(_mv.lot_id, _lot.origin_partner_id, -_mv.points)
+        .join(Lot.__table__, _lot.id == _mv.lot_id)
+        .where(_mv.entry_id == hold.entry_id)
+        .order_by(*_RETURN_ORDER)
     ).all()
     return [Take(lot_id, origin, points) for lot_id, origin, points in rows]
+
+
+def holds_takes(session: Session, hold_entry_ids: Sequence[int]) -> dict[int, list[Take]]:
+    """:func:`hold_takes` of many holds in one query, by hold entry id."""
+    found: dict[int, list[Take]] = {entry_id: [] for entry_id in hold_entry_ids}
+    if not found:
+        return found
+    rows = session.execute(
+        select(_mv.entry_id, _mv.lot_id, _lot.origin_partner_id, -_mv.points)
+        .join(Lot.__table__, _lot.id == _mv.lot_id)
+        .where(_mv.entry_id.in_(list(found)))
+        .order_by(_mv.entry_id, *_RETURN_ORDER)
+    ).all()
+    for entry_id, lot_id, origin, points in rows:
+        found[entry_id].append(Take(lot_id, origin, points))
+    return found
 
 
 def returning(reserved: list[Take], points: int) -> list[Take]:
@@ -39,16 +59,23 @@ def returning(reserved: list[Take], points: int) -> list[Take]:
     return takes
 
 
+def void_takes(hold_id: int, reserved: list[Take], points: int) -> list[Take]:
+    """The takes that give a void's ``points`` back to the lots the hold reserved them in;
+    refused when those lots reserve fewer."""
+    takes = returning(reserved, points)
+    if sum(t.points for t in takes) != points:
+        raise LedgerInconsistency(f"hold {hold_id}: its lots reserve "
+                                  f"{sum(t.points for t in takes)} of {points} points")
+    return takes
+
+
 def void_hold(session: Session, hold: Hold, now: datetime, *, status: str,
               partner_txn_id: str | None = None, digest: str | None = None,
               note: str | None = None, occurred_at: datetime | None = None) -> int:
     """Return a hold's points to available (its lots get them back, exactly what the hold
     took from each). The caller has locked the member's wallet and checked the hold is
     open; ``status`` is what the hold becomes (``voided``, ``expired``)."""
-    takes = returning(hold_takes(session, hold), hold.points)
-    if sum(t.points for t in takes) != hold.points:
-        raise LedgerInconsistency(f"hold {hold.id}: its lots reserve "
-                                  f"{sum(t.points for t in takes)} of {hold.points} points")
+    takes = void_takes(hold.id, hold_takes(session, hold), hold.points)
     balance = journal.change_wallet(session, hold.member_id, held=-hold.points,
                                     available=hold.points, activity_at=None)
     if balance is None:

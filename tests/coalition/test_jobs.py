@@ -311,17 +311,19 @@ def test_a_crash_mid_run_loses_nothing_and_a_rerun_finishes(app, monkeypatch):
     as_of = T0 + timedelta(days=32)
     settle, calls = jobs._settle, []
 
-    def crashing(member_id, *args):
-        calls.append(member_id)
+    def crashing(member_ids, *args):
+        calls.append(member_ids)
         if len(calls) == 2:
             raise RuntimeError("power cut")
-        return settle(member_id, *args)
+        return settle(member_ids, *args)
 
     monkeypatch.setattr(jobs, "_settle", crashing)
     with pytest.raises(RuntimeError):
-        expire(as_of)
+        expire(as_of, batch=2)
     monkeypatch.setattr(jobs, "_settle", settle)
-    assert_clean()  # the first member was settled in full, the second not at all
+    assert calls == [members[:2], members[2:3]]
+    assert_clean()  # the first batch was settled in full, the second not at all
+    assert wallet(members[0]) == (0, 0, 0) and wallet(members[2]) == (0, 10, 0)
     expire(as_of)
     assert wallet(members[0]) == (0, 0, 0)
     assert len(entries("expiry", members[0])) == 1
@@ -359,14 +361,20 @@ def test_concurrent_runs_book_everything_once(app):
     assert_clean()
 
 
-def test_progress_is_reported_per_member(app):
+def test_progress_is_reported_per_batch(app):
     set_rules(policy="fixed", months=1)
     acme = make_partner("acme")
     for _ in range(3):
         book_earn(make_member(), acme, 10, T0)
     seen = []
     expire(T0 + timedelta(days=40), progress=lambda done, total: seen.append((done, total)))
-    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert seen == [(0, 3), (3, 3)]
+    seen.clear()
+    for _ in range(3):
+        book_earn(make_member(), acme, 10, T0)
+    expire(T0 + timedelta(days=40), progress=lambda done, total: seen.append((done, total)),
+           batch=2)
+    assert seen == [(0, 3), (2, 3), (3, 3)]  # after each batch
 
 
 def test_a_member_whose_state_disagrees_is_reported_and_the_others_settled(app):

@@ -19,7 +19,8 @@ RULES = {"pending_days": 0, "expiry": {"policy": "none"},
 @pytest.mark.postgres
 @pytest.mark.parametrize("body", [{"points": 25}, {"spend": {"amount": "25.40",
                                                              "currency": "GBP"}}])
-def test_an_earn_is_three_statements_and_the_partner_report(client, make_partner, operator_headers, body):
+def test_an_earn_is_three_statements_and_the_partner_report(client, make_partner,
+                                                           operator_headers, body):
     assert client.put("/v1/admin/program", json=RULES,
                       headers=operator_headers).status_code == 200
     _, headers = make_partner("acme")
