@@ -98,8 +98,10 @@ def _fresh_postgres_database() -> str:
 
 
 def make_test_app(database_url: str, **overrides: Any) -> Flask:
+    # the cheapest Argon2id: the suite signs in hundreds of times (production keeps the full
+    # cost: tests/coalition/test_passwords.py)
     config = {"ENV": "testing", "DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET,
-              "LOG_LEVEL": "warning", "TX_RETRIES": 20}
+              "LOG_LEVEL": "warning", "TX_RETRIES": 20, "PASSWORD_HASHING": "minimal"}
     config.update(overrides)
     return create_app(config)
 
@@ -314,7 +316,8 @@ def gunicorn_server(app: Flask, database_url: str, tmp_path: Any) -> Iterator[st
     """The app served by the real gunicorn (as in production) on the test database: its
     base URL."""
     env = clean_env(tmp_path, COALITION_ENV="testing", COALITION_DATABASE_URL=database_url,
-                    COALITION_SECRET_KEY=TEST_SECRET, COALITION_LOG_LEVEL="warning")
+                    COALITION_SECRET_KEY=TEST_SECRET, COALITION_LOG_LEVEL="warning",
+                    COALITION_PASSWORD_HASHING="minimal")
     log = tmp_path / "gunicorn.log"
     with started(gunicorn_command(), env, log, cwd=tmp_path) as server:
         yield wait_until_healthy(server, log)

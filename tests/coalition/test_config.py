@@ -49,6 +49,7 @@ def test_defaults(tmp_path):
         "LOG_LEVEL": "info",
         "LOG_FORMAT": "text",  # readable lines for a developer; json elsewhere
         "SQL_ECHO": False,
+        "PASSWORD_HASHING": "full",
     }
     assert {name: settings[name] for name in expected} == expected
     assert set(settings) == {s.name for s in SETTINGS}
@@ -120,6 +121,7 @@ def test_environment_overrides_every_default(tmp_path):
         "LOG_FORMAT": "text",
         "SQL_ECHO": True,
         "METRICS": False,
+        "PASSWORD_HASHING": "full",  # production takes no other (test_passwords.py)
     }
 
 

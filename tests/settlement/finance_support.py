@@ -6,15 +6,12 @@ settlement is worked out by hand in :data:`EXPECTED`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-import pytest
 import requests
-from argon2 import PasswordHasher
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from flask.testing import FlaskClient
@@ -58,25 +55,6 @@ PAYMENTS = [{"from": "coalition", "to": "charity", "amount": "2.00", "currency":
              "model": "operator"},
             {"from": "grocer", "to": "coalition", "amount": "9.04", "currency": "GBP",
              "model": "operator"}]
-
-
-@pytest.fixture(autouse=True)
-def fast_hashing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Argon2id at its lowest cost: these tests sign in dozens of times, and the real cost
-    (tuned to be slow on purpose) would dominate them. The members' tests keep it: the
-    cached dummy hashes (made with whichever hasher ran first) are dropped both ways."""
-    from coalition.member import signin
-
-    def forget() -> None:
-        signin._dummy_hash.cache_clear()
-        finance_users._dummy_hash.cache_clear()
-
-    cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    forget()
-    monkeypatch.setattr(finance_users, "_hasher", cheap)
-    monkeypatch.setattr(signin, "_hasher", cheap)
-    yield
-    forget()
 
 
 @dataclass

@@ -30,7 +30,6 @@ from tests.settlement.finance_support import (
     FinanceFlow,
     S,
     book_period,
-    fast_hashing,  # noqa: F401 - an autouse fixture
     finance_client,
     finance_user,
 )

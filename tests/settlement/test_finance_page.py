@@ -28,7 +28,6 @@ from tests.settlement.finance_support import (
     E,
     S,
     book_period,
-    fast_hashing,  # noqa: F401 - an autouse fixture
     finance_user,
     page_sign_in,
 )
