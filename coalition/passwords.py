@@ -54,4 +54,5 @@ def init_app(app: Flask) -> None:
 
 def passwords() -> Passwords:
     """The current app's password hasher."""
-    return current_app.extensions["coalition.passwords"]  # type: ignore[no-any-return]
+    hasher: Passwords = current_app.extensions["coalition.passwords"]
+    return hasher
