@@ -29,6 +29,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
+from coalition import clock as app_clock
 from coalition.app import create_app
 from coalition.db import Base, db
 from tests.coalition.test_serving import (
@@ -37,6 +38,7 @@ from tests.coalition.test_serving import (
     started,
     wait_until_healthy,
 )
+from tests.factories.clock import HandClock, clock_of
 
 PG_URL = os.environ.get("COALITION_TEST_DATABASE_URL")
 REQUIRE_PG = os.environ.get("COALITION_REQUIRE_POSTGRES", "").lower() in ("1", "true", "yes")
@@ -183,7 +185,15 @@ def empty_all_tables(app: Flask) -> None:
 def app(_migrated_app: Flask) -> Iterator[Flask]:
     with _migrated_app.app_context():
         yield _migrated_app
+    app_clock.use(_migrated_app, None)  # whatever clock the test handed it
     empty_all_tables(_migrated_app)
+
+
+@pytest.fixture
+def clock(app: Flask) -> Iterator[HandClock]:
+    """The app's clock, moved on by hand (``clock.advance(seconds=2)``) instead of sleeping."""
+    with clock_of(app, HandClock()) as hand:
+        yield hand
 
 
 @pytest.fixture
@@ -266,7 +276,10 @@ class LiveServer:
     def __init__(self, app: Flask) -> None:
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # serve_forever checks for shutdown once per poll: its default half second was
+        # what every test with a live server waited for at its end
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.01}, daemon=True)
 
     def __enter__(self) -> LiveServer:
         self.thread.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,8 +14,9 @@ from authlib.integrations.requests_client import OAuth2Session
 from flask import Flask
 from flask.testing import FlaskClient
 
-from coalition.oauth import member_grants
+from coalition import clock as app_clock
 from coalition.oauth.clients import create_public_client
+from tests.factories.clock import HandClock
 
 PASSWORD = "correct horse battery"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -162,7 +162,8 @@ def bearer_of(token: dict[str, Any]) -> dict[str, str]:
 
 
 def after_the_grace(monkeypatch: pytest.MonkeyPatch, app: Flask) -> None:
-    """Move the clock of the member and finance grants past the refresh grace."""
-    later = timedelta(seconds=app.config["REFRESH_GRACE"] + 1)
-    real = member_grants.utcnow
-    monkeypatch.setattr(member_grants, "utcnow", lambda: real() + later)
+    """Move the app's clock past the refresh grace, for the rest of the test (the ``app``
+    fixture gives the system's clock back)."""
+    later = HandClock()
+    later.advance(seconds=app.config["REFRESH_GRACE"] + 1)
+    app_clock.use(app, later)
