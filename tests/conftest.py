@@ -12,7 +12,6 @@ PostgreSQL fails the run instead of skipping.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
@@ -39,6 +38,13 @@ from tests.coalition.test_serving import (
     wait_until_healthy,
 )
 from tests.factories.clock import HandClock, clock_of
+from tests.factories.partners import partner_maker
+from tests.factories.tokens import (  # noqa: F401 - also imported from here by tests
+    basic_auth,
+    bearer,
+    fetch_token,
+    operator_client,
+)
 
 PG_URL = os.environ.get("COALITION_TEST_DATABASE_URL")
 REQUIRE_PG = os.environ.get("COALITION_REQUIRE_POSTGRES", "").lower() in ("1", "true", "yes")
@@ -204,31 +210,10 @@ def client(app: Flask) -> FlaskClient:
 # --------------------------------------------------------------------------- actors
 
 
-def basic_auth(client_id: str, secret: str) -> dict[str, str]:
-    raw = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    return {"Authorization": f"Basic {raw}"}
-
-
-def fetch_token(client: FlaskClient, client_id: str, secret: str, scope: str | None = None) -> str:
-    form = {"grant_type": "client_credentials"}
-    if scope:
-        form["scope"] = scope
-    response = client.post("/oauth/token", data=form, headers=basic_auth(client_id, secret))
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["access_token"]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture
 def operator(app: Flask) -> dict[str, str]:
     """An operator client with ``admin settlement:run``: ``{client_id, client_secret}``."""
-    from coalition.oauth.clients import create_operator_client
-
-    issued = create_operator_client(["admin", "settlement:run"], name="test operator")
-    return {"client_id": issued.client_id, "client_secret": issued.client_secret}
+    return operator_client()
 
 
 @pytest.fixture
@@ -240,23 +225,7 @@ def operator_headers(client: FlaskClient, operator: dict[str, str]) -> dict[str,
 def make_partner(app: Flask, client: FlaskClient):
     """``make_partner(code, **fields) -> (partner dict, headers with a token of all partner
     scopes)``."""
-    from decimal import Decimal
-
-    from coalition.oauth.models import PARTNER_SCOPES
-    from partners.service import create_partner, issue_partner_client
-
-    def factory(code: str = "acme", *, scopes: tuple[str, ...] = PARTNER_SCOPES,
-                **fields: Any) -> tuple[dict[str, Any], dict[str, str]]:
-        spec: dict[str, Any] = dict(name=code.title(), kind="merchant", currency="GBP",
-                                    earn_rate=Decimal("1"), issue_price=Decimal("0.01"),
-                                    redeem_rate=Decimal("0.008"))
-        spec.update(fields)
-        partner = create_partner(code=code, **spec)
-        issued = issue_partner_client(code, list(scopes))
-        token = fetch_token(client, issued.client_id, issued.client_secret)
-        return partner, bearer(token)
-
-    return factory
+    return partner_maker(client)
 
 
 def snapshot(app: Flask) -> dict[str, list[tuple[Any, ...]]]:

@@ -19,8 +19,8 @@ from coalition.audit.views import current_actor
 from coalition.db import db, utcnow
 from coalition.oauth.server import Principal
 from tests.conftest import bearer, fetch_token, snapshot
-from tests.partners.support import RULES, assert_error, earn, enrol, publish
-from tests.settlement.support import T0, csv_rows, iso, resolve, upload
+from tests.factories.partner_api import RULES, assert_error, earn, enrol, publish
+from tests.factories.settlement import T0, csv_rows, iso, resolve, upload
 
 PARTNER = {"code": "northwind", "name": "Northwind Grocers", "kind": "merchant",
            "currency": "GBP", "earn_rate": "1", "issue_price": "0.0100",

@@ -20,7 +20,8 @@ from coalition.ledger.models import Member
 from coalition.member import signin
 from coalition.oauth.models import OAuthAuthorizationCode, OAuthClient, OAuthToken, digest
 from coalition.passwords import COSTS, Passwords
-from tests.coalition.member_support import (
+from tests.conftest import basic_auth, snapshot
+from tests.factories.members import (
     PASSWORD,
     Flow,
     activate,
@@ -33,7 +34,6 @@ from tests.coalition.member_support import (
     query_of,
     refresh,
 )
-from tests.conftest import basic_auth, snapshot
 
 
 @pytest.fixture

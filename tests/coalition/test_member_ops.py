@@ -21,8 +21,9 @@ from coalition.errors import IdempotencyConflict
 from coalition.ledger import closure, lookup, merge, numbers, transfers
 from coalition.ledger.models import Entry, Hold, Member, Wallet
 from partners.service import partner_id
-from tests.coalition.ledger_helpers import PRICED_FROM, book_earn
-from tests.coalition.member_ops_support import (
+from tests.conftest import snapshot
+from tests.factories.ledger import PRICED_FROM, book_earn
+from tests.factories.member_records import (
     assert_clean,
     entries_of,
     link_data,
@@ -34,8 +35,7 @@ from tests.coalition.member_ops_support import (
     personal_data,
     postings_of,
 )
-from tests.conftest import snapshot
-from tests.partners.support import assert_error, balance, earn, enrol, hold, publish
+from tests.factories.partner_api import assert_error, balance, earn, enrol, hold, publish
 
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 

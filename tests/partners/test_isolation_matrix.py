@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 
 from coalition.oauth.models import PARTNER_SCOPES
 from tests.conftest import bearer, empty_all_tables, fetch_token, snapshot
-from tests.seeding import Seeded, partner_maker, seed
+from tests.factories.coalition import Seeded, partner_maker, seed
 
 GHOST_ID = 987654321
 GHOST_CODE = "nosuch"

@@ -16,15 +16,8 @@ from coalition.db import UnitOfWork, read, utcnow
 from coalition.member import signin
 from coalition.oauth import finance_users
 from coalition.oauth.models import FinanceUser, OAuthAuthorizationCode, OAuthToken
-from tests.coalition.member_support import (
-    Flow,
-    active_member,
-    after_the_grace,
-    public_client,
-    query_of,
-)
 from tests.conftest import basic_auth, bearer, snapshot
-from tests.settlement.finance_support import (
+from tests.factories.finance import (
     FINANCE_PASSWORD,
     E,
     FinanceFlow,
@@ -33,7 +26,14 @@ from tests.settlement.finance_support import (
     finance_client,
     finance_user,
 )
-from tests.settlement.support import resolve, upload
+from tests.factories.members import (
+    Flow,
+    active_member,
+    after_the_grace,
+    public_client,
+    query_of,
+)
+from tests.factories.settlement import resolve, upload
 
 PARTNER_CALLS = [("post", "/v1/earn", {"member_number": "x", "partner_txn_id": "t",
                                        "points": 1}),
