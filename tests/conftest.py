@@ -149,24 +149,37 @@ def _migrated_app(database_url: str) -> Iterator[Flask]:
         db.engine.dispose()
 
 
+#: the statements that empty a PostgreSQL test database, by its URL (its tables and
+#: sequences are known once it is migrated)
+_POSTGRES_EMPTYING: dict[str, str] = {}
+
+
 def _empty_postgres(conn: Any, tables: list[str]) -> None:
-    """DELETE with the append-only triggers suspended, and identities restarted.
+    """DELETE with the append-only triggers suspended, and identities restarted, in one
+    round trip.
 
     Much cheaper than TRUNCATE on small tables (which makes new files for each); it needs
     the superuser that the test server's trust login gives, else TRUNCATE is used.
     """
+    key = conn.engine.url.render_as_string(hide_password=False)
+    script = _POSTGRES_EMPTYING.get(key)
+    if script is None:
+        script = _POSTGRES_EMPTYING[key] = _postgres_emptying(conn, tables)
+    # no parameters: psycopg sends the statements together (the simple query protocol)
+    conn.connection.dbapi_connection.cursor().execute(script)
+
+
+def _postgres_emptying(conn: Any, tables: list[str]) -> str:
     superuser = conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
     if not superuser.scalar():
-        conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        return
-    conn.execute(text("SET LOCAL session_replication_role = replica"))
-    for table in tables:
-        conn.execute(text(f"DELETE FROM {table}"))
-    conn.execute(text(
-        "SELECT setval(s.seq, 1, false) FROM ("
+        return f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"
+    sequences = conn.execute(text(
         "SELECT pg_get_serial_sequence(c.table_name, c.column_name) AS seq "
         "FROM information_schema.columns c WHERE c.table_schema = 'public' "
-        "AND c.table_name = ANY(:tables)) s WHERE s.seq IS NOT NULL"), {"tables": tables})
+        "AND c.table_name = ANY(:tables)"), {"tables": tables}).scalars()
+    restart = [f"SELECT setval('{seq}', 1, false)" for seq in sequences if seq]
+    return "; ".join(["SET LOCAL session_replication_role = replica",
+                      *(f"DELETE FROM {table}" for table in tables), *restart])
 
 
 def empty_all_tables(app: Flask) -> None:
