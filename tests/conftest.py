@@ -108,8 +108,12 @@ def _fresh_postgres_database() -> str:
 def make_test_app(database_url: str, **overrides: Any) -> Flask:
     # the cheapest Argon2id: the suite signs in hundreds of times (production keeps the full
     # cost: tests/coalition/test_passwords.py)
+    # a pool that keeps 5 connections open between tests (15 more while threads need them):
+    # with a worker per core, idle pools must leave PostgreSQL's max_connections to the
+    # tests that open many at once (tests/coalition/test_concurrency.py)
     config = {"ENV": "testing", "DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET,
-              "LOG_LEVEL": "warning", "TX_RETRIES": 20, "PASSWORD_HASHING": "minimal"}
+              "LOG_LEVEL": "warning", "TX_RETRIES": 20, "PASSWORD_HASHING": "minimal",
+              "DB_POOL_SIZE": 5, "DB_MAX_OVERFLOW": 15}
     config.update(overrides)
     return create_app(config)
 
