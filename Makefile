@@ -33,12 +33,11 @@ run: $(STAMP)
 	COALITION_ENV=$${COALITION_ENV:-development} $(BIN)/coalition run --host $(HOST) --port $(PORT)
 
 # The suite on every core (pytest-xdist; each worker migrates its own SQLite and PostgreSQL
-# databases); the tests that open many connections at once share one worker (their
-# xdist_group), so that two of them never add up past max_connections. TEST_WORKERS=0 runs
-# it in this one process.
+# databases), a test module's tests on one worker so that its module-wide fixtures (a
+# browser, a seeded coalition) are made once; TEST_WORKERS=0 runs it in this one process.
 TEST_WORKERS ?= auto
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # Schemathesis against the live /openapi.json (tests/test_fuzz.py) with many more examples
 # per operation than `make test` runs, on SQLite and on the local PostgreSQL server, with a

@@ -12,6 +12,7 @@ PostgreSQL fails the run instead of skipping.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -217,6 +218,20 @@ def clock(app: Flask) -> Iterator[HandClock]:
     """The app's clock, moved on by hand (``clock.advance(seconds=2)``) instead of sleeping."""
     with clock_of(app, HandClock()) as hand:
         yield hand
+
+
+@pytest.fixture
+def many_connections(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For a test that opens many PostgreSQL connections at once (up to 80): one such test
+    at a time across the workers of a run, so that two never add up past the server's
+    max_connections. A lock on a file that every worker's temporary folder shares."""
+    lock = tmp_path_factory.getbasetemp().parent / "coalition-many-connections.lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
 
 
 @pytest.fixture

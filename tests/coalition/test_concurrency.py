@@ -33,9 +33,8 @@ from coalition.errors import InsufficientPoints
 from coalition.ledger import journal
 from tests.conftest import LiveServer, make_test_app
 
-# many connections at once: these modules run on one worker, one after the other, so that
-# together they stay under PostgreSQL's max_connections
-pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("many_connections")]
+# up to 80 connections at once: one such test at a time, whatever the worker
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("many_connections")]
 
 #: no test may take longer than this to get every thread back
 DEADLINE = 60.0

@@ -51,9 +51,8 @@ from sqlalchemy.engine import make_url
 from tests.coalition.test_serving import BIN, started, wait_until_healthy
 from tests.conftest import PG_URL, worker_suffix
 
-# many connections at once: these modules run on one worker, one after the other, so that
-# together they stay under PostgreSQL's max_connections
-pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("many_connections")]
+# up to 80 connections at once: one such test at a time, whatever the worker
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("many_connections")]
 
 APP = "coalition.app:create_app()"
 THREADS = 12
