@@ -36,13 +36,17 @@ class Passwords:
     def verify(self, password_hash: str | None, password: str) -> bool:
         """Whether ``password`` matches; with no hash (no such account, or no password
         set) a dummy hash is checked all the same, and the answer is no."""
-        if self._dummy is None:
-            self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
         try:
-            return self.hasher.verify(password_hash or self._dummy, password) \
+            return self.hasher.verify(password_hash or self._dummy_hash(), password) \
                 and bool(password_hash)
         except (VerificationError, InvalidHashError):
             return False
+
+    def _dummy_hash(self) -> str:
+        # made when first needed, so that a sign-in with a real hash never pays for it
+        if self._dummy is None:
+            self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
+        return self._dummy
 
     def needs_rehash(self, password_hash: str) -> bool:
         return self.hasher.check_needs_rehash(password_hash)
