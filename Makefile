@@ -36,8 +36,12 @@ run: $(STAMP)
 	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/coalition run --host $(HOST) --port $(PORT)
 
+# The suite on every core (pytest-xdist; each worker migrates its own SQLite and PostgreSQL
+# databases), a test module's tests on one worker so that its module-wide fixtures (a
+# browser, a seeded coalition) are made once; TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= auto
 test: $(STAMP) chromium cluster-tools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # The failover and replica tests start their own PostgreSQL servers from the machine's
 # binaries, and a Patroni cluster (Debian's patroni and etcd-server). Installed here when

@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask
 
+from coalition import passwords
 from coalition.commands import add_core_commands
 from coalition.db import db
 from coalition.http.front import DOCS_ASSETS_URL
@@ -62,6 +63,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
 
     db.init_app(app)
+    passwords.init_app(app)
     for package in PACKAGES:
         import_module(f"{package}.register").init_app(app)
     add_core_commands(app)

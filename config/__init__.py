@@ -233,6 +233,9 @@ SETTINGS: tuple[Setting, ...] = (
             "batch rows the worker books at once (one member's rows always in file order)"),
     Setting("WORKER_POLL", _positive_number, 1,
             "seconds the worker waits when it finds nothing to do"),
+    Setting("PASSWORD_HASHING", _choice("full", "minimal"), "full",
+            "Argon2id cost of password hashes: full (RFC 9106's low-memory profile), or "
+            "minimal for a test suite only (refused in production)"),
     Setting("METRICS", _bool, True,
             "serve Prometheus metrics at /metrics (no token: keep it off the public edge)"),
 )
@@ -303,6 +306,8 @@ def load_settings(
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
 
+    if values["ENV"] == "production" and values["PASSWORD_HASHING"] != "full":
+        raise ConfigError("invalid configuration: PASSWORD_HASHING must be full in production")
     if values["LOG_FORMAT"] is None:
         values["LOG_FORMAT"] = "text" if values["ENV"] == "development" else "json"
     if values["RATE_LIMIT_ENABLED"] is None:

@@ -12,7 +12,7 @@ PostgreSQL fails the run instead of skipping.
 
 from __future__ import annotations
 
-import base64
+import fcntl
 import json
 import os
 import socket
@@ -29,6 +29,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
+from coalition import clock as app_clock
 from coalition.app import create_app
 from coalition.db import Base, db
 from tests.coalition.test_serving import (
@@ -36,6 +37,14 @@ from tests.coalition.test_serving import (
     gunicorn_command,
     started,
     wait_until_healthy,
+)
+from tests.factories.clock import HandClock, clock_of
+from tests.factories.partners import partner_maker
+from tests.factories.tokens import (  # noqa: F401 - also imported from here by tests
+    basic_auth,
+    bearer,
+    fetch_token,
+    operator_client,
 )
 
 PG_URL = os.environ.get("COALITION_TEST_DATABASE_URL")
@@ -98,8 +107,14 @@ def _fresh_postgres_database() -> str:
 
 
 def make_test_app(database_url: str, **overrides: Any) -> Flask:
+    # the cheapest Argon2id: the suite signs in hundreds of times (production keeps the full
+    # cost: tests/coalition/test_passwords.py)
+    # a pool that keeps 5 connections open between tests (15 more while threads need them):
+    # with a worker per core, idle pools must leave PostgreSQL's max_connections to the
+    # tests that open many at once (tests/coalition/test_concurrency.py)
     config = {"ENV": "testing", "DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET,
-              "LOG_LEVEL": "warning", "TX_RETRIES": 20}
+              "LOG_LEVEL": "warning", "TX_RETRIES": 20, "PASSWORD_HASHING": "minimal",
+              "DB_POOL_SIZE": 5, "DB_MAX_OVERFLOW": 15}
     config.update(overrides)
     return create_app(config)
 
@@ -139,24 +154,37 @@ def _migrated_app(database_url: str) -> Iterator[Flask]:
         db.engine.dispose()
 
 
+#: the statements that empty a PostgreSQL test database, by its URL (its tables and
+#: sequences are known once it is migrated)
+_POSTGRES_EMPTYING: dict[str, str] = {}
+
+
 def _empty_postgres(conn: Any, tables: list[str]) -> None:
-    """DELETE with the append-only triggers suspended, and identities restarted.
+    """DELETE with the append-only triggers suspended, and identities restarted, in one
+    round trip.
 
     Much cheaper than TRUNCATE on small tables (which makes new files for each); it needs
     the superuser that the test server's trust login gives, else TRUNCATE is used.
     """
+    key = conn.engine.url.render_as_string(hide_password=False)
+    script = _POSTGRES_EMPTYING.get(key)
+    if script is None:
+        script = _POSTGRES_EMPTYING[key] = _postgres_emptying(conn, tables)
+    # no parameters: psycopg sends the statements together (the simple query protocol)
+    conn.connection.dbapi_connection.cursor().execute(script)
+
+
+def _postgres_emptying(conn: Any, tables: list[str]) -> str:
     superuser = conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
     if not superuser.scalar():
-        conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        return
-    conn.execute(text("SET LOCAL session_replication_role = replica"))
-    for table in tables:
-        conn.execute(text(f"DELETE FROM {table}"))
-    conn.execute(text(
-        "SELECT setval(s.seq, 1, false) FROM ("
+        return f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"
+    sequences = conn.execute(text(
         "SELECT pg_get_serial_sequence(c.table_name, c.column_name) AS seq "
         "FROM information_schema.columns c WHERE c.table_schema = 'public' "
-        "AND c.table_name = ANY(:tables)) s WHERE s.seq IS NOT NULL"), {"tables": tables})
+        "AND c.table_name = ANY(:tables)"), {"tables": tables}).scalars()
+    restart = [f"SELECT setval('{seq}', 1, false)" for seq in sequences if seq]
+    return "; ".join(["SET LOCAL session_replication_role = replica",
+                      *(f"DELETE FROM {table}" for table in tables), *restart])
 
 
 def empty_all_tables(app: Flask) -> None:
@@ -181,7 +209,29 @@ def empty_all_tables(app: Flask) -> None:
 def app(_migrated_app: Flask) -> Iterator[Flask]:
     with _migrated_app.app_context():
         yield _migrated_app
+    app_clock.use(_migrated_app, None)  # whatever clock the test handed it
     empty_all_tables(_migrated_app)
+
+
+@pytest.fixture
+def clock(app: Flask) -> Iterator[HandClock]:
+    """The app's clock, moved on by hand (``clock.advance(seconds=2)``) instead of sleeping."""
+    with clock_of(app, HandClock()) as hand:
+        yield hand
+
+
+@pytest.fixture
+def many_connections(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For a test that opens many PostgreSQL connections at once (up to 80): one such test
+    at a time across the workers of a run, so that two never add up past the server's
+    max_connections. A lock on a file that every worker's temporary folder shares."""
+    lock = tmp_path_factory.getbasetemp().parent / "coalition-many-connections.lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
 
 
 @pytest.fixture
@@ -192,31 +242,10 @@ def client(app: Flask) -> FlaskClient:
 # --------------------------------------------------------------------------- actors
 
 
-def basic_auth(client_id: str, secret: str) -> dict[str, str]:
-    raw = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    return {"Authorization": f"Basic {raw}"}
-
-
-def fetch_token(client: FlaskClient, client_id: str, secret: str, scope: str | None = None) -> str:
-    form = {"grant_type": "client_credentials"}
-    if scope:
-        form["scope"] = scope
-    response = client.post("/oauth/token", data=form, headers=basic_auth(client_id, secret))
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["access_token"]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture
 def operator(app: Flask) -> dict[str, str]:
     """An operator client with ``admin settlement:run``: ``{client_id, client_secret}``."""
-    from coalition.oauth.clients import create_operator_client
-
-    issued = create_operator_client(["admin", "settlement:run"], name="test operator")
-    return {"client_id": issued.client_id, "client_secret": issued.client_secret}
+    return operator_client()
 
 
 @pytest.fixture
@@ -228,23 +257,7 @@ def operator_headers(client: FlaskClient, operator: dict[str, str]) -> dict[str,
 def make_partner(app: Flask, client: FlaskClient):
     """``make_partner(code, **fields) -> (partner dict, headers with a token of all partner
     scopes)``."""
-    from decimal import Decimal
-
-    from coalition.oauth.models import PARTNER_SCOPES
-    from partners.service import create_partner, issue_partner_client
-
-    def factory(code: str = "acme", *, scopes: tuple[str, ...] = PARTNER_SCOPES,
-                **fields: Any) -> tuple[dict[str, Any], dict[str, str]]:
-        spec: dict[str, Any] = dict(name=code.title(), kind="merchant", currency="GBP",
-                                    earn_rate=Decimal("1"), issue_price=Decimal("0.01"),
-                                    redeem_rate=Decimal("0.008"))
-        spec.update(fields)
-        partner = create_partner(code=code, **spec)
-        issued = issue_partner_client(code, list(scopes))
-        token = fetch_token(client, issued.client_id, issued.client_secret)
-        return partner, bearer(token)
-
-    return factory
+    return partner_maker(client)
 
 
 def snapshot(app: Flask) -> dict[str, list[tuple[Any, ...]]]:
@@ -264,7 +277,10 @@ class LiveServer:
     def __init__(self, app: Flask) -> None:
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # serve_forever checks for shutdown once per poll: its default half second was
+        # what every test with a live server waited for at its end
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.01}, daemon=True)
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
@@ -314,7 +330,8 @@ def gunicorn_server(app: Flask, database_url: str, tmp_path: Any) -> Iterator[st
     """The app served by the real gunicorn (as in production) on the test database: its
     base URL."""
     env = clean_env(tmp_path, COALITION_ENV="testing", COALITION_DATABASE_URL=database_url,
-                    COALITION_SECRET_KEY=TEST_SECRET, COALITION_LOG_LEVEL="warning")
+                    COALITION_SECRET_KEY=TEST_SECRET, COALITION_LOG_LEVEL="warning",
+                    COALITION_PASSWORD_HASHING="minimal")
     log = tmp_path / "gunicorn.log"
     with started(gunicorn_command(), env, log, cwd=tmp_path) as server:
         yield wait_until_healthy(server, log)

@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import basic_auth
-from tests.seeding import Seeded, seed
+from tests.factories.coalition import Seeded, seed
 
 schemathesis = pytest.importorskip("schemathesis")
 

@@ -3,7 +3,7 @@ the member then chooses, and sign-in with throttling.
 
 * Activation codes are short enough to type (10 characters of an alphabet without look-alike
   characters, about 49 bits) and stored as SHA-256 digests; a code works once.
-* Passwords are hashed with Argon2id (``argon2-cffi``'s defaults), never stored.
+* Passwords are hashed with Argon2id (:mod:`coalition.passwords`), never stored.
 * Every attempt (activation or sign-in) is counted *before* the secret is checked, with one
   guarded ``UPDATE``; after :data:`MAX_FAILURES` failures in a row the member is locked for
   :data:`LOCK_FOR`. So concurrent guesses cannot slip past the limit, and no transaction is
@@ -18,16 +18,14 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import and_, or_, select, update
 
 from coalition.db import UnitOfWork, affected_rows, read, utcnow
 from coalition.errors import CoalitionError
 from coalition.ledger.models import Member
 from coalition.oauth.models import digest
+from coalition.passwords import passwords
 
 #: no 0/O, 1/I/L: a code read aloud or copied from paper survives
 ACTIVATION_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -36,16 +34,6 @@ PASSWORD_MIN = 10
 PASSWORD_MAX = 1024
 MAX_FAILURES = 5
 LOCK_FOR = timedelta(minutes=15)
-
-_hasher = PasswordHasher()
-
-
-@cache
-def _dummy_hash() -> str:
-    """A real hash of a random password, verified against when there is no member to
-    check, so that the unknown-member path does the same work as the wrong-password one."""
-    return _hasher.hash(secrets.token_urlsafe(16))
-
 
 class SignInFailed(CoalitionError):
     status, code = 401, "invalid_credentials"
@@ -96,7 +84,7 @@ def activation_digest(code: str) -> str:
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return passwords().hash(password)
 
 
 def check_password_rules(password: str, refusal: type[CoalitionError] = ActivationFailed,
@@ -178,10 +166,7 @@ def _succeeded(member_id: int, **values: object) -> None:
 
 
 def _verify(password_hash: str | None, password: str) -> bool:
-    try:
-        return _hasher.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
-    except (VerificationError, InvalidHashError):
-        return False
+    return passwords().verify(password_hash, password)
 
 
 # --------------------------------------------------------------------------- use cases
@@ -232,7 +217,7 @@ def authenticate(member_number: str, password: str) -> SignedInMember:
             raise SignInLocked(until)
         raise SignInFailed(refused)
     values: dict[str, object] = {}
-    if _hasher.check_needs_rehash(attempt.password_hash):
+    if passwords().needs_rehash(attempt.password_hash):
         values["password_hash"] = hash_password(password)
     _succeeded(attempt.member_id, **values)
     return SignedInMember(attempt.member_id, member_number)

@@ -16,14 +16,10 @@ and whatever they resolve or close is recorded under their username.
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 from typing import Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -40,6 +36,7 @@ from coalition.member.signin import (
     check_password_rules,
 )
 from coalition.oauth.models import FinanceUser, OAuthToken, revoke_tokens
+from coalition.passwords import passwords
 
 PASSWORD_MIN = 12
 #: lower-case letters, digits, dot, dash and underscore; it is what appears in
@@ -47,14 +44,6 @@ PASSWORD_MIN = 12
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 #: the only scope a finance user's token carries
 FINANCE_SCOPES = ("settlement:run",)
-
-_hasher = PasswordHasher()
-
-
-@cache
-def _dummy_hash() -> str:
-    return _hasher.hash(secrets.token_urlsafe(16))
-
 
 @dataclass(frozen=True)
 class SignedInFinanceUser:
@@ -85,7 +74,7 @@ def create_user(username: str, name: str, password: str, *,
         message = "A name of 1 to 200 characters is required."
         raise InvalidRequest(message, errors={"name": [message]})
     check_password(password)
-    password_hash = _hasher.hash(password)
+    password_hash = passwords().hash(password)
     with UnitOfWork() as uow:
         user = FinanceUser(username=username, name=name.strip(), password_hash=password_hash,
                            active=True, failed_sign_ins=0, created_at=utcnow())
@@ -133,10 +122,7 @@ def disable_user(username: str, *, actor: Actor = SYSTEM) -> dict[str, Any]:
 
 
 def _verify(password_hash: str | None, password: str) -> bool:
-    try:
-        return _hasher.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
-    except (VerificationError, InvalidHashError):
-        return False
+    return passwords().verify(password_hash, password)
 
 
 def _lock(user_id: int) -> datetime:
@@ -184,8 +170,8 @@ def authenticate(username: str, password: str) -> SignedInFinanceUser:
             raise SignInLocked(_lock(row.id))
         raise SignInFailed(refused)
     values: dict[str, Any] = {"failed_sign_ins": 0, "locked_until": None}
-    if _hasher.check_needs_rehash(row.password_hash):
-        values["password_hash"] = _hasher.hash(password)
+    if passwords().needs_rehash(row.password_hash):
+        values["password_hash"] = passwords().hash(password)
     with UnitOfWork() as uow:
         uow.session.execute(update(FinanceUser.__table__).where(f.id == row.id).values(**values))
         uow.commit()

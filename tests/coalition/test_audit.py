@@ -19,8 +19,9 @@ from coalition.audit.views import current_actor
 from coalition.db import db, utcnow
 from coalition.oauth.server import Principal
 from tests.conftest import bearer, fetch_token, snapshot
-from tests.partners.support import RULES, assert_error, earn, enrol, publish
-from tests.settlement.support import T0, csv_rows, iso, resolve, upload
+from tests.factories.clock import held_at
+from tests.factories.partner_api import RULES, assert_error, earn, enrol, publish
+from tests.factories.settlement import T0, csv_rows, iso, resolve, upload
 
 PARTNER = {"code": "northwind", "name": "Northwind Grocers", "kind": "merchant",
            "currency": "GBP", "earn_rate": "1", "issue_price": "0.0100",
@@ -279,16 +280,14 @@ def test_cli_actions_are_recorded_as_cli_and_listed(app, monkeypatch):
 # --------------------------------------------------------------------------- reading
 
 
-def test_the_admin_api_pages_newest_first_and_filters(app, client, operator_headers,
-                                                      monkeypatch):
-    from coalition.audit import service as audit_service
+def test_the_admin_api_pages_newest_first_and_filters(app, client, operator_headers):
     from partners.service import create_partner
 
     def partner(code: str, actor: Actor, at: datetime) -> None:
-        monkeypatch.setattr(audit_service, "utcnow", lambda: at)
-        create_partner(code=code, name=code, kind="merchant", currency="GBP",
-                       earn_rate=Decimal(1), issue_price=Decimal(0), redeem_rate=Decimal(0),
-                       actor=actor)
+        with held_at(at):
+            create_partner(code=code, name=code, kind="merchant", currency="GBP",
+                           earn_rate=Decimal(1), issue_price=Decimal(0),
+                           redeem_rate=Decimal(0), actor=actor)
 
     middle = utcnow().replace(microsecond=0) + timedelta(days=1)
     partner("p1", Actor("op_a"), middle - timedelta(seconds=2))

@@ -33,7 +33,8 @@ from coalition.errors import InsufficientPoints
 from coalition.ledger import journal
 from tests.conftest import LiveServer, make_test_app
 
-pytestmark = pytest.mark.postgres
+# up to 80 connections at once: one such test at a time, whatever the worker
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("many_connections")]
 
 #: no test may take longer than this to get every thread back
 DEADLINE = 60.0
@@ -526,7 +527,7 @@ def test_crossing_transfers_between_members_all_finish(server, client, make_part
     """Members transfer to each other in both directions at once (A->B while B->A, over
     three members), while the partner burns and earns on the same members: each transfer
     locks two wallets, so only a fixed lock order keeps this from deadlocking."""
-    from tests.coalition.member_ops_support import member_token
+    from tests.factories.member_records import member_token
 
     _, headers = make_partner("acme")
     numbers = [enrol(client, headers, f"t-{k}") for k in range(3)]
@@ -586,7 +587,7 @@ def test_crossing_transfers_between_members_all_finish(server, client, make_part
 
 
 def test_16_concurrent_duplicate_transfers_book_once(server, client, make_partner):
-    from tests.coalition.member_ops_support import member_token
+    from tests.factories.member_records import member_token
 
     _, headers = make_partner("acme")
     sender, receiver = (enrol(client, headers, ref) for ref in ("s", "r"))

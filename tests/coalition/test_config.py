@@ -57,6 +57,7 @@ def test_defaults(tmp_path):
         "LOG_LEVEL": "info",
         "LOG_FORMAT": "text",  # readable lines for a developer; json elsewhere
         "SQL_ECHO": False,
+        "PASSWORD_HASHING": "full",
     }
     assert {name: settings[name] for name in expected} == expected
     assert set(settings) == {s.name for s in SETTINGS}
@@ -166,6 +167,7 @@ def test_environment_overrides_every_default(tmp_path):
         "BATCH_MAX_BYTES": 4096,
         "BATCH_CONCURRENCY": 2,
         "WORKER_POLL": 0.25,
+        "PASSWORD_HASHING": "full",  # production takes no other (test_passwords.py)
     }
 
 

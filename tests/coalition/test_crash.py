@@ -51,7 +51,8 @@ from sqlalchemy.engine import make_url
 from tests.coalition.test_serving import BIN, started, wait_until_healthy
 from tests.conftest import PG_URL, worker_suffix
 
-pytestmark = pytest.mark.postgres
+# up to 80 connections at once: one such test at a time, whatever the worker
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("many_connections")]
 
 APP = "coalition.app:create_app()"
 THREADS = 12

@@ -18,7 +18,8 @@ from coalition.ledger.daily import DailySummary, daily
 from coalition.ledger.models import Lot, Member
 from coalition.program.schemas import ProgramRulesSchema
 from coalition.program.service import publish_rules
-from tests.coalition.ledger_helpers import (
+from tests.conftest import snapshot
+from tests.factories.ledger import (
     book_earn,
     execute,
     make_member,
@@ -26,8 +27,7 @@ from tests.coalition.ledger_helpers import (
     txn,
     wallet,
 )
-from tests.coalition.member_ops_support import assert_clean, entries_of, lots_of, postings_of
-from tests.conftest import snapshot
+from tests.factories.member_records import assert_clean, entries_of, lots_of, postings_of
 
 LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 TIERS = [{"code": "blue", "name": "Blue", "threshold": 0, "multiplier": "1"},

@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -78,10 +77,10 @@ def test_a_bad_history_file_is_refused_before_anything_is_booked(app, tmp_path):
         in result.output
 
 
-def test_the_demo_can_be_settled_on_first_start(app, client, demo, tmp_path):
+def test_the_demo_can_be_settled_on_first_start(app, client, demo, tmp_path, clock):
     headers = operator_token(client, demo)
-    time.sleep(1.05)  # the period ends at a whole second after the last booking
-    end = datetime.now(UTC).replace(microsecond=0)
+    # the period ends at a whole second after the last booking: the clock is moved there
+    end = clock.set(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
     start = end - timedelta(days=1)
     run = client.post("/v1/settlement/runs", headers=headers, json={
         "period_start": start.isoformat(), "period_end": end.isoformat()})

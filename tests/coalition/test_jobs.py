@@ -11,7 +11,8 @@ import pytest
 from coalition.ledger import jobs
 from coalition.ledger.check import check_ledger
 from coalition.ledger.jobs import expire
-from tests.coalition.ledger_helpers import (
+from tests.conftest import snapshot
+from tests.factories.ledger import (
     book_bonus,
     book_burn,
     book_earn,
@@ -26,7 +27,6 @@ from tests.coalition.ledger_helpers import (
     set_rules,
     wallet,
 )
-from tests.conftest import snapshot
 
 T0 = datetime(2024, 1, 10, 12, 0, tzinfo=UTC)
 

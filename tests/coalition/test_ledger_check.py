@@ -11,7 +11,8 @@ import pytest
 
 from coalition.ledger.check import check_ledger
 from coalition.ledger.jobs import expire
-from tests.coalition.ledger_helpers import (
+from tests.conftest import empty_all_tables
+from tests.factories.ledger import (
     book_bonus,
     book_burn,
     book_capture,
@@ -28,7 +29,6 @@ from tests.coalition.ledger_helpers import (
     set_rules,
     wallet,
 )
-from tests.conftest import empty_all_tables
 
 T0 = datetime(2024, 1, 10, 12, 0, tzinfo=UTC)
 T_SQL = "2024-01-10 12:00:00.000000"  # T0 as raw SQL writes it

@@ -10,8 +10,8 @@ from coalition.db import UnitOfWork, read
 from coalition.errors import InsufficientPoints
 from coalition.ledger import closure, earn_burn, members, reversals
 from coalition.ledger.models import Member
-from tests.coalition.ledger_helpers import make_partner, set_rules, wallet
 from tests.conftest import snapshot
+from tests.factories.ledger import make_partner, set_rules, wallet
 
 
 class Counted(UnitOfWork):

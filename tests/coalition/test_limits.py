@@ -27,9 +27,9 @@ from coalition.http.limits import (
 )
 from coalition.oauth.models import OAuthToken
 from config import load_settings
-from tests.coalition.member_support import active_member, csrf_of
 from tests.conftest import TEST_SECRET, basic_auth, make_test_app, post_short, snapshot
-from tests.partners.support import assert_error, enrol, publish
+from tests.factories.members import active_member, csrf_of
+from tests.factories.partner_api import assert_error, enrol, publish
 
 PARTNER = {"code": "zeta", "name": "Zeta", "kind": "merchant", "currency": "GBP",
            "earn_rate": "1", "issue_price": "0.01", "redeem_rate": "0.008"}

@@ -15,8 +15,8 @@ from coalition.db import UnitOfWork, read, utcnow
 from coalition.ledger import daily, merge, transfers
 from coalition.ledger.models import Entry, Lot, Member
 from coalition.ledger.tiers import qualifying_points
-from tests.coalition.member_support import active_member, bearer_of, member_token
-from tests.partners.support import earn, hold
+from tests.factories.members import active_member, bearer_of, member_token
+from tests.factories.partner_api import earn, hold
 
 RULES = {
     "pending_days": 0,

@@ -14,15 +14,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, text
 
-from coalition import clock
 from coalition.clock import add_months
 from coalition.db import UnitOfWork, db
 from coalition.errors import IdempotencyConflict
 from coalition.ledger import closure, lookup, merge, numbers, transfers
 from coalition.ledger.models import Entry, Hold, Member, Wallet
 from partners.service import partner_id
-from tests.coalition.ledger_helpers import PRICED_FROM, book_earn
-from tests.coalition.member_ops_support import (
+from tests.conftest import snapshot
+from tests.factories.clock import held_at
+from tests.factories.ledger import PRICED_FROM, book_earn
+from tests.factories.member_records import (
     assert_clean,
     entries_of,
     link_data,
@@ -34,8 +35,7 @@ from tests.coalition.member_ops_support import (
     personal_data,
     postings_of,
 )
-from tests.conftest import snapshot
-from tests.partners.support import assert_error, balance, earn, enrol, hold, publish
+from tests.factories.partner_api import assert_error, balance, earn, enrol, hold, publish
 
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 
@@ -177,8 +177,7 @@ def test_a_received_transfer_shows_neither_the_senders_number_nor_its_key(
     assert_clean()
 
 
-def test_transfer_limits_per_transfer_and_per_day(app, client, operator_headers, acme,
-                                                  monkeypatch):
+def test_transfer_limits_per_transfer_and_per_day(app, client, operator_headers, acme):
     publish(client, operator_headers, transfers={"enabled": True, "min_points": 10,
                                                  "max_points": 100, "max_points_per_day": 150})
     _, acme_h = acme
@@ -196,9 +195,8 @@ def test_transfer_limits_per_transfer_and_per_day(app, client, operator_headers,
     # a transfer booked yesterday (UTC) does not count against today's allowance
     yesterday = datetime.combine(datetime.now(UTC).date(), datetime.min.time(),
                                  UTC) - timedelta(seconds=1)
-    monkeypatch.setattr(clock, "utcnow", lambda: yesterday)
-    assert transfer(client, alice_h, bob, 100).status_code == 201
-    monkeypatch.undo()
+    with held_at(yesterday):
+        assert transfer(client, alice_h, bob, 100).status_code == 201
 
     assert transfer(client, alice_h, bob, 100).status_code == 201
     assert transfer(client, alice_h, bob, 50).status_code == 201

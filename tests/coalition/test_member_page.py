@@ -16,9 +16,9 @@ from sqlalchemy import select
 from coalition.db import read
 from coalition.ledger.models import Member
 from coalition.oauth.models import OAuthClient, OAuthToken
-from tests.coalition.member_support import PASSWORD, active_member, csrf_of, enrol
 from tests.conftest import ARTIFACTS, snapshot
-from tests.partners.support import balance, earn, hold, luhn_ok, post_ok
+from tests.factories.members import PASSWORD, active_member, csrf_of, enrol
+from tests.factories.partner_api import balance, earn, hold, luhn_ok, post_ok
 
 RULES = {
     "pending_days": 0,

@@ -15,9 +15,9 @@ from sqlalchemy import select
 from coalition.db import read
 from coalition.ledger.models import MemberConsent
 from coalition.models import Partner
-from tests.coalition.member_support import csrf_of, enrol
 from tests.coalition.test_member_page import coalition, figure, sign_in  # noqa: F401
 from tests.conftest import snapshot
+from tests.factories.members import csrf_of, enrol
 
 BAD_POINTS = ["²", "١", "١٠", " 5", "5 ", "5.0", "1,000", "1e3", "-5", "+5", "0", "00",
               "9" * 400, str(2**53), "", "٥"]

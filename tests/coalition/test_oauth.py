@@ -29,7 +29,7 @@ from tests.conftest import (
     make_test_app,
     snapshot,
 )
-from tests.partners.support import enrol, publish
+from tests.factories.partner_api import enrol, publish
 
 TOKEN_ERROR_KEYS = {"code", "status", "message", "error", "error_description"}
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coalition.db import db
 from tests.conftest import basic_auth, bearer, fetch_token, make_test_app
-from tests.partners.support import burn, earn, enrol, publish
+from tests.factories.partner_api import burn, earn, enrol, publish
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import pytest
 from coalition import clock as ledger_clock
 from coalition.ledger import numbers
 from tests.conftest import snapshot
-from tests.partners.support import (
+from tests.factories.partner_api import (
     TRANSACTION_KEYS,
     assert_error,
     balance,
@@ -599,7 +599,7 @@ def _replayed_spend_earn(client, headers, number, amount):
 
 
 def test_a_replay_answers_even_after_the_member_was_closed(client, acme, app):
-    from tests.partners.support import set_member_status
+    from tests.factories.partner_api import set_member_status
 
     _, headers = acme
     number = enrol(client, headers, "c1")

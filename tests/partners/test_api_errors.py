@@ -14,7 +14,7 @@ import pytest
 from coalition import clock
 from coalition.ledger import numbers
 from tests.conftest import bearer, fetch_token, snapshot
-from tests.partners.support import (
+from tests.factories.partner_api import (
     assert_error,
     bad_check_digit,
     burn,

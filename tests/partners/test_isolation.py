@@ -12,9 +12,9 @@ import pytest
 from coalition.db import UnitOfWork
 from coalition.ledger import closure, merge
 from coalition.ledger.models import MemberConsent, MemberLink
-from tests.coalition.member_ops_support import member_id, member_token
 from tests.conftest import snapshot
-from tests.partners.support import assert_error, burn, earn, enrol, hold, post_ok
+from tests.factories.member_records import member_id, member_token
+from tests.factories.partner_api import assert_error, burn, earn, enrol, hold, post_ok
 
 
 @dataclass

@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 from coalition.oauth.models import PARTNER_SCOPES
 from partners.funding import configure
 from tests.conftest import bearer, empty_all_tables, fetch_token, snapshot
-from tests.seeding import Seeded, partner_maker, seed
+from tests.factories.coalition import Seeded, partner_maker, seed
 
 GHOST_ID = 987654321
 GHOST_CODE = "nosuch"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from coalition import clock as ledger_clock
-from tests.settlement.support import T0, Clock
+from tests.factories.settlement import T0, Clock
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from coalition.ledger.models import Entry, Member, Wallet
 from settlement.compute import compute
 from settlement.service import close_run, create_run, digest, get_run
 from tests.conftest import snapshot
-from tests.partners.support import enrol, post_ok
-from tests.settlement.support import T0
+from tests.factories.partner_api import enrol, post_ok
+from tests.factories.settlement import T0
 
 S = T0
 E = S + timedelta(seconds=10)
@@ -92,7 +92,7 @@ def booked(app, client, make_partner, clock) -> dict[str, Any]:
 def test_nothing_is_booked_into_a_closed_period(app, client, booked, clock) -> None:
     """Any entry (a partner's earn, a coalition-funded bonus) whose booked_at falls in a
     closed period is refused with period_closed and writes nothing."""
-    from tests.coalition.ledger_helpers import book_bonus
+    from tests.factories.ledger import book_bonus
 
     run = create_run(S, E, "finance")
     close_run(run["id"], "finance")

@@ -16,25 +16,24 @@ from coalition.db import UnitOfWork, read, utcnow
 from coalition.member import signin
 from coalition.oauth import finance_users
 from coalition.oauth.models import FinanceUser, OAuthAuthorizationCode, OAuthToken
-from tests.coalition.member_support import (
+from tests.conftest import basic_auth, bearer, snapshot
+from tests.factories.finance import (
+    FINANCE_PASSWORD,
+    E,
+    FinanceFlow,
+    S,
+    book_period,
+    finance_client,
+    finance_user,
+)
+from tests.factories.members import (
     Flow,
     active_member,
     after_the_grace,
     public_client,
     query_of,
 )
-from tests.conftest import basic_auth, bearer, snapshot
-from tests.settlement.finance_support import (
-    FINANCE_PASSWORD,
-    E,
-    FinanceFlow,
-    S,
-    book_period,
-    fast_hashing,  # noqa: F401 - an autouse fixture
-    finance_client,
-    finance_user,
-)
-from tests.settlement.support import resolve, upload
+from tests.factories.settlement import resolve, upload
 
 PARTNER_CALLS = [("post", "/v1/earn", {"member_number": "x", "partner_txn_id": "t",
                                        "points": 1}),

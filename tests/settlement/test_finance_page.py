@@ -17,9 +17,8 @@ from sqlalchemy import select
 from coalition.db import db, read
 from coalition.oauth.models import FinanceUser, OAuthClient, OAuthToken
 from settlement.models import Break, SettlementRun
-from tests.coalition.member_support import csrf_of
 from tests.conftest import ARTIFACTS, make_test_app, snapshot
-from tests.settlement.finance_support import (
+from tests.factories.finance import (
     CELLS,
     EXPECTED,
     FINANCE_PASSWORD,
@@ -28,10 +27,10 @@ from tests.settlement.finance_support import (
     E,
     S,
     book_period,
-    fast_hashing,  # noqa: F401 - an autouse fixture
     finance_user,
     page_sign_in,
 )
+from tests.factories.members import csrf_of
 
 PERIOD_FORM = {"start_date": S.date().isoformat(), "start_time": S.strftime("%H:%M:%S"),
                "end_date": E.date().isoformat(), "end_time": E.strftime("%H:%M:%S")}

@@ -44,8 +44,8 @@ from hypothesis import strategies as st
 
 from settlement.netting import instructions, net_positions, settle_positions
 from tests.conftest import empty_all_tables
-from tests.partners.support import enrol, post_ok
-from tests.settlement.support import (
+from tests.factories.partner_api import enrol, post_ok
+from tests.factories.settlement import (
     T0,
     cents,
     iso,

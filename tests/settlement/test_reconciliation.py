@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import post_short, snapshot
-from tests.partners.support import assert_error, bad_check_digit, enrol, post_ok
-from tests.settlement.support import (
+from tests.factories.partner_api import assert_error, bad_check_digit, enrol, post_ok
+from tests.factories.settlement import (
     CSV_HEADER,
     T0,
     csv_rows,

@@ -15,8 +15,8 @@ import pytest
 
 from coalition.db import utcnow
 from tests.conftest import bearer, fetch_token, snapshot
-from tests.partners.support import assert_error, enrol, post_ok
-from tests.settlement.support import T0, create_run, iso, run_ok
+from tests.factories.partner_api import assert_error, enrol, post_ok
+from tests.factories.settlement import T0, create_run, iso, run_ok
 
 S = T0
 E = S + timedelta(seconds=10)

@@ -17,7 +17,7 @@ import pytest
 from coalition.db import utcnow
 from coalition.errors import PeriodClosed
 from tests.conftest import bearer, fetch_token
-from tests.partners.support import burn, earn, enrol, hold, post_ok
+from tests.factories.partner_api import burn, earn, enrol, hold, post_ok
 
 
 def rules(months: int, model: str = "operator") -> dict:

@@ -1,0 +1,52 @@
+"""A clock a test moves by hand, handed to the app through its own seam
+(:func:`coalition.clock.use`): nothing sleeps, and no module global is patched."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+from flask import Flask, current_app
+
+from coalition import clock as app_clock
+
+
+class HandClock:
+    """The system's time moved on by what the test added (:meth:`advance`), or held at
+    one moment once :meth:`set`."""
+
+    def __init__(self, held: datetime | None = None) -> None:
+        self.held = held
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return self.held if self.held is not None else datetime.now(UTC) + self.offset
+
+    def set(self, moment: datetime) -> datetime:
+        self.held = moment
+        return moment
+
+    def advance(self, **delta: float) -> datetime:
+        if self.held is not None:
+            self.held += timedelta(**delta)
+        else:
+            self.offset += timedelta(**delta)
+        return self()
+
+
+@contextmanager
+def clock_of(app: Flask, clock: HandClock) -> Iterator[HandClock]:
+    """``app`` reads its time from ``clock`` inside the block."""
+    app_clock.use(app, clock)
+    try:
+        yield clock
+    finally:
+        app_clock.use(app, None)
+
+
+@contextmanager
+def held_at(moment: datetime) -> Iterator[HandClock]:
+    """The current app's clock held at ``moment`` inside the block."""
+    with clock_of(current_app._get_current_object(), HandClock(moment)) as clock:  # type: ignore[attr-defined]
+        yield clock
