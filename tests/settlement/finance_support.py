@@ -19,7 +19,7 @@ from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from flask.testing import FlaskClient
 
-from coalition.oauth import finance_users
+from coalition.oauth import finance_users, passwords
 from coalition.oauth.clients import create_public_client
 from tests.coalition.member_support import csrf_of, query_of
 from tests.partners.support import burn, earn, enrol
@@ -65,16 +65,12 @@ def fast_hashing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Argon2id at its lowest cost: these tests sign in dozens of times, and the real cost
     (tuned to be slow on purpose) would dominate them. The members' tests keep it: the
     cached dummy hashes (made with whichever hasher ran first) are dropped both ways."""
-    from coalition.member import signin
-
     def forget() -> None:
-        signin._dummy_hash.cache_clear()
-        finance_users._dummy_hash.cache_clear()
+        passwords._dummy_hash.cache_clear()
 
     cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     forget()
-    monkeypatch.setattr(finance_users, "_hasher", cheap)
-    monkeypatch.setattr(signin, "_hasher", cheap)
+    monkeypatch.setattr(passwords, "_hasher", cheap)
     yield
     forget()
 
