@@ -38,6 +38,7 @@ ACTIVATION_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 ACTIVATION_LENGTH = 10
 PASSWORD_MIN = 10
 
+
 class ActivationFailed(CoalitionError):
     status, code = 422, "activation_failed"
 

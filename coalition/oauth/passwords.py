@@ -17,15 +17,16 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import ColumnElement, Row, Table, select, update
-from sqlalchemy.sql.expression import ColumnCollection
+from sqlalchemy import Column, ColumnElement, Row, Table, select, update
+from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from coalition.db import UnitOfWork, utcnow
 from coalition.errors import CoalitionError
@@ -103,23 +104,16 @@ class PasswordAccounts:
 
     table: Table
     name: str
-    active: Any  # Callable[[ColumnCollection], ColumnElement[bool]]
+    active: Callable[[ReadOnlyColumnCollection[str, Column[Any]]], ColumnElement[bool]]
     refused: str
-    columns: tuple[str, ...] = field(default=())
-
-    def _c(self) -> ColumnCollection[str, Any]:
-        return self.table.c
-
-    def _where(self, **by: Any) -> list[ColumnElement[bool]]:
-        c = self._c()
-        return [c[column] == value for column, value in by.items()]
+    columns: tuple[str, ...] = ()
 
     def begin(self, name: str) -> Attempt | None:
         """Count an attempt on the active account of this name, under its row lock.
         ``None``: no such active account. Raises :class:`SignInLocked` while the account
         is locked, or when this attempt is past the limit (which locks it)."""
         now = utcnow()
-        c = self._c()
+        c = self.table.c
         wanted = [c.id, c.failed_sign_ins, c.locked_until, c.password_hash,
                   *(c[column] for column in self.columns)]
         with UnitOfWork() as uow:
@@ -150,7 +144,7 @@ class PasswordAccounts:
         if attempt.number < MAX_FAILURES:
             return
         until = utcnow() + LOCK_FOR
-        c = self._c()
+        c = self.table.c
         with UnitOfWork() as uow:
             uow.session.execute(update(self.table).where(c.id == attempt.id)
                                 .values(failed_sign_ins=0, locked_until=until))
@@ -161,7 +155,7 @@ class PasswordAccounts:
         """The attempt's secret was right: the count restarts and ``values`` are written,
         unless the account was locked while the secret was checked
         (:class:`SignInLocked`)."""
-        c = self._c()
+        c = self.table.c
         with UnitOfWork() as uow:
             locked_until = uow.session.scalar(
                 select(c.locked_until).where(c.id == attempt.id).with_for_update())
