@@ -4,12 +4,10 @@ They sign in to the finance page through the authorization-code grant with PKCE 
 ``settlement:run``), the same machinery as members (:mod:`coalition.oauth.member_grants`),
 and whatever they resolve or close is recorded under their username.
 
-* Passwords are hashed with Argon2id (as members' are), at least :data:`PASSWORD_MIN`
-  characters.
-* Sign-in is throttled like members' (:mod:`coalition.member.signin`): every attempt is
-  counted before the password is checked, with one guarded ``UPDATE``; after
-  ``MAX_FAILURES`` failures in a row the account is locked for ``LOCK_FOR``. An unknown or
-  disabled username costs the same Argon2 work as a wrong password.
+* Passwords are at least :data:`PASSWORD_MIN` characters; hashing, the counting of
+  attempts and the lockout follow the rule of every password account
+  (:mod:`coalition.oauth.passwords`). An unknown or disabled username costs the same
+  Argon2 work as a wrong password.
 * Disabling a user revokes their tokens in the same transaction.
 """
 
@@ -17,26 +15,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coalition.audit.service import SYSTEM, Actor, record
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import AlreadyExists, InvalidRequest, NotFound
-from coalition.member.signin import (
-    LOCK_FOR,
-    MAX_FAILURES,
-    PASSWORD_MAX,
-    SignInFailed,
-    SignInLocked,
-    check_password_rules,
-)
 from coalition.oauth.models import FinanceUser, OAuthToken, revoke_tokens
-from coalition.passwords import passwords
+from coalition.oauth.passwords import PasswordAccounts, check_password_rules, hash_password
 
 PASSWORD_MIN = 12
 #: lower-case letters, digits, dot, dash and underscore; it is what appears in
@@ -44,6 +33,12 @@ PASSWORD_MIN = 12
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 #: the only scope a finance user's token carries
 FINANCE_SCOPES = ("settlement:run",)
+
+#: finance users, named by their username
+FINANCE_USERS = PasswordAccounts(FinanceUser.__table__, "username",
+                                 lambda c: c.active.is_(True),
+                                 "The username or password is wrong.", ("name",))
+
 
 @dataclass(frozen=True)
 class SignedInFinanceUser:
@@ -74,7 +69,7 @@ def create_user(username: str, name: str, password: str, *,
         message = "A name of 1 to 200 characters is required."
         raise InvalidRequest(message, errors={"name": [message]})
     check_password(password)
-    password_hash = passwords().hash(password)
+    password_hash = hash_password(password)
     with UnitOfWork() as uow:
         user = FinanceUser(username=username, name=name.strip(), password_hash=password_hash,
                            active=True, failed_sign_ins=0, created_at=utcnow())
@@ -121,61 +116,13 @@ def disable_user(username: str, *, actor: Actor = SYSTEM) -> dict[str, Any]:
 # --------------------------------------------------------------------------- sign-in
 
 
-def _verify(password_hash: str | None, password: str) -> bool:
-    return passwords().verify(password_hash, password)
-
-
-def _lock(user_id: int) -> datetime:
-    until = utcnow() + LOCK_FOR
-    f = FinanceUser.__table__.c
-    with UnitOfWork() as uow:
-        uow.session.execute(update(FinanceUser.__table__).where(f.id == user_id)
-                            .values(locked_until=until, failed_sign_ins=0))
-        uow.commit()
-    return until
-
-
 def authenticate(username: str, password: str) -> SignedInFinanceUser:
     """The active finance user with this username and password, or :class:`SignInFailed` /
     :class:`SignInLocked`."""
-    refused = "The username or password is wrong."
-    if len(password) > PASSWORD_MAX or not USERNAME.fullmatch(username):
-        _verify(None, password[:PASSWORD_MAX])
-        raise SignInFailed(refused)
-    now = utcnow()
-    f = FinanceUser.__table__.c
-    with UnitOfWork() as uow:
-        # the attempt is counted before the password is checked, in one statement, so
-        # concurrent guesses cannot slip past the limit
-        row = uow.session.execute(
-            update(FinanceUser.__table__)
-            .where(f.username == username, f.active.is_(True),
-                   or_(f.locked_until.is_(None), f.locked_until <= now))
-            .values(failed_sign_ins=f.failed_sign_ins + 1, locked_until=None)
-            .returning(f.id, f.name, f.failed_sign_ins, f.password_hash)
-        ).first()
-        uow.commit()
-    if row is None:
-        with read() as session:
-            locked_until = session.scalar(select(f.locked_until).where(
-                f.username == username, f.active.is_(True)))
-        if locked_until is not None and locked_until > now:
-            raise SignInLocked(locked_until)
-        _verify(None, password)
-        raise SignInFailed(refused)
-    if row.failed_sign_ins > MAX_FAILURES:
-        raise SignInLocked(_lock(row.id))
-    if not _verify(row.password_hash, password):
-        if row.failed_sign_ins >= MAX_FAILURES:
-            raise SignInLocked(_lock(row.id))
-        raise SignInFailed(refused)
-    values: dict[str, Any] = {"failed_sign_ins": 0, "locked_until": None}
-    if passwords().needs_rehash(row.password_hash):
-        values["password_hash"] = passwords().hash(password)
-    with UnitOfWork() as uow:
-        uow.session.execute(update(FinanceUser.__table__).where(f.id == row.id).values(**values))
-        uow.commit()
-    return SignedInFinanceUser(row.id, username, row.name)
+    if not USERNAME.fullmatch(username):
+        raise FINANCE_USERS.refuse(password)
+    attempt = FINANCE_USERS.authenticate(username, password)
+    return SignedInFinanceUser(attempt.id, username, attempt.row.name)
 
 
 def active_finance_user(user_id: int) -> SignedInFinanceUser | None:
