@@ -253,10 +253,11 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 @contextmanager
-def redis_server(port: int, folder: Path) -> Iterator[None]:
-    """A Redis of this test's own on ``port``, stopped (SIGTERM, then SIGKILL) on exit."""
+def redis_server(port: int, folder: Path, *options: str) -> Iterator[None]:
+    """A Redis of this test's own on ``port`` (and ``options``), stopped (SIGTERM, then
+    SIGKILL) on exit."""
     command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", str(folder)]
+               "--appendonly", "no", "--dir", str(folder), *options]
     with started(command, os.environ, folder / f"redis-{port}.log", cwd=folder) as server:
         client = redis.Redis(port=port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 10
@@ -333,3 +334,23 @@ def test_a_redis_that_does_not_answer_costs_one_request_the_timeout_not_all(
     assert max(timings[1:]) < 0.45, timings
     [line] = logged.lines()
     assert "unreachable (TimeoutError" in line
+
+
+def test_a_redis_socket_path_counts_the_limits_there(app, database_url, tmp_path):
+    """``unix:///path`` (what the library calls ``redis+unix://``): the windows are counted
+    in the Redis behind that socket, under the default prefix."""
+    path = tmp_path / "redis.sock"
+    with redis_server(closed_port(), tmp_path, "--unixsocket", str(path)):
+        limited = make_test_app(database_url, RATE_LIMIT_ENABLED=True,
+                                RATE_LIMIT_STORAGE=f"unix://{path}")
+        limits = limited.extensions["coalition.limits"]
+        client = redis.Redis(unix_socket_path=str(path))
+        try:
+            assert limits.storage == f"unix://{path}"
+            item = window(1, 2, "client")
+            assert [limits.wait(item, "a") > 0 for _ in range(3)] == [False, False, True]
+            assert client.llen("coalition:ratelimit:client/a/2/2/second") == 2
+        finally:
+            client.close()
+            with limited.app_context():
+                db.engine.dispose()
