@@ -22,11 +22,15 @@ Rate limits
     ``storage_from_string``. With ``memory://`` (the default, for ``make run`` and one
     process) each worker process keeps its own: with ``W`` gunicorn workers a client may
     get up to ``W`` times the configured rate. With a Redis URL every worker of every host
-    counts in the same windows (the library's moving window is one Lua script per request,
-    atomic in Redis, under the keys ``RATE_LIMIT_KEY_PREFIX`` + ``client/…`` and ``address/…``); the
-    request's time is the host's clock, so the hosts keep theirs in step (NTP). Keeping them
-    in PostgreSQL instead would put one hot row per client on every earn and burn, which
-    is what the ledger is designed to avoid.
+    counts in the same windows: the library's moving window is one Lua script per request,
+    atomic in Redis, under the keys ``RATE_LIMIT_KEY_PREFIX`` + ``client/…`` and
+    ``address/…``, each a list of the last ``BURST`` requests' times that expires a window
+    after the last one. A request's time is its host's clock, so the hosts keep theirs in
+    step (NTP). Keeping them in PostgreSQL instead would put one hot row per client on
+    every earn and burn, which is what the ledger is designed to avoid. flask-limiter is
+    not put on top: its check is a ``before_request`` hook or a decorator on the view,
+    while the client's limit is taken where the bearer token has just been found
+    (:mod:`coalition.oauth.server`), and the address's before the body is read.
 
     When Redis cannot be reached (down, or slower than :data:`STORE_TIMEOUT`; it is then
     not asked again for :data:`STORE_RETRY`), ``RATE_LIMIT_FAIL_OPEN`` decides: requests
@@ -143,6 +147,7 @@ class Limits:
         if self.limiter.hit(item, *key):
             return 0.0
         reset_at = self.limiter.get_window_stats(item, *key).reset_time
+        # refused is refused, even if the window moved on between the two calls
         return max(reset_at - time.time(), 0.001)
 
     def take(self, item: RateLimitItem, key: tuple[str, ...], who: str) -> None:
