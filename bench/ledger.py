@@ -128,6 +128,9 @@ class Bench:
             # the figures) but with a rate no run reaches
             COALITION_RATE_LIMIT="1000000",
             COALITION_RATE_LIMIT_BURST="1000000",
+            # memory:// (each worker counts on its own) or a Redis URL shared by the workers
+            COALITION_RATE_LIMIT_STORAGE=args.rate_limit_storage,
+            COALITION_RATE_LIMIT_KEY_PREFIX=f"coalition-bench:{secrets.token_hex(4)}:",
         )
         self.gunicorn = Gunicorn(self.procs, env=self.env, log=self.workdir / "gunicorn.log",
                                  port=args.port or free_port(), workers=args.workers,
@@ -394,6 +397,7 @@ class Bench:
             "concurrency": a.concurrency, "client_processes": a.client_processes,
             "members": a.members, "hot_members": a.hot_members, "workers": a.workers,
             "worker_class": a.worker_class, "threads": a.threads, "earn_body": a.earn_body,
+            "rate_limit_storage": a.rate_limit_storage,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "workdir": str(self.workdir),
         }
@@ -487,6 +491,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-reuse-port", dest="reuse_port", action="store_false",
                    help="one listening socket shared by the workers (gunicorn's default) "
                         "instead of SO_REUSEPORT sockets per worker")
+    p.add_argument("--rate-limit-storage", default="memory://",
+                   help="where the rate limits are counted: memory:// or a Redis URL")
     p.add_argument("--server", default=DEFAULT_SERVER, help="PostgreSQL server URL (loopback)")
     p.add_argument("--database", default="coalition_bench",
                    help="dropped and re-created on every run")
