@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/ledger.py --duration 20 --concurrency 16 \
         [--members 1000] [--hot-members 4] [--workers 2] [--scenario earn|burn|mixed|hot|all] \
-        [--json PATH]
+        [--json PATH] [--rate-limit-storage memory://|redis://host:6379/0]
 
 One run, start to finish, on this machine only (every connection goes to 127.0.0.1):
 
