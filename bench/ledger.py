@@ -3,7 +3,8 @@
 
     .venv/bin/python bench/ledger.py --duration 20 --concurrency 16 \
         [--members 1000] [--hot-members 4] [--workers 2] \
-        [--scenario earn|burn|mixed|hot|jobs|all] [--job-members 100000] [--json PATH]
+        [--scenario earn|burn|mixed|hot|jobs|all] [--job-members 100000] [--json PATH] \
+        [--rate-limit-storage memory://|redis://host:6379/0]
 
 One run, start to finish, on this machine only (every connection goes to 127.0.0.1):
 
@@ -189,6 +190,9 @@ class Bench:
             # the figures) but with a rate no run reaches
             COALITION_RATE_LIMIT="1000000",
             COALITION_RATE_LIMIT_BURST="1000000",
+            # memory:// (each worker counts on its own) or a Redis URL shared by the workers
+            COALITION_RATE_LIMIT_STORAGE=args.rate_limit_storage,
+            COALITION_RATE_LIMIT_KEY_PREFIX=f"coalition-bench:{secrets.token_hex(4)}:",
         )
         self.gunicorn = Gunicorn(self.procs, env=self.env, log=self.workdir / "gunicorn.log",
                                  port=args.port or free_port(), workers=args.workers,
@@ -470,6 +474,7 @@ class Bench:
             "concurrency": a.concurrency, "client_processes": a.client_processes,
             "members": a.members, "hot_members": a.hot_members, "workers": a.workers,
             "worker_class": a.worker_class, "threads": a.threads, "earn_body": a.earn_body,
+            "rate_limit_storage": a.rate_limit_storage,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "workdir": str(self.workdir),
         }
@@ -593,6 +598,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-reuse-port", dest="reuse_port", action="store_false",
                    help="one listening socket shared by the workers (gunicorn's default) "
                         "instead of SO_REUSEPORT sockets per worker")
+    p.add_argument("--rate-limit-storage", default="memory://",
+                   help="where the rate limits are counted: memory:// or a Redis URL")
     p.add_argument("--server", default=DEFAULT_SERVER, help="PostgreSQL server URL (loopback)")
     p.add_argument("--database", default="coalition_bench",
                    help="dropped and re-created on every run")

@@ -197,15 +197,17 @@ SETTINGS: tuple[Setting, ...] = (
             "addresses or networks of the reverse proxies (nginx) whose X-Forwarded-For "
             "and X-Forwarded-Proto are believed; from anyone else they are ignored"),
     Setting("RATE_LIMIT", _positive_number, 200,
-            "requests per second per OAuth client (member tokens: per member), "
+            "requests per second sustained per OAuth client (member tokens: per member), "
             "per worker process with memory://, in all with Redis"),
     Setting("RATE_LIMIT_BURST", _positive_int, 400,
-            "requests a client may send at once above RATE_LIMIT (the token bucket's size)"),
+            "requests a client may send at once: at most this many in any "
+            "RATE_LIMIT_BURST / RATE_LIMIT seconds (a moving window, whole seconds)"),
     Setting("TOKEN_RATE_LIMIT", _positive_number, 10,
-            "requests per second per remote address to /oauth/token, /oauth/revoke and "
+            "requests per second sustained per remote address to /oauth/token, /oauth/revoke and "
             "/oauth/introspect, per worker process with memory://, in all with Redis"),
     Setting("TOKEN_RATE_LIMIT_BURST", _positive_int, 100,
-            "requests at once per remote address above TOKEN_RATE_LIMIT"),
+            "requests at once per remote address: at most this many in any "
+            "TOKEN_RATE_LIMIT_BURST / TOKEN_RATE_LIMIT seconds"),
     Setting("BREAKAGE_PRIOR", _fraction, "0.2",
             "share of points expected never to be redeemed, used for the points liability "
             "until enough cohorts are closed to measure it (a decimal in [0, 1))"),

@@ -2,28 +2,35 @@
 bodies: size 413, strict JSON 400).
 
 Rate limits
-    A token bucket per caller: ``RATE_LIMIT`` requests per second sustained, up to
-    ``RATE_LIMIT_BURST`` at once, per OAuth client (a member token's bucket is its member's,
-    so that the members of one member app do not share one), checked once the bearer token
-    is known and before the body is read. ``/oauth/token``, ``/oauth/revoke`` and
-    ``/oauth/introspect``, where the caller is not known yet, are limited per remote address
-    (``TOKEN_RATE_LIMIT``, ``TOKEN_RATE_LIMIT_BURST``). A refused request is ``429`` with
-    code ``rate_limited`` and ``Retry-After`` (whole seconds), and does nothing.
+    A moving window per caller, counted by the ``limits`` library: at most
+    ``RATE_LIMIT_BURST`` requests in any ``RATE_LIMIT_BURST / RATE_LIMIT`` seconds (rounded
+    up to a whole second, the library's unit, and at least one), per OAuth client (a member
+    token's window is its member's, so that the members of one member app do not share
+    one), checked once the bearer token is known and before the body is read. So a caller
+    may send its whole burst at once, and ``RATE_LIMIT`` requests a second sustained; a
+    request is granted again as soon as the one ``RATE_LIMIT_BURST`` requests before it is
+    older than the window (a caller that used its burst at once waits for the window to
+    pass; one that keeps to the rate never waits). The defaults are 400 requests in any 2
+    s. A burst under the rate caps the rate at the burst a second. ``/oauth/token``,
+    ``/oauth/revoke`` and ``/oauth/introspect``, where the caller is not known yet, are
+    limited per remote address (``TOKEN_RATE_LIMIT``, ``TOKEN_RATE_LIMIT_BURST``: 100
+    requests in any 10 s). A refused request is ``429`` with code ``rate_limited`` and
+    ``Retry-After`` (the whole seconds until the window grants one again), and does
+    nothing.
 
-    Where the buckets live is ``RATE_LIMIT_STORAGE``. With ``memory://`` (the default, for
-    ``make run`` and one process) each worker process keeps its own (:class:`TokenBuckets`):
-    with ``W`` gunicorn workers a client may get up to ``W`` times the configured rate. With
-    a Redis URL every worker of every host takes from the same buckets
-    (:class:`RedisBuckets`): one Lua script per request reads, refills and takes a bucket
-    atomically with the same arithmetic, on Redis's own clock (so the hosts' clocks do not
-    matter), and lets a full bucket expire. Keeping them in PostgreSQL instead would put
-    one hot row per client on every earn and burn, which is what the ledger is designed to
-    avoid.
-
-    The rule is a token bucket, not a window: a caller that used its burst gets one request
-    back every ``1/RATE_LIMIT`` seconds rather than waiting for a window to pass. That is
-    why the fixed, moving and sliding windows of the ``limits`` library (and so
-    flask-limiter) are not used: none of them can answer like this.
+    Where the windows are counted is ``RATE_LIMIT_STORAGE``, given to the library's
+    ``storage_from_string``. With ``memory://`` (the default, for ``make run`` and one
+    process) each worker process keeps its own: with ``W`` gunicorn workers a client may
+    get up to ``W`` times the configured rate. With a Redis URL every worker of every host
+    counts in the same windows: the library's moving window is one Lua script per request,
+    atomic in Redis, under the keys ``RATE_LIMIT_KEY_PREFIX`` + ``client/…`` and
+    ``address/…``, each a list of the last ``BURST`` requests' times that expires a window
+    after the last one. A request's time is its host's clock, so the hosts keep theirs in
+    step (NTP). Keeping them in PostgreSQL instead would put one hot row per client on
+    every earn and burn, which is what the ledger is designed to avoid. flask-limiter is
+    not put on top: its check is a ``before_request`` hook or a decorator on the view,
+    while the client's limit is taken where the bearer token has just been found
+    (:mod:`coalition.oauth.server`), and the address's before the body is read.
 
     When Redis cannot be reached (down, or slower than :data:`STORE_TIMEOUT`; it is then
     not asked again for :data:`STORE_RETRY`), ``RATE_LIMIT_FAIL_OPEN`` decides: requests
@@ -72,14 +79,16 @@ import json
 import logging
 import math
 import re
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import redis
 from flask import Flask, Response, current_app, g, request
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from coalition.errors import CoalitionError
@@ -89,10 +98,6 @@ from coalition.http.errors import error_response
 MAX_DEPTH = 32
 #: longest JSON number accepted, in characters (2**63 has 19 digits)
 MAX_NUMBER_CHARS = 100
-#: callers remembered per bucket set; the least recently seen are forgotten first (a
-#: forgotten caller starts again with a full bucket)
-MAX_KEYS = 10_000
-
 #: seconds to wait for Redis before it counts as unreachable
 STORE_TIMEOUT = 0.5
 #: seconds during which an unreachable Redis is not asked again
@@ -113,122 +118,49 @@ class LimitsUnavailable(CoalitionError):
     status, code = 503, "unavailable"
 
 
-# --------------------------------------------------------------------------- token buckets
+# --------------------------------------------------------------------------- rate limits
 
 
-@dataclass
-class TokenBuckets:
-    """One token bucket per key: ``rate`` tokens a second, at most ``burst``; a request
-    takes one. Thread-safe (gthread workers serve requests from several threads)."""
-
-    rate: float
-    burst: int
-    max_keys: int = MAX_KEYS
-    clock: Callable[[], float] = time.monotonic
-    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def take(self, key: str) -> float:
-        """Take a token for ``key``: 0 if there was one, else the seconds until there is."""
-        with self._lock:
-            now = self.clock()
-            # pop and re-insert: the dict's order is then least recently seen first
-            last = self._buckets.pop(key, None)
-            if last is None:
-                tokens = float(self.burst)
-            else:
-                tokens, then = last
-                tokens = min(float(self.burst), tokens + max(0.0, now - then) * self.rate)
-            if tokens >= 1.0:
-                tokens -= 1.0
-                wait = 0.0
-            else:
-                wait = (1.0 - tokens) / self.rate
-            self._buckets[key] = (tokens, now)
-            while len(self._buckets) > self.max_keys:
-                del self._buckets[next(iter(self._buckets))]
-            return wait
-
-
-#: Take one token from the bucket KEYS[1], as :meth:`TokenBuckets.take` does: ARGV is the
-#: rate, the burst and (for tests only) the time; the answer is the wait in seconds, as a
-#: string (Redis would truncate a Lua number to an integer). Numbers are stored with 17
-#: significant digits, so that a double survives the round trip exactly.
-_TAKE = """
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-if not now then
-    local time = redis.call('TIME')
-    now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-end
-local tokens = burst
-local last = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-if last[1] then
-    tokens = math.min(burst, tonumber(last[1]) + math.max(0, now - tonumber(last[2])) * rate)
-end
-local wait = 0
-if tokens >= 1 then
-    tokens = tokens - 1
-else
-    wait = (1 - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
-           'at', string.format('%.17g', now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return string.format('%.17g', wait)
-"""
-
-
-@dataclass
-class RedisBuckets:
-    """The same token buckets kept in Redis, shared by every process that uses the same
-    server, database and ``prefix``. A bucket left alone until it is full again expires a
-    second later (one that is full and one never seen are the same)."""
-
-    rate: float
-    burst: int
-    client: redis.Redis
-    prefix: str
-    #: None: Redis's clock; a test may give its own
-    clock: Callable[[], float] | None = None
-
-    def __post_init__(self) -> None:
-        self._take = self.client.register_script(_TAKE)
-
-    def take(self, key: str) -> float:
-        """Take a token for ``key``: 0 if there was one, else the seconds until there is.
-        Raises :class:`redis.RedisError` when Redis cannot be reached."""
-        args: list[str | int] = [repr(self.rate), self.burst]
-        if self.clock is not None:
-            args.append(repr(self.clock()))
-        return float(self._take(keys=[self.prefix + key], args=args))
-
-
-Buckets = TokenBuckets | RedisBuckets
+def window(rate: float, burst: int, namespace: str) -> RateLimitItem:
+    """The limit for ``rate`` requests a second and bursts of ``burst``: ``burst`` requests
+    in any ``burst / rate`` seconds, rounded up to a whole second."""
+    seconds = max(1, math.ceil(burst / rate))
+    return RateLimitItemPerSecond(burst, seconds, namespace=namespace)
 
 
 @dataclass
 class Limits:
     enabled: bool
-    clients: Buckets
-    addresses: Buckets
+    limiter: MovingWindowRateLimiter
+    clients: RateLimitItem
+    addresses: RateLimitItem
     fail_open: bool = True
-    #: where the buckets are, for the log (no password)
+    #: where the windows are counted, for the log (no password)
     storage: str = "memory://"
     _down: bool = field(default=False, repr=False)
     _retry_at: float = field(default=0.0, repr=False)
 
-    def take(self, buckets: Buckets, key: str, who: str) -> None:
-        """Take a token for ``key``, or raise :class:`RateLimited`; if the buckets cannot
-        be reached, let the request through or raise :class:`LimitsUnavailable`. Once
-        they could not, they are not asked again for :data:`STORE_RETRY` seconds, so that
+    def wait(self, item: RateLimitItem, *key: str) -> float:
+        """Count one request against ``item`` for ``key``: 0 if it is granted, else the
+        seconds until the window grants one again. Raises
+        :class:`~limits.errors.StorageError` when the storage cannot be reached."""
+        if self.limiter.hit(item, *key):
+            return 0.0
+        reset_at = self.limiter.get_window_stats(item, *key).reset_time
+        # refused is refused, even if the window moved on between the two calls
+        return max(reset_at - time.time(), 0.001)
+
+    def take(self, item: RateLimitItem, key: tuple[str, ...], who: str) -> None:
+        """Count one request for ``key``, or raise :class:`RateLimited`; if the storage
+        cannot be reached, let the request through or raise :class:`LimitsUnavailable`.
+        Once it could not, it is not asked again for :data:`STORE_RETRY` seconds, so that
         a Redis that does not answer costs one request :data:`STORE_TIMEOUT`, not all."""
         wait: float | None = None
         if not self._down or time.monotonic() >= self._retry_at:
             try:
-                wait = buckets.take(key)
-            except redis.RedisError as exc:
-                self._went_down(exc)
+                wait = self.wait(item, *key)
+            except StorageError as exc:
+                self._went_down(exc.storage_error)
                 self._retry_at = time.monotonic() + STORE_RETRY
         if wait is None:
             if self.fail_open:
@@ -269,7 +201,7 @@ def limit_client(client_id: str, member_id: int | None = None) -> None:
     limits = _limits()
     if not limits.enabled:
         return
-    key = client_id if member_id is None else f"{client_id}\0member:{member_id}"
+    key = (client_id,) if member_id is None else (client_id, "member", str(member_id))
     limits.take(limits.clients, key, "client")
 
 
@@ -279,32 +211,40 @@ def _limit_address() -> None:
     limits = _limits()
     if not limits.enabled:
         return
-    limits.take(limits.addresses, request.remote_addr or "", "address")
+    limits.take(limits.addresses, (request.remote_addr or "",), "address")
+
+
+def _shown(url: str) -> str:
+    """A Redis URL as the log shows it: without its password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}/{parts.path[1:] or 0}"
 
 
 def _make_limits(config: dict[str, Any]) -> Limits:
-    """The limits as configured: buckets in this process, or in Redis."""
+    """The limits as configured: counted in this process, or in Redis."""
     enabled = bool(config["RATE_LIMIT_ENABLED"])
-    storage = config["RATE_LIMIT_STORAGE"]
-    rates = ((config["RATE_LIMIT"], config["RATE_LIMIT_BURST"], "client:"),
-             (config["TOKEN_RATE_LIMIT"], config["TOKEN_RATE_LIMIT_BURST"], "address:"))
-    if storage == "memory://":
-        clients, addresses = (TokenBuckets(rate, burst) for rate, burst, _ in rates)
-        return Limits(enabled, clients, addresses)
-    client = redis.Redis.from_url(storage, socket_timeout=STORE_TIMEOUT,
-                                  socket_connect_timeout=STORE_TIMEOUT)
-    prefix = config["RATE_LIMIT_KEY_PREFIX"]
-    shared, by_address = (RedisBuckets(rate, burst, client, prefix + kind)
-                          for rate, burst, kind in rates)
-    kwargs = client.connection_pool.connection_kwargs
-    scheme = storage.split("://", 1)[0]
-    shown = (f"unix://{kwargs['path']}" if "path" in kwargs else
-             f"{scheme}://{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}")
+    url = config["RATE_LIMIT_STORAGE"]
+    clients = window(config["RATE_LIMIT"], config["RATE_LIMIT_BURST"], "client")
+    addresses = window(config["TOKEN_RATE_LIMIT"], config["TOKEN_RATE_LIMIT_BURST"],
+                       "address")
+    if url == "memory://":
+        storage = storage_from_string(url, wrap_exceptions=True)
+        return Limits(enabled, MovingWindowRateLimiter(storage), clients, addresses)
+    # the library names a Redis socket redis+unix://; the storage adds ":" after the prefix
+    storage = storage_from_string(
+        "redis+" + url if url.startswith("unix://") else url, wrap_exceptions=True,
+        key_prefix=config["RATE_LIMIT_KEY_PREFIX"].removesuffix(":"),
+        socket_timeout=STORE_TIMEOUT, socket_connect_timeout=STORE_TIMEOUT)
     fail_open = bool(config["RATE_LIMIT_FAIL_OPEN"])
+    shown = _shown(url)
     if enabled:
         log.info("rate limits counted in %s (keys %s…); if it cannot be reached, requests %s",
-                 shown, prefix, "go through unlimited" if fail_open else "are refused (503)")
-    return Limits(enabled, shared, by_address, fail_open=fail_open, storage=shown)
+                 shown, config["RATE_LIMIT_KEY_PREFIX"],
+                 "go through unlimited" if fail_open else "are refused (503)")
+    return Limits(enabled, MovingWindowRateLimiter(storage), clients, addresses,
+                  fail_open=fail_open, storage=shown)
 
 
 # --------------------------------------------------------------------------- JSON bodies

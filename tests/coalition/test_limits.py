@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -21,9 +22,9 @@ from coalition.http.limits import (
     MAX_DEPTH,
     BodyRefused,
     RateLimited,
-    TokenBuckets,
     limit_client,
     parse_json,
+    window,
 )
 from coalition.oauth.models import OAuthToken
 from config import load_settings
@@ -190,8 +191,6 @@ def test_operator_and_oauth_endpoints_get_the_same_checks(app, client, operator_
 
 
 def test_hostile_bodies_of_the_largest_size_are_parsed_or_refused_quickly():
-    import time
-
     limit = 1024 * 1024
     hostile = [b"[" * limit, b"{" * limit, b'{"a":' * (limit // 5), b"[]," * (limit // 3),
                b'["' + b'\\"' * (limit // 2) + b'"]', b'"' + b"a\\" * (limit // 2),
@@ -287,34 +286,27 @@ def test_a_chunked_body_is_refused_at_the_limit_never_cut_short(app, live_server
 # --------------------------------------------------------------------------- rate limits
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def limited(app: Flask, database_url: str) -> Iterator[tuple[Flask, FakeClock]]:
-    """An app with rate limiting on (1 request a second, bursts of 3; the token endpoint 1
-    a second, bursts of 2) on the test database, with a clock the test moves."""
+def limited(app: Flask, database_url: str) -> Iterator[Flask]:
+    """An app with rate limiting on (at most 3 requests in any 3 s per client; 2 in any 2 s
+    per address on the token endpoints) on the test database. The windows are real: a test
+    that needs one to pass sleeps."""
     limited = make_test_app(database_url, RATE_LIMIT_ENABLED=True, RATE_LIMIT=1,
                             RATE_LIMIT_BURST=3, TOKEN_RATE_LIMIT=1, TOKEN_RATE_LIMIT_BURST=2)
-    clock = FakeClock()
-    limits = limited.extensions["coalition.limits"]
-    limits.clients.clock = limits.addresses.clock = clock
     try:
-        yield limited, clock
+        yield limited
     finally:
         with limited.app_context():
             db.engine.dispose()
 
 
-def assert_rate_limited(response: Any, retry_after: int) -> None:
+def assert_rate_limited(response: Any, window: int) -> int:
+    """A 429 whose Retry-After is whole seconds within the ``window``; those seconds."""
     body = assert_error(response, 429, "rate_limited")
-    assert response.headers["Retry-After"] == str(retry_after)
-    assert f"Retry after {retry_after} s" in body["message"]
+    seconds = int(response.headers["Retry-After"])
+    assert 1 <= seconds <= window, seconds
+    assert f"Retry after {seconds} s" in body["message"]
+    return seconds
 
 
 def test_rate_limiting_is_off_in_testing_and_on_elsewhere(tmp_path):
@@ -329,8 +321,7 @@ def test_rate_limiting_is_off_in_testing_and_on_elsewhere(tmp_path):
 
 def test_a_client_over_its_rate_is_a_429_with_retry_after_and_nothing_is_written(
         app, partner, make_partner, limited):
-    limited_app, clock = limited
-    client = limited_app.test_client()
+    client = limited.test_client()
     headers, member = partner["headers"], partner["member"]
     for n in range(3):  # the burst
         response = client.post("/v1/earn", json={"member_number": member,
@@ -340,34 +331,32 @@ def test_a_client_over_its_rate_is_a_429_with_retry_after_and_nothing_is_written
     before = snapshot(app)
     response = client.post("/v1/earn", json={"member_number": member, "partner_txn_id": "r3",
                                              "points": 1}, headers=headers)
-    assert_rate_limited(response, 1)
+    retry_after = assert_rate_limited(response, 3)
     # refused before the body is read: an invalid one is refused the same way
-    assert_rate_limited(client.post("/v1/earn", json={"points": "x"}, headers=headers), 1)
-    assert_rate_limited(client.get("/v1/transactions", headers=headers), 1)
+    assert_rate_limited(client.post("/v1/earn", json={"points": "x"}, headers=headers), 3)
+    assert_rate_limited(client.get("/v1/transactions", headers=headers), 3)
     assert snapshot(app) == before
 
-    # another client has its own bucket; an anonymous request is still a 401
+    # another client has its own window; an anonymous request is still a 401
     _, other = make_partner("bravo")
     assert client.get("/v1/transactions", headers=other).status_code == 200
     assert_error(client.get("/v1/transactions"), 401, "unauthorized")
 
-    # tokens come back at the configured rate, up to the burst
-    clock.now += 0.5
-    assert_rate_limited(client.get("/v1/transactions", headers=headers), 1)
-    clock.now += 0.5
+    # Retry-After is enough: the request is granted then, and was not refused for good
+    time.sleep(retry_after)
     response = client.post("/v1/earn", json={"member_number": member, "partner_txn_id": "r3",
                                              "points": 1}, headers=headers)
     assert response.status_code == 201, response.get_json()
     assert response.headers.get("Idempotent-Replayed") is None
-    clock.now += 3600
+    # once a whole window has passed the whole burst is there again, and no more
+    time.sleep(3)
     for _ in range(3):
         assert client.get("/v1/transactions", headers=headers).status_code == 200
-    assert_rate_limited(client.get("/v1/transactions", headers=headers), 1)
+    assert_rate_limited(client.get("/v1/transactions", headers=headers), 3)
 
 
 def test_the_token_endpoint_is_limited_per_remote_address(app, limited, operator):
-    limited_app, clock = limited
-    client = limited_app.test_client()
+    client = limited.test_client()
     auth = basic_auth(operator["client_id"], operator["client_secret"])
     form = {"grant_type": "client_credentials"}
 
@@ -380,52 +369,47 @@ def test_the_token_endpoint_is_limited_per_remote_address(app, limited, operator
     assert token("10.0.0.1", headers=basic_auth(operator["client_id"], "wrong")
                  ).status_code == 401
     before = snapshot(app)
-    assert_rate_limited(token("10.0.0.1", headers=auth), 1)
+    retry_after = assert_rate_limited(token("10.0.0.1", headers=auth), 2)
     revoke = client.post("/oauth/revoke", data={"token": "x"}, headers=auth,
                          environ_base={"REMOTE_ADDR": "10.0.0.1"})
-    assert_rate_limited(revoke, 1)
+    assert_rate_limited(revoke, 2)
     assert snapshot(app) == before
     assert token("10.0.0.2", headers=auth).status_code == 200  # another address
-    clock.now += 1
+    time.sleep(retry_after)
     assert token("10.0.0.1", headers=auth).status_code == 200
 
 
 def test_member_tokens_are_limited_per_member(limited):
-    limited_app, _ = limited
-    with limited_app.test_request_context():
+    with limited.test_request_context():
         for member_id in (1, 2):
             for _ in range(3):
                 limit_client("member-app", member_id)
         with pytest.raises(RateLimited) as caught:
             limit_client("member-app", 1)
-        assert caught.value.headers == {"Retry-After": "1"}
+        # the first of the three is a few microseconds old: the window is 3 s
+        assert caught.value.headers == {"Retry-After": "3"}
         limit_client("member-app")  # the client itself, apart from its members
 
 
-def test_the_token_bucket():
-    clock = FakeClock()
-    buckets = TokenBuckets(rate=2.0, burst=4, max_keys=3, clock=clock)
-    assert [buckets.take("a") for _ in range(4)] == [0.0] * 4
-    assert buckets.take("a") == pytest.approx(0.5)  # 1 token at 2 a second
-    clock.now += 0.25
-    assert buckets.take("a") == pytest.approx(0.25)  # refused requests take nothing
-    clock.now += 0.25
-    assert buckets.take("a") == 0.0
-    clock.now += 100
-    assert [buckets.take("a") for _ in range(5)][-2:] == [0.0, pytest.approx(0.5)]  # capped
-    # only max_keys callers are remembered, the least recently seen forgotten first
-    for key in ("b", "c", "d"):
-        buckets.take(key)
-    assert "a" not in buckets._buckets and set(buckets._buckets) == {"b", "c", "d"}
+def test_the_rule_a_burst_in_any_burst_over_rate_seconds():
+    """RATE_LIMIT and RATE_LIMIT_BURST as the library's moving window: BURST requests in
+    any BURST/RATE seconds, the window rounded up to a whole second."""
+    for rate, burst, seconds in ((200, 400, 2), (10, 100, 10), (1, 3, 3), (2.5, 5, 2),
+                                 (0.001, 6, 6000), (3, 4, 2), (200, 100, 1)):
+        item = window(rate, burst, "client")
+        assert (item.amount, item.get_expiry()) == (burst, seconds), (rate, burst)
 
 
-def test_the_token_bucket_under_threads():
-    buckets = TokenBuckets(rate=0.001, burst=100, clock=FakeClock())
+def test_the_window_in_memory_holds_under_threads(limited):
+    """gthread workers serve requests from several threads: 8 threads asking 50 times each
+    for one caller get its 100 requests in all."""
+    limits = limited.extensions["coalition.limits"]
+    item = window(0.001, 100, "client")
     granted: list[int] = []
     lock = threading.Lock()
 
     def hammer() -> None:
-        mine = sum(1 for _ in range(50) if buckets.take("hot") == 0.0)
+        mine = sum(1 for _ in range(50) if limits.wait(item, "hot") == 0.0)
         with lock:
             granted.append(mine)
 
@@ -475,17 +459,16 @@ def _live_member_tokens() -> list[OAuthToken]:
 def test_bogus_sign_ins_from_one_address_lock_out_only_that_address(app, limited,
                                                                     make_partner):
     """The page's own calls to /oauth/token count against the visitor's address, not one
-    bucket that the whole site shares."""
-    limited_app, _ = limited
+    limit that the whole site shares."""
     _, headers = make_partner("acme")
     ada = active_member(app.test_client(), headers, ref="ada")
-    attacker = _browser(limited_app, "10.6.6.6")
+    attacker = _browser(limited, "10.6.6.6")
     answers = [_bogus_callback(attacker) for _ in range(5)]
     assert [a.status_code for a in answers] == [400, 400, 429, 429, 429]
     assert "Too many requests from this address" in answers[-1].get_data(as_text=True)
     assert not _live_member_tokens()
 
-    member = _browser(limited_app, "10.0.0.2")
+    member = _browser(limited, "10.0.0.2")
     callback = _page_sign_in(member, ada)
     assert (callback.status_code, callback.headers["Location"]) == (302, "/member")
     [token] = _live_member_tokens()
@@ -502,10 +485,9 @@ def test_bogus_sign_ins_from_one_address_lock_out_only_that_address(app, limited
 
 def test_a_sign_out_that_cannot_revoke_says_so_and_keeps_the_member_signed_in(
         app, limited, make_partner):
-    limited_app, clock = limited
     _, headers = make_partner("acme")
     ada = active_member(app.test_client(), headers, ref="ada")
-    member = _browser(limited_app, "10.0.0.3")
+    member = _browser(limited, "10.0.0.3")
     assert _page_sign_in(member, ada).status_code == 302
     home = member.get("/member").get_data(as_text=True)
     # the address's last token-endpoint request of the burst
@@ -521,7 +503,7 @@ def test_a_sign_out_that_cannot_revoke_says_so_and_keeps_the_member_signed_in(
     assert snapshot(app) == before
     assert len(_live_member_tokens()) == 1
 
-    clock.now += 1
+    time.sleep(2)  # the address's window (2 in any 2 s) has passed
     out = member.post("/member/signout", data={"csrf_token": csrf_of(home)},
                       follow_redirects=True)
     assert "You have signed out." in out.get_data(as_text=True)

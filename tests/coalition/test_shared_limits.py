@@ -1,4 +1,4 @@
-"""Rate limits shared in Redis (``RATE_LIMIT_STORAGE=redis://…``): the same token buckets as
+"""Rate limits shared in Redis (``RATE_LIMIT_STORAGE=redis://…``): the same moving windows as
 in memory, one set for every worker and host, and what happens when Redis is down.
 
 These tests use the real Redis at ``COALITION_TEST_REDIS_URL`` (default
@@ -23,11 +23,10 @@ from typing import Any
 import pytest
 import redis
 import requests
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from flask import Flask
 
 from coalition.db import db
-from coalition.http.limits import RedisBuckets, TokenBuckets
+from coalition.http.limits import Limits, window
 from tests.coalition.test_serving import clean_env, gunicorn_command, started, wait_until_healthy
 from tests.conftest import TEST_SECRET, basic_auth, make_test_app, snapshot
 from tests.partners.support import assert_error
@@ -67,41 +66,51 @@ def closed_port() -> int:
 # --------------------------------------------------------------------------- one rule
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
+def _limits(database_url: str, storage: str, prefix: str) -> tuple[Flask, Limits]:
+    url = REDIS_URL if storage == "redis" else "memory://"
+    app = make_test_app(database_url, RATE_LIMIT_ENABLED=True, RATE_LIMIT_STORAGE=url,
+                        RATE_LIMIT_KEY_PREFIX=prefix)
+    return app, app.extensions["coalition.limits"]
 
-    def __call__(self) -> float:
-        return self.now
 
-
-@settings(max_examples=40, deadline=None)
-@given(rate=st.sampled_from([0.5, 1.0, 3.0, 200.0]), burst=st.integers(1, 5),
-       steps=st.lists(st.tuples(st.sampled_from(["a", "b"]),
-                                st.sampled_from([0.0, 0.0, 0.001, 0.25, 0.3333, 1.0, 7.5])),
-                      min_size=1, max_size=40))
-def test_redis_buckets_answer_exactly_as_the_memory_buckets(redis_client, rate, burst, steps):
-    """One rule in two places: for any sequence of requests the bucket in Redis grants and
-    refuses the same requests as the one in memory, with the same wait to the last bit."""
-    clock = Clock()
-    prefix = f"coalition-test:{uuid.uuid4().hex}:"
-    memory = TokenBuckets(rate, burst, clock=clock)
-    shared = RedisBuckets(rate, burst, redis_client, prefix, clock=clock)
+@pytest.mark.parametrize("storage", ["redis", "memory"])
+def test_one_rule_in_redis_and_in_memory(app, database_url, prefix, storage):
+    """The same moving window in both places: 3 requests in any 3 s per key, the wait of a
+    refused one the time until the first of the three leaves the window, and the window
+    moving on (not starting again at a fixed boundary)."""
+    limited, limits = _limits(database_url, storage, prefix)
+    item = window(1, 3, "client")
     try:
-        for key, later in steps:
-            clock.now += later
-            assert shared.take(key) == memory.take(key), (key, clock.now)
+        assert limits.wait(item, "a") == 0.0
+        time.sleep(1.0)
+        assert [limits.wait(item, "a") for _ in range(2)] == [0.0, 0.0]
+        wait = limits.wait(item, "a")
+        assert 1.0 < wait < 2.1, wait  # the first leaves 3 s after it came, not 3 s from now
+        assert [limits.wait(item, "b") for _ in range(3)] == [0.0] * 3  # another key
+        assert limits.wait(item, "a", "member", "1") == 0.0  # and a member's
+        time.sleep(wait)
+        # the first left the window: one more, and not the other two that came a second later
+        assert limits.wait(item, "a") == 0.0
+        assert 0.0 < limits.wait(item, "a") < 1.5
     finally:
-        redis_client.delete(prefix + "a", prefix + "b")
+        with limited.app_context():
+            db.engine.dispose()
 
 
-def test_a_bucket_in_redis_expires_once_full_again(redis_client, prefix):
-    """On Redis's own clock: a bucket of 2 at 1 a second is full again 2 s after its last
-    take, and then it is deleted (1 s later), as full and never seen are the same."""
-    buckets = RedisBuckets(rate=1.0, burst=2, client=redis_client, prefix=prefix)
-    assert buckets.take("x") == 0.0 and buckets.take("x") == 0.0
-    assert 0.9 < buckets.take("x") <= 1.0
-    assert 2000 < redis_client.pttl(prefix + "x") <= 3000
+def test_a_window_in_redis_expires_with_its_last_request(app, database_url, redis_client,
+                                                         prefix):
+    """The keys are the prefix's, one per limit and caller, and Redis deletes one a window
+    after its last request (a window that has passed and one never seen are the same)."""
+    limited, limits = _limits(database_url, "redis", prefix)
+    try:
+        assert limits.wait(window(1, 2, "client"), "x") == 0.0
+        assert limits.wait(window(1, 2, "address"), "10.0.0.1") == 0.0
+    finally:
+        with limited.app_context():
+            db.engine.dispose()
+    keys = sorted(key.decode() for key in redis_client.scan_iter(match=prefix + "*"))
+    assert keys == [prefix + "address/10.0.0.1/2/2/second", prefix + "client/x/2/2/second"]
+    assert 1000 < redis_client.pttl(keys[1]) <= 2000
 
 
 # --------------------------------------------------------------------------- two servers
@@ -244,10 +253,11 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 @contextmanager
-def redis_server(port: int, folder: Path) -> Iterator[None]:
-    """A Redis of this test's own on ``port``, stopped (SIGTERM, then SIGKILL) on exit."""
+def redis_server(port: int, folder: Path, *options: str) -> Iterator[None]:
+    """A Redis of this test's own on ``port`` (and ``options``), stopped (SIGTERM, then
+    SIGKILL) on exit."""
     command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", str(folder)]
+               "--appendonly", "no", "--dir", str(folder), *options]
     with started(command, os.environ, folder / f"redis-{port}.log", cwd=folder) as server:
         client = redis.Redis(port=port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 10
@@ -324,3 +334,23 @@ def test_a_redis_that_does_not_answer_costs_one_request_the_timeout_not_all(
     assert max(timings[1:]) < 0.45, timings
     [line] = logged.lines()
     assert "unreachable (TimeoutError" in line
+
+
+def test_a_redis_socket_path_counts_the_limits_there(app, database_url, tmp_path):
+    """``unix:///path`` (what the library calls ``redis+unix://``): the windows are counted
+    in the Redis behind that socket, under the default prefix."""
+    path = tmp_path / "redis.sock"
+    with redis_server(closed_port(), tmp_path, "--unixsocket", str(path)):
+        limited = make_test_app(database_url, RATE_LIMIT_ENABLED=True,
+                                RATE_LIMIT_STORAGE=f"unix://{path}")
+        limits = limited.extensions["coalition.limits"]
+        client = redis.Redis(unix_socket_path=str(path))
+        try:
+            assert limits.storage == f"unix://{path}"
+            item = window(1, 2, "client")
+            assert [limits.wait(item, "a") > 0 for _ in range(3)] == [False, False, True]
+            assert client.llen("coalition:ratelimit:client/a/2/2/second") == 2
+        finally:
+            client.close()
+            with limited.app_context():
+                db.engine.dispose()
