@@ -83,7 +83,7 @@ from harness.processes import (
 )
 from harness.profile import Profilers
 from harness.report import machine_facts, scenario_lines, summary_lines
-from scenarios import SCENARIOS, pool_sizes, request_factory
+from scenarios import CHAINS, SCENARIOS, pool_sizes, request_factory
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 PARTNER_SCOPES = ["points:earn", "points:burn", "members:write", "members:read"]
@@ -94,6 +94,43 @@ TARGET_BALANCE_RATIO = 1.0
 TARGET_HISTORY_RATIO = 1.2
 TARGET_HOT64_RPS = 300.0
 TARGET_HOT64_P99_MS = 100.0
+TARGET_COST_RATIO = 1.5
+#: the scenario whose CPU per request stands next to each goal (when not the key's prefix)
+GOAL_SCENARIO = {"ratio": "earn", "earn_p99_ms": "earn", "balance_ratio": "balance",
+                 "history_burn": "history", "history_balance": "history",
+                 "hot64_rps": "hot64", "hot64_p99_ms": "hot64"}
+#: the scenarios whose cost is held against earn's: scenario -> the operation measured
+COSTED = {"burn": "burn", "authorise": "authorise", "capture": "capture", "void": "void",
+          "earn_reversal": "earn_reversal", "burn_reversal": "burn_reversal"}
+
+
+def cpu_per_call(report: dict[str, Any], scenario: str) -> float | None:
+    """Milliseconds of gunicorn plus PostgreSQL (own database) CPU per call of a scenario's
+    measured operation. In a chain the window holds as many first calls as second ones, so
+    the second's cost is twice the window's cost per request less the first's, taken from
+    the first's own scenario in the same run."""
+    cpu = report["scenarios"].get(scenario, {}).get("cpu", {})
+    if "server_ms_per_request" not in cpu:
+        return None
+    each = cpu["server_ms_per_request"] + cpu["postgres_bench_ms_per_request"]
+    if scenario not in CHAINS:
+        return float(each)
+    first = cpu_per_call(report, CHAINS[scenario][0])
+    return None if first is None else 2 * each - first
+
+
+def calls_per_second(report: dict[str, Any], scenario: str) -> float | None:
+    """Calls a second of a scenario's measured operation; in a chain, as if alone: one
+    over its share of the window's time (its cost, by ``cpu_per_call``, over the pair's)."""
+    op = _op(report, scenario, COSTED.get(scenario, scenario))
+    if op is None:
+        return None
+    if scenario not in CHAINS:
+        return float(op["ok_rps"])
+    pair, second = (cpu_per_call(report, CHAINS[scenario][0]), cpu_per_call(report, scenario))
+    if not pair or not second:
+        return None
+    return float(op["ok_rps"]) * (pair + second) / second
 
 
 def _op(report: dict[str, Any], scenario: str, op: str) -> dict[str, Any] | None:
@@ -109,6 +146,11 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
 
     def goal(key: str, value: float, target: str, met: bool) -> None:
         found[key] = {"value": value, "target": target, "met": met}
+        scenario = GOAL_SCENARIO.get(key) or key.removeprefix("cost_").split("_p99")[0]
+        cpu = report["scenarios"].get(scenario, {}).get("cpu")
+        if cpu and "server_ms_per_request" in cpu:
+            found[key]["cpu_ms"] = {"gunicorn": cpu["server_ms_per_request"],
+                                    "postgres": cpu["postgres_bench_ms_per_request"]}
 
     if earn and pgbench:
         ratio = earn["ok_rps"] / pgbench["tps"]
@@ -127,6 +169,20 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
             ratio = deep["p50_ms"] / shallow["p50_ms"]
             goal(f"history_{op}", ratio, f"<= {TARGET_HISTORY_RATIO}",
                  ratio <= TARGET_HISTORY_RATIO)
+    paced = _op(report, "paced", "earn")
+    if paced:
+        goal("paced_p99_ms", paced["p99_ms"], f"<= {TARGET_EARN_P99_MS}",
+             paced["p99_ms"] <= TARGET_EARN_P99_MS and not paced["errors"])
+    earn_cost = cpu_per_call(report, "earn")
+    for scenario in COSTED:
+        cost = cpu_per_call(report, scenario)
+        if earn_cost and cost is not None:
+            ratio = cost / earn_cost
+            goal(f"cost_{scenario}", ratio, f"<= {TARGET_COST_RATIO}",
+                 ratio <= TARGET_COST_RATIO)
+            rate = calls_per_second(report, scenario)
+            if rate and earn:
+                found[f"cost_{scenario}"]["throughput_ratio"] = earn["ok_rps"] / rate
     hot = _op(report, "hot64", "all")
     if hot:
         errors = sum(hot["errors"].values())
@@ -161,7 +217,7 @@ lots AS (
   SELECT e.member_id, e.partner_id, 'earn', e.id, %(points)s, %(points)s, 'live', now(),
          now() + interval '400 days' + (e.id - first.id) * interval '1 hour'
   FROM e, first)
-UPDATE wallet SET available = available + %(points)s * %(lots)s, version = version + 1
+UPDATE wallet SET available = available + %(points)s::bigint * %(lots)s, version = version + 1
 WHERE member_id = (SELECT id FROM m)
 """
 
@@ -345,8 +401,14 @@ class Bench:
 
     def concurrency(self, scenario: str) -> int:
         a = self.args
-        return {"hot64": a.hot_concurrency, "history": a.history_concurrency}.get(
-            scenario, a.concurrency)
+        return {"hot64": a.hot_concurrency, "history": a.history_concurrency,
+                "paced": a.paced_concurrency}.get(scenario, a.concurrency)
+
+    def paced_rate(self) -> float:
+        """Requests a second of the paced scenario: ``--paced-rate``, or half of pgbench's."""
+        if self.args.paced_rate:
+            return float(self.args.paced_rate)
+        return float(self.report["pgbench"]["tps"]) / 2
 
     def run_scenario(self, scenario: str, token: str,
                      pools: dict[str, list[str]]) -> dict[str, Any]:
@@ -360,7 +422,10 @@ class Bench:
                 "tag": self.tag, "port": self.port, "token": token, "t_start": t_start,
                 "t_measure": t_measure, "t_end": t_end, "request_timeout": 30.0,
                 "max_per_thread": max(1, math.ceil(a.max_requests / concurrency)),
-                "reconnect_every": a.reconnect_every}
+                "reconnect_every": a.reconnect_every,
+                "rate": self.paced_rate() if scenario == "paced" else None}
+        if plan["rate"]:
+            say(f"scenario paced: earn at {plan['rate']:.0f}/s, open loop")
         server_pid = self.gunicorn.process.pid if self.gunicorn.process else None
         meter = CpuMeter(server_pid, (a.database,))
         say(f"scenario {scenario}: {concurrency} clients, {a.warmup:g}s warm-up + "
@@ -461,9 +526,12 @@ class Bench:
 
     def run(self) -> int:
         a = self.args
-        scenarios = list(SCENARIOS) if a.scenario == "all" else [a.scenario]
+        scenarios = list(SCENARIOS) if a.scenario in ("all", "goals") else [a.scenario]
+        if "paced" in scenarios and not a.paced_rate and a.skip_pgbench:
+            raise BenchError("the paced scenario needs --paced-rate or pgbench's rate")
         self.report["run"] = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "goals": a.scenario == "goals",
             "scenarios": scenarios, "duration_s": a.duration, "warmup_s": a.warmup,
             "concurrency": a.concurrency, "client_processes": a.client_processes,
             "members": a.members, "hot_members": a.hot_members, "workers": a.workers,
@@ -477,6 +545,11 @@ class Bench:
             f" PostgreSQL {self.report['postgres']['version']}; logs in {self.workdir}")
 
         self.report["background"] = self.background_load()
+        if "paced" in scenarios and not a.paced_rate:
+            # the paced rate is half of what pgbench does, measured first in this run
+            self.report["pgbench"] = self.run_pgbench()
+            if not self.report["pgbench"]:
+                raise BenchError("the paced scenario needs --paced-rate or pgbench")
         operator = self.prepare_database()
         self.start_gunicorn()
         token = self.setup_partner(operator)
@@ -508,7 +581,7 @@ class Bench:
                 self.report["scenarios"][scenario] = self.run_scenario(scenario, token, pools)
                 self.print_scenario(scenario, self.report["scenarios"][scenario])
         self.stop_gunicorn()
-        if not a.skip_pgbench:
+        if not a.skip_pgbench and not self.report.get("pgbench"):
             self.report["pgbench"] = self.run_pgbench()
         self.report["ledger_check"] = self.ledger_check()
         self.report["targets"] = targets(self.report)
@@ -565,7 +638,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "connection per client for the whole scenario)")
     p.add_argument("--earn-body", choices=("spend", "points"), default="spend",
                    help="earn by spend {amount, currency} or by points")
-    p.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
+    p.add_argument("--scenario", choices=(*SCENARIOS, "all", "goals"), default="all",
+                   help="goals: every scenario, pgbench first (the paced rate is half of "
+                        "its tps), and every goal of the hot path printed as met or not")
+    p.add_argument("--paced-rate", type=float, default=0.0,
+                   help="earns a second in the paced scenario (0: half of pgbench's tps)")
+    p.add_argument("--paced-concurrency", type=int, default=32,
+                   help="client threads sharing the paced scenario's schedule")
     p.add_argument("--max-requests", type=int, default=2_000_000,
                    help="per scenario, a bound besides the duration")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn workers")

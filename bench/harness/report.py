@@ -22,6 +22,12 @@ TARGETS = (("ratio", "earn throughput / pgbench tps = {value:.2f}  (target {targ
                             "(target {target}: {met})"),
            ("history_balance", "balance p50, deep history / 10 lots = {value:.2f}  "
                                "(target {target}: {met})"),
+           ("paced_p99_ms", "earn p99 paced at half of pgbench's tps, from the scheduled "
+                            "send = {value:.1f} ms  (target {target} ms: {met})"),
+           *((f"cost_{name}", f"{name} CPU per call / earn's = {{value:.2f}}  (target "
+                              "{target}: {met})")
+             for name in ("burn", "authorise", "capture", "void", "earn_reversal",
+                          "burn_reversal")),
            ("hot64_rps", "one hot member, earn+burn = {value:.0f}/s  (target {target}, "
                          "no error: {met})"),
            ("hot64_p99_ms", "one hot member, p99 = {value:.1f} ms  (target {target} ms, "
@@ -142,7 +148,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         if key in targets:
             t = targets[key]
             lines.append(text.format(value=t["value"], target=t["target"],
-                                     met="met" if t["met"] else "NOT met"))
+                                     met="met" if t["met"] else "NOT met")
+                         + (f"; earn/s / its calls/s = {t['throughput_ratio']:.2f}"
+                            if "throughput_ratio" in t else "")
+                         + (f"; CPU per request: gunicorn {t['cpu_ms']['gunicorn']:.2f} ms, "
+                            f"postgres {t['cpu_ms']['postgres']:.2f} ms"
+                            if "cpu_ms" in t else ""))
+    if run.get("goals"):
+        lines.append("not measured by this command: coalition expire and coalition daily, "
+                     "members a second (their own benchmark)")
     check = report["ledger_check"]
     lines.append(f"ledger check: {check['status']}"
                  + (f" — {check['message']}" if check.get("message") else ""))
