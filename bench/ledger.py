@@ -2,8 +2,12 @@
 """Ledger benchmark: earn and burn through the real stack.
 
     .venv/bin/python bench/ledger.py --duration 20 --concurrency 16 \
-        [--members 1000] [--hot-members 4] [--workers 2] [--scenario earn|burn|mixed|hot|all] \
-        [--json PATH]
+        [--members 1000] [--hot-members 4] [--workers 2] [--scenario NAME|all|goals] \
+        [--paced-rate N] [--json PATH]
+
+``--scenario goals`` (``make bench``) runs every scenario of bench/scenarios.py, pgbench
+first (the paced earn runs at half of its tps), and prints each goal of the hot path with
+its figure, met or not, and the CPU per request of gunicorn and PostgreSQL beside it.
 
 One run, start to finish, on this machine only (every connection goes to 127.0.0.1):
 

@@ -491,3 +491,30 @@ def test_the_goals_summary_gives_each_cost_ratio_with_its_cpu_and_the_rows_not_m
     assert ("capture CPU per call / earn's = 1.38  (target <= 1.5: met); earn/s / its "
             "calls/s = 0.94; CPU per request: gunicorn 5.37 ms, postgres 2.18 ms") in lines
     assert any(line.startswith("not measured by this command: coalition expire") for line in lines)
+
+
+def _costed(scenario: str, gunicorn_ms: float, postgres_ms: float, ok_rps: float,
+            op: str) -> dict:
+    return {"cpu": {"server_ms_per_request": gunicorn_ms,
+                    "postgres_bench_ms_per_request": postgres_ms},
+            "ops": {op: {"ok_rps": ok_rps, "p99_ms": 10.0, "errors": {}}}}
+
+
+def test_a_chained_call_costs_twice_its_window_per_request_less_its_first_call(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))
+    ledger = importlib.import_module("ledger")
+    report = {"scenarios": {
+        "earn": _costed("earn", 4.0, 2.0, 300.0, "earn"),
+        "authorise": _costed("authorise", 4.0, 2.0, 300.0, "authorise"),
+        # authorise and capture alternate: 7 ms a request, so a capture costs 14 - 6 = 8 ms
+        "capture": _costed("capture", 5.0, 2.0, 120.0, "capture"),
+        "paced": _costed("paced", 1.0, 0.5, 100.0, "earn")}}
+    found = ledger.targets(report)
+    assert found["cost_authorise"]["value"] == pytest.approx(1.0)
+    assert found["cost_capture"]["value"] == pytest.approx(8 / 6)
+    assert found["cost_capture"]["met"]
+    # alone, a capture would take 8 ms of the pair's 14: 120/s * 14 / 8 = 210/s
+    assert found["cost_capture"]["throughput_ratio"] == pytest.approx(300 / 210)
+    assert found["cost_capture"]["cpu_ms"] == {"gunicorn": 5.0, "postgres": 2.0}
+    assert found["paced_p99_ms"]["met"]
+    assert "cost_void" not in found  # not run: not judged
