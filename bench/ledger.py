@@ -437,6 +437,8 @@ class Bench:
         sampler_result: dict[str, Any] = {}
         counters_before = db_counters(self.server, a.database)
 
+        driven = threading.Event()
+
         def sample() -> None:
             if wait_until(t_measure):
                 return
@@ -445,11 +447,18 @@ class Bench:
                 self.start_profilers(scenario, a.duration)
             if wait_until(t_end):
                 return
+            if plan["rate"]:
+                # paced: requests scheduled in the window may be answered after it
+                driven.wait(plan["request_timeout"] + 60)
             sampler_result.update(meter.stop())
+            sampler_result["window_s"] = (time.monotonic_ns() - t_measure) / 1e9
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        merged = drive(plan, concurrency, a.client_processes)
+        try:
+            merged = drive(plan, concurrency, a.client_processes)
+        finally:
+            driven.set()
         sampler.join(timeout=10)
         if STOP.is_set():
             raise KeyboardInterrupt
@@ -464,14 +473,16 @@ class Bench:
                                   "db_per_request": db_work,
                                   "rps": total["rps"] if total else 0.0,
                                   "errors": sum(total["errors"].values()) if total else 0}
-        result["cpu"] = {"client_pct": 100 * merged["cpu_seconds"] / a.duration, **sampler_result}
+        cpu_window = sampler_result.pop("window_s", a.duration)
+        result["cpu"] = {"client_pct": 100 * merged["cpu_seconds"] / cpu_window,
+                         **sampler_result}
         if "machine_pct" in result["cpu"]:
             cpu = result["cpu"]
             cpu["other_pct"] = other_pct(cpu["machine_pct"], cpu["client_pct"],
                                          cpu["server_pct"], cpu["postgres_pct"])
             # CPU milliseconds per request: unlike req/s, barely moved by other load
             for key in ("client", "server", "postgres_bench"):
-                cpu[f"{key}_ms_per_request"] = ms_per_request(cpu[f"{key}_pct"], a.duration,
+                cpu[f"{key}_ms_per_request"] = ms_per_request(cpu[f"{key}_pct"], cpu_window,
                                                               result["requests"])
         if merged["bad_bodies"]:
             self.note(f"{scenario}: {len(merged['bad_bodies'])} 2xx answer(s) were not the "

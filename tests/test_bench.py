@@ -485,7 +485,8 @@ def test_the_goals_summary_gives_each_cost_ratio_with_its_cpu_and_the_rows_not_m
                          "cpu_ms": {"gunicorn": 5.37, "postgres": 2.18}}}
     report = {**REPORT, "targets": targets, "run": {**REPORT["run"], "goals": True}}
     lines = summary_lines(report)
-    assert ("earn p99 paced at half of pgbench's tps, from the scheduled send = 12.5 ms  "
+    assert ("earn p99 paced (open loop, from the scheduled send; rate: --paced-rate or half "
+            "of pgbench) = 12.5 ms  "
             "(target <= 25.0 ms: met); CPU per request: gunicorn 1.60 ms, postgres 0.65 ms"
             ) in lines
     assert ("capture CPU per call / earn's = 1.38  (target <= 1.5: met); earn/s / its "

@@ -218,6 +218,9 @@ def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[s
     deadline = time.monotonic() + plan["request_timeout"] + 10
     for thread in pool:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if slots is not None:
+        # paced: the requests scheduled in the window may be sent after it; count their cost
+        cpu_after = own_cpu_seconds()
     return merge(results, last_done=t_measure, cpu_seconds=cpu_after - cpu_before,
                  stuck_threads=sum(t.is_alive() for t in pool))
 

@@ -22,8 +22,9 @@ TARGETS = (("ratio", "earn throughput / pgbench tps = {value:.2f}  (target {targ
                             "(target {target}: {met})"),
            ("history_balance", "balance p50, deep history / 10 lots = {value:.2f}  "
                                "(target {target}: {met})"),
-           ("paced_p99_ms", "earn p99 paced at half of pgbench's tps, from the scheduled "
-                            "send = {value:.1f} ms  (target {target} ms: {met})"),
+           ("paced_p99_ms", "earn p99 paced (open loop, from the scheduled send; "
+                            "rate: --paced-rate or half of pgbench) = {value:.1f} ms  "
+                            "(target {target} ms: {met})"),
            *((f"cost_{name}", f"{name} CPU per call / earn's = {{value:.2f}}  (target "
                               "{target}: {met})")
              for name in ("burn", "authorise", "capture", "void", "earn_reversal",
