@@ -90,7 +90,7 @@ check-schema: $(STAMP)
 # The ledger benchmark (docs/benchmarks.md) against the local PostgreSQL server; it drops and
 # re-creates the databases coalition_bench and coalition_pgbench. BENCH_ARGS adds options.
 bench: $(STAMP)
-	$(BIN)/python bench/ledger.py --duration 20 --concurrency 16 $(BENCH_ARGS)
+	$(BIN)/python bench/ledger.py --scenario goals --duration 20 --concurrency 16 $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .hypothesis

@@ -3,8 +3,12 @@
 
     .venv/bin/python bench/ledger.py --duration 20 --concurrency 16 \
         [--members 1000] [--hot-members 4] [--workers 2] \
-        [--scenario earn|burn|mixed|hot|jobs|all] [--job-members 100000] [--json PATH] \
-        [--rate-limit-storage memory://|redis://host:6379/0]
+        [--scenario NAME|jobs|all|goals] [--paced-rate N] [--job-members 100000] \
+        [--json PATH] [--rate-limit-storage memory://|redis://host:6379/0]
+
+``--scenario goals`` (``make bench``) runs every scenario of bench/scenarios.py, pgbench
+first (the paced earn runs at half of its tps), and prints each goal of the hot path with
+its figure, met or not, and the CPU per request of gunicorn and PostgreSQL beside it.
 
 One run, start to finish, on this machine only (every connection goes to 127.0.0.1):
 
@@ -85,7 +89,7 @@ from harness.processes import (
 )
 from harness.profile import Profilers
 from harness.report import machine_facts, scenario_lines, summary_lines
-from scenarios import SCENARIOS, pool_sizes, request_factory
+from scenarios import CHAINS, SCENARIOS, pool_sizes, request_factory
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 PARTNER_SCOPES = ["points:earn", "points:burn", "members:write", "members:read"]
@@ -96,6 +100,43 @@ TARGET_BALANCE_RATIO = 1.0
 TARGET_HISTORY_RATIO = 1.2
 TARGET_HOT64_RPS = 300.0
 TARGET_HOT64_P99_MS = 100.0
+TARGET_COST_RATIO = 1.5
+#: the scenario whose CPU per request stands next to each goal (when not the key's prefix)
+GOAL_SCENARIO = {"ratio": "earn", "earn_p99_ms": "earn", "balance_ratio": "balance",
+                 "history_burn": "history", "history_balance": "history",
+                 "hot64_rps": "hot64", "hot64_p99_ms": "hot64"}
+#: the scenarios whose cost is held against earn's: scenario -> the operation measured
+COSTED = {"burn": "burn", "authorise": "authorise", "capture": "capture", "void": "void",
+          "earn_reversal": "earn_reversal", "burn_reversal": "burn_reversal"}
+
+
+def cpu_per_call(report: dict[str, Any], scenario: str) -> float | None:
+    """Milliseconds of gunicorn plus PostgreSQL (own database) CPU per call of a scenario's
+    measured operation. In a chain the window holds as many first calls as second ones, so
+    the second's cost is twice the window's cost per request less the first's, taken from
+    the first's own scenario in the same run."""
+    cpu = report["scenarios"].get(scenario, {}).get("cpu", {})
+    if "server_ms_per_request" not in cpu:
+        return None
+    each = cpu["server_ms_per_request"] + cpu["postgres_bench_ms_per_request"]
+    if scenario not in CHAINS:
+        return float(each)
+    first = cpu_per_call(report, CHAINS[scenario][0])
+    return None if first is None else 2 * each - first
+
+
+def calls_per_second(report: dict[str, Any], scenario: str) -> float | None:
+    """Calls a second of a scenario's measured operation; in a chain, as if alone: one
+    over its share of the window's time (its cost, by ``cpu_per_call``, over the pair's)."""
+    op = _op(report, scenario, COSTED.get(scenario, scenario))
+    if op is None:
+        return None
+    if scenario not in CHAINS:
+        return float(op["ok_rps"])
+    pair, second = (cpu_per_call(report, CHAINS[scenario][0]), cpu_per_call(report, scenario))
+    if not pair or not second:
+        return None
+    return float(op["ok_rps"]) * (pair + second) / second
 
 
 def _op(report: dict[str, Any], scenario: str, op: str) -> dict[str, Any] | None:
@@ -111,6 +152,11 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
 
     def goal(key: str, value: float, target: str, met: bool) -> None:
         found[key] = {"value": value, "target": target, "met": met}
+        scenario = GOAL_SCENARIO.get(key) or key.removeprefix("cost_").split("_p99")[0]
+        cpu = report["scenarios"].get(scenario, {}).get("cpu")
+        if cpu and "server_ms_per_request" in cpu:
+            found[key]["cpu_ms"] = {"gunicorn": cpu["server_ms_per_request"],
+                                    "postgres": cpu["postgres_bench_ms_per_request"]}
 
     if earn and pgbench:
         ratio = earn["ok_rps"] / pgbench["tps"]
@@ -129,6 +175,20 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
             ratio = deep["p50_ms"] / shallow["p50_ms"]
             goal(f"history_{op}", ratio, f"<= {TARGET_HISTORY_RATIO}",
                  ratio <= TARGET_HISTORY_RATIO)
+    paced = _op(report, "paced", "earn")
+    if paced:
+        goal("paced_p99_ms", paced["p99_ms"], f"<= {TARGET_EARN_P99_MS}",
+             paced["p99_ms"] <= TARGET_EARN_P99_MS and not paced["errors"])
+    earn_cost = cpu_per_call(report, "earn")
+    for scenario in COSTED:
+        cost = cpu_per_call(report, scenario)
+        if earn_cost and cost is not None:
+            ratio = cost / earn_cost
+            goal(f"cost_{scenario}", ratio, f"<= {TARGET_COST_RATIO}",
+                 ratio <= TARGET_COST_RATIO)
+            rate = calls_per_second(report, scenario)
+            if rate and earn:
+                found[f"cost_{scenario}"]["throughput_ratio"] = earn["ok_rps"] / rate
     hot = _op(report, "hot64", "all")
     if hot:
         errors = sum(hot["errors"].values())
@@ -163,7 +223,7 @@ lots AS (
   SELECT e.member_id, e.partner_id, 'earn', e.id, %(points)s, %(points)s, 'live', now(),
          now() + interval '400 days' + (e.id - first.id) * interval '1 hour'
   FROM e, first)
-UPDATE wallet SET available = available + %(points)s * %(lots)s, version = version + 1
+UPDATE wallet SET available = available + %(points)s::bigint * %(lots)s, version = version + 1
 WHERE member_id = (SELECT id FROM m)
 """
 
@@ -350,8 +410,14 @@ class Bench:
 
     def concurrency(self, scenario: str) -> int:
         a = self.args
-        return {"hot64": a.hot_concurrency, "history": a.history_concurrency}.get(
-            scenario, a.concurrency)
+        return {"hot64": a.hot_concurrency, "history": a.history_concurrency,
+                "paced": a.paced_concurrency}.get(scenario, a.concurrency)
+
+    def paced_rate(self) -> float:
+        """Requests a second of the paced scenario: ``--paced-rate``, or half of pgbench's."""
+        if self.args.paced_rate:
+            return float(self.args.paced_rate)
+        return float(self.report["pgbench"]["tps"]) / 2
 
     def run_scenario(self, scenario: str, token: str,
                      pools: dict[str, list[str]]) -> dict[str, Any]:
@@ -365,13 +431,18 @@ class Bench:
                 "tag": self.tag, "port": self.port, "token": token, "t_start": t_start,
                 "t_measure": t_measure, "t_end": t_end, "request_timeout": 30.0,
                 "max_per_thread": max(1, math.ceil(a.max_requests / concurrency)),
-                "reconnect_every": a.reconnect_every}
+                "reconnect_every": a.reconnect_every,
+                "rate": self.paced_rate() if scenario == "paced" else None}
+        if plan["rate"]:
+            say(f"scenario paced: earn at {plan['rate']:.0f}/s, open loop")
         server_pid = self.gunicorn.process.pid if self.gunicorn.process else None
         meter = CpuMeter(server_pid, (a.database,))
         say(f"scenario {scenario}: {concurrency} clients, {a.warmup:g}s warm-up + "
             f"{a.duration:g}s measured")
         sampler_result: dict[str, Any] = {}
         counters_before = db_counters(self.server, a.database)
+
+        driven = threading.Event()
 
         def sample() -> None:
             if wait_until(t_measure):
@@ -381,11 +452,18 @@ class Bench:
                 self.start_profilers(scenario, a.duration)
             if wait_until(t_end):
                 return
+            if plan["rate"]:
+                # paced: requests scheduled in the window may be answered after it
+                driven.wait(plan["request_timeout"] + 60)
             sampler_result.update(meter.stop())
+            sampler_result["window_s"] = (time.monotonic_ns() - t_measure) / 1e9
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        merged = drive(plan, concurrency, a.client_processes)
+        try:
+            merged = drive(plan, concurrency, a.client_processes)
+        finally:
+            driven.set()
         sampler.join(timeout=10)
         if STOP.is_set():
             raise KeyboardInterrupt
@@ -400,14 +478,16 @@ class Bench:
                                   "db_per_request": db_work,
                                   "rps": total["rps"] if total else 0.0,
                                   "errors": sum(total["errors"].values()) if total else 0}
-        result["cpu"] = {"client_pct": 100 * merged["cpu_seconds"] / a.duration, **sampler_result}
+        cpu_window = sampler_result.pop("window_s", a.duration)
+        result["cpu"] = {"client_pct": 100 * merged["cpu_seconds"] / cpu_window,
+                         **sampler_result}
         if "machine_pct" in result["cpu"]:
             cpu = result["cpu"]
             cpu["other_pct"] = other_pct(cpu["machine_pct"], cpu["client_pct"],
                                          cpu["server_pct"], cpu["postgres_pct"])
             # CPU milliseconds per request: unlike req/s, barely moved by other load
             for key in ("client", "server", "postgres_bench"):
-                cpu[f"{key}_ms_per_request"] = ms_per_request(cpu[f"{key}_pct"], a.duration,
+                cpu[f"{key}_ms_per_request"] = ms_per_request(cpu[f"{key}_pct"], cpu_window,
                                                               result["requests"])
         if merged["bad_bodies"]:
             self.note(f"{scenario}: {len(merged['bad_bodies'])} 2xx answer(s) were not the "
@@ -466,10 +546,13 @@ class Bench:
 
     def run(self) -> int:
         a = self.args
-        scenarios = (list(SCENARIOS) if a.scenario == "all"
+        scenarios = (list(SCENARIOS) if a.scenario in ("all", "goals")
                      else [] if a.scenario == "jobs" else [a.scenario])
+        if "paced" in scenarios and not a.paced_rate and a.skip_pgbench:
+            raise BenchError("the paced scenario needs --paced-rate or pgbench's rate")
         self.report["run"] = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "goals": a.scenario == "goals",
             "scenarios": scenarios, "duration_s": a.duration, "warmup_s": a.warmup,
             "concurrency": a.concurrency, "client_processes": a.client_processes,
             "members": a.members, "hot_members": a.hot_members, "workers": a.workers,
@@ -484,6 +567,11 @@ class Bench:
             f" PostgreSQL {self.report['postgres']['version']}; logs in {self.workdir}")
 
         self.report["background"] = self.background_load()
+        if "paced" in scenarios and not a.paced_rate:
+            # the paced rate is half of what pgbench does, measured first in this run
+            self.report["pgbench"] = self.run_pgbench()
+            if not self.report["pgbench"]:
+                raise BenchError("the paced scenario needs --paced-rate or pgbench")
         operator = self.prepare_database()
         self.start_gunicorn()
         token = self.setup_partner(operator)
@@ -515,10 +603,10 @@ class Bench:
                 self.report["scenarios"][scenario] = self.run_scenario(scenario, token, pools)
                 self.print_scenario(scenario, self.report["scenarios"][scenario])
         self.stop_gunicorn()
-        if a.scenario in ("jobs", "all"):
+        if a.scenario in ("jobs", "all", "goals"):
             self.report["jobs"] = run_jobs(self.server, a.jobs_database, a.job_members,
                                            a.job_batch, a.jobs_code)
-        if not a.skip_pgbench:
+        if not a.skip_pgbench and not self.report.get("pgbench"):
             self.report["pgbench"] = self.run_pgbench()
         self.report["ledger_check"] = self.ledger_check()
         self.report["targets"] = targets(self.report)
@@ -577,9 +665,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "connection per client for the whole scenario)")
     p.add_argument("--earn-body", choices=("spend", "points"), default="spend",
                    help="earn by spend {amount, currency} or by points")
-    p.add_argument("--scenario", choices=(*SCENARIOS, "jobs", "all"), default="all",
+    p.add_argument("--scenario", choices=(*SCENARIOS, "jobs", "all", "goals"), default="all",
                    help="jobs: coalition expire and coalition daily over --job-members "
-                        "members in a database of their own (bench/harness/jobs.py)")
+                        "members in a database of their own (bench/harness/jobs.py); "
+                        "goals: every scenario and the jobs, pgbench first (the paced "
+                        "rate is half of its tps), every goal of the hot path printed "
+                        "as met or not")
     p.add_argument("--job-members", type=int, default=100_000,
                    help="members filled for the jobs scenario")
     p.add_argument("--job-batch", type=int, default=0,
@@ -589,6 +680,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs-code",
                    help="run the jobs from this checkout of Coalition instead (PYTHONPATH), "
                         "for figures before and after a change in one run")
+    p.add_argument("--paced-rate", type=float, default=0.0,
+                   help="earns a second in the paced scenario (0: half of pgbench's tps)")
+    p.add_argument("--paced-concurrency", type=int, default=32,
+                   help="client threads sharing the paced scenario's schedule")
     p.add_argument("--max-requests", type=int, default=2_000_000,
                    help="per scenario, a bound besides the duration")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn workers")

@@ -16,19 +16,54 @@ A request whose body is ``None`` is a GET.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from harness.load import RequestFactory
 
-SCENARIOS = ("earn", "burn", "mixed", "hot", "balance", "history", "hot64")
+SCENARIOS = ("earn", "burn", "mixed", "hot", "balance", "history", "hot64", "authorise",
+             "capture", "void", "earn_reversal", "burn_reversal", "paced")
+
+#: the scenarios whose clients alternate a first call and the call measured on its answer:
+#: scenario -> (first operation, second operation)
+CHAINS = {"capture": ("authorise", "capture"), "void": ("authorise", "void"),
+          "earn_reversal": ("earn", "earn_reversal"), "burn_reversal": ("burn", "burn_reversal")}
+
+
+class Chained:
+    """A scenario whose every second request acts on the answer to the one before: a hold
+    authorised then captured or voided, an earn or a burn then reversed. ``answered`` is
+    told each answer; what is pending is kept per client thread."""
+
+    def __init__(self, first: Callable[[random.Random, str], tuple[str, str, bytes]],
+                 second: Callable[[int, str], tuple[str, str, bytes]]) -> None:
+        self.first, self.second = first, second
+        self.pending = threading.local()
+
+    def __call__(self, rng: random.Random, txn: str) -> tuple[str, str, bytes | None]:
+        made = getattr(self.pending, "id", None)
+        self.pending.id = None
+        return self.second(made, txn) if made is not None else self.first(rng, txn)
+
+    def answered(self, op: str, status: int, data: bytes) -> None:
+        """After a first call that succeeded, the next request acts on what it made."""
+        if 200 <= status < 300 and op in FIRST_OPS:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self.pending.id = int(json.loads(data)["id"])
+
+
+FIRST_OPS = {first for first, _ in CHAINS.values()}
 
 
 def pool_sizes(scenarios: list[str], members: int, hot_members: int) -> dict[str, int]:
     """Members to enrol per pool. The burn pool is always loaded: besides feeding burn and
     mixed, its entries are the history the planner statistics are taken from."""
-    wanted = {"earn": members if "earn" in scenarios else 0, "burn": members,
+    earning = "earn" in scenarios or "paced" in scenarios
+    wanted = {"earn": members if earning else 0, "burn": members,
               "hot": hot_members if "hot" in scenarios else 0,
               "history": 2 if "history" in scenarios else 0,
               "hot64": 1 if "hot64" in scenarios else 0}
@@ -51,7 +86,31 @@ def request_factory(scenario: str, pools: dict[str, list[str]],
         body = {"member_number": member, "partner_txn_id": txn, "points": points}
         return op, f"/v1/{op}", json.dumps(body).encode()
 
-    if scenario == "earn":
+    if scenario in CHAINS:
+        first_op, second_op = CHAINS[scenario]
+        members = pools["burn"]
+
+        def first(rng: random.Random, txn: str) -> tuple[str, str, bytes]:
+            path_op = {"authorise": "holds"}.get(first_op, first_op)
+            op, _, body = book(first_op, rng.choice(members), txn, 10)
+            return op, f"/v1/{path_op}", body
+
+        def second(made: int, txn: str) -> tuple[str, str, bytes]:
+            body = json.dumps({"partner_txn_id": txn}).encode()
+            if second_op in ("capture", "void"):
+                return second_op, f"/v1/holds/{made}/{second_op}", body
+            return second_op, f"/v1/transactions/{made}/reversals", body
+
+        return Chained(first, second)
+    if scenario == "authorise":
+        members = pools["burn"]
+
+        def authorise(rng: random.Random, txn: str) -> tuple[str, str, bytes]:
+            op, _, body = book("authorise", rng.choice(members), txn, 10)
+            return op, "/v1/holds", body
+
+        return authorise
+    if scenario in ("earn", "paced"):
         members = pools["earn"]
         return lambda rng, txn: earn(rng, rng.choice(members), txn)
     if scenario == "burn":

@@ -1,5 +1,11 @@
-"""Closed-loop load: client threads (and forked client processes), each with one keep-alive
-connection, their latencies and outcomes, and the percentiles over them."""
+"""Load: client threads (and forked client processes), each with one keep-alive connection,
+their latencies and outcomes, and the percentiles over them.
+
+Closed loop by default (each client sends its next request when the last is answered). With
+``plan["rate"]`` set, open loop: requests are scheduled at that fixed rate over all the
+clients, each client takes the next scheduled slot, waits for its time and sends it, and a
+latency runs from the scheduled time, not from the send; a server that falls behind shows
+as latency, never as fewer requests (no coordinated omission)."""
 
 from __future__ import annotations
 
@@ -21,6 +27,11 @@ from .processes import STOP, BenchError, wait_until
 
 #: ``factory(rng, partner_txn_id) -> (operation, path, JSON body)``: one scenario's requests
 RequestFactory = Callable[[random.Random, str], tuple[str, str, bytes | None]]
+
+#: what a 2xx answer of each operation carries: a field, and its value when it is fixed
+EXPECTED: dict[str, tuple[str, str | None]] = {
+    "balance": ("available", None), "authorise": ("status", "open"),
+    "void": ("status", "voided"), "capture": ("type", "hold_capture")}
 
 #: outcomes that are answers, not errors: a burn beyond the balance is a business answer
 ANSWERS = ("ok", "insufficient_points")
@@ -105,6 +116,23 @@ def merge(parts: Iterable[dict[str, Any]], **start: Any) -> dict[str, Any]:
     return merged
 
 
+class Slots:
+    """The send times of an open-loop run, in this process: ``plan["rate"]`` requests a
+    second over all the client processes, process ``p`` of ``P`` taking every P-th slot."""
+
+    def __init__(self, plan: dict[str, Any], proc_index: int) -> None:
+        self.start, self.index = plan["t_start"], proc_index
+        self.stride = plan.get("processes", 1)
+        self.interval = 1e9 / plan["rate"]
+        self.lock = threading.Lock()
+        self.next = 0
+
+    def take(self) -> int:
+        with self.lock:
+            slot, self.next = self.next, self.next + 1
+        return self.start + int((slot * self.stride + self.index) * self.interval)
+
+
 def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[str, Any]:
     """Run ``threads`` closed-loop clients of one scenario in this process.
 
@@ -118,6 +146,8 @@ def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[s
     cap = plan["max_per_thread"]
     recycle = plan["reconnect_every"]
     results: list[dict[str, Any]] = [{} for _ in range(threads)]
+    answered = getattr(factory, "answered", None)
+    slots = Slots(plan, proc_index) if plan.get("rate") else None
 
     def worker(index: int) -> None:
         rng = random.Random(f"{plan['tag']}-{plan['scenario']}-{proc_index}-{index}")
@@ -134,9 +164,14 @@ def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[s
         sent = 0
         try:
             while sent < cap and not STOP.is_set():
-                began = time.monotonic_ns()
-                if began >= t_end:
-                    break
+                if slots is not None:
+                    began = slots.take()  # the scheduled send time
+                    if began >= t_end or wait_until(began):
+                        break
+                else:
+                    began = time.monotonic_ns()
+                    if began >= t_end:
+                        break
                 op, path, body = factory(rng, f"{prefix}{sent}")
                 try:
                     status, data = client.call("GET" if body is None else "POST", path,
@@ -145,6 +180,8 @@ def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[s
                     status, data = 0, b""
                 done = time.monotonic_ns()
                 sent += 1
+                if answered is not None:
+                    answered(op, status, data)
                 if recycle and sent % recycle == 0:
                     client.close()  # the next request opens a new connection
                 if began < t_measure:
@@ -160,8 +197,7 @@ def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[s
                         answer = json.loads(data)
                         # a transaction answers with its type; a balance with its points
                         kind = op.split("-")[0]
-                        expected = ("available" if kind == "balance" else "type",
-                                    None if kind == "balance" else kind)
+                        expected = EXPECTED.get(kind, ("type", kind))
                         if not (isinstance(answer, dict) and expected[0] in answer and (
                                 expected[1] is None or answer[expected[0]] == expected[1])):
                             bad_bodies.append(data[:300].decode(errors="replace"))
@@ -182,6 +218,9 @@ def drive_threads(plan: dict[str, Any], proc_index: int, threads: int) -> dict[s
     deadline = time.monotonic() + plan["request_timeout"] + 10
     for thread in pool:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if slots is not None:
+        # paced: the requests scheduled in the window may be sent after it; count their cost
+        cpu_after = own_cpu_seconds()
     return merge(results, last_done=t_measure, cpu_seconds=cpu_after - cpu_before,
                  stuck_threads=sum(t.is_alive() for t in pool))
 
@@ -199,6 +238,7 @@ def drive(plan: dict[str, Any], concurrency: int, processes: int) -> dict[str, A
     """Run ``concurrency`` clients split over ``processes`` (1: threads in this process)."""
     if processes <= 1:
         return drive_threads(plan, 0, concurrency)
+    plan = {**plan, "processes": processes}
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]

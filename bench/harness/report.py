@@ -22,6 +22,13 @@ TARGETS = (("ratio", "earn throughput / pgbench tps = {value:.2f}  (target {targ
                             "(target {target}: {met})"),
            ("history_balance", "balance p50, deep history / 10 lots = {value:.2f}  "
                                "(target {target}: {met})"),
+           ("paced_p99_ms", "earn p99 paced (open loop, from the scheduled send; "
+                            "rate: --paced-rate or half of pgbench) = {value:.1f} ms  "
+                            "(target {target} ms: {met})"),
+           *((f"cost_{name}", f"{name} CPU per call / earn's = {{value:.2f}}  (target "
+                              "{target}: {met})")
+             for name in ("burn", "authorise", "capture", "void", "earn_reversal",
+                          "burn_reversal")),
            ("hot64_rps", "one hot member, earn+burn = {value:.0f}/s  (target {target}, "
                          "no error: {met})"),
            ("hot64_p99_ms", "one hot member, p99 = {value:.1f} ms  (target {target} ms, "
@@ -142,7 +149,23 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         if key in targets:
             t = targets[key]
             lines.append(text.format(value=t["value"], target=t["target"],
-                                     met="met" if t["met"] else "NOT met"))
+                                     met="met" if t["met"] else "NOT met")
+                         + (f"; earn/s / its calls/s = {t['throughput_ratio']:.2f}"
+                            if "throughput_ratio" in t else "")
+                         + (f"; CPU per request: gunicorn {t['cpu_ms']['gunicorn']:.2f} ms, "
+                            f"postgres {t['cpu_ms']['postgres']:.2f} ms"
+                            if "cpu_ms" in t else ""))
+    jobs = report.get("jobs")
+    for name in ("expire", "daily"):
+        if jobs and name in jobs:
+            figure = jobs[name]["run"]
+            per_s = figure["members_per_s"]
+            lines.append(f"coalition {name}: {per_s:,.0f} members/s over {jobs['members']:,} "
+                         f"members (goal >= 2000/s: {'met' if per_s >= 2000 else 'NOT met'}); "
+                         f"CPU per member: job {figure['job_cpu_ms_per_member']:.3f} ms, "
+                         f"postgres {figure['postgres_cpu_ms_per_member']:.3f} ms")
+        elif run.get("goals"):
+            lines.append(f"not measured by this run: coalition {name}, members a second")
     check = report["ledger_check"]
     lines.append(f"ledger check: {check['status']}"
                  + (f" — {check['message']}" if check.get("message") else ""))
