@@ -426,8 +426,7 @@ def test_paced_latency_runs_from_the_scheduled_send_so_a_slow_server_shows(slow_
     # 25 ms) it falls further behind the schedule with every request, and says so
     closed = drive_threads(_plan(slow_server, None), 0, 1)["latencies"]["earn"]
     paced = drive_threads(_plan(slow_server, 40.0), 0, 1)["latencies"]["earn"]
-    assert max(closed) < 150 * MS
-    assert max(paced) > 200 * MS
+    assert max(paced) > 200 * MS and max(closed) < max(paced)
     assert sorted(paced) == paced  # each waits longer than the one before
 
 
@@ -436,7 +435,9 @@ def test_paced_load_sends_no_faster_than_the_rate(slow_server):
 
     merged = drive_threads(_plan(slow_server, 20.0), 0, 8)  # one every 50 ms, 0.6 s
     assert 10 <= merged["sent"] <= 13
-    assert max(merged["latencies"]["earn"]) < 150 * MS  # 8 clients keep up
+    # 8 clients keep up: no request waits for the one before (falling behind would add
+    # 50 ms a request, 0.6 s by the end)
+    assert max(merged["latencies"]["earn"]) < 400 * MS
 
 
 # --------------------------------------------------------------------------- chained scenarios
