@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from html import unescape
 
 import pytest
@@ -577,3 +578,16 @@ def test_partner_staff_in_a_real_browser(chromium, backend, live_server, acme):
         assert staff_tokens() == []
     finally:
         context.close()
+
+
+def test_the_demo_has_a_portal_account(app, client):
+    """``make run``'s demo coalition: the README's portal login signs in at northwind."""
+    loaded = app.test_cli_runner().invoke(args=["demo", "load", "--json"])
+    assert loaded.exit_code == 0, loaded.output
+    portal_account = json.loads(loaded.stdout)["portal"]
+    assert portal_account == {"partner": "northwind", "login": "nora@northwind.example",
+                              "password": "northwind-portal-demo"}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "nora@northwind.example" in readme and "northwind-portal-demo" in readme
+    home = sign_in(client, portal_account["login"], portal_account["password"])
+    assert 'data-testid="staff-login">nora@northwind.example<' in text_of(home)
