@@ -1,6 +1,7 @@
 """A demo coalition: an operator client, two merchants and a charity, with rate cards, a
-partner portal account at the first merchant, and optionally a history of transactions (``docs/samples/demo-transactions.csv``) so that
-the member and finance pages have something to show and settle on first start."""
+partner portal account at the first merchant, and optionally a history of transactions
+(``docs/samples/demo-transactions.csv``) so that the member, finance and partner pages have
+something to show and settle on first start."""
 
 from __future__ import annotations
 

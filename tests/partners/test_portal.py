@@ -14,8 +14,8 @@ import json
 import re
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from html import unescape
+from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
