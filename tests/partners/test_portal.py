@@ -591,3 +591,60 @@ def test_the_demo_has_a_portal_account(app, client):
     assert "nora@northwind.example" in readme and "northwind-portal-demo" in readme
     home = sign_in(client, portal_account["login"], portal_account["password"])
     assert 'data-testid="staff-login">nora@northwind.example<' in text_of(home)
+
+
+def test_the_other_pages_in_a_real_browser(chromium, backend, live_server, client, app,
+                                           make_partner, operator_headers):
+    """Batch files, webhooks, funding and statements, on a desktop and on a phone: each
+    page lays out without sideways scrolling, and its tables have captions."""
+    seeded = seed(client, make_partner, operator_headers, signed_in=False)
+    staff_account("acme")
+    with read() as session:
+        acme_id = session.scalar(select(Partner.id).where(Partner.code == "acme"))
+    configure("acme", {"points": 100000, "price": Decimal("900.00"), "currency": "GBP"})
+    endpoint = webhooks.create_endpoint(acme_id, "http://127.0.0.1:18597/hook",
+                                        ["transaction.booked"])
+    earn(client, seeded.acme.headers, seeded.acme_only, "hooked-browser", points=3)
+    batch = batches.upload(acme_id, {"points:earn", "points:burn"}, (
+        "partner_txn_id,type,member_number,partner_member_ref,points,spend_amount,"
+        f"spend_currency,occurred_at\nfile-a,earn,{seeded.acme_only},,2,,,\n"
+        f"file-b,burn,{seeded.acme_only},,99999999,,,\n").encode())
+    while batches.book_some():
+        pass
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{live_server.url}/partner/signin")
+        page.get_by_label("Login").fill("lena@acme.example")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{live_server.url}/partner")
+        pages = {"batch": f"/partner/batches/{batch['id']}",
+                 "webhook": f"/partner/webhooks/{endpoint['id']}",
+                 "funding": "/partner/funding",
+                 "statement": f"/partner/statements/{seeded.closed_run}"}
+        for name, path in pages.items():
+            for width, height, device in ((1280, 900, "desktop"), (390, 844, "phone")):
+                page.set_viewport_size({"width": width, "height": height})
+                page.goto(f"{live_server.url}{path}")
+                assert page.locator("h1").count() == 1, path
+                overflow = page.evaluate("document.documentElement.scrollWidth")
+                wide = page.evaluate("""(w) => [...document.querySelectorAll('body *')]
+                    .filter(e => e.getBoundingClientRect().right > w)
+                    .map(e => e.tagName + '.' + e.className).slice(0, 8)""", width)
+                assert overflow <= width, (path, device, overflow, wide)
+                captions = page.evaluate("""() => [...document.querySelectorAll('table')]
+                    .filter(t => !t.caption).length""")
+                assert captions == 0, path
+                page.screenshot(path=str(ARTIFACTS / f"partner-{name}-{device}-{backend}.png"),
+                                full_page=True)
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.goto(f"{live_server.url}{pages['batch']}")
+        assert page.get_by_test_id("refused").inner_text() == "1"
+        page.goto(f"{live_server.url}{pages['webhook']}")
+        page.get_by_role("button", name=re.compile(r"^Send delivery \d+ again$")).first.click()
+        page.wait_for_load_state()
+        assert "is sent again as delivery" in page.get_by_role("status").first.inner_text()
+    finally:
+        context.close()
