@@ -298,9 +298,6 @@ def demo_load(with_history: bool, history_file: Path | None, as_json: bool) -> N
     for row in result["clients"]:
         click.echo(f"  {row['for']:<10} client_id={row['client_id']}  "
                    f"client_secret={row['client_secret']}  scope=\"{' '.join(row['scopes'])}\"")
-    portal = result["portal"]
-    click.echo(f"Partner portal (/partner) account of {portal['partner']}: "
-               f"login {portal['login']}, password {portal['password']}")
     if "history" in result:
         history = result["history"]
         click.echo(f"Booked {plural(history['transactions'], 'demo transaction')} for "
