@@ -25,6 +25,7 @@ run: $(STAMP)
 	@echo "  OpenAPI         http://$(HOST):$(PORT)/openapi.json"
 	@echo "  member page     http://$(HOST):$(PORT)/member"
 	@echo "  finance page    http://$(HOST):$(PORT)/finance"
+	@echo "  partner portal  http://$(HOST):$(PORT)/partner   (demo: nora@northwind.example / northwind-portal-demo)"
 	@echo "  program terms   http://$(HOST):$(PORT)/member/terms"
 	@echo "In another terminal, in this folder:"
 	@echo "  . $(BIN)/activate                    # puts 'coalition' on the PATH"

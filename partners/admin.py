@@ -1,4 +1,5 @@
-"""Operator API: partners, rate cards and partner clients (``/v1/admin/partners``)."""
+"""Operator API: partners, rate cards, partner clients and partner portal accounts
+(``/v1/admin/partners``)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ from flask_smorest import Blueprint
 
 from coalition.audit.views import current_actor
 from coalition.http.guard import protected
-from coalition.oauth import clients
+from coalition.oauth import clients, partner_users
 from partners import service
 from partners.schemas import (
     ClientCreateSchema,
     ClientSchema,
     IssuedClientSchema,
+    IssuedPartnerUserSchema,
     PartnerCreateSchema,
     PartnerSchema,
+    PartnerUserCreateSchema,
+    PartnerUserSchema,
     RateCardCreateSchema,
     RateCardSchema,
 )
@@ -107,3 +111,33 @@ class PartnerClient(MethodView):
         """Revoke a client and every token issued to it."""
         clients.revoke_client(client_id, partner_id=service.partner_id(code),
                               actor=current_actor())
+
+
+@blp.route("/<code>/users")
+class PartnerUsers(MethodView):
+    @protected("admin", kinds=_OPERATOR)
+    @blp.response(200, PartnerUserSchema(many=True))
+    @blp.alt_response(404, description="No such partner")
+    def get(self, code: str) -> list[dict[str, Any]]:
+        """The partner's portal accounts."""
+        return partner_users.list_users(code)
+
+    @protected("admin", kinds=_OPERATOR)
+    @blp.arguments(PartnerUserCreateSchema)
+    @blp.response(201, IssuedPartnerUserSchema)
+    @blp.alt_response(404, description="No such partner")
+    @blp.alt_response(409, description="The login is taken")
+    def post(self, data: dict[str, Any], code: str) -> dict[str, Any]:
+        """A partner portal account, with its one-time activation code (shown once)."""
+        return partner_users.create_user(code, data["login"], data["name"],
+                                         actor=current_actor())
+
+
+@blp.route("/<code>/users/<login>")
+class PartnerUserResource(MethodView):
+    @protected("admin", kinds=_OPERATOR)
+    @blp.response(200, PartnerUserSchema)
+    @blp.alt_response(404, description="No such account of this partner")
+    def delete(self, code: str, login: str) -> dict[str, Any]:
+        """Disable a portal account: no further sign-in, and its tokens stop working."""
+        return partner_users.disable_user(code, login, actor=current_actor())

@@ -14,6 +14,7 @@ from marshmallow import ValidationError
 from coalition.audit.service import cli_actor
 from coalition.commands import emit
 from coalition.errors import CoalitionError
+from coalition.oauth import partner_users
 from coalition.oauth.models import PARTNER_SCOPES
 from coalition.wording import plural
 from partners import batches
@@ -106,6 +107,44 @@ def partner_client(code: str, scope: str, as_json: bool) -> None:
     emit({"client_id": issued.client_id, "client_secret": issued.client_secret,
           "scopes": issued.scopes}, as_json,
          f"client_id:     {issued.client_id}\nclient_secret: {issued.client_secret}  (shown once)")
+@partner_cli.group("user", help="Partner portal accounts.")
+def partner_user_cli() -> None:
+    pass
+
+
+@partner_user_cli.command("create")
+@click.argument("code")
+@click.argument("login")
+@click.option("--name", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@with_appcontext
+def partner_user_create(code: str, login: str, name: str, as_json: bool) -> None:
+    """A portal account for partner CODE; prints its one-time activation code."""
+    try:
+        user = partner_users.create_user(code, login, name, actor=cli_actor())
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+    emit({"login": user["login"], "partner": user["partner"],
+          "activation_code": user["activation_code"]}, as_json,
+         f"login:           {user['login']} ({user['partner']})\n"
+         f"activation code: {user['activation_code']}  (shown once; the person chooses a "
+         f"password with it at /partner/activate)")
+
+
+@partner_user_cli.command("disable")
+@click.argument("code")
+@click.argument("login")
+@with_appcontext
+def partner_user_disable(code: str, login: str) -> None:
+    """Disable a portal account of partner CODE and revoke its tokens."""
+    try:
+        done = partner_users.disable_user(code, login, actor=cli_actor())
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{done['login']} is disabled ({plural(done['tokens_revoked'], 'token')} "
+               f"revoked).")
+
+
 @partner_cli.command("funding")
 @click.argument("code")
 @click.option("--block", "points", type=int, help="A block of POINTS bought (prepaid).")

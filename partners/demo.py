@@ -1,6 +1,7 @@
-"""A demo coalition: an operator client, two merchants and a charity, with rate cards,
-and optionally a history of transactions (``docs/samples/demo-transactions.csv``) so that
-the member and finance pages have something to show and settle on first start."""
+"""A demo coalition: an operator client, two merchants and a charity, with rate cards, a
+partner portal account at the first merchant, and optionally a history of transactions
+(``docs/samples/demo-transactions.csv``) so that the member, finance and partner pages have
+something to show and settle on first start."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from coalition.errors import InvalidRequest
 from coalition.ledger import earn_burn, holds, idempotency, reversals
 from coalition.ledger.members import enrol
 from coalition.models import Partner
+from coalition.oauth import partner_users
 from coalition.oauth.clients import create_operator_client
 from coalition.oauth.models import PARTNER_SCOPES
 from coalition.program.service import publish_rules
@@ -43,6 +45,10 @@ DEMO_PARTNERS: tuple[DemoPartner, ...] = (
     {"code": "greenhearts", "name": "Green Hearts Trust", "kind": "charity", "currency": "GBP",
      "earn_rate": Decimal("0"), "issue_price": Decimal("0"), "redeem_rate": Decimal("0.0100")},
 )
+
+#: the demo's partner portal account (README names it): a demo's password is public
+DEMO_STAFF = {"partner": "northwind", "login": "nora@northwind.example",
+              "name": "Nora Northwind", "password": "northwind-portal-demo"}
 
 DEMO_RULES: dict[str, Any] = {
     "pending_days": 0,
@@ -77,7 +83,12 @@ def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
         issued.append({"for": spec["code"], "client_id": client.client_id,
                        "client_secret": client.client_secret, "scopes": client.scopes})
     publish_rules(DEMO_RULES, published_by=operator.client_id, actor=actor)
-    return {"loaded": True, "clients": issued}
+    staff = partner_users.create_user(DEMO_STAFF["partner"], DEMO_STAFF["login"],
+                                      DEMO_STAFF["name"], actor=actor)
+    partner_users.activate(DEMO_STAFF["login"], staff["activation_code"],
+                           DEMO_STAFF["password"])
+    return {"loaded": True, "clients": issued,
+            "portal": {k: DEMO_STAFF[k] for k in ("partner", "login", "password")}}
 
 
 #: the people of the demo history, by the handle its file names them with

@@ -1,5 +1,5 @@
-"""Partners, installed on the app: the operator's and the partners' APIs, and the
-``partner``, ``demo`` and ``worker`` commands."""
+"""Partners, installed on the app: the operator's and the partners' APIs, the partner
+portal, and the ``partner``, ``demo`` and ``worker`` commands."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from flask import Flask
 
 from coalition.http.errors import api_of
 from coalition.ledger.check import add_check
-from partners import admin, api, batches_api, funding, funding_api, webhooks_api
+from partners import admin, api, batches_api, funding, funding_api, portal, webhooks_api
 from partners.cli import batch_cli, demo_cli, partner_cli
 from partners.worker import worker_command
 
@@ -19,6 +19,7 @@ def init_app(app: Flask) -> None:
     rest.register_blueprint(batches_api.blp)
     rest.register_blueprint(webhooks_api.blp)
     rest.register_blueprint(funding_api.blp)
+    app.register_blueprint(portal.bp)
     app.cli.add_command(partner_cli)
     app.cli.add_command(demo_cli)
     app.cli.add_command(batch_cli)

@@ -72,3 +72,26 @@ class ClientSchema(Schema):
     created_at = UTCTimestamp()
     secret_rotated_at = UTCTimestamp(allow_none=True)
     revoked_at = UTCTimestamp(allow_none=True)
+
+
+class PartnerUserCreateSchema(StrictSchema):
+    login = fields.String(required=True, validate=validate.Length(min=1, max=254),
+                          metadata={"description": "what the person signs in with (an e-mail "
+                                    "address will do); unique across partners"})
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class PartnerUserSchema(Schema):
+    login = fields.String()
+    name = fields.String()
+    partner = fields.String()
+    active = fields.Boolean()
+    activated = fields.Boolean(metadata={"description": "whether a password was chosen"})
+    created_at = fields.DateTime()
+    locked_until = fields.DateTime(allow_none=True)
+
+
+class IssuedPartnerUserSchema(PartnerUserSchema):
+    activation_code = fields.String(metadata={
+        "description": "one-time: the person chooses a password with it at "
+                       "/partner/activate; shown once"})

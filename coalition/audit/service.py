@@ -33,6 +33,8 @@ ACTIONS = (
     "member.merged",
     "finance_user.created",
     "finance_user.disabled",
+    "partner_user.created",
+    "partner_user.disabled",
     "settlement.run_created",
     "settlement.run_recomputed",
     "settlement.run_deleted",

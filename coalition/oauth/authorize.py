@@ -9,7 +9,9 @@ client as RFC 6749 error parameters. The sign-in form is CSRF-protected and thro
 signing in is the member's consent; "Cancel" answers ``access_denied``.
 
 A request for the scope ``settlement:run`` (the finance page's client) signs in a finance
-user with a username instead (:mod:`coalition.oauth.finance_users`); any other, a member.
+user with a username instead (:mod:`coalition.oauth.finance_users`); one for
+``partner:portal`` (the partner portal's client) a partner staff member with their login
+(:mod:`coalition.oauth.partner_users`); any other, a member.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from flask import Blueprint, render_template, request
 
 from coalition.http.pages import check_csrf, protect_pages
 from coalition.member import signin
-from coalition.oauth import finance_users
+from coalition.oauth import finance_users, partner_users
 from coalition.oauth.member_grants import audience
 from coalition.oauth.server import authorization
 
@@ -62,6 +64,32 @@ def _finance_sign_in(grant: Any) -> Any:
     return authorization.create_authorization_response(grant=grant, grant_user=user)
 
 
+def _staff_form(client: Any, status: int = 200, error: str | None = None,
+                login: str = "", headers: dict[str, str] | None = None) -> Any:
+    return (render_template("partner/signin.html", client=client, error=error,
+                            login=login, action=request.full_path,
+                            layout="partner/base.html", staff=None),
+            status, headers or {})
+
+
+def _staff_sign_in(grant: Any) -> Any:
+    """A partner staff member signs in (the grant asks for ``partner:portal``)."""
+    client = grant.request.client
+    if request.method == "GET":
+        return _staff_form(client)
+    check_csrf()
+    if "cancel" in request.form:
+        return authorization.create_authorization_response(grant=grant, grant_user=None)
+    login = partner_users.normalise_login(request.form.get("login", ""))
+    try:
+        user = partner_users.authenticate(login, request.form.get("password", ""))
+    except signin.SignInLocked as locked:
+        return _staff_form(client, 429, locked.message, login, locked.headers)
+    except signin.SignInFailed as failed:
+        return _staff_form(client, 401, failed.message, login)
+    return authorization.create_authorization_response(grant=grant, grant_user=user)
+
+
 @bp.route("/oauth/authorize", methods=["GET", "POST"])
 def authorize() -> Any:
     """Member sign-in and authorization (authorization code grant with PKCE)."""
@@ -74,8 +102,11 @@ def authorize() -> Any:
         return render_template("error.html", status=400, title="This sign-in link is not valid",
                                message=error.get_error_description() or error.error), 400
     client = grant.request.client
-    if audience(grant.request.payload.scope or client.scope) == "finance":
+    who = audience(grant.request.payload.scope or client.scope)
+    if who == "finance":
         return _finance_sign_in(grant)
+    if who == "partner":
+        return _staff_sign_in(grant)
     if request.method == "GET":
         return _form(client)
     check_csrf()

@@ -27,10 +27,12 @@ def client_cli() -> None:
 @click.option("--public", "kind", flag_value="public",
               help="A public client (a member app): no secret; members sign in through it "
                    "with the authorization code grant and PKCE; scope `member` (or, for "
-                   "the finance page, where finance users sign in: `settlement:run`).")
+                   "the finance page, where finance users sign in: `settlement:run`; for the "
+                   "partner portal, where partner staff sign in: `partner:portal`).")
 @click.option("--scope", "scope", help='Operator clients: space-separated, e.g. '
                                        '"admin settlement:run". Public clients: `member` '
-                                       '(default) or `settlement:run` (the finance page).')
+                                       '(default), `settlement:run` (the finance page) or '
+                                       '`partner:portal` (the partner portal).')
 @click.option("--redirect-uri", "redirect_uris", multiple=True, metavar="URI",
               help="Public clients: where sign-in may return (exact match); repeatable.")
 @click.option("--name", default="")
@@ -44,9 +46,10 @@ def client_create(kind: str | None, scope: str | None, redirect_uris: tuple[str,
                                "client to create.")
     try:
         if kind == "public":
-            if scope not in (None, "member", "settlement:run"):
+            if scope not in (None, "member", "settlement:run", "partner:portal"):
                 raise click.UsageError("A public client has the scope `member` (members sign "
-                                       "in) or `settlement:run` (the finance page).")
+                                       "in), `settlement:run` (the finance page) or "
+                                       "`partner:portal` (the partner portal).")
             view = create_public_client(name, list(redirect_uris),
                                         scopes=((scope,) if scope else ("member",)),
                                         actor=cli_actor())

@@ -18,6 +18,7 @@ from coalition.oauth.models import (
     MEMBER_SCOPES,
     OPERATOR_SCOPES,
     PARTNER_SCOPES,
+    PORTAL_SCOPES,
     OAuthClient,
     OAuthToken,
     digest,
@@ -128,8 +129,9 @@ def check_redirect_uris(uris: list[str]) -> list[str]:
 
 
 #: what a public client may hold: members sign in through it, or finance users (the
-#: finance page); never both, so that one sign-in form always knows whom it asks for
-PUBLIC_SCOPES = (MEMBER_SCOPES, FINANCE_SCOPES)
+#: finance page), or partner staff (the partner portal); never two of them, so that one
+#: sign-in form always knows whom it asks for
+PUBLIC_SCOPES = (MEMBER_SCOPES, FINANCE_SCOPES, PORTAL_SCOPES)
 
 
 def create_public_client(name: str, redirect_uris: list[str], *,
@@ -140,7 +142,8 @@ def create_public_client(name: str, redirect_uris: list[str], *,
     ``trusted`` skips the redirect URI rules (the app's own pages, whose URI comes from
     its own configuration)."""
     if tuple(scopes) not in PUBLIC_SCOPES:
-        message = "A public client has the scope member, or settlement:run (finance page)."
+        message = ("A public client has the scope member, or settlement:run (finance page), "
+                   "or partner:portal (partner portal).")
         raise InvalidRequest(message, errors={"scopes": [message]})
     uris = redirect_uris if trusted else check_redirect_uris(redirect_uris)
     if not name.strip():

@@ -20,6 +20,9 @@
   is ``settlement:run`` is a finance user's (:func:`audience`), any other a member's. A
   code or token is bound to exactly one of the two, and its scope must fit that kind of
   user, so a member never obtains ``settlement:run`` nor a finance user ``member``.
+* Partner staff sign in to the partner portal the same way, with the scope
+  ``partner:portal`` (:mod:`coalition.oauth.partner_users`); their tokens carry no partner
+  API scope and name no partner client, so they never call the partner API.
 """
 
 from __future__ import annotations
@@ -57,42 +60,67 @@ from coalition.oauth.finance_users import (
 from coalition.oauth.grant_request import client_of, held_scopes
 from coalition.oauth.models import (
     MEMBER_SCOPES,
+    PORTAL_SCOPES,
     OAuthAuthorizationCode,
     OAuthClient,
     OAuthToken,
     digest,
     revoke_tokens,
 )
+from coalition.oauth.partner_users import (
+    SignedInPartnerUser,
+    active_partner_user,
+    revoke_partner_user_tokens,
+)
 
 #: public clients authenticate with their client_id alone
 PUBLIC_AUTH_METHODS = ["none"]
 
-Owner = SignedInMember | SignedInFinanceUser
+Owner = SignedInMember | SignedInFinanceUser | SignedInPartnerUser
 #: what a grant's token endpoint answers: status, the token (a dict) and headers
 TokenResponse = tuple[int, dict[str, str | int], Collection[tuple[str, str]]]
 
 
 def audience(scope: str) -> str:
     """Who signs in for a grant of this scope: ``"finance"`` (a finance user) when it asks
-    for ``settlement:run``, otherwise ``"member"``."""
-    return "finance" if set(scope.split()) & set(FINANCE_SCOPES) else "member"
+    for ``settlement:run``, ``"partner"`` (partner staff) for ``partner:portal``, otherwise
+    ``"member"``."""
+    asked = set(scope.split())
+    if asked & set(FINANCE_SCOPES):
+        return "finance"
+    return "partner" if asked & set(PORTAL_SCOPES) else "member"
+
+
+def _allowed(owner: Owner) -> tuple[str, ...]:
+    if isinstance(owner, SignedInFinanceUser):
+        return FINANCE_SCOPES
+    return PORTAL_SCOPES if isinstance(owner, SignedInPartnerUser) else MEMBER_SCOPES
 
 
 def scope_fits(owner: Owner, scope: str) -> bool:
     """Whether a token of this scope may act for this owner: finance users hold only
-    ``settlement:run``, members only ``member``."""
-    allowed = FINANCE_SCOPES if isinstance(owner, SignedInFinanceUser) else MEMBER_SCOPES
+    ``settlement:run``, partner staff only ``partner:portal``, members only ``member``."""
     granted = set(scope.split())
-    return bool(granted) and granted <= set(allowed)
+    return bool(granted) and granted <= set(_allowed(owner))
 
 
-def _owner(member_id: int | None, finance_user_id: int | None) -> Owner | None:
-    """The code's or token's member or finance user, if still active."""
-    if finance_user_id is not None:
-        return active_finance_user(finance_user_id)
-    if member_id is not None:
-        return active_member(member_id)
+def _owner(row: Any) -> Owner | None:
+    """The member, finance user or partner staff member a code or token (``row``) acts
+    for, if still active."""
+    if row.finance_user_id is not None:
+        return active_finance_user(row.finance_user_id)
+    if row.partner_user_id is not None:
+        return active_partner_user(row.partner_user_id)
+    if row.member_id is not None:
+        return active_member(row.member_id)
     return None
+
+
+def _owner_ids(owner: Owner) -> dict[str, int | None]:
+    """The columns of a code or token that name its owner."""
+    return {"member_id": owner.id if isinstance(owner, SignedInMember) else None,
+            "finance_user_id": owner.id if isinstance(owner, SignedInFinanceUser) else None,
+            "partner_user_id": owner.id if isinstance(owner, SignedInPartnerUser) else None}
 
 
 @dataclass(frozen=True)
@@ -103,6 +131,7 @@ class AuthorizationCode:
     client_id: str
     member_id: int | None
     finance_user_id: int | None
+    partner_user_id: int | None
     redirect_uri: str
     scope: str
     code_challenge: str
@@ -147,13 +176,16 @@ def _signed_in(request: OAuth2Request, owner: Owner | None) -> Owner:
     return owner
 
 
-def _revoke_after_replay(member_id: int | None, finance_user_id: int | None,
-                         client_id: str) -> None:
+def _revoke_after_replay(row: Any) -> None:
+    """Revoke the tokens at its client of whom a replayed code or token (``row``) acts
+    for."""
     with UnitOfWork() as uow:
-        if member_id is not None:
-            revoke_member_tokens(uow.session, member_id, client_id)
-        if finance_user_id is not None:
-            revoke_finance_user_tokens(uow.session, finance_user_id, client_id)
+        if row.member_id is not None:
+            revoke_member_tokens(uow.session, row.member_id, row.client_id)
+        if row.finance_user_id is not None:
+            revoke_finance_user_tokens(uow.session, row.finance_user_id, row.client_id)
+        if row.partner_user_id is not None:
+            revoke_partner_user_tokens(uow.session, row.partner_user_id, row.client_id)
         uow.commit()
 
 
@@ -164,14 +196,12 @@ def granted_scope(token: Mapping[str, str | int]) -> str:
 
 def _token_row(client: OAuthClient, owner: Owner, token: Mapping[str, str | int]) -> OAuthToken:
     refresh = token.get("refresh_token")
-    finance = isinstance(owner, SignedInFinanceUser)
     if not scope_fits(owner, granted_scope(token)):
         # never store a member token with settlement:run, nor a finance token with member
         raise InvalidScopeError("The scope does not fit who signed in.")
     return OAuthToken(
         client_pk=client.id, client_id=client.client_id, kind=client.kind, partner_id=None,
-        member_id=None if finance else owner.id,
-        finance_user_id=owner.id if finance else None,
+        **_owner_ids(owner),
         access_token_hash=digest(str(token["access_token"])),
         refresh_token_hash=digest(str(refresh)) if refresh else None,
         scope=granted_scope(token), expires_in=int(token["expires_in"]),
@@ -186,9 +216,11 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         super().validate_requested_scope()
         requested, held = held_scopes(self.request)
         granted = requested or held
-        if not (granted <= set(MEMBER_SCOPES) or granted <= set(FINANCE_SCOPES)):
-            raise InvalidScopeError("Members and finance users sign in separately: ask for "
-                                    "either member or settlement:run.")
+        if not any(granted <= set(scopes)
+                   for scopes in (MEMBER_SCOPES, FINANCE_SCOPES, PORTAL_SCOPES)):
+            raise InvalidScopeError("Members, finance users and partner staff sign in "
+                                    "separately: ask for one of member, settlement:run or "
+                                    "partner:portal.")
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         now = utcnow()
@@ -198,14 +230,12 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         # the scope as granted (the client's own when none was asked for), so that the
         # token endpoint can check it against who signed in
         scope = request.scope or request.client.scope
-        finance = isinstance(owner, SignedInFinanceUser)
         if not scope_fits(owner, scope):
             raise InvalidScopeError("The scope does not fit who signed in.")
         with UnitOfWork() as uow:
             uow.session.add(OAuthAuthorizationCode(
                 code_hash=digest(code), client_id=request.client.client_id,
-                member_id=None if finance else owner.id,
-                finance_user_id=owner.id if finance else None,
+                **_owner_ids(owner),
                 redirect_uri=request.payload.redirect_uri,
                 scope=scope, code_challenge=data["code_challenge"],
                 code_challenge_method=data["code_challenge_method"], issued_at=now,
@@ -222,16 +252,16 @@ class MemberAuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         if row is None:
             return None
         if row.used_at is not None:
-            _revoke_after_replay(row.member_id, row.finance_user_id, row.client_id)
+            _revoke_after_replay(row)
             return None
         if row.expires_at <= utcnow():
             return None
         return AuthorizationCode(row.id, row.client_id, row.member_id, row.finance_user_id,
-                                 row.redirect_uri, row.scope, row.code_challenge,
-                                 row.code_challenge_method)
+                                 row.partner_user_id, row.redirect_uri, row.scope,
+                                 row.code_challenge, row.code_challenge_method)
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> Owner | None:
-        return _owner(authorization_code.member_id, authorization_code.finance_user_id)
+        return _owner(authorization_code)
 
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         """Codes are spent in :meth:`create_token_response`, with the token they buy."""
@@ -288,10 +318,11 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
         with read() as session:
             row = session.scalar(select(OAuthToken).where(
                 OAuthToken.refresh_token_hash == digest(refresh_token)))
-        if row is None or (row.member_id is None and row.finance_user_id is None):
+        if row is None or (row.member_id is None and row.finance_user_id is None
+                           and row.partner_user_id is None):
             return None
         if row.revoked_at is not None and not _in_grace(row.rotated_at, utcnow()):
-            _revoke_after_replay(row.member_id, row.finance_user_id, row.client_id)
+            _revoke_after_replay(row)
             return None
         # (just rotated: create_token_response answers the pair it was rotated into)
         self.presented = refresh_token
@@ -301,7 +332,7 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
         return row
 
     def authenticate_user(self, refresh_token: OAuthToken) -> Owner | None:
-        return _owner(refresh_token.member_id, refresh_token.finance_user_id)
+        return _owner(refresh_token)
 
     def revoke_old_credential(self, refresh_token: TokenMixin) -> None:
         """The old token is revoked in :meth:`create_token_response`, with the new one."""
@@ -337,7 +368,7 @@ class MemberRefreshTokenGrant(grants.RefreshTokenGrant):
                        t.revoked_at.is_(None))
             ).first()
         if successor is None or not _in_grace(rotated_at, now):
-            _revoke_after_replay(old.member_id, old.finance_user_id, old.client_id)
+            _revoke_after_replay(old)
             raise InvalidGrantError("The refresh token was already used.")
         left = successor.issued_at + timedelta(seconds=successor.expires_in) - now
         token.update(scope=successor.scope, expires_in=max(0, int(left.total_seconds())))

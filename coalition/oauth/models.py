@@ -32,7 +32,9 @@ PARTNER_SCOPES = (
 #: scopes an operator client may hold
 OPERATOR_SCOPES = ("admin", "settlement:run")
 MEMBER_SCOPES = ("member",)
-ALL_SCOPES = PARTNER_SCOPES + OPERATOR_SCOPES + MEMBER_SCOPES
+#: the only scope a partner staff member's token carries (the partner portal)
+PORTAL_SCOPES = ("partner:portal",)
+ALL_SCOPES = PARTNER_SCOPES + OPERATOR_SCOPES + MEMBER_SCOPES + PORTAL_SCOPES
 
 CLIENT_KINDS = ("operator", "partner", "public")
 
@@ -160,6 +162,8 @@ class OAuthToken(Base, TokenState):
     member_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("member.id"), index=True)
     #: the finance user a finance token acts for (authorization-code grant)
     finance_user_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("finance_user.id"))
+    #: the partner staff member a portal token acts for (authorization-code grant)
+    partner_user_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("partner_user.id"))
     scope: Mapped[str] = mapped_column(Text)
     issued_at: Mapped[Timestamp] = mapped_column(default=utcnow)
     expires_in: Mapped[int] = mapped_column(Integer)
@@ -196,9 +200,10 @@ class OAuthAuthorizationCode(Base):
     id: Mapped[PK]
     code_hash: Mapped[str] = mapped_column(String(64), unique=True)
     client_id: Mapped[str] = mapped_column(String(64))
-    #: exactly one of member_id (a member signing in) and finance_user_id
+    #: exactly one of member_id (a member signing in), finance_user_id and partner_user_id
     member_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("member.id"), index=True)
     finance_user_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("finance_user.id"))
+    partner_user_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("partner_user.id"))
     redirect_uri: Mapped[str] = mapped_column(Text)
     scope: Mapped[str] = mapped_column(Text)
     code_challenge: Mapped[str] = mapped_column(String(128))
@@ -222,3 +227,26 @@ class FinanceUser(Base):
     failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     locked_until: Mapped[Timestamp | None]
     created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
+
+
+class PartnerUser(Base):
+    """A partner's staff member (its loyalty manager, its accountant): signs in to the
+    partner portal through the authorization-code flow and sees that partner alone.
+
+    Created by the operator with a one-time activation code (stored as a digest), with
+    which the person chooses a password."""
+
+    __tablename__ = "partner_user"
+
+    id: Mapped[PK]
+    partner_id: Mapped[int] = mapped_column(BigId, ForeignKey("partner.id"), index=True)
+    #: what the person signs in with; unique across partners
+    login: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    activation_hash: Mapped[str | None] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(default=True)
+    failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[Timestamp | None]
+    created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
+    activated_at: Mapped[Timestamp | None]

@@ -36,6 +36,7 @@ from coalition.oauth.models import (
     FinanceUser,
     OAuthClient,
     OAuthToken,
+    PartnerUser,
     TokenState,
     digest,
 )
@@ -223,6 +224,11 @@ class IntrospectionEndpoint(_TokenLookup, _IntrospectionEndpoint):
             with read() as session:
                 answer["sub"] = answer["username"] = session.scalar(
                     select(FinanceUser.username).where(FinanceUser.id == token.finance_user_id))
+        if token.partner_user_id is not None:
+            # a partner staff member's token: its subject is the login it acts for
+            with read() as session:
+                answer["sub"] = answer["username"] = session.scalar(
+                    select(PartnerUser.login).where(PartnerUser.id == token.partner_user_id))
         if token.member_id is not None:
             # a member token's subject is the member it acts for
 
@@ -270,6 +276,9 @@ class Principal:
     #: the username of the finance user a finance token (scope ``settlement:run``, through
     #: the finance page) acts for: who resolves breaks and closes runs
     finance_user: str | None = None
+    #: the id of the partner staff member a portal token (scope ``partner:portal``, through
+    #: the partner portal) acts for
+    partner_user_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -285,6 +294,7 @@ class _ValidatedToken(TokenState):
     partner_code: str | None
     partner_currency: str | None
     finance_user: str | None = None
+    partner_user_id: int | None = None
 
 
 def _current_client() -> Any:
@@ -300,13 +310,17 @@ def _current_client() -> Any:
 
 
 def _token_read() -> Any:
-    """The token by its digest, with its partner (or finance user), if its client is still
-    current: built once, run with the digest as its one parameter."""
+    """The token by its digest, with its partner (or finance user, or partner staff
+    member), if its client is still current: built once, run with the digest as its one
+    parameter."""
     t, p, f = OAuthToken.__table__.c, Partner.__table__.c, FinanceUser.__table__.c
+    u = PartnerUser.__table__.c
     return (select(t.client_id, t.kind, t.partner_id, t.member_id, t.scope, t.issued_at,
-                   t.expires_in, t.revoked_at, p.code, p.currency, f.username, f.active)
+                   t.expires_in, t.revoked_at, p.code, p.currency, f.username,
+                   t.partner_user_id, f.active, u.active.label("staff_active"))
             .outerjoin(Partner.__table__, p.id == t.partner_id)
             .outerjoin(FinanceUser.__table__, f.id == t.finance_user_id)
+            .outerjoin(PartnerUser.__table__, u.id == t.partner_user_id)
             .where(t.access_token_hash == bindparam("digest"), _current_client()))
 
 
@@ -321,7 +335,9 @@ class _BearerValidator(BearerTokenValidator):
             row = connection.execute(_TOKEN_READ, {"digest": digest(token_string)}).first()
         if row is None or (row.username is not None and not row.active):
             return None  # a disabled finance user's tokens are dead
-        return _ValidatedToken(*row[:-1])
+        if row.partner_user_id is not None and not row.staff_active:
+            return None  # and so are a disabled partner staff member's
+        return _ValidatedToken(*row[:-2])
 
 
 _protector = ResourceProtector()
@@ -366,7 +382,8 @@ def require_token(scopes: list[str], kinds: tuple[str, ...] | None = None,
         raise Forbidden(f"This call is not available to {token.kind} clients.")
     principal = Principal(token.client_id, token.kind, token.partner_id,
                           frozenset(token.scope.split()), token.partner_code,
-                          token.partner_currency, token.member_id, token.finance_user)
+                          token.partner_currency, token.member_id, token.finance_user,
+                          token.partner_user_id)
     limit_client(principal.client_id, principal.member_id)  # 429 before the body is read
     g.principal = principal
     return principal
@@ -384,4 +401,5 @@ def principal_for(token_string: str) -> Principal | None:
         return None
     return Principal(token.client_id, token.kind, token.partner_id,
                      frozenset(token.scope.split()), token.partner_code,
-                     token.partner_currency, token.member_id, token.finance_user)
+                     token.partner_currency, token.member_id, token.finance_user,
+                     token.partner_user_id)

@@ -183,9 +183,11 @@ def attempts(s: Seeded, ops: Operations) -> list[Attempt]:
 def operator_attempts(s: Seeded, spec: dict[str, Any]) -> list[Attempt]:
     """Every operation for operator or member tokens, on real objects and on ghosts."""
     real = {"run_id": str(s.draft_run), "break_id": str(s.breaks[0]), "partner": "bravo",
-            "code": "bravo", "client_id": "op-unknown", "member_number": s.shared}
+            "code": "bravo", "client_id": "op-unknown", "member_number": s.shared,
+            "login": "staff@bravo"}
     ghost = {"run_id": str(GHOST_ID), "break_id": str(GHOST_ID), "partner": GHOST_CODE,
-             "code": GHOST_CODE, "client_id": "op-unknown", "member_number": s.shared}
+             "code": GHOST_CODE, "client_id": "op-unknown", "member_number": s.shared,
+             "login": "staff@bravo"}
     bodies: dict[str, Any] = {
         "/v1/settlement/runs": {"period_start": "2001-03-02", "period_end": "2001-03-03"},
         "/v1/settlement/runs/{run_id}/breaks/{break_id}": {"action": "accept",

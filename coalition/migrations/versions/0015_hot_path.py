@@ -1,7 +1,7 @@
 """hot path: a partial index on each member's live lots
 
-Revision ID: 0013_hot_path
-Revises: 0016_partner_ops
+Revision ID: 0015_hot_path
+Revises: 0014_partner_ops
 Create Date: 2026-12-05 00:30:00.000000
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0013_hot_path'
-down_revision = '0016_partner_ops'
+revision = '0015_hot_path'
+down_revision = '0014_partner_ops'
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """partner operations: webhooks, batch files, funding
 
-Revision ID: 0016_partner_ops
-Revises: 0015_analytics
+Revision ID: 0014_partner_ops
+Revises: 0013_analytics
 Create Date: 2026-12-05 00:19:31.027881
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import coalition.db
 
-revision = '0016_partner_ops'
-down_revision = '0015_analytics'
+revision = '0014_partner_ops'
+down_revision = '0013_analytics'
 branch_labels = None
 depends_on = None
 

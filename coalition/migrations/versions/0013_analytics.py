@@ -1,6 +1,6 @@
 """the points liability of a closed run, kept as it was closed
 
-Revision ID: 0015_analytics
+Revision ID: 0013_analytics
 Revises: 0012_personal_data
 Create Date: 2026-12-05 01:00:00.000000
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0015_analytics'
+revision = '0013_analytics'
 down_revision = '0012_personal_data'
 branch_labels = None
 depends_on = None
