@@ -1,5 +1,5 @@
 """The one rule of password accounts (:mod:`coalition.oauth.passwords`), shown for each kind
-of account that signs in with a password: members and finance users."""
+of account that signs in with a password: members, finance users and partner staff."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from coalition.db import UnitOfWork, read, utcnow
 from coalition.member import signin
-from coalition.oauth import finance_users, passwords
+from coalition.oauth import finance_users, partner_users, passwords
 from coalition.oauth.passwords import MAX_FAILURES, PasswordAccounts, SignInFailed, SignInLocked
 from tests.coalition.member_support import active_member
 
@@ -45,12 +45,19 @@ class Account:
             uow.commit()
 
 
-@pytest.fixture(params=["member", "finance user"])
+@pytest.fixture(params=["member", "finance user", "partner staff"])
 def account(request: pytest.FixtureRequest, client: Any, make_partner: Any) -> Account:
     if request.param == "member":
         member = active_member(client, make_partner("acme")[1])
         return Account(signin.MEMBERS, member.member_number, member.password,
                        signin.authenticate)
+    if request.param == "partner staff":
+        make_partner("acme")
+        code = partner_users.create_user("acme", "nora@acme.example", "Nora")["activation_code"]
+        password = "staff password 12"
+        partner_users.activate("nora@acme.example", code, password)
+        return Account(partner_users.STAFF, "nora@acme.example", password,
+                       partner_users.authenticate)
     password = "finance password 1"
     finance_users.create_user("fiona", "Fiona Ledger", password)
     return Account(finance_users.FINANCE_USERS, "fiona", password, finance_users.authenticate)
