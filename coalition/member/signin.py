@@ -9,13 +9,12 @@ the member then chooses, and sign-in with throttling.
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import select
 
-from coalition.db import UnitOfWork, affected_rows, read, utcnow
+from coalition.db import read
 from coalition.errors import CoalitionError
 from coalition.ledger.models import Member
 from coalition.oauth import passwords
@@ -92,27 +91,8 @@ def activate(member_number: str, code: str, password: str) -> SignedInMember:
     """Check the activation code, set the member's password and spend the code."""
     check_password_rules(password)
     refused = "The member number or activation code is wrong, or the code was already used."
-    attempt = MEMBERS.begin(member_number)
-    given = activation_digest(code)
-    if attempt is None or attempt.row.activation_code_hash is None or not hmac.compare_digest(
-            attempt.row.activation_code_hash, given):
-        if attempt is not None:
-            MEMBERS.failed(attempt)
-        raise ActivationFailed(refused)
-    password_hash = hash_password(password)
-    m = Member.__table__.c
-    with UnitOfWork() as uow:
-        # the code is spent by the statement that uses it, so two uses cannot both win
-        used = affected_rows(uow.session.execute(
-            update(Member.__table__)
-            .where(and_(m.id == attempt.id, m.activation_code_hash == given,
-                        m.status == "active"))
-            .values(password_hash=password_hash, activation_code_hash=None,
-                    activated_at=utcnow(), failed_sign_ins=0, locked_until=None)
-        ))
-        if not used:
-            raise ActivationFailed(refused)
-        uow.commit()
+    attempt = MEMBERS.activate(member_number, "activation_code_hash", activation_digest(code),
+                               password, ActivationFailed(refused))
     return SignedInMember(attempt.id, member_number)
 
 

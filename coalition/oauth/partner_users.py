@@ -15,17 +15,16 @@ accounts for the partner portal, each seeing that partner alone.
 
 from __future__ import annotations
 
-import hmac
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coalition.audit.service import SYSTEM, Actor, record
-from coalition.db import UnitOfWork, affected_rows, read, utcnow
+from coalition.db import UnitOfWork, read, utcnow
 from coalition.errors import AlreadyExists, InvalidRequest, NotFound
 from coalition.member.signin import (
     ActivationFailed,
@@ -35,7 +34,7 @@ from coalition.member.signin import (
 )
 from coalition.models import Partner
 from coalition.oauth.models import OAuthToken, PartnerUser, revoke_tokens
-from coalition.oauth.passwords import PasswordAccounts, check_password_rules, hash_password
+from coalition.oauth.passwords import PasswordAccounts, check_password_rules
 
 PASSWORD_MIN = 12
 #: an e-mail address or a plain name: lower case, no spaces
@@ -144,26 +143,8 @@ def activate(login: str, code: str, password: str) -> SignedInPartnerUser:
     """Check the activation code, set the password and spend the code."""
     check_password_rules(password, ActivationFailed, PASSWORD_MIN)
     refused = "The login or activation code is wrong, or the code was already used."
-    login = normalise_login(login)
-    attempt = STAFF.begin(login)
-    given = activation_digest(code)
-    if attempt is None or attempt.row.activation_hash is None or not hmac.compare_digest(
-            attempt.row.activation_hash, given):
-        if attempt is not None:
-            STAFF.failed(attempt)
-        raise ActivationFailed(refused)
-    password_hash = hash_password(password)
-    u = PartnerUser.__table__.c
-    with UnitOfWork() as uow:
-        # the code is spent by the statement that uses it, so two uses cannot both win
-        used = affected_rows(uow.session.execute(
-            update(PartnerUser.__table__)
-            .where(and_(u.id == attempt.id, u.activation_hash == given, u.active.is_(True)))
-            .values(password_hash=password_hash, activation_hash=None,
-                    activated_at=utcnow(), failed_sign_ins=0, locked_until=None)))
-        if not used:
-            raise ActivationFailed(refused)
-        uow.commit()
+    attempt = STAFF.activate(normalise_login(login), "activation_hash", activation_digest(code),
+                             password, ActivationFailed(refused))
     return _signed_in(attempt.id)
 
 

@@ -17,15 +17,16 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Row, Table, select, update
+from sqlalchemy import Column, ColumnElement, Row, Table, and_, select, update
 from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
-from coalition.db import UnitOfWork, utcnow
+from coalition.db import UnitOfWork, affected_rows, utcnow
 from coalition.errors import CoalitionError
 from coalition.passwords import passwords
 
@@ -149,6 +150,31 @@ class PasswordAccounts:
             uow.session.execute(update(self.table).where(c.id == attempt.id)
                                 .values(failed_sign_ins=0, locked_until=None, **values))
             uow.commit()
+
+    def activate(self, name: str, code_column: str, given: str, password: str,
+                 refusal: CoalitionError) -> Attempt:
+        """Set the password of the account whose activation code's digest (in
+        ``code_column``) is ``given``, and spend the code; a wrong code is a counted
+        failure, refused with ``refusal``."""
+        attempt = self.begin(name)
+        if attempt is None or attempt.row._mapping[code_column] is None or not hmac.compare_digest(
+                attempt.row._mapping[code_column], given):
+            if attempt is not None:
+                self.failed(attempt)
+            raise refusal
+        password_hash = hash_password(password)
+        c = self.table.c
+        with UnitOfWork() as uow:
+            # the code is spent by the statement that uses it, so two uses cannot both win
+            used = affected_rows(uow.session.execute(
+                update(self.table)
+                .where(and_(c.id == attempt.id, c[code_column] == given, self.active(c)))
+                .values(password_hash=password_hash, activated_at=utcnow(),
+                        failed_sign_ins=0, locked_until=None, **{code_column: None})))
+            if not used:
+                raise refusal
+            uow.commit()
+        return attempt
 
     def refuse(self, password: str) -> SignInFailed:
         """The refusal of a name that cannot sign in, after a wrong password's work."""
