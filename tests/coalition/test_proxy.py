@@ -8,9 +8,7 @@ nginx is Debian's (``.ci/run`` installs it); a missing or failing nginx fails th
 
 from __future__ import annotations
 
-import datetime
 import http.client
-import ipaddress
 import json
 import shutil
 import socket
@@ -25,12 +23,10 @@ from typing import Any
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from gunicorn.config import KNOWN_SETTINGS
 
+from bench.harness.client import free_port
+from bench.harness.nginx import self_signed
 from coalition.http.proxy import TrustedProxies
 from tests.coalition.test_serving import APP, BIN, clean_env, started
 from tests.conftest import TEST_SECRET, basic_auth
@@ -41,33 +37,6 @@ NGINX_CONF = ROOT / "deploy" / "nginx" / "coalition.conf"
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STALLED = 50
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def render(conf: str, replacements: dict[str, str]) -> str:
