@@ -721,8 +721,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, bench_class: type[Bench] | None = None,
+         parse: Callable[[list[str] | None], argparse.Namespace] | None = None) -> int:
+    """Run a benchmark (this one, or another built on :class:`Bench` with its own
+    arguments), stopping everything it started however it ends."""
+    args = (parse or parse_args)(argv)
 
     def interrupted(signum: int, _frame: Any) -> None:
         STOP.set()
@@ -733,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, interrupted)
     bench = None
     try:
-        bench = Bench(args)
+        bench = (bench_class or Bench)(args)
         return bench.run()
     except KeyboardInterrupt:
         STOP.set()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from harness.cpu import CpuMeter, ms_per_request
 from harness.postgres import analyze_database
 from harness.processes import BIN, STOP, BenchError, say
 from ledger import PARTNER_SCOPES, Bench
+from ledger import main as ledger_main
 from ledger import parse_args as ledger_args
 
 BATCH_HEADER = ("partner_txn_id,type,member_number,partner_member_ref,points,spend_amount,"
@@ -203,29 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    def interrupted(signum: int, _frame: Any) -> None:
-        STOP.set()
-        raise KeyboardInterrupt
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, interrupted)
-    bench = None
-    try:
-        bench = PartnerOpsBench(args)
-        return bench.run()
-    except KeyboardInterrupt:
-        STOP.set()
-        say("\ninterrupted: stopping everything the benchmark started")
-        return 130
-    except BenchError as exc:
-        STOP.set()
-        say(f"\nbenchmark failed: {exc}")
-        return 2
-    finally:
-        if bench is not None:
-            bench.cleanup()
+    return ledger_main(argv, PartnerOpsBench, parse_args)
 
 
 if __name__ == "__main__":
