@@ -74,7 +74,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 def load_models() -> None:
     """Import every package's models so that ``Base.metadata`` knows all tables."""
     for package in ("coalition", "coalition.audit", "coalition.ledger", "coalition.oauth",
-                    *PACKAGES):
+                    "coalition.notifications", *PACKAGES):
         if find_spec(f"{package}.models") is not None:
             import_module(f"{package}.models")
 

@@ -5,9 +5,19 @@ from __future__ import annotations
 
 from flask import Flask
 
+from coalition import events
 from coalition.http.errors import api_of
 from coalition.ledger.check import add_check
-from partners import admin, api, batches_api, funding, funding_api, portal, webhooks_api
+from partners import (
+    admin,
+    api,
+    batches_api,
+    funding,
+    funding_api,
+    portal,
+    webhooks,
+    webhooks_api,
+)
 from partners.cli import batch_cli, demo_cli, partner_cli
 from partners.worker import worker_command
 
@@ -25,3 +35,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(batch_cli)
     app.cli.add_command(worker_command)
     add_check(app, funding.funded_points)
+    events.subscribe(app, webhooks.emit)
