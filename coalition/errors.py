@@ -92,3 +92,21 @@ class TransferLimit(Conflict):
     the maximum, or over the sender's daily allowance)."""
 
     code = "transfer_limit"
+
+
+class AlreadyBooked(Conflict):
+    """A missing-points claim, or its confirmation, for a sale the partner has booked."""
+
+    code = "already_booked"
+
+
+class ClaimAnswered(Conflict):
+    """A claim the partner confirmed or refused already: the answer is final."""
+
+    code = "claim_answered"
+
+
+class ClaimLimit(Conflict):
+    """A member with as many open claims as the program allows."""
+
+    code = "claim_limit"

@@ -12,6 +12,7 @@ from partners import (
     admin,
     api,
     batches_api,
+    claims_api,
     funding,
     funding_api,
     portal,
@@ -27,6 +28,7 @@ def init_app(app: Flask) -> None:
     rest.register_blueprint(admin.blp)
     rest.register_blueprint(api.blp)
     rest.register_blueprint(batches_api.blp)
+    rest.register_blueprint(claims_api.blp)
     rest.register_blueprint(webhooks_api.blp)
     rest.register_blueprint(funding_api.blp)
     app.register_blueprint(portal.bp)

@@ -71,6 +71,16 @@ class HoldRulesSchema(StrictSchema):
                                 validate=validate.Range(min=60, max=30 * 86400))
 
 
+class ClaimRulesSchema(StrictSchema):
+    window_days = StrictInteger(
+        load_default=30, validate=validate.Range(min=1, max=365),
+        metadata={"description": "a member claims missing points at most this many days "
+                  "after the purchase (the late-posting limit applies as well)"})
+    max_open = StrictInteger(
+        load_default=5, validate=validate.Range(min=1, max=100),
+        metadata={"description": "open claims a member may have at once"})
+
+
 class ProgramRulesSchema(StrictSchema):
     pending_days = StrictInteger(load_default=0, validate=validate.Range(min=0, max=365),
                                  metadata={"description": "days before earned points "
@@ -99,6 +109,7 @@ class ProgramRulesSchema(StrictSchema):
         load_default=30, validate=validate.Range(min=1, max=3650),
         metadata={"description": "a batch file's row that occurred more than this many "
                   "days before the file is booked is refused"})
+    claims = fields.Nested(ClaimRulesSchema, load_default=lambda: ClaimRulesSchema().load({}))
     terms = fields.String(load_default="", validate=validate.Length(max=20_000))
 
     @validates_schema

@@ -57,6 +57,7 @@ def test_before_anything_is_published_the_defaults_show_as_version_0(client):
         "earn_reversal_after_spend": "take_from_other_lots",
         "settlement_model": "operator",
         "late_posting_days": 30,
+        "claims": {"window_days": 30, "max_open": 5},
         "terms": "",
     }
 
