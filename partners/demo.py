@@ -1,12 +1,14 @@
 """A demo coalition: an operator client, two merchants and a charity, with rate cards, a
 partner portal account at the first merchant, and optionally a history of transactions
-(``docs/samples/demo-transactions.csv``) so that the member, finance and partner pages have
+(``docs/samples/demo-transactions.csv``) and two missing-points claims open at the first
+merchant, so that the member, finance and partner pages have
 something to show and settle on first start."""
 
 from __future__ import annotations
 
 import csv
 import io
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypedDict
@@ -14,10 +16,13 @@ from typing import Any, TypedDict
 from sqlalchemy import select
 
 from coalition.audit.service import SYSTEM, Actor
+from coalition.claims.opening import open_claim
+from coalition.clock import utcnow
 from coalition.db import read
-from coalition.errors import InvalidRequest
+from coalition.errors import AlreadyExists, InvalidRequest
 from coalition.ledger import earn_burn, holds, idempotency, reversals
 from coalition.ledger.members import enrol
+from coalition.ledger.models import Member
 from coalition.models import Partner
 from coalition.oauth import partner_users
 from coalition.oauth.clients import create_operator_client
@@ -137,7 +142,33 @@ def load_history(text: str) -> dict[str, Any]:
                         booked.get((row["partner"], row["reference"])), line)
         booked[(row["partner"], row["partner_txn_id"])] = outcome.body["id"]
         replayed += outcome.replayed
-    return {"transactions": len(rows), "replayed": replayed, "members": numbers}
+    return {"transactions": len(rows), "replayed": replayed, "members": numbers,
+            "claims": open_demo_claims(numbers)}
+
+
+#: missing-points claims left open at the first merchant for its portal's staff to answer:
+#: (member handle, receipt, amount, days before now)
+DEMO_CLAIMS = (("ada", "NW-RCPT-20418", "36.40", 2), ("grace", "NW-RCPT-20533", "12.95", 5))
+
+
+def open_demo_claims(numbers: dict[str, str]) -> int:
+    """Open the demo's claims (those not opened before); how many were opened now."""
+    opened = 0
+    for handle, receipt, amount, days in DEMO_CLAIMS:
+        if handle not in numbers:
+            continue
+        with read() as session:
+            member_id = session.scalar(select(Member.id).where(
+                Member.member_number == numbers[handle]))
+        try:
+            open_claim(member_id, {
+                "partner": DEMO_STAFF["partner"], "receipt": receipt,
+                "spend": {"amount": Decimal(amount), "currency": "GBP"},
+                "occurred_at": utcnow() - timedelta(days=days)})
+        except AlreadyExists:
+            continue
+        opened += 1
+    return opened
 
 
 def _book(partner_id: int, row: dict[str, str], member_number: str, reference: int | None,

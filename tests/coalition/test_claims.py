@@ -3,6 +3,7 @@ confirms (the earn is booked once) or refuses, the member is told."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -13,8 +14,10 @@ from sqlalchemy import select
 
 from coalition.claims.models import Claim
 from coalition.db import UnitOfWork
+from coalition.models import Partner
 from coalition.notifications.models import Notification
 from coalition.schemas import rfc3339
+from partners.demo import history_file, load_history
 from partners.models import WebhookEvent
 from tests.conftest import snapshot
 from tests.factories.clock import HandClock
@@ -358,3 +361,16 @@ def test_claims_in_the_ledger_check(app: Flask, client, acme, member, clock):
     report = check_ledger().to_dict()
     failed = [c for c in report["checks"] if not c["ok"]]
     assert [c["name"] for c in failed] == ["claims_booked"]
+
+
+def test_the_demo_leaves_claims_open_at_the_portal_partner(app):
+    loaded = app.test_cli_runner().invoke(args=["demo", "load", "--with-history", "--json"])
+    assert loaded.exit_code == 0, loaded.output
+    assert json.loads(loaded.stdout)["history"]["claims"] == 2
+    with UnitOfWork(readonly=True) as uow:
+        open_claims = uow.session.execute(
+            select(Partner.code, Claim.receipt).join(Partner, Partner.id == Claim.partner_id)
+            .where(Claim.status == "open").order_by(Claim.receipt)).all()
+    assert [tuple(r) for r in open_claims] == [("northwind", "NW-RCPT-20418"),
+                                              ("northwind", "NW-RCPT-20533")]
+    assert load_history(history_file().read_text())["claims"] == 0  # opened once

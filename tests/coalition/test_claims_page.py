@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from coalition import clock
-from tests.conftest import ARTIFACTS, snapshot
 from tests.coalition.test_member_page import sign_in
+from tests.conftest import ARTIFACTS, snapshot
 from tests.factories.members import active_member, csrf_of
 from tests.factories.partner_api import publish
 
