@@ -158,8 +158,8 @@ def open_demo_claims(numbers: dict[str, str]) -> int:
         if handle not in numbers:
             continue
         with read() as session:
-            member_id = session.scalar(select(Member.id).where(
-                Member.member_number == numbers[handle]))
+            member_id = session.scalars(select(Member.id).where(
+                Member.member_number == numbers[handle])).one()
         try:
             open_claim(member_id, {
                 "partner": DEMO_STAFF["partner"], "receipt": receipt,
