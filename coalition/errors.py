@@ -94,7 +94,7 @@ class TransferLimit(Conflict):
     code = "transfer_limit"
 
 
-class AlreadyBooked(Conflict):
+class SaleAlreadyBooked(Conflict):
     """A missing-points claim, or its confirmation, for a sale the partner has booked."""
 
     code = "already_booked"

@@ -33,7 +33,7 @@ from coalition import clock
 from coalition.claims import queries
 from coalition.claims.models import Claim
 from coalition.db import UnitOfWork, Units, run_with_retries
-from coalition.errors import AlreadyBooked, ClaimAnswered, NotFound
+from coalition.errors import ClaimAnswered, NotFound, SaleAlreadyBooked
 from coalition.ledger import earn_burn
 from coalition.ledger.booking import PartnerRef
 from coalition.ledger.idempotency import Outcome
@@ -106,7 +106,7 @@ def confirm(partner: PartnerRef, claim_id: int, answered_by: str, *, book: Book 
                             Claim.entry_id == booked.id)) is not None):
                     message = (f"{txn} is booked already, and not as this member's earn "
                                f"of no other claim: refuse the claim.")
-                    raise AlreadyBooked(message)
+                    raise SaleAlreadyBooked(message)
                 entry_id, points = booked.id, booked.points
             else:
                 body = book(session, partner, {

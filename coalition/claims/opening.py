@@ -24,7 +24,7 @@ from coalition.claims import queries
 from coalition.claims.models import Claim
 from coalition.claims.schemas import ClaimSchema
 from coalition.db import UnitOfWork, Units, run_with_retries
-from coalition.errors import AlreadyBooked, AlreadyExists, ClaimLimit, InvalidRequest
+from coalition.errors import AlreadyExists, ClaimLimit, InvalidRequest, SaleAlreadyBooked
 from coalition.ledger.booking import check_occurred
 from coalition.ledger.lookup import locked_states, require_active
 from coalition.ledger.models import Entry
@@ -74,7 +74,7 @@ def open_claim(member_id: int, data: dict[str, Any], *, units: Units = UnitOfWor
             if txn and session.scalar(select(_E.id).where(_E.partner_id == partner.id,
                                                           _E.partner_txn_id == txn)):
                 message = f"{partner.name} has booked {txn} already: see your history."
-                raise AlreadyBooked(message, errors={"partner_txn_id": [message]})
+                raise SaleAlreadyBooked(message, errors={"partner_txn_id": [message]})
             if session.scalar(select(_C.id).where(_C.partner_id == partner.id,
                                                   _C.receipt == receipt)):
                 raise _claimed_before(partner.name, receipt)

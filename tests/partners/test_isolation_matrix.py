@@ -15,16 +15,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
+from coalition.clock import utcnow
 from coalition.oauth.models import PARTNER_SCOPES
+from coalition.schemas import rfc3339
 from partners.funding import configure
 from tests.conftest import bearer, empty_all_tables, fetch_token, snapshot
 from tests.factories.coalition import Seeded, partner_maker, seed
+from tests.factories.member_records import member_token
 
 GHOST_ID = 987654321
 GHOST_CODE = "nosuch"
@@ -61,6 +65,10 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/batches/{batch_id}/results"): {"points:earn", "points:burn",
                                                 "transactions:read"},
     ("GET", "/v1/funding"): {"settlement:read"},
+    ("GET", "/v1/claims"): {"transactions:read"},
+    ("GET", "/v1/claims/{claim_id}"): {"transactions:read"},
+    ("POST", "/v1/claims/{claim_id}/confirm"): {"points:earn"},
+    ("POST", "/v1/claims/{claim_id}/refuse"): {"points:earn"},
 }
 
 #: partner endpoints that are not about another partner's objects: enrolling or linking
@@ -74,7 +82,9 @@ NOT_OBJECTS = {("POST", "/v1/members"),
                # refused as one naming none: test_batches.py); the list shows acme's only
                ("POST", "/v1/batches"), ("GET", "/v1/batches"),
                # a partner's funding names no object: it is always the caller's own
-               ("GET", "/v1/funding")}
+               ("GET", "/v1/funding"),
+               # the claims at acme's stores only (test_claims.py)
+               ("GET", "/v1/claims")}
 
 TOKENS = {"all": PARTNER_SCOPES, **{scope: (scope,) for scope in PARTNER_SCOPES}}
 
@@ -102,6 +112,7 @@ class Operations:
     bravo_delivery: int
     acme_endpoint: int
     bravo_batch: int
+    bravo_claim: int
 
 
 def attempts(s: Seeded, ops: Operations) -> list[Attempt]:
@@ -174,6 +185,13 @@ def attempts(s: Seeded, ops: Operations) -> list[Attempt]:
     for suffix in ("", "/results"):
         add("GET", f"/v1/batches/{{batch_id}}{suffix}", f"/v1/batches/{batch}{suffix}",
             f"/v1/batches/{GHOST_ID}{suffix}", names=(batch,))
+    # a member's missing-points claim at bravo
+    claim = str(ops.bravo_claim)
+    add("GET", "/v1/claims/{claim_id}", f"/v1/claims/{claim}", f"/v1/claims/{GHOST_ID}",
+        names=(claim,))
+    for action, body in (("confirm", None), ("refuse", {"reason": "not ours"})):
+        add("POST", f"/v1/claims/{{claim_id}}/{action}", f"/v1/claims/{claim}/{action}",
+            f"/v1/claims/{GHOST_ID}/{action}", body, names=(claim,))
     # acme's own statement of the draft run does not exist for acme yet either
     add("GET", statements, f"/v1/settlement/runs/{s.draft_run}/statements/acme",
         f"/v1/settlement/runs/{GHOST_ID}/statements/acme", names=(str(s.draft_run),))
@@ -274,8 +292,13 @@ def ops(_migrated_app, seeded) -> Operations:
                                                     "Content-Type": "text/csv"},
                             data=BATCH.format(member=seeded.bravo_only))
         assert batch.status_code == 202, batch.get_json()
+        claim = client.post("/v1/me/claims", headers=member_token(seeded.bravo_only), json={
+            "partner": "bravo", "receipt": "ops-r1",
+            "spend": {"amount": "9.99", "currency": "GBP"},
+            "occurred_at": rfc3339(utcnow() - timedelta(days=1))})
+        assert claim.status_code == 201, claim.get_json()
         return Operations(bravo, deliveries[0]["id"], endpoint(seeded.acme.headers),
-                          batch.get_json()["id"])
+                          batch.get_json()["id"], claim.get_json()["id"])
 
 
 @pytest.fixture
