@@ -373,3 +373,40 @@ def test_the_demo_leaves_claims_open_at_the_portal_partner(app):
     assert [tuple(r) for r in open_claims] == [("northwind", "NW-RCPT-20418"),
                                               ("northwind", "NW-RCPT-20533")]
     assert load_history(history_file().read_text())["claims"] == 0  # opened once
+
+
+def test_the_partners_own_id_stands_for_the_receipt_when_alone(client, acme, member, clock):
+    opened = claim(client, member, clock, receipt=None, partner_txn_id="T-900")
+    assert opened["receipt"] == "T-900" and opened["partner_txn_id"] == "T-900"
+    assert_error(claim(client, member, clock, status=409, receipt="T-900"), 409,
+                 "already_exists")
+    body = client.post(f"/v1/claims/{opened['id']}/confirm", headers=acme).get_json()
+    txn = client.get(f"/v1/transactions/{body['transaction_id']}", headers=acme).get_json()
+    assert txn["partner_txn_id"] == "T-900"
+
+
+def test_a_confirmation_is_reported_like_any_earn(client, acme, member, clock):
+    hook = client.post("/v1/webhooks", json={"url": "https://acme.example/hook",
+                                             "events": ["transaction.booked"]}, headers=acme)
+    assert hook.status_code == 201, hook.get_json()
+    opened = claim(client, member, clock)
+    client.post(f"/v1/claims/{opened['id']}/confirm", headers=acme)
+    client.post(f"/v1/claims/{opened['id']}/confirm", headers=acme)  # a replay: no event
+    with UnitOfWork(readonly=True) as uow:
+        events = uow.session.execute(select(WebhookEvent.type, WebhookEvent.body)).all()
+    assert [e.type for e in events] == ["transaction.booked"]
+    assert f'"partner_txn_id":"claim-{opened["id"]}"' in events[0].body
+
+
+def test_the_members_list_pages_with_a_cursor(client, acme, member, clock):
+    ids = [claim(client, member, clock, receipt=f"R-{i}")["id"] for i in range(3)]
+    first = client.get("/v1/me/claims?limit=2", headers=token(member)).get_json()
+    assert [c["id"] for c in first["items"]] == ids[::-1][:2]
+    rest = client.get(f"/v1/me/claims?cursor={first['next_cursor']}",
+                      headers=token(member)).get_json()
+    assert [c["id"] for c in rest["items"]] == ids[:1]
+    assert_error(client.get("/v1/me/claims?status=lost", headers=token(member)), 422,
+                 "invalid_request")
+    assert_error(client.get("/v1/me/claims", headers=acme), 403, "insufficient_scope")
+    assert_error(client.post("/v1/me/claims", json={}, headers=acme), 403,
+                 "insufficient_scope")
