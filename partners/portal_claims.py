@@ -24,6 +24,8 @@ REASON_MAX = 500
 
 
 def _staff() -> SignedInPartnerUser:
+    # page_sign_in.require() sends to this blueprint's own sign-in; the portal's it is,
+    # coming back here after
     staff: SignedInPartnerUser | None = page_sign_in.signed_in()
     if staff is None:
         back = request.full_path.rstrip("?") if request.method == "GET" else None

@@ -25,6 +25,7 @@ LIST = 50
 
 
 def _member() -> int:
+    # page_sign_in.require() sends to this blueprint's own sign-in; the member page's it is
     member_id: int | None = page_sign_in.signed_in()
     if member_id is None:
         abort(redirect(url_for("member_page.sign_in")))
