@@ -16,16 +16,27 @@ from coalition.claims.schemas import (
     RefuseSchema,
 )
 from coalition.http.guard import protected
-from partners.api import _ID, _partner, _partner_id
+from coalition.ledger.booking import PartnerRef
+from coalition.oauth.server import current_principal
 from partners.claims_booking import book_reported
 
 blp = Blueprint("partner_claims_api", __name__, url_prefix="/v1",
                 description="Partner: members' missing-points claims")
 
 _PARTNER = ("partner",)
+#: ids are 64-bit: a larger one in a path names nothing (404)
+_ID = "int(max=9223372036854775807)"
 _REPLAYED = {"Idempotent-Replayed": {"description": "true when the claim was answered so "
                                      "already (nothing was done now)",
                                      "schema": {"type": "string"}}}
+
+
+def _partner() -> PartnerRef:
+    """The calling partner, as its token already told us."""
+    principal = current_principal()
+    assert principal.partner_id is not None and principal.partner_code is not None
+    return PartnerRef(principal.partner_id, principal.partner_code,
+                      principal.partner_currency or "")
 
 
 def _answer(answer: tuple[dict[str, Any], bool]) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -40,7 +51,7 @@ class Claims(MethodView):
     @blp.response(200, ClaimPageSchema)
     def get(self, args: dict[str, Any]) -> Any:
         """Members' claims at your stores, newest first; ``status=open`` for those to answer."""
-        return queries.partner_claims(_partner_id(), args)
+        return queries.partner_claims(_partner().id, args)
 
 
 @blp.route(f"/claims/<{_ID}:claim_id>")
@@ -50,7 +61,7 @@ class ClaimResource(MethodView):
     @blp.alt_response(404, description="No such claim at your stores")
     def get(self, claim_id: int) -> Any:
         """One claim."""
-        return queries.partner_claim(_partner_id(), claim_id)
+        return queries.partner_claim(_partner().id, claim_id)
 
 
 @blp.route(f"/claims/<{_ID}:claim_id>/confirm")
