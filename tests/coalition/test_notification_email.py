@@ -1,0 +1,187 @@
+"""Members' e-mails through a real SMTP server (aiosmtpd, started here): written with the
+notification, sent by the worker's sender with the member's consent, once per member and
+event, retried with backoff and every attempt recorded, with an unsubscribe link that
+works without signing in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from coalition.db import UnitOfWork, read
+from coalition.ledger import closure
+from coalition.notifications import preferences, sender
+from coalition.notifications.models import NotificationEmail, NotificationEmailAttempt
+from coalition.notifications.service import notify
+from tests.conftest import snapshot
+from tests.factories.mail import SmtpServer, html_text, plain_text
+from tests.factories.member_records import member_id, member_token
+from tests.factories.partner_api import enrol, publish
+
+
+@pytest.fixture
+def smtp(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
+    with SmtpServer() as server:
+        monkeypatch.setitem(app.config, "SMTP_URL", server.url)
+        monkeypatch.setitem(app.config, "PUBLIC_URL", "https://points.example.com")
+        monkeypatch.setitem(app.config, "MAIL_FROM", "Coalition <hello@points.example.com>")
+        yield server
+
+
+@pytest.fixture
+def member(app: Flask, client, make_partner, operator_headers) -> str:
+    publish(client, operator_headers)
+    _, headers = make_partner("acme")
+    return enrol(client, headers, "c1", email="ann@example.com", name="Ann")
+
+
+def tell(member: int, key: str, kind: str = "points_expiring", **data) -> bool:
+    with UnitOfWork() as uow:
+        written = notify(uow.session, member, kind, key,
+                         data or {"points": 250, "date": "2027-01-31", "days": 30})
+        uow.commit()
+    return written
+
+
+def emails() -> list[tuple[str, int, str | None]]:
+    with read() as session:
+        return [tuple(row) for row in session.execute(
+            select(NotificationEmail.status, NotificationEmail.attempts,
+                   NotificationEmail.reason).order_by(NotificationEmail.id))]
+
+
+def attempts() -> list[str | None]:
+    with read() as session:
+        return list(session.scalars(select(NotificationEmailAttempt.error)
+                                    .order_by(NotificationEmailAttempt.id)))
+
+
+def drain() -> None:
+    while sender.send_some():
+        pass
+
+
+def test_without_a_relay_only_the_inbox(app, member) -> None:
+    assert tell(member_id(member), "expiry:2027-01-31:30")
+    assert emails() == []
+
+
+def test_sent_once_with_message_id_unsubscribe_and_both_parts(app, smtp, member) -> None:
+    me = member_id(member)
+    assert tell(me, "expiry:2027-01-31:30")
+    assert not tell(me, "expiry:2027-01-31:30")  # reported again: nothing more
+    assert emails() == [("pending", 0, None)]
+    drain()
+    assert emails() == [("sent", 1, None)]
+    assert attempts() == [None]
+    (message,) = smtp.messages
+    assert message["To"] == "ann@example.com"
+    assert message["From"] == "Coalition <hello@points.example.com>"
+    assert message["Subject"] == "250 points expire on 31 January 2027"
+    assert message["Message-ID"].startswith("<notification-")
+    assert message["Message-ID"].endswith("@points.example.com>")
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    link = message["List-Unsubscribe"].strip("<>")
+    assert link.startswith("https://points.example.com/member/unsubscribe/")
+    assert link in plain_text(message) and link in html_text(message)
+    assert "in 30 days" in plain_text(message)
+    assert not sender.send_some()  # nothing left
+    assert len(smtp.messages) == 1
+
+
+def test_marketing_only_with_consent_service_unless_refused(app, smtp, client,
+                                                            member) -> None:
+    me = member_id(member)
+    tell(me, "offer:1", "offer", name="Double points at Acme")
+    tell(me, "tier:2026-12-05:blue>silver", "tier_changed", **{"from": "blue", "to": "silver",
+                                                               "direction": "up"})
+    drain()
+    assert [m["Subject"] for m in smtp.messages] == ["You are now Silver"]
+    assert [e[0] for e in emails()] == ["skipped", "sent"]
+    assert emails()[0][2] == "not_wanted"
+    headers = member_token(member)
+    client.put("/v1/me/preferences", json={"email_offers": True, "email_tier": False},
+               headers=headers)
+    tell(me, "offer:2", "offer", name="Triple points at Acme")
+    tell(me, "tier:2026-12-06:silver>blue", "tier_changed", **{"from": "silver",
+                                                               "to": "blue"})
+    drain()
+    assert [m["Subject"] for m in smtp.messages] == ["You are now Silver",
+                                                     "A new offer for you"]
+    assert [e[0] for e in emails()] == ["skipped", "sent", "sent", "skipped"]
+
+
+def test_no_address_and_closed_accounts_get_nothing(app, smtp, client, make_partner,
+                                                   member) -> None:
+    nobody = enrol(client, make_partner("beta")[1], "c9")
+    tell(member_id(nobody), "expiry:2027-01-31:30")
+    tell(member_id(member), "expiry:2027-01-31:30")
+    closure.close(member_id(member))  # the e-mail is pending: it must not go
+    drain()
+    assert smtp.messages == []
+    assert sorted(e[2] or "" for e in emails()) == ["member_closed", "no_address"]
+
+
+def test_relay_down_retried_with_backoff_then_sent(app, smtp, member, clock,
+                                                  monkeypatch) -> None:
+    monkeypatch.setitem(app.config, "MAIL_BACKOFF", 60)
+    tell(member_id(member), "expiry:2027-01-31:30")
+    smtp.inbox.refuse = "451 4.3.0 try again later"
+    assert sender.send_some()
+    assert emails() == [("pending", 1, None)]
+    assert "451" in (attempts()[0] or "")
+    assert not sender.send_some()  # not due yet
+    clock.advance(seconds=61)
+    smtp.inbox.refuse = None
+    drain()
+    assert emails() == [("sent", 2, None)]
+    assert len(smtp.messages) == 1
+
+
+def test_given_up_after_the_retry_time(app, smtp, member, clock, monkeypatch) -> None:
+    monkeypatch.setitem(app.config, "MAIL_RETRY_FOR", 100)
+    monkeypatch.setitem(app.config, "MAIL_BACKOFF", 60)
+    tell(member_id(member), "expiry:2027-01-31:30")
+    monkeypatch.setitem(app.config, "SMTP_URL", "smtp://127.0.0.1:1")  # nobody there
+    for _ in range(5):
+        sender.send_some()
+        clock.advance(seconds=61)
+    status, tries, _ = emails()[0]
+    assert status == "failed" and 1 <= tries <= 3
+    assert all(error and "Connection" in error for error in attempts())
+
+
+def test_unsubscribe_link_and_one_click(app, smtp, client, member) -> None:
+    me = member_id(member)
+    tell(me, "expiry:2027-01-31:30")
+    drain()
+    link = smtp.messages[0]["List-Unsubscribe"].strip("<>")
+    path = link.removeprefix("https://points.example.com")
+    before = snapshot(app)
+    page = client.get(path)  # looking changes nothing (mail scanners follow links)
+    assert page.status_code == 200
+    assert "Points about to expire" in page.get_data(as_text=True)
+    assert snapshot(app) == before
+    one_click = client.post(path, data={"List-Unsubscribe": "One-Click"})
+    assert one_click.status_code == 200
+    assert preferences.history(me)[-1]["source"] == "one_click"
+    assert client.get("/v1/me/preferences",
+                      headers=member_token(member)).get_json()["email_expiry"] is False
+    again = client.post(path)  # the page's button: already off, nothing recorded
+    assert again.status_code == 200 and "no more e-mails" in again.get_data(as_text=True)
+    assert len(preferences.history(me)) == 1
+    tell(me, "expiry:2027-01-31:7", points=250, date="2027-01-31", days=7)
+    drain()
+    assert len(smtp.messages) == 1
+
+
+@pytest.mark.parametrize("token", ["nope", "WzEsImVtYWlsX2V4cGlyeSJd.bad-signature"])
+def test_a_bad_unsubscribe_link_changes_nothing(app, client, member, token) -> None:
+    before = snapshot(app)
+    assert client.get(f"/member/unsubscribe/{token}").status_code == 404
+    assert client.post(f"/member/unsubscribe/{token}",
+                       data={"List-Unsubscribe": "One-Click"}).status_code == 404
+    assert snapshot(app) == before
