@@ -32,7 +32,7 @@ def title(kind: str, data: dict[str, Any]) -> str:
     if kind == "points_expiring":
         return f"{_points(data.get('points'))} points expire on {_day(data.get('date'))}"
     if kind == "tier_changed":
-        return f"You are now {_tier(data.get('to'))}"
+        return f"You are now {data.get('to_name') or _tier(data.get('to'))}"
     return {
         "redemption": "Your reward is ready",
         "offer": "A new offer for you",
@@ -50,9 +50,10 @@ def text(kind: str, data: dict[str, Any]) -> str:
                 f"partner before then to keep their value.")
     if kind == "tier_changed":
         moved = "up" if data.get("direction") == "up" else "down"
-        return (f"Your tier moved {moved} from {_tier(data.get('from'))} to "
-                f"{_tier(data.get('to'))}, from the points you earned over the last "
-                f"12 months.")
+        old = data.get("from_name") or _tier(data.get("from"))
+        new = data.get("to_name") or _tier(data.get("to"))
+        return (f"Your tier moved {moved} from {old} to {new}, from the points you earned "
+                f"over the last 12 months.")
     if kind == "redemption":
         reward = data.get("reward") or data.get("reward_name") or "your reward"
         points = f" for {_points(data['points'])} points" if data.get("points") else ""
