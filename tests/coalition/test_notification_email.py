@@ -5,18 +5,24 @@ works without signing in."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from coalition.db import UnitOfWork, read
+from coalition.db import UnitOfWork, db, read
 from coalition.ledger import closure
 from coalition.notifications import preferences, sender
 from coalition.notifications.models import NotificationEmail, NotificationEmailAttempt
 from coalition.notifications.service import notify
-from tests.conftest import snapshot
+from tests.coalition.test_serving import BIN, clean_env, started
+from tests.conftest import TEST_SECRET, snapshot
 from tests.factories.mail import SmtpServer, html_text, plain_text
 from tests.factories.member_records import member_id, member_token
 from tests.factories.partner_api import enrol, publish
@@ -185,3 +191,47 @@ def test_a_bad_unsubscribe_link_changes_nothing(app, client, member, token) -> N
     assert client.post(f"/member/unsubscribe/{token}",
                        data={"List-Unsubscribe": "One-Click"}).status_code == 404
     assert snapshot(app) == before
+
+
+def test_a_worker_killed_mid_send_loses_no_email(app, member, database_url, tmp_path) -> None:
+    """40 e-mails to a relay that takes 50 ms each; the worker is killed with SIGKILL once
+    some have arrived, then started again: every e-mail arrives, and at most the one the
+    relay had taken when the kill came (sent, not yet recorded) arrives twice, with the
+    same Message-ID."""
+    me = member_id(member)
+    with SmtpServer(delay=0.05) as smtp:
+        # written while a relay is configured (as the app would, with the worker's setting)
+        app.config["SMTP_URL"] = smtp.url
+        try:
+            for n in range(40):
+                tell(me, f"voucher:{n}", "redemption", reward=f"Reward {n}", points=10)
+        finally:
+            app.config["SMTP_URL"] = None
+        env = clean_env(tmp_path, COALITION_ENV="testing",
+                        COALITION_DATABASE_URL=database_url,
+                        COALITION_SECRET_KEY=TEST_SECRET, COALITION_LOG_LEVEL="warning",
+                        COALITION_WORKER_POLL="0.05", COALITION_SMTP_URL=smtp.url,
+                        COALITION_MAIL_BATCH="5", COALITION_SMTP_TIMEOUT="5",
+                        COALITION_MAIL_BACKOFF="0.1")
+        with started([str(BIN / "coalition"), "worker"], env, tmp_path / "worker1.log",
+                     tmp_path) as first:
+            deadline = time.monotonic() + 30
+            while len(smtp.messages) < 8 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=10)
+        before_restart = len(smtp.messages)
+        assert 8 <= before_restart < 40, (tmp_path / "worker1.log").read_text()
+        # what was taken is leased for its send time; let the lease lapse
+        with db.engine.begin() as conn:
+            table = NotificationEmail.__table__
+            conn.execute(table.update().where(table.c.status == "pending")
+                         .values(next_attempt_at=table.c.created_at))
+        second = subprocess.run([str(BIN / "coalition"), "worker", "--until-idle"],
+                                env=env, cwd=tmp_path, capture_output=True, timeout=120)
+        assert second.returncode == 0, second.stderr.decode()
+        received = Counter(m["Message-ID"] for m in smtp.messages)
+    assert len(received) == 40
+    twice = [mid for mid, n in received.items() if n > 1]
+    assert len(twice) <= 1 and all(received[mid] == 2 for mid in twice), received
+    assert {status for status, _, _ in emails()} == {"sent"}

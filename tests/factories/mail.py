@@ -3,6 +3,7 @@ message it received, parsed."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from email import message_from_bytes, policy
@@ -21,7 +22,9 @@ def free_port() -> int:
 class Inbox:
     """The aiosmtpd handler: every message taken, in order, with its envelope."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0) -> None:
+        #: seconds each message takes to be taken (so that a test can stop a sender mid-way)
+        self.delay = delay
         self.messages: list[EmailMessage] = []
         self.recipients: list[list[str]] = []
         self.lock = threading.Lock()
@@ -31,6 +34,8 @@ class Inbox:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.refuse:
             return self.refuse
+        if self.delay:
+            await asyncio.sleep(self.delay)
         message = message_from_bytes(envelope.content, policy=policy.default)
         with self.lock:
             self.messages.append(message)  # type: ignore[arg-type]
@@ -39,8 +44,8 @@ class Inbox:
 
 
 class SmtpServer:
-    def __init__(self, port: int | None = None) -> None:
-        self.inbox = Inbox()
+    def __init__(self, port: int | None = None, delay: float = 0) -> None:
+        self.inbox = Inbox(delay)
         self.port = port or free_port()
         self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
 
