@@ -235,3 +235,24 @@ def test_a_worker_killed_mid_send_loses_no_email(app, member, database_url, tmp_
     twice = [mid for mid, n in received.items() if n > 1]
     assert len(twice) <= 1 and all(received[mid] == 2 for mid in twice), received
     assert {status for status, _, _ in emails()} == {"sent"}
+
+
+def test_the_ledger_check_accounts_for_every_attempt(app, smtp, member) -> None:
+    from coalition.ledger.check import check_ledger
+
+    tell(member_id(member), "expiry:2027-01-31:30")
+    smtp.inbox.refuse = "451 try later"
+    sender.send_some()
+    smtp.inbox.refuse = None
+    report = check_ledger()
+    assert report.check("emails_accounted").ok
+    assert report.check("emails_accounted").covered == {"emails": 1}
+    with db.engine.begin() as conn:  # an attempt lost, and "sent" without one taken
+        conn.execute(NotificationEmail.__table__.update().values(status="sent"))
+    [violation] = check_ledger().check("emails_accounted").violations
+    assert (violation["status"], violation["attempts"], violation["taken"]) == ("sent", 1, 0)
+    with db.engine.begin() as conn:
+        conn.execute(NotificationEmail.__table__.update().values(status="pending",
+                                                                 attempts=3))
+    [violation] = check_ledger().check("emails_accounted").violations
+    assert (violation["attempts"], violation["recorded"]) == (3, 1)
