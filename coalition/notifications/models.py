@@ -94,7 +94,8 @@ class NotificationEmail(Base):
     #: until when it is retried (set from the configured retry time)
     give_up_at: Mapped[Timestamp]
     sent_at: Mapped[Timestamp | None]
-    #: why it was not sent (``no_address``, ``not_wanted``, ``member_closed``)
+    #: why it was not sent (``no_address``, ``not_wanted``, ``member_closed``,
+    #: ``member_merged``: the survivor is told of what happens from then on)
     reason: Mapped[str | None] = mapped_column(String(32))
 
 

@@ -99,7 +99,7 @@ def claim(limit: int) -> list[Due]:
         skipped: dict[str, list[int]] = {}
         for row in rows:
             reason = (
-                "member_closed" if row.status != "active" else
+                f"member_{row.status}" if row.status != "active" else
                 "no_address" if not row.email else
                 None if preferences.wants(session, row.member_id, row.kind) else
                 "not_wanted")

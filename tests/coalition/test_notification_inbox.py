@@ -182,3 +182,18 @@ def test_a_closed_member_cannot_change_preferences(app, client, member) -> None:
     assert_error(client.put("/v1/me/preferences", json={"email_offers": True},
                             headers=headers), 409, "member_closed")
     assert snapshot(app) == before
+
+
+def test_the_record_of_consents_is_append_only(app, client, member) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from coalition.db import db
+
+    client.put("/v1/me/preferences", json={"email_offers": True},
+               headers=member_token(member))
+    for statement in ("UPDATE notification_consent SET granted = false",
+                      "DELETE FROM notification_consent"):
+        with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as conn:
+            conn.execute(text(statement))
+    assert [h["granted"] for h in preferences.history(member_id(member))] == [True]

@@ -20,6 +20,44 @@ depends_on = None
 
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
 
+# A member's choices about e-mails are a record of consent: the database itself refuses to
+# change or remove one (a new choice is a new row).
+CONSENT_TABLE = 'notification_consent'
+
+
+def _guard_consents() -> None:
+    if op.get_bind().dialect.name == 'postgresql':
+        op.execute(
+            """
+            CREATE FUNCTION coalition_consent_is_append_only() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'the record of consents is append-only: % on % refused',
+                    TG_OP, TG_TABLE_NAME USING ERRCODE = 'restrict_violation';
+            END $$
+            """
+        )
+        op.execute(
+            f"CREATE TRIGGER {CONSENT_TABLE}_append_only BEFORE UPDATE OR DELETE ON "
+            f"{CONSENT_TABLE} FOR EACH ROW EXECUTE FUNCTION coalition_consent_is_append_only()"
+        )
+    else:
+        for action in ('UPDATE', 'DELETE'):
+            op.execute(
+                f"CREATE TRIGGER {CONSENT_TABLE}_no_{action.lower()} BEFORE {action} ON "
+                f"{CONSENT_TABLE} BEGIN SELECT RAISE(ABORT, 'the record of consents is "
+                f"append-only'); END"
+            )
+
+
+def _unguard_consents() -> None:
+    if op.get_bind().dialect.name == 'postgresql':
+        op.execute(f"DROP TRIGGER IF EXISTS {CONSENT_TABLE}_append_only ON {CONSENT_TABLE}")
+        op.execute("DROP FUNCTION IF EXISTS coalition_consent_is_append_only()")
+    else:
+        for action in ('update', 'delete'):
+            op.execute(f"DROP TRIGGER IF EXISTS {CONSENT_TABLE}_no_{action}")
+
 
 def upgrade() -> None:
     op.create_table('notification_consent',
@@ -36,6 +74,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('notification_consent', schema=None) as batch_op:
         batch_op.create_index('ix_notification_consent_member_id_choice_id', ['member_id', 'choice', 'id'], unique=False)
+    _guard_consents()
 
     op.create_table('notification_email',
     sa.Column('id', BIG_ID, nullable=False),
@@ -75,6 +114,7 @@ def downgrade() -> None:
     with op.batch_alter_table('notification_email', schema=None) as batch_op:
         batch_op.drop_index('ix_notification_email_due')
     op.drop_table('notification_email')
+    _unguard_consents()
     with op.batch_alter_table('notification_consent', schema=None) as batch_op:
         batch_op.drop_index('ix_notification_consent_member_id_choice_id')
     op.drop_table('notification_consent')
