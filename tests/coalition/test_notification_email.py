@@ -256,3 +256,30 @@ def test_the_ledger_check_accounts_for_every_attempt(app, smtp, member) -> None:
                                                                  attempts=3))
     [violation] = check_ledger().check("emails_accounted").violations
     assert (violation["attempts"], violation["recorded"]) == (3, 1)
+
+
+def test_two_senders_share_the_outbox_and_send_each_email_once(app, smtp, member) -> None:
+    import threading
+
+    me = member_id(member)
+    for n in range(30):
+        tell(me, f"voucher:{n}", "redemption", reward=f"Reward {n}", points=10)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with app.app_context():
+                while sender.send_some(limit=3):
+                    pass
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    received = Counter(m["Message-ID"] for m in smtp.messages)
+    assert len(received) == 30 and set(received.values()) == {1}
+    assert {status for status, _, _ in emails()} == {"sent"}
