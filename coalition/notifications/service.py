@@ -51,10 +51,3 @@ def notify(session: Session, member_id: int, kind: str, key: str, data: dict[str
             next_attempt_at=now, give_up_at=now + retry_for))
     return True
 
-
-def notify_many(session: Session, rows: list[dict[str, Any]],
-                now: datetime | None = None) -> int:
-    """:func:`notify` for many members at once (``member_id, kind, key, data`` each), as
-    the jobs write them; how many were new."""
-    return sum(notify(session, row["member_id"], row["kind"], row["key"], row["data"], now)
-               for row in rows)

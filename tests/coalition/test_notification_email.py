@@ -283,3 +283,19 @@ def test_two_senders_share_the_outbox_and_send_each_email_once(app, smtp, member
     received = Counter(m["Message-ID"] for m in smtp.messages)
     assert len(received) == 30 and set(received.values()) == {1}
     assert {status for status, _, _ in emails()} == {"sent"}
+
+
+def test_a_merged_members_pending_emails_are_not_sent(app, smtp, client, make_partner,
+                                                      member) -> None:
+    from coalition.ledger import merge
+
+    survivor = enrol(client, make_partner("beta")[1], "s1", email="ann.b@example.com")
+    tell(member_id(member), "expiry:2027-01-31:30")
+    merge.merge(member, survivor, operator="test")
+    drain()
+    assert smtp.messages == []
+    assert emails() == [("skipped", 0, "member_merged")]
+    # the survivor is told from then on, at its own address
+    tell(member_id(survivor), "expiry:2027-01-31:30")
+    drain()
+    assert [m["To"] for m in smtp.messages] == ["ann.b@example.com"]
