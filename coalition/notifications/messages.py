@@ -65,7 +65,12 @@ def text(kind: str, data: dict[str, Any]) -> str:
         plan = data.get("plan") or "your membership"
         return f"There is news about {plan}: see your account page."
     if kind == "claim_answered":
-        outcome = data.get("outcome") or data.get("status") or "answered"
-        partner = data.get("partner_name") or data.get("partner") or "The partner"
-        return f"{partner} {outcome} your missing-points claim."
+        partner = data.get("partner_name") or data.get("partner") or "the partner"
+        status = data.get("status") or "answered"
+        said = f"Your missing-points claim at {partner} was {status}"
+        if status == "confirmed" and data.get("points"):
+            return f"{said}: {_points(data['points'])} points are booked."
+        if data.get("reason"):
+            return f"{said}: {data['reason']}"
+        return f"{said}."
     return "See your account page."

@@ -197,3 +197,18 @@ def test_the_record_of_consents_is_append_only(app, client, member) -> None:
         with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as conn:
             conn.execute(text(statement))
     assert [h["granted"] for h in preferences.history(member_id(member))] == [True]
+
+
+def test_what_each_kind_says() -> None:
+    from coalition.notifications.messages import text, title
+
+    assert text("claim_answered", {"partner": "northwind", "status": "confirmed",
+                                   "points": 1200}) == (
+        "Your missing-points claim at northwind was confirmed: 1,200 points are booked.")
+    assert text("claim_answered", {"partner": "northwind", "status": "refused",
+                                   "reason": "No such receipt."}) == (
+        "Your missing-points claim at northwind was refused: No such receipt.")
+    assert title("offer", {"title": "Double points"}) == "Double points"
+    assert text("membership", {"text": "Your Club plan renews on 1 March."}) == (
+        "Your Club plan renews on 1 March.")
+    assert title("tier_changed", {"to": "gold"}) == "You are now Gold"
