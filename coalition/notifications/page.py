@@ -44,8 +44,9 @@ def _member() -> int:
 def unread_badge() -> dict[str, Any]:
     """``inbox_unread`` for the member pages' navigation: unread notifications of the
     member signed in (the page's own view has just proven or refreshed the token)."""
-    if request.blueprint not in ("member_page", "notify_page"):
-        return {}
+    blueprint = request.blueprint or ""
+    if not (blueprint.startswith("member") or blueprint == bp.name):
+        return {}  # the member pages' blueprints only (member_page, member_claims, …)
     tokens = session.get("member_tokens")
     principal = principal_for(tokens["access_token"]) if tokens else None
     if principal is None or principal.member_id is None:
