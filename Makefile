@@ -30,7 +30,7 @@ run: $(STAMP)
 	@echo "In another terminal, in this folder:"
 	@echo "  . $(BIN)/activate                    # puts 'coalition' on the PATH"
 	@echo "  coalition finance user create fiona --name \"Fiona Ledger\"   # a finance user"
-	@echo "The worker (webhook deliveries, batch files) runs alongside and stops with the server."
+	@echo "The worker (webhook deliveries, batch files, e-mails) runs alongside and stops with the server."
 	@echo
 	export COALITION_ENV=$${COALITION_ENV:-development}; \
 	$(BIN)/coalition worker & worker=$$!; \

@@ -129,6 +129,37 @@ def _addresses(value: Any) -> tuple[str, ...]:
     return tuple(networks)
 
 
+SMTP_SCHEMES = ("smtp", "smtps", "smtp+starttls")
+
+
+def _smtp_url(value: Any) -> str:
+    text = str(value).strip()
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        raise ValueError("the port is not a number") from None
+    if parts.scheme not in SMTP_SCHEMES or not parts.hostname:
+        raise ValueError("expected smtp://host:port, smtps://host:port or "
+                         "smtp+starttls://host:port (user:password@ before the host)")
+    return text
+
+
+def _http_url(value: Any) -> str:
+    text = str(value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL")
+    return text
+
+
+def _mail_address(value: Any) -> str:
+    text = str(value).strip()
+    if "@" not in text or "\n" in text or "\r" in text:
+        raise ValueError("expected an e-mail address, e.g. Coalition <no-reply@example.com>")
+    return text
+
+
 def _secret(value: Any) -> str:
     text = str(value)
     if len(text) < 16:
@@ -229,6 +260,25 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a receiver has to answer a webhook delivery"),
     Setting("WEBHOOK_CONCURRENCY", _positive_int, 8,
             "webhook deliveries the worker sends at once"),
+    Setting("SMTP_URL", _smtp_url, None,
+            "the SMTP relay of members' e-mails: smtp://host:port, smtps://host:port "
+            "(TLS) or smtp+starttls://host:port, with user:password@ before the host when "
+            "it needs them; default: none, members are told in their inbox only"),
+    Setting("MAIL_FROM", _mail_address, "Coalition <no-reply@coalition.example>",
+            "the From of members' e-mails (its domain ends every Message-ID)"),
+    Setting("PUBLIC_URL", _http_url, "http://127.0.0.1:5000",
+            "where members reach this service, for the links in e-mails (unsubscribe)"),
+    Setting("MAIL_RETRY_FOR", _positive_int, 2 * 24 * 3600,
+            "seconds an e-mail is retried before it is given up as failed"),
+    Setting("MAIL_BACKOFF", _positive_number, 30,
+            "seconds before an e-mail's first retry; each retry waits about twice as long "
+            "as the one before (with jitter)"),
+    Setting("MAIL_MAX_BACKOFF", _positive_number, 3600,
+            "the longest wait between two attempts of one e-mail, seconds"),
+    Setting("SMTP_TIMEOUT", _positive_number, 20,
+            "seconds the SMTP relay has to take one e-mail"),
+    Setting("MAIL_BATCH", _positive_int, 20,
+            "e-mails the worker takes at once (sent over one SMTP connection)"),
     Setting("BATCH_MAX_BYTES", _positive_int, 64 * 1024 * 1024,
             "largest batch file, bytes (other request bodies: MAX_CONTENT_LENGTH)"),
     Setting("BATCH_CONCURRENCY", _positive_int, 8,
@@ -243,7 +293,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-_SECRET_SETTINGS = {"SECRET_KEY", "DATABASE_URL", "DATABASE_REPLICA_URL", "RATE_LIMIT_STORAGE"}
+_SECRET_SETTINGS = {"SECRET_KEY", "DATABASE_URL", "DATABASE_REPLICA_URL", "RATE_LIMIT_STORAGE",
+                    "SMTP_URL"}
 
 
 def source_checkout() -> Path | None:

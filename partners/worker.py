@@ -1,11 +1,13 @@
 """``coalition worker``: the process that works outside requests, so that no receiver and
 no file ever slows the booking path. It sends webhook deliveries (a pool of threads, so a
-slow receiver holds up only its own delivery) and books uploaded batch files.
+slow receiver holds up only its own delivery), books uploaded batch files and sends
+members' e-mails (when an SMTP relay is configured).
 
 Every step leaves the database consistent when the process is killed at any moment
 (SIGKILL included): deliveries are taken with a lease and sent at least once
-(:mod:`partners.delivery`); a batch row's outcome is written with its booking
-(:mod:`partners.batches`). SIGTERM and SIGINT stop it after the step in hand.
+(:mod:`partners.delivery`), and so are e-mails (:mod:`coalition.notifications.sender`);
+a batch row's outcome is written with its booking (:mod:`partners.batches`). SIGTERM and
+SIGINT stop it after the step in hand.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
+from coalition.notifications import sender as mail
 from partners import batches, delivery
 
 log = logging.getLogger("coalition.worker")
@@ -79,8 +82,8 @@ def _loop(app: Flask, stop: threading.Event, step: Callable[[float], bool],
 
 
 def run(app: Flask, stop: threading.Event, until_idle: bool = False) -> None:
-    """Send deliveries and book batches until ``stop`` is set (or, ``until_idle``, until
-    neither has anything left to do)."""
+    """Send deliveries, book batches and send e-mails until ``stop`` is set (or,
+    ``until_idle``, until none has anything left to do)."""
     sender = Deliveries(app)
     threads = [
         threading.Thread(target=_loop, name="deliveries", daemon=True, args=(
@@ -88,6 +91,9 @@ def run(app: Flask, stop: threading.Event, until_idle: bool = False) -> None:
             (lambda: not sender.inflight) if until_idle else None)),
         threading.Thread(target=_loop, name="batches", daemon=True, args=(
             app, stop, lambda _wait: batches.book_some(),
+            (lambda: True) if until_idle else None)),
+        threading.Thread(target=_loop, name="e-mails", daemon=True, args=(
+            app, stop, lambda _wait: mail.send_some(),
             (lambda: True) if until_idle else None)),
     ]
     for thread in threads:
@@ -104,7 +110,8 @@ def run(app: Flask, stop: threading.Event, until_idle: bool = False) -> None:
                    "running until SIGTERM.")
 @with_appcontext
 def worker_command(until_idle: bool) -> None:
-    """Deliver webhooks and book batch files (a process of its own in production)."""
+    """Deliver webhooks, book batch files and send members' e-mails (a process of its own
+    in production)."""
     app: Any = current_app._get_current_object()  # type: ignore[attr-defined]
     stop = threading.Event()
 
@@ -114,5 +121,6 @@ def worker_command(until_idle: bool) -> None:
 
     signal.signal(signal.SIGTERM, stopping)
     signal.signal(signal.SIGINT, stopping)
-    click.echo("coalition worker: delivering webhooks and booking batch files", err=True)
+    click.echo("coalition worker: delivering webhooks, booking batch files and sending "
+               "e-mails", err=True)
     run(app, stop, until_idle=until_idle)

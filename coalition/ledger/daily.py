@@ -1,4 +1,5 @@
-"""The daily job: birthday bonuses and tier downgrades for a day; safe to rerun.
+"""The daily job: birthday bonuses, tier downgrades and notices of points about to expire
+for a day; safe to rerun.
 
 Candidates are found with set-based queries (keyset pages of
 :data:`~coalition.ledger.batch.BATCH` members); each page is then handled in one
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,10 +23,17 @@ from coalition.db import UnitOfWork, Units, read
 from coalition.ledger import tiers
 from coalition.ledger.batch import BATCH, Batch, run_pages
 from coalition.ledger.bonuses import birthday_conditions, grant_birthdays
-from coalition.ledger.models import Member
+from coalition.ledger.expiring import by_date
+from coalition.ledger.models import Lot, Member
+from coalition.notifications.service import notify
 from coalition.program.service import Rules, rules_in_force
 
 _m = Member.__table__.c
+_lot = Lot.__table__.c
+
+#: days before an expiry date that the member is told, widest first: a date within the
+#: narrower notice is told once, as that one (a member is never told twice in one run)
+EXPIRY_NOTICES = (30, 7)
 
 #: ``progress(step, done, total)``: before the step's first member and after each batch
 Progress = Callable[[str, int, int], None]
@@ -40,6 +48,8 @@ class DailySummary:
     tier_downgrades: int = 0
     #: ``{"gold>silver": 3}``: members moved down, by from and to tier
     downgrades: dict[str, int] = field(default_factory=dict)
+    #: notifications of points about to expire written by this run (a rerun writes none)
+    expiry_notices: int = 0
     #: members the job could not handle, with why
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -49,11 +59,12 @@ class DailySummary:
 
 def daily(as_of: date, progress: Progress | None = None, *,
           units: Units = UnitOfWork, batch: int = BATCH, workers: int = 1) -> DailySummary:
-    """Birthday bonuses and tier downgrades for ``as_of`` (a UTC date), ``batch`` members
-    per transaction, ``workers`` transactions at once; safe to rerun."""
+    """Birthday bonuses, tier downgrades and expiry notices for ``as_of`` (a UTC date),
+    ``batch`` members per transaction, ``workers`` transactions at once; safe to rerun."""
     summary = DailySummary(as_of=as_of)
     _birthdays(as_of, summary, progress, units, batch, workers)
     _downgrades(as_of, summary, progress, units, batch, workers)
+    _expiry_notices(as_of, summary, progress, units, batch)
     summary.failures.sort(key=lambda failure: failure["member_id"])
     return summary
 
@@ -150,3 +161,61 @@ def _downgrade(member_ids: list[int], rules: Rules, now: datetime,
         moved = tiers.downgrades(session, active, rules, now)
         uow.commit()
         return moved
+
+
+def _expiry_notices(as_of: date, summary: DailySummary, progress: Progress | None,
+                    units: Units, batch: int) -> None:
+    """Tell each active member of the points that expire on each date in the next
+    :data:`EXPIRY_NOTICES` days: one notification per member, date and notice
+    (``expiry:2027-01-31:30``), written at most once however often the job runs, and with
+    how many points expire then (as of this run). A date 7 days or less away is told as the
+    7-day notice only; a day the job did not run is caught up by the next run."""
+    start = datetime.combine(as_of + timedelta(days=1), time(), UTC)
+    end = datetime.combine(as_of + timedelta(days=max(EXPIRY_NOTICES) + 1), time(), UTC)
+    expiring = [_lot.state == "live", _lot.remaining > 0, _lot.expires_at >= start,
+                _lot.expires_at < end]
+    members = (select(_lot.member_id).distinct()
+               .join(Member.__table__, _m.id == _lot.member_id)
+               .where(*expiring, _m.status == "active"))
+    with read() as session:
+        total = session.scalar(select(func.count()).select_from(members.subquery())) or 0
+    if progress:
+        progress("expiry notices", 0, total)
+    after, done = 0, 0
+    while True:
+        with read() as session:
+            page = list(session.scalars(members.where(_lot.member_id > after)
+                                        .order_by(_lot.member_id).limit(batch)))
+        if not page:
+            return
+        summary.expiry_notices += _notify_expiring(page, as_of, expiring, units)
+        after, done = page[-1], done + len(page)
+        if progress:
+            progress("expiry notices", done, max(total, done))
+
+
+def _notify_expiring(member_ids: list[int], as_of: date, expiring: list[Any],
+                     units: Units) -> int:
+    """One page: the members' live points by expiry moment, summed per UTC date, each
+    date told once per notice."""
+    written = 0
+    with units() as uow:
+        session = uow.session
+        moments: dict[int, list[tuple[datetime, int]]] = {}
+        for member_id, moment, points in session.execute(
+                select(_lot.member_id, _lot.expires_at, func.sum(_lot.remaining))
+                .where(*expiring, _lot.member_id.in_(member_ids))
+                .group_by(_lot.member_id, _lot.expires_at)
+                .order_by(_lot.member_id, _lot.expires_at)):
+            moments.setdefault(member_id, []).append((moment, int(points)))
+        for member_id, rows in moments.items():
+            for day in by_date(rows, limit=max(EXPIRY_NOTICES) + 1):
+                days = (day["date"] - as_of).days
+                notice = min(n for n in EXPIRY_NOTICES if days <= n)
+                written += notify(
+                    session, member_id, "points_expiring",
+                    f"expiry:{day['date'].isoformat()}:{notice}",
+                    {"points": day["points"], "date": day["date"].isoformat(),
+                     "days": days, "expires_at": day["expires_at"].isoformat()})
+        uow.commit()
+    return written

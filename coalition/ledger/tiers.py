@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from coalition.clock import add_months
 from coalition.ledger.models import Entry, Member
+from coalition.notifications.service import notify
 from coalition.program.service import Rules
 
 #: the tier year: qualifying points are those booked in the months before now
@@ -115,6 +116,17 @@ def upgrade(session: Session, member_id: int, tier: str, rules: Rules, now: date
     if rank(rules, target, unknown=0) > current:
         session.execute(update(Member.__table__).where(_m.id == member_id)
                         .values(tier=target))
+        tell(session, member_id, tier, target, rules, now)
+
+
+def tell(session: Session, member_id: int, old: str, new: str, rules: Rules,
+         now: datetime) -> None:
+    """The member's notification of a move, once per move and day."""
+    names = {t["code"]: t["name"] for t in rules["tiers"]}
+    up = rank(rules, new, unknown=0) > rank(rules, old, unknown=0)
+    notify(session, member_id, "tier_changed", f"tier:{now.date().isoformat()}:{old}>{new}",
+           {"from": old, "to": new, "from_name": names.get(old, old),
+            "to_name": names.get(new, new), "direction": "up" if up else "down"}, now)
 
 
 def downgrades(session: Session, tiers: dict[int, str], rules: Rules,
@@ -135,6 +147,8 @@ def downgrades(session: Session, tiers: dict[int, str], rules: Rules,
             .where(_m.id == bindparam("b_member"), _m.tier == bindparam("b_from"))
             .values(tier=bindparam("b_to")),
             [{"b_member": m, "b_from": old, "b_to": new} for m, (old, new) in moved.items()])
+        for member_id, (old, new) in moved.items():
+            tell(session, member_id, old, new, rules, now)
     return moved
 
 

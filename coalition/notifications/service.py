@@ -1,30 +1,53 @@
 """Telling a member: :func:`notify` writes the notification in the transaction of what it
 reports, once per member and event however often that is reported (a retried job, a
-replayed request)."""
+replayed request), and, when e-mail is configured (``SMTP_URL``), its e-mail in the outbox
+in the same statement's transaction.
+
+Whether that e-mail is sent (the member has an address, wants this kind, has an open
+account) is decided by the sender when it takes it (:mod:`coalition.notifications.sender`),
+so a choice made after the event still counts. One notification per member and event and
+one e-mail per notification (a unique key on each) is what makes "never twice per member
+and event" hold; the sender's lease and retries make "at least once" hold.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from flask import current_app, has_app_context
+from sqlalchemy import insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from coalition import clock
-from coalition.notifications.models import KINDS, Notification
+from coalition.notifications.models import KINDS, Notification, NotificationEmail
 
 _TABLE = Notification.__table__
 
 
+def email_configured() -> bool:
+    return has_app_context() and bool(current_app.config.get("SMTP_URL"))
+
+
 def notify(session: Session, member_id: int, kind: str, key: str, data: dict[str, Any],
            now: datetime | None = None) -> bool:
-    """Write the notification unless this member was already told of ``key``; whether it
-    was written."""
+    """Write the notification unless this member was already told of ``key`` (and its
+    e-mail with it when e-mail is configured); whether it was written."""
     assert kind in KINDS, kind
+    now = now or clock.utcnow()
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     written = session.execute(
         dialect.insert(_TABLE).values(member_id=member_id, kind=kind, key=key, data=data,
-                                      created_at=now or clock.utcnow())
+                                      created_at=now)
         .on_conflict_do_nothing(index_elements=["member_id", "key"])
         .returning(_TABLE.c.id)).first()
-    return written is not None
+    if written is None:
+        return False
+    if email_configured():
+        retry_for = timedelta(seconds=current_app.config["MAIL_RETRY_FOR"])
+        session.execute(insert(NotificationEmail.__table__).values(
+            notification_id=written[0], status="pending", attempts=0, created_at=now,
+            next_attempt_at=now, give_up_at=now + retry_for))
+    return True
+

@@ -123,6 +123,14 @@ def test_environment_overrides_every_default(tmp_path):
         "COALITION_BATCH_MAX_BYTES": "4096",
         "COALITION_BATCH_CONCURRENCY": "2",
         "COALITION_WORKER_POLL": "0.25",
+        "COALITION_SMTP_URL": "smtp+starttls://mailer:pw@smtp.internal:587",
+        "COALITION_MAIL_FROM": "Points <points@example.com>",
+        "COALITION_PUBLIC_URL": "https://points.example.com/",
+        "COALITION_MAIL_RETRY_FOR": "3600",
+        "COALITION_MAIL_BACKOFF": "5",
+        "COALITION_MAIL_MAX_BACKOFF": "120",
+        "COALITION_SMTP_TIMEOUT": "7",
+        "COALITION_MAIL_BATCH": "4",
         "ACCESS_TOKEN_LIFETIME": "1",  # not prefixed: ignored
     }
     assert load_settings(tmp_path, environ=environ) == {
@@ -167,6 +175,14 @@ def test_environment_overrides_every_default(tmp_path):
         "BATCH_MAX_BYTES": 4096,
         "BATCH_CONCURRENCY": 2,
         "WORKER_POLL": 0.25,
+        "SMTP_URL": "smtp+starttls://mailer:pw@smtp.internal:587",
+        "MAIL_FROM": "Points <points@example.com>",
+        "PUBLIC_URL": "https://points.example.com",
+        "MAIL_RETRY_FOR": 3600,
+        "MAIL_BACKOFF": 5,
+        "MAIL_MAX_BACKOFF": 120,
+        "SMTP_TIMEOUT": 7,
+        "MAIL_BATCH": 4,
         "PASSWORD_HASHING": "full",  # production takes no other (test_passwords.py)
     }
 
@@ -187,6 +203,13 @@ def test_explicit_overrides_beat_the_environment(tmp_path):
     ("DATABASE_URL", "postgresql+psycopg2://u@h/db",
      "PostgreSQL URLs must use the psycopg 3 driver: postgresql+psycopg://"),
     ("SECRET_KEY", "short", "must be at least 16 characters"),
+    ("SMTP_URL", "http://mail:25", "expected smtp://host:port, smtps://host:port or "
+                                   "smtp+starttls://host:port (user:password@ before the "
+                                   "host)"),
+    ("SMTP_URL", "smtp://mail:x", "the port is not a number"),
+    ("MAIL_FROM", "nobody", "expected an e-mail address, e.g. Coalition "
+                            "<no-reply@example.com>"),
+    ("PUBLIC_URL", "points.example.com", "expected an http:// or https:// URL"),
     ("ACCESS_TOKEN_LIFETIME", "abc", "expected a whole number"),
     ("ACCESS_TOKEN_LIFETIME", "1.5", "expected a whole number"),
     ("ACCESS_TOKEN_LIFETIME", "", "expected a whole number"),
@@ -219,7 +242,7 @@ def test_malformed_environment_variable_is_named(tmp_path, name, value, reason):
     with pytest.raises(ConfigError) as caught:
         load_settings(tmp_path, environ={**DEV, f"COALITION_{name}": value})
     # secrets and database URLs (which may carry a password) are never echoed back
-    hidden = ("SECRET_KEY", "DATABASE_URL", "RATE_LIMIT_STORAGE")
+    hidden = ("SECRET_KEY", "DATABASE_URL", "RATE_LIMIT_STORAGE", "SMTP_URL")
     shown = "(hidden)" if name in hidden else repr(value)
     assert str(caught.value) == f"invalid configuration: COALITION_{name}={shown}: {reason}"
 

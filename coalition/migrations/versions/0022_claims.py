@@ -1,7 +1,7 @@
 """missing-points claims: one per partner and receipt, answered once
 
 Revision ID: 0022_claims
-Revises: 0017_notifications
+Revises: 0021_notify_email
 Create Date: 2026-12-05 04:00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import coalition.db
 
 revision = '0022_claims'
-down_revision = '0017_notifications'
+down_revision = '0021_notify_email'
 branch_labels = None
 depends_on = None
 
