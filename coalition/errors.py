@@ -92,3 +92,10 @@ class TransferLimit(Conflict):
     the maximum, or over the sender's daily allowance)."""
 
     code = "transfer_limit"
+
+
+class MembershipActive(Conflict):
+    """The member already holds a paid membership in force (cancelled or not): one plan at
+    a time."""
+
+    code = "membership_active"

@@ -58,6 +58,7 @@ def test_before_anything_is_published_the_defaults_show_as_version_0(client):
         "settlement_model": "operator",
         "late_posting_days": 30,
         "terms": "",
+        "memberships": [],
     }
 
 
