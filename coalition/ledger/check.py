@@ -223,7 +223,7 @@ def _entries_balance(conn: Connection, limit: int) -> CheckResult:
         .where(or_(postings < 2, total != 0),
                # a membership sold for money moves no points: the entry carries the money
                ~and_(postings == 0, _e.kind == "membership", _e.points == 0,
-                     _e.spend_amount > 0))
+                     _e.spend_amount > Decimal(0)))
     ), [_e.id], limit)
     result.found(count, [
         {"problem": "unbalanced" if row["sum"] else "too few postings", **row,

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select
-from sqlalchemy.orm import aliased
 
 from coalition.ledger.check import CheckResult
 from coalition.ledger.models import Entry, Member, Posting
@@ -66,13 +65,12 @@ def memberships_agree(conn: Connection, limit: int) -> CheckResult:
     ).mappings():
         found.append({"problem": "membership entry pays for no membership period", **row})
 
-    after = aliased(Membership)
-    nxt = after.__table__.c
+    after = Membership.__table__.alias("next")
+    nxt = after.c
     for row in conn.execute(
         select(_t.id.label("membership_id"), _t.member_id, _t.ends_at,
                nxt.id.label("next_id"), nxt.starts_at.label("next_starts_at"))
-        .select_from(Membership.__table__.outerjoin(after.__table__,
-                                                    nxt.renews_id == _t.id))
+        .select_from(Membership.__table__.outerjoin(after, nxt.renews_id == _t.id))
         .where(or_(and_(_t.status == "renewed",
                         or_(nxt.id.is_(None), nxt.starts_at != _t.ends_at)),
                    and_(_t.status != "renewed", nxt.id.is_not(None))))

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from coalition.errors import InvalidRequest
+from coalition.money import round_money
 from coalition.program.service import Rules
 
 
@@ -25,8 +26,9 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "name": self.name, "description": self.description,
                 "price_points": self.price_points,
-                "price": None if self.price_amount is None else {
-                    "amount": self.price_amount, "currency": self.price_currency},
+                "price": None if self.price_amount is None or self.price_currency is None
+                else {"amount": round_money(self.price_amount, self.price_currency),
+                      "currency": self.price_currency},
                 "period_months": self.period_months, "multiplier": self.multiplier,
                 "auto_renew_default": self.auto_renew_default}
 

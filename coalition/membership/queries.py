@@ -18,6 +18,7 @@ from coalition.db import read
 from coalition.ledger.models import Member
 from coalition.membership.models import CURRENT, IN_FORCE, Membership, in_force
 from coalition.models import Partner
+from coalition.money import round_money
 
 _t = Membership.__table__.c
 
@@ -66,8 +67,9 @@ def render(session: Session, row: Membership, now: datetime) -> dict[str, Any]:
         "starts_at": row.starts_at, "ends_at": row.ends_at,
         "period_months": row.period_months, "multiplier": row.multiplier,
         "paid_with": row.paid_with, "points": row.points if row.paid_with == "points" else None,
-        "price": None if row.price_amount is None else {
-            "amount": row.price_amount, "currency": row.price_currency},
+        "price": None if row.price_amount is None or row.price_currency is None else {
+            "amount": round_money(row.price_amount, row.price_currency),
+            "currency": row.price_currency},
         "partner": partner, "entry_id": row.entry_id,
         "cancelled_at": row.cancelled_at, "ended_at": row.ended_at,
     }

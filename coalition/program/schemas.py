@@ -7,6 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from coalition.money import round_money
 from coalition.schemas import (
     MAX_POINTS,
     Currency,
@@ -76,6 +77,12 @@ class HoldRulesSchema(StrictSchema):
 class PriceSchema(StrictSchema):
     amount = DecimalString(required=True, positive=True, places=4, max_digits=12)
     currency = Currency(required=True)
+
+    @validates_schema
+    def _minor_unit(self, data: dict[str, Any], **kwargs: Any) -> None:
+        amount, currency = data.get("amount"), data.get("currency")
+        if amount is not None and currency and amount != round_money(amount, currency):
+            raise ValidationError({"amount": [f"At most the minor unit of {currency}."]})
 
 
 class MembershipPlanSchema(StrictSchema):

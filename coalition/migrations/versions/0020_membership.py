@@ -49,8 +49,8 @@ def _set_checks(widen: bool) -> None:
         if not widen:
             old, new = new, old
         if bind.dialect.name == 'postgresql':
-            op.drop_constraint(name, table, type_='check')
-            op.create_check_constraint(name, table, new)
+            op.drop_constraint(op.f(name), table, type_='check')
+            op.create_check_constraint(op.f(name), table, new)
             continue
         sql = bind.exec_driver_sql(
             "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
