@@ -31,7 +31,6 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
-    func,
     select,
     text,
 )
@@ -108,5 +107,5 @@ def in_force(member_id: Any, at: Any) -> Any:
 def multiplier_in_force(member_id: Any) -> Any:
     """SQL, a scalar: the earn multiplier of the member's plan in force at the bound
     ``now`` (NULL without one), for a booking's first read to carry."""
-    return (select(func.max(_t.multiplier)).where(in_force(member_id, bindparam("now")))
-            .scalar_subquery())
+    return (select(_t.multiplier).where(in_force(member_id, bindparam("now")))
+            .order_by(_t.starts_at.desc()).limit(1).scalar_subquery())
