@@ -139,6 +139,13 @@ def test_memberships_in_a_hand_worked_period(app, client, make_partner, operator
         - Decimal(roll["recognised_on_redemption"]) - Decimal(roll["recognised_as_breakage"]) \
         + Decimal(roll["estimate_change"]) == Decimal(roll["closing"])
 
+    # analytics: the membership's points are redeemed by the coalition, in its own row
+    month = start.strftime("%Y-%m")
+    months = client.get(f"/v1/analytics?from={month}&to={month}",
+                        headers=operator_headers).get_json()["months"]
+    redeemed = {m["partner"]: m["redeemed"] for m in months if m["month"] == month}
+    assert (redeemed["coalition"], redeemed["fuel"], redeemed["grocer"]) == (500, 200, 0)
+
     closed = client.post(f"/v1/settlement/runs/{run['id']}/close", headers=operator_headers)
     assert closed.status_code == 200, closed.get_json()
     assert closed.get_json()["digest"] == run["digest"]
