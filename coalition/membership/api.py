@@ -18,7 +18,7 @@ from coalition.ledger.booking import PartnerRef
 from coalition.ledger.idempotency import Outcome
 from coalition.member.ledger_api import IdempotencyHeaderSchema
 from coalition.membership import changes, purchase, queries
-from coalition.membership.plans import plans
+from coalition.membership.plans import plans_on_sale
 from coalition.membership.schemas import (
     BuyRequestSchema,
     ChangeRequestSchema,
@@ -29,7 +29,6 @@ from coalition.membership.schemas import (
     PurchaseSchema,
 )
 from coalition.oauth.server import current_principal
-from coalition.program.service import current_rules
 
 blp = Blueprint("memberships", __name__, url_prefix="/v1",
                 description="Paid membership: plans, a member's memberships, partner sales")
@@ -65,8 +64,7 @@ class Plans(MethodView):
     @blp.response(200, PlansSchema)
     def get(self) -> dict[str, Any]:
         """The paid membership plans on sale (public)."""
-        rules = current_rules()
-        return {"version": rules.version, "plans": [p.to_dict() for p in plans(rules)]}
+        return plans_on_sale()
 
 
 @blp.route("/me/memberships")

@@ -8,7 +8,7 @@ from typing import Any
 
 from coalition.errors import InvalidRequest
 from coalition.money import round_money
-from coalition.program.service import Rules
+from coalition.program.service import Rules, current_rules
 
 
 @dataclass(frozen=True)
@@ -57,3 +57,9 @@ def plan_of(rules: Rules, code: str, field_name: str = "plan") -> Plan:
             return plan
     message = f"No membership plan {code!r}."
     raise InvalidRequest(message, errors={field_name: [message]})
+
+
+def plans_on_sale() -> dict[str, Any]:
+    """The plans of the rules in force, with their version: ``GET /v1/program/memberships``."""
+    rules = current_rules()
+    return {"version": rules.version, "plans": [plan.to_dict() for plan in plans(rules)]}

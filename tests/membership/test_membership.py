@@ -373,3 +373,38 @@ def test_the_ledger_check_finds_a_period_its_entry_does_not_pay_for(app, client,
     assert not check.ok
     assert check.violations[0]["problem"].startswith("membership period and the entry")
     assert check.violations[0]["points"] == 400
+
+
+def test_a_daily_run_killed_half_way_is_finished_by_the_next(app, client, acme,
+                                                            monkeypatch):
+    from coalition.membership import renewal
+
+    _, headers = acme
+    ann = member_with(client, headers, "ann", 1000)
+    bob = member_with(client, headers, "bob", 1000)
+    assert buy(client, ann).status_code == 201
+    assert buy(client, bob).status_code == 201
+    day = rows(ann)[0].ends_at.date()
+    started = []
+    real_start = renewal.start
+
+    def killed_at_the_second(*args, **kwargs):
+        started.append(1)
+        if len(started) == 2:
+            raise KeyboardInterrupt  # the process dies in bob's page
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(renewal, "start", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        daily(day, batch=1)
+    monkeypatch.setattr(renewal, "start", real_start)
+    assert [r.status for r in rows(ann)] == ["renewed", "active"]
+    assert [r.status for r in rows(bob)] == ["active"]  # its page rolled back whole
+    assert len(entries_of(member_id(bob), "membership")) == 1
+    assert_clean()
+
+    summary = daily(day, batch=1)
+    assert (summary.memberships_renewed, summary.memberships_lapsed) == (1, 0)
+    assert [r.status for r in rows(bob)] == ["renewed", "active"]
+    assert len(entries_of(member_id(ann), "membership")) == 2
+    assert_clean()
