@@ -83,6 +83,8 @@ def test_buy_the_same_form_twice_buys_once(live_server, ada):
     assert "it was done once" in again.text
     assert len(rows(ada.member_number)) == 1
     assert 'data-testid="available">750<' in again.text
+    home = browser.get(f"{live_server.url}/member", timeout=10)
+    assert "Paid membership" in home.text  # the purchase in the member's history
 
 
 def test_membership_in_a_real_browser(chromium, backend, live_server, ada):
