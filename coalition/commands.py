@@ -265,8 +265,8 @@ def member_merge(absorbed: str, survivor: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @with_appcontext
 def daily_command(as_of: str | None, batch: int, workers: int, as_json: bool) -> None:
-    """Birthday bonuses, tier downgrades and notices of points about to expire for a day
-    (safe to rerun)."""
+    """Birthday bonuses, tier downgrades, notices of points about to expire, memberships
+    renewed or lapsed, for a day (safe to rerun)."""
 
 
     today = utcnow().date()
@@ -294,6 +294,8 @@ def daily_command(as_of: str | None, batch: int, workers: int, as_json: bool) ->
          f"{plural(summary.tier_members_checked, 'member')} above the first tier"
          + "".join(f"\n    {step}: {n}" for step, n in sorted(summary.downgrades.items()))
          + f"\n  expiry notices:   {summary.expiry_notices}"
+         + f"\n  memberships:      {summary.memberships_renewed} renewed "
+         f"({plural(summary.membership_points, 'point')}), {summary.memberships_lapsed} lapsed"
          + "".join(f"\n  FAILED member {f['member_id']} ({f['step']}): {f['error']}"
                    for f in summary.failures))
     if summary.failures:

@@ -110,3 +110,8 @@ class ClaimLimit(Conflict):
     """A member with as many open claims as the program allows."""
 
     code = "claim_limit"
+class MembershipActive(Conflict):
+    """The member already holds a paid membership in force (cancelled or not): one plan at
+    a time."""
+
+    code = "membership_active"

@@ -304,6 +304,10 @@ def demo_load(with_history: bool, history_file: Path | None, as_json: bool) -> N
                    f"{plural(len(history['members']), 'member')} from {history_file}:")
         for handle, number in history["members"].items():
             click.echo(f"  {handle:<10} member_number={number}")
+        if "membership" in history:
+            held = history["membership"]
+            click.echo(f"  {held['member']} holds the {held['plan']} membership until "
+                       f"{held['ends_at']}")
         if history["claims"]:
             click.echo(f"{plural(history['claims'], 'missing-points claim')} open at "
                        f"{result['portal']['partner']}, to answer in its portal.")

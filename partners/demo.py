@@ -1,8 +1,8 @@
 """A demo coalition: an operator client, two merchants and a charity, with rate cards, a
-partner portal account at the first merchant, and optionally a history of transactions
-(``docs/samples/demo-transactions.csv``) and two missing-points claims open at the first
-merchant, so that the member, finance and partner pages have
-something to show and settle on first start."""
+partner portal account at the first merchant, paid membership plans, and optionally a
+history of transactions (``docs/samples/demo-transactions.csv``, then a membership sold at a
+till and two missing-points claims open at the first merchant) so that the member, finance
+and partner pages have something to show and settle on first start."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from coalition.errors import AlreadyExists, InvalidRequest
 from coalition.ledger import earn_burn, holds, idempotency, reversals
 from coalition.ledger.members import enrol
 from coalition.ledger.models import Member
+from coalition.membership import purchase
 from coalition.models import Partner
 from coalition.oauth import partner_users
 from coalition.oauth.clients import create_operator_client
@@ -69,7 +70,21 @@ DEMO_RULES: dict[str, Any] = {
     "holds": {"default_seconds": 900, "max_seconds": 7 * 86400},
     "earn_reversal_after_spend": "take_from_other_lots",
     "terms": "Earn points at every partner and spend them at any. Points have no cash value.",
+    "memberships": [
+        {"code": "club", "name": "Coalition Club", "price_points": 200,
+         "price": {"amount": Decimal("4.99"), "currency": "GBP"}, "period_months": 1,
+         "multiplier": Decimal("1.5"), "auto_renew_default": True,
+         "description": "Half as many points again on every purchase, month by month."},
+        {"code": "vip", "name": "VIP", "price": {"amount": Decimal("39.00"), "currency": "GBP"},
+         "period_months": 12, "multiplier": Decimal("2"), "auto_renew_default": False,
+         "description": "Double points for a year; sold at the tills of our partners."},
+    ],
 }
+
+#: the demo member holding a paid membership: sold for money at the first merchant's till
+DEMO_MEMBERSHIP = {"partner": "northwind", "member": "grace", "plan": "vip",
+                   "partner_txn_id": "demo-vip-grace",
+                   "price": {"amount": Decimal("39.00"), "currency": "GBP"}}
 
 
 def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
@@ -142,8 +157,17 @@ def load_history(text: str) -> dict[str, Any]:
                         booked.get((row["partner"], row["reference"])), line)
         booked[(row["partner"], row["partner_txn_id"])] = outcome.body["id"]
         replayed += outcome.replayed
-    return {"transactions": len(rows), "replayed": replayed, "members": numbers,
-            "claims": open_demo_claims(numbers)}
+    result: dict[str, Any] = {"transactions": len(rows), "replayed": replayed,
+                              "members": numbers}
+    sale = DEMO_MEMBERSHIP
+    if sale["member"] in numbers and sale["partner"] in partners:
+        sold = purchase.record_money_purchase(partners[sale["partner"]], {
+            "member_number": numbers[sale["member"]], "plan": sale["plan"],
+            "partner_txn_id": sale["partner_txn_id"], "price": sale["price"]})
+        result["membership"] = {"member": sale["member"], "plan": sold.body["plan"],
+                                "ends_at": sold.body["ends_at"].isoformat()}
+    result["claims"] = open_demo_claims(numbers)
+    return result
 
 
 #: missing-points claims left open at the first merchant for its portal's staff to answer:

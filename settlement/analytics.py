@@ -8,7 +8,8 @@ For each month of ``[first, last]`` (booking time, UTC) and each partner:
   member, from the audit log, the one dated record of every merge);
 * points **issued** (earns less earn reversals at the partner: its ``partner:issued``
   account; coalition-funded bonuses under ``coalition``), **redeemed** at the partner
-  (burns, captures and donations less burn reversals: ``partner:redeemed``), **donated**
+  (burns, captures and donations less burn reversals: ``partner:redeemed``; points spent
+  on paid memberships under ``coalition``, which redeems them), **donated**
   (the donations among them, at a charity), **expired**, **forfeited** and **transferred**
   (by the partner where the points were earned, from the lot movements);
 * the **redemption rate**: redeemed ÷ issued, to four decimal places (half even), none
@@ -102,11 +103,14 @@ def analytics(session: Session, first: str, last: str,
                    *[func.sum(p.points).filter(and_(c, e.kind == "donation")) for c in each])
             .select_from(Posting.__table__.join(Entry.__table__, e.id == p.entry_id))
             .where(e.booked_at >= start, e.booked_at < end,
-                   p.account.in_(("partner:issued", "partner:redeemed", "coalition:funded")))
+                   p.account.in_(("partner:issued", "partner:redeemed", "coalition:funded",
+                                  "coalition:membership")))
             .group_by(p.account, p.partner_id)):
         if account == "partner:redeemed":
             add(pid, "redeemed", sums[:n])
             add(pid, "donated", sums[n:])
+        elif account == "coalition:membership":  # paid memberships: the coalition redeems
+            add(None, "redeemed", sums[:n])
         else:  # issued and funded accounts go negative as points are created
             add(pid, "issued", [-(v or 0) for v in sums[:n]])
 

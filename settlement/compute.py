@@ -26,7 +26,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import Float, Integer, and_, func, select, text
 from sqlalchemy.orm import Session, aliased
 
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting
@@ -118,13 +118,16 @@ def compute(session: Session, start: datetime, end: datetime,
         raise Unpriced(unpriced)
 
     late = _late(session, start, end) if any(late_counts.values()) else {}
+    collected = _collected(session, start, end)
     statements = [_statement(partner, cards, postings,
                              {"count": late_counts.get(partner.id, 0),
-                              "entries": late.get(partner.id, [])})
+                              "entries": late.get(partner.id, [])},
+                             collected.get(partner.id))
                   for partner in sorted(partners.values(), key=lambda p: p.code)]
     cells, between_partners = _matrix(partners, cards, movements)
     settlement = settle(model, statements, between_partners)
-    coalition = _coalition_report(partners, postings, movements, created, base, statements)
+    coalition = _coalition_report(partners, postings, movements, created, base, statements,
+                                  collected)
     coalition["position"] = settlement.coalition
     return {
         "model": model,
@@ -258,6 +261,29 @@ def _outstanding_before(session: Session, start: datetime,
     return dict(result)
 
 
+#: money sums exactly on SQLite too, where decimals are text: in ten-thousandths (a
+#: membership price has at most four places), summed as integers
+_SCALE = Decimal(10_000)
+
+
+def _collected(session: Session, start: datetime, end: datetime) -> dict[int, Decimal]:
+    """Money each partner collected for the coalition in the period: the prices of the
+    paid memberships it sold (``membership`` entries carrying money), by partner."""
+    e = Entry.__table__.c
+    if session.get_bind().dialect.name == "postgresql":
+        total: Any = func.sum(e.spend_amount)
+    else:
+        total = func.sum(func.cast(func.round(func.cast(e.spend_amount, Float) * 10_000),
+                                   Integer))
+    rows = session.execute(
+        select(e.partner_id, total)
+        .where(e.kind == "membership", e.partner_id.is_not(None), e.points == 0,
+               e.booked_at >= start, e.booked_at < end)
+        .group_by(e.partner_id)).all()
+    scale = 1 if session.get_bind().dialect.name == "postgresql" else _SCALE
+    return {partner: Decimal(amount) / scale for partner, amount in rows if amount}
+
+
 def _late(session: Session, start: datetime, end: datetime) -> dict[int, list[dict[str, Any]]]:
     """The first late entries of each partner (only asked for when there are some)."""
     e = Entry.__table__.c
@@ -282,7 +308,10 @@ def _late(session: Session, start: datetime, end: datetime) -> dict[int, list[di
 
 def _statement(partner: Partner, cards: dict[int, Card],
                postings: dict[tuple[str, int | None, int | None], int],
-               late: dict[str, Any]) -> dict[str, Any]:
+               late: dict[str, Any], collected: Decimal | None = None) -> dict[str, Any]:
+    """The partner's operator statement. Money it ``collected`` for the coalition (paid
+    memberships it sold) is one more line it owes; the key and the line appear only when
+    there is some, so the figures of a period without any read as they always did."""
     lines = []
     issued = redeemed = 0
     payable = receivable = Decimal(0)
@@ -307,12 +336,17 @@ def _statement(partner: Partner, cards: dict[int, Card],
                       "rate": money_str(rate),
                       "rate_valid_from": card.valid_from.isoformat(),
                       "amount": money_str(amount)})
+    owed = round_money(collected, partner.currency) if collected else Decimal(0)
+    if owed:
+        lines.append({"type": "collected", "counterparty": COALITION, "points": None,
+                      "rate": None, "rate_valid_from": None, "amount": money_str(owed)})
     return {
         "partner": partner.code, "name": partner.name, "kind": partner.kind,
         "currency": partner.currency,
         "issued_points": issued, "redeemed_points": redeemed,
         "payable": money_str(payable), "receivable": money_str(receivable),
-        "net": money_str(receivable - payable),
+        **({"collected": money_str(owed)} if owed else {}),
+        "net": money_str(receivable - payable - owed),
         "lines": lines,
         "late_entries": late,
     }
@@ -355,6 +389,7 @@ def _coalition_report(
     created: dict[int | None, int],
     base: dict[int | None, int],
     statements: list[dict[str, Any]],
+    collected: dict[int, Decimal] | None = None,
 ) -> dict[str, Any]:
     def code(origin: int | None) -> str:
         return partners[origin].code if origin is not None else COALITION
@@ -374,7 +409,21 @@ def _coalition_report(
     margins: dict[str, Decimal] = defaultdict(Decimal)
     for s in statements:
         margins[s["currency"]] += Decimal(s["payable"]) - Decimal(s["receivable"])
+    # paid memberships (only when there are some, so that older periods read the same):
+    # points spent on them (redeemed by the coalition) and money partners collected
+    memberships: dict[str, Any] = {}
+    spent = account_total("coalition:membership")
+    sold: dict[str, Decimal] = defaultdict(Decimal)
+    for s in statements:
+        if "collected" in s:
+            sold[s["currency"]] += Decimal(s["collected"])
+    if spent or sold:
+        memberships = {"memberships": {
+            "points": spent,
+            "collected": [{"currency": c, "amount": money_str(a)}
+                          for c, a in sorted(sold.items())]}}
     return {
+        **memberships,
         "breakage": {"points": account_total("coalition:breakage"),
                      "by_origin": _listing(by_kind["expiry"])},
         "forfeited": {"points": account_total("coalition:forfeited"),

@@ -12,7 +12,9 @@
   multilateral netting of those obligations, at most n − 1 per currency.
 
 Under both models a partner's net is the same, and its instructions in and out add up to
-it to the cent; the coalition's position (its margin) is reported apart.
+it to the cent; the coalition's position (its margin) is reported apart. Money a partner
+collected for the coalition (paid memberships it sold) is a line it owes the coalition
+under both (``collected``), settled with the coalition like the fee.
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def settle(model: str, statements: list[dict[str, Any]],
         statements = [_clearing_statement(s, direct) for s in statements]
         fees = [_with_coalition(s["partner"], _fee(s), s["currency"])
                 for s in statements if _fee(s)]
-        obligations = direct + fees
+        collected = [_with_coalition(s["partner"], -Decimal(s["collected"]), s["currency"])
+                     for s in statements if "collected" in s]
+        obligations = direct + fees + collected
         _, payments = settle_positions(obligations)
     else:
         raise ValueError(f"unknown money model {model!r}")
@@ -113,6 +117,11 @@ def _clearing_statement(s: dict[str, Any], direct: list[dict[str, Any]]) -> dict
                       "counterparty": o["to"] if owes else o["from"],
                       "points": o["points"], "rate": None, "rate_valid_from": None,
                       "amount": o["amount"]})
+    collected = Decimal(s.get("collected", 0))
+    if collected:
+        settled -= collected
+        lines.append({"type": "collected", "counterparty": COALITION, "points": None,
+                      "rate": None, "rate_valid_from": None, "amount": s["collected"]})
     fee = Decimal(s["net"]) - settled
     if fee:
         lines.append({"type": "fee_receivable" if fee > 0 else "fee_payable",

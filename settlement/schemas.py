@@ -24,9 +24,11 @@ class RunCreateSchema(StrictSchema):
 
 class LineSchema(Schema):
     type = fields.String(metadata={
-        "enum": ["issued", "redeemed", "owes", "owed", "fee_payable", "fee_receivable"],
-        "description": "issued, fee_payable, owes: the partner pays; redeemed, "
-                       "fee_receivable, owed: the partner is paid"})
+        "enum": ["issued", "redeemed", "owes", "owed", "fee_payable", "fee_receivable",
+                 "collected"],
+        "description": "issued, fee_payable, owes, collected (money of paid memberships "
+                       "the partner sold, owed to the coalition): the partner pays; "
+                       "redeemed, fee_receivable, owed: the partner is paid"})
     counterparty = fields.String(metadata={"description": "'coalition' or a partner"})
     points = fields.Integer(allow_none=True, metadata={
         "description": "none for the coalition's fee, which is money only"})
@@ -84,7 +86,9 @@ class StatementSchema(Schema):
     redeemed_points = fields.Integer()
     payable = Amount()
     receivable = Amount()
-    net = Amount("receivable − payable; positive: the coalition pays")
+    collected = Amount("money of paid memberships the partner sold, collected for the "
+                       "coalition (absent when none)")
+    net = Amount("receivable − payable − collected; positive: the coalition pays")
     lines = fields.List(fields.Nested(LineSchema))
     late_entries = fields.Nested(LateSchema, metadata={
         "description": "entries booked in the period for an earlier occurred_at"})
@@ -102,7 +106,9 @@ class RunStatementSchema(Schema):
     redeemed_points = fields.Integer()
     payable = Amount()
     receivable = Amount()
-    net = Amount("receivable − payable; positive: the coalition pays")
+    collected = Amount("money of paid memberships the partner sold, collected for the "
+                       "coalition (absent when none)")
+    net = Amount("receivable − payable − collected; positive: the coalition pays")
     lines = fields.List(fields.Nested(LineSchema))
     late_entries = fields.Nested(LateSchema)
 
@@ -161,10 +167,19 @@ class MarginSchema(Schema):
     amount = Amount()
 
 
+class MembershipReportSchema(Schema):
+    points = fields.Integer(metadata={"description": "points spent on memberships: "
+                                      "redeemed by the coalition"})
+    collected = fields.List(fields.Nested(MarginSchema), metadata={
+        "description": "money partners collected for memberships they sold, per currency"})
+
+
 class CoalitionReportSchema(Schema):
     breakage = fields.Nested(PointsReportSchema)
     forfeited = fields.Nested(PointsReportSchema)
     bonuses = fields.Nested(PointsTotalSchema)
+    memberships = fields.Nested(MembershipReportSchema, metadata={
+        "description": "paid memberships in the period (absent when none)"})
     outstanding = fields.Nested(PointsReportSchema)
     margin = fields.List(fields.Nested(MarginSchema))
     position = fields.List(fields.Nested(MarginSchema), metadata={

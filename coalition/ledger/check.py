@@ -16,10 +16,11 @@ count is always exact).
    it moved in lots plus the points of the lots it created.
 3. ``no_negative``: no wallet balance below zero, no lot remaining outside [0, points].
 4. ``unique_partner_txn``: one entry per (partner, partner_txn_id).
-5. ``conservation``: issued − redeemed − expired − forfeited (+ reversals, + funded) =
-   outstanding, in total (from postings, against the wallets and the lots) and per origin
-   partner (from lots and their movements by the moving entry's kind), cross-checked
-   against the postings of the earns and earn reversals at each partner.
+5. ``conservation``: issued − redeemed − expired − forfeited − spent on memberships
+   (+ reversals, + funded) = outstanding, in total (from postings, against the wallets
+   and the lots) and per origin partner (from lots and their movements by the moving
+   entry's kind), cross-checked against the postings of the earns and earn reversals at
+   each partner.
 6. ``closed_runs``: a closed settlement period never changes: each closed run's figures,
    computed again from the journal, give the digest the run was closed with (settlement
    adds this check with :func:`add_check`).
@@ -66,7 +67,8 @@ _h = Hold.__table__.c
 
 MEMBER_ACCOUNTS = ("member:available", "member:pending", "member:held")
 PARTNER_ACCOUNTS = ("partner:issued", "partner:redeemed")
-COALITION_ACCOUNTS = ("coalition:breakage", "coalition:forfeited", "coalition:funded")
+COALITION_ACCOUNTS = ("coalition:breakage", "coalition:forfeited", "coalition:funded",
+                      "coalition:membership")
 
 #: moving-entry kinds whose lot movements are redemptions (net of restorations)
 REDEEMING_KINDS = ("burn", "hold_capture", "hold_void", "burn_reversal", "donation")
@@ -218,7 +220,10 @@ def _entries_balance(conn: Connection, limit: int) -> CheckResult:
         select(_e.id.label("entry_id"), _e.kind, postings.label("postings"),
                total.label("sum"))
         .select_from(Entry.__table__.outerjoin(per_entry, per_entry.c.entry_id == _e.id))
-        .where(or_(postings < 2, total != 0))
+        .where(or_(postings < 2, total != 0),
+               # a membership sold for money moves no points: the entry carries the money
+               ~and_(postings == 0, _e.kind == "membership", _e.points == 0,
+                     _e.spend_amount > Decimal(0)))
     ), [_e.id], limit)
     result.found(count, [
         {"problem": "unbalanced" if row["sum"] else "too few postings", **row,
@@ -465,6 +470,8 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
         "burn_reversals": -on("partner:redeemed", "burn_reversal"),
         "expired": on("coalition:breakage"),
         "forfeited": on("coalition:forfeited"),
+        # points spent on paid memberships: redeemed by the coalition itself
+        "memberships": on("coalition:membership"),
     }
     net_issued = -on("partner:issued")
     net_redeemed = on("partner:redeemed")
@@ -472,7 +479,7 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
     totals["outstanding_wallets"] = int(conn.scalar(
         select(_sum(_w.available + _w.pending + _w.held))) or 0)
     expected_outstanding = (net_issued + totals["funded"] - net_redeemed
-                            - totals["expired"] - totals["forfeited"])
+                            - totals["expired"] - totals["forfeited"] - totals["memberships"])
 
     # lots: created per origin and creating kind, remaining per origin and state, and
     # their movements per origin and moving kind (holds split by open or closed)
@@ -516,7 +523,7 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
         mv = moved[origin]
         redeemed = -(sum(mv[k] for k in REDEEMING_KINDS) + mv["hold:closed"])
         known = set(REDEEMING_KINDS) | {"hold:open", "hold:closed", "earn_reversal",
-                                        "expiry", "forfeiture"}
+                                        "expiry", "forfeiture", "membership"}
         row = {
             "origin_partner_id": origin,
             "issued": created[origin]["earn"],
@@ -527,6 +534,7 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
             "redeemed": redeemed,
             "expired": -mv["expiry"],
             "forfeited": -mv["forfeiture"],
+            "memberships": -mv["membership"],
             "moved_other": sum(v for k, v in mv.items() if k not in known),
             "held": -mv["hold:open"],
             "live": remaining[origin]["live"],
@@ -537,7 +545,8 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
         row["outstanding"] = row["live"] + row["pending"] + row["held"]
         row["expected_outstanding"] = (
             row["issued"] + row["funded"] + row["created_other"] - row["earn_reversals"]
-            - row["redeemed"] - row["expired"] - row["forfeited"] + row["moved_other"])
+            - row["redeemed"] - row["expired"] - row["forfeited"] - row["memberships"]
+            + row["moved_other"])
         per_origin.append(row)
     totals["outstanding_lots"] = sum(r["outstanding"] for r in per_origin)
 
@@ -578,6 +587,7 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
         ("redeemed", net_redeemed, sum(r["redeemed"] for r in per_origin)),
         ("expired", totals["expired"], sum(r["expired"] for r in per_origin)),
         ("forfeited", totals["forfeited"], sum(r["forfeited"] for r in per_origin)),
+        ("memberships", totals["memberships"], sum(r["memberships"] for r in per_origin)),
         ("held", on("member:held"), sum(r["held"] for r in per_origin)),
     ):
         if from_postings != from_lots:

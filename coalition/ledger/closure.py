@@ -18,6 +18,7 @@ from coalition.ledger.journal import LedgerInconsistency, Take
 from coalition.ledger.lookup import locked_states, require_active
 from coalition.ledger.models import Lot, Member, MemberConsent, MemberLink
 from coalition.ledger.voiding import void_open_holds
+from coalition.membership import lifecycle as membership
 from coalition.oauth.models import OAuthAuthorizationCode, OAuthToken
 
 _m = Member.__table__.c
@@ -72,6 +73,7 @@ def close(member_id: int, *, units: Units = UnitOfWork) -> dict[str, Any]:
             session.execute(update(Lot.__table__).where(
                 _l.member_id == member_id, _l.state.in_(("live", "pending")))
                 .values(state="forfeited"))
+            membership.end_at_closure(session, member_id, now)
             # the links go with what each partner supplied on them, and every consent
             links = affected_rows(session.execute(delete(MemberLink.__table__)
                                                   .where(_link.member_id == member_id)))

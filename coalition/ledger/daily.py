@@ -1,5 +1,6 @@
-"""The daily job: birthday bonuses, tier downgrades and notices of points about to expire
-for a day; safe to rerun.
+"""The daily job: birthday bonuses, tier downgrades, notices of points about to expire, and
+paid memberships renewed or lapsed (:mod:`coalition.membership.renewal`) for a day; safe to
+rerun.
 
 Candidates are found with set-based queries (keyset pages of
 :data:`~coalition.ledger.batch.BATCH` members); each page is then handled in one
@@ -25,6 +26,7 @@ from coalition.ledger.batch import BATCH, Batch, run_pages
 from coalition.ledger.bonuses import birthday_conditions, grant_birthdays
 from coalition.ledger.expiring import by_date
 from coalition.ledger.models import Lot, Member
+from coalition.membership.renewal import renew_or_lapse
 from coalition.notifications.service import notify
 from coalition.program.service import Rules, rules_in_force
 
@@ -50,6 +52,11 @@ class DailySummary:
     downgrades: dict[str, int] = field(default_factory=dict)
     #: notifications of points about to expire written by this run (a rerun writes none)
     expiry_notices: int = 0
+    memberships_renewed: int = 0
+    membership_points: int = 0
+    memberships_lapsed: int = 0
+    #: ``{"no_auto_renew": 2}``: memberships that lapsed, by why
+    membership_lapses: dict[str, int] = field(default_factory=dict)
     #: members the job could not handle, with why
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -59,12 +66,20 @@ class DailySummary:
 
 def daily(as_of: date, progress: Progress | None = None, *,
           units: Units = UnitOfWork, batch: int = BATCH, workers: int = 1) -> DailySummary:
-    """Birthday bonuses, tier downgrades and expiry notices for ``as_of`` (a UTC date),
+    """Birthday bonuses, tier downgrades, expiry notices and memberships ending on ``as_of``
+    (a UTC date),
     ``batch`` members per transaction, ``workers`` transactions at once; safe to rerun."""
     summary = DailySummary(as_of=as_of)
     _birthdays(as_of, summary, progress, units, batch, workers)
     _downgrades(as_of, summary, progress, units, batch, workers)
     _expiry_notices(as_of, summary, progress, units, batch)
+    renewals = renew_or_lapse(as_of, units=units, batch=batch, workers=workers)
+    summary.memberships_renewed = renewals.renewed
+    summary.membership_points = renewals.renewed_points
+    summary.memberships_lapsed = renewals.lapsed
+    summary.membership_lapses = renewals.lapses
+    summary.failures += [{"member_id": m, "step": "membership", "error": why}
+                         for m, why in renewals.failures.items()]
     summary.failures.sort(key=lambda failure: failure["member_id"])
     return summary
 

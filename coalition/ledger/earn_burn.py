@@ -27,6 +27,7 @@ from coalition.ledger.booking import (
 from coalition.ledger.idempotency import Outcome, first_read, idempotent, request_hash
 from coalition.ledger.models import Member, Wallet
 from coalition.ledger.rendering import render_transaction, transaction_body
+from coalition.membership.models import multiplier_in_force
 from coalition.models import RateCard
 from coalition.money import floor_points
 from coalition.program.service import latest_version_columns, rules_of_version
@@ -41,22 +42,25 @@ _m = Member.__table__.c
 
 def _earn_needs() -> list[Any]:
     """What an earn reads with its member, in its first statement: the rules' version, the
-    partner's earn rate in force now, and the member's pending points (none pending: no
-    welcome bonus waits, :func:`~coalition.ledger.bonuses.release_welcome_bonus`)."""
+    partner's earn rate in force now, the member's pending points (none pending: no
+    welcome bonus waits, :func:`~coalition.ledger.bonuses.release_welcome_bonus`), and
+    the multiplier of the member's paid membership in force (NULL: none)."""
     return [*latest_version_columns(), _EARN_RATE.scalar_subquery(),
-            select(_W.pending).where(_W.member_id == _m.id).scalar_subquery()]
+            select(_W.pending).where(_W.member_id == _m.id).scalar_subquery(),
+            multiplier_in_force(_m.id)]
 
 
 def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
          session: Session | None = None, units: Units = UnitOfWork) -> Outcome:
-    """Credit points for a spend (× earn rate × tier multiplier, rounded down) or as given."""
+    """Credit points for a spend (× earn rate × tier multiplier × the multiplier of the
+    member's paid membership in force, rounded down) or as given."""
     partner = partner_of(partner_id)
     digest = request_hash("earn", data)
 
     def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
         check_occurred(data.get("occurred_at"), now)
-        member, (version, published_at, earn_rate, pending) = first_read(
+        member, (version, published_at, earn_rate, pending, plan_multiplier) = first_read(
             session, partner, data["partner_txn_id"], data, ("earn", _earn_needs),
             {"now": now})
         rules = rules_of_version(session, version, published_at)
@@ -69,7 +73,8 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
                 raise NoRateCard("The partner has no rate card in force yet: settlement "
                                  "could not price this booking.")
             points = floor_points(spend["amount"] * earn_rate
-                                  * tiers.multiplier(rules, member.tier))
+                                  * tiers.multiplier(rules, member.tier)
+                                  * (plan_multiplier or 1))
             if points < 1:
                 raise InvalidRequest("The spend earns no points.",
                                      errors={"spend": {"amount": ["Earns no points."]}})

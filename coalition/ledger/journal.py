@@ -328,11 +328,21 @@ def book_entry(
     note: str | None = None,
     takes: Sequence[Take] = (),
     sender_named: bool | None = None,
+    money_only: bool = False,
 ) -> int:
     """Write one entry with its postings ``(account, member_id, partner_id, points)`` and
-    the lot movements of ``takes``; returns the entry id."""
+    the lot movements of ``takes``; returns the entry id.
+
+    With ``money_only``, an entry that moves no points and carries money instead (a
+    membership a partner sold for money): no postings, no lots, and a spend."""
     postings = [p for p in postings if p[3] != 0]
-    priced_at = _priced_at(kind, postings)
+    if money_only:
+        if postings or takes or points or not spend_amount or spend_currency is None:
+            raise LedgerInconsistency(f"{kind}: a money-only entry moves no points and "
+                                      f"carries an amount: {postings}, {spend_amount}")
+        priced_at = None
+    else:
+        priced_at = _priced_at(kind, postings)
     in_statement = fence.in_statement(session)
     values = {
         **_entry_values(kind, booked_at, points, occurred_at, partner_id, member_id,
@@ -342,7 +352,7 @@ def book_entry(
         "pending_after": balance.pending if balance else None,
         "held_after": balance.held if balance else None,
     }
-    if in_statement and len(takes) <= MOVES_IN_STATEMENT:
+    if in_statement and postings and len(takes) <= MOVES_IN_STATEMENT:
         entry_id = _book_in_one_statement(session, values, postings, takes, priced_at)
         note_booked(session, kind)
         return entry_id

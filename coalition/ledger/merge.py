@@ -28,6 +28,7 @@ from coalition.ledger.lookup import (
 )
 from coalition.ledger.models import Lot, Member, MemberConsent, MemberLink, Wallet
 from coalition.ledger.voiding import void_open_holds
+from coalition.membership import lifecycle as membership
 from coalition.program.service import Rules, rules_in_force
 
 _m = Member.__table__.c
@@ -91,6 +92,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
                 update(MemberLink.__table__).where(_link.member_id == absorbed.id)
                 .values(member_id=survivor.id)))
             _move_consents(session, absorbed.id, survivor.id)
+            membership.merge(session, absorbed.id, survivor.id, now)
             # members merged into the absorbed one point at the survivor now (one hop)
             session.execute(update(Member.__table__)
                             .where(_m.merged_into_id == absorbed.id)

@@ -40,6 +40,9 @@ ENTRY_KINDS = (
     "earn", "burn", "earn_reversal", "burn_reversal",
     "hold", "hold_capture", "hold_void",
     "release", "expiry", "transfer", "donation", "forfeiture", "bonus", "adjustment", "merge",
+    # a paid membership: bought with points (they go to coalition:membership), or with
+    # money through a partner (no points move: the entry carries the money)
+    "membership",
 )
 
 #: kinds a partner sees in ``GET /v1/transactions`` (API.md ``type``)
@@ -51,6 +54,8 @@ ACCOUNTS = (
     "member:available", "member:pending", "member:held",
     "partner:issued", "partner:redeemed",
     "coalition:breakage", "coalition:forfeited", "coalition:funded",
+    # points spent on paid memberships: a redemption by the coalition itself
+    "coalition:membership",
 )
 
 LOT_SOURCES = ("earn", "bonus", "transfer", "adjustment")

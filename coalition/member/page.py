@@ -51,7 +51,7 @@ ENTRY_LABELS = {
     "hold_capture": "Reserved points spent", "hold_void": "Reservation released",
     "release": "Became spendable", "expiry": "Expired", "transfer": "Transfer",
     "donation": "Donation", "forfeiture": "Forfeited", "bonus": "Bonus",
-    "adjustment": "Adjustment", "merge": "Accounts merged",
+    "adjustment": "Adjustment", "merge": "Accounts merged", "membership": "Paid membership",
 }
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from coalition.money import round_money
 from coalition.schemas import (
     MAX_POINTS,
+    Currency,
     DecimalString,
     StrictInteger,
     StrictSchema,
@@ -79,6 +82,46 @@ class ClaimRulesSchema(StrictSchema):
     max_open = StrictInteger(
         load_default=5, validate=validate.Range(min=1, max=100),
         metadata={"description": "open claims a member may have at once"})
+class PriceSchema(StrictSchema):
+    amount = DecimalString(required=True, positive=True, places=4, max_digits=12)
+    currency = Currency(required=True)
+
+    @validates_schema
+    def _minor_unit(self, data: dict[str, Any], **kwargs: Any) -> None:
+        amount, currency = data.get("amount"), data.get("currency")
+        if amount is not None and currency and amount != round_money(amount, currency):
+            raise ValidationError({"amount": [f"At most the minor unit of {currency}."]})
+
+
+class MembershipPlanSchema(StrictSchema):
+    """A paid membership plan: bought for ``period_months`` with points, or with money
+    through a partner (at least one price)."""
+
+    code = fields.String(required=True, validate=_CODE)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    description = fields.String(load_default="", validate=validate.Length(max=2000))
+    price_points = StrictInteger(load_default=None, allow_none=True,
+                                 validate=validate.Range(min=1, max=MAX_POINTS),
+                                 metadata={"description": "price in points (none: the plan "
+                                           "is sold for money only)"})
+    price = fields.Nested(PriceSchema, load_default=None, allow_none=True,
+                          metadata={"description": "price in money, paid at a partner that "
+                                    "records the purchase (none: points only)"})
+    period_months = StrictInteger(required=True, validate=validate.Range(min=1, max=36))
+    multiplier = DecimalString(load_default=Decimal(1), places=4, max_digits=2,
+                               metadata={"description": "earn multiplier while the "
+                                         "membership is in force, 1 to 10 (on top of the "
+                                         "tier's)"})
+    auto_renew_default = fields.Boolean(load_default=False, metadata={
+        "description": "whether a purchase renews itself with points unless the member "
+                       "says otherwise"})
+
+    @validates_schema
+    def _plan(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("price_points") is None and data.get("price") is None:
+            raise ValidationError({"price_points": ["Give price_points, price or both."]})
+        if "multiplier" in data and not 1 <= data["multiplier"] <= 10:
+            raise ValidationError({"multiplier": ["Must be between 1 and 10."]})
 
 
 class ProgramRulesSchema(StrictSchema):
@@ -111,6 +154,15 @@ class ProgramRulesSchema(StrictSchema):
                   "days before the file is booked is refused"})
     claims = fields.Nested(ClaimRulesSchema, load_default=lambda: ClaimRulesSchema().load({}))
     terms = fields.String(load_default="", validate=validate.Length(max=20_000))
+    memberships = fields.List(fields.Nested(MembershipPlanSchema), load_default=list,
+                              validate=validate.Length(max=20),
+                              metadata={"description": "paid membership plans"})
+
+    @validates_schema
+    def _plans(self, data: dict[str, Any], **kwargs: Any) -> None:
+        plans = [p["code"] for p in data.get("memberships") or []]
+        if len(set(plans)) != len(plans):
+            raise ValidationError({"memberships": ["Plan codes must be unique."]})
 
     @validates_schema
     def _tiers(self, data: dict[str, Any], **kwargs: Any) -> None:

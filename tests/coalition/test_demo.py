@@ -53,6 +53,11 @@ def test_the_history_books_every_kind_of_transaction(app, client, demo):
     ada = client.get(f"/v1/members/{history['members']['ada']}/balance", headers=till)
     # 420 + 120 earned (+100 welcome), 300 spent, 100 refunded, 20 reversed, 200 spent
     assert ada.status_code == 200 and ada.get_json()["available"] == 220
+    # grace holds the VIP membership, sold for money at northwind's till
+    assert history["membership"]["member"] == "grace"
+    assert history["membership"]["plan"] == "vip"
+    plans = client.get("/v1/program/memberships").get_json()["plans"]
+    assert [p["code"] for p in plans] == ["club", "vip"]
     assert headers  # the operator's client works too
 
 

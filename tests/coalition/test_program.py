@@ -59,6 +59,7 @@ def test_before_anything_is_published_the_defaults_show_as_version_0(client):
         "late_posting_days": 30,
         "claims": {"window_days": 30, "max_open": 5},
         "terms": "",
+        "memberships": [],
     }
 
 

@@ -2,7 +2,7 @@
 a member made about e-mails
 
 Revision ID: 0021_notify_email
-Revises: 0017_notifications
+Revises: 0020_membership
 Create Date: 2026-12-05 03:40:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import coalition.db
 
 revision = '0021_notify_email'
-down_revision = '0017_notifications'
+down_revision = '0020_membership'
 branch_labels = None
 depends_on = None
 

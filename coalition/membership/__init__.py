@@ -1,0 +1,1 @@
+"""Paid membership: a club or VIP plan bought for a period with points or money."""
