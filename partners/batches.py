@@ -31,6 +31,8 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition import clock
+from coalition.audit.service import Actor, record
+from coalition.cursor import decode, encode
 from coalition.db import UnitOfWork, read
 from coalition.errors import CoalitionError, InsufficientScope, InvalidRequest, NotFound
 from coalition.ledger.booking import PartnerRef, partner_ref
@@ -130,8 +132,9 @@ def parse(content: bytes, declared_rows: str | None = None,
 
 def upload(partner_id: int, scopes: set[str], content: bytes,
            declared_rows: str | None = None,
-           content_digest: str | None = None) -> dict[str, Any]:
-    """Check the file whole and keep it as a queued batch; the batch."""
+           content_digest: str | None = None, *, actor: Actor | None = None) -> dict[str, Any]:
+    """Check the file whole and keep it as a queued batch; the batch. ``actor``: who
+    uploaded it, in the partner's audit trail."""
     rows = parse(content, declared_rows, content_digest)
     now = clock.utcnow()
     with UnitOfWork() as uow:
@@ -144,6 +147,10 @@ def upload(partner_id: int, scopes: set[str], content: bytes,
                 {"batch_id": batch_id, "line": int(row.pop("line")),
                  "partner_txn_id": row["partner_txn_id"][:200], "fields": row}
                 for row in rows[start:start + 5000]])
+        if actor is not None:
+            record(uow.session, actor, "batch.uploaded", f"batch:{batch_id}",
+                   {"rows": len(rows), "sha256": hashlib.sha256(content).hexdigest()},
+                   partner_id=partner_id)
         uow.commit()
     return get_batch(partner_id, batch_id)
 
@@ -182,10 +189,21 @@ def get_batch(partner_id: int | None, batch_id: int) -> dict[str, Any]:
 
 
 def list_batches(partner_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    return page_batches(partner_id, limit)["items"]
+
+
+def page_batches(partner_id: int, limit: int = 50,
+                 cursor: str | None = None) -> dict[str, Any]:
+    """The partner's batches, newest first, a page at a time (``next_cursor`` names the
+    next, older page). A cursor that is not one is :class:`InvalidRequest`."""
+    query = select(_B.id).where(_B.partner_id == partner_id)
+    if cursor:
+        query = query.where(_B.id < decode("b", cursor))
     with read() as session:
-        ids = session.scalars(select(_B.id).where(_B.partner_id == partner_id)
-                              .order_by(_B.id.desc()).limit(limit)).all()
-    return [get_batch(partner_id, batch_id) for batch_id in ids]
+        ids = session.scalars(query.order_by(_B.id.desc()).limit(limit + 1)).all()
+    more = len(ids) > limit
+    return {"items": [get_batch(partner_id, batch_id) for batch_id in ids[:limit]],
+            "next_cursor": encode("b", ids[limit - 1]) if more else None}
 
 
 def results(partner_id: int | None, batch_id: int) -> Iterator[str]:
