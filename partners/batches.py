@@ -8,6 +8,14 @@ order, each with the rules of its API call and idempotent by its ``partner_txn_i
 booked row's outcome is written in the transaction that books it, so a worker killed at any
 moment resumes at the first row without an outcome and books nothing twice; a replayed or
 refused row changed nothing, and is simply judged again if its outcome was lost.
+
+A row whose booking fails for a reason that is no refusal (a database error other than a
+lost connection, a fault in the code) is tried :data:`ROW_ATTEMPTS` times, waiting
+:data:`ROW_BACKOFF` seconds and then twice as long each time, and then refused with the code
+``internal_error`` so that the batch goes on and finishes; each attempt ran in a
+transaction of its own that rolled back, so it booked nothing, and the partner can send the
+row again. A lost connection is not the row's fault: it leaves the row without an outcome
+for the worker's next turn.
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ import binascii
 import csv
 import hashlib
 import io
+import logging
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +38,7 @@ from typing import Any
 from flask import current_app
 from marshmallow import Schema, ValidationError
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from coalition import clock
@@ -53,7 +64,17 @@ RESULT_COLUMNS = ("line", "partner_txn_id", "outcome", "transaction_id", "error"
 MAX_ROWS = 1_000_000
 #: rows booked per turn of the worker before it looks at other work
 CHUNK = 2000
+#: tries of a row that fails for no business reason, before it is refused
+ROW_ATTEMPTS = 3
+#: seconds before the second try of such a row; each later one waits twice as long
+ROW_BACKOFF = 0.2
+#: the machine code such a row is refused with
+INTERNAL_ERROR = "internal_error"
+#: how the worker waits between tries (a test counts the waits instead)
+pause: Callable[[float], None] = time.sleep
 _DIGEST = re.compile(r"(?:^|,)\s*sha-256=:([A-Za-z0-9+/=]+):\s*(?:,|$)")
+
+log = logging.getLogger(__name__)
 
 _B = Batch.__table__.c
 _R = BatchRow.__table__.c
@@ -352,13 +373,30 @@ def _book_one(batch_id: int, partner: PartnerRef, scopes: set[str], late_before:
     def then(session: Session, entry_id: int) -> None:
         _set_outcome(session, batch_id, line, "booked", entry_id)
 
-    try:
-        outcome = book_row(partner, scopes, late_before, fields, then)
-    except CoalitionError as exc:
-        _record(batch_id, line, outcome="refused", error=exc.code, message=exc.message)
-    else:
-        if outcome.replayed:
-            _record(batch_id, line, outcome="replayed", transaction_id=outcome.body.get("id"))
+    for attempt in range(1, ROW_ATTEMPTS + 1):
+        try:
+            outcome = book_row(partner, scopes, late_before, fields, then)
+        except CoalitionError as exc:
+            _record(batch_id, line, outcome="refused", error=exc.code, message=exc.message)
+        except Exception as exc:
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                raise  # the database is away, not the row at fault: the next turn books it
+            if attempt < ROW_ATTEMPTS:
+                log.warning("batch %s line %s failed (try %s of %s); trying again",
+                            batch_id, line, attempt, ROW_ATTEMPTS, exc_info=True)
+                pause(ROW_BACKOFF * 2 ** (attempt - 1))
+                continue
+            log.exception("batch %s line %s failed %s times; refused as %s", batch_id, line,
+                          ROW_ATTEMPTS, INTERNAL_ERROR)
+            _record(batch_id, line, outcome="refused", error=INTERNAL_ERROR,
+                    message=f"The row could not be booked after {ROW_ATTEMPTS} tries because "
+                            f"of a fault on our side; nothing of it was booked. Send it again "
+                            f"later.")
+        else:
+            if outcome.replayed:
+                _record(batch_id, line, outcome="replayed",
+                        transaction_id=outcome.body.get("id"))
+        return
 
 
 def _lanes(rows: Sequence[Any], count: int) -> list[list[tuple[int, dict[str, str]]]]:
