@@ -100,6 +100,6 @@ def capture(partner: PartnerRef, hold_id: int, data: dict[str, Any]) -> Outcome:
 
 
 def reverse(partner: PartnerRef, transaction_id: int, data: dict[str, Any],
-            may_reverse: set[str], then: Then | None = None) -> Outcome:
+            may_reverse: set[str] | None, then: Then | None = None) -> Outcome:
     return reversals.reverse(partner, transaction_id, data, may_reverse=may_reverse,
                              units=units(partner, data, then))
