@@ -23,7 +23,7 @@ from coalition.models import Partner
 from coalition.oauth import partner_users
 from partners import batches, portal, service, webhooks
 from tests.coalition.member_support import csrf_of
-from tests.conftest import snapshot
+from tests.conftest import ARTIFACTS, snapshot
 from tests.partners.support import earn, enrol
 from tests.partners.test_portal import PASSWORD, sign_in, staff_account, staff_tokens, text_of
 
@@ -450,3 +450,69 @@ def test_the_service_checks_the_partner_as_well(app, make_partner):
     with pytest.raises(Exception) as refused:
         service.set_status("acme", "closed")
     assert getattr(refused.value, "code", None) == "invalid_request"
+
+
+# --------------------------------------------------------------------------- a real browser
+
+
+def test_staff_webhooks_and_the_audit_trail_in_a_real_browser(chromium, backend, live_server,
+                                                              acme):
+    """An admin creates an account, registers an endpoint and reads the trail, on a
+    desktop and on a phone, from the keyboard where a form is sent."""
+    staff_account()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{live_server.url}/partner/signin")
+        page.get_by_label("Login").fill("lena@acme.example")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{live_server.url}/partner")
+
+        page.get_by_role("link", name="Staff").click()
+        page.wait_for_url("**/partner/staff")
+        page.get_by_label("Login (an e-mail address will do)").fill("max@acme.example")
+        page.get_by_label("Name").fill("Max Operator")
+        page.get_by_label("Role", exact=True).select_option("operator")
+        page.get_by_role("button", name="Create the account").click()
+        page.wait_for_load_state()
+        code = page.get_by_test_id("activation-code").inner_text()
+        assert re.fullmatch(r"[2-9A-Z]{5}-[2-9A-Z]{5}", code)
+        assert page.get_by_test_id("staff").locator("tbody tr").count() == 2
+        page.screenshot(path=str(ARTIFACTS / f"partner-staff-desktop-{backend}.png"),
+                        full_page=True)
+
+        page.get_by_role("link", name="Webhooks").click()
+        page.get_by_label("HTTPS URL").fill("https://hooks.example/coalition")
+        page.get_by_label("transaction.reversed").check()
+        page.get_by_label("HTTPS URL").press("Enter")
+        page.wait_for_load_state()
+        assert page.get_by_test_id("secret").inner_text().startswith("whsec_")
+        assert page.get_by_test_id("endpoints").locator("tbody tr").count() == 2
+        page.screenshot(path=str(ARTIFACTS / f"partner-webhooks-desktop-{backend}.png"),
+                        full_page=True)
+
+        page.get_by_role("link", name="Audit trail").click()
+        page.wait_for_url("**/partner/audit")
+        trail_rows = page.get_by_test_id("audit").locator("tbody tr")
+        assert trail_rows.count() == 3  # lena's account, max's, the endpoint
+        assert "webhook_endpoint.created" in trail_rows.first.inner_text()
+        assert page.get_by_test_id("actor").first.inner_text() == "lena@acme.example"
+        page.screenshot(path=str(ARTIFACTS / f"partner-audit-desktop-{backend}.png"),
+                        full_page=True)
+
+        page.set_viewport_size({"width": 390, "height": 844})
+        for name, path in (("staff", "/partner/staff"), ("webhooks", "/partner/webhooks"),
+                           ("audit", "/partner/audit")):
+            page.goto(f"{live_server.url}{path}")
+            overflow = page.evaluate("document.documentElement.scrollWidth")
+            assert overflow <= 390, (path, overflow)
+            unlabelled = page.evaluate("""() => [...document.querySelectorAll(
+                'input:not([type=hidden]), select, textarea')]
+                .filter(el => el.labels.length === 0).map(el => el.name)""")
+            assert unlabelled == [], path
+            page.screenshot(path=str(ARTIFACTS / f"partner-{name}-phone-{backend}.png"),
+                            full_page=True)
+    finally:
+        context.close()
