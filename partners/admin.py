@@ -20,10 +20,10 @@ from partners.schemas import (
     PartnerCreateSchema,
     PartnerSchema,
     PartnerUserCreateSchema,
-    PartnerUserRoleSchema,
     PartnerUserSchema,
     RateCardCreateSchema,
     RateCardSchema,
+    RoleChangeSchema,
 )
 
 blp = Blueprint("admin_partners", __name__, url_prefix="/v1/admin/partners",
@@ -165,7 +165,7 @@ class PartnerUserResource(MethodView):
         return partner_users.disable_user(code, login, actor=current_actor())
 
     @protected("admin", kinds=_OPERATOR)
-    @blp.arguments(PartnerUserRoleSchema)
+    @blp.arguments(RoleChangeSchema)
     @blp.response(200, PartnerUserSchema)
     @blp.alt_response(404, description="No such account of this partner")
     def patch(self, data: dict[str, Any], code: str, login: str) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class PartnerUserCreateSchema(StrictSchema):
                        "also manages the partner's other staff accounts from the portal"})
 
 
-class PartnerUserRoleSchema(StrictSchema):
+class RoleChangeSchema(StrictSchema):
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
 
 
