@@ -10,7 +10,8 @@ another partner's object answers 404 exactly as one that does not exist.
 What a person may do is their role's (:data:`coalition.oauth.partner_users.ROLES`): every
 view names the role it needs (:func:`signed_in_as`), and a person whose role is not
 enough gets 403 before anything is read from the form. Every action that changes something
-is written to the partner's audit trail in its own transaction, naming the person.
+is written to the partner's audit trail in the transaction of the change, naming the
+person.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 BATCH_SCOPES = {s for s in PARTNER_SCOPES if s.startswith("points:")}
 #: the largest file the portal takes (the API's own limit applies as well)
 UPLOAD_MAX = 20 * 1024 * 1024
+NOT_A_PAGE = "That page link is not valid; start again from the first."
 
 
 @bp.before_request
@@ -118,12 +120,12 @@ def actor_of(staff: SignedInPartnerUser) -> Actor:
     return Actor(session[TOKENS]["client_id"], staff.login, current_request_id())
 
 
-def cursor_or_none(errors: dict[str, str], tag: str = "") -> str | None:
+def cursor_or_none(errors: dict[str, str]) -> str | None:
     """The page's ``cursor`` argument, or ``None`` for the first page; a cursor that is
     not one is an error of the form (checked again by the service, which refuses it)."""
     text = request.args.get("cursor", "").strip()
     if text and (len(text) > 64 or not re.fullmatch(r"[A-Za-z0-9_-]+", text)):
-        errors["cursor"] = "That page link is not valid; start again from the first."
+        errors["cursor"] = NOT_A_PAGE
         return None
     return text or None
 
@@ -206,7 +208,7 @@ def _transactions(staff: SignedInPartnerUser) -> Any:
             try:
                 history.decode_cursor(form["cursor"])
             except CoalitionError:
-                errors["cursor"] = "That page link is not valid; start again from the first."
+                errors["cursor"] = NOT_A_PAGE
             else:
                 filters["cursor"] = form["cursor"]
         if not errors:
@@ -242,7 +244,7 @@ def _batch_page(staff: SignedInPartnerUser, problem: str | None, status: int = 2
         try:
             page = batches.page_batches(staff.partner_id, PAGE, cursor)
         except CoalitionError:
-            errors["cursor"] = "That page link is not valid; start again from the first."
+            errors["cursor"] = NOT_A_PAGE
     return render_template("partner/batches.html", batches=page["items"],
                            next_cursor=page["next_cursor"], problem=problem,
                            errors=errors), 422 if errors else status
@@ -372,7 +374,7 @@ def webhook(endpoint_id: int) -> Any:
     except NotFound:
         abort(404, f"No webhook endpoint {endpoint_id}.")
     except CoalitionError:
-        errors["cursor"] = "That page link is not valid; start again from the first."
+        errors["cursor"] = NOT_A_PAGE
         deliveries = {"items": [], "next_cursor": None}  # the endpoint is theirs
     endpoint = next(e for e in webhooks.list_endpoints(staff.partner_id)
                     if e["id"] == endpoint_id)

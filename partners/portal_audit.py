@@ -16,13 +16,10 @@ from coalition.audit.service import list_events
 from coalition.errors import CoalitionError
 from coalition.http.pages import protect_pages
 from partners import portal
-from partners.portal import cursor_or_none, signed_in_as
+from partners.portal import NOT_A_PAGE, cursor_or_none, signed_in_as
 
 bp = Blueprint("partner_audit", __name__, url_prefix="/partner/audit")
 protect_pages(bp, "partner/base.html", "partner_portal.home", "Back to the portal")
-
-NOT_A_PAGE = "That page link is not valid; start again from the first."
-
 
 @bp.before_request
 def _nobody_yet() -> None:

@@ -11,7 +11,7 @@ accounts for the partner portal, each seeing that partner alone.
   secret is checked, with one guarded ``UPDATE``; after ``MAX_FAILURES`` failures in a row
   the account is locked for ``LOCK_FOR``. An unknown login costs the same Argon2 work.
 * Disabling an account revokes its tokens in the same transaction; so does suspending its
-  partner (:func:`partners.service.suspend`), and while the partner is suspended its staff
+  partner (:func:`partners.service.set_status`), and while the partner is suspended its staff
   cannot sign in or activate, and no token of theirs works.
 * Each account has a role (:data:`ROLES`, each allowing what the one before it does):
   ``viewer`` reads everything of its partner, ``operator`` also uploads batches, replays
