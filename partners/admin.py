@@ -23,6 +23,7 @@ from partners.schemas import (
     PartnerUserSchema,
     RateCardCreateSchema,
     RateCardSchema,
+    RoleChangeSchema,
 )
 
 blp = Blueprint("admin_partners", __name__, url_prefix="/v1/admin/partners",
@@ -56,6 +57,27 @@ class PartnerResource(MethodView):
     def get(self, code: str) -> dict[str, Any]:
         """A partner with its rate cards."""
         return service.get_partner(code)
+
+
+@blp.route("/<code>/suspend")
+class PartnerSuspend(MethodView):
+    @protected("admin", kinds=_OPERATOR)
+    @blp.response(200, PartnerSchema)
+    @blp.alt_response(404, description="No such partner")
+    def post(self, code: str) -> dict[str, Any]:
+        """Suspend a partner: its portal staff are signed out and cannot sign in until it
+        is reactivated."""
+        return service.set_status(code, "suspended", actor=current_actor())
+
+
+@blp.route("/<code>/reactivate")
+class PartnerReactivate(MethodView):
+    @protected("admin", kinds=_OPERATOR)
+    @blp.response(200, PartnerSchema)
+    @blp.alt_response(404, description="No such partner")
+    def post(self, code: str) -> dict[str, Any]:
+        """Let a suspended partner back in: its staff can sign in again."""
+        return service.set_status(code, "active", actor=current_actor())
 
 
 @blp.route("/<code>/rates")
@@ -129,7 +151,7 @@ class PartnerUsers(MethodView):
     @blp.alt_response(409, description="The login is taken")
     def post(self, data: dict[str, Any], code: str) -> dict[str, Any]:
         """A partner portal account, with its one-time activation code (shown once)."""
-        return partner_users.create_user(code, data["login"], data["name"],
+        return partner_users.create_user(code, data["login"], data["name"], data["role"],
                                          actor=current_actor())
 
 
@@ -141,3 +163,11 @@ class PartnerUserResource(MethodView):
     def delete(self, code: str, login: str) -> dict[str, Any]:
         """Disable a portal account: no further sign-in, and its tokens stop working."""
         return partner_users.disable_user(code, login, actor=current_actor())
+
+    @protected("admin", kinds=_OPERATOR)
+    @blp.arguments(RoleChangeSchema)
+    @blp.response(200, PartnerUserSchema)
+    @blp.alt_response(404, description="No such account of this partner")
+    def patch(self, data: dict[str, Any], code: str, login: str) -> dict[str, Any]:
+        """Give a portal account another role (from the person's next request)."""
+        return partner_users.change_role(code, login, data["role"], actor=current_actor())

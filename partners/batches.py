@@ -8,6 +8,14 @@ order, each with the rules of its API call and idempotent by its ``partner_txn_i
 booked row's outcome is written in the transaction that books it, so a worker killed at any
 moment resumes at the first row without an outcome and books nothing twice; a replayed or
 refused row changed nothing, and is simply judged again if its outcome was lost.
+
+A row whose booking fails for a reason that is no refusal (a database error other than a
+lost connection, a fault in the code) is tried :data:`ROW_ATTEMPTS` times, waiting
+:data:`ROW_BACKOFF` seconds and then twice as long each time, and then refused with the code
+``internal_error`` so that the batch goes on and finishes; each attempt ran in a
+transaction of its own that rolled back, so it booked nothing, and the partner can send the
+row again. A lost connection is not the row's fault: it leaves the row without an outcome
+for the worker's next turn.
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ import binascii
 import csv
 import hashlib
 import io
+import logging
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,9 +38,12 @@ from typing import Any
 from flask import current_app
 from marshmallow import Schema, ValidationError
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from coalition import clock
+from coalition.audit.service import Actor, record
+from coalition.cursor import decode, encode
 from coalition.db import UnitOfWork, read
 from coalition.errors import CoalitionError, InsufficientScope, InvalidRequest, NotFound
 from coalition.ledger.booking import PartnerRef, partner_ref
@@ -51,7 +64,17 @@ RESULT_COLUMNS = ("line", "partner_txn_id", "outcome", "transaction_id", "error"
 MAX_ROWS = 1_000_000
 #: rows booked per turn of the worker before it looks at other work
 CHUNK = 2000
+#: tries of a row that fails for no business reason, before it is refused
+ROW_ATTEMPTS = 3
+#: seconds before the second try of such a row; each later one waits twice as long
+ROW_BACKOFF = 0.2
+#: the machine code such a row is refused with
+INTERNAL_ERROR = "internal_error"
+#: how the worker waits between tries (a test counts the waits instead)
+pause: Callable[[float], None] = time.sleep
 _DIGEST = re.compile(r"(?:^|,)\s*sha-256=:([A-Za-z0-9+/=]+):\s*(?:,|$)")
+
+log = logging.getLogger(__name__)
 
 _B = Batch.__table__.c
 _R = BatchRow.__table__.c
@@ -130,8 +153,9 @@ def parse(content: bytes, declared_rows: str | None = None,
 
 def upload(partner_id: int, scopes: set[str], content: bytes,
            declared_rows: str | None = None,
-           content_digest: str | None = None) -> dict[str, Any]:
-    """Check the file whole and keep it as a queued batch; the batch."""
+           content_digest: str | None = None, *, actor: Actor | None = None) -> dict[str, Any]:
+    """Check the file whole and keep it as a queued batch; the batch. ``actor``: who
+    uploaded it, in the partner's audit trail."""
     rows = parse(content, declared_rows, content_digest)
     now = clock.utcnow()
     with UnitOfWork() as uow:
@@ -144,6 +168,10 @@ def upload(partner_id: int, scopes: set[str], content: bytes,
                 {"batch_id": batch_id, "line": int(row.pop("line")),
                  "partner_txn_id": row["partner_txn_id"][:200], "fields": row}
                 for row in rows[start:start + 5000]])
+        if actor is not None:
+            record(uow.session, actor, "batch.uploaded", f"batch:{batch_id}",
+                   {"rows": len(rows), "sha256": hashlib.sha256(content).hexdigest()},
+                   partner_id=partner_id)
         uow.commit()
     return get_batch(partner_id, batch_id)
 
@@ -182,10 +210,21 @@ def get_batch(partner_id: int | None, batch_id: int) -> dict[str, Any]:
 
 
 def list_batches(partner_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    return page_batches(partner_id, limit)["items"]
+
+
+def page_batches(partner_id: int, limit: int = 50,
+                 cursor: str | None = None) -> dict[str, Any]:
+    """The partner's batches, newest first, a page at a time (``next_cursor`` names the
+    next, older page). A cursor that is not one is :class:`InvalidRequest`."""
+    query = select(_B.id).where(_B.partner_id == partner_id)
+    if cursor:
+        query = query.where(_B.id < decode("b", cursor))
     with read() as session:
-        ids = session.scalars(select(_B.id).where(_B.partner_id == partner_id)
-                              .order_by(_B.id.desc()).limit(limit)).all()
-    return [get_batch(partner_id, batch_id) for batch_id in ids]
+        ids = session.scalars(query.order_by(_B.id.desc()).limit(limit + 1)).all()
+    more = len(ids) > limit
+    return {"items": [get_batch(partner_id, batch_id) for batch_id in ids[:limit]],
+            "next_cursor": encode("b", ids[limit - 1]) if more else None}
 
 
 def results(partner_id: int | None, batch_id: int) -> Iterator[str]:
@@ -334,13 +373,30 @@ def _book_one(batch_id: int, partner: PartnerRef, scopes: set[str], late_before:
     def then(session: Session, entry_id: int) -> None:
         _set_outcome(session, batch_id, line, "booked", entry_id)
 
-    try:
-        outcome = book_row(partner, scopes, late_before, fields, then)
-    except CoalitionError as exc:
-        _record(batch_id, line, outcome="refused", error=exc.code, message=exc.message)
-    else:
-        if outcome.replayed:
-            _record(batch_id, line, outcome="replayed", transaction_id=outcome.body.get("id"))
+    for attempt in range(1, ROW_ATTEMPTS + 1):
+        try:
+            outcome = book_row(partner, scopes, late_before, fields, then)
+        except CoalitionError as exc:
+            _record(batch_id, line, outcome="refused", error=exc.code, message=exc.message)
+        except Exception as exc:
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                raise  # the database is away, not the row at fault: the next turn books it
+            if attempt < ROW_ATTEMPTS:
+                log.warning("batch %s line %s failed (try %s of %s); trying again",
+                            batch_id, line, attempt, ROW_ATTEMPTS, exc_info=True)
+                pause(ROW_BACKOFF * 2 ** (attempt - 1))
+                continue
+            log.exception("batch %s line %s failed %s times; refused as %s", batch_id, line,
+                          ROW_ATTEMPTS, INTERNAL_ERROR)
+            _record(batch_id, line, outcome="refused", error=INTERNAL_ERROR,
+                    message=f"The row could not be booked after {ROW_ATTEMPTS} tries because "
+                            f"of a fault on our side; nothing of it was booked. Send it again "
+                            f"later.")
+        else:
+            if outcome.replayed:
+                _record(batch_id, line, outcome="replayed",
+                        transaction_id=outcome.body.get("id"))
+        return
 
 
 def _lanes(rows: Sequence[Any], count: int) -> list[list[tuple[int, dict[str, str]]]]:

@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from coalition.audit.views import current_actor
 from coalition.errors import CoalitionError
 from coalition.http.errors import accepts
 from coalition.http.guard import protected
@@ -82,7 +83,7 @@ class Batches(MethodView):
         content = request.get_data(cache=False)
         return batches.upload(_partner_id(), set(current_principal().scopes), content,
                               request.headers.get("Coalition-Batch-Rows"),
-                              request.headers.get("Content-Digest"))
+                              request.headers.get("Content-Digest"), actor=current_actor())
 
     @protected("points:earn", "points:burn", "transactions:read", kinds=_PARTNER,
                any_of=True)

@@ -15,7 +15,7 @@ from coalition.audit.service import cli_actor
 from coalition.commands import emit
 from coalition.errors import CoalitionError
 from coalition.oauth import partner_users
-from coalition.oauth.models import PARTNER_SCOPES
+from coalition.oauth.models import PARTNER_ROLES, PARTNER_SCOPES
 from coalition.wording import plural
 from partners import batches
 from partners.demo import history_file as shipped_history
@@ -30,6 +30,7 @@ from partners.service import (
     issue_partner_client,
     list_partners,
     partner_id,
+    set_status,
 )
 
 
@@ -116,17 +117,20 @@ def partner_user_cli() -> None:
 @click.argument("code")
 @click.argument("login")
 @click.option("--name", required=True)
+@click.option("--role", type=click.Choice(PARTNER_ROLES), default="viewer", show_default=True,
+              help="viewer reads; operator also uploads batches, replays deliveries and "
+                   "manages webhook endpoints; admin also manages the other staff accounts")
 @click.option("--json", "as_json", is_flag=True)
 @with_appcontext
-def partner_user_create(code: str, login: str, name: str, as_json: bool) -> None:
+def partner_user_create(code: str, login: str, name: str, role: str, as_json: bool) -> None:
     """A portal account for partner CODE; prints its one-time activation code."""
     try:
-        user = partner_users.create_user(code, login, name, actor=cli_actor())
+        user = partner_users.create_user(code, login, name, role, actor=cli_actor())
     except CoalitionError as exc:
         raise click.ClickException(exc.message) from exc
-    emit({"login": user["login"], "partner": user["partner"],
+    emit({"login": user["login"], "partner": user["partner"], "role": user["role"],
           "activation_code": user["activation_code"]}, as_json,
-         f"login:           {user['login']} ({user['partner']})\n"
+         f"login:           {user['login']} ({user['partner']}, {user['role']})\n"
          f"activation code: {user['activation_code']}  (shown once; the person chooses a "
          f"password with it at /partner/activate)")
 
@@ -143,6 +147,44 @@ def partner_user_disable(code: str, login: str) -> None:
         raise click.ClickException(exc.message) from exc
     click.echo(f"{done['login']} is disabled ({plural(done['tokens_revoked'], 'token')} "
                f"revoked).")
+
+
+@partner_user_cli.command("role")
+@click.argument("code")
+@click.argument("login")
+@click.argument("role", type=click.Choice(PARTNER_ROLES))
+@with_appcontext
+def partner_user_role(code: str, login: str, role: str) -> None:
+    """Give a portal account of partner CODE another role."""
+    try:
+        done = partner_users.change_role(code, login, role, actor=cli_actor())
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{done['login']} is {done['role']}.")
+
+
+@partner_cli.command("suspend")
+@click.argument("code")
+@with_appcontext
+def partner_suspend(code: str) -> None:
+    """Suspend partner CODE: its portal staff are signed out and kept out."""
+    try:
+        set_status(code, "suspended", actor=cli_actor())
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{code} is suspended.")
+
+
+@partner_cli.command("reactivate")
+@click.argument("code")
+@with_appcontext
+def partner_reactivate(code: str) -> None:
+    """Let suspended partner CODE back in."""
+    try:
+        set_status(code, "active", actor=cli_actor())
+    except CoalitionError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{code} is active.")
 
 
 @partner_cli.command("funding")

@@ -20,7 +20,8 @@ from coalition.claims.opening import open_claim
 from coalition.clock import utcnow
 from coalition.db import read
 from coalition.errors import AlreadyExists, InvalidRequest
-from coalition.ledger import earn_burn, holds, idempotency, reversals
+from coalition.ledger import holds, idempotency
+from coalition.ledger.booking import PartnerRef, partner_ref
 from coalition.ledger.members import enrol
 from coalition.ledger.models import Member
 from coalition.membership import purchase
@@ -30,6 +31,7 @@ from coalition.oauth.clients import create_operator_client
 from coalition.oauth.models import PARTNER_SCOPES
 from coalition.program.service import publish_rules
 from config import source_checkout
+from partners import transactions
 from partners.service import create_partner, issue_partner_client
 
 
@@ -52,9 +54,10 @@ DEMO_PARTNERS: tuple[DemoPartner, ...] = (
      "earn_rate": Decimal("0"), "issue_price": Decimal("0"), "redeem_rate": Decimal("0.0100")},
 )
 
-#: the demo's partner portal account (README names it): a demo's password is public
+#: the demo's partner portal account (README names it), an admin of its partner who can
+#: manage the partner's other staff: a demo's password is public
 DEMO_STAFF = {"partner": "northwind", "login": "nora@northwind.example",
-              "name": "Nora Northwind", "password": "northwind-portal-demo"}
+              "name": "Nora Northwind", "password": "northwind-portal-demo", "role": "admin"}
 
 DEMO_RULES: dict[str, Any] = {
     "pending_days": 0,
@@ -104,7 +107,7 @@ def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
                        "client_secret": client.client_secret, "scopes": client.scopes})
     publish_rules(DEMO_RULES, published_by=operator.client_id, actor=actor)
     staff = partner_users.create_user(DEMO_STAFF["partner"], DEMO_STAFF["login"],
-                                      DEMO_STAFF["name"], actor=actor)
+                                      DEMO_STAFF["name"], DEMO_STAFF["role"], actor=actor)
     partner_users.activate(DEMO_STAFF["login"], staff["activation_code"],
                            DEMO_STAFF["password"])
     return {"loaded": True, "clients": issued,
@@ -127,7 +130,8 @@ def history_file() -> Path | None:
 
 
 def load_history(text: str) -> dict[str, Any]:
-    """Book the demo history, each row through the same ledger service as the partner API.
+    """Book the demo history, each row through the same services as the partner API: a
+    booking uses the partner's funding and raises its webhook event as an API call's does.
 
     Members are enrolled at the first partner that names them and linked at the others.
     Every row is idempotent by its ``partner_txn_id``, so loading twice books nothing twice.
@@ -136,24 +140,25 @@ def load_history(text: str) -> dict[str, Any]:
     if not rows or tuple(rows[0]) != HISTORY_COLUMNS:
         raise InvalidRequest(f"The demo history needs the columns {', '.join(HISTORY_COLUMNS)}.")
     with read() as session:
-        partners = {row.code: row.id for row in session.execute(select(Partner.code, Partner.id))}
+        partners = {code: partner_ref(session, partner_id) for code, partner_id
+                    in session.execute(select(Partner.code, Partner.id))}
     numbers: dict[str, str] = {}
     linked: set[tuple[str, str]] = set()
     booked: dict[tuple[str, str], int] = {}  # (partner, partner_txn_id) -> transaction/hold id
     replayed = 0
     for line, row in enumerate(rows, start=2):
-        partner_id = partners.get(row["partner"])
-        if partner_id is None or row["type"] not in HISTORY_TYPES \
+        partner = partners.get(row["partner"])
+        if partner is None or row["type"] not in HISTORY_TYPES \
                 or row["member"] not in DEMO_MEMBERS:
             raise InvalidRequest(f"Line {line} of the demo history names an unknown "
                                  "partner, type or member.")
         handle = row["member"]
         if (row["partner"], handle) not in linked:
-            member, _ = enrol(partner_id, handle, name=DEMO_MEMBERS[handle],
+            member, _ = enrol(partner.id, handle, name=DEMO_MEMBERS[handle],
                               member_number=numbers.get(handle))
             numbers[handle] = member["member_number"]
             linked.add((row["partner"], handle))
-        outcome = _book(partner_id, row, numbers[handle],
+        outcome = _book(partner, row, numbers[handle],
                         booked.get((row["partner"], row["reference"])), line)
         booked[(row["partner"], row["partner_txn_id"])] = outcome.body["id"]
         replayed += outcome.replayed
@@ -195,8 +200,8 @@ def open_demo_claims(numbers: dict[str, str]) -> int:
     return opened
 
 
-def _book(partner_id: int, row: dict[str, str], member_number: str, reference: int | None,
-          line: int) -> idempotency.Outcome:
+def _book(partner: PartnerRef, row: dict[str, str], member_number: str,
+          reference: int | None, line: int) -> idempotency.Outcome:
     kind = row["type"]
     data: dict[str, Any] = {"partner_txn_id": row["partner_txn_id"]}
     try:
@@ -209,13 +214,16 @@ def _book(partner_id: int, row: dict[str, str], member_number: str, reference: i
         raise InvalidRequest(f"Line {line} of the demo history: {exc}.") from exc
     if kind in ("earn", "burn", "hold"):
         data["member_number"] = member_number
-        book = {"earn": earn_burn.earn, "burn": earn_burn.burn, "hold": holds.authorise_hold}[kind]
-        return book(partner_id, data)
+        if kind == "earn":
+            return transactions.earn(partner, data)
+        if kind == "burn":
+            return transactions.burn(partner, data)
+        return holds.authorise_hold(partner, data)  # books no points
     if reference is None:
         raise InvalidRequest(f"Line {line} of the demo history refers to "
                              f"{row['reference']!r}, which no earlier line books.")
     if kind == "hold_capture":
-        return holds.capture_hold(partner_id, reference, data)
+        return transactions.capture(partner, reference, data)
     if kind == "hold_void":
-        return holds.cancel_hold(partner_id, reference, data)
-    return reversals.reverse(partner_id, reference, data)
+        return holds.cancel_hold(partner, reference, data)  # books no points
+    return transactions.reverse(partner, reference, data, None)

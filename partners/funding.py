@@ -72,9 +72,23 @@ _TAKE = (update(FundingSlot.__table__)
          .values(remaining=_S.remaining - bindparam("points")))
 
 
-def _guarded_take(session: Session, partner_id: int, points: int) -> bool:
-    result = session.execute(_TAKE, {"partner": partner_id, "points": points})
-    return affected_rows(result) == 1
+def _guarded_take(session: Session, partner_id: int, points: int) -> int | None:
+    """Take ``points`` from one free slot that has them; what the slot has left, or
+    ``None`` when no free slot could."""
+    left = session.execute(_TAKE.returning(_S.remaining),
+                           {"partner": partner_id, "points": points}).scalar()
+    return None if left is None else int(left)
+
+
+def taken(session: Session, partner_id: int, slot_left: int | None,
+          low_threshold: int | None, low_raised: bool) -> None:
+    """After an earn took its points: raise ``funding.low`` if the partner's funding fell
+    below its threshold. The slot the earn took from is one share of what is left, so
+    when that slot alone still reaches the threshold, the sum of all of them is not read."""
+    if low_threshold is None or low_raised:
+        return
+    if slot_left is None or slot_left < low_threshold:
+        _maybe_low(session, partner_id, low_threshold)
 
 
 def change(session: Session, partner_id: int, points: int, model: str,
@@ -90,10 +104,10 @@ def change(session: Session, partner_id: int, points: int, model: str,
                         .values(remaining=_S.remaining + points))
         return
     needed = -points
-    if not _guarded_take(session, partner_id, needed):
+    slot_left = _guarded_take(session, partner_id, needed)
+    if slot_left is None:
         _take_slowly(session, partner_id, needed, model)
-    if low_threshold is not None and not low_raised:
-        _maybe_low(session, partner_id, low_threshold)
+    taken(session, partner_id, slot_left, low_threshold, low_raised)
 
 
 def _take_slowly(session: Session, partner_id: int, needed: int, model: str) -> None:

@@ -6,6 +6,12 @@ code) the way every page signs its user in (:mod:`coalition.http.signin`, scope
 ``partner:portal``, redirect URI ``<this site>/partner/callback``), and see their own partner
 only: each view calls the partner API's services with the signed-in person's partner, so
 another partner's object answers 404 exactly as one that does not exist.
+
+What a person may do is their role's (:data:`coalition.oauth.partner_users.ROLES`): every
+view names the role it needs (:func:`signed_in_as`), and a person whose role is not
+enough gets 403 before anything is read from the form. Every action that changes something
+is written to the partner's audit trail in the transaction of the change, naming the
+person.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
     stream_with_context,
     url_for,
 )
 
+from coalition.audit.service import Actor
 from coalition.errors import CoalitionError, NotFound
 from coalition.http.pages import check_csrf, protect_pages
 from coalition.http.signin import PageSignIn
@@ -39,8 +47,10 @@ from coalition.oauth import partner_users
 from coalition.oauth.models import PARTNER_SCOPES, PORTAL_SCOPES
 from coalition.oauth.partner_users import SignedInPartnerUser
 from coalition.oauth.server import Principal
+from config.logging import current_request_id
 from partners import batches, portal_queries, webhooks
 from partners.funding import funding
+from partners.models import EVENT_TYPES
 from settlement import service as settlement
 from settlement.schemas import StatementSchema
 
@@ -58,6 +68,7 @@ DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 BATCH_SCOPES = {s for s in PARTNER_SCOPES if s.startswith("points:")}
 #: the largest file the portal takes (the API's own limit applies as well)
 UPLOAD_MAX = 20 * 1024 * 1024
+NOT_A_PAGE = "That page link is not valid; start again from the first."
 
 
 @bp.before_request
@@ -85,9 +96,38 @@ page_sign_in = PageSignIn(bp, name="Partner portal", scope=SCOPE, tokens=TOKENS,
                           pending=PENDING, who=_staff, come_back=True, clears_session=False)
 
 
-def _signed_in() -> SignedInPartnerUser:
-    staff: SignedInPartnerUser = page_sign_in.require()
+def signed_in_as(role: str = "viewer") -> SignedInPartnerUser:
+    """The person signed in to the portal, whose role allows what ``role`` does: else off
+    to sign in (and back to this page after), or 403. For the portal's other blueprints
+    too."""
+    staff: SignedInPartnerUser | None = page_sign_in.signed_in()
+    if staff is None:
+        back = request.full_path.rstrip("?") if request.method == "GET" else None
+        abort(redirect(url_for("partner_portal.sign_in", next=back) if back
+                       else url_for("partner_portal.sign_in")))
+    if not staff.may(role):
+        abort(403, f"Your role ({staff.role}) does not allow this: it needs {role}. Ask an "
+                   f"admin of {staff.partner_name} for it.")
     return staff
+
+
+def _signed_in() -> SignedInPartnerUser:
+    return signed_in_as("viewer")
+
+
+def actor_of(staff: SignedInPartnerUser) -> Actor:
+    """Who the audit trail names: the portal's client, acting for the staff member."""
+    return Actor(session[TOKENS]["client_id"], staff.login, current_request_id())
+
+
+def cursor_or_none(errors: dict[str, str]) -> str | None:
+    """The page's ``cursor`` argument, or ``None`` for the first page; a cursor that is
+    not one is an error of the form (checked again by the service, which refuses it)."""
+    text = request.args.get("cursor", "").strip()
+    if text and (len(text) > 64 or not re.fullmatch(r"[A-Za-z0-9_-]+", text)):
+        errors["cursor"] = NOT_A_PAGE
+        return None
+    return text or None
 
 
 @bp.route("/activate", methods=["GET", "POST"])
@@ -168,7 +208,7 @@ def _transactions(staff: SignedInPartnerUser) -> Any:
             try:
                 history.decode_cursor(form["cursor"])
             except CoalitionError:
-                errors["cursor"] = "That page link is not valid; start again from the first."
+                errors["cursor"] = NOT_A_PAGE
             else:
                 filters["cursor"] = form["cursor"]
         if not errors:
@@ -196,17 +236,29 @@ def transaction(transaction_id: int) -> Any:
 # --------------------------------------------------------------------------- batch files
 
 
+def _batch_page(staff: SignedInPartnerUser, problem: str | None, status: int = 200) -> Any:
+    errors: dict[str, str] = {}
+    cursor = cursor_or_none(errors)
+    page: dict[str, Any] = {"items": [], "next_cursor": None}
+    if not errors:
+        try:
+            page = batches.page_batches(staff.partner_id, PAGE, cursor)
+        except CoalitionError:
+            errors["cursor"] = NOT_A_PAGE
+    return render_template("partner/batches.html", batches=page["items"],
+                           next_cursor=page["next_cursor"], problem=problem,
+                           errors=errors), 422 if errors else status
+
+
 @bp.get("/batches")
 def batch_list() -> Any:
-    staff = _signed_in()
-    return render_template("partner/batches.html", batches=batches.list_batches(
-        staff.partner_id), problem=None)
+    return _batch_page(_signed_in(), None)
 
 
 @bp.post("/batches")
 def batch_upload() -> Any:
     """A day's transactions as a CSV file, checked whole, then booked by the worker."""
-    staff = _signed_in()
+    staff = signed_in_as("operator")
     check_csrf()
     file = request.files.get("file")
     content = file.read(UPLOAD_MAX + 1) if file else b""
@@ -218,7 +270,8 @@ def batch_upload() -> Any:
     else:
         try:
             batch = batches.upload(staff.partner_id, BATCH_SCOPES, content,
-                                   request.form.get("rows", "").strip() or None)
+                                   request.form.get("rows", "").strip() or None,
+                                   actor=actor_of(staff))
         except CoalitionError as refused:
             detail = " ".join(m for ms in (refused.errors or {}).values()
                               if isinstance(ms, list) for m in ms if m != refused.message)
@@ -227,8 +280,7 @@ def batch_upload() -> Any:
             flash(f"Batch {batch['id']} of {batch['rows']} rows is queued for booking.",
                   "success")
             return redirect(url_for(".batch", batch_id=batch["id"]))
-    return render_template("partner/batches.html", batches=batches.list_batches(
-        staff.partner_id), problem=problem), 422
+    return _batch_page(staff, problem, 422)
 
 
 def _batch(partner_id: int, batch_id: int) -> dict[str, Any]:
@@ -263,32 +315,82 @@ def batch_results(batch_id: int) -> Response:
 # --------------------------------------------------------------------------- webhooks
 
 
+def _webhook_page(staff: SignedInPartnerUser, *, form: dict[str, Any] | None = None,
+                  errors: dict[str, str] | None = None, created: dict[str, Any] | None = None,
+                  status: int = 200) -> Any:
+    return render_template("partner/webhooks.html",
+                           endpoints=webhooks.list_endpoints(staff.partner_id),
+                           event_types=EVENT_TYPES, form=form or {"url": "", "events": []},
+                           errors=errors or {}, created=created), status
+
+
 @bp.get("/webhooks")
 def webhook_list() -> Any:
-    staff = _signed_in()
-    return render_template("partner/webhooks.html",
-                           endpoints=webhooks.list_endpoints(staff.partner_id))
+    return _webhook_page(_signed_in())
+
+
+@bp.post("/webhooks")
+def webhook_create() -> Any:
+    """Register an endpoint: the same service as ``POST /v1/webhooks``; its signing
+    secret is shown on the answer, this once (never put in the session)."""
+    staff = signed_in_as("operator")
+    check_csrf()
+    url = request.form.get("url", "").strip()[:2000]
+    events = request.form.getlist("events")
+    form = {"url": url, "events": events}
+    try:
+        created = webhooks.create_endpoint(staff.partner_id, url, events,
+                                           actor=actor_of(staff))
+    except CoalitionError as refused:
+        errors = {k: " ".join(v) for k, v in (refused.errors or {}).items()
+                  if isinstance(v, list)} or {"url": refused.message}
+        return _webhook_page(staff, form=form, errors=errors, status=422)
+    return _webhook_page(staff, created=created, status=201)
+
+
+@bp.post(f"/webhooks/<{ID}:endpoint_id>/delete")
+def webhook_delete(endpoint_id: int) -> Any:
+    """Stop sending to an endpoint (``DELETE /v1/webhooks/{id}``)."""
+    staff = signed_in_as("operator")
+    check_csrf()
+    try:
+        webhooks.delete_endpoint(staff.partner_id, endpoint_id, actor=actor_of(staff))
+    except NotFound:
+        abort(404, f"No webhook endpoint {endpoint_id}.")
+    flash(f"Endpoint {endpoint_id} is deleted: nothing more is sent to it.", "success")
+    return redirect(url_for(".webhook_list"))
 
 
 @bp.get(f"/webhooks/<{ID}:endpoint_id>")
 def webhook(endpoint_id: int) -> Any:
     staff = _signed_in()
+    errors: dict[str, str] = {}
+    cursor = cursor_or_none(errors)
+    args: dict[str, Any] = {"limit": PAGE}
+    if cursor:
+        args["cursor"] = cursor
     try:
-        deliveries = webhooks.list_deliveries(staff.partner_id, endpoint_id, {"limit": PAGE})
+        deliveries = webhooks.list_deliveries(staff.partner_id, endpoint_id, args)
     except NotFound:
         abort(404, f"No webhook endpoint {endpoint_id}.")
+    except CoalitionError:
+        errors["cursor"] = NOT_A_PAGE
+        deliveries = {"items": [], "next_cursor": None}  # the endpoint is theirs
     endpoint = next(e for e in webhooks.list_endpoints(staff.partner_id)
                     if e["id"] == endpoint_id)
     return render_template("partner/webhook.html", endpoint=endpoint,
-                           deliveries=deliveries["items"])
+                           deliveries=deliveries["items"],
+                           next_cursor=None if errors else deliveries["next_cursor"],
+                           errors=errors), 422 if errors else 200
 
 
 @bp.post(f"/webhooks/<{ID}:endpoint_id>/deliveries/<{ID}:delivery_id>/replay")
 def replay(endpoint_id: int, delivery_id: int) -> Any:
-    staff = _signed_in()
+    staff = signed_in_as("operator")
     check_csrf()
     try:
-        again = webhooks.replay(staff.partner_id, endpoint_id, delivery_id)
+        again = webhooks.replay(staff.partner_id, endpoint_id, delivery_id,
+                                actor=actor_of(staff))
     except NotFound:
         abort(404, f"No delivery {delivery_id} of webhook endpoint {endpoint_id}.")
     flash(f"Delivery {delivery_id} is sent again as delivery {again['id']}.", "success")

@@ -1,6 +1,7 @@
 """``/partner/claims``: members' missing-points claims at the signed-in person's partner,
 confirmed (the earn booked as the API books it) or refused with a reason the member sees.
-Signed in as the portal is (:data:`partners.portal.page_sign_in`)."""
+Signed in as the portal is; answering takes the operator role
+(:func:`partners.portal.signed_in_as`)."""
 
 from __future__ import annotations
 
@@ -15,22 +16,12 @@ from coalition.http.pages import check_csrf, protect_pages
 from coalition.ledger.booking import PartnerRef, partner_of
 from coalition.oauth.partner_users import SignedInPartnerUser
 from partners.claims_booking import book_reported
-from partners.portal import ID, PAGE, page_sign_in
+from partners.portal import ID, PAGE, signed_in_as
 
 bp = Blueprint("partner_claims", __name__, url_prefix="/partner/claims")
 protect_pages(bp, "partner/base.html", "partner_portal.home", "Back to the portal")
 
 REASON_MAX = 500
-
-
-def _staff() -> SignedInPartnerUser:
-    # page_sign_in.require() sends to this blueprint's own sign-in; the portal's it is,
-    # coming back here after
-    staff: SignedInPartnerUser | None = page_sign_in.signed_in()
-    if staff is None:
-        back = request.full_path.rstrip("?") if request.method == "GET" else None
-        abort(redirect(url_for("partner_portal.sign_in", next=back)))
-    return staff
 
 
 def _partner(staff: SignedInPartnerUser) -> PartnerRef:
@@ -51,7 +42,7 @@ def _list(staff: SignedInPartnerUser, errors: dict[int, str] | None = None,
 
 @bp.get("")
 def claim_list() -> Any:
-    return _list(_staff())
+    return _list(signed_in_as("viewer"))
 
 
 def _answered(claim_id: int, work: Any) -> Any:
@@ -74,7 +65,7 @@ def _answered(claim_id: int, work: Any) -> Any:
 
 @bp.post(f"/<{ID}:claim_id>/confirm")
 def confirm(claim_id: int) -> Any:
-    staff = _staff()
+    staff = signed_in_as("operator")
     check_csrf()
     return _answered(claim_id, lambda: answers.confirm(
         _partner(staff), claim_id, staff.login, book=book_reported))
@@ -82,7 +73,7 @@ def confirm(claim_id: int) -> Any:
 
 @bp.post(f"/<{ID}:claim_id>/refuse")
 def refuse(claim_id: int) -> Any:
-    staff = _staff()
+    staff = signed_in_as("operator")
     check_csrf()
     reason = request.form.get("reason", "").strip()
     if not reason or len(reason) > REASON_MAX:

@@ -16,7 +16,9 @@ from partners import (
     funding,
     funding_api,
     portal,
+    portal_audit,
     portal_claims,
+    portal_staff,
     webhooks,
     webhooks_api,
 )
@@ -34,6 +36,8 @@ def init_app(app: Flask) -> None:
     rest.register_blueprint(funding_api.blp)
     app.register_blueprint(portal.bp)
     app.register_blueprint(portal_claims.bp)
+    app.register_blueprint(portal_staff.bp)
+    app.register_blueprint(portal_audit.bp)
     app.cli.add_command(partner_cli)
     app.cli.add_command(demo_cli)
     app.cli.add_command(batch_cli)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from coalition.oauth.models import PARTNER_ROLES as ROLES
 from coalition.oauth.models import PARTNER_SCOPES
 from coalition.schemas import Currency, DecimalString, StrictSchema, UTCTimestamp, WholeMatch
 
@@ -79,12 +80,21 @@ class PartnerUserCreateSchema(StrictSchema):
                           metadata={"description": "what the person signs in with (an e-mail "
                                     "address will do); unique across partners"})
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    role = fields.String(load_default="viewer", validate=validate.OneOf(ROLES), metadata={
+        "description": "viewer reads everything of its partner; operator also uploads "
+                       "batches, replays deliveries and manages webhook endpoints; admin "
+                       "also manages the partner's other staff accounts from the portal"})
+
+
+class RoleChangeSchema(StrictSchema):
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
 
 
 class PartnerUserSchema(Schema):
     login = fields.String()
     name = fields.String()
     partner = fields.String()
+    role = fields.String(metadata={"enum": list(ROLES)})
     active = fields.Boolean()
     activated = fields.Boolean(metadata={"description": "whether a password was chosen"})
     created_at = fields.DateTime()

@@ -16,6 +16,7 @@ from coalition.ledger import fence
 from coalition.models import Partner, RateCard
 from coalition.oauth import clients
 from coalition.oauth.clients import IssuedClient
+from coalition.oauth.models import OAuthToken, PartnerUser, revoke_tokens
 from settlement.compute import COALITION
 
 #: names that settlement, its exports and the finance page use beside partner codes for
@@ -155,3 +156,31 @@ def issue_partner_client(code: str, scopes: list[str], name: str = "", *,
                                       partner_code=partner.code)
         uow.commit()
     return issued
+
+
+def set_status(code: str, status: str, *, actor: Actor = SYSTEM) -> dict[str, Any]:
+    """Suspend a partner (``suspended``) or let it back in (``active``).
+
+    Suspending signs its portal staff out: every token they hold is revoked in the same
+    transaction, and until the partner is active again none of them can sign in or
+    activate an account (:mod:`coalition.oauth.partner_users`). Their accounts, and their
+    roles, are kept for when it is. Setting the status it already has changes nothing.
+    """
+    if status not in ("active", "suspended"):
+        message = "status is active or suspended."
+        raise InvalidRequest(message, errors={"status": [message]})
+    with UnitOfWork() as uow:
+        partner = _get(uow.session, code, lock=True)
+        if partner.status != status:
+            before, partner.status = partner.status, status
+            revoked = 0
+            if status == "suspended":
+                staff = select(PartnerUser.id).where(PartnerUser.partner_id == partner.id)
+                revoked = revoke_tokens(uow.session,
+                                        OAuthToken.__table__.c.partner_user_id.in_(staff))
+            record(uow.session, actor,
+                   "partner.suspended" if status == "suspended" else "partner.reactivated",
+                   f"partner:{code}", {"from": before, "staff_tokens_revoked": revoked},
+                   partner_id=partner.id)
+        uow.commit()
+        return describe(partner)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import bindparam, exists, select
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from coalition.db import UnitOfWork
@@ -24,10 +24,11 @@ from coalition.ledger.models import Entry
 from coalition.ledger.rendering import render_transaction
 from partners import funding, webhooks
 from partners.api_schemas import TransactionSchema
-from partners.models import PartnerFunding, WebhookEndpoint
+from partners.models import FundingSlot, PartnerFunding, WebhookEndpoint
 
 _E = Entry.__table__.c
 _F = PartnerFunding.__table__.c
+_S = FundingSlot.__table__.c
 _EP = WebhookEndpoint.__table__.c
 _EVENTS = {"earn": "transaction.booked", "burn": "transaction.booked",
            "hold_capture": "transaction.booked", "earn_reversal": "transaction.reversed",
@@ -37,11 +38,39 @@ _EVENTS = {"earn": "transaction.booked", "burn": "transaction.booked",
 _BOOKED = (
     select(_E.id, _E.kind, _E.points, _F.model, _F.credit_limit_points,
            _F.low_threshold_points, _F.low_raised,
-           exists().where(_EP.partner_id == bindparam("partner"), _EP.deleted_at.is_(None)))
+           exists().where(_EP.partner_id == bindparam("partner"), _EP.deleted_at.is_(None))
+           .label("listened"))
     .select_from(Entry.__table__.outerjoin(PartnerFunding.__table__,
                                            _F.partner_id == _E.partner_id))
     .where(_E.partner_id == bindparam("partner"), _E.partner_txn_id == bindparam("txn"))
 )
+
+
+def _booked_and_taken() -> Any:
+    """On PostgreSQL, :data:`_BOOKED` and a prepaid earn's take of its points in the same
+    round trip: a slot that has them and that no other earn holds (``SKIP LOCKED``, as
+    :func:`partners.funding.change` picks one) is locked and takes them, and the answer
+    carries what that slot has left (``NULL``: nothing was taken, because the booking is
+    no prepaid earn or no free slot had enough; :func:`report` then does what any other
+    booking does). A prepaid earn is then as many statements as a post-paid one."""
+    booked = _BOOKED.cte("booked")
+    free = (select(_S.slot)
+            .where(_S.partner_id == bindparam("partner"), booked.c.kind == "earn",
+                   booked.c.model == "prepaid", booked.c.points > 0,
+                   _S.remaining >= booked.c.points)
+            .order_by(func.random()).limit(1)
+            .with_for_update(of=FundingSlot.__table__, skip_locked=True)
+            .cte("free"))
+    points = select(booked.c.points).scalar_subquery()
+    took = (update(FundingSlot.__table__)
+            .where(_S.partner_id == bindparam("partner"), _S.slot == free.c.slot,
+                   _S.remaining >= points)
+            .values(remaining=_S.remaining - points)
+            .returning(_S.remaining).cte("took"))
+    return select(*booked.c, select(took.c.remaining).scalar_subquery().label("slot_left"))
+
+
+_BOOKED_AND_TAKEN = _booked_and_taken()
 
 #: more work for the same transaction, given the booked entry's id (a batch row's outcome)
 Then = Callable[[Session, int], None]
@@ -50,12 +79,17 @@ Then = Callable[[Session, int], None]
 def report(session: Session, partner: PartnerRef, partner_txn_id: str) -> int | None:
     """Use the funding and write the event of the entry booked as ``partner_txn_id``, in
     the caller's transaction; the entry's id."""
-    row = session.execute(_BOOKED, {"partner": partner.id, "txn": partner_txn_id}).first()
+    together = session.get_bind().dialect.name == "postgresql"
+    row = session.execute(_BOOKED_AND_TAKEN if together else _BOOKED,
+                          {"partner": partner.id, "txn": partner_txn_id}).first()
     if row is None:
         return None
-    entry_id, kind, points, model, credit_limit, low_threshold, low_raised, listened = row
+    entry_id, kind, points, model, credit_limit, low_threshold, low_raised, listened = row[:8]
+    slot_left = row.slot_left if together else None
     metered = model == "prepaid" or (model == "postpaid" and credit_limit is not None)
-    if metered and kind in ("earn", "earn_reversal"):
+    if slot_left is not None:  # a prepaid earn, its points taken in the read
+        funding.taken(session, partner.id, int(slot_left), low_threshold, bool(low_raised))
+    elif metered and kind in ("earn", "earn_reversal"):
         funding.change(session, partner.id, -points if kind == "earn" else points, model,
                        low_threshold, bool(low_raised))
     if listened and kind in _EVENTS:
@@ -100,6 +134,6 @@ def capture(partner: PartnerRef, hold_id: int, data: dict[str, Any]) -> Outcome:
 
 
 def reverse(partner: PartnerRef, transaction_id: int, data: dict[str, Any],
-            may_reverse: set[str], then: Then | None = None) -> Outcome:
+            may_reverse: set[str] | None, then: Then | None = None) -> Outcome:
     return reversals.reverse(partner, transaction_id, data, may_reverse=may_reverse,
                              units=units(partner, data, then))

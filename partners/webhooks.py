@@ -23,6 +23,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from coalition import clock
+from coalition.audit.service import Actor, record
 from coalition.cursor import decode, encode
 from coalition.db import UnitOfWork, read
 from coalition.errors import InvalidRequest, NotFound
@@ -95,8 +96,10 @@ def _endpoint(row: Any) -> dict[str, Any]:
             "created_at": row.created_at}
 
 
-def create_endpoint(partner_id: int, url: str, events: list[str]) -> dict[str, Any]:
-    """Register an endpoint; the answer carries its signing secret, shown this once."""
+def create_endpoint(partner_id: int, url: str, events: list[str], *,
+                    actor: Actor | None = None) -> dict[str, Any]:
+    """Register an endpoint; the answer carries its signing secret, shown this once.
+    ``actor``: who registered it, in the partner's audit trail."""
     check_url(url)
     unknown = sorted(set(events) - set(EVENT_TYPES))
     if unknown or not events:
@@ -116,6 +119,10 @@ def create_endpoint(partner_id: int, url: str, events: list[str]) -> dict[str, A
         uow.session.add(endpoint)
         uow.session.flush()
         body = {**_endpoint(endpoint), "secret": secret}
+        if actor is not None:
+            record(uow.session, actor, "webhook_endpoint.created",
+                   f"webhook_endpoint:{endpoint.id}", {"url": url, "events": endpoint.events},
+                   partner_id=partner_id)
         uow.commit()
     return body
 
@@ -136,11 +143,15 @@ def _own_endpoint(session: Session, partner_id: int, endpoint_id: int) -> Any:
     return row
 
 
-def delete_endpoint(partner_id: int, endpoint_id: int) -> None:
+def delete_endpoint(partner_id: int, endpoint_id: int, *, actor: Actor | None = None) -> None:
     """Stop sending to the endpoint: its pending deliveries are given up, its history
-    kept."""
+    kept. ``actor``: who deleted it, in the partner's audit trail."""
     with UnitOfWork() as uow:
-        _own_endpoint(uow.session, partner_id, endpoint_id)
+        endpoint = _own_endpoint(uow.session, partner_id, endpoint_id)
+        if actor is not None:
+            record(uow.session, actor, "webhook_endpoint.deleted",
+                   f"webhook_endpoint:{endpoint_id}", {"url": endpoint.url},
+                   partner_id=partner_id)
         now = clock.utcnow()
         uow.session.execute(WebhookEndpoint.__table__.update()
                             .where(_EP.id == endpoint_id).values(deleted_at=now))
@@ -222,8 +233,10 @@ def list_deliveries(partner_id: int, endpoint_id: int, args: dict[str, Any]) -> 
     return {"items": items, "next_cursor": encode("w", rows[limit - 1].id) if more else None}
 
 
-def replay(partner_id: int, endpoint_id: int, delivery_id: int) -> dict[str, Any]:
-    """Send a delivery's event to its endpoint again, now, as a new delivery."""
+def replay(partner_id: int, endpoint_id: int, delivery_id: int, *,
+           actor: Actor | None = None) -> dict[str, Any]:
+    """Send a delivery's event to its endpoint again, now, as a new delivery. ``actor``:
+    who asked, in the partner's audit trail."""
     with UnitOfWork() as uow:
         session = uow.session
         _own_endpoint(session, partner_id, endpoint_id)
@@ -239,5 +252,9 @@ def replay(partner_id: int, endpoint_id: int, delivery_id: int) -> dict[str, Any
             "replay_of": original.id}).scalar_one()
         row = session.execute(select(*_DELIVERY_COLUMNS).where(_DL.id == new_id)).one()
         body = _delivery(session, row)
+        if actor is not None:
+            record(session, actor, "webhook_delivery.replayed", f"webhook_delivery:{new_id}",
+                   {"endpoint": endpoint_id, "replay_of": original.id,
+                    "event_id": original.event_id}, partner_id=partner_id)
         uow.commit()
     return body

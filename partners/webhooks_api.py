@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
+from coalition.audit.views import current_actor
 from coalition.http.guard import protected
 from coalition.oauth.server import current_principal
 from coalition.schemas import CursorQueryArgsSchema, StrictSchema, UTCTimestamp
@@ -88,7 +89,8 @@ class Endpoints(MethodView):
     @blp.response(201, CreatedEndpointSchema)
     def post(self, data: dict[str, Any]) -> Any:
         """Register an endpoint for event types; the signing secret is shown once."""
-        return webhooks.create_endpoint(_partner_id(), data["url"], data["events"])
+        return webhooks.create_endpoint(_partner_id(), data["url"], data["events"],
+                                        actor=current_actor())
 
     @protected(_SCOPE, kinds=_PARTNER)
     @blp.response(200, EndpointSchema(many=True))
@@ -104,7 +106,7 @@ class Endpoint(MethodView):
     @blp.alt_response(404, description="No such endpoint of yours")
     def delete(self, endpoint_id: int) -> None:
         """Stop sending to an endpoint; its deliveries still pending are given up."""
-        webhooks.delete_endpoint(_partner_id(), endpoint_id)
+        webhooks.delete_endpoint(_partner_id(), endpoint_id, actor=current_actor())
 
 
 @blp.route(f"/<{_ID}:endpoint_id>/deliveries")
@@ -125,4 +127,5 @@ class Replay(MethodView):
     @blp.alt_response(404, description="No such delivery of an endpoint of yours")
     def post(self, endpoint_id: int, delivery_id: int) -> Any:
         """Send a delivery's event again (a new delivery, with the same event id)."""
-        return webhooks.replay(_partner_id(), endpoint_id, delivery_id)
+        return webhooks.replay(_partner_id(), endpoint_id, delivery_id,
+                               actor=current_actor())

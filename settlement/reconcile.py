@@ -37,6 +37,7 @@ from coalition.ledger.models import TRANSACTION_TYPES, Entry, Member
 from coalition.ledger.numbers import is_valid
 from coalition.models import Partner
 from coalition.schemas import MAX_POINTS, UTCTimestamp
+from partners import transactions as partner_bookings
 from settlement.models import Adjustment, Break, Reconciliation, SettlementRun
 
 COLUMNS = ("partner_txn_id", "type", "member_number", "points", "occurred_at")
@@ -388,7 +389,13 @@ def resolve(run_id: int, break_id: int, action: str, reason: str, resolved_by: s
 
 def _adjust(session: Any, brk: Break, partner: Partner) -> tuple[int, int]:
     """Book the correcting transaction in ``session``; its partner_txn_id names the break.
-    Returns the entry and the change in the partner transaction's points it makes."""
+    Returns the entry and the change in the partner transaction's points it makes.
+
+    It is a booking of the partner's points like any other (:func:`partners.transactions.
+    report`): an earn uses the partner's funding (a prepaid partner whose funding cannot
+    cover it is refused with ``insufficient_funding``, and the break stays open), an earn
+    reversal gives it back, and the partner's webhooks hear of it, all in this
+    transaction."""
     ref = booking.PartnerRef(partner.id, partner.code, partner.currency)
     file = brk.details.get("file")
     ours = brk.details.get("ledger")
@@ -427,4 +434,6 @@ def _adjust(session: Any, brk: Break, partner: Partner) -> tuple[int, int]:
     else:
         raise InvalidRequest("Nothing in the ledger to take points back from; accept this "
                              "break with a reason.")
+    if not outcome.replayed:
+        partner_bookings.report(session, ref, txn)
     return int(outcome.body["id"]), difference

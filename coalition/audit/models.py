@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from coalition.db import PK, Base, Timestamp, utcnow
+from coalition.db import PK, Base, BigId, Timestamp, utcnow
 
 
 class AuditEvent(Base):
@@ -17,6 +17,7 @@ class AuditEvent(Base):
         Index("ix_audit_event_action_id", "action", "id"),
         Index("ix_audit_event_actor_id", "actor", "id"),
         Index("ix_audit_event_occurred_at", "occurred_at"),
+        Index("ix_audit_event_partner_id_id", "partner_id", "id"),
     )
 
     id: Mapped[PK]
@@ -32,5 +33,9 @@ class AuditEvent(Base):
     target: Mapped[str] = mapped_column(String(200))
     #: what changed; never a secret
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: the partner whose staff acted, or whose objects were acted on, through the partner
+    #: portal: that partner's audit trail (no foreign key: like ``target``, the log outlives
+    #: what it names)
+    partner_id: Mapped[int | None] = mapped_column(BigId)
     #: the request that did it (the ``X-Request-ID`` of its access log line)
     request_id: Mapped[str | None] = mapped_column(String(128))

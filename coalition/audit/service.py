@@ -26,6 +26,8 @@ ACTIONS = (
     "partner.created",
     "partner.rate_card_added",
     "partner.funding_changed",
+    "partner.suspended",
+    "partner.reactivated",
     "client.issued",
     "client.rotated",
     "client.revoked",
@@ -35,6 +37,11 @@ ACTIONS = (
     "finance_user.disabled",
     "partner_user.created",
     "partner_user.disabled",
+    "partner_user.role_changed",
+    "batch.uploaded",
+    "webhook_endpoint.created",
+    "webhook_endpoint.deleted",
+    "webhook_delivery.replayed",
     "settlement.run_created",
     "settlement.run_recomputed",
     "settlement.run_deleted",
@@ -93,15 +100,16 @@ def _plain(value: Any) -> Any:
 
 
 def record(session: Session, actor: Actor, action: str, target: str,
-           details: dict[str, Any] | None = None) -> None:
+           details: dict[str, Any] | None = None, *, partner_id: int | None = None) -> None:
     """Add an audit event to ``session``'s transaction; it is written when (and only if)
-    the caller's unit of work commits. ``details`` must never hold a secret."""
+    the caller's unit of work commits. ``details`` must never hold a secret. ``partner_id``
+    puts the event in that partner's own audit trail (the portal shows it)."""
     if action not in ACTIONS:
         raise ValueError(f"not an audit action: {action}")
     session.add(AuditEvent(
         occurred_at=utcnow(), action=action, actor=actor.client_id[:64],
         actor_user=actor.user[:200] if actor.user else None, target=target[:200],
-        details=_plain(details or {}), request_id=actor.request_id))
+        details=_plain(details or {}), request_id=actor.request_id, partner_id=partner_id))
 
 
 # --------------------------------------------------------------------------- reading
@@ -123,10 +131,14 @@ def view(event: AuditEvent) -> dict[str, Any]:
 
 def list_events(*, action: str | None = None, actor: str | None = None,
                 occurred_from: datetime | None = None, occurred_to: datetime | None = None,
-                cursor: str | None = None, limit: int = 50) -> dict[str, Any]:
+                partner_id: int | None = None, cursor: str | None = None,
+                limit: int = 50) -> dict[str, Any]:
     """Audit events, newest first, a page at a time. ``actor`` matches the client id or
-    the person; ``occurred_from`` is inclusive, ``occurred_to`` exclusive."""
+    the person; ``occurred_from`` is inclusive, ``occurred_to`` exclusive; ``partner_id``
+    keeps that partner's trail alone."""
     query = select(AuditEvent)
+    if partner_id is not None:
+        query = query.where(AuditEvent.partner_id == partner_id)
     if action:
         query = query.where(AuditEvent.action == action)
     if actor:

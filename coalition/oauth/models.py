@@ -229,6 +229,11 @@ class FinanceUser(Base):
     created_at: Mapped[Timestamp] = mapped_column(default=utcnow)
 
 
+#: what a partner staff member may do in the portal, each role allowing what the ones
+#: before it do (:mod:`coalition.oauth.partner_users`)
+PARTNER_ROLES = ("viewer", "operator", "admin")
+
+
 class PartnerUser(Base):
     """A partner's staff member (its loyalty manager, its accountant): signs in to the
     partner portal through the authorization-code flow and sees that partner alone.
@@ -237,6 +242,9 @@ class PartnerUser(Base):
     which the person chooses a password."""
 
     __tablename__ = "partner_user"
+    __table_args__ = (
+        CheckConstraint("role IN ('viewer', 'operator', 'admin')", name="role"),
+    )
 
     id: Mapped[PK]
     partner_id: Mapped[int] = mapped_column(BigId, ForeignKey("partner.id"), index=True)
@@ -246,6 +254,10 @@ class PartnerUser(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     activation_hash: Mapped[str | None] = mapped_column(String(64))
     active: Mapped[bool] = mapped_column(default=True)
+    #: what the person may do in the portal: ``viewer`` reads everything of its partner,
+    #: ``operator`` also uploads batches, replays deliveries and manages webhook endpoints,
+    #: ``admin`` also manages the partner's other staff accounts
+    role: Mapped[str] = mapped_column(String(16), default="viewer", server_default="viewer")
     failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     locked_until: Mapped[Timestamp | None]
     created_at: Mapped[Timestamp] = mapped_column(default=utcnow)

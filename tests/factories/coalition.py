@@ -105,7 +105,11 @@ def seed(client: FlaskClient, make_partner: Any, operator: dict[str, str],
     """The coalition above; ``signed_in=False`` leaves out the members with tokens."""
     from tests.factories.members import active_member, bearer_of, member_token
 
-    response = client.put("/v1/admin/program", json=RULES, headers=operator)
+    # a plan a partner may sell, so that the isolation matrix reaches the member lookup
+    plans = [{"code": "club", "name": "Club", "period_months": 1,
+              "price": {"amount": "5.00", "currency": "GBP"}}]
+    response = client.put("/v1/admin/program", json={**RULES, "memberships": plans},
+                          headers=operator)
     assert response.status_code == 200, response.get_json()
     before = T0 - timedelta(days=1)
     _, acme_headers = make_partner("acme", valid_from=before)

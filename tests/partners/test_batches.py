@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError, OperationalError
 
 from coalition import clock
 from coalition.db import read
 from coalition.ledger.models import Entry
 from coalition.schemas import rfc3339
-from partners import batches
+from partners import batches, transactions
 from partners.models import BatchRow
 from tests.coalition.test_serving import BIN, clean_env, started
 from tests.conftest import TEST_SECRET, post_short, snapshot
@@ -376,3 +377,82 @@ def test_a_batch_whose_rows_fill_whole_turns_is_finished(app, client, acme):
         pass
     done = client.get(f"/v1/batches/{queued['id']}", headers=acme).get_json()
     assert (done["status"], done["booked"]) == ("done", 4) and done["finished_at"]
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def _failing_earn(monkeypatch, fault: Exception, txn: str = "poison") -> list[str]:
+    """Make the earn of row ``txn`` always fail with ``fault``; the calls made, by
+    partner_txn_id."""
+    calls: list[str] = []
+    real = transactions.earn
+
+    def earn_or_fail(partner, data, then):
+        calls.append(data["partner_txn_id"])
+        if data["partner_txn_id"] == txn:
+            raise fault
+        return real(partner, data, then)
+
+    monkeypatch.setattr(transactions, "earn", earn_or_fail)
+    return calls
+
+
+def test_a_row_that_always_fails_is_tried_a_few_times_then_refused(app, client, acme,
+                                                                   monkeypatch):
+    """A database error that is no refusal is tried ROW_ATTEMPTS times with a growing wait,
+    then refused as internal_error; the rows around it are booked and the batch finishes."""
+    ada = enrol(client, acme, "ada")
+    fault = DataError("INSERT INTO entry ...", {}, Exception("value out of range"))
+    calls = _failing_earn(monkeypatch, fault)
+    waits: list[float] = []
+    monkeypatch.setattr(batches, "pause", waits.append)
+    queued = upload(client, acme, csv_of(f"ok-1,earn,{ada},,5,,,", f"poison,earn,{ada},,5,,,",
+                                         f"ok-2,earn,{ada},,7,,,"))
+    book_all()
+    assert calls.count("poison") == batches.ROW_ATTEMPTS == 3
+    assert waits == [batches.ROW_BACKOFF, batches.ROW_BACKOFF * 2]
+    done = client.get(f"/v1/batches/{queued['id']}", headers=acme).get_json()
+    assert (done["status"], done["booked"], done["refused"]) == ("done", 2, 1)
+    rows = {r["partner_txn_id"]: r for r in results(client, acme, queued["id"])}
+    assert rows["poison"]["outcome"] == "refused"
+    assert rows["poison"]["error"] == "internal_error"
+    assert "value out of range" not in rows["poison"]["message"]  # nothing of the database
+    assert balance(client, acme, ada)["available"] == 12
+
+
+def test_a_row_that_fails_once_is_booked_on_its_second_try(app, client, acme, monkeypatch):
+    ada = enrol(client, acme, "ada")
+    real, tries = transactions.earn, []
+
+    def flaky(partner, data, then):
+        tries.append(1)
+        if len(tries) == 1:
+            raise OperationalError("UPDATE wallet ...", {}, Exception("deadlock detected"))
+        return real(partner, data, then)
+
+    monkeypatch.setattr(transactions, "earn", flaky)
+    monkeypatch.setattr(batches, "pause", lambda _seconds: None)
+    queued = upload(client, acme, csv_of(f"once,earn,{ada},,9,,,"))
+    book_all()
+    done = client.get(f"/v1/batches/{queued['id']}", headers=acme).get_json()
+    assert (done["booked"], done["refused"], len(tries)) == (1, 0, 2)
+
+
+def test_a_lost_connection_leaves_the_row_for_the_next_turn(app, client, acme, monkeypatch):
+    """The database going away is not the row's fault: the row keeps no outcome and the
+    worker's next turn books it."""
+    ada = enrol(client, acme, "ada")
+    lost = OperationalError("SELECT ...", {}, Exception("server closed the connection"),
+                            connection_invalidated=True)
+    monkeypatch.setattr(batches, "pause", lambda _seconds: None)
+    with monkeypatch.context() as patched:
+        _failing_earn(patched, lost, txn="later")
+        queued = upload(client, acme, csv_of(f"later,earn,{ada},,4,,,"))
+        with pytest.raises(OperationalError):
+            batches.book_some()
+        pending = client.get(f"/v1/batches/{queued['id']}", headers=acme).get_json()
+        assert (pending["status"], pending["pending"]) == ("booking", 1)
+    book_all()
+    done = client.get(f"/v1/batches/{queued['id']}", headers=acme).get_json()
+    assert (done["status"], done["booked"]) == ("done", 1)

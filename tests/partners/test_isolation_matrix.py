@@ -69,6 +69,7 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/claims/{claim_id}"): {"transactions:read"},
     ("POST", "/v1/claims/{claim_id}/confirm"): {"points:earn"},
     ("POST", "/v1/claims/{claim_id}/refuse"): {"points:earn"},
+    ("POST", "/v1/memberships"): {"members:write"},
 }
 
 #: partner endpoints that are not about another partner's objects: enrolling or linking
@@ -161,6 +162,10 @@ def attempts(s: Seeded, ops: Operations) -> list[Attempt]:
         add("POST", "/v1/holds", "/v1/holds", "/v1/holds",
             {**named, "partner_txn_id": "steal-h", "points": 5},
             {**ghost, "partner_txn_id": "steal-h", "points": 5}, names=(ref,))
+        sale = {"partner_txn_id": "steal-m", "plan": "club",
+                "price": {"amount": "5.00", "currency": "GBP"}}
+        add("POST", "/v1/memberships", "/v1/memberships", "/v1/memberships",
+            {**named, **sale}, {**ghost, **sale}, names=(ref,))
     # bravo's statements: of the closed run, of the draft; against a partner that does
     # not exist, and a run that does not exist
     statements = "/v1/settlement/runs/{run_id}/statements/{partner}"

@@ -43,9 +43,9 @@ def text_of(response) -> str:
 
 
 def staff_account(code: str = "acme", login: str = "lena@acme.example",
-                  password: str = PASSWORD) -> str:
-    """An activated account of partner ``code``; its login."""
-    created = partner_users.create_user(code, login, "Lena Loyalty")
+                  password: str = PASSWORD, role: str = "admin") -> str:
+    """An activated account of partner ``code`` with ``role``; its login."""
+    created = partner_users.create_user(code, login, "Lena Loyalty", role)
     partner_users.activate(login, created["activation_code"], password)
     return login
 
@@ -478,7 +478,8 @@ def test_every_form_and_page_is_accessible_markup(client, acme):
     sign_in(client)
     for path in ("/partner/transactions", f"/partner/transactions/{acme['earn']['id']}",
                  "/partner/batches", "/partner/webhooks", "/partner/funding",
-                 "/partner/statements", "/partner/activate"):
+                 "/partner/statements", "/partner/activate", "/partner/staff",
+                 "/partner/audit"):
         answer = client.get(path)
         html = text_of(answer)
         assert answer.status_code == 200, path

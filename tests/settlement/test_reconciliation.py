@@ -16,7 +16,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from coalition.db import read
+from coalition.ledger.check import check_ledger
+from coalition.models import Partner
+from partners import webhooks
+from partners.funding import configure, funding
+from partners.models import WebhookEvent
 from tests.conftest import post_short, snapshot
 from tests.factories.partner_api import assert_error, bad_check_digit, enrol, post_ok
 from tests.factories.settlement import (
@@ -1011,3 +1018,58 @@ def test_the_parser_reads_anything_or_refuses_it_cleanly() -> None:
             records) + len(malformed)
 
     check()
+
+
+# --------------------------------------------------------------------------- funding and webhooks
+
+
+def _prepaid_with_a_listener(client, period, points: int) -> int:
+    """acme prepaid with a block of ``points`` from now, and a webhook endpoint for its
+    transactions; acme's id."""
+    configure("acme", {"points": points, "price": Decimal("1.00"), "currency": "GBP"})
+    with read() as session:
+        acme_id = session.scalar(select(Partner.id).where(Partner.code == "acme"))
+    webhooks.create_endpoint(acme_id, "http://127.0.0.1:18602/hook",
+                             ["transaction.booked", "transaction.reversed"])
+    return acme_id
+
+
+def _events(acme_id: int) -> list[dict[str, Any]]:
+    with read() as session:
+        return [json.loads(body) for body in session.scalars(
+            select(WebhookEvent.body).where(WebhookEvent.partner_id == acme_id)
+            .order_by(WebhookEvent.created_at))]
+
+
+def test_an_adjustment_uses_the_funding_and_tells_the_partners_webhooks(
+        app, client, operator_headers, period) -> None:
+    """An adjustment is a booking of the partner's points like any other: a missing earn
+    uses a prepaid partner's funding and an earn taken back gives it back, each with its
+    event, and the ledger check's funding invariant holds."""
+    acme_id = _prepaid_with_a_listener(client, period, 1000)
+    rows = [r for r in period.full_file() if r[0] not in ("e1", "e2")]
+    report = reconciled(client, operator_headers, period, csv_rows(
+        *rows, ("e2", "earn", period.bob, 45, AT), ("x1", "earn", period.ann, 70, AT)))
+    found = breaks_by_txn(report)
+    _adjusted(app, client, operator_headers, period, found["x1"])
+    assert funding(acme_id)["available_points"] == 1000 - 70
+    _adjusted(app, client, operator_headers, period, found["e2"])  # 5 taken back
+    assert funding(acme_id)["available_points"] == 1000 - 70 + 5
+    events = _events(acme_id)
+    assert [(e["type"], e["data"]["partner_txn_id"], e["data"]["points"]) for e in events] == [
+        ("transaction.booked", f"adj-{found['x1']['id']}-x1", 70),
+        ("transaction.reversed", f"adj-{found['e2']['id']}-e2", 5)]
+    checked = check_ledger()
+    assert checked.ok, [(c.name, c.violations) for c in checked.checks if not c.ok]
+
+
+def test_an_adjustment_the_funding_cannot_cover_leaves_the_break_open(
+        app, client, operator_headers, period) -> None:
+    _prepaid_with_a_listener(client, period, 50)
+    report = reconciled(client, operator_headers, period, csv_rows(
+        *period.full_file(), ("x1", "earn", period.ann, 70, AT)))
+    (brk,) = report["breaks"]
+    before = snapshot(app)
+    assert_error(resolve(client, operator_headers, period.id, brk["id"], "adjust"), 409,
+                 "insufficient_funding")
+    assert snapshot(app) == before
