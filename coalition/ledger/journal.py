@@ -22,11 +22,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, insert, select, true, union_all, update
+from sqlalchemy import and_, bindparam, case, exists, func, insert, select, true, union_all, update
 from sqlalchemy.orm import Session
 
+from coalition.errors import HoldNotOpen
 from coalition.ledger import fence
-from coalition.ledger.models import Entry, Lot, LotMovement, Posting, Wallet
+from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting, Wallet
 from coalition.observability import note_booked
 from coalition.schemas import MAX_POINTS
 
@@ -519,6 +520,193 @@ def credit_with_lot(
     fence.judge(booked_at, row.closed_until, bool(row.priced) if priced_at else True)
     note_booked(session, kind)
     return Balance(row.available, row.pending, row.held), row.entry_id
+
+
+@dataclass(frozen=True)
+class HoldClose:
+    """The hold an entry closes: still open when the entry is written, it becomes
+    ``status`` with ``captured`` points captured and the entry as the one that closed it."""
+
+    hold_id: int
+    status: str
+    captured: int = 0
+
+
+@dataclass(frozen=True)
+class Booked:
+    balance: Balance
+    entry_id: int
+
+
+_H = Hold.__table__
+_CLOSE_HOLD = (update(_H).where(_H.c.id == bindparam("h_id"), _H.c.status == "open")
+               .values(status=bindparam("h_status"), captured=bindparam("h_captured"),
+                       closed_by_entry_id=bindparam("h_entry"))
+               .returning(_H.c.id))
+_NEXT_ENTRY_ID = func.nextval(func.pg_get_serial_sequence("entry", "id"))
+_HOLD_STATUS = select(_H.c.status).where(_H.c.id == bindparam("h_id"))
+_changes: dict[tuple[Any, ...], Any] = {}
+
+
+def _change_statement(signs: tuple[int, int, int], activity: bool, priced: bool,
+                      postings: int, takes: int, closes: bool) -> Any:
+    """PostgreSQL: the guarded wallet UPDATE (first: the member's row lock), the hold it
+    closes if still open, the entry with the balances the wallet returned, its postings and
+    lot movements, and the takes applied to the lots, as one statement of data-modifying
+    CTEs. Each write reads a row the step before returned, so a wallet change refused by its
+    guard writes nothing, and a hold no longer open writes nothing but the wallet change
+    (the caller then abandons the transaction, see :func:`change_and_book`). The closed
+    hold names its entry by the id the entry is then written with (a value of the entry
+    id sequence)."""
+    key = (signs, activity, priced, postings, takes, closes)
+    statement = _changes.get(key)
+    if statement is not None:
+        return statement
+    entry, posting, movement = Entry.__table__, Posting.__table__, LotMovement.__table__
+    w = _wallet_update(signs, activity).cte("w")
+    fields = [*_ENTRY_FIELDS, "available_after", "pending_after", "held_after"]
+    values = [*[_param(entry, f, "e_") for f in _ENTRY_FIELDS],
+              w.c.available, w.c.pending, w.c.held]
+    source: Any = w
+    if closes:
+        n = select(_NEXT_ENTRY_ID.label("id")).cte("n")
+        h = (update(_H).where(_H.c.id == bindparam("h_id"), _H.c.status == "open",
+                              exists(select(w.c.held)))
+             .values(status=bindparam("h_status"), captured=bindparam("h_captured"),
+                     closed_by_entry_id=select(n.c.id).scalar_subquery())
+             .returning(_H.c.id.label("hold_id")).cte("h"))
+        fields, values = ["id", *fields], [n.c.id, *values]
+        source = w.join(n, true()).join(h, true())
+    e = (insert(entry)
+         .from_select(fields, select(*values).select_from(source))
+         .returning(entry.c.id.label("entry_id"),
+                    *[c.label(n) for c, n in zip(fence.returning(priced),
+                                                 ("closed_until", "priced"), strict=False)])
+         .cte("e"))
+    ctes = [insert(posting).from_select(["entry_id", *_POSTING_FIELDS], union_all(*[
+        select(e.c.entry_id, *[_param(posting, f, f"p{i}_") for f in _POSTING_FIELDS])
+        for i in range(postings)])).cte("p")]
+    if takes:
+        ctes.append(insert(movement).from_select(
+            ["entry_id", *_MOVE_FIELDS, "entry_kind", "entry_partner_id", "entry_booked_at"],
+            union_all(*[select(e.c.entry_id,
+                               *[_param(movement, f, f"m{i}_") for f in _MOVE_FIELDS],
+                               _param(entry, "kind", "e_"), _param(entry, "partner_id", "e_"),
+                               _param(entry, "booked_at", "e_"))
+                        for i in range(takes)])).cte("m"))
+        moved = union_all(*[
+            select(_param(movement, "lot_id", f"m{i}_").label("lot_id"),
+                   _param(movement, "points", f"m{i}_").label("delta"))
+            .where(e.c.entry_id.is_not(None))
+            for i in range(takes)]).subquery("t")
+        ctes.append(
+            update(_L).where(_L.c.id == moved.c.lot_id)
+            .values(remaining=_L.c.remaining + moved.c.delta,
+                    state=case((and_(moved.c.delta > 0, _L.c.state == "expired"), "live"),
+                               else_=_L.c.state))
+            .cte("t_applied"))
+    columns = [w.c.available, w.c.pending, w.c.held, e.c.entry_id, e.c.closed_until,
+               *([e.c.priced] if priced else [])]
+    statement = select(*columns).select_from(w.join(e, true())).add_cte(*ctes)
+    _changes[key] = statement
+    return statement
+
+
+def change_and_book(
+    session: Session,
+    *,
+    member_id: int,
+    available: int = 0,
+    pending: int = 0,
+    held: int = 0,
+    activity_at: datetime | None,
+    kind: str,
+    booked_at: datetime,
+    points: int,
+    postings: Iterable[tuple[str, int | None, int | None, int]],
+    takes: Sequence[Take] = (),
+    closes: HoldClose | None = None,
+    occurred_at: datetime | None = None,
+    partner_id: int | None = None,
+    partner_txn_id: str | None = None,
+    request_hash: str | None = None,
+    reference_id: int | None = None,
+    spend_amount: Decimal | None = None,
+    spend_currency: str | None = None,
+    note: str | None = None,
+) -> Booked | None:
+    """Change the member's wallet (:func:`change_wallet`), apply ``takes`` to their lots
+    (:func:`apply_takes`), write the entry that explains both (:func:`book_entry`, with the
+    balances after the change) and close the hold it ``closes``; ``None`` (nothing written)
+    when the wallet refused the change.
+
+    A hold that is no longer open is refused with :class:`~coalition.errors.HoldNotOpen`,
+    and so is a wallet change refused while the hold was closed meanwhile (its held points
+    went with it); the wallet may have been changed by then, so the transaction is
+    abandoned, as after any domain error.
+
+    The takes' lots are the caller's to have read: only their immutable columns may be read
+    before this call, which takes the member's wallet lock; their points are changed here.
+    On PostgreSQL it is one statement, one round trip (:func:`_change_statement`), unless
+    the takes are more than :data:`MOVES_IN_STATEMENT`; elsewhere the steps run one after
+    the other, with the same answers.
+    """
+    postings = [p for p in postings if p[3] != 0]
+    priced_at = _priced_at(kind, postings)
+    entry = _entry_values(kind, booked_at, points, occurred_at, partner_id, member_id,
+                          partner_txn_id, request_hash, reference_id, spend_amount,
+                          spend_currency, note, None)
+    if not fence.in_statement(session) or len(takes) > MOVES_IN_STATEMENT:
+        balance = change_wallet(session, member_id, available=available, pending=pending,
+                                held=held, activity_at=activity_at)
+        if balance is None:
+            _refused_close(session, closes)
+            return None
+        apply_takes(session, takes)
+        entry_id = book_entry(session, postings=postings, balance=balance, takes=takes,
+                              **entry)
+        # (all(): on SQLite, first() of this UPDATE … RETURNING comes back empty)
+        if closes is not None and not session.execute(_CLOSE_HOLD, {
+                "h_id": closes.hold_id, "h_status": closes.status,
+                "h_captured": closes.captured, "h_entry": entry_id}).all():
+            _refused_close(session, closes)
+        return Booked(balance, entry_id)
+    params: dict[str, Any] = {
+        "b_member": member_id, "d_available": available, "d_pending": pending, "d_held": held,
+        **fence.parameters(priced_at, booked_at),
+        **{f"e_{name}": value for name, value in entry.items()}}
+    if activity_at is not None:
+        params["b_activity_at"] = activity_at
+    for i, posting in enumerate(postings):
+        params.update({f"p{i}_{name}": value
+                       for name, value in zip(_POSTING_FIELDS, posting, strict=True)})
+    for i, take in enumerate(takes):
+        params.update({f"m{i}_lot_id": take.lot_id, f"m{i}_points": take.points,
+                       f"m{i}_origin_partner_id": take.origin_partner_id})
+    if closes is not None:
+        params.update(h_id=closes.hold_id, h_status=closes.status,
+                      h_captured=closes.captured)
+    statement = _change_statement(
+        (_sign(available), _sign(pending), _sign(held)), activity_at is not None,
+        priced_at is not None, len(postings), len(takes), closes is not None)
+    row = session.execute(statement, params).first()
+    if row is None:
+        _refused_close(session, closes)
+        return None
+    fence.judge(booked_at, row.closed_until, bool(row.priced) if priced_at else True)
+    note_booked(session, kind)
+    return Booked(Balance(row.available, row.pending, row.held), row.entry_id)
+
+
+def _refused_close(session: Session, closes: HoldClose | None) -> None:
+    """Refuse the booking when the hold it closes is no longer open (nothing to say
+    otherwise: the caller answers for a refused wallet change)."""
+    if closes is None:
+        return
+    status = session.execute(_HOLD_STATUS, {"h_id": closes.hold_id}).scalar()
+    if status != "open":
+        raise HoldNotOpen(f"Hold {closes.hold_id} is {status}.")
+    raise LedgerInconsistency(f"hold {closes.hold_id}: open, yet its points are not held")
 
 
 class LedgerInconsistency(RuntimeError):
