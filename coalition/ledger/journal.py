@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, exists, func, insert, select, true, union_all, update
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
 from coalition.errors import HoldNotOpen
@@ -53,17 +54,20 @@ class Take:
 
 _W = Wallet.__table__.c
 _BALANCES = (_W.available, _W.pending, _W.held)
-_wallet_updates: dict[tuple[int, int, int, bool], Any] = {}
+_wallet_updates: dict[tuple[int, int, int, bool, bool], Any] = {}
 
 
-def _wallet_update(signs: tuple[int, int, int], activity: bool) -> Any:
+def _wallet_update(signs: tuple[int, int, int], activity: bool, versioned: bool = False) -> Any:
     """The guarded UPDATE for one pattern of signs, built once: a negative delta needs
-    the points there, a positive one room below :data:`MAX_BALANCE`."""
-    key = (*signs, activity)
+    the points there, a positive one room below :data:`MAX_BALANCE`; ``versioned``, the
+    wallet still at the version the caller read (``b_version``)."""
+    key = (*signs, activity, versioned)
     statement = _wallet_updates.get(key)
     if statement is None:
         names = ("available", "pending", "held")
         conditions = [_W.member_id == bindparam("b_member")]
+        if versioned:
+            conditions.append(_W.version == bindparam("b_version"))
         for column, name, sign in zip(_BALANCES, names, signs, strict=True):
             if sign < 0:
                 conditions.append(column >= -bindparam(f"d_{name}"))
@@ -91,26 +95,36 @@ def change_wallet(
     pending: int = 0,
     held: int = 0,
     activity_at: datetime | None = None,
+    version: int | None = None,
 ) -> Balance | None:
     """Apply the deltas in one guarded statement; ``None`` if a balance would go below
-    zero or above :data:`MAX_BALANCE` (nothing changed then)."""
+    zero or above :data:`MAX_BALANCE`, or with ``version`` if the wallet is no longer at
+    it (nothing changed then)."""
     statement = _wallet_update((_sign(available), _sign(pending), _sign(held)),
-                               activity_at is not None)
+                               activity_at is not None, version is not None)
     params: dict[str, Any] = {"b_member": member_id, "d_available": available,
                               "d_pending": pending, "d_held": held}
     if activity_at is not None:
         params["b_activity_at"] = activity_at
+    if version is not None:
+        params["b_version"] = version
     row = session.execute(statement, params).first()
     return Balance(*row) if row else None
 
 
-_LOCK_WALLET = (select(*_BALANCES).where(_W.member_id == bindparam("member_id"))
-                .with_for_update())
+# a lock is an UPDATE of the version: so a member's wallet version moves whenever anyone
+# takes the member's lock, and a read made before taking it is current if the version is
+# the same under the lock (see :func:`change_and_book`'s ``version``)
+_LOCK_WALLET = (update(Wallet.__table__).where(_W.member_id == bindparam("b_member"))
+                .values(version=_W.version + 1).returning(*_BALANCES))
 
 
 def lock_wallet(session: Session, member_id: int) -> Balance:
     """Lock the member's wallet row for the rest of the transaction and read it."""
-    return Balance(*session.execute(_LOCK_WALLET, {"member_id": member_id}).one())
+    row = session.execute(_LOCK_WALLET, {"b_member": member_id}).all()
+    if not row:
+        raise NoResultFound(f"member {member_id} has no wallet")
+    return Balance(*row[0])
 
 
 #: the first page of live lots read for a consumption; each further page is 16 times larger
@@ -548,8 +562,8 @@ _HOLD_STATUS = select(_H.c.status).where(_H.c.id == bindparam("h_id"))
 _changes: dict[tuple[Any, ...], Any] = {}
 
 
-def _change_statement(signs: tuple[int, int, int], activity: bool, priced: bool,
-                      postings: int, takes: int, closes: bool) -> Any:
+def _change_statement(signs: tuple[int, int, int], activity: bool, versioned: bool,
+                      priced: bool, postings: int, takes: int, closes: bool) -> Any:
     """PostgreSQL: the guarded wallet UPDATE (first: the member's row lock), the hold it
     closes if still open, the entry with the balances the wallet returned, its postings and
     lot movements, and the takes applied to the lots, as one statement of data-modifying
@@ -558,12 +572,12 @@ def _change_statement(signs: tuple[int, int, int], activity: bool, priced: bool,
     (the caller then abandons the transaction, see :func:`change_and_book`). The closed
     hold names its entry by the id the entry is then written with (a value of the entry
     id sequence)."""
-    key = (signs, activity, priced, postings, takes, closes)
+    key = (signs, activity, versioned, priced, postings, takes, closes)
     statement = _changes.get(key)
     if statement is not None:
         return statement
     entry, posting, movement = Entry.__table__, Posting.__table__, LotMovement.__table__
-    w = _wallet_update(signs, activity).cte("w")
+    w = _wallet_update(signs, activity, versioned).cte("w")
     fields = [*_ENTRY_FIELDS, "available_after", "pending_after", "held_after"]
     values = [*[_param(entry, f, "e_") for f in _ENTRY_FIELDS],
               w.c.available, w.c.pending, w.c.held]
@@ -594,15 +608,16 @@ def _change_statement(signs: tuple[int, int, int], activity: bool, priced: bool,
                                _param(entry, "kind", "e_"), _param(entry, "partner_id", "e_"),
                                _param(entry, "booked_at", "e_"))
                         for i in range(takes)])).cte("m"))
-        moved = union_all(*[
-            select(_param(movement, "lot_id", f"m{i}_").label("lot_id"),
-                   _param(movement, "points", f"m{i}_").label("delta"))
-            .where(e.c.entry_id.is_not(None))
-            for i in range(takes)]).subquery("t")
+        # the lots by id in the statement itself, not joined to a CTE: a lot changed by
+        # a booking that committed while this one waited for the wallet is re-read by the
+        # UPDATE (and its WHERE checked again), which a join to a CTE's rows does not survive
+        lot_ids = [_param(movement, "lot_id", f"m{i}_") for i in range(takes)]
+        delta = case(*[(_L.c.id == lot_id, _param(movement, "points", f"m{i}_"))
+                       for i, lot_id in enumerate(lot_ids)])
         ctes.append(
-            update(_L).where(_L.c.id == moved.c.lot_id)
-            .values(remaining=_L.c.remaining + moved.c.delta,
-                    state=case((and_(moved.c.delta > 0, _L.c.state == "expired"), "live"),
+            update(_L).where(_L.c.id.in_(lot_ids), exists(select(e.c.entry_id)))
+            .values(remaining=_L.c.remaining + delta,
+                    state=case((and_(delta > 0, _L.c.state == "expired"), "live"),
                                else_=_L.c.state))
             .cte("t_applied"))
     columns = [w.c.available, w.c.pending, w.c.held, e.c.entry_id, e.c.closed_until,
@@ -626,6 +641,7 @@ def change_and_book(
     postings: Iterable[tuple[str, int | None, int | None, int]],
     takes: Sequence[Take] = (),
     closes: HoldClose | None = None,
+    version: int | None = None,
     occurred_at: datetime | None = None,
     partner_id: int | None = None,
     partner_txn_id: str | None = None,
@@ -647,6 +663,10 @@ def change_and_book(
 
     The takes' lots are the caller's to have read: only their immutable columns may be read
     before this call, which takes the member's wallet lock; their points are changed here.
+    With ``version``, the caller read more before the lock (the lots' points, the
+    member's bookings): the change is made only if the wallet is still at that version
+    (every change and every lock of it moves the version), and ``None`` answers a wallet
+    that moved as well as one that refused; the caller then locks it and reads again.
     On PostgreSQL it is one statement, one round trip (:func:`_change_statement`), unless
     the takes are more than :data:`MOVES_IN_STATEMENT`; elsewhere the steps run one after
     the other, with the same answers.
@@ -658,7 +678,7 @@ def change_and_book(
                           spend_currency, note, None)
     if not fence.in_statement(session) or len(takes) > MOVES_IN_STATEMENT:
         balance = change_wallet(session, member_id, available=available, pending=pending,
-                                held=held, activity_at=activity_at)
+                                held=held, activity_at=activity_at, version=version)
         if balance is None:
             _refused_close(session, closes)
             return None
@@ -677,6 +697,8 @@ def change_and_book(
         **{f"e_{name}": value for name, value in entry.items()}}
     if activity_at is not None:
         params["b_activity_at"] = activity_at
+    if version is not None:
+        params["b_version"] = version
     for i, posting in enumerate(postings):
         params.update({f"p{i}_{name}": value
                        for name, value in zip(_POSTING_FIELDS, posting, strict=True)})
@@ -688,7 +710,7 @@ def change_and_book(
                       h_captured=closes.captured)
     statement = _change_statement(
         (_sign(available), _sign(pending), _sign(held)), activity_at is not None,
-        priced_at is not None, len(postings), len(takes), closes is not None)
+        version is not None, priced_at is not None, len(postings), len(takes), closes is not None)
     row = session.execute(statement, params).first()
     if row is None:
         _refused_close(session, closes)

@@ -153,15 +153,23 @@ def _ledger_agrees(hold_id: int, status: str, captured: int) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("original", ["earn", "burn"])
-def test_a_reversal_is_counted(client, member, original):
+def test_a_reversal_is_a_first_read_and_one_booking_statement(client, member, original):
+    """On main: 14 statements each."""
     number, headers = member
-    if original == "burn":
-        done = client.post("/v1/burn", json={"member_number": number, "partner_txn_id": "b1",
-                                             "points": 300}, headers=headers).get_json()
-    else:
-        done = client.post("/v1/earn", json={"member_number": number, "partner_txn_id": "e9",
-                                             "points": 300}, headers=headers).get_json()
+    body = {"member_number": number, "partner_txn_id": "o1", "points": 300}
+    done = client.post(f"/v1/{original}", json=body, headers=headers).get_json()
     statements, answer = _statements_of(client, f"/v1/transactions/{done['id']}/reversals",
                                         {"partner_txn_id": "r1", "points": 100}, headers)
-    assert len(statements) == 14, statements
-    assert answer["points"] == 100
+    _the_booking_shape(statements)
+    assert answer["points"] == 100 and answer["type"] == f"{original}_reversal"
+    available = 1000 + (200 if original == "earn" else -200)
+    assert answer["balance"] == {"available": available, "pending": 0, "held": 0}
+    with read() as session:
+        entry = session.get(Entry, answer["id"])
+        moved = session.scalar(select(func.sum(LotMovement.points))
+                               .where(LotMovement.entry_id == entry.id))
+        wallet = session.get(Wallet, entry.member_id)
+        lots = session.scalar(select(func.sum(Lot.remaining))
+                              .where(Lot.member_id == entry.member_id, Lot.state == "live"))
+    assert moved == (-100 if original == "earn" else 100)
+    assert wallet.available == lots == entry.available_after == available
