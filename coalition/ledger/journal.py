@@ -1,10 +1,24 @@
-"""Booking primitives: the only code that writes wallets, lots, entries and postings.
+"""Booking primitives: the writer of a member's single bookings (wallet, lots, entries,
+postings, lot movements, and the hold a booking closes).
+
+The one other writer of those tables is :mod:`coalition.ledger.batch`, for the jobs that
+book thousands of members in one transaction; it shares with this module the wallet's
+limits (:func:`within_limits`, the Python form of the guard below, for changes decided
+before they are written), the release of pending lots (:class:`Release`,
+:func:`make_live`), the lot takes (:class:`Take`, :func:`apply_takes`) and the settlement
+fence, and keeps the same rules. (Transfers, merges, closures and bonuses book through
+the functions here.)
 
 Rules every caller keeps:
 
 * The member's wallet row is changed (or locked) first, in the caller's transaction, before
-  any of that member's lots are read; so all changes to one member's points are serialised
-  by that row, and lots never need locks of their own.
+  any of that member's lots are read for their points; so all changes to one member's
+  points are serialised by that row, and lots never need locks of their own. A lot's fixed
+  columns (its member, origin, expiry) and the append-only rows (entries, movements) may be
+  read before. A read of anything else made before the lock is used only through
+  :func:`change_and_book`'s ``version``: every change of the wallet, and every lock of it
+  (:func:`lock_wallet`), moves its version, so a booking made at the version read was
+  decided on the member's state as it still is.
 * Each wallet change is one guarded ``UPDATE … WHERE <no balance goes negative> RETURNING``;
   no row back means the change is refused and nothing was written.
 * An entry's postings sum to zero (checked here before anything is written).
@@ -82,6 +96,15 @@ def _wallet_update(signs: tuple[int, int, int], activity: bool, versioned: bool 
                      .returning(*_BALANCES))
         _wallet_updates[key] = statement
     return statement
+
+
+def within_limits(balance: Balance) -> bool:
+    """The wallet's rule in Python, for a writer that decides many changes before it writes
+    them (:mod:`coalition.ledger.batch`): every balance in ``0 … MAX_BALANCE``. It is what
+    :func:`_wallet_update`'s guard keeps for a change in SQL, from the balances as they are
+    under the lock."""
+    return all(0 <= value <= MAX_BALANCE
+               for value in (balance.available, balance.pending, balance.held))
 
 
 def _sign(n: int) -> int:
@@ -196,29 +219,56 @@ def apply_takes(session: Session, takes: Sequence[Take]) -> None:
     session.execute(_APPLY_TAKE, [{"lot": t.lot_id, "delta": t.points} for t in takes])
 
 
+@dataclass(frozen=True)
+class Release:
+    """What releasing pending lots books for their member: the lots become live
+    (:func:`make_live`) and their points move from pending to available in one ``release``
+    entry, none when nothing is left in them (as after a reversal in full while pending).
+    One rule for the single booking (:func:`release_lots`) and the expiry job's batches."""
+
+    member_id: int
+    points: int
+
+    @property
+    def postings(self) -> list[tuple[str, int | None, int | None, int]]:
+        return [("member:pending", self.member_id, None, -self.points),
+                ("member:available", self.member_id, None, self.points)]
+
+    @property
+    def refusal(self) -> str:
+        return (f"member {self.member_id}: pending short of {self.points} points in pending "
+                f"lots (or available would overflow)")
+
+
+def release(member_id: int, remaining: Iterable[int]) -> Release | None:
+    """The release of pending lots with these points left in them; ``None``: no entry."""
+    points = sum(remaining)
+    return Release(member_id, points) if points else None
+
+
+def make_live(session: Session, lot_ids: Sequence[int]) -> None:
+    """Pending lots become live (their members' wallets are locked)."""
+    if lot_ids:
+        session.execute(update(_L).where(_L.c.id.in_(list(lot_ids))).values(state="live"))
+
+
 def release_lots(session: Session, member_id: int, lots: Sequence[tuple[int, int]],
                  booked_at: datetime, occurred_at: datetime | None = None,
                  note: str | None = None) -> int:
-    """Make pending lots ``(lot id, remaining points)`` live and move their points from
-    pending to available in one ``release`` entry (none when nothing is left in them, as
-    after a reversal in full while pending); the wallet is already locked. Returns the
-    points released."""
-    if not lots:
+    """Release pending lots ``(lot id, remaining points)`` (:class:`Release`); the wallet
+    is already locked. Returns the points released."""
+    make_live(session, [lot_id for lot_id, _ in lots])
+    released = release(member_id, (remaining for _, remaining in lots))
+    if released is None:
         return 0
-    session.execute(update(_L).where(_L.c.id.in_([lot_id for lot_id, _ in lots]))
-                    .values(state="live"))
-    points = sum(remaining for _, remaining in lots)
-    if points == 0:
-        return 0
-    balance = change_wallet(session, member_id, pending=-points, available=points)
+    balance = change_wallet(session, member_id, pending=-released.points,
+                            available=released.points)
     if balance is None:
-        raise LedgerInconsistency(f"member {member_id}: pending short of {points} points "
-                                  f"in pending lots (or available would overflow)")
+        raise LedgerInconsistency(released.refusal)
     book_entry(session, kind="release", booked_at=booked_at, occurred_at=occurred_at,
-               points=points, member_id=member_id, balance=balance, note=note,
-               postings=[("member:pending", member_id, None, -points),
-                         ("member:available", member_id, None, points)])
-    return points
+               points=released.points, member_id=member_id, balance=balance, note=note,
+               postings=released.postings)
+    return released.points
 
 
 _INSERT_ENTRY = insert(Entry.__table__).returning(Entry.__table__.c.id)
