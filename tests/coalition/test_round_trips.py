@@ -173,3 +173,25 @@ def test_a_reversal_is_a_first_read_and_one_booking_statement(client, member, or
                               .where(Lot.member_id == entry.member_id, Lot.state == "live"))
     assert moved == (-100 if original == "earn" else 100)
     assert wallet.available == lots == entry.available_after == available
+
+
+@pytest.mark.postgres
+def test_a_balance_read_is_two_statements_after_the_token(client, member):
+    """The member with its wallet, and the first expiry dates (on main: three after the
+    token: member, wallet, dates)."""
+    number, headers = member
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        response = client.get(f"/v1/members/{number}/balance", headers=headers)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert response.status_code == 200, response.get_json()
+    assert len(statements) == 3, statements
+    assert "oauth_token" in statements[0] and "wallet" in statements[1]
+    answer = response.get_json()
+    assert (answer["member_number"], answer["available"]) == (number, 1000)
