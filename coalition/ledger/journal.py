@@ -18,7 +18,9 @@ Rules every caller keeps:
   read before. A read of anything else made before the lock is used only through
   :func:`change_and_book`'s ``version``: every change of the wallet, and every lock of it
   (:func:`lock_wallet`), moves its version, so a booking made at the version read was
-  decided on the member's state as it still is.
+  decided on the member's state as it still is. (The batch writer's lock does not move
+  it; the one thing a batch changes without changing the wallet, a pending lot emptied
+  by a reversal becoming live, changes nothing a booking decides on.)
 * Each wallet change is one guarded ``UPDATE … WHERE <no balance goes negative> RETURNING``;
   no row back means the change is refused and nothing was written.
 * An entry's postings sum to zero (checked here before anything is written).
