@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 from coalition import clock
 from coalition.db import run_with_retries
 from coalition.ledger import fence
-from coalition.ledger.journal import MAX_BALANCE, Balance, LedgerInconsistency, Take
+from coalition.ledger.journal import Balance, LedgerInconsistency, Take, within_limits
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting, Wallet
 from coalition.observability import note_booked
 
@@ -147,8 +147,7 @@ class Batch:
         before = self.balances[member_id]
         after = Balance(before.available + available, before.pending + pending,
                         before.held + held)
-        if not all(0 <= value <= MAX_BALANCE for value in (after.available, after.pending,
-                                                            after.held)):
+        if not within_limits(after):
             names = [name for name, value in zip(("available", "pending", "held"),
                                                  (available, pending, held), strict=True)
                      if value]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from coalition import clock
@@ -13,11 +14,24 @@ from coalition.db import UnitOfWork, Units, read
 from coalition.errors import HoldNotOpen, InvalidRequest, MemberClosed, NotFound
 from coalition.ledger import journal
 from coalition.ledger.booking import PartnerRef, debit_wallet, partner_of, partner_ref
-from coalition.ledger.idempotency import Outcome, idempotent, request_hash
+from coalition.ledger.idempotency import (
+    AlreadyBooked,
+    Outcome,
+    idempotent,
+    probe,
+    request_hash,
+    used_column,
+)
+from coalition.ledger.journal import Take
 from coalition.ledger.lookup import active_member
-from coalition.ledger.models import Entry, Hold, Member, Wallet
-from coalition.ledger.rendering import render_hold, render_transaction, transaction_body
-from coalition.ledger.voiding import hold_takes, returning, void_hold
+from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Wallet
+from coalition.ledger.rendering import (
+    balance_dict,
+    render_hold,
+    render_transaction,
+    transaction_body,
+)
+from coalition.ledger.voiding import RETURN_ORDER, OpenHold, returning, void_hold
 from coalition.program.service import rules_in_force
 
 
@@ -68,24 +82,59 @@ def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
     return idempotent(partner, data["partner_txn_id"], digest, work, render, units=units)
 
 
-def _locked_open_hold(session: Session, partner: PartnerRef, hold_id: int) -> Hold:
-    """The partner's hold, read again under its member's wallet lock; refused unless open."""
-    hold = session.scalar(select(Hold).where(Hold.id == hold_id, Hold.partner_id == partner.id))
-    if hold is None:
+_h, _m, _e = Hold.__table__.c, Member.__table__.c, Entry.__table__.c
+_mv, _lot = LotMovement.__table__.c, Lot.__table__.c
+#: a capture's or a void's first read: the hold, its member, its authorisation, whether the
+#: request's ``partner_txn_id`` was used, and the points the hold reserves in each lot (one
+#: row per lot, in the order they go back), in one round trip. Everything but the hold's
+#: status is fixed once the hold is authorised; the status is checked again by the booking
+#: that closes the hold (:class:`~coalition.ledger.journal.HoldClose`).
+_HOLD_READ = (
+    select(_h.entry_id, _h.member_id, _h.points, _h.status, _h.expires_at,
+           _m.member_number, _m.status.label("member_status"),
+           _e.partner_txn_id.label("hold_txn_id"), _e.booked_at,
+           used_column().label("used"),
+           _mv.lot_id, _lot.origin_partner_id, (-_mv.points).label("reserved"))
+    .select_from(Hold.__table__.join(Member.__table__, _m.id == _h.member_id)
+                 .join(Entry.__table__, _e.id == _h.entry_id)
+                 .outerjoin(LotMovement.__table__.join(Lot.__table__, _lot.id == _mv.lot_id),
+                            _mv.entry_id == _h.entry_id))
+    .where(_h.id == bindparam("hold"), _h.partner_id == bindparam("partner"))
+    .order_by(*RETURN_ORDER))
+
+
+@dataclass(frozen=True)
+class _SeenHold:
+    hold: OpenHold
+    status: str
+    expires_at: datetime
+    member_number: str
+    member_status: str
+    partner_txn_id: str | None
+    created_at: datetime
+    reserved: list[Take]
+
+
+def _read_hold(session: Session, partner: PartnerRef, hold_id: int,
+               partner_txn_id: str) -> _SeenHold:
+    """The partner's hold (:data:`_HOLD_READ`), refused unless open; a ``partner_txn_id``
+    used already is answered with its entry (:class:`AlreadyBooked`)."""
+    rows = session.execute(_HOLD_READ, {"hold": hold_id, "partner": partner.id,
+                                        "txn": partner_txn_id}).all()
+    if not rows:
+        probe(session, partner.id, partner_txn_id)
         raise NotFound(f"No hold {hold_id}.")
-    journal.lock_wallet(session, hold.member_id)
-    session.refresh(hold)
-    if hold.status != "open":
-        raise HoldNotOpen(f"Hold {hold_id} is {hold.status}.")
-    return hold
-
-
-def _open_hold(session: Session, partner: PartnerRef, hold_id: int, now: datetime) -> Hold:
-    """As :func:`_locked_open_hold`, and not expired: what a capture needs."""
-    hold = _locked_open_hold(session, partner, hold_id)
-    if hold.expires_at <= now:
-        raise HoldNotOpen(f"Hold {hold_id} has expired.")
-    return hold
+    first = rows[0]
+    if first.used is not None:
+        raise AlreadyBooked(first.used)
+    if first.status != "open":
+        raise HoldNotOpen(f"Hold {hold_id} is {first.status}.")
+    return _SeenHold(
+        OpenHold(hold_id, first.entry_id, first.member_id, partner.id, first.points),
+        first.status, first.expires_at, first.member_number, first.member_status,
+        first.hold_txn_id, first.booked_at,
+        [Take(row.lot_id, row.origin_partner_id, row.reserved)
+         for row in rows if row.lot_id is not None])
 
 
 def capture_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any], *,
@@ -96,40 +145,39 @@ def capture_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any
 
     def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
-        hold = _open_hold(session, partner, hold_id, now)
-        member = session.get_one(Member, hold.member_id)
-        if member.status != "active":
-            raise MemberClosed(f"Member {member.member_number} is {member.status}.")
+        seen = _read_hold(session, partner, hold_id, data["partner_txn_id"])
+        hold = seen.hold
+        if seen.expires_at <= now:
+            raise HoldNotOpen(f"Hold {hold_id} has expired.")
+        if seen.member_status != "active":
+            raise MemberClosed(f"Member {seen.member_number} is {seen.member_status}.")
         captured = data.get("points") or hold.points
         if captured > hold.points:
             message = f"At most the {hold.points} points held."
             raise InvalidRequest(message, errors={"points": [message]})
         back = hold.points - captured
-        balance = journal.change_wallet(session, hold.member_id, held=-hold.points,
-                                        available=back, activity_at=now)
-        assert balance is not None, "a held amount is always in the wallet"
-        takes = returning(hold_takes(session, hold), back)
-        journal.apply_takes(session, takes)
-        entry_id = journal.book_entry(
-            session, kind="hold_capture", booked_at=now, points=captured,
-            partner_id=partner.id, member_id=hold.member_id,
-            partner_txn_id=data["partner_txn_id"], request_hash=digest,
-            reference_id=hold.entry_id, balance=balance, takes=takes,
+        booked = journal.change_and_book(
+            session, member_id=hold.member_id, held=-hold.points, available=back,
+            activity_at=now, kind="hold_capture", booked_at=now, points=captured,
+            partner_id=partner.id, partner_txn_id=data["partner_txn_id"],
+            request_hash=digest, reference_id=hold.entry_id,
+            takes=returning(seen.reserved, back),
+            closes=journal.HoldClose(hold_id, "captured", captured),
             postings=[("member:held", hold.member_id, None, -hold.points),
                       ("partner:redeemed", None, partner.id, captured),
                       ("member:available", hold.member_id, None, back)],
         )
-        hold.status, hold.captured, hold.closed_by_entry_id = "captured", captured, entry_id
-        session.flush()
+        assert booked is not None, "a refused capture of an open hold raises"
         return transaction_body(
-            entry_id=entry_id, kind="hold_capture", partner_code=partner.code,
-            member_number=member.member_number, partner_txn_id=data["partner_txn_id"],
+            entry_id=booked.entry_id, kind="hold_capture", partner_code=partner.code,
+            member_number=seen.member_number, partner_txn_id=data["partner_txn_id"],
             points=captured, pending=False, booked_at=now, occurred_at=now,
-            reference=hold.entry_id, balance=balance,
+            reference=hold.entry_id, balance=booked.balance,
         )
 
     return idempotent(partner, data["partner_txn_id"], digest, work,
-                      lambda s, e: render_transaction(s, e, partner.code), units=units)
+                      lambda s, e: render_transaction(s, e, partner.code), units=units,
+                      probe=False)
 
 
 def cancel_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any], *,
@@ -140,17 +188,21 @@ def cancel_hold(partner_id: int | PartnerRef, hold_id: int, data: dict[str, Any]
 
     def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
-        hold = _locked_open_hold(session, partner, hold_id)
-        entry_id = void_hold(session, hold, now, status="voided",
-                             partner_txn_id=data["partner_txn_id"], digest=digest)
-        return render_hold(session, hold, partner.code,
-                           balance_from=session.get_one(Entry, entry_id))
+        seen = _read_hold(session, partner, hold_id, data["partner_txn_id"])
+        booked = void_hold(session, seen.hold, now, status="voided", reserved=seen.reserved,
+                           partner_txn_id=data["partner_txn_id"], digest=digest)
+        return {"id": hold_id, "partner": partner.code, "member_number": seen.member_number,
+                "partner_txn_id": seen.partner_txn_id, "points": seen.hold.points,
+                "captured_points": 0, "status": "voided", "expires_at": seen.expires_at,
+                "created_at": seen.created_at, "balance": balance_dict(booked.balance),
+                "balance_at": "void"}
 
     def render(session: Session, entry: Entry) -> dict[str, Any]:
         hold = session.scalars(select(Hold).where(Hold.entry_id == entry.reference_id)).one()
         return render_hold(session, hold, partner.code, balance_from=entry)
 
-    return idempotent(partner, data["partner_txn_id"], digest, work, render, units=units)
+    return idempotent(partner, data["partner_txn_id"], digest, work, render, units=units,
+                      probe=False)
 
 
 def get_hold(partner_id: int, hold_id: int) -> dict[str, Any]:

@@ -54,6 +54,19 @@ _EXISTING = select(_E.id).where(_E.partner_id == bindparam("partner"),
                                 _E.partner_txn_id == bindparam("txn"))
 
 
+def used_column() -> Any:
+    """The entry booked under ``:partner``'s ``:txn`` (a column for a first read)."""
+    return _EXISTING.scalar_subquery()
+
+
+def probe(session: Session, partner_id: int, partner_txn_id: str) -> None:
+    """Raise :class:`AlreadyBooked` if the partner's ``partner_txn_id`` was used."""
+    entry_id = session.execute(_EXISTING, {"partner": partner_id,
+                                           "txn": partner_txn_id}).scalar()
+    if entry_id is not None:
+        raise AlreadyBooked(entry_id)
+
+
 class AlreadyBooked(Exception):
     """Raised by a booking's first read (:func:`first_read`) when its ``partner_txn_id``
     was used already; :func:`idempotent` answers with that entry."""

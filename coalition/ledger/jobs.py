@@ -229,27 +229,24 @@ def _release(batch: Batch, as_of: datetime, done: ExpirySummary) -> None:
     ).all()
     if not rows:
         return
-    session.execute(update(Lot.__table__).where(_lot.id.in_([row.id for row in rows]))
-                    .values(state="live"))
+    journal.make_live(session, [row.id for row in rows])
     per_member: dict[int, list[int]] = {}
     for member_id, _, remaining in rows:
         per_member.setdefault(member_id, []).append(remaining)
     failures: dict[int, str] = {}
     for member_id, remaining in per_member.items():
-        points = sum(remaining)
-        if points == 0:  # emptied while pending (a reversal in full): no entry
+        released = journal.release(member_id, remaining)
+        if released is None:  # emptied while pending (a reversal in full): no entry
             continue
         try:
-            batch.book(member_id, kind="release", points=points, pending=-points,
-                       available=points, occurred_at=as_of,
-                       postings=[("member:pending", member_id, None, -points),
-                                 ("member:available", member_id, None, points)])
+            batch.book(member_id, kind="release", points=released.points,
+                       pending=-released.points, available=released.points,
+                       occurred_at=as_of, postings=released.postings)
         except LedgerInconsistency:
-            failures[member_id] = (f"member {member_id}: pending short of {points} points "
-                                   f"in pending lots (or available would overflow)")
+            failures[member_id] = released.refusal
         done.members_released += 1
         done.lots_released += sum(1 for points in remaining if points)
-        done.points_released += points
+        done.points_released += released.points
     refuse(failures)
 
 

@@ -1,10 +1,26 @@
-"""Booking primitives: the only code that writes wallets, lots, entries and postings.
+"""Booking primitives: the writer of a member's single bookings (wallet, lots, entries,
+postings, lot movements, and the hold a booking closes).
+
+The one other writer of those tables is :mod:`coalition.ledger.batch`, for the jobs that
+book thousands of members in one transaction; it shares with this module the wallet's
+limits (:func:`within_limits`, the Python form of the guard below, for changes decided
+before they are written), the release of pending lots (:class:`Release`,
+:func:`make_live`), the lot takes (:class:`Take`, :func:`apply_takes`) and the settlement
+fence, and keeps the same rules. (Transfers, merges, closures and bonuses book through
+the functions here.)
 
 Rules every caller keeps:
 
 * The member's wallet row is changed (or locked) first, in the caller's transaction, before
-  any of that member's lots are read; so all changes to one member's points are serialised
-  by that row, and lots never need locks of their own.
+  any of that member's lots are read for their points; so all changes to one member's
+  points are serialised by that row, and lots never need locks of their own. A lot's fixed
+  columns (its member, origin, expiry) and the append-only rows (entries, movements) may be
+  read before. A read of anything else made before the lock is used only through
+  :func:`change_and_book`'s ``version``: every change of the wallet, and every lock of it
+  (:func:`lock_wallet`), moves its version, so a booking made at the version read was
+  decided on the member's state as it still is. (The batch writer's lock does not move
+  it; the one thing a batch changes without changing the wallet, a pending lot emptied
+  by a reversal becoming live, changes nothing a booking decides on.)
 * Each wallet change is one guarded ``UPDATE … WHERE <no balance goes negative> RETURNING``;
   no row back means the change is refused and nothing was written.
 * An entry's postings sum to zero (checked here before anything is written).
@@ -22,11 +38,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, insert, select, true, union_all, update
+from sqlalchemy import and_, bindparam, case, exists, func, insert, select, true, union_all, update
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
+from coalition.errors import HoldNotOpen
 from coalition.ledger import fence
-from coalition.ledger.models import Entry, Lot, LotMovement, Posting, Wallet
+from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting, Wallet
 from coalition.observability import note_booked
 from coalition.schemas import MAX_POINTS
 
@@ -52,17 +70,20 @@ class Take:
 
 _W = Wallet.__table__.c
 _BALANCES = (_W.available, _W.pending, _W.held)
-_wallet_updates: dict[tuple[int, int, int, bool], Any] = {}
+_wallet_updates: dict[tuple[int, int, int, bool, bool], Any] = {}
 
 
-def _wallet_update(signs: tuple[int, int, int], activity: bool) -> Any:
+def _wallet_update(signs: tuple[int, int, int], activity: bool, versioned: bool = False) -> Any:
     """The guarded UPDATE for one pattern of signs, built once: a negative delta needs
-    the points there, a positive one room below :data:`MAX_BALANCE`."""
-    key = (*signs, activity)
+    the points there, a positive one room below :data:`MAX_BALANCE`; ``versioned``, the
+    wallet still at the version the caller read (``b_version``)."""
+    key = (*signs, activity, versioned)
     statement = _wallet_updates.get(key)
     if statement is None:
         names = ("available", "pending", "held")
         conditions = [_W.member_id == bindparam("b_member")]
+        if versioned:
+            conditions.append(_W.version == bindparam("b_version"))
         for column, name, sign in zip(_BALANCES, names, signs, strict=True):
             if sign < 0:
                 conditions.append(column >= -bindparam(f"d_{name}"))
@@ -79,6 +100,15 @@ def _wallet_update(signs: tuple[int, int, int], activity: bool) -> Any:
     return statement
 
 
+def within_limits(balance: Balance) -> bool:
+    """The wallet's rule in Python, for a writer that decides many changes before it writes
+    them (:mod:`coalition.ledger.batch`): every balance in ``0 … MAX_BALANCE``. It is what
+    :func:`_wallet_update`'s guard keeps for a change in SQL, from the balances as they are
+    under the lock."""
+    return all(0 <= value <= MAX_BALANCE
+               for value in (balance.available, balance.pending, balance.held))
+
+
 def _sign(n: int) -> int:
     return (n > 0) - (n < 0)
 
@@ -90,26 +120,36 @@ def change_wallet(
     pending: int = 0,
     held: int = 0,
     activity_at: datetime | None = None,
+    version: int | None = None,
 ) -> Balance | None:
     """Apply the deltas in one guarded statement; ``None`` if a balance would go below
-    zero or above :data:`MAX_BALANCE` (nothing changed then)."""
+    zero or above :data:`MAX_BALANCE`, or with ``version`` if the wallet is no longer at
+    it (nothing changed then)."""
     statement = _wallet_update((_sign(available), _sign(pending), _sign(held)),
-                               activity_at is not None)
+                               activity_at is not None, version is not None)
     params: dict[str, Any] = {"b_member": member_id, "d_available": available,
                               "d_pending": pending, "d_held": held}
     if activity_at is not None:
         params["b_activity_at"] = activity_at
+    if version is not None:
+        params["b_version"] = version
     row = session.execute(statement, params).first()
     return Balance(*row) if row else None
 
 
-_LOCK_WALLET = (select(*_BALANCES).where(_W.member_id == bindparam("member_id"))
-                .with_for_update())
+# a lock is an UPDATE of the version: so a member's wallet version moves whenever anyone
+# takes the member's lock, and a read made before taking it is current if the version is
+# the same under the lock (see :func:`change_and_book`'s ``version``)
+_LOCK_WALLET = (update(Wallet.__table__).where(_W.member_id == bindparam("b_member"))
+                .values(version=_W.version + 1).returning(*_BALANCES))
 
 
 def lock_wallet(session: Session, member_id: int) -> Balance:
     """Lock the member's wallet row for the rest of the transaction and read it."""
-    return Balance(*session.execute(_LOCK_WALLET, {"member_id": member_id}).one())
+    row = session.execute(_LOCK_WALLET, {"b_member": member_id}).all()
+    if not row:
+        raise NoResultFound(f"member {member_id} has no wallet")
+    return Balance(*row[0])
 
 
 #: the first page of live lots read for a consumption; each further page is 16 times larger
@@ -181,29 +221,56 @@ def apply_takes(session: Session, takes: Sequence[Take]) -> None:
     session.execute(_APPLY_TAKE, [{"lot": t.lot_id, "delta": t.points} for t in takes])
 
 
+@dataclass(frozen=True)
+class Release:
+    """What releasing pending lots books for their member: the lots become live
+    (:func:`make_live`) and their points move from pending to available in one ``release``
+    entry, none when nothing is left in them (as after a reversal in full while pending).
+    One rule for the single booking (:func:`release_lots`) and the expiry job's batches."""
+
+    member_id: int
+    points: int
+
+    @property
+    def postings(self) -> list[tuple[str, int | None, int | None, int]]:
+        return [("member:pending", self.member_id, None, -self.points),
+                ("member:available", self.member_id, None, self.points)]
+
+    @property
+    def refusal(self) -> str:
+        return (f"member {self.member_id}: pending short of {self.points} points in pending "
+                f"lots (or available would overflow)")
+
+
+def release(member_id: int, remaining: Iterable[int]) -> Release | None:
+    """The release of pending lots with these points left in them; ``None``: no entry."""
+    points = sum(remaining)
+    return Release(member_id, points) if points else None
+
+
+def make_live(session: Session, lot_ids: Sequence[int]) -> None:
+    """Pending lots become live (their members' wallets are locked)."""
+    if lot_ids:
+        session.execute(update(_L).where(_L.c.id.in_(list(lot_ids))).values(state="live"))
+
+
 def release_lots(session: Session, member_id: int, lots: Sequence[tuple[int, int]],
                  booked_at: datetime, occurred_at: datetime | None = None,
                  note: str | None = None) -> int:
-    """Make pending lots ``(lot id, remaining points)`` live and move their points from
-    pending to available in one ``release`` entry (none when nothing is left in them, as
-    after a reversal in full while pending); the wallet is already locked. Returns the
-    points released."""
-    if not lots:
+    """Release pending lots ``(lot id, remaining points)`` (:class:`Release`); the wallet
+    is already locked. Returns the points released."""
+    make_live(session, [lot_id for lot_id, _ in lots])
+    released = release(member_id, (remaining for _, remaining in lots))
+    if released is None:
         return 0
-    session.execute(update(_L).where(_L.c.id.in_([lot_id for lot_id, _ in lots]))
-                    .values(state="live"))
-    points = sum(remaining for _, remaining in lots)
-    if points == 0:
-        return 0
-    balance = change_wallet(session, member_id, pending=-points, available=points)
+    balance = change_wallet(session, member_id, pending=-released.points,
+                            available=released.points)
     if balance is None:
-        raise LedgerInconsistency(f"member {member_id}: pending short of {points} points "
-                                  f"in pending lots (or available would overflow)")
+        raise LedgerInconsistency(released.refusal)
     book_entry(session, kind="release", booked_at=booked_at, occurred_at=occurred_at,
-               points=points, member_id=member_id, balance=balance, note=note,
-               postings=[("member:pending", member_id, None, -points),
-                         ("member:available", member_id, None, points)])
-    return points
+               points=released.points, member_id=member_id, balance=balance, note=note,
+               postings=released.postings)
+    return released.points
 
 
 _INSERT_ENTRY = insert(Entry.__table__).returning(Entry.__table__.c.id)
@@ -529,6 +596,201 @@ def credit_with_lot(
     fence.judge(booked_at, row.closed_until, bool(row.priced) if priced_at else True)
     note_booked(session, kind)
     return Balance(row.available, row.pending, row.held), row.entry_id
+
+
+@dataclass(frozen=True)
+class HoldClose:
+    """The hold an entry closes: still open when the entry is written, it becomes
+    ``status`` with ``captured`` points captured and the entry as the one that closed it."""
+
+    hold_id: int
+    status: str
+    captured: int = 0
+
+
+@dataclass(frozen=True)
+class Booked:
+    balance: Balance
+    entry_id: int
+
+
+_H = Hold.__table__
+_CLOSE_HOLD = (update(_H).where(_H.c.id == bindparam("h_id"), _H.c.status == "open")
+               .values(status=bindparam("h_status"), captured=bindparam("h_captured"),
+                       closed_by_entry_id=bindparam("h_entry"))
+               .returning(_H.c.id))
+_NEXT_ENTRY_ID = func.nextval(func.pg_get_serial_sequence("entry", "id"))
+_HOLD_STATUS = select(_H.c.status).where(_H.c.id == bindparam("h_id"))
+_changes: dict[tuple[Any, ...], Any] = {}
+
+
+def _change_statement(signs: tuple[int, int, int], activity: bool, versioned: bool,
+                      priced: bool, postings: int, takes: int, closes: bool) -> Any:
+    """PostgreSQL: the guarded wallet UPDATE (first: the member's row lock), the hold it
+    closes if still open, the entry with the balances the wallet returned, its postings and
+    lot movements, and the takes applied to the lots, as one statement of data-modifying
+    CTEs. Each write reads a row the step before returned, so a wallet change refused by its
+    guard writes nothing, and a hold no longer open writes nothing but the wallet change
+    (the caller then abandons the transaction, see :func:`change_and_book`). The closed
+    hold names its entry by the id the entry is then written with (a value of the entry
+    id sequence)."""
+    key = (signs, activity, versioned, priced, postings, takes, closes)
+    statement = _changes.get(key)
+    if statement is not None:
+        return statement
+    entry, posting, movement = Entry.__table__, Posting.__table__, LotMovement.__table__
+    w = _wallet_update(signs, activity, versioned).cte("w")
+    fields = [*_ENTRY_FIELDS, "available_after", "pending_after", "held_after"]
+    values = [*[_param(entry, f, "e_") for f in _ENTRY_FIELDS],
+              w.c.available, w.c.pending, w.c.held]
+    source: Any = w
+    if closes:
+        n = select(_NEXT_ENTRY_ID.label("id")).cte("n")
+        h = (update(_H).where(_H.c.id == bindparam("h_id"), _H.c.status == "open",
+                              exists(select(w.c.held)))
+             .values(status=bindparam("h_status"), captured=bindparam("h_captured"),
+                     closed_by_entry_id=select(n.c.id).scalar_subquery())
+             .returning(_H.c.id.label("hold_id")).cte("h"))
+        fields, values = ["id", *fields], [n.c.id, *values]
+        source = w.join(n, true()).join(h, true())
+    e = (insert(entry)
+         .from_select(fields, select(*values).select_from(source))
+         .returning(entry.c.id.label("entry_id"),
+                    *[c.label(n) for c, n in zip(fence.returning(priced),
+                                                 ("closed_until", "priced"), strict=False)])
+         .cte("e"))
+    ctes = [insert(posting).from_select(["entry_id", *_POSTING_FIELDS], union_all(*[
+        select(e.c.entry_id, *[_param(posting, f, f"p{i}_") for f in _POSTING_FIELDS])
+        for i in range(postings)])).cte("p")]
+    if takes:
+        ctes.append(insert(movement).from_select(
+            ["entry_id", *_MOVE_FIELDS, "entry_kind", "entry_partner_id", "entry_booked_at"],
+            union_all(*[select(e.c.entry_id,
+                               *[_param(movement, f, f"m{i}_") for f in _MOVE_FIELDS],
+                               _param(entry, "kind", "e_"), _param(entry, "partner_id", "e_"),
+                               _param(entry, "booked_at", "e_"))
+                        for i in range(takes)])).cte("m"))
+        # the lots by id in the statement itself, not joined to a CTE: a lot changed by
+        # a booking that committed while this one waited for the wallet is re-read by the
+        # UPDATE (and its WHERE checked again), which a join to a CTE's rows does not survive
+        lot_ids = [_param(movement, "lot_id", f"m{i}_") for i in range(takes)]
+        delta = case(*[(_L.c.id == lot_id, _param(movement, "points", f"m{i}_"))
+                       for i, lot_id in enumerate(lot_ids)])
+        ctes.append(
+            update(_L).where(_L.c.id.in_(lot_ids), exists(select(e.c.entry_id)))
+            .values(remaining=_L.c.remaining + delta,
+                    state=case((and_(delta > 0, _L.c.state == "expired"), "live"),
+                               else_=_L.c.state))
+            .cte("t_applied"))
+    columns = [w.c.available, w.c.pending, w.c.held, e.c.entry_id, e.c.closed_until,
+               *([e.c.priced] if priced else [])]
+    statement = select(*columns).select_from(w.join(e, true())).add_cte(*ctes)
+    _changes[key] = statement
+    return statement
+
+
+def change_and_book(
+    session: Session,
+    *,
+    member_id: int,
+    available: int = 0,
+    pending: int = 0,
+    held: int = 0,
+    activity_at: datetime | None,
+    kind: str,
+    booked_at: datetime,
+    points: int,
+    postings: Iterable[tuple[str, int | None, int | None, int]],
+    takes: Sequence[Take] = (),
+    closes: HoldClose | None = None,
+    version: int | None = None,
+    occurred_at: datetime | None = None,
+    partner_id: int | None = None,
+    partner_txn_id: str | None = None,
+    request_hash: str | None = None,
+    reference_id: int | None = None,
+    spend_amount: Decimal | None = None,
+    spend_currency: str | None = None,
+    note: str | None = None,
+) -> Booked | None:
+    """Change the member's wallet (:func:`change_wallet`), apply ``takes`` to their lots
+    (:func:`apply_takes`), write the entry that explains both (:func:`book_entry`, with the
+    balances after the change) and close the hold it ``closes``; ``None`` (nothing written)
+    when the wallet refused the change.
+
+    A hold that is no longer open is refused with :class:`~coalition.errors.HoldNotOpen`,
+    and so is a wallet change refused while the hold was closed meanwhile (its held points
+    went with it); the wallet may have been changed by then, so the transaction is
+    abandoned, as after any domain error.
+
+    The takes' lots are the caller's to have read: only their immutable columns may be read
+    before this call, which takes the member's wallet lock; their points are changed here.
+    With ``version``, the caller read more before the lock (the lots' points, the
+    member's bookings): the change is made only if the wallet is still at that version
+    (every change and every lock of it moves the version), and ``None`` answers a wallet
+    that moved as well as one that refused; the caller then locks it and reads again.
+    On PostgreSQL it is one statement, one round trip (:func:`_change_statement`), unless
+    the takes are more than :data:`MOVES_IN_STATEMENT`; elsewhere the steps run one after
+    the other, with the same answers.
+    """
+    postings = [p for p in postings if p[3] != 0]
+    priced_at = _priced_at(kind, postings)
+    entry = _entry_values(kind, booked_at, points, occurred_at, partner_id, member_id,
+                          partner_txn_id, request_hash, reference_id, spend_amount,
+                          spend_currency, note, None)
+    if not fence.in_statement(session) or len(takes) > MOVES_IN_STATEMENT:
+        balance = change_wallet(session, member_id, available=available, pending=pending,
+                                held=held, activity_at=activity_at, version=version)
+        if balance is None:
+            _refused_close(session, closes)
+            return None
+        apply_takes(session, takes)
+        entry_id = book_entry(session, postings=postings, balance=balance, takes=takes,
+                              **entry)
+        # (all(): on SQLite, first() of this UPDATE … RETURNING comes back empty)
+        if closes is not None and not session.execute(_CLOSE_HOLD, {
+                "h_id": closes.hold_id, "h_status": closes.status,
+                "h_captured": closes.captured, "h_entry": entry_id}).all():
+            _refused_close(session, closes)
+        return Booked(balance, entry_id)
+    params: dict[str, Any] = {
+        "b_member": member_id, "d_available": available, "d_pending": pending, "d_held": held,
+        **fence.parameters(priced_at, booked_at),
+        **{f"e_{name}": value for name, value in entry.items()}}
+    if activity_at is not None:
+        params["b_activity_at"] = activity_at
+    if version is not None:
+        params["b_version"] = version
+    for i, posting in enumerate(postings):
+        params.update({f"p{i}_{name}": value
+                       for name, value in zip(_POSTING_FIELDS, posting, strict=True)})
+    for i, take in enumerate(takes):
+        params.update({f"m{i}_lot_id": take.lot_id, f"m{i}_points": take.points,
+                       f"m{i}_origin_partner_id": take.origin_partner_id})
+    if closes is not None:
+        params.update(h_id=closes.hold_id, h_status=closes.status,
+                      h_captured=closes.captured)
+    statement = _change_statement(
+        (_sign(available), _sign(pending), _sign(held)), activity_at is not None,
+        version is not None, priced_at is not None, len(postings), len(takes), closes is not None)
+    row = session.execute(statement, params).first()
+    if row is None:
+        _refused_close(session, closes)
+        return None
+    fence.judge(booked_at, row.closed_until, bool(row.priced) if priced_at else True)
+    note_booked(session, kind)
+    return Booked(Balance(row.available, row.pending, row.held), row.entry_id)
+
+
+def _refused_close(session: Session, closes: HoldClose | None) -> None:
+    """Refuse the booking when the hold it closes is no longer open (nothing to say
+    otherwise: the caller answers for a refused wallet change)."""
+    if closes is None:
+        return
+    status = session.execute(_HOLD_STATUS, {"h_id": closes.hold_id}).scalar()
+    if status != "open":
+        raise HoldNotOpen(f"Hold {closes.hold_id} is {status}.")
+    raise LedgerInconsistency(f"hold {closes.hold_id}: open, yet its points are not held")
 
 
 class LedgerInconsistency(RuntimeError):

@@ -23,7 +23,7 @@ from coalition.errors import AlreadyExists, MemberClosed, NotFound
 from coalition.ledger import numbers
 from coalition.ledger.bonuses import book_welcome_bonus
 from coalition.ledger.expiring import expiring_dates
-from coalition.ledger.lookup import active_member, find_member
+from coalition.ledger.lookup import active_member, find_member, member_params, member_query
 from coalition.ledger.models import Member, MemberConsent, MemberLink, Wallet
 from coalition.member.signin import activation_digest, display_code, new_activation_code
 from coalition.models import Partner
@@ -205,19 +205,32 @@ def get_member(partner_id: int, identity: dict[str, Any]) -> dict[str, Any]:
         return _describe(session, member.id, partner_id)
 
 
+_w = Wallet.__table__.c
+_m = Member.__table__.c
+#: the member named by number or by the partner's reference, with its wallet: one statement
+_WITH_WALLET = {
+    by_ref: member_query(by_ref)
+    .outerjoin(Wallet.__table__, _w.member_id == _m.id)
+    .add_columns(_w.available, _w.pending, _w.held)
+    for by_ref in (False, True)}
+
+
 def balance(partner_id: int, identity: dict[str, Any], limit: int = 12) -> dict[str, Any]:
     """Balances, the tier, and live points grouped by the date they expire (from a
-    replica, when one is configured: the answer to a booking carries its own balance)."""
+    replica, when one is configured: the answer to a booking carries its own balance).
+    Two statements: the member with its wallet, and the first expiry dates."""
     with replica_read() as session:
-        member = find_member(session, partner_id, identity.get("member_number"),
-                             identity.get("partner_member_ref"))
-        wallet = session.get(Wallet, member.id)
+        row = session.execute(_WITH_WALLET[identity.get("member_number") is None],
+                              member_params(partner_id, identity)).first()
+        if row is None:
+            find_member(session, partner_id, identity.get("member_number"),
+                        identity.get("partner_member_ref"))  # raises NotFound
+            raise AssertionError("unreachable: the member was not found a moment ago")
         return {
-            "member_number": member.member_number,
-            "available": wallet.available if wallet else 0,
-            "pending": wallet.pending if wallet else 0,
-            "held": wallet.held if wallet else 0,
-            "expiring": expiring_dates(session, member.id, limit),
-            "tier": member.tier,
+            "member_number": row.member_number,
+            "available": row.available or 0,
+            "pending": row.pending or 0,
+            "held": row.held or 0,
+            "expiring": expiring_dates(session, row.id, limit),
+            "tier": row.tier,
         }
-

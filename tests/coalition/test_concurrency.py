@@ -653,7 +653,8 @@ def test_opposite_lock_order_deadlock_is_detected_and_retried(server, client, ma
     assert failures[0].orig.sqlstate == "40P01"
     assert is_retryable(failures[0])
     assert sorted(attempts) == [1, 2]
-    assert scalar("SELECT SUM(version) FROM wallet") == versions + 4
+    # each lock moves the version, and so does each change: 2 × (2 locks + 2 changes)
+    assert scalar("SELECT SUM(version) FROM wallet") == versions + 8
     assert_ledger_consistent()
     assert elapsed < 15, f"took {elapsed:.1f}s"
 

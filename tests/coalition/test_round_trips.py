@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from coalition.db import db, read
-from coalition.ledger.models import Entry, Lot, Posting, Wallet
+from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting, Wallet
 from partners.models import FundingSlot
 
 RULES = {"pending_days": 0, "expiry": {"policy": "none"},
@@ -75,3 +75,135 @@ def test_an_earn_is_three_statements_and_the_partner_report(client, make_partner
     assert [tuple(p) for p in postings] == [("member:available", 25), ("partner:issued", -25)]
     assert tuple(lot) == (25, 25, "live")
     assert wallet.available == lots == 26
+
+
+def _statements_of(client, path: str, body: dict, headers: dict) -> tuple[list[str], dict]:
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        response = client.post(path, json=body, headers=headers)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert response.status_code == 201, response.get_json()
+    return statements, response.get_json()
+
+
+@pytest.fixture
+def member(client, make_partner, operator_headers):
+    """A member with 1000 points in 4 lots at acme, and acme's headers."""
+    assert client.put("/v1/admin/program", json=RULES,
+                      headers=operator_headers).status_code == 200
+    _, headers = make_partner("acme")
+    number = client.post("/v1/members", json={"partner_member_ref": "c1"},
+                         headers=headers).get_json()["member_number"]
+    for i in range(4):
+        assert client.post("/v1/earn", json={"member_number": number, "partner_txn_id": f"e{i}",
+                                             "points": 250}, headers=headers).status_code == 201
+    return number, headers
+
+
+def _the_booking_shape(statements: list[str], reported: bool = True) -> None:
+    """Token check, the first read, the booking's one statement and, for what a partner's
+    report covers, the partner report (on main: a capture was 11 statements in full, 12
+    in part; a void 13)."""
+    assert len(statements) == 3 + reported, statements
+    assert "oauth_token" in statements[0]
+    assert statements[1].startswith("SELECT"), statements[1]
+    assert statements[2].startswith("WITH w AS (UPDATE wallet"), statements[2]
+    if reported:
+        assert "partner_funding" in statements[3]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("captured", [None, 320])
+def test_a_capture_is_a_first_read_and_one_booking_statement(client, member, captured):
+    number, headers = member
+    held = client.post("/v1/holds", json={"member_number": number, "partner_txn_id": "h1",
+                                          "points": 400}, headers=headers).get_json()
+    body = {"partner_txn_id": "c1", **({"points": captured} if captured else {})}
+    statements, answer = _statements_of(client, f"/v1/holds/{held['id']}/capture", body,
+                                        headers)
+    _the_booking_shape(statements)
+    assert answer["points"] == (captured or 400)
+    assert answer["balance"] == {"available": 600 + 400 - (captured or 400), "pending": 0,
+                                 "held": 0}
+    _ledger_agrees(held["id"], "captured", captured or 400)
+
+
+@pytest.mark.postgres
+def test_a_void_is_a_first_read_and_one_booking_statement(client, member):
+    number, headers = member
+    held = client.post("/v1/holds", json={"member_number": number, "partner_txn_id": "h1",
+                                          "points": 400}, headers=headers).get_json()
+    statements, answer = _statements_of(client, f"/v1/holds/{held['id']}/void",
+                                        {"partner_txn_id": "v1"}, headers)
+    _the_booking_shape(statements, reported=False)
+    assert answer["status"] == "voided" and answer["balance_at"] == "void"
+    assert answer["balance"] == {"available": 1000, "pending": 0, "held": 0}
+    _ledger_agrees(held["id"], "voided", 0)
+
+
+def _ledger_agrees(hold_id: int, status: str, captured: int) -> None:
+    with read() as session:
+        hold = session.get(Hold, hold_id)
+        assert (hold.status, hold.captured) == (status, captured)
+        assert hold.closed_by_entry_id is not None
+        entry = session.get(Entry, hold.closed_by_entry_id)
+        moved = session.scalar(select(func.sum(LotMovement.points))
+                               .where(LotMovement.entry_id == entry.id))
+        assert (moved or 0) == hold.points - captured
+        wallet = session.get(Wallet, hold.member_id)
+        lots = session.scalar(select(func.sum(Lot.remaining))
+                              .where(Lot.member_id == hold.member_id, Lot.state == "live"))
+        assert wallet.available == lots == entry.available_after
+        assert wallet.held == entry.held_after == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("original", ["earn", "burn"])
+def test_a_reversal_is_a_first_read_and_one_booking_statement(client, member, original):
+    """On main: 14 statements each."""
+    number, headers = member
+    body = {"member_number": number, "partner_txn_id": "o1", "points": 300}
+    done = client.post(f"/v1/{original}", json=body, headers=headers).get_json()
+    statements, answer = _statements_of(client, f"/v1/transactions/{done['id']}/reversals",
+                                        {"partner_txn_id": "r1", "points": 100}, headers)
+    _the_booking_shape(statements)
+    assert answer["points"] == 100 and answer["type"] == f"{original}_reversal"
+    available = 1000 + (200 if original == "earn" else -200)
+    assert answer["balance"] == {"available": available, "pending": 0, "held": 0}
+    with read() as session:
+        entry = session.get(Entry, answer["id"])
+        moved = session.scalar(select(func.sum(LotMovement.points))
+                               .where(LotMovement.entry_id == entry.id))
+        wallet = session.get(Wallet, entry.member_id)
+        lots = session.scalar(select(func.sum(Lot.remaining))
+                              .where(Lot.member_id == entry.member_id, Lot.state == "live"))
+    assert moved == (-100 if original == "earn" else 100)
+    assert wallet.available == lots == entry.available_after == available
+
+
+@pytest.mark.postgres
+def test_a_balance_read_is_two_statements_after_the_token(client, member):
+    """The member with its wallet, and the first expiry dates (on main: three after the
+    token: member, wallet, dates)."""
+    number, headers = member
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        response = client.get(f"/v1/members/{number}/balance", headers=headers)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert response.status_code == 200, response.get_json()
+    assert len(statements) == 3, statements
+    assert "oauth_token" in statements[0] and "wallet" in statements[1]
+    answer = response.get_json()
+    assert (answer["member_number"], answer["available"]) == (number, 1000)
