@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -95,7 +96,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
             session.execute(update(Member.__table__)
                             .where(_m.merged_into_id == absorbed.id)
                             .values(merged_into_id=survivor.id))
-            _absorb_member_row(session, rules, absorbed.id, survivor.id)
+            _absorb_member_row(session, rules, absorbed.id, survivor.id, now)
             moved = {"available": available, "pending": pending, "lots": lots,
                      "links": links, "holds_voided": voided}
             body = _merge_body(session, member_state(session, absorbed.id),
@@ -111,7 +112,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
 
 
 def _absorb_member_row(session: Session, rules: Rules, absorbed_id: int,
-                       survivor_id: int) -> None:
+                       survivor_id: int, now: datetime) -> None:
     x = session.get_one(Member, absorbed_id)
     s = session.get_one(Member, survivor_id)
     if tiers.rank(rules, x.tier, unknown=-1) > tiers.rank(rules, s.tier, unknown=-1):
@@ -123,7 +124,7 @@ def _absorb_member_row(session: Session, rules: Rules, absorbed_id: int,
     x.email = x.name = x.birth_date = None
     years = [y for y in (s.birthday_bonus_year, x.birthday_bonus_year) if y is not None]
     s.birthday_bonus_year = max(years) if years else None
-    x.status, x.merged_into_id = "merged", survivor_id
+    x.status, x.merged_into_id, x.merged_at = "merged", survivor_id, now
     session.flush()
     # the later activity of the two governs expiry by inactivity of the moved lots
     last = session.scalar(select(func.max(_w.last_activity_at))
