@@ -91,8 +91,15 @@ def book_history(app, client, clock, make_partner, operator_headers) -> None:
     clock.set(datetime(2001, 5, 2, tzinfo=UTC))
 
 
-def test_liability_worked_by_hand(app, client, clock, make_partner, operator_headers):
-    app.config.update(BREAKAGE_MIN_COHORTS=2, BREAKAGE_PRIOR="0.2")
+def configure(app, monkeypatch, min_cohorts: int, prior: str) -> None:
+    """The breakage settings for this test only (the app is shared by the session)."""
+    monkeypatch.setitem(app.config, "BREAKAGE_MIN_COHORTS", min_cohorts)
+    monkeypatch.setitem(app.config, "BREAKAGE_PRIOR", prior)
+
+
+def test_liability_worked_by_hand(app, client, clock, make_partner, operator_headers,
+                                  monkeypatch):
+    configure(app, monkeypatch, 2, "0.2")
     book_history(app, client, clock, make_partner, operator_headers)
     march = post_ok(client, "/v1/settlement/runs", operator_headers, {
         "period_start": iso(datetime(2001, 3, 1, tzinfo=UTC)),
@@ -177,7 +184,7 @@ def test_liability_worked_by_hand(app, client, clock, make_partner, operator_hea
     closed = post_ok(client, f"/v1/settlement/runs/{march['id']}/close", operator_headers,
                      {}, status=200)
     assert closed["status"] == "closed"
-    app.config.update(BREAKAGE_MIN_COHORTS=10, BREAKAGE_PRIOR="0.5")
+    configure(app, monkeypatch, 10, "0.5")
     again = client.get(f"/v1/settlement/runs/{march['id']}/liability",
                        headers=operator_headers).get_json()
     assert {k: v for k, v in again.items() if k != "status"} == {
@@ -250,12 +257,12 @@ def test_analytics_worked_by_hand(app, client, clock, make_partner, operator_hea
 
 
 def test_the_command_line_gives_the_same_figures(app, client, clock, make_partner,
-                                                 operator_headers):
+                                                 operator_headers, monkeypatch):
     import csv
     import io
     import json
 
-    app.config.update(BREAKAGE_MIN_COHORTS=2, BREAKAGE_PRIOR="0.2")
+    configure(app, monkeypatch, 2, "0.2")
     book_history(app, client, clock, make_partner, operator_headers)
     march = post_ok(client, "/v1/settlement/runs", operator_headers, {
         "period_start": iso(datetime(2001, 3, 1, tzinfo=UTC)),
