@@ -35,8 +35,8 @@ from coalition.db import read
 from coalition.ledger.models import Member, Wallet
 from coalition.money import round_money
 from tests.conftest import empty_all_tables
-from tests.partners.support import enrol
-from tests.settlement.support import operator_headers_now, run_ok
+from tests.factories.partner_api import enrol
+from tests.factories.settlement import operator_headers_now, run_ok
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("LIABILITY_EXAMPLES", "15")), deadline=None,

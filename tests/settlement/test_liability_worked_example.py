@@ -31,8 +31,8 @@ from sqlalchemy import select
 
 from coalition.db import read
 from coalition.ledger.models import Member
-from tests.partners.support import burn, earn, enrol, post_ok
-from tests.settlement.support import iso
+from tests.factories.partner_api import burn, earn, enrol, post_ok
+from tests.factories.settlement import iso
 
 
 def at(month: int, day: int) -> datetime:
