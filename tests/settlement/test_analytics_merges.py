@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 
 from coalition.db import UnitOfWork, read
 from coalition.ledger import merge
+from coalition.ledger.check import check_ledger
 from coalition.ledger.models import Member
 from tests.factories.partner_api import earn, enrol
 
@@ -47,6 +48,7 @@ def tiers(doc) -> dict[str, dict[str, int]]:
 def test_a_merge_counts_in_its_month_and_the_member_is_itself_before(
         app, client, clock, make_partner, operator_headers):
     ann, _ = book(client, clock, make_partner, operator_headers)
+    assert check_ledger().ok
     with read() as session:
         assert session.scalar(select(Member.merged_at).where(Member.member_number == ann)
                               ) == datetime(2001, 2, 10, 12, tzinfo=UTC)
