@@ -130,8 +130,7 @@ def analytics(session: Session, first: str, last: str,
     ends = [month_start(next_month(m)) for m in names]
     with_tiers = partner is None
     active_kind = e.kind.in_(ACTIVE_KINDS)
-    spans = [(start, end)] if not bounds else list(zip([start, *bounds], [*bounds, end],
-                                                       strict=True))
+    spans = list(zip([start, *bounds], [*bounds, end], strict=True))
     activity = (select(e.partner_id, e.member_id,
                        *[func.count().filter(active_kind, e.booked_at >= a,
                                              e.booked_at < b).label(f"m{k}")

@@ -43,8 +43,9 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
 
     Balances (one ``merge`` entry), lots and partner links move; the survivor keeps the
     higher tier and gains personal data it lacks, erased from the absorbed row, which keeps
-    its journal entries, with status ``merged`` and a pointer to the survivor. Merging
-    again into the same survivor answers with the merge as it stands (``already_merged``).
+    its journal entries, with status ``merged``, a pointer to the survivor and the moment
+    of the merge (``merged_at``). Merging again into the same survivor answers with the
+    merge as it stands (``already_merged``).
     """
     if absorbed_number == survivor_number:
         message = "A member cannot be merged into itself."
