@@ -5,7 +5,8 @@ For each month of ``[first, last]`` (booking time, UTC) and each partner:
 * members **enrolled** (by the partner that enrolled them), **active** (an earn, burn,
   capture or donation at the partner in the month; the month's total counts each member
   once), **closed** (by the partner that enrolled them), **merged** (absorbed into another
-  member, from the audit log, the one dated record of every merge);
+  member, by the moment of the merge; merges from before that moment was kept count in
+  no month);
 * points **issued** (earns less earn reversals at the partner: its ``partner:issued``
   account; coalition-funded bonuses under ``coalition``), **redeemed** at the partner
   (burns, captures and donations less burn reversals: ``partner:redeemed``; points spent
@@ -29,16 +30,15 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, literal, or_, select, text, true, union_all
+from sqlalchemy import and_, case, func, literal, or_, select, text, true, union_all
 from sqlalchemy.orm import Session
 
-from coalition.audit.models import AuditEvent
 from coalition.db import read, utcnow
 from coalition.errors import InvalidRequest, NotFound
 from coalition.ledger import tiers as tier_rule
 from coalition.ledger.models import Entry, LotMovement, Member, Posting
 from coalition.models import Partner
-from coalition.program.service import rules_at
+from coalition.program.service import Rules, rules_at
 from settlement.compute import WORK_MEM
 from settlement.months import month_start, next_month
 from settlement.netting import COALITION
@@ -73,6 +73,9 @@ def analytics(session: Session, first: str, last: str,
     start, end = month_start(first), month_start(next_month(last))
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
+        # the groupings by member are read whole: joined to the members by hashing, not
+        # by one index probe per row (the planner cannot estimate a grouping's size)
+        session.execute(text("SET LOCAL enable_nestloop = off"))
     codes = {p.id: p.code for p in session.scalars(select(Partner))}
     names = months_between(first, last)
     bounds = [month_start(m) for m in names[1:]]
@@ -124,49 +127,62 @@ def analytics(session: Session, first: str, last: str,
         add(origin, {"expiry": "expired", "forfeiture": "forfeited",
                      "transfer": "transferred"}[kind], [-(v or 0) for v in sums])
 
-    # who was active: each (partner, member) once, with its bookings per month, read in
-    # one pass; then counted per partner, and per month over the members (each once,
-    # wherever active)
-    active = (select(e.partner_id, e.member_id,
-                     *[func.count().filter(c).label(f"m{k}")
-                       for k, c in enumerate(in_month(e.booked_at))])
-              .where(e.booked_at >= start, e.booked_at < end, e.kind.in_(ACTIVE_KINDS))
-              .group_by(e.partner_id, e.member_id).cte("active"))
-    counts = [active.c[f"m{k}"] for k in range(n)]
-    members = (select(active.c.member_id, *[func.sum(c).label(c.name) for c in counts])
-               .group_by(active.c.member_id).subquery())
+    # one pass over the entries: each (partner, member) once, with its active bookings
+    # per month and (for the tiers) its own qualifying points at each month end; then the
+    # active members counted per partner, and per month over the members (each once,
+    # wherever active), and the qualifying points summed per member
+    ends = [month_start(next_month(m)) for m in names]
+    with_tiers = partner is None
+    active_kind = e.kind.in_(ACTIVE_KINDS)
+    spans = list(zip([start, *bounds], [*bounds, end], strict=True))
+    activity = (select(e.partner_id, e.member_id,
+                       *[func.count().filter(active_kind, e.booked_at >= a,
+                                             e.booked_at < b).label(f"m{k}")
+                         for k, (a, b) in enumerate(spans)],
+                       *(tier_rule.qualifying_sums(ends) if with_tiers else []))
+                .where(or_(and_(active_kind, e.booked_at >= start, e.booked_at < end),
+                           *([and_(e.kind.in_(tier_rule.QUALIFYING_KINDS),
+                                   tier_rule.qualifying_span(ends))] if with_tiers else [])))
+                .group_by(e.partner_id, e.member_id).cte("activity"))
+    counts = [activity.c[f"m{k}"] for k in range(n)]
+    qualifying = [activity.c[f"q{k}"] for k in range(n)] if with_tiers else []
+    # each member once: its active bookings and own qualifying points per month
+    members = (select(activity.c.member_id, *[func.sum(c).label(c.name)
+                                              for c in [*counts, *qualifying]])
+               .group_by(activity.c.member_id).cte("members"))
+    # one statement, so the entries are read once: (0, partner, active per month) by
+    # partner, (1, -, active per month) over the members, then the tiers' rows
+    queries = [select(literal(0), activity.c.partner_id,
+                      *[func.count().filter(c > 0) for c in counts])
+               .group_by(activity.c.partner_id),
+               select(literal(1), literal(None),
+                      *[func.count().filter(members.c[f"m{k}"] > 0) for k in range(n)])]
+    if with_tiers:
+        rules, tier_queries = _tier_queries(session, ends, select(
+            members.c.member_id, *[members.c[f"q{k}"] for k in range(n)]))
+        queries += tier_queries
     totals_active: dict[str, int] = {}
     found: Any
-    for found in session.execute(union_all(
-            select(literal(0), active.c.partner_id,
-                   *[func.count().filter(c > 0) for c in counts])
-            .group_by(active.c.partner_id),
-            select(literal(1), literal(None),
-                   *[func.count().filter(members.c[f"m{k}"] > 0) for k in range(n)]))):
-        total, pid, values = found[0], found[1], list(found[2:])
-        if total:
+    tier_rows = []
+    for found in session.execute(union_all(*queries)):
+        tag, pid, values = found[0], found[1], list(found[2:])
+        if tag == 0:
+            add(pid, "active", values)
+        elif tag == 1:
             totals_active = {m: int(v or 0) for m, v in zip(names, values, strict=True)}
         else:
-            add(pid, "active", values)
+            tier_rows.append((tag, pid, values))
+    tiers = _tiers(names, rules, tier_rows) if with_tiers else []
 
     mb = Member.__table__.c
     for column, figure, condition in ((mb.created_at, "enrolled", true()),
-                                      (mb.closed_at, "closed", mb.status == "closed")):
+                                      (mb.closed_at, "closed", mb.status == "closed"),
+                                      (mb.merged_at, "merged", true())):
         for pid, *values in session.execute(
                 select(mb.enrolled_by, *[func.count().filter(c) for c in in_month(column)])
                 .where(column >= start, column < end, condition)
                 .group_by(mb.enrolled_by)):
             add(pid, figure, values)
-    a = AuditEvent.__table__.c
-    for pid, *values in session.execute(
-            select(mb.enrolled_by, *[func.count().filter(c) for c in in_month(a.occurred_at)])
-            .select_from(AuditEvent.__table__.join(
-                Member.__table__, a.target == literal("member:") + mb.member_number))
-            .where(a.action == "member.merged", a.occurred_at >= start, a.occurred_at < end)
-            .group_by(mb.enrolled_by)):
-        add(pid, "merged", values)
-
-    tiers = _tiers(session, names) if partner is None else []
 
     def row(month: str, code: str, figures: dict[str, int]) -> dict[str, Any]:
         return {"month": month, "partner": code, **figures,
@@ -188,42 +204,49 @@ def analytics(session: Session, first: str, last: str,
             "totals": totals, "tiers": tiers}
 
 
-def _tiers(session: Session, names: list[str]) -> list[dict[str, Any]]:
-    """Members per tier at each month end, by the tier rule (``coalition.ledger.tiers``)
-    under the program rules in force then: the members enrolled by then, neither closed
-    by then nor merged into another. One pass over the qualifying entries of the months
-    and the twelve before them."""
-    ends = [month_start(next_month(m)) for m in names]
-    per_member = tier_rule.qualifying_by_member_at(ends).subquery()
+def _tier_queries(session: Session, ends: list[datetime], own: Any
+                  ) -> tuple[list[Rules], list[Any]]:
+    """The rules in force at each month end, and the queries for the members per tier
+    then, by the tier rule (``coalition.ledger.tiers``): the members enrolled by then,
+    neither closed nor merged into another by then (a member merged later counts as
+    itself, with its own points; one merged before the moment of merges was kept, as
+    merged). ``own``: each member's own qualifying points at each month end (``member_id``,
+    ``q0`` …).
+
+    Rows: ``(2, members, tier index at each month end or -1 where not a member then)``
+    for the members with qualifying entries, grouped by their tiers (a few combinations),
+    and ``(3, -, members at each month end)``."""
+    per_member = tier_rule.qualifying_by_member(ends, own=own).subquery()
     mb = Member.__table__.c
     rules = [rules_at(session, end) for end in ends]
 
     def exists_at(end: datetime) -> Any:
         return and_(mb.created_at <= end, or_(mb.closed_at.is_(None), mb.closed_at > end),
-                    mb.status != "merged")
+                    or_(mb.status != "merged", mb.merged_at > end))
 
-    counts = []
-    for k, (end, r) in enumerate(zip(ends, rules, strict=True)):
-        points = per_member.c[f"q{k}"]
-        thresholds = [t["threshold"] for t in r["tiers"]]
-        for j, low in enumerate(thresholds[1:], start=1):
-            high = thresholds[j + 1] if j + 1 < len(thresholds) else None
-            condition = and_(exists_at(end), points >= low,
-                             *([points < high] if high is not None else []))
-            counts.append(func.count().filter(condition))
-    above = session.execute(
-        select(*counts).select_from(per_member.join(Member.__table__,
-                                                    mb.id == per_member.c.member_id))
-    ).one() if counts else ()
-    everyone = session.execute(select(*[func.count().filter(exists_at(end)) for end in ends])
-                               ).one()
-    result, n = [], 0
-    for month, r, members in zip(names, rules, everyone, strict=True):
+    ranks = [case((exists_at(end), tier_rule.reached_rank_sql(
+        r, func.coalesce(per_member.c[f"q{k}"], 0))), else_=literal(-1)).label(f"r{k}")
+        for k, (end, r) in enumerate(zip(ends, rules, strict=True))]
+    return rules, [
+        select(literal(2), func.count(), *ranks)
+        .select_from(per_member.join(Member.__table__, mb.id == per_member.c.member_id))
+        .group_by(*ranks),
+        select(literal(3), literal(None), *[func.count().filter(exists_at(end))
+                                            for end in ends])]
+
+
+def _tiers(names: list[str], rules: list[Rules],
+           found: list[tuple[int, Any, list[Any]]]) -> list[dict[str, Any]]:
+    """Members per tier at each month end from the rows of :func:`_tier_queries` (the
+    first tier holds the members above none)."""
+    everyone = next(values for tag, _, values in found if tag == 3)
+    result = []
+    for k, (month, r) in enumerate(zip(names, rules, strict=True)):
         tiers = r["tiers"]
-        higher = [int(above[n + j]) for j in range(len(tiers) - 1)]
-        n += len(tiers) - 1
+        higher = [sum(int(members) for tag, members, ranks in found
+                      if tag == 2 and ranks[k] == j) for j in range(1, len(tiers))]
         result.append({"month": month, "tier": tiers[0]["code"],
-                       "members": int(members) - sum(higher)})
+                       "members": int(everyone[k]) - sum(higher)})
         result += [{"month": month, "tier": t["code"], "members": c}
                    for t, c in zip(tiers[1:], higher, strict=True)]
     return result

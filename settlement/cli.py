@@ -154,19 +154,20 @@ def _liability_text(doc: dict[str, Any]) -> str:
              if estimate["basis"] == "history" else "the configured prior")
     lines = [f"points liability of run {doc['run']} ({doc['status']}, {doc['model']} model) "
              f"at {doc['period_end']}",
-             f"breakage rate {estimate['breakage_rate']} (from {basis})",
+             f"breakage rate at age 0 {estimate['breakage_rate']} (from {basis}); each "
+             f"cohort at its age's",
              f"{'cur':<4} {'opening':>12} {'issued':>12} {'redeemed':>12} {'breakage':>12} "
              f"{'estimate':>12} {'closing':>12}"]
     for r in doc["rollforward"]:
         lines.append(f"{r['currency']:<4} {r['opening']:>12} {r['issued']:>12} "
                      f"{r['recognised_on_redemption']:>12} {r['recognised_as_breakage']:>12} "
                      f"{r['estimate_change']:>12} {r['closing']:>12}")
-    lines.append(f"{'origin':<14} {'month':<8} {'cur':<4} {'points':>10} {'unit cost':>12} "
-                 f"{'expected':>12}")
+    lines.append(f"{'origin':<14} {'month':<8} {'cur':<4} {'points':>10} {'breakage':>10} "
+                 f"{'unit cost':>12} {'expected':>12}")
     for c in doc["cohorts"]:
         lines.append(f"{c['origin']:<14} {c['earned_month']:<8} {c['currency'] or '-':<4} "
-                     f"{c['outstanding_points']:>10} {c['unit_cost'] or '-':>12} "
-                     f"{c['expected_cost'] or '-':>12}")
+                     f"{c['outstanding_points']:>10} {c['breakage_rate']:>10} "
+                     f"{c['unit_cost'] or '-':>12} {c['expected_cost'] or '-':>12}")
     return "\n".join(lines)
 
 

@@ -7,11 +7,15 @@ partners between themselves) will pay for when members spend them. At a moment `
   ``earned_at``; a transfer gives the receiver a new lot of the same origin, earned at the
   transfer). A point is outstanding from its lot's creation until it is redeemed, expires or
   is forfeited; a hold's reservation is still the member's until the hold is captured.
-* **breakage estimate**: the share of points that will never be redeemed, from the
-  program's own history: over the *closed* cohorts (nothing outstanding any more, their
-  month over), points expired or forfeited ÷ points that stayed in the cohort (transfers
-  out excluded). Until ``min_cohorts`` cohorts are closed, the configured prior. The rate is
-  kept to six decimal places, half even.
+* **breakage estimate**: the share of a cohort's outstanding points that will never be
+  redeemed, from the program's own history at the cohort's **age** (whole months from the
+  month earned to the moment's month): over the *closed* cohorts (nothing outstanding any
+  more, their month over) that still held points at that age, the points they lost by
+  expiry or forfeiture from that age on ÷ the points they still held then (points that
+  left by transfer or an earn reversal count as never in the cohort). At age 0 that is
+  all points lapsed ÷ all points that stayed. Until ``min_cohorts`` closed cohorts held
+  points at that age, the configured prior. Each rate is kept to six decimal places, half
+  even.
 * **unit cost** of a point of origin ``o`` in currency ``c``: the redeem rates in force at
   ``t`` of the partners ``b`` paid in ``c``, weighted by the points of ``o`` redeemed at
   ``b`` before ``t`` (net of burn reversals), to eight decimal places, half even. Under
@@ -84,6 +88,18 @@ class Cohort:
     out_before: int = 0
     out_during: int = 0
     lapsed_before: int = 0
+    #: by the month of the movement: points that left by redemption or lapse, and those
+    #: lapsed, each [before start, in the period] (the breakage history by age)
+    left: dict[str, list[int]] = field(default_factory=dict)
+    lapsed: dict[str, list[int]] = field(default_factory=dict)
+
+    def by_age(self, month: str, at_end: bool, age: int) -> tuple[int, int]:
+        """(points left by redemption or lapse before ``age``, points lapsed from ``age``
+        on), for the cohort earned in ``month``, at the period's start or end."""
+        take = 2 if at_end else 1
+        gone = sum(sum(v[:take]) for m, v in self.left.items() if _age(month, m) < age)
+        late = sum(sum(v[:take]) for m, v in self.lapsed.items() if _age(month, m) >= age)
+        return gone, late
 
     @property
     def after(self) -> int:
@@ -157,13 +173,20 @@ def _history(session: Session, start: datetime, end: datetime) -> History:
                          .join(closing, and_(closing.c.id == hold.c.closed_by_entry_id,
                                              closing.c.booked_at < end))))
     moves = union_all(own, held).subquery()
-    for origin, earned, kind, partner, before, during in session.execute(
-            select(lot.origin_partner_id, month, moves.c.kind, moves.c.partner,
+    moved = months.of(moves.c.at)
+    for origin, earned, kind, partner, at, before, during in session.execute(
+            select(lot.origin_partner_id, month, moves.c.kind, moves.c.partner, moved,
                    func.sum(moves.c.points).filter(moves.c.at < start),
                    func.sum(moves.c.points).filter(moves.c.at >= start))
             .select_from(moves.join(Lot.__table__, lot.id == moves.c.lot_id))
-            .group_by(lot.origin_partner_id, month, moves.c.kind, moves.c.partner)):
+            .group_by(lot.origin_partner_id, month, moves.c.kind, moves.c.partner, moved)):
         c, before, during = cohort(origin, earned), int(before or 0), int(during or 0)
+        if kind not in ("transfer", "earn_reversal"):
+            sums = c.left.setdefault(months.name(at), [0, 0])
+            sums[0], sums[1] = sums[0] - before, sums[1] - during
+            if kind in LAPSE_KINDS:
+                sums = c.lapsed.setdefault(months.name(at), [0, 0])
+                sums[0], sums[1] = sums[0] - before, sums[1] - during
         c.before += before
         if kind == "transfer":
             c.transferred += during
@@ -189,13 +212,37 @@ def _history(session: Session, start: datetime, end: datetime) -> History:
 # --------------------------------------------------------------------------- the estimate
 
 
+def _age(earned: str, month: str) -> int:
+    """Whole months from the month ``earned`` to ``month`` (both ``YYYY-MM``)."""
+    return (int(month[:4]) * 12 + int(month[5:])) - (int(earned[:4]) * 12 + int(earned[5:]))
+
+
+@dataclass(frozen=True)
+class Rate:
+    """The breakage rate for cohorts of one age, and how many closed cohorts it rests on
+    (those that still held points at that age)."""
+
+    rate: Decimal
+    basis: str  # "history" or "prior"
+    cohorts: int
+
+
 @dataclass(frozen=True)
 class Estimate:
-    breakage_rate: Decimal
-    basis: str  # "history" or "prior"
+    month: str  # the moment's month: a cohort's age is counted to it
+    by_age: dict[int, Rate]
     closed_cohorts: int
     #: origin → [(currency, unit cost)]
     costs: dict[int | None, list[tuple[str, Decimal]]]
+
+    def rate(self, earned: str) -> Decimal:
+        """The breakage rate of the cohort earned in ``earned``."""
+        return self.by_age[max(_age(earned, self.month), 0)].rate
+
+    @property
+    def breakage_rate(self) -> Decimal:
+        """The rate at age 0: all points lapsed ÷ all points that stayed."""
+        return self.by_age[0].rate
 
 
 def _rate_at(cards: list[RateCard], moment: datetime) -> Decimal | None:
@@ -215,16 +262,26 @@ def _estimate(history: History, at: datetime, which: int, model: str, prior: Pri
               partners: dict[int, Partner], cards: dict[int, list[RateCard]]) -> Estimate:
     """The estimate at ``at`` from the history before it (``which``: 0 at the period's
     start, 1 at its end)."""
-    kept = lapsed = closed = 0
+    at_end = bool(which)
+    now = month_of_moment(at)
+    closed: list[tuple[str, Cohort, int]] = []
     for (_, month), c in history.cohorts.items():
-        outstanding, stayed, gone = c.record(at_end=bool(which))
+        outstanding, stayed, _ = c.record(at_end=at_end)
         if _closed(month, at, outstanding, stayed):
-            closed, kept, lapsed = closed + 1, kept + stayed, lapsed + gone
-    if closed >= prior.min_cohorts and kept:
-        rate, basis = Decimal(lapsed) / Decimal(kept), "history"
-    else:
-        rate, basis = prior.rate, "prior"
-    rate = rate.quantize(RATE_PLACES, rounding=ROUND_HALF_EVEN)
+            closed.append((month, c, stayed))
+    by_age = {}
+    for age in sorted({0} | {max(_age(month, now), 0) for _, month in history.cohorts}):
+        held = lapsed = cohorts = 0
+        for month, c, stayed in closed:
+            gone, late = c.by_age(month, at_end, age)
+            if stayed - gone > 0:
+                cohorts, held, lapsed = cohorts + 1, held + stayed - gone, lapsed + late
+        if cohorts >= prior.min_cohorts and held:
+            rate, basis = Decimal(lapsed) / Decimal(held), "history"
+        else:
+            rate, basis = prior.rate, "prior"
+        by_age[age] = Rate(rate.quantize(RATE_PLACES, rounding=ROUND_HALF_EVEN), basis,
+                           cohorts)
 
     redeem = {b: _rate_at(cards.get(b, []), at) for b in partners}
     weights: dict[int | None, dict[int, int]] = defaultdict(dict)
@@ -252,7 +309,7 @@ def _estimate(history: History, at: datetime, which: int, model: str, prior: Pri
                 for c, v in sorted(by_currency.items())]
 
     origins = {origin for origin, _ in history.cohorts}
-    return Estimate(rate, basis, closed, {o: costs(o) for o in origins})
+    return Estimate(now, by_age, len(closed), {o: costs(o) for o in origins})
 
 
 # --------------------------------------------------------------------------- the document
@@ -276,9 +333,9 @@ def liability(session: Session, start: datetime, end: datetime, model: str, prio
     old = _estimate(history, start, 0, model, prior, partners, cards)
     new = _estimate(history, end, 1, model, prior, partners, cards)
 
-    def value(points: int, origin: int | None, estimate: Estimate
+    def value(points: int, origin: int | None, month: str, estimate: Estimate
               ) -> list[tuple[str, Decimal, Decimal]]:
-        keep = 1 - estimate.breakage_rate
+        keep = 1 - estimate.rate(month)
         return [(currency, cost, points * keep * cost)
                 for currency, cost in estimate.costs.get(origin, [])]
 
@@ -300,27 +357,29 @@ def liability(session: Session, start: datetime, end: datetime, model: str, prio
                 "points": stayed, "lapsed_points": lapsed,
                 "breakage_rate": money_str((Decimal(lapsed) / stayed)
                                            .quantize(RATE_PLACES, rounding=ROUND_HALF_EVEN))})
-        for currency, _, amount in value(c.before, origin, old):
+        for currency, _, amount in value(c.before, origin, month, old):
             measured_opening[currency] += round_money(amount, currency)
-        for currency, cost, amount in value(c.after, origin, new):
+        for currency, cost, amount in value(c.after, origin, month, new):
             if c.after:
                 expected = round_money(amount, currency)
                 closing[currency] += expected
                 cohorts.append({
                     "origin": _code(partners, origin), "earned_month": month,
                     "currency": currency, "outstanding_points": c.after,
-                    "breakage_rate": money_str(new.breakage_rate),
+                    "breakage_rate": money_str(new.rate(month)),
                     "unit_cost": money_str(cost), "expected_cost": money_str(expected)})
         for line, n in (("issued", c.issued), ("recognised_on_redemption", c.redeemed),
                         ("recognised_as_breakage", c.expired + c.forfeited)):
-            for currency, _, amount in value(n, origin, new):
+            for currency, _, amount in value(n, origin, month, new):
                 flows[currency][line] += amount
         if c.after and not new.costs.get(origin):
             cohorts.append({
                 "origin": _code(partners, origin), "earned_month": month, "currency": None,
-                "outstanding_points": c.after, "breakage_rate": money_str(new.breakage_rate),
+                "outstanding_points": c.after, "breakage_rate": money_str(new.rate(month)),
                 "unit_cost": None, "expected_cost": None})
 
+    ages = {max(_age(month, new.month), 0) for (_, month), c in history.cohorts.items()
+            if c.after}
     opening = opening if opening is not None else measured_opening
     rollforward = []
     for currency in sorted(set(closing) | set(opening) | set(flows)):
@@ -339,8 +398,12 @@ def liability(session: Session, start: datetime, end: datetime, model: str, prio
         "period_start": start.isoformat(),
         "period_end": end.isoformat(),
         "estimate": {
-            "breakage_rate": money_str(new.breakage_rate), "basis": new.basis,
+            "breakage_rate": money_str(new.breakage_rate), "basis": new.by_age[0].basis,
             "closed_cohorts": new.closed_cohorts,
+            # the ages of the cohorts outstanding at the end, and age 0
+            "by_age": [{"age": age, "breakage_rate": money_str(r.rate), "basis": r.basis,
+                        "closed_cohorts": r.cohorts} for age, r in sorted(new.by_age.items())
+                       if age == 0 or age in ages],
             "opening_breakage_rate": money_str(old.breakage_rate),
             "prior": money_str(prior.rate), "min_closed_cohorts": prior.min_cohorts,
             "unit_costs": [{"origin": _code(partners, o), "currency": c, "unit_cost":

@@ -314,10 +314,23 @@ class UnitCostSchema(Schema):
     opening_unit_cost = fields.String(allow_none=True, metadata=_RATE)
 
 
-class EstimateSchema(Schema):
+class BreakageByAgeSchema(Schema):
+    age = fields.Integer(metadata={"description": "whole months from the month earned to "
+                                   "the period end's month"})
     breakage_rate = fields.String(metadata=_RATE)
     basis = fields.String(metadata={"enum": ["history", "prior"]})
+    closed_cohorts = fields.Integer(metadata={
+        "description": "closed cohorts that still held points at that age"})
+
+
+class EstimateSchema(Schema):
+    breakage_rate = fields.String(metadata={
+        "description": "the rate at age 0 (all points lapsed ÷ all points that stayed, over "
+                       "the closed cohorts)", **_RATE})
+    basis = fields.String(metadata={"enum": ["history", "prior"]})
     closed_cohorts = fields.Integer()
+    by_age = fields.List(fields.Nested(BreakageByAgeSchema), metadata={
+        "description": "the rate each cohort is valued at, by its age"})
     opening_breakage_rate = fields.String(metadata=_RATE)
     prior = fields.String(metadata=_RATE)
     min_closed_cohorts = fields.Integer()

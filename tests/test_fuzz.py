@@ -6,7 +6,7 @@ security: a partner token with every partner scope, an operator token for the ad
 settlement operations (a statement takes either), a member token from the sign-in flow for
 ``/v1/me`` (a second member's for ``/v1/me/close``), an operator client's HTTP Basic
 credentials for ``/oauth/*`` (or, one time in three, malformed ones: random bytes, not
-UTF-8, not base64). The database is seeded (tests/seeding.py) and generated path
+UTF-8, not base64). The database is seeded (tests/factories/coalition.py) and generated path
 parameters, member numbers and partner codes are mostly swapped for real ones,
 so that requests reach existing objects, not only 404s.
 

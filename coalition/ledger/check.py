@@ -21,7 +21,11 @@ count is always exact).
    and the lots) and per origin partner (from lots and their movements by the moving
    entry's kind), cross-checked against the postings of the earns and earn reversals at
    each partner.
-6. ``closed_runs``: a closed settlement period never changes: each closed run's figures,
+6. ``merges``: a member merged into another names its survivor, which is not merged
+   itself (a merge re-points the chain at the last survivor), and was merged no earlier
+   than it enrolled; a member not merged has neither a survivor nor a moment of merging
+   (merges made before that moment was kept have none: unknown).
+7. ``closed_runs``: a closed settlement period never changes: each closed run's figures,
    computed again from the journal, give the digest the run was closed with (settlement
    adds this check with :func:`add_check`).
 """
@@ -50,7 +54,7 @@ from sqlalchemy import (
 )
 
 from coalition.db import db, utcnow
-from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting, Wallet
+from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Posting, Wallet
 from coalition.models import Partner
 
 #: violations listed per check (the count is always exact)
@@ -158,6 +162,7 @@ def check_ledger(limit: int = LIMIT) -> LedgerReport:
             _no_negative(conn, limit),
             _unique_partner_txn(conn, limit),
             _conservation(conn, limit),
+            _merges(conn, limit),
             *(check(conn, limit) for check in current_app.extensions.get(_ADDED, ())),
         ]
         partners = {row.id: row.code for row in conn.execute(select(Partner.id, Partner.code))}
@@ -596,4 +601,36 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
     result.found(len(found), found[:limit])
     result.figures = {"totals": {**totals, "expected_outstanding": expected_outstanding},
                       "per_origin_partner": per_origin}
+    return result
+
+
+# --------------------------------------------------------------------------- 6
+
+
+def _merges(conn: Connection, limit: int) -> CheckResult:
+    member = Member.__table__
+    survivor = member.alias("survivor")
+    m = member.c
+    result = CheckResult("merges", "a merged member names an unmerged survivor, merged "
+                         "no earlier than it enrolled; no other member has either",
+                         {"merged_members": conn.scalar(
+                             select(func.count()).where(m.status == "merged")) or 0})
+    merged = m.status == "merged"
+    problem = case(
+        (and_(merged, m.merged_into_id.is_(None)), "merged without a survivor"),
+        (and_(~merged, or_(m.merged_into_id.is_not(None), m.merged_at.is_not(None))),
+         "not merged, yet with a survivor or a moment of merging"),
+        (survivor.c.merged_into_id.is_not(None), "its survivor is merged itself"),
+        else_="merged before it enrolled")
+    count, rows = _violations(conn, (
+        select(m.id.label("member_id"), m.status, m.merged_into_id, m.merged_at,
+               m.created_at, problem.label("problem"))
+        .select_from(member.outerjoin(survivor, survivor.c.id == m.merged_into_id))
+        .where(or_(and_(merged, m.merged_into_id.is_(None)),
+                   and_(~merged, or_(m.merged_into_id.is_not(None),
+                                     m.merged_at.is_not(None))),
+                   survivor.c.merged_into_id.is_not(None),
+                   m.merged_at < m.created_at))
+    ), [m.id], limit)
+    result.found(count, rows)
     return result

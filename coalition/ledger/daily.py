@@ -130,8 +130,8 @@ def _downgrades(as_of: date, summary: DailySummary, progress: Progress | None,
         rules = rules_in_force(session)
     first = rules["tiers"][0]["code"]
     now = datetime.combine(as_of, time(), UTC)
-    qualifying = tiers.qualifying_by_member(tiers.window_start(now)).subquery()
-    points = func.coalesce(qualifying.c.points, 0)
+    qualifying = tiers.qualifying_by_member([now], open_ended=True).subquery()
+    points = func.coalesce(qualifying.c.q0, 0)
     current = tiers.rank_sql(rules, _m.tier, unknown=len(rules["tiers"]))
     due = (
         select(_m.id)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -43,8 +44,9 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
 
     Balances (one ``merge`` entry), lots and partner links move; the survivor keeps the
     higher tier and gains personal data it lacks, erased from the absorbed row, which keeps
-    its journal entries, with status ``merged`` and a pointer to the survivor. Merging
-    again into the same survivor answers with the merge as it stands (``already_merged``).
+    its journal entries, with status ``merged``, a pointer to the survivor and the moment
+    of the merge (``merged_at``). Merging again into the same survivor answers with the
+    merge as it stands (``already_merged``).
     """
     if absorbed_number == survivor_number:
         message = "A member cannot be merged into itself."
@@ -97,7 +99,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
             session.execute(update(Member.__table__)
                             .where(_m.merged_into_id == absorbed.id)
                             .values(merged_into_id=survivor.id))
-            _absorb_member_row(session, rules, absorbed.id, survivor.id)
+            _absorb_member_row(session, rules, absorbed.id, survivor.id, now)
             moved = {"available": available, "pending": pending, "lots": lots,
                      "links": links, "holds_voided": voided}
             body = _merge_body(session, member_state(session, absorbed.id),
@@ -113,7 +115,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
 
 
 def _absorb_member_row(session: Session, rules: Rules, absorbed_id: int,
-                       survivor_id: int) -> None:
+                       survivor_id: int, now: datetime) -> None:
     x = session.get_one(Member, absorbed_id)
     s = session.get_one(Member, survivor_id)
     if tiers.rank(rules, x.tier, unknown=-1) > tiers.rank(rules, s.tier, unknown=-1):
@@ -125,7 +127,7 @@ def _absorb_member_row(session: Session, rules: Rules, absorbed_id: int,
     x.email = x.name = x.birth_date = None
     years = [y for y in (s.birthday_bonus_year, x.birthday_bonus_year) if y is not None]
     s.birthday_bonus_year = max(years) if years else None
-    x.status, x.merged_into_id = "merged", survivor_id
+    x.status, x.merged_into_id, x.merged_at = "merged", survivor_id, now
     session.flush()
     # the later activity of the two governs expiry by inactivity of the moved lots
     last = session.scalar(select(func.max(_w.last_activity_at))

@@ -76,6 +76,9 @@ class Member(Base):
     #: indexed: a member's history includes the members merged into it
     merged_into_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("member.id"),
                                                        index=True)
+    #: when the member was merged into ``merged_into_id`` (none for the merges made
+    #: before the moment was kept: their month is unknown)
+    merged_at: Mapped[Timestamp | None]
     tier: Mapped[str] = mapped_column(String(32))
     email: Mapped[str | None] = mapped_column(String(320))
     name: Mapped[str | None] = mapped_column(String(200))

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, literal, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, literal, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
 from coalition.clock import add_months
@@ -26,7 +26,7 @@ WINDOW_MONTHS = 12
 
 _m = Member.__table__.c
 _e = Entry.__table__.c
-_QUALIFYING_KINDS = ("earn", "earn_reversal")
+QUALIFYING_KINDS = ("earn", "earn_reversal")
 _SIGNED = case((_e.kind == "earn", _e.points), else_=-_e.points)
 
 
@@ -46,24 +46,72 @@ def qualifying_points(session: Session, member_id: int, now: datetime) -> tuple[
     since = window_start(now)
     points = session.scalar(
         select(func.coalesce(func.sum(_SIGNED), 0))
-        .where(_e.member_id.in_(_whose(member_id)), _e.kind.in_(_QUALIFYING_KINDS),
+        .where(_e.member_id.in_(_whose(member_id)), _e.kind.in_(QUALIFYING_KINDS),
                _e.booked_at > since))
     return int(points or 0), since
 
 
-def qualifying_by_member(since: datetime, members: Sequence[int] | None = None) -> Any:
-    """SQL: qualifying points per member (``member_id``, ``points``) booked after
-    ``since``, the merged members' under their survivor: the daily job's set-based form of
-    :func:`qualifying_points` (for ``members`` only, when given)."""
-    owner = func.coalesce(_m.merged_into_id, _m.id)
-    query = (select(owner.label("member_id"), func.sum(_SIGNED).label("points"))
-             .select_from(Entry.__table__.join(Member.__table__, _m.id == _e.member_id))
-             .where(_e.kind.in_(_QUALIFYING_KINDS), _e.booked_at > since)
-             .group_by(owner))
-    if members is not None:
-        # the member's own entries and those of the members merged into it
-        query = query.where(or_(_m.id.in_(members), _m.merged_into_id.in_(members)))
-    return query
+def _merged_by(moment: datetime, *, ever: bool) -> Any:
+    """SQL: the member (``Member``) had been merged into another at ``moment`` (or at all,
+    when ``ever``); a merge whose moment was not kept counts as long past."""
+    merged = _m.merged_into_id.is_not(None)
+    return merged if ever else and_(merged, or_(_m.merged_at.is_(None),
+                                                _m.merged_at <= moment))
+
+
+def qualifying_sums(moments: Sequence[datetime], *, open_ended: bool = False) -> list[Any]:
+    """SQL: a member's own qualifying points at each of ``moments`` (``q0`` …), as
+    aggregates over entries grouped by member: those booked in the 12 months up to the
+    moment (when ``open_ended``, those booked since the last moment's window start, up to
+    whatever is booked)."""
+    last = len(moments) - 1
+    return [func.coalesce(func.sum(_SIGNED).filter(
+        _e.kind.in_(QUALIFYING_KINDS), _e.booked_at > window_start(moment),
+        *([] if open_ended and k == last else [_e.booked_at <= moment])), 0).label(f"q{k}")
+        for k, moment in enumerate(moments)]
+
+
+def qualifying_span(moments: Sequence[datetime], *, open_ended: bool = False) -> Any:
+    """SQL: the entries :func:`qualifying_sums` may count (to limit the rows read)."""
+    return and_(_e.booked_at > window_start(min(moments)),
+                *([] if open_ended else [_e.booked_at <= max(moments)]))
+
+
+def qualifying_by_member(moments: Sequence[datetime], members: Sequence[int] | None = None,
+                         *, open_ended: bool = False, own: Any = None) -> Any:
+    """SQL: qualifying points per member (``member_id``, then ``q0`` … one per moment) at
+    each of ``moments``, those of a member merged into another by then under its survivor:
+    the set-based form of :func:`qualifying_points`, for the daily job (one moment, open
+    ended: everything booked since the window start, for ``members`` only when given) and
+    analytics' tiers at each month end.
+
+    The entries are summed per member first (a plain grouping the database aggregates in
+    parallel), then per owner at each moment; ``own`` is that first step when the caller
+    already reads the entries (``member_id`` and :func:`qualifying_sums`)."""
+    n = len(moments)
+    if own is None:
+        own = (select(_e.member_id, *qualifying_sums(moments, open_ended=open_ended))
+               .where(_e.kind.in_(QUALIFYING_KINDS),
+                      qualifying_span(moments, open_ended=open_ended))
+               .group_by(_e.member_id))
+        if members is not None:
+            # the member's own entries and those of the members merged into it
+            own = own.where(_e.member_id.in_(select(_m.id).where(
+                or_(_m.id.in_(members), _m.merged_into_id.in_(members)))))
+    own = own.subquery()
+    merged = [_merged_by(moment, ever=open_ended and k == n - 1)
+              for k, moment in enumerate(moments)]
+    rows = own.join(Member.__table__, _m.id == own.c.member_id)
+    both = union_all(
+        select(_m.id.label("member_id"),
+               *[case((merged[k], 0), else_=own.c[f"q{k}"]).label(f"q{k}") for k in range(n)])
+        .select_from(rows),
+        select(_m.merged_into_id.label("member_id"),
+               *[case((merged[k], own.c[f"q{k}"]), else_=0).label(f"q{k}") for k in range(n)])
+        .select_from(rows).where(_m.merged_into_id.is_not(None))).subquery()
+    return (select(both.c.member_id, *[func.sum(both.c[f"q{k}"]).label(f"q{k}")
+                                       for k in range(n)])
+            .group_by(both.c.member_id))
 
 
 def reached(rules: Rules, points: int) -> str:
@@ -135,7 +183,7 @@ def downgrades(session: Session, tiers: dict[int, str], rules: Rules,
     lock, which the caller holds) whose qualifying points at ``now`` reach a lower tier:
     one query for their points and one statement for the moves. Returns member →
     ``(from, to)`` for the members moved."""
-    points = dict(session.execute(qualifying_by_member(window_start(now), list(tiers))).all())
+    points = dict(session.execute(qualifying_by_member([now], list(tiers), open_ended=True)).all())
     moved = {}
     for member_id, tier in tiers.items():
         target = reached(rules, int(points.get(member_id) or 0))
@@ -150,23 +198,3 @@ def downgrades(session: Session, tiers: dict[int, str], rules: Rules,
         for member_id, (old, new) in moved.items():
             tell(session, member_id, old, new, rules, now)
     return moved
-
-
-def qualifying_by_member_at(moments: list[datetime]) -> Any:
-    """SQL: qualifying points per member (``member_id``, then ``q0`` … one per moment) at
-    each of ``moments``, the merged members' under their survivor: the set-based form of
-    :func:`qualifying_points` for many moments at once (analytics' tiers at each month
-    end). Entries are summed per member first (a plain grouping the database aggregates in
-    parallel), then per survivor."""
-    at = [func.coalesce(func.sum(_SIGNED).filter(_e.booked_at > window_start(moment),
-                                                 _e.booked_at <= moment), 0).label(f"q{k}")
-          for k, moment in enumerate(moments)]
-    own = (select(_e.member_id, *at)
-           .where(_e.kind.in_(_QUALIFYING_KINDS), _e.booked_at > window_start(moments[0]),
-                  _e.booked_at <= moments[-1])
-           .group_by(_e.member_id).subquery())
-    owner = func.coalesce(_m.merged_into_id, _m.id)
-    return (select(owner.label("member_id"),
-                   *[func.sum(own.c[f"q{k}"]).label(f"q{k}") for k in range(len(at))])
-            .select_from(own.join(Member.__table__, _m.id == own.c.member_id))
-            .group_by(owner))

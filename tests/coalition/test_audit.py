@@ -13,7 +13,6 @@ from flask import g
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from coalition import clock
 from coalition.audit.service import Actor, list_events
 from coalition.audit.views import current_actor
 from coalition.db import db, utcnow
@@ -121,15 +120,16 @@ def test_operator_actions_are_recorded_with_who_when_and_what(app, client, opera
 
 
 @pytest.fixture
-def run_with_breaks(client, operator_headers, make_partner, monkeypatch):
-    """A draft run of [T0, T0 + 10 s), booked on the ledger's clock set to T0, with acme's
+def run_with_breaks(client, operator_headers, make_partner, clock):
+    """A draft run of [T0, T0 + 10 s), booked with the clock held at T0, with acme's
     file giving two breaks: a points mismatch (e-1) and a record missing in the ledger
-    (ghost)."""
-    monkeypatch.setattr(clock, "utcnow", lambda: T0)
+    (ghost); the run is made at the present time."""
+    clock.set(T0)
     publish(client, operator_headers)
     _, acme = make_partner("acme", valid_from=T0 - timedelta(days=1))
     member = enrol(client, acme, "m")
     earn(client, acme, member, "e-1", 100)
+    clock.held = None
     run = ok(client.post("/v1/settlement/runs", headers=by(operator_headers, "s1"),
                          json={"period_start": iso(T0),
                                "period_end": iso(T0 + timedelta(seconds=10))}), 201)

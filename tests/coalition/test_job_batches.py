@@ -28,7 +28,8 @@ from coalition.ledger.jobs import expire
 from coalition.ledger.models import Entry, Member
 from coalition.program.schemas import ProgramRulesSchema
 from coalition.program.service import publish_rules
-from tests.coalition.ledger_helpers import (
+from tests.conftest import snapshot
+from tests.factories.ledger import (
     book_earn,
     book_hold,
     entries,
@@ -39,7 +40,6 @@ from tests.coalition.ledger_helpers import (
     set_rules,
     wallet,
 )
-from tests.conftest import snapshot
 
 T0 = datetime(2024, 1, 10, 12, 0, tzinfo=UTC)
 TIERS = [{"code": "blue", "name": "Blue", "threshold": 0, "multiplier": "1"},

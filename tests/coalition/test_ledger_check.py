@@ -33,7 +33,7 @@ from tests.factories.ledger import (
 T0 = datetime(2024, 1, 10, 12, 0, tzinfo=UTC)
 T_SQL = "2024-01-10 12:00:00.000000"  # T0 as raw SQL writes it
 NAMES = ["entries_balance", "wallets_agree", "no_negative", "unique_partner_txn",
-         "conservation", "funded_points", "closed_runs", "emails_accounted",
+         "conservation", "merges", "funded_points", "closed_runs", "emails_accounted",
          "memberships_agree", "claims_booked"]
 
 
@@ -231,6 +231,13 @@ def test_a_duplicated_txn_id_without_a_partner_fails(app, ledger):
     assert (violation["partner_id"], violation["partner_txn_id"], violation["entries"]) \
         == (None, "op-1", 2)
     assert len(violation["entry_ids"]) == 2
+
+
+def test_a_moment_of_merging_on_a_member_not_merged_fails(app, ledger):
+    execute("UPDATE member SET merged_at = :t WHERE id = :m", t=T_SQL, m=ledger["ann"])
+    [violation] = assert_fails(app, "merges")
+    assert (violation["member_id"], violation["status"], violation["problem"]) == (
+        ledger["ann"], "active", "not merged, yet with a survivor or a moment of merging")
 
 
 @pytest.mark.postgres

@@ -17,7 +17,7 @@ from coalition.ledger import journal, members
 from coalition.ledger.expiring import _MOMENTS, by_date
 from coalition.ledger.journal import _LIVE_LOTS
 from coalition.ledger.models import Lot, Member
-from tests.coalition.ledger_helpers import (
+from tests.factories.ledger import (
     book_burn,
     book_earn,
     make_member,

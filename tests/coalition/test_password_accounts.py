@@ -17,7 +17,7 @@ from coalition.db import UnitOfWork, read, utcnow
 from coalition.member import signin
 from coalition.oauth import finance_users, partner_users, passwords
 from coalition.oauth.passwords import MAX_FAILURES, PasswordAccounts, SignInFailed, SignInLocked
-from tests.coalition.member_support import active_member
+from tests.factories.members import active_member
 
 WRONG = "not the password at all"
 

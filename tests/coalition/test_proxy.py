@@ -30,7 +30,7 @@ from bench.harness.nginx import self_signed
 from coalition.http.proxy import TrustedProxies
 from tests.coalition.test_serving import APP, BIN, clean_env, started
 from tests.conftest import TEST_SECRET, basic_auth
-from tests.partners.support import enrol, publish
+from tests.factories.partner_api import enrol, publish
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx" / "coalition.conf"

@@ -29,7 +29,7 @@ from coalition.db import db
 from coalition.http.limits import Limits, window
 from tests.coalition.test_serving import clean_env, gunicorn_command, started, wait_until_healthy
 from tests.conftest import TEST_SECRET, basic_auth, make_test_app, snapshot
-from tests.partners.support import assert_error
+from tests.factories.partner_api import assert_error
 
 REDIS_URL = os.environ.get("COALITION_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 

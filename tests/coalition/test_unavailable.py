@@ -28,9 +28,9 @@ from coalition.db import (
     is_unreachable,
     run_with_retries,
 )
-from tests.coalition.member_ops_support import member_token
 from tests.conftest import make_test_app
-from tests.partners.support import earn, enrol, publish
+from tests.factories.member_records import member_token
+from tests.factories.partner_api import earn, enrol, publish
 
 #: nothing listens here (the range this project's own test clusters use)
 NOWHERE = "postgresql+psycopg://postgres@127.0.0.1:18199/coalition"

@@ -11,10 +11,10 @@ import pytest
 from marshmallow import ValidationError, validate
 
 from coalition.schemas import WholeMatch
-from tests.coalition.ledger_helpers import PRICED_FROM
-from tests.coalition.member_ops_support import member_token
 from tests.conftest import snapshot
-from tests.partners.support import RULES, assert_error, earn, enrol, publish
+from tests.factories.ledger import PRICED_FROM
+from tests.factories.member_records import member_token
+from tests.factories.partner_api import RULES, assert_error, earn, enrol, publish
 
 
 def test_a_trailing_newline_does_not_match_the_whole_pattern():

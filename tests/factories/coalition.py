@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
 from flask.testing import FlaskClient
 
-from coalition import clock
+from tests.factories.clock import held_at
 from tests.factories.partner_api import RULES, burn, earn, enrol, hold, post_ok
 from tests.factories.partners import partner_maker  # noqa: F401 - for fixtures wider than a test
 from tests.factories.settlement import T0, iso
@@ -32,9 +31,9 @@ T2 = T1 + timedelta(hours=1)
 
 @contextmanager
 def ledger_clock(moment: datetime) -> Iterator[None]:
-    """Book on the ledger as if it were ``moment`` (settlement keeps the real clock)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(clock, "utcnow", lambda: moment)
+    """Book as if it were ``moment``: the app's clock held there inside the block (the
+    settlement runs after it are made at the present time)."""
+    with held_at(moment):
         yield
 
 

@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import pytest
 
-from coalition import clock as ledger_clock
 from coalition.ledger import numbers
 from tests.conftest import snapshot
 from tests.factories.partner_api import (
@@ -717,14 +716,12 @@ def test_history_filters_by_member_and_type(client, acme):
     assert listed(type="earn_reversal") == []
 
 
-def test_history_filters_by_booked_time_half_open(client, make_partner, monkeypatch):
+def test_history_filters_by_booked_time_half_open(client, make_partner, clock):
     start = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
     _, headers = make_partner("acme", valid_from=start)
     number = enrol(client, headers, "c1")
-    clock = {"now": start}
-    monkeypatch.setattr(ledger_clock, "utcnow", lambda: clock["now"])
     for hour in range(4):
-        clock["now"] = start + timedelta(hours=hour)
+        clock.set(start + timedelta(hours=hour))
         earn(client, headers, number, f"t{hour}", points=1)
 
     def listed(**query):

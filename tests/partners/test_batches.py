@@ -28,7 +28,7 @@ from partners import batches, transactions
 from partners.models import BatchRow
 from tests.coalition.test_serving import BIN, clean_env, started
 from tests.conftest import TEST_SECRET, post_short, snapshot
-from tests.partners.support import assert_error, balance, earn, enrol, publish
+from tests.factories.partner_api import assert_error, balance, earn, enrol, publish
 
 HEADER = ("partner_txn_id,type,member_number,partner_member_ref,points,spend_amount,"
           "spend_currency,occurred_at")

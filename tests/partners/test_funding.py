@@ -21,7 +21,7 @@ from coalition.schemas import rfc3339
 from partners.funding import SLOTS
 from partners.models import FundingBlock, FundingSlot, WebhookEvent
 from tests.conftest import snapshot
-from tests.partners.support import assert_error, earn, enrol, post_ok, publish
+from tests.factories.partner_api import assert_error, earn, enrol, post_ok, publish
 
 
 @pytest.fixture

@@ -29,10 +29,10 @@ from coalition.oauth.clients import create_public_client
 from coalition.oauth.models import OAuthToken, PartnerUser
 from partners import batches, portal, webhooks
 from partners.funding import configure
-from tests.coalition.member_support import csrf_of
 from tests.conftest import ARTIFACTS, bearer, snapshot
-from tests.partners.support import burn, earn, enrol, post_ok
-from tests.seeding import seed
+from tests.factories.coalition import seed
+from tests.factories.members import csrf_of
+from tests.factories.partner_api import burn, earn, enrol, post_ok
 
 PASSWORD = "points-to-spare-2026"
 GHOST = 987654321

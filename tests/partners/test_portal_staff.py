@@ -22,9 +22,9 @@ from coalition.member import signin
 from coalition.models import Partner
 from coalition.oauth import partner_users
 from partners import batches, portal, service, webhooks
-from tests.coalition.member_support import csrf_of
 from tests.conftest import ARTIFACTS, snapshot
-from tests.partners.support import earn, enrol
+from tests.factories.members import csrf_of
+from tests.factories.partner_api import earn, enrol
 from tests.partners.test_portal import PASSWORD, sign_in, staff_account, staff_tokens, text_of
 
 ROW = ("partner_txn_id,type,member_number,partner_member_ref,points,spend_amount,"

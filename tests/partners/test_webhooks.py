@@ -26,7 +26,7 @@ from partners.delivery import backoff
 from partners.models import WebhookAttempt, WebhookDelivery, WebhookEvent
 from tests.coalition.test_serving import BIN, clean_env, started
 from tests.conftest import TEST_SECRET, snapshot
-from tests.partners.support import assert_error, burn, earn, enrol, publish
+from tests.factories.partner_api import assert_error, burn, earn, enrol, publish
 
 
 class Receiver:

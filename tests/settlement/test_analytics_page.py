@@ -1,5 +1,5 @@
 """The Analytics section of the finance page and the points liability on a run's page: the
-figures of the period booked in finance_support.py, drawn as server-rendered SVG with a
+figures of the period booked in tests/factories/finance.py, drawn as server-rendered SVG with a
 table for each chart, and in a real headless Chromium on a desktop and a phone screen.
 
 March 2001 (the booked period): ann and bob enrolled at grocer; grocer issued 1000 and
@@ -15,7 +15,7 @@ from html import unescape
 import pytest
 
 from tests.conftest import ARTIFACTS
-from tests.settlement.finance_support import (
+from tests.factories.finance import (
     FINANCE_PASSWORD,
     E,
     S,
@@ -24,7 +24,7 @@ from tests.settlement.finance_support import (
     finance_user,
     page_sign_in,
 )
-from tests.settlement.support import iso
+from tests.factories.settlement import iso
 
 PATH = "/finance/analytics?from=2001-02&to=2001-03"
 

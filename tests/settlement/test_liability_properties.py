@@ -16,7 +16,11 @@ prior and history threshold, and checks:
     (another query) and with the members' wallets;
 (d) the points issued at each partner agree with the analytics (postings, another query);
 (e) measuring again gives the same document; with nothing new booked, a period whose
-    estimate did not change shows no change of estimate beyond the rounding of its lines.
+    estimate did not change shows no change of estimate beyond the rounding of its lines;
+(f) each cohort is valued at the breakage rate of its age (months from its month to the
+    period end's), listed by age; at age 0 the rate is the closed cohorts' points lapsed ÷
+    points that stayed (or the prior, with fewer closed cohorts than asked for), and
+    every rate lies in [0, 1].
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from coalition.db import read
 from coalition.ledger.models import Member, Wallet
 from coalition.money import round_money
 from tests.conftest import empty_all_tables
-from tests.partners.support import enrol
-from tests.settlement.support import operator_headers_now, run_ok
+from tests.factories.partner_api import enrol
+from tests.factories.settlement import operator_headers_now, run_ok
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("LIABILITY_EXAMPLES", "15")), deadline=None,
@@ -168,6 +172,24 @@ def test_liability_balances_and_agrees(app, client, make_partner, clock, reset, 
     assert march == again  # (e)
 
     for doc in (march, whole):
+        # (f)
+        estimate = doc["estimate"]
+        by_age = {r["age"]: r for r in estimate["by_age"]}
+        end = datetime.fromisoformat(doc["period_end"])
+        for c in doc["cohorts"]:
+            year, month = map(int, c["earned_month"].split("-"))
+            age = max(end.year * 12 + end.month - (year * 12 + month), 0)
+            assert c["breakage_rate"] == by_age[age]["breakage_rate"], (c, by_age)
+        assert all(0 <= Decimal(r["breakage_rate"]) <= 1 for r in by_age.values())
+        closed = doc["closed_cohorts"]
+        if len(closed) >= min_cohorts:
+            assert by_age[0]["basis"] == "history"
+            assert Decimal(by_age[0]["breakage_rate"]) == (
+                Decimal(sum(c["lapsed_points"] for c in closed))
+                / sum(c["points"] for c in closed)).quantize(Decimal("0.000001"))
+        else:
+            assert (by_age[0]["basis"], by_age[0]["breakage_rate"]) == (
+                "prior", format(chosen.rate.quantize(Decimal("0.000001")), "f"))
         # (a)
         expected_by_currency: dict[str, Decimal] = defaultdict(Decimal)
         for c in doc["cohorts"]:

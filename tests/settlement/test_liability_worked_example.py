@@ -3,7 +3,9 @@
 Partners (all GBP), redeem rates:  grocer 0.0080 → from 2001-03-15: 0.0100
                                    fuel    0.0050
                                    charity 0.0100 (kind charity)
-Breakage is measured from history once 2 cohorts are closed (BREAKAGE_MIN_COHORTS=2).
+Breakage is measured from history once 2 closed cohorts held points at the age asked
+(BREAKAGE_MIN_COHORTS=2); a cohort's age is the whole months from its month to the
+moment's month.
 
     2001-01-10  ann earns 100 at grocer, expiring after one month     cohort grocer 2001-01
     2001-01-12  cy earns 300 at fuel                                   cohort fuel 2001-01
@@ -29,8 +31,8 @@ from sqlalchemy import select
 
 from coalition.db import read
 from coalition.ledger.models import Member
-from tests.partners.support import burn, earn, enrol, post_ok
-from tests.settlement.support import iso
+from tests.factories.partner_api import burn, earn, enrol, post_ok
+from tests.factories.settlement import iso
 
 
 def at(month: int, day: int) -> datetime:
@@ -89,8 +91,15 @@ def book_history(app, client, clock, make_partner, operator_headers) -> None:
     clock.set(datetime(2001, 5, 2, tzinfo=UTC))
 
 
-def test_liability_worked_by_hand(app, client, clock, make_partner, operator_headers):
-    app.config.update(BREAKAGE_MIN_COHORTS=2, BREAKAGE_PRIOR="0.2")
+def configure(app, monkeypatch, min_cohorts: int, prior: str) -> None:
+    """The breakage settings for this test only (the app is shared by the session)."""
+    monkeypatch.setitem(app.config, "BREAKAGE_MIN_COHORTS", min_cohorts)
+    monkeypatch.setitem(app.config, "BREAKAGE_PRIOR", prior)
+
+
+def test_liability_worked_by_hand(app, client, clock, make_partner, operator_headers,
+                                  monkeypatch):
+    configure(app, monkeypatch, 2, "0.2")
     book_history(app, client, clock, make_partner, operator_headers)
     march = post_ok(client, "/v1/settlement/runs", operator_headers, {
         "period_start": iso(datetime(2001, 3, 1, tzinfo=UTC)),
@@ -101,12 +110,21 @@ def test_liability_worked_by_hand(app, client, clock, make_partner, operator_hea
     doc = response.get_json()
     assert (doc["run"], doc["status"], doc["model"]) == (march["id"], "draft", "operator")
 
-    # At the start: closed cohorts grocer 2001-01 (100 lapsed of 100) and fuel 2001-01
-    # (0 of 300): 2 ≥ 2, so breakage 100 / 400 = 0.25. At the end fuel 2001-03 has closed
-    # too (its 100 donated, 0 lapsed): 100 / 500 = 0.2.
+    # At age 0 (all points lapsed ÷ all that stayed): at the start, closed cohorts grocer
+    # 2001-01 (100 lapsed of 100) and fuel 2001-01 (0 of 300): 2 ≥ 2, so 100 / 400 = 0.25.
+    # At the end fuel 2001-03 has closed too (its 100 donated, 0 lapsed): 100 / 500 = 0.2.
     assert doc["estimate"]["breakage_rate"] == "0.200000"
     assert doc["estimate"]["opening_breakage_rate"] == "0.250000"
     assert (doc["estimate"]["basis"], doc["estimate"]["closed_cohorts"]) == ("history", 3)
+    # By age, at the end: at age 1, the cohorts that still held points after their first
+    # month are fuel 2001-01 (300, none lapsed: spent in February) and grocer 2001-01 (100,
+    # all lapsed in February); fuel 2001-03 was spent in its own month. 100 / 400 = 0.25.
+    # At age 2 none held points any more: the prior.
+    assert doc["estimate"]["by_age"] == [
+        {"age": 0, "breakage_rate": "0.200000", "basis": "history", "closed_cohorts": 3},
+        {"age": 1, "breakage_rate": "0.250000", "basis": "history", "closed_cohorts": 2},
+        {"age": 2, "breakage_rate": "0.200000", "basis": "prior", "closed_cohorts": 0},
+    ]
     assert doc["closed_cohorts"] == [
         {"origin": "fuel", "earned_month": "2001-01", "points": 300, "lapsed_points": 0,
          "breakage_rate": "0.000000"},
@@ -127,27 +145,28 @@ def test_liability_worked_by_hand(app, client, clock, make_partner, operator_hea
         {"origin": "grocer", "currency": "GBP", "unit_cost": "0.00625000",
          "opening_unit_cost": "0.00800000"},
     ]
-    # fuel 2001-02: 400 − 100 transferred = 300 × 0.8 × 0.0100 = 2.40
-    # grocer 2001-03: 1000 − 300 − 100 = 600 × 0.8 × 0.00625 = 3.00
+    # fuel 2001-02 (age 2, the prior): 400 − 100 transferred = 300 × 0.8 × 0.0100 = 2.40
+    # grocer 2001-03 (age 1): 1000 − 300 − 100 = 600 × 0.75 × 0.00625 = 2.8125 → 2.81
     assert doc["cohorts"] == [
         {"origin": "fuel", "earned_month": "2001-02", "currency": "GBP",
          "outstanding_points": 300, "breakage_rate": "0.200000", "unit_cost": "0.01000000",
          "expected_cost": "2.40"},
         {"origin": "grocer", "earned_month": "2001-03", "currency": "GBP",
-         "outstanding_points": 600, "breakage_rate": "0.200000", "unit_cost": "0.00625000",
-         "expected_cost": "3.00"},
+         "outstanding_points": 600, "breakage_rate": "0.250000", "unit_cost": "0.00625000",
+         "expected_cost": "2.81"},
     ]
-    # opening: fuel 2001-02's 400 × 0.75 × 0.0080 = 2.40
-    # issued: grocer's 1000 × 0.8 × 0.00625 = 5.00 (the transfer moves fuel points from one
-    #   cohort to another at the same cost: nothing)
-    # redeemed: grocer's 300 + 100 = 400 × 0.8 × 0.00625 = 2.00, fuel's 100 donated
-    #   × 0.8 × 0.0100 = 0.80 → 2.80
-    # estimate change: fuel's opening 400 re-measured, 400 × 0.8 × 0.0100 = 3.20 − 2.40 = 0.80
-    # closing: 2.40 + 5.00 − 2.80 + 0.80 = 5.40 = 2.40 + 3.00
+    # opening: fuel 2001-02, aged 1 at the start (0.25 then, from the two cohorts closed in
+    #   February): 400 × 0.75 × 0.0080 = 2.40
+    # issued, each cohort at its rate at the end: grocer 2001-03's 1000 × 0.75 × 0.00625 =
+    #   4.6875 → 4.69 (the transfer moves fuel points between cohorts: not issued)
+    # redeemed: grocer 2001-03's 300 + 100 = 400 × 0.75 × 0.00625 = 1.875, fuel 2001-03's
+    #   100 donated (age 1: 0.25) × 0.75 × 0.0100 = 0.75 → 2.625 → 2.62 (half even)
+    # closing: 2.40 + 2.81 = 5.21; the change of estimate is the rest:
+    #   5.21 − 2.40 − 4.69 + 2.62 = 0.74
     assert doc["rollforward"] == [
-        {"currency": "GBP", "opening": "2.40", "issued": "5.00",
-         "recognised_on_redemption": "2.80", "recognised_as_breakage": "0.00",
-         "estimate_change": "0.80", "closing": "5.40"}]
+        {"currency": "GBP", "opening": "2.40", "issued": "4.69",
+         "recognised_on_redemption": "2.62", "recognised_as_breakage": "0.00",
+         "estimate_change": "0.74", "closing": "5.21"}]
     assert doc["points"] == [
         {"origin": "fuel", "opening": 400, "issued": 0, "redeemed": 100, "expired": 0,
          "forfeited": 0, "closing": 300},
@@ -160,11 +179,12 @@ def test_liability_worked_by_hand(app, client, clock, make_partner, operator_hea
 
     # closed, the period's liability is kept: a new prior later changes nothing of it,
     # and April opens with it; April re-measures at the prior 0.5 (10 closed cohorts are
-    # now needed): 300 × 0.5 × 0.01 = 1.50, 600 × 0.5 × 0.00625 = 1.875 → 1.88 (half even)
+    # now needed): 300 × 0.5 × 0.01 = 1.50, 600 × 0.5 × 0.00625 = 1.875 → 1.88 (half even);
+    # 3.38 − 5.21 = −1.83
     closed = post_ok(client, f"/v1/settlement/runs/{march['id']}/close", operator_headers,
                      {}, status=200)
     assert closed["status"] == "closed"
-    app.config.update(BREAKAGE_MIN_COHORTS=10, BREAKAGE_PRIOR="0.5")
+    configure(app, monkeypatch, 10, "0.5")
     again = client.get(f"/v1/settlement/runs/{march['id']}/liability",
                        headers=operator_headers).get_json()
     assert {k: v for k, v in again.items() if k != "status"} == {
@@ -176,9 +196,9 @@ def test_liability_worked_by_hand(app, client, clock, make_partner, operator_hea
                        headers=operator_headers).get_json()
     assert later["estimate"]["basis"] == "prior"
     assert later["rollforward"] == [
-        {"currency": "GBP", "opening": "5.40", "issued": "0.00",
+        {"currency": "GBP", "opening": "5.21", "issued": "0.00",
          "recognised_on_redemption": "0.00", "recognised_as_breakage": "0.00",
-         "estimate_change": "-2.02", "closing": "3.38"}]
+         "estimate_change": "-1.83", "closing": "3.38"}]
 
 
 def test_analytics_worked_by_hand(app, client, clock, make_partner, operator_headers):
@@ -237,12 +257,12 @@ def test_analytics_worked_by_hand(app, client, clock, make_partner, operator_hea
 
 
 def test_the_command_line_gives_the_same_figures(app, client, clock, make_partner,
-                                                 operator_headers):
+                                                 operator_headers, monkeypatch):
     import csv
     import io
     import json
 
-    app.config.update(BREAKAGE_MIN_COHORTS=2, BREAKAGE_PRIOR="0.2")
+    configure(app, monkeypatch, 2, "0.2")
     book_history(app, client, clock, make_partner, operator_headers)
     march = post_ok(client, "/v1/settlement/runs", operator_headers, {
         "period_start": iso(datetime(2001, 3, 1, tzinfo=UTC)),
@@ -254,7 +274,9 @@ def test_the_command_line_gives_the_same_figures(app, client, clock, make_partne
                      headers=operator_headers).get_json()
     assert json.loads(shown.output) == api
     text = runner.invoke(args=["settle", "liability", str(march["id"])])
-    assert "GBP          2.40         5.00         2.80         0.00         0.80         5.40" \
+    assert "GBP          2.40         4.69         2.62         0.00         0.74         5.21" \
+        in text.output, text.output
+    assert "grocer         2001-03  GBP         600   0.250000   0.00625000         2.81" \
         in text.output, text.output
     assert runner.invoke(args=["settle", "liability", "999999"]).exit_code == 1
 
