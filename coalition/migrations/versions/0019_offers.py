@@ -1,0 +1,94 @@
+"""offers and promotions: the promotions, their partners, funders and cap, members'
+activations, and the points each earn got from them
+
+Revision ID: 0019_offers
+Revises: 0017_notifications
+Create Date: 2026-12-05 03:40:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+import coalition.db
+
+revision = '0019_offers'
+down_revision = '0017_notifications'
+branch_labels = None
+depends_on = None
+
+BIG_ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
+
+
+def upgrade() -> None:
+    op.create_table('offer',
+    sa.Column('id', BIG_ID, nullable=False),
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('rule', sa.String(length=16), nullable=False),
+    sa.Column('multiplier', coalition.db.ExactDecimal(), nullable=True),
+    sa.Column('bonus_points', sa.BigInteger(), nullable=True),
+    sa.Column('valid_from', coalition.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('valid_to', coalition.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('tiers', sa.JSON(), nullable=True),
+    sa.Column('new_member_days', sa.Integer(), nullable=True),
+    sa.Column('opt_in', sa.Boolean(), nullable=False),
+    sa.Column('cap_points', sa.BigInteger(), nullable=False),
+    sa.Column('issued_points', sa.BigInteger(), nullable=False),
+    sa.Column('published_by', BIG_ID, nullable=True),
+    sa.Column('created_at', coalition.db.UTCDateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("(rule = 'multiplier' AND multiplier > 1 AND bonus_points IS NULL) OR (rule = 'bonus' AND bonus_points > 0 AND multiplier IS NULL)", name=op.f('ck_offer_rule_value')),
+    sa.CheckConstraint("rule IN ('multiplier', 'bonus')", name=op.f('ck_offer_rule')),
+    sa.CheckConstraint('cap_points > 0', name=op.f('ck_offer_cap_points')),
+    sa.CheckConstraint('issued_points >= 0 AND issued_points <= cap_points', name=op.f('ck_offer_issued_points')),
+    sa.CheckConstraint('new_member_days IS NULL OR new_member_days > 0', name=op.f('ck_offer_new_member_days')),
+    sa.CheckConstraint('valid_from < valid_to', name=op.f('ck_offer_period')),
+    sa.ForeignKeyConstraint(['published_by'], ['partner.id'], name=op.f('fk_offer_published_by_partner')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_offer'))
+    )
+    op.create_table('offer_activation',
+    sa.Column('offer_id', BIG_ID, nullable=False),
+    sa.Column('member_id', BIG_ID, nullable=False),
+    sa.Column('activated_at', coalition.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['member_id'], ['member.id'], name=op.f('fk_offer_activation_member_id_member')),
+    sa.ForeignKeyConstraint(['offer_id'], ['offer.id'], name=op.f('fk_offer_activation_offer_id_offer')),
+    sa.PrimaryKeyConstraint('offer_id', 'member_id', name=op.f('pk_offer_activation'))
+    )
+    op.create_table('offer_funder',
+    sa.Column('offer_id', BIG_ID, nullable=False),
+    sa.Column('position', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('partner_id', BIG_ID, nullable=True),
+    sa.Column('share', coalition.db.ExactDecimal(), nullable=False),
+    sa.CheckConstraint('share > 0 AND share <= 1', name=op.f('ck_offer_funder_share')),
+    sa.ForeignKeyConstraint(['offer_id'], ['offer.id'], name=op.f('fk_offer_funder_offer_id_offer')),
+    sa.ForeignKeyConstraint(['partner_id'], ['partner.id'], name=op.f('fk_offer_funder_partner_id_partner')),
+    sa.PrimaryKeyConstraint('offer_id', 'position', name=op.f('pk_offer_funder'))
+    )
+    op.create_table('offer_partner',
+    sa.Column('offer_id', BIG_ID, nullable=False),
+    sa.Column('partner_id', BIG_ID, nullable=False),
+    sa.ForeignKeyConstraint(['offer_id'], ['offer.id'], name=op.f('fk_offer_partner_offer_id_offer')),
+    sa.ForeignKeyConstraint(['partner_id'], ['partner.id'], name=op.f('fk_offer_partner_partner_id_partner')),
+    sa.PrimaryKeyConstraint('offer_id', 'partner_id', name=op.f('pk_offer_partner'))
+    )
+    op.create_table('offer_award',
+    sa.Column('entry_id', BIG_ID, nullable=False),
+    sa.Column('offer_id', BIG_ID, nullable=False),
+    sa.Column('points', sa.BigInteger(), nullable=False),
+    sa.CheckConstraint('points > 0', name=op.f('ck_offer_award_points')),
+    sa.ForeignKeyConstraint(['entry_id'], ['entry.id'], name=op.f('fk_offer_award_entry_id_entry')),
+    sa.ForeignKeyConstraint(['offer_id'], ['offer.id'], name=op.f('fk_offer_award_offer_id_offer')),
+    sa.PrimaryKeyConstraint('entry_id', 'offer_id', name=op.f('pk_offer_award'))
+    )
+    with op.batch_alter_table('offer_award', schema=None) as batch_op:
+        batch_op.create_index('ix_offer_award_offer_id', ['offer_id'], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('offer_award', schema=None) as batch_op:
+        batch_op.drop_index('ix_offer_award_offer_id')
+    op.drop_table('offer_award')
+    op.drop_table('offer_partner')
+    op.drop_table('offer_funder')
+    op.drop_table('offer_activation')
+    op.drop_table('offer')

@@ -1,0 +1,9 @@
+"""Promotions, installed on the app."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def init_app(app: Flask) -> None:
+    pass
