@@ -87,10 +87,10 @@ def load_promotions(session: Session) -> tuple[Promotion, ...]:
             select(OfferPartner.offer_id, OfferPartner.partner_id)):
         partners.setdefault(offer_id, set()).add(partner_id)
     funders: dict[int, list[tuple[int | None, Decimal]]] = {}
-    for offer_id, partner_id, share in session.execute(
+    for offer_id, funder_id, share in session.execute(
             select(OfferFunder.offer_id, OfferFunder.partner_id, OfferFunder.share)
             .order_by(OfferFunder.offer_id, OfferFunder.position)):
-        funders.setdefault(offer_id, []).append((partner_id, share))
+        funders.setdefault(offer_id, []).append((funder_id, share))
     return tuple(
         Promotion(o.id, o.name, o.rule, o.multiplier, o.bonus_points, o.valid_from,
                   o.valid_to, frozenset(o.tiers) if o.tiers is not None else None,

@@ -16,7 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from coalition.db import PK, BigId, Base, ExactDecimal, Points, Timestamp, utcnow
+from coalition.db import PK, Base, BigId, ExactDecimal, Points, Timestamp, utcnow
 
 #: how a promotion adds points to an earn from a spend
 RULES = ("multiplier", "bonus")
