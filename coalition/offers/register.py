@@ -1,9 +1,15 @@
-"""Promotions, installed on the app."""
+"""Promotions, installed on the app: their API and the ledger check of their caps."""
 
 from __future__ import annotations
 
 from flask import Flask
 
+from coalition.http.errors import api_of
+from coalition.ledger.check import add_check
+from coalition.offers import api
+from coalition.offers.check import promotion_caps
+
 
 def init_app(app: Flask) -> None:
-    pass
+    api_of(app).register_blueprint(api.blp)
+    add_check(app, promotion_caps)

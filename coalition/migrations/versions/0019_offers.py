@@ -20,6 +20,27 @@ depends_on = None
 
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
 
+_ACCOUNTS = ("'member:available', 'member:pending', 'member:held', 'partner:issued', "
+             "'partner:redeemed', 'coalition:breakage', 'coalition:forfeited', "
+             "'coalition:funded'")
+#: a promotion's funder issues its share of an earn's points from this account
+_PROMOTION = "'promotion:funded'"
+
+
+def _posting_accounts(accounts: str) -> None:
+    """Replace the posting account check. SQLite rebuilds the table for it, which drops
+    its triggers: the journal's append-only guard is put back as 0002 made it."""
+    sqlite = op.get_bind().dialect.name == 'sqlite'
+    with op.batch_alter_table('posting', schema=None,
+                              recreate='always' if sqlite else 'auto') as batch_op:
+        batch_op.drop_constraint(op.f('ck_posting_account'), type_='check')
+        batch_op.create_check_constraint(op.f('ck_posting_account'), f"account IN ({accounts})")
+    if sqlite:
+        for action in ('UPDATE', 'DELETE'):
+            op.execute(f"DROP TRIGGER IF EXISTS posting_no_{action.lower()}")
+            op.execute(f"CREATE TRIGGER posting_no_{action.lower()} BEFORE {action} ON posting "
+                       f"BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END")
+
 
 def upgrade() -> None:
     op.create_table('offer',
@@ -82,9 +103,12 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('offer_award', schema=None) as batch_op:
         batch_op.create_index('ix_offer_award_offer_id', ['offer_id'], unique=False)
+    _posting_accounts(f"{_ACCOUNTS}, {_PROMOTION}")
 
 
 def downgrade() -> None:
+    # refused while promotion postings exist: the journal keeps them
+    _posting_accounts(_ACCOUNTS)
     with op.batch_alter_table('offer_award', schema=None) as batch_op:
         batch_op.drop_index('ix_offer_award_offer_id')
     op.drop_table('offer_award')
