@@ -24,8 +24,10 @@ class RunCreateSchema(StrictSchema):
 
 class LineSchema(Schema):
     type = fields.String(metadata={
-        "enum": ["issued", "redeemed", "owes", "owed", "fee_payable", "fee_receivable"],
-        "description": "issued, fee_payable, owes: the partner pays; redeemed, "
+        "enum": ["issued", "promotion", "redeemed", "owes", "owed", "fee_payable",
+                 "fee_receivable"],
+        "description": "issued, promotion (its share of promotions' points, at its issue "
+                       "price), fee_payable, owes: the partner pays; redeemed, "
                        "fee_receivable, owed: the partner is paid"})
     counterparty = fields.String(metadata={"description": "'coalition' or a partner"})
     points = fields.Integer(allow_none=True, metadata={
@@ -82,6 +84,8 @@ class StatementSchema(Schema):
     currency = fields.String()
     issued_points = fields.Integer()
     redeemed_points = fields.Integer()
+    promotion_points = fields.Integer(metadata={
+        "description": "its share of promotions' points (only when it funded some)"})
     payable = Amount()
     receivable = Amount()
     net = Amount("receivable − payable; positive: the coalition pays")
@@ -100,6 +104,8 @@ class RunStatementSchema(Schema):
     currency = fields.String()
     issued_points = fields.Integer()
     redeemed_points = fields.Integer()
+    promotion_points = fields.Integer(metadata={
+        "description": "its share of promotions' points (only when it funded some)"})
     payable = Amount()
     receivable = Amount()
     net = Amount("receivable − payable; positive: the coalition pays")
@@ -165,6 +171,8 @@ class CoalitionReportSchema(Schema):
     breakage = fields.Nested(PointsReportSchema)
     forfeited = fields.Nested(PointsReportSchema)
     bonuses = fields.Nested(PointsTotalSchema)
+    promotions = fields.Nested(PointsTotalSchema, metadata={
+        "description": "the coalition's own share of promotions' points (only when some)"})
     outstanding = fields.Nested(PointsReportSchema)
     margin = fields.List(fields.Nested(MarginSchema))
     position = fields.List(fields.Nested(MarginSchema), metadata={

@@ -22,6 +22,7 @@ from coalition.ledger.models import Entry, Lot, LotMovement, Member
 from coalition.ledger.rendering import render_transaction
 from coalition.ledger.voiding import returning
 from coalition.money import floor_points
+from coalition.offers.earning import reversal_postings
 from coalition.program.service import rules_in_force
 
 
@@ -153,7 +154,7 @@ def _reverse_earn(session: Session, partner: PartnerRef, member: MemberRef, orig
         reference_id=original.id, balance=balance, takes=takes,
         spend_amount=refund["amount"] if refund else None,
         spend_currency=refund["currency"] if refund else None,
-        postings=[("partner:issued", None, partner.id, points),
+        postings=[*reversal_postings(session, original.id, original.points, done, points),
                   (account, member.id, None, -points)],
     )
 

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from coalition.ledger.models import Posting
 from coalition.money import floor_points
 from coalition.offers.models import Offer, OfferActivation, OfferAward, OfferFunder, OfferPartner
 
@@ -226,6 +227,37 @@ def apply(session: Session, promotions: Sequence[Promotion], *, partner_id: int,
         if taken:
             awards.append(Award(promotion, taken))
     return Applied(tuple(awards))
+
+
+_P = Posting.__table__.c
+_ISSUING = (select(_P.account, _P.partner_id, -_P.points)
+            .where(_P.entry_id == bindparam("entry"),
+                   _P.account.in_(("partner:issued", FUNDED)))
+            .order_by(_P.id))
+
+
+def reversal_postings(session: Session, earn_id: int, earn_points: int, done: int,
+                      points: int) -> list[tuple[str, int | None, int | None, int]]:
+    """The postings that take back ``points`` more of an earn of which ``done`` were
+    reversed already: its partner's own points and each funder's share of its promotions
+    in proportion, so that the reversals of a whole earn give back exactly what each one
+    issued. The parts, in the order they were posted, are cut at the cumulative points
+    ``⌊issued so far × reversed / earned⌋``: each part's reversed total stays between 0
+    and what it issued, and equals it once the earn is reversed whole."""
+    parts = session.execute(_ISSUING, {"entry": earn_id}).all()
+
+    def upto(reversed_points: int) -> list[int]:
+        cut, before, issued = [], 0, 0
+        for _, _, amount in parts:
+            issued += amount
+            now = issued * reversed_points // earn_points
+            cut.append(now - before)
+            before = now
+        return cut
+
+    was, will = upto(done), upto(done + points)
+    return [(account, None, partner_id, after - before)
+            for (account, partner_id, _), before, after in zip(parts, was, will, strict=True)]
 
 
 def awards_of(session: Session, entry_id: int) -> list[tuple[int, str, int]]:

@@ -241,3 +241,31 @@ def test_activation_of_what_is_not_open_is_refused(client, coalition, clock, app
     assert snapshot(app) == before
     seen = client.get("/v1/me/offers", headers=headers).get_json()["offers"]
     assert [o["id"] for o in seen] == [plain["id"]]
+
+
+def test_reversals_give_back_each_funders_share_in_proportion(client, coalition, clock, app):
+    post_ok(client, "/v1/admin/offers", coalition["operator"], offer(
+        clock, name="Shared", multiplier="1.5", partners=["bolt"],
+        cost_share={"acme": "0.25", "bolt": "0.25", "coalition": "0.5"}))
+    bolt = coalition["bolt"]
+    earned = earn(client, bolt, coalition["member"], "t-1", **spend("101"))
+    assert earned["points"] == 151  # 101 of bolt's own; 12 acme, 13 bolt, 25 coalition
+    half = post_ok(client, f"/v1/transactions/{earned['id']}/reversals", bolt,
+                   {"partner_txn_id": "r-1", "refund": {"amount": "50.50", "currency": "GBP"}})
+    rest = post_ok(client, f"/v1/transactions/{earned['id']}/reversals", bolt,
+                   {"partner_txn_id": "r-2"})
+    assert (half["points"], rest["points"]) == (75, 76)
+    with app.app_context():
+        acme_id, bolt_id = _partner_id(app, "acme"), _partner_id(app, "bolt")
+        member = member_id(coalition["member"])
+        # ⌊issued so far × 75 / 151⌋ at each part: 50, 56, 62, 75
+        assert postings(half["id"]) == {
+            ("partner:issued", None, bolt_id, 50), ("promotion:funded", None, acme_id, 6),
+            ("promotion:funded", None, bolt_id, 6), ("promotion:funded", None, None, 13),
+            ("member:available", member, None, -75)}
+        # the rest: exactly what each issued, less what the first part gave back
+        assert postings(rest["id"]) == {
+            ("partner:issued", None, bolt_id, 51), ("promotion:funded", None, acme_id, 6),
+            ("promotion:funded", None, bolt_id, 7), ("promotion:funded", None, None, 12),
+            ("member:available", member, None, -76)}
+        assert_ledger_clean()
