@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import requests
 
-from tests.conftest import ARTIFACTS
 from tests.coalition.test_member_page import sign_in
+from tests.conftest import ARTIFACTS
 from tests.factories.members import active_member, csrf_of
 from tests.factories.partner_api import earn, post_ok, publish
 
