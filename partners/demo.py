@@ -1,5 +1,6 @@
 """A demo coalition: an operator client, two merchants and a charity, with rate cards, a
-partner portal account at the first merchant, and optionally a history of transactions
+partner portal account at the first merchant, two promotions (one the first merchant's, one
+shared with the coalition), and optionally a history of transactions
 (``docs/samples/demo-transactions.csv``) so that the member, finance and partner pages have
 something to show and settle on first start."""
 
@@ -7,12 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypedDict
 
 from sqlalchemy import select
 
+from coalition import clock
 from coalition.audit.service import SYSTEM, Actor
 from coalition.db import read
 from coalition.errors import InvalidRequest
@@ -22,6 +25,7 @@ from coalition.models import Partner
 from coalition.oauth import partner_users
 from coalition.oauth.clients import create_operator_client
 from coalition.oauth.models import PARTNER_SCOPES
+from coalition.offers import publishing
 from coalition.program.service import publish_rules
 from config import source_checkout
 from partners.service import create_partner, issue_partner_client
@@ -67,6 +71,24 @@ DEMO_RULES: dict[str, Any] = {
 }
 
 
+def demo_offers() -> list[tuple[str | None, dict[str, Any]]]:
+    """The demo's promotions, ``(publishing partner or None: the operator, body)``, open
+    for 90 days from now. Both are opt-in: the demo history, booked before anyone activates
+    them, reads the same with them or without."""
+    now = clock.utcnow().replace(microsecond=0)
+    window = {"valid_from": now, "valid_to": now + timedelta(days=90)}
+    return [
+        ("northwind", {"name": "Double points on groceries", "rule": "multiplier",
+                       "multiplier": Decimal("2"), "opt_in": True, "cap_points": 100000,
+                       **window}),
+        (None, {"name": "250 more at Skyline, on us and Northwind", "rule": "bonus",
+                "bonus_points": 250, "opt_in": True, "cap_points": 50000,
+                "partners": ["skyline"],
+                "cost_share": {"coalition": Decimal("0.5"), "northwind": Decimal("0.5")},
+                **window}),
+    ]
+
+
 def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
     """Create the demo coalition, or return ``None`` if partners already exist."""
 
@@ -87,6 +109,11 @@ def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
                                       DEMO_STAFF["name"], actor=actor)
     partner_users.activate(DEMO_STAFF["login"], staff["activation_code"],
                            DEMO_STAFF["password"])
+    with read() as session:
+        ids = {row.code: row.id for row in session.execute(select(Partner.code, Partner.id))}
+    for publisher, offer in demo_offers():
+        publishing.publish(offer, partner_id=ids[publisher] if publisher else None,
+                           actor=actor)
     return {"loaded": True, "clients": issued,
             "portal": {k: DEMO_STAFF[k] for k in ("partner", "login", "password")}}
 
