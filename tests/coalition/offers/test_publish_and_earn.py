@@ -269,3 +269,19 @@ def test_reversals_give_back_each_funders_share_in_proportion(client, coalition,
             ("promotion:funded", None, bolt_id, 7), ("promotion:funded", None, None, 12),
             ("member:available", member, None, -76)}
         assert_ledger_clean()
+
+
+def test_a_prepaid_partner_uses_funding_for_its_own_points_only(client, coalition, clock, app):
+    acme = coalition["acme"]
+    bought = client.post("/v1/admin/partners/acme/funding", headers=coalition["operator"],
+                         json={"points": 100, "price": "1.00", "currency": "GBP"})
+    assert bought.status_code == 201, bought.get_json()
+    post_ok(client, "/v1/offers", acme, offer(clock))
+    answer = earn(client, acme, coalition["member"], "t-1", **spend("60"))
+    assert answer["points"] == 120  # 60 its own, 60 the promotion's
+    assert client.get("/v1/funding", headers=acme).get_json()["available_points"] == 40
+    post_ok(client, f"/v1/transactions/{answer['id']}/reversals", acme,
+            {"partner_txn_id": "r-1", "points": 30})  # 15 of its own back
+    assert client.get("/v1/funding", headers=acme).get_json()["available_points"] == 55
+    with app.app_context():
+        assert_ledger_clean()
