@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 
 from coalition.db import db
 from coalition.ledger.check import check_ledger
@@ -79,3 +80,15 @@ def test_the_check_notices_issued_points_without_awards(app, client, make_partne
     [result] = [c for c in check_ledger().checks if c.name == "promotion_caps"]
     assert [(v["problem"], v["issued_points"], v["awarded"]) for v in result.violations] == [
         ("issued points != the points of its awards", 7, 5)]
+
+
+def test_postings_stay_append_only_after_the_new_account(app, client, make_partner,
+                                                        operator_headers):
+    """0019 rebuilds the posting table on SQLite for its account check: the journal's
+    guard comes back with it."""
+    publish(client, operator_headers)
+    _, acme = make_partner("acme")
+    earn(client, acme, enrol(client, acme, "c1"), "t-1", points=5)
+    for sql in ("UPDATE posting SET points = points", "DELETE FROM posting"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            execute(sql)
