@@ -11,9 +11,11 @@ the cumulative shares in the order of the funders' codes: fuel ⌊0.4 n⌋, groc
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from decimal import Decimal
 
+from tests.factories.finance import finance_user, page_sign_in
 from tests.factories.partner_api import earn, enrol, post_ok, publish
 
 #: ann 333, bob 50, cy 100 spent at the grocer; the promotion gives
@@ -94,5 +96,10 @@ def test_a_promotion_shared_by_two_funders(app, client, make_partner, operator_h
         {"partner": "grocer", "points": 843}]}
     # the coalition keeps 6.92 + 1.36 = 8.28
     assert coalition["margin"] == [{"currency": "GBP", "amount": "8.28"}]
+    # the finance page says who pays the promotion lines
+    finance_user()
+    assert page_sign_in(client).status_code == 200
+    html = client.get(f"/finance/runs/{run['id']}").get_data(as_text=True)
+    assert re.search(r'promotion <span class="muted small">to coalition</span>', html)
     closed = client.post(f"/v1/settlement/runs/{run['id']}/close", headers=operator_headers)
     assert closed.status_code == 200 and closed.get_json()["digest"] == run["digest"]
