@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select
+from sqlalchemy import BigInteger, bindparam, cast, exists, func, select
 from sqlalchemy.orm import Session
 
 from coalition.db import UnitOfWork
@@ -37,7 +37,7 @@ _EVENTS = {"earn": "transaction.booked", "burn": "transaction.booked",
 _P = Posting.__table__.c
 #: the points the partner itself issued (or took back) in the entry: an earn's own points,
 #: without the promotions' that their funders pay for in settlement
-_OWN_POINTS = (select(func.abs(func.sum(_P.points)))
+_OWN_POINTS = (select(cast(func.abs(func.sum(_P.points)), BigInteger))
                .where(_P.entry_id == _E.id, _P.account == "partner:issued")
                .scalar_subquery())
 
