@@ -8,6 +8,8 @@ Create Date: 2026-12-05 03:40:00
 
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -20,26 +22,50 @@ depends_on = None
 
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
 
-_ACCOUNTS = ("'member:available', 'member:pending', 'member:held', 'partner:issued', "
-             "'partner:redeemed', 'coalition:breakage', 'coalition:forfeited', "
-             "'coalition:funded'")
 #: a promotion's funder issues its share of an earn's points from this account
-_PROMOTION = "'promotion:funded'"
+_PROMOTION = 'promotion:funded'
+_CLAUSE = re.compile(r"CONSTRAINT ck_posting_account CHECK \((account IN \([^)]*\))\)")
 
 
-def _posting_accounts(accounts: str) -> None:
-    """Replace the posting account check. SQLite rebuilds the table for it, which drops
-    its triggers: the journal's append-only guard is put back as 0002 made it."""
-    sqlite = op.get_bind().dialect.name == 'sqlite'
-    with op.batch_alter_table('posting', schema=None,
-                              recreate='always' if sqlite else 'auto') as batch_op:
-        batch_op.drop_constraint(op.f('ck_posting_account'), type_='check')
-        batch_op.create_check_constraint(op.f('ck_posting_account'), f"account IN ({accounts})")
-    if sqlite:
-        for action in ('UPDATE', 'DELETE'):
-            op.execute(f"DROP TRIGGER IF EXISTS posting_no_{action.lower()}")
-            op.execute(f"CREATE TRIGGER posting_no_{action.lower()} BEFORE {action} ON posting "
-                       f"BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END")
+def _allowed(bind: sa.Connection) -> tuple[str, list[str]]:
+    """The posting account check as it stands (another migration may have widened it
+    before this one): its clause as stored, and the accounts it allows."""
+    if bind.dialect.name == 'postgresql':
+        clause = bind.exec_driver_sql(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conname = 'ck_posting_account'").scalar_one()
+    else:
+        table = bind.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'posting'"
+        ).scalar_one()
+        match = _CLAUSE.search(table)
+        if match is None:
+            raise RuntimeError("posting: no account check to widen")
+        clause = match.group(1)
+    return clause, re.findall(r"'([^']+)'", clause)
+
+
+def _set_accounts(add: bool) -> None:
+    """Allow (or no longer allow) the promotion account, keeping every other account the
+    check allows. PostgreSQL replaces the constraint; SQLite's text is changed in the
+    schema itself, as 0020_membership does (a rebuild of the journal's table would drop
+    its append-only triggers), which leaves every stored row valid."""
+    bind = op.get_bind()
+    clause, accounts = _allowed(bind)
+    accounts = [a for a in accounts if a != _PROMOTION] + ([_PROMOTION] if add else [])
+    new = f"account IN ({', '.join(repr(a) for a in accounts)})"
+    if bind.dialect.name == 'postgresql':
+        op.drop_constraint(op.f('ck_posting_account'), 'posting', type_='check')
+        op.create_check_constraint(op.f('ck_posting_account'), 'posting', new)
+        return
+    table = bind.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'posting'").scalar_one()
+    version = bind.exec_driver_sql("PRAGMA schema_version").scalar_one()
+    bind.exec_driver_sql("PRAGMA writable_schema = ON")
+    bind.exec_driver_sql("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
+                         (table.replace(clause, new, 1), 'posting'))
+    bind.exec_driver_sql(f"PRAGMA schema_version = {int(version) + 1}")
+    bind.exec_driver_sql("PRAGMA writable_schema = OFF")
 
 
 def upgrade() -> None:
@@ -103,12 +129,14 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('offer_award', schema=None) as batch_op:
         batch_op.create_index('ix_offer_award_offer_id', ['offer_id'], unique=False)
-    _posting_accounts(f"{_ACCOUNTS}, {_PROMOTION}")
+    _set_accounts(add=True)
 
 
 def downgrade() -> None:
-    # refused while promotion postings exist: the journal keeps them
-    _posting_accounts(_ACCOUNTS)
+    if op.get_bind().exec_driver_sql(
+            f"SELECT 1 FROM posting WHERE account = '{_PROMOTION}' LIMIT 1").first():
+        raise RuntimeError("promotion postings exist: the journal keeps them")
+    _set_accounts(add=False)
     with op.batch_alter_table('offer_award', schema=None) as batch_op:
         batch_op.drop_index('ix_offer_award_offer_id')
     op.drop_table('offer_award')
