@@ -84,8 +84,8 @@ def test_the_check_notices_issued_points_without_awards(app, client, make_partne
 
 def test_postings_stay_append_only_after_the_new_account(app, client, make_partner,
                                                         operator_headers):
-    """0019 rebuilds the posting table on SQLite for its account check: the journal's
-    guard comes back with it."""
+    """0019 widens the posting account check (on SQLite, in the stored schema): the
+    journal's append-only guard is untouched."""
     publish(client, operator_headers)
     _, acme = make_partner("acme")
     earn(client, acme, enrol(client, acme, "c1"), "t-1", points=5)
