@@ -157,6 +157,13 @@ class MoneyOutSchema(Schema):
     currency = fields.String()
 
 
+class EarnLineSchema(Schema):
+    kind = fields.String(metadata={"enum": ["base", "promotion"]})
+    offer_id = fields.Integer()
+    name = fields.String()
+    points = fields.Integer()
+
+
 class TransactionSchema(Schema):
     id = fields.Integer()
     type = fields.String(metadata={"enum": list(TRANSACTION_TYPES)})
@@ -173,6 +180,9 @@ class TransactionSchema(Schema):
                                          "or the hold it captures"})
     spend = fields.Nested(MoneyOutSchema)
     balance = fields.Nested(BalanceSummarySchema)
+    lines = fields.List(fields.Nested(EarnLineSchema), metadata={
+        "description": "an earn's points by where they come from: the base points, then "
+                       "each promotion's; they add up to points"})
 
 
 class HoldSchema(Schema):

@@ -1,8 +1,9 @@
 """A demo coalition: an operator client, two merchants and a charity, with rate cards, a
-partner portal account at the first merchant, paid membership plans, and optionally a
-history of transactions (``docs/samples/demo-transactions.csv``, then a membership sold at a
-till and two missing-points claims open at the first merchant) so that the member, finance
-and partner pages have something to show and settle on first start."""
+partner portal account at the first merchant, paid membership plans, two promotions (one
+the first merchant's, one shared with the coalition), and optionally a history of
+transactions (``docs/samples/demo-transactions.csv``, then a membership sold at a till and
+two missing-points claims open at the first merchant) so that the member, finance and
+partner pages have something to show and settle on first start."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, TypedDict
 
 from sqlalchemy import select
 
+from coalition import clock
 from coalition.audit.service import SYSTEM, Actor
 from coalition.claims.opening import open_claim
 from coalition.clock import utcnow
@@ -29,6 +31,7 @@ from coalition.models import Partner
 from coalition.oauth import partner_users
 from coalition.oauth.clients import create_operator_client
 from coalition.oauth.models import PARTNER_SCOPES
+from coalition.offers import publishing
 from coalition.program.service import publish_rules
 from config import source_checkout
 from partners import transactions
@@ -90,6 +93,24 @@ DEMO_MEMBERSHIP = {"partner": "northwind", "member": "grace", "plan": "vip",
                    "price": {"amount": Decimal("39.00"), "currency": "GBP"}}
 
 
+def demo_offers() -> list[tuple[str | None, dict[str, Any]]]:
+    """The demo's promotions, ``(publishing partner or None: the operator, body)``, open
+    for 90 days from now. Both are opt-in: the demo history, booked before anyone activates
+    them, reads the same with them or without."""
+    now = clock.utcnow().replace(microsecond=0)
+    window = {"valid_from": now, "valid_to": now + timedelta(days=90)}
+    return [
+        ("northwind", {"name": "Double points on groceries", "rule": "multiplier",
+                       "multiplier": Decimal("2"), "opt_in": True, "cap_points": 100000,
+                       **window}),
+        (None, {"name": "250 more at Skyline, on us and Northwind", "rule": "bonus",
+                "bonus_points": 250, "opt_in": True, "cap_points": 50000,
+                "partners": ["skyline"],
+                "cost_share": {"coalition": Decimal("0.5"), "northwind": Decimal("0.5")},
+                **window}),
+    ]
+
+
 def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
     """Create the demo coalition, or return ``None`` if partners already exist."""
 
@@ -110,6 +131,11 @@ def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
                                       DEMO_STAFF["name"], DEMO_STAFF["role"], actor=actor)
     partner_users.activate(DEMO_STAFF["login"], staff["activation_code"],
                            DEMO_STAFF["password"])
+    with read() as session:
+        ids = {row.code: row.id for row in session.execute(select(Partner.code, Partner.id))}
+    for publisher, offer in demo_offers():
+        publishing.publish(offer, partner_id=ids[publisher] if publisher else None,
+                           actor=actor)
     return {"loaded": True, "clients": issued,
             "portal": {k: DEMO_STAFF[k] for k in ("partner", "login", "password")}}
 

@@ -18,6 +18,7 @@ from partners import (
     portal,
     portal_audit,
     portal_claims,
+    portal_offers,
     portal_staff,
     webhooks,
     webhooks_api,
@@ -38,6 +39,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(portal_claims.bp)
     app.register_blueprint(portal_staff.bp)
     app.register_blueprint(portal_audit.bp)
+    app.register_blueprint(portal_offers.bp)
     app.cli.add_command(partner_cli)
     app.cli.add_command(demo_cli)
     app.cli.add_command(batch_cli)

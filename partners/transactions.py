@@ -1,6 +1,7 @@
 """A partner's bookings (earn, burn, capture, reversal) with what partner operations add
-to each, in the booking's own transaction: the funding a prepaid partner's earn uses up,
-and the webhook event in the outbox.
+to each, in the booking's own transaction: the funding a prepaid partner's earn uses up
+(its own points: a promotion's are charged to its funders in settlement), and the webhook
+event in the outbox.
 
 The ledger's use cases take the unit of work they book in (``units``) and keep their own
 idempotency and retries; the one given here does this work just before it commits, so a
@@ -13,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select, update
+from sqlalchemy import BigInteger, bindparam, cast, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from coalition.db import UnitOfWork
 from coalition.ledger import earn_burn, holds, reversals
 from coalition.ledger.booking import PartnerRef
 from coalition.ledger.idempotency import Outcome
-from coalition.ledger.models import Entry
+from coalition.ledger.models import Entry, Posting
 from coalition.ledger.rendering import render_transaction
 from partners import funding, webhooks
 from partners.api_schemas import TransactionSchema
@@ -34,9 +35,16 @@ _EVENTS = {"earn": "transaction.booked", "burn": "transaction.booked",
            "hold_capture": "transaction.booked", "earn_reversal": "transaction.reversed",
            "burn_reversal": "transaction.reversed"}
 
+_P = Posting.__table__.c
+#: the points the partner itself issued (or took back) in the entry: an earn's own points,
+#: without the promotions' that their funders pay for in settlement
+_OWN_POINTS = (select(cast(func.abs(func.sum(_P.points)), BigInteger))
+               .where(_P.entry_id == _E.id, _P.account == "partner:issued")
+               .scalar_subquery())
+
 # the entry just booked, the partner's funding and whether anything listens: one round trip
 _BOOKED = (
-    select(_E.id, _E.kind, _E.points, _F.model, _F.credit_limit_points,
+    select(_E.id, _E.kind, _OWN_POINTS.label("points"), _F.model, _F.credit_limit_points,
            _F.low_threshold_points, _F.low_raised,
            exists().where(_EP.partner_id == bindparam("partner"), _EP.deleted_at.is_(None))
            .label("listened"))

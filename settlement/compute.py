@@ -4,7 +4,9 @@ Aggregate queries, each one pass over the period's rows (never a Python loop ove
 entries), grouped by plain columns with a filtered sum per rate-card bucket:
 
 1. postings of the period by account and partner, per bucket of the partners' rate cards
-   in force at the entry's ``booked_at`` → statements and the coalition's accounts;
+   in force at the entry's ``booked_at`` → statements (points issued and redeemed, and a
+   funder's share of promotions, ``promotion:funded``, at its issue price) and the
+   coalition's accounts (its own share of promotions among them);
 2. lot movements of the period by the lot's origin partner and the redeeming entry (a
    hold's reservation counts when the hold is captured, so an open hold redeems nothing
    yet; holds are read apart) → the cross-partner matrix, breakage and forfeitures by
@@ -32,6 +34,7 @@ from sqlalchemy.orm import Session, aliased
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting
 from coalition.models import Partner, RateCard
 from coalition.money import money_str, round_money
+from coalition.offers.earning import FUNDED
 from settlement.netting import COALITION, OPERATOR, settle
 
 REDEMPTION_KINDS = ("burn", "hold_capture", "donation", "burn_reversal", "adjustment")
@@ -110,7 +113,8 @@ def compute(session: Session, start: datetime, end: datetime,
     base = _outstanding_before(session, start, created_before)
 
     unpriced = sorted({partners[pid].code for (account, pid, card) in postings
-                       if pid is not None and card is None and account.startswith("partner:")})
+                       if pid is not None and card is None
+                       and (account.startswith("partner:") or account == FUNDED)})
     unpriced += sorted({partners[b].code for (_, kind, b, card) in movements
                         if kind in REDEMPTION_KINDS and b is not None and card is None}
                        - set(unpriced))
@@ -313,7 +317,7 @@ def _statement(partner: Partner, cards: dict[int, Card],
     memberships it sold) is one more line it owes; the key and the line appear only when
     there is some, so the figures of a period without any read as they always did."""
     lines = []
-    issued = redeemed = 0
+    issued = redeemed = promoted = 0
     payable = receivable = Decimal(0)
     for (account, pid, card_id), points in sorted(
             postings.items(), key=lambda kv: (kv[0][0], cards[kv[0][2]].valid_from
@@ -330,6 +334,12 @@ def _statement(partner: Partner, cards: dict[int, Card],
             amount = round_money(points * card.redeem_rate, partner.currency)
             redeemed, receivable = redeemed + points, receivable + amount
             kind, rate = "redeemed", card.redeem_rate
+        elif account == FUNDED:
+            # the partner's share of promotions' points, paid for like points it issues
+            points = -points
+            amount = round_money(points * card.issue_price, partner.currency)
+            promoted, payable = promoted + points, payable + amount
+            kind, rate = "promotion", card.issue_price
         else:
             continue
         lines.append({"type": kind, "counterparty": COALITION, "points": points,
@@ -340,7 +350,7 @@ def _statement(partner: Partner, cards: dict[int, Card],
     if owed:
         lines.append({"type": "collected", "counterparty": COALITION, "points": None,
                       "rate": None, "rate_valid_from": None, "amount": money_str(owed)})
-    return {
+    statement = {
         "partner": partner.code, "name": partner.name, "kind": partner.kind,
         "currency": partner.currency,
         "issued_points": issued, "redeemed_points": redeemed,
@@ -350,6 +360,9 @@ def _statement(partner: Partner, cards: dict[int, Card],
         "lines": lines,
         "late_entries": late,
     }
+    if promoted:  # only then: a period without promotions reads (and digests) as before
+        statement["promotion_points"] = promoted
+    return statement
 
 
 def _matrix(partners: dict[int, Partner], cards: dict[int, Card],
@@ -397,6 +410,10 @@ def _coalition_report(
     def account_total(account: str) -> int:
         return sum(n for (acc, _, _), n in postings.items() if acc == account)
 
+    # the coalition's own share of promotions' points: it bears their cost, as of bonuses
+    coalition_share = sum(n for (acc, partner, _), n in postings.items()
+                          if acc == FUNDED and partner is None)
+
     by_kind: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     outstanding: dict[int | None, int] = defaultdict(int, base)
     for origin, points in created.items():
@@ -429,6 +446,7 @@ def _coalition_report(
         "forfeited": {"points": account_total("coalition:forfeited"),
                       "by_origin": _listing(by_kind["forfeiture"])},
         "bonuses": {"points": -account_total("coalition:funded")},
+        **({"promotions": {"points": -coalition_share}} if coalition_share else {}),
         "outstanding": {"points": sum(outstanding.values()),
                         "by_origin": _listing({code(o): n for o, n in outstanding.items()})},
         "margin": [{"currency": c, "amount": money_str(m)} for c, m in sorted(margins.items())],

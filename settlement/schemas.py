@@ -24,9 +24,10 @@ class RunCreateSchema(StrictSchema):
 
 class LineSchema(Schema):
     type = fields.String(metadata={
-        "enum": ["issued", "redeemed", "owes", "owed", "fee_payable", "fee_receivable",
-                 "collected"],
-        "description": "issued, fee_payable, owes, collected (money of paid memberships "
+        "enum": ["issued", "promotion", "redeemed", "owes", "owed", "fee_payable",
+                 "fee_receivable", "collected"],
+        "description": "issued, promotion (its share of promotions' points, at its issue "
+                       "price), fee_payable, owes, collected (money of paid memberships "
                        "the partner sold, owed to the coalition): the partner pays; "
                        "redeemed, fee_receivable, owed: the partner is paid"})
     counterparty = fields.String(metadata={"description": "'coalition' or a partner"})
@@ -84,6 +85,8 @@ class StatementSchema(Schema):
     currency = fields.String()
     issued_points = fields.Integer()
     redeemed_points = fields.Integer()
+    promotion_points = fields.Integer(metadata={
+        "description": "its share of promotions' points (only when it funded some)"})
     payable = Amount()
     receivable = Amount()
     collected = Amount("money of paid memberships the partner sold, collected for the "
@@ -104,6 +107,8 @@ class RunStatementSchema(Schema):
     currency = fields.String()
     issued_points = fields.Integer()
     redeemed_points = fields.Integer()
+    promotion_points = fields.Integer(metadata={
+        "description": "its share of promotions' points (only when it funded some)"})
     payable = Amount()
     receivable = Amount()
     collected = Amount("money of paid memberships the partner sold, collected for the "
@@ -180,6 +185,8 @@ class CoalitionReportSchema(Schema):
     bonuses = fields.Nested(PointsTotalSchema)
     memberships = fields.Nested(MembershipReportSchema, metadata={
         "description": "paid memberships in the period (absent when none)"})
+    promotions = fields.Nested(PointsTotalSchema, metadata={
+        "description": "the coalition's own share of promotions' points (only when some)"})
     outstanding = fields.Nested(PointsReportSchema)
     margin = fields.List(fields.Nested(MarginSchema))
     position = fields.List(fields.Nested(MarginSchema), metadata={

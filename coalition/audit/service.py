@@ -32,6 +32,7 @@ ACTIONS = (
     "client.rotated",
     "client.revoked",
     "program.published",
+    "offer.published",
     "member.merged",
     "finance_user.created",
     "finance_user.disabled",

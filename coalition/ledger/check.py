@@ -20,7 +20,7 @@ count is always exact).
    (+ reversals, + funded) = outstanding, in total (from postings, against the wallets
    and the lots) and per origin partner (from lots and their movements by the moving
    entry's kind), cross-checked against the postings of the earns and earn reversals at
-   each partner.
+   each partner (their own points and the promotions' on them, ``promotion:funded``).
 6. ``merges``: a member merged into another names its survivor, which is not merged
    itself (a merge re-points the chain at the last survivor), and was merged no earlier
    than it enrolled; a member not merged has neither a survivor nor a moment of merging
@@ -56,6 +56,7 @@ from sqlalchemy import (
 from coalition.db import db, utcnow
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Posting, Wallet
 from coalition.models import Partner
+from coalition.offers.earning import FUNDED
 
 #: violations listed per check (the count is always exact)
 LIMIT = 50
@@ -73,6 +74,9 @@ MEMBER_ACCOUNTS = ("member:available", "member:pending", "member:held")
 PARTNER_ACCOUNTS = ("partner:issued", "partner:redeemed")
 COALITION_ACCOUNTS = ("coalition:breakage", "coalition:forfeited", "coalition:funded",
                       "coalition:membership")
+#: a promotion's funder (a partner, or none: the coalition) issues its share of an earn's
+#: points here
+PROMOTION_ACCOUNT = FUNDED
 
 #: moving-entry kinds whose lot movements are redemptions (net of restorations)
 REDEEMING_KINDS = ("burn", "hold_capture", "hold_void", "burn_reversal", "donation")
@@ -243,6 +247,7 @@ def _entries_balance(conn: Connection, limit: int) -> CheckResult:
             and_(_p.account.in_(MEMBER_ACCOUNTS), or_(~member, partner)),
             and_(_p.account.in_(PARTNER_ACCOUNTS), or_(~partner, member)),
             and_(_p.account.in_(COALITION_ACCOUNTS), or_(member, partner)),
+            and_(_p.account == PROMOTION_ACCOUNT, member),
         ))
     ), [_p.id], limit - len(result.violations))
     result.found(count, [{"problem": "posting owner does not fit its account", **row}
@@ -464,6 +469,15 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
         return sum(v for (a, k, p), v in posted.items() if a == account
                    and (kind is None or k == kind) and (partner_id is ... or p == partner_id))
 
+    # promotion points by the partner whose earn (or earn reversal) they were on: they are
+    # in that partner's earn lots with its own points
+    promoted: dict[tuple[str, int | None], int] = {
+        (kind, partner_id): int(points) for kind, partner_id, points in conn.execute(
+            select(_e.kind, _e.partner_id, func.sum(_p.points))
+            .join(Entry.__table__, _e.id == _p.entry_id)
+            .where(_p.account == PROMOTION_ACCOUNT)
+            .group_by(_e.kind, _e.partner_id))}
+
     totals = {
         "issued": -on("partner:issued", "earn"),
         "earn_reversals": on("partner:issued", "earn_reversal"),
@@ -471,6 +485,7 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
         "issued_other": -(on("partner:issued") - on("partner:issued", "earn")
                           - on("partner:issued", "earn_reversal")),
         "funded": -on("coalition:funded"),
+        "promotions": -on(PROMOTION_ACCOUNT),
         "redeemed": on("partner:redeemed") - on("partner:redeemed", "burn_reversal"),
         "burn_reversals": -on("partner:redeemed", "burn_reversal"),
         "expired": on("coalition:breakage"),
@@ -483,8 +498,9 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
     totals["outstanding_postings"] = sum(on(a) for a in MEMBER_ACCOUNTS)
     totals["outstanding_wallets"] = int(conn.scalar(
         select(_sum(_w.available + _w.pending + _w.held))) or 0)
-    expected_outstanding = (net_issued + totals["funded"] - net_redeemed
-                            - totals["expired"] - totals["forfeited"] - totals["memberships"])
+    expected_outstanding = (net_issued + totals["funded"] + totals["promotions"]
+                            - net_redeemed - totals["expired"] - totals["forfeited"]
+                            - totals["memberships"])
 
     # lots: created per origin and creating kind, remaining per origin and state, and
     # their movements per origin and moving kind (holds split by open or closed)
@@ -573,14 +589,16 @@ def _conservation(conn: Connection, limit: int) -> CheckResult:
                       | {o for o in origins if o is not None}
                       | {p for p in reversed_at if p is not None})
     for partner_id in partners:
-        issued_posted = -on("partner:issued", "earn", partner_id)
+        issued_posted = (-on("partner:issued", "earn", partner_id)
+                         - promoted.get(("earn", partner_id), 0))
         issued_lots = created[partner_id]["earn"]
         if issued_posted != issued_lots:
             found.append({"problem": "points of earn lots of this origin != partner:issued "
-                                     "postings of its earns",
+                                     "postings of its earns (with their promotion:funded)",
                           "partner_id": partner_id, "expected": issued_posted,
                           "actual": issued_lots})
-        reversed_posted = on("partner:issued", "earn_reversal", partner_id)
+        reversed_posted = (on("partner:issued", "earn_reversal", partner_id)
+                           + promoted.get(("earn_reversal", partner_id), 0))
         reversed_lots = reversed_at.get(partner_id, 0)
         if reversed_posted != reversed_lots:
             found.append({"problem": "points earn reversals at this partner took from lots "

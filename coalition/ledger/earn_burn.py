@@ -30,6 +30,7 @@ from coalition.ledger.rendering import render_transaction, transaction_body
 from coalition.membership.models import multiplier_in_force
 from coalition.models import RateCard
 from coalition.money import floor_points
+from coalition.offers import earning as promotions
 from coalition.program.service import latest_version_columns, rules_of_version
 
 _EARN_RATE = (select(RateCard.__table__.c.earn_rate)
@@ -43,24 +44,27 @@ _m = Member.__table__.c
 def _earn_needs() -> list[Any]:
     """What an earn reads with its member, in its first statement: the rules' version, the
     partner's earn rate in force now, the member's pending points (none pending: no
-    welcome bonus waits, :func:`~coalition.ledger.bonuses.release_welcome_bonus`), and
-    the multiplier of the member's paid membership in force (NULL: none)."""
+    welcome bonus waits, :func:`~coalition.ledger.bonuses.release_welcome_bonus`), the
+    multiplier of the member's paid membership in force (NULL: none), the member's
+    enrolment (promotions for new members) and the promotions' version."""
     return [*latest_version_columns(), _EARN_RATE.scalar_subquery(),
             select(_W.pending).where(_W.member_id == _m.id).scalar_subquery(),
-            multiplier_in_force(_m.id)]
+            multiplier_in_force(_m.id), _m.created_at, *promotions.version_columns()]
 
 
 def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
          session: Session | None = None, units: Units = UnitOfWork) -> Outcome:
     """Credit points for a spend (× earn rate × tier multiplier × the multiplier of the
-    member's paid membership in force, rounded down) or as given."""
+    member's paid membership in force, rounded down, and what the promotions in force add)
+    or as given."""
     partner = partner_of(partner_id)
     digest = request_hash("earn", data)
 
     def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
         check_occurred(data.get("occurred_at"), now)
-        member, (version, published_at, earn_rate, pending, plan_multiplier) = first_read(
+        member, (version, published_at, earn_rate, pending, plan_multiplier, enrolled_at,
+                 offers_version, offers_created_at) = first_read(
             session, partner, data["partner_txn_id"], data, ("earn", _earn_needs),
             {"now": now})
         rules = rules_of_version(session, version, published_at)
@@ -83,8 +87,15 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
             # by the member's next earn from a spend)
             if pending:
                 release_welcome_bonus(session, member.id, now)
+            applied = promotions.apply(
+                session, promotions.promotions_of_version(session, offers_version,
+                                                          offers_created_at),
+                partner_id=partner.id, member_id=member.id, tier=member.tier,
+                enrolled_at=enrolled_at, base=points, now=now)
         else:
             points = data["points"]
+            applied = promotions.Applied()
+        base, points = points, points + applied.points
         pending_days = rules["pending_days"]
         pending_until = now + timedelta(days=pending_days) if pending_days else None
         expiry = rules["expiry"]
@@ -97,7 +108,7 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
             points=points, partner_id=partner.id, partner_txn_id=data["partner_txn_id"],
             request_hash=digest, spend_amount=spend["amount"] if spend else None,
             spend_currency=spend["currency"] if spend else None,
-            postings=[("partner:issued", None, partner.id, -points),
+            postings=[("partner:issued", None, partner.id, -base), *applied.postings(),
                       ("member:pending" if pending_until else "member:available",
                        member.id, None, points)],
             lot=journal.NewLot(origin_partner_id=partner.id, source="earn", points=points,
@@ -107,8 +118,9 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
         if booked is None:
             refuse_wallet_change(member, available=available, pending=pending_points)
         balance, entry_id = booked
+        applied.record(session, entry_id)
         tiers.upgrade(session, member.id, member.tier, rules, now)
-        return transaction_body(
+        body = transaction_body(
             entry_id=entry_id, kind="earn", partner_code=partner.code,
             member_number=member.member_number, partner_txn_id=data["partner_txn_id"],
             points=points, pending=pending_until is not None, booked_at=now,
@@ -116,6 +128,8 @@ def earn(partner_id: int | PartnerRef, data: dict[str, Any], *,
             spend_amount=spend["amount"] if spend else None,
             spend_currency=spend["currency"] if spend else None,
         )
+        body["lines"] = applied.lines(base)
+        return body
 
     return idempotent(partner, data["partner_txn_id"], digest, work,
                       lambda s, e: render_transaction(s, e, partner.code), session, units,

@@ -49,13 +49,16 @@ ENTRY_KINDS = (
 TRANSACTION_TYPES = ("earn", "burn", "earn_reversal", "burn_reversal", "hold_capture")
 
 #: ledger accounts. Member accounts carry the member's points; partner and coalition
-#: accounts are their counterparts (issued and funded go negative as points are created).
+#: accounts are their counterparts (issued and funded go negative as points are created);
+#: ``promotion:funded`` issues a promotion's points for each funder (a partner, or none:
+#: the coalition).
 ACCOUNTS = (
     "member:available", "member:pending", "member:held",
     "partner:issued", "partner:redeemed",
     "coalition:breakage", "coalition:forfeited", "coalition:funded",
     # points spent on paid memberships: a redemption by the coalition itself
     "coalition:membership",
+    "promotion:funded",
 )
 
 LOT_SOURCES = ("earn", "bonus", "transfer", "adjustment")

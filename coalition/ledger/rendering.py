@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from coalition.ledger.journal import Balance
 from coalition.ledger.models import Entry, Hold, Lot, Member
+from coalition.offers.earning import awards_of, earn_lines
 
 
 def member_number_of(session: Session, member_id: int) -> str:
@@ -48,7 +49,7 @@ def render_transaction(session: Session, entry: Entry, partner_code: str) -> dic
     if entry.kind == "earn":
         pending = session.scalar(select(Lot.pending_until).where(
             Lot.entry_id == entry.id, Lot.source == "earn")) is not None
-    return transaction_body(
+    body = transaction_body(
         entry_id=entry.id, kind=entry.kind, partner_code=partner_code,
         member_number=member_number_of(session, entry.member_id) if entry.member_id else None,
         partner_txn_id=entry.partner_txn_id, points=entry.points, pending=pending,
@@ -57,6 +58,10 @@ def render_transaction(session: Session, entry: Entry, partner_code: str) -> dic
         balance=recorded_balance(entry),
         spend_amount=entry.spend_amount, spend_currency=entry.spend_currency,
     )
+    if entry.kind == "earn":
+        awards = awards_of(session, entry.id)
+        body["lines"] = earn_lines(entry.points - sum(a[2] for a in awards), awards)
+    return body
 
 
 def recorded_balance(entry: Entry) -> Balance | None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, select, true, union_all
+from sqlalchemy import and_, bindparam, case, exists, func, select, true, union_all
 from sqlalchemy.orm import Session
 
 from coalition import clock
@@ -35,6 +35,8 @@ from coalition.ledger.models import Entry, Lot, LotMovement, Member, Wallet
 from coalition.ledger.rendering import render_transaction, transaction_body
 from coalition.ledger.voiding import returning
 from coalition.money import floor_points
+from coalition.offers.earning import reversal_postings
+from coalition.offers.models import OfferAward
 from coalition.program.service import latest_version_columns, rules_of_version
 
 
@@ -114,6 +116,7 @@ _CONSUMED = (
     .group_by(_mv.lot_id, _l.origin_partner_id, _l.expires_at)
     .having(_net < 0)
     .subquery("consumed"))
+_award = OfferAward.__table__.c
 _lot = Lot.__table__.alias("earned")
 _el = _lot.c
 
@@ -135,7 +138,8 @@ _FIRST_READ = (
            .label("refunded"),
            _el.id.label("lot_id"), _el.origin_partner_id, _el.state.label("lot_state"),
            _el.remaining, *latest_version_columns(),
-           _CONSUMED.c.consumed_lot, _CONSUMED.c.consumed_origin, _CONSUMED.c.consumed)
+           _CONSUMED.c.consumed_lot, _CONSUMED.c.consumed_origin, _CONSUMED.c.consumed,
+           exists().where(_award.entry_id == _o.id).label("promoted"))
     .select_from(
         _original.join(_absorbed, _absorbed.c.id == _o.member_id)
         .join(_survivor, _s.id == func.coalesce(_absorbed.c.merged_into_id, _absorbed.c.id))
@@ -168,6 +172,8 @@ class _Seen:
     rules_version: int | None
     rules_published_at: datetime | None
     consumed: list[Take]
+    #: whether promotions added points to the earn (their funders give back their parts)
+    promoted: bool
 
 
 def _read(session: Session, partner: PartnerRef, transaction_id: int,
@@ -194,7 +200,8 @@ def _read(session: Session, partner: PartnerRef, transaction_id: int,
         Take(row.lot_id, row.origin_partner_id, 0) if row.lot_id is not None else None,
         row.lot_state, row.remaining or 0, row.rules_version, row.rules_published_at,
         [Take(r.consumed_lot, r.consumed_origin, int(r.consumed))
-         for r in rows if r.consumed_lot is not None])
+         for r in rows if r.consumed_lot is not None],
+        bool(row.promoted))
 
 
 class _Moved(Exception):
@@ -282,19 +289,20 @@ def _reverse_earn(session: Session, partner: PartnerRef, seen: _Seen, points: in
         spend_amount=refund["amount"] if refund else None,
         spend_currency=refund["currency"] if refund else None)
     version = None if locked else seen.version
+    # the partner's own points and each promotion funder's share, in proportion
+    issued = (reversal_postings(session, seen.id, seen.points, seen.done, points)
+              if seen.promoted else [("partner:issued", None, partner.id, points)])
     if seen.lot_state == "pending":
         # not yet spendable, so every point not reversed before is still in the lot
         return _booked(journal.change_and_book(
             session, member_id=member.id, pending=-points, activity_at=now,
             takes=[Take(lot.lot_id, lot.origin_partner_id, -points)], version=version,
-            postings=[("partner:issued", None, partner.id, points),
-                      ("member:pending", member.id, None, -points)], **entry),
+            postings=[*issued, ("member:pending", member.id, None, -points)], **entry),
             member, locked, pending=-points)
     from_lot = min(points, seen.lot_remaining if seen.lot_state == "live" else 0)
     rest = points - from_lot
     takes = [Take(lot.lot_id, lot.origin_partner_id, -from_lot)] if from_lot else []
-    postings = [("partner:issued", None, partner.id, points),
-                ("member:available", member.id, None, -points)]
+    postings = [*issued, ("member:available", member.id, None, -points)]
     if not rest:
         return _booked(journal.change_and_book(
             session, member_id=member.id, available=-points, activity_at=now, takes=takes,

@@ -423,6 +423,8 @@ class LedgerMachine(RuleBasedStateMachine):
         }
         if spend is not None:
             body["spend"] = {"amount": money(spend[0]), "currency": spend[1]}
+        if txn.kind == "earn":  # no promotion in the model: the base points alone
+            body["lines"] = [{"kind": "base", "points": txn.points}]
         return body
 
     def hold_body(self, hold: MHold, balance_at: str) -> dict[str, Any]:

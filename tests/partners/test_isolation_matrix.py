@@ -70,6 +70,8 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/claims/{claim_id}/confirm"): {"points:earn"},
     ("POST", "/v1/claims/{claim_id}/refuse"): {"points:earn"},
     ("POST", "/v1/memberships"): {"members:write"},
+    ("POST", "/v1/offers"): {"points:earn"},
+    ("GET", "/v1/offers"): {"points:earn"},
 }
 
 #: partner endpoints that are not about another partner's objects: enrolling or linking
@@ -85,7 +87,10 @@ NOT_OBJECTS = {("POST", "/v1/members"),
                # a partner's funding names no object: it is always the caller's own
                ("GET", "/v1/funding"),
                # the claims at acme's stores only (test_claims.py)
-               ("GET", "/v1/claims")}
+               ("GET", "/v1/claims"),
+               # publishing makes a promotion of acme's own; the list shows only those
+               # acme funds a share of (tests/coalition/offers/test_publish_and_earn.py)
+               ("POST", "/v1/offers"), ("GET", "/v1/offers")}
 
 TOKENS = {"all": PARTNER_SCOPES, **{scope: (scope,) for scope in PARTNER_SCOPES}}
 
@@ -207,10 +212,10 @@ def operator_attempts(s: Seeded, spec: dict[str, Any]) -> list[Attempt]:
     """Every operation for operator or member tokens, on real objects and on ghosts."""
     real = {"run_id": str(s.draft_run), "break_id": str(s.breaks[0]), "partner": "bravo",
             "code": "bravo", "client_id": "op-unknown", "member_number": s.shared,
-            "login": "staff@bravo"}
+            "login": "staff@bravo", "offer_id": "1"}
     ghost = {"run_id": str(GHOST_ID), "break_id": str(GHOST_ID), "partner": GHOST_CODE,
              "code": GHOST_CODE, "client_id": "op-unknown", "member_number": s.shared,
-             "login": "staff@bravo"}
+             "login": "staff@bravo", "offer_id": str(GHOST_ID)}
     bodies: dict[str, Any] = {
         "/v1/settlement/runs": {"period_start": "2001-03-02", "period_end": "2001-03-03"},
         "/v1/settlement/runs/{run_id}/breaks/{break_id}": {"action": "accept",

@@ -1,7 +1,7 @@
 """analytics: the moment a member was merged
 
 Revision ID: 0025_analytics_more
-Revises: 0023_partner_ops_more
+Revises: 0024_offers
 Create Date: 2026-12-05 04:00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import coalition.db
 
 revision = '0025_analytics_more'
-down_revision = '0023_partner_ops_more'
+down_revision = '0024_offers'
 branch_labels = None
 depends_on = None
 
