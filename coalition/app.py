@@ -27,7 +27,7 @@ API_VERSION = "v1"
 #: imported, so that the core never depends on the packages built on it (Django's
 #: ``INSTALLED_APPS``, the Flask tutorial's ``init_app``).
 PACKAGES = ("coalition.http", "coalition.oauth", "coalition.program", "partners",
-            "settlement", "coalition.member", "coalition.audit")
+            "settlement", "coalition.member", "coalition.catalog", "coalition.audit")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:

@@ -92,3 +92,17 @@ class TransferLimit(Conflict):
     the maximum, or over the sender's daily allowance)."""
 
     code = "transfer_limit"
+
+
+class OutOfStock(Conflict):
+    """A reward with no units left, none left for this member, or not on offer now."""
+
+    code = "out_of_stock"
+
+
+class VoucherUsed(Conflict):
+    code = "voucher_used"
+
+
+class VoucherExpired(Conflict):
+    code = "voucher_expired"
