@@ -26,8 +26,8 @@ from coalition import clock
 from coalition.catalog.models import Voucher
 from coalition.db import UnitOfWork, Units, read, run_with_retries
 from coalition.ledger import journal
-from coalition.ledger.lookup import require_active
 from coalition.ledger.lookup import member_state as state_of
+from coalition.ledger.lookup import require_active
 from coalition.ledger.models import Entry, Member
 from coalition.ledger.reversals import _consumed
 from coalition.ledger.voiding import returning
