@@ -18,6 +18,7 @@ itself are not refunded twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime
 
 from sqlalchemy import func, select, update
@@ -61,8 +62,7 @@ def close_expired(cutoff: datetime, *, units: Units = UnitOfWork) -> VoucherSumm
         if not page:
             return summary
         for voucher_id in page:
-            outcome, points = run_with_retries(
-                lambda voucher_id=voucher_id: _close(voucher_id, cutoff, units))
+            outcome, points = run_with_retries(partial(_close, voucher_id, cutoff, units))
             if outcome == "refunded":
                 summary.refunded += 1
                 summary.refunded_points += points

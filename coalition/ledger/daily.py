@@ -1,4 +1,6 @@
-"""The daily job: birthday bonuses and tier downgrades for a day; safe to rerun.
+"""The daily job: birthday bonuses, tier downgrades and vouchers left unused past their
+expiry (refunded or forfeited by the program's rule, :mod:`coalition.catalog.expiry`) for a
+day; safe to rerun.
 
 Candidates are found with set-based queries (keyset pages of
 :data:`~coalition.ledger.batch.BATCH` members); each page is then handled in one
@@ -13,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
+from coalition import clock
+from coalition.catalog.expiry import close_expired
 from coalition.db import UnitOfWork, Units, read
 from coalition.ledger import tiers
 from coalition.ledger.batch import BATCH, Batch, run_pages
@@ -40,6 +44,9 @@ class DailySummary:
     tier_downgrades: int = 0
     #: ``{"gold>silver": 3}``: members moved down, by from and to tier
     downgrades: dict[str, int] = field(default_factory=dict)
+    vouchers_refunded: int = 0
+    voucher_points_refunded: int = 0
+    vouchers_forfeited: int = 0
     #: members the job could not handle, with why
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -54,6 +61,13 @@ def daily(as_of: date, progress: Progress | None = None, *,
     summary = DailySummary(as_of=as_of)
     _birthdays(as_of, summary, progress, units, batch, workers)
     _downgrades(as_of, summary, progress, units, batch, workers)
+    # vouchers that expired by the end of the day (never later than now: a till may still
+    # use one until its expiry)
+    closed = close_expired(min(datetime.combine(as_of + timedelta(days=1), time(), UTC),
+                               clock.utcnow()), units=units)
+    summary.vouchers_refunded = closed.refunded
+    summary.voucher_points_refunded = closed.refunded_points
+    summary.vouchers_forfeited = closed.forfeited
     summary.failures.sort(key=lambda failure: failure["member_id"])
     return summary
 
