@@ -18,8 +18,8 @@ itself are not refunded twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy import func, select, update
 
