@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from tests.coalition.test_concurrency import (  # noqa: F401 - server is a fixture
+from tests.coalition import test_concurrency
+from tests.coalition.test_concurrency import (
     Api,
     Reply,
     assert_ledger_consistent,
@@ -16,12 +17,14 @@ from tests.coalition.test_concurrency import (  # noqa: F401 - server is a fixtu
     post,
     run_concurrently,
     scalar,
-    server,
     unexpected,
 )
 from tests.factories.ledger import PRICED_FROM
 from tests.factories.member_records import member_token
 from tests.factories.partner_api import publish
+
+#: the harness's own app and threaded server, with a pool for ~80 transactions at once
+server = test_concurrency.server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("many_connections")]
 
