@@ -33,7 +33,7 @@ from tests.factories.ledger import (
 T0 = datetime(2024, 1, 10, 12, 0, tzinfo=UTC)
 T_SQL = "2024-01-10 12:00:00.000000"  # T0 as raw SQL writes it
 NAMES = ["entries_balance", "wallets_agree", "no_negative", "unique_partner_txn",
-         "conservation", "funded_points", "closed_runs"]
+         "conservation", "funded_points", "closed_runs", "vouchers_paid"]
 
 
 @pytest.fixture

@@ -280,3 +280,21 @@ def test_a_voucher_used_before_its_expiry_is_never_refunded(app, client, world, 
         assert uow.session.scalars(select(Entry).where(Entry.kind == "burn_reversal")).all() \
             == []
     assert_clean()
+
+
+def test_the_ledger_check_finds_a_voucher_or_a_stock_out_of_order(app, client, world):
+    from sqlalchemy import update
+
+    from coalition.ledger.check import check_ledger
+
+    alice, reward_id = world
+    voucher_id = redeem(client, alice, reward_id).get_json()["id"]
+    assert_clean()
+    with UnitOfWork() as uow:
+        uow.session.execute(update(Reward).where(Reward.id == reward_id).values(sold=2))
+        uow.session.execute(update(Voucher).where(Voucher.id == voucher_id).values(points=700))
+        uow.commit()
+    (result,) = [c for c in check_ledger().checks if c.name == "vouchers_paid"]
+    assert result.violation_count == 2
+    assert {v["problem"] for v in result.violations} == {
+        "voucher not paid by its own burn", "units sold disagree with vouchers or stock"}
