@@ -15,6 +15,7 @@ from partners import (
     funding,
     funding_api,
     portal,
+    portal_rewards,
     webhooks,
     webhooks_api,
 )
@@ -30,6 +31,7 @@ def init_app(app: Flask) -> None:
     rest.register_blueprint(webhooks_api.blp)
     rest.register_blueprint(funding_api.blp)
     app.register_blueprint(portal.bp)
+    app.register_blueprint(portal_rewards.bp)
     app.cli.add_command(partner_cli)
     app.cli.add_command(demo_cli)
     app.cli.add_command(batch_cli)
