@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from coalition.ledger.daily import daily
+from tests.factories.finance import fast_hashing, finance_user, page_sign_in  # noqa: F401
 from tests.factories.member_records import assert_clean, member_token
 from tests.factories.partner_api import balance, earn, enrol, publish
 
@@ -98,3 +99,47 @@ def test_a_redemption_and_an_unused_vouchers_refund_settle_at_the_fulfilling_par
     (cohort,) = liability.get_json()["cohorts"]
     assert (cohort["origin"], cohort["outstanding_points"], cohort["expected_cost"]) == \
         ("grocer", 1200, "5.76")
+
+    # analytics: March's redemptions at the cinema (600), April's refund (−300); the top
+    # rewards of March: the ticket, twice, 600 points
+    doc = client.get("/v1/analytics?from=2026-03&to=2026-04",
+                     headers=operator_headers).get_json()
+    cinema_rows = [(r["month"], r["redeemed"]) for r in doc["months"]
+                   if r["partner"] == "cinema"]
+    assert cinema_rows == [("2026-03", 600), ("2026-04", -300)]
+    assert doc["top_rewards"] == [{"month": "2026-03", "reward_id": ticket,
+                                   "reward": "Cinema ticket", "partner": "cinema",
+                                   "redemptions": 2, "points": 600}]
+    assert client.get("/v1/analytics?from=2026-03&to=2026-04&partner=grocer",
+                      headers=operator_headers).get_json()["top_rewards"] == []
+
+
+def test_the_top_rewards_rank_each_months_rewards(app, client, make_partner, operator_headers,
+                                                  clock):
+    """Most redemptions first, then most points; a month of its own for each."""
+    from settlement.analytics import program_analytics
+
+    clock.set(T0)
+    _, acme = make_partner("acme", valid_from=T0 - timedelta(days=30))
+    publish(client, operator_headers)
+    ids = {name: client.post("/v1/rewards", headers=acme, json={
+        "name": name, "kind": "product", "points": points}).get_json()["id"]
+        for name, points in (("Mug", 100), ("Bag", 300), ("Pen", 50))}
+    ann = enrol(client, acme, "ann")
+    earn(client, acme, ann, "e1", points=5000)
+    for when, name in ((1, "Mug"), (2, "Bag"), (3, "Pen"), (4, "Pen"), (40 * 24, "Mug")):
+        clock.set(T0 + timedelta(hours=when))
+        assert client.post("/v1/me/redemptions", json={"reward_id": ids[name]},
+                           headers=member_token(ann)).status_code == 201
+    doc = program_analytics("2026-03", "2026-04")
+    assert [(r["month"], r["reward"], r["redemptions"], r["points"])
+            for r in doc["top_rewards"]] == [
+        ("2026-03", "Pen", 2, 100), ("2026-03", "Bag", 1, 300), ("2026-03", "Mug", 1, 100),
+        ("2026-04", "Mug", 1, 100)]
+
+    # the finance page's Analytics section lists them
+    finance_user()
+    page_sign_in(client)
+    html = client.get("/finance/analytics?from=2026-03&to=2026-04").get_data(as_text=True)
+    assert "<h2 id=\"rewards-title\">Top rewards</h2>" in html
+    assert f'data-testid="reward-2026-03-{ids["Pen"]}">2<' in html
