@@ -265,7 +265,8 @@ def member_merge(absorbed: str, survivor: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @with_appcontext
 def daily_command(as_of: str | None, batch: int, workers: int, as_json: bool) -> None:
-    """Birthday bonuses and tier downgrades for a day (safe to rerun)."""
+    """Birthday bonuses, tier downgrades and unused expired vouchers for a day (safe to
+    rerun)."""
 
 
     today = utcnow().date()
@@ -292,6 +293,9 @@ def daily_command(as_of: str | None, batch: int, workers: int, as_json: bool) ->
          f"  tier downgrades:  {summary.tier_downgrades} of "
          f"{plural(summary.tier_members_checked, 'member')} above the first tier"
          + "".join(f"\n    {step}: {n}" for step, n in sorted(summary.downgrades.items()))
+         + f"\n  vouchers expired unused: {summary.vouchers_refunded} refunded "
+           f"({plural(summary.voucher_points_refunded, 'point')}), "
+           f"{summary.vouchers_forfeited} forfeited"
          + "".join(f"\n  FAILED member {f['member_id']} ({f['step']}): {f['error']}"
                    for f in summary.failures))
     if summary.failures:

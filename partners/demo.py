@@ -1,7 +1,8 @@
 """A demo coalition: an operator client, two merchants and a charity, with rate cards, a
-partner portal account at the first merchant, and optionally a history of transactions
-(``docs/samples/demo-transactions.csv``) so that the member, finance and partner pages have
-something to show and settle on first start."""
+partner portal account at the first merchant, rewards in the catalog, and optionally a
+history of transactions (``docs/samples/demo-transactions.csv``, and a voucher redeemed by
+its first member) so that the member, finance and partner pages have something to show and
+settle on first start."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from typing import Any, TypedDict
 from sqlalchemy import select
 
 from coalition.audit.service import SYSTEM, Actor
+from coalition.catalog import redemptions, rewards
 from coalition.db import read
 from coalition.errors import InvalidRequest
 from coalition.ledger import earn_burn, holds, idempotency, reversals
+from coalition.ledger.lookup import member_by_number
 from coalition.ledger.members import enrol
 from coalition.models import Partner
 from coalition.oauth import partner_users
@@ -67,6 +70,39 @@ DEMO_RULES: dict[str, Any] = {
 }
 
 
+#: the catalog: rewards the partners fulfil, and a coalition reward the charity fulfils
+#: (``partner`` names the fulfilling partner; ``coalition``: published by the operator)
+DEMO_REWARDS: tuple[dict[str, Any], ...] = (
+    {"partner": "northwind", "coalition": False, "name": "£5 off your shop", "kind": "voucher",
+     "points": 500, "per_member_limit": 4, "description": "Five pounds off a shop of £20 "
+     "or more at any Northwind store.", "terms": "One per shop; not for tobacco or gift cards."},
+    {"partner": "northwind", "coalition": False, "name": "Reusable shopping bag",
+     "kind": "product", "points": 150, "stock": 200,
+     "description": "A sturdy cotton bag, collected at the till."},
+    {"partner": "skyline", "coalition": False, "name": "Free car wash", "kind": "service",
+     "points": 800, "stock": 100, "per_member_limit": 2,
+     "description": "One premium wash at any Skyline station.", "terms": "Cars and vans."},
+    {"partner": "greenhearts", "coalition": True, "name": "Plant a tree", "kind": "charity",
+     "points": 250, "description": "Green Hearts Trust plants a native tree in your name.",
+     "terms": "A coalition reward, fulfilled by Green Hearts Trust."},
+)
+#: the voucher the demo history's first member redeemed (its Idempotency-Key)
+DEMO_VOUCHER = {"member": "ada", "reward": "Reusable shopping bag", "key": "demo-voucher-1"}
+
+
+def load_rewards() -> list[dict[str, Any]]:
+    """Publish the demo catalog: each reward by its partner, a coalition reward by the
+    operator."""
+    with read() as session:
+        ids = {row.code: row.id for row in session.execute(select(Partner.code, Partner.id))}
+    published = []
+    for spec in DEMO_REWARDS:
+        data = {k: v for k, v in spec.items() if k not in ("coalition",)}
+        publisher = None if spec["coalition"] else ids[spec["partner"]]
+        published.append(rewards.publish(publisher, data))
+    return published
+
+
 def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
     """Create the demo coalition, or return ``None`` if partners already exist."""
 
@@ -87,6 +123,7 @@ def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
                                       DEMO_STAFF["name"], actor=actor)
     partner_users.activate(DEMO_STAFF["login"], staff["activation_code"],
                            DEMO_STAFF["password"])
+    load_rewards()
     return {"loaded": True, "clients": issued,
             "portal": {k: DEMO_STAFF[k] for k in ("partner", "login", "password")}}
 
@@ -137,7 +174,22 @@ def load_history(text: str) -> dict[str, Any]:
                         booked.get((row["partner"], row["reference"])), line)
         booked[(row["partner"], row["partner_txn_id"])] = outcome.body["id"]
         replayed += outcome.replayed
-    return {"transactions": len(rows), "replayed": replayed, "members": numbers}
+    voucher = _redeem_demo_voucher(numbers)
+    return {"transactions": len(rows), "replayed": replayed, "members": numbers,
+            **({"voucher": voucher} if voucher else {})}
+
+
+def _redeem_demo_voucher(numbers: dict[str, str]) -> str | None:
+    """The demo member's voucher (once, by its key), when the member and reward exist."""
+    number = numbers.get(DEMO_VOUCHER["member"])
+    wanted = [r for r in rewards.catalog() if r["name"] == DEMO_VOUCHER["reward"]]
+    if number is None or not wanted:
+        return None
+    with read() as session:
+        member_id = member_by_number(session, number, "member").id
+    outcome = redemptions.redeem(member_id, wanted[0]["id"], request_id=DEMO_VOUCHER["key"])
+    code: str = outcome.body["voucher_code"]
+    return code
 
 
 def _book(partner_id: int, row: dict[str, str], member_number: str, reference: int | None,
