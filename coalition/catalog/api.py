@@ -72,6 +72,9 @@ def _answer(outcome: Outcome, status: int) -> tuple[dict[str, Any], int, dict[st
 class Rewards(MethodView):
     @blp.arguments(RewardListArgsSchema, location="query")
     @blp.response(200, RewardListSchema)
+    @blp.alt_response(401, description="?mine=true without a token")
+    @blp.alt_response(403, description="?mine=true with a token that is not a partner's "
+                      "with points:burn")
     @blp.doc(security=[{}, {"oauth2": ["points:burn"]}])
     def get(self, args: dict[str, Any]) -> Any:
         """The catalog: rewards on offer now, cheapest first (no token needed); with
@@ -97,10 +100,10 @@ class Rewards(MethodView):
 @blp.route(f"/rewards/<{_ID}:reward_id>")
 class RewardResource(MethodView):
     @blp.response(200, RewardSchema)
-    @blp.alt_response(404, description="No such reward")
+    @blp.alt_response(404, description="No such reward, or not published (inactive)")
     def get(self, reward_id: int) -> Any:
-        """One reward."""
-        return rewards.reward(reward_id)
+        """One reward of the catalog."""
+        return rewards.reward(reward_id, published_only=True)
 
     @protected("points:burn", "admin", any_of=True, kinds=("partner", "operator"))
     @blp.arguments(RewardUpdateSchema)

@@ -152,14 +152,17 @@ def catalog(now: datetime | None = None, *, partner_id: int | None = None,
                 for row in session.execute(query)]
 
 
-def reward(reward_id: int, partner_id: int | None = None) -> dict[str, Any]:
-    """One reward (a partner's own when ``partner_id`` is given)."""
+def reward(reward_id: int, partner_id: int | None = None, *,
+           published_only: bool = False) -> dict[str, Any]:
+    """One reward (a partner's own when ``partner_id`` is given; an active one only with
+    ``published_only``)."""
     with read() as session:
         row = session.execute(
             select(Reward.__table__, _pt.code.label("partner_code"),
                    _pt.name.label("partner_name"))
             .join(Partner.__table__, _pt.id == _r.partner_id)
             .where(_r.id == reward_id)).first()
-    if row is None or (partner_id is not None and row.partner_id != partner_id):
+    if row is None or (partner_id is not None and row.partner_id != partner_id) \
+            or (published_only and not row.active):
         raise NotFound(f"No reward {reward_id}.")
     return render(row, row.partner_code, row.partner_name)

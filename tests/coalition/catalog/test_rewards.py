@@ -61,6 +61,9 @@ def test_the_catalog_shows_only_what_is_on_offer_now_but_the_partner_sees_all_it
         [on, later, other]
     # one's own list needs a partner token
     assert_error(client.get("/v1/rewards?mine=true"), 401, "unauthorized")
+    # a withdrawn reward is not shown to the public, even by its id
+    assert_error(client.get(f"/v1/rewards/{off}"), 404, "not_found")
+    assert client.get(f"/v1/rewards/{later}").status_code == 200
 
 
 def test_a_partner_changes_its_reward_but_not_below_what_was_sold_nor_anothers(
