@@ -120,3 +120,13 @@ def test_rewards_and_vouchers_in_a_real_browser(chromium, backend, live_server, 
                         full_page=True)
     finally:
         context.close()
+
+
+def test_the_terms_page_says_how_long_a_voucher_lasts_and_what_happens_after(
+        client, operator_headers):
+    from tests.factories.partner_api import publish
+
+    publish(client, operator_headers, vouchers={"valid_days": 30, "unused": "forfeit"})
+    html = unescape(client.get("/member/terms").get_data(as_text=True))
+    assert "can be used for 30 days after you redeem it" in html
+    assert "its points are lost" in html
