@@ -298,3 +298,35 @@ def test_the_ledger_check_finds_a_voucher_or_a_stock_out_of_order(app, client, w
     assert result.violation_count == 2
     assert {v["problem"] for v in result.violations} == {
         "voucher not paid by its own burn", "units sold disagree with vouchers or stock"}
+
+
+def test_a_closed_members_unused_voucher_is_forfeited_not_refunded(app, client, world, clock):
+    from coalition.ledger import closure
+
+    alice, reward_id = world
+    body = redeem(client, alice, reward_id).get_json()
+    closure.close(member_id(alice))
+    clock.set(T0 + timedelta(days=91))
+    summary = close_expired(clock())
+    assert (summary.refunded, summary.forfeited) == (0, 1)
+    with UnitOfWork(readonly=True) as uow:
+        assert uow.session.get_one(Voucher, body["id"]).status == "forfeited"
+    assert entries_of(member_id(alice), "burn_reversal") == []
+    assert_clean()
+
+
+def test_a_merged_members_voucher_is_refunded_to_the_survivor(app, client, world, acme,
+                                                              operator_headers, clock):
+    from coalition.ledger import merge
+
+    alice, reward_id = world
+    _, acme_h = acme
+    body = redeem(client, alice, reward_id).get_json()
+    survivor = enrol(client, acme_h, "alice-again")
+    merge.merge(alice, survivor, operator="test")
+    mine = client.get("/v1/me/vouchers", headers=member_token(survivor)).get_json()["items"]
+    assert [v["id"] for v in mine] == [body["id"]]
+    clock.set(T0 + timedelta(days=91))
+    assert close_expired(clock()).refunded_points == 800
+    assert balance(client, acme_h, survivor)["available"] == 1000
+    assert_clean()
