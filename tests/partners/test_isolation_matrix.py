@@ -20,7 +20,11 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from coalition.catalog import redemptions
+from coalition.db import read
+from coalition.ledger.models import Member
 from coalition.oauth.models import PARTNER_SCOPES
 from partners.funding import configure
 from tests.conftest import bearer, empty_all_tables, fetch_token, snapshot
@@ -61,6 +65,11 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/batches/{batch_id}/results"): {"points:earn", "points:burn",
                                                 "transactions:read"},
     ("GET", "/v1/funding"): {"settlement:read"},
+    ("GET", "/v1/rewards"): {"points:burn"},
+    ("POST", "/v1/rewards"): {"points:burn"},
+    ("PATCH", "/v1/rewards/{reward_id}"): {"points:burn"},
+    ("GET", "/v1/vouchers/{code}"): {"points:burn"},
+    ("POST", "/v1/vouchers/{code}/redeem"): {"points:burn"},
 }
 
 #: partner endpoints that are not about another partner's objects: enrolling or linking
@@ -74,7 +83,10 @@ NOT_OBJECTS = {("POST", "/v1/members"),
                # refused as one naming none: test_batches.py); the list shows acme's only
                ("POST", "/v1/batches"), ("GET", "/v1/batches"),
                # a partner's funding names no object: it is always the caller's own
-               ("GET", "/v1/funding")}
+               ("GET", "/v1/funding"),
+               # the catalog is public; ?mine lists acme's own rewards only, and a reward
+               # published is acme's own (test_rewards.py)
+               ("GET", "/v1/rewards"), ("POST", "/v1/rewards")}
 
 TOKENS = {"all": PARTNER_SCOPES, **{scope: (scope,) for scope in PARTNER_SCOPES}}
 
@@ -102,6 +114,8 @@ class Operations:
     bravo_delivery: int
     acme_endpoint: int
     bravo_batch: int
+    bravo_reward: int
+    bravo_voucher: str
 
 
 def attempts(s: Seeded, ops: Operations) -> list[Attempt]:
@@ -174,6 +188,15 @@ def attempts(s: Seeded, ops: Operations) -> list[Attempt]:
     for suffix in ("", "/results"):
         add("GET", f"/v1/batches/{{batch_id}}{suffix}", f"/v1/batches/{batch}{suffix}",
             f"/v1/batches/{GHOST_ID}{suffix}", names=(batch,))
+    # bravo's reward, and a voucher of it
+    reward, code = str(ops.bravo_reward), ops.bravo_voucher
+    add("PATCH", "/v1/rewards/{reward_id}", f"/v1/rewards/{reward}",
+        f"/v1/rewards/{GHOST_ID}", {"name": "Stolen"}, names=(reward,))
+    ghost_code = "A" * len(code)
+    add("GET", "/v1/vouchers/{code}", f"/v1/vouchers/{code}", f"/v1/vouchers/{ghost_code}",
+        names=(code, ghost_code))
+    add("POST", "/v1/vouchers/{code}/redeem", f"/v1/vouchers/{code}/redeem",
+        f"/v1/vouchers/{ghost_code}/redeem", names=(code, ghost_code))
     # acme's own statement of the draft run does not exist for acme yet either
     add("GET", statements, f"/v1/settlement/runs/{s.draft_run}/statements/acme",
         f"/v1/settlement/runs/{GHOST_ID}/statements/acme", names=(str(s.draft_run),))
@@ -274,8 +297,15 @@ def ops(_migrated_app, seeded) -> Operations:
                                                     "Content-Type": "text/csv"},
                             data=BATCH.format(member=seeded.bravo_only))
         assert batch.status_code == 202, batch.get_json()
+        reward = client.post("/v1/rewards", headers=seeded.bravo.headers, json={
+            "name": "Mug", "kind": "product", "points": 1})
+        assert reward.status_code == 201, reward.get_json()
+        with read() as session:
+            member = session.scalar(select(Member.id).where(
+                Member.member_number == seeded.bravo_only))
+        voucher = redemptions.redeem(member, reward.get_json()["id"]).body["voucher_code"]
         return Operations(bravo, deliveries[0]["id"], endpoint(seeded.acme.headers),
-                          batch.get_json()["id"])
+                          batch.get_json()["id"], reward.get_json()["id"], voucher)
 
 
 @pytest.fixture
