@@ -28,7 +28,8 @@ API_VERSION = "v1"
 #: ``INSTALLED_APPS``, the Flask tutorial's ``init_app``).
 PACKAGES = ("coalition.http", "coalition.oauth", "coalition.program", "partners",
             "settlement", "coalition.member", "coalition.notifications",
-            "coalition.membership", "coalition.audit", "coalition.claims", "coalition.offers")
+            "coalition.membership", "coalition.catalog", "coalition.audit", "coalition.claims",
+            "coalition.offers")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:

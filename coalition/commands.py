@@ -266,7 +266,7 @@ def member_merge(absorbed: str, survivor: str, as_json: bool) -> None:
 @with_appcontext
 def daily_command(as_of: str | None, batch: int, workers: int, as_json: bool) -> None:
     """Birthday bonuses, tier downgrades, notices of points about to expire, memberships
-    renewed or lapsed, for a day (safe to rerun)."""
+    renewed or lapsed, unused expired vouchers, for a day (safe to rerun)."""
 
 
     today = utcnow().date()
@@ -296,6 +296,9 @@ def daily_command(as_of: str | None, batch: int, workers: int, as_json: bool) ->
          + f"\n  expiry notices:   {summary.expiry_notices}"
          + f"\n  memberships:      {summary.memberships_renewed} renewed "
          f"({plural(summary.membership_points, 'point')}), {summary.memberships_lapsed} lapsed"
+         + f"\n  vouchers expired unused: {summary.vouchers_refunded} refunded "
+           f"({plural(summary.voucher_points_refunded, 'point')}), "
+           f"{summary.vouchers_forfeited} forfeited"
          + "".join(f"\n  FAILED member {f['member_id']} ({f['step']}): {f['error']}"
                    for f in summary.failures))
     if summary.failures:

@@ -115,3 +115,15 @@ class MembershipActive(Conflict):
     a time."""
 
     code = "membership_active"
+class OutOfStock(Conflict):
+    """A reward with no units left, none left for this member, or not on offer now."""
+
+    code = "out_of_stock"
+
+
+class VoucherUsed(Conflict):
+    code = "voucher_used"
+
+
+class VoucherExpired(Conflict):
+    code = "voucher_expired"

@@ -1,9 +1,10 @@
 """A demo coalition: an operator client, two merchants and a charity, with rate cards, a
 partner portal account at the first merchant, paid membership plans, two promotions (one
-the first merchant's, one shared with the coalition), and optionally a history of
-transactions (``docs/samples/demo-transactions.csv``, then a membership sold at a till and
-two missing-points claims open at the first merchant) so that the member, finance and
-partner pages have something to show and settle on first start."""
+the first merchant's, one shared with the coalition), rewards in the catalog, and
+optionally a history of transactions (``docs/samples/demo-transactions.csv``, then a
+voucher redeemed by its first member, a membership sold at a till and two missing-points
+claims open at the first merchant) so that the member, finance and partner pages have
+something to show and settle on first start."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from sqlalchemy import select
 
 from coalition import clock
 from coalition.audit.service import SYSTEM, Actor
+from coalition.catalog import redemptions, rewards
 from coalition.claims.opening import open_claim
 from coalition.clock import utcnow
 from coalition.db import read
 from coalition.errors import AlreadyExists, InvalidRequest
 from coalition.ledger import holds, idempotency
 from coalition.ledger.booking import PartnerRef, partner_ref
+from coalition.ledger.lookup import member_by_number
 from coalition.ledger.members import enrol
 from coalition.ledger.models import Member
 from coalition.membership import purchase
@@ -111,6 +114,39 @@ def demo_offers() -> list[tuple[str | None, dict[str, Any]]]:
     ]
 
 
+#: the catalog: rewards the partners fulfil, and a coalition reward the charity fulfils
+#: (``partner`` names the fulfilling partner; ``coalition``: published by the operator)
+DEMO_REWARDS: tuple[dict[str, Any], ...] = (
+    {"partner": "northwind", "coalition": False, "name": "£5 off your shop", "kind": "voucher",
+     "points": 500, "per_member_limit": 4, "description": "Five pounds off a shop of £20 "
+     "or more at any Northwind store.", "terms": "One per shop; not for tobacco or gift cards."},
+    {"partner": "northwind", "coalition": False, "name": "Reusable shopping bag",
+     "kind": "product", "points": 150, "stock": 200,
+     "description": "A sturdy cotton bag, collected at the till."},
+    {"partner": "skyline", "coalition": False, "name": "Free car wash", "kind": "service",
+     "points": 800, "stock": 100, "per_member_limit": 2,
+     "description": "One premium wash at any Skyline station.", "terms": "Cars and vans."},
+    {"partner": "greenhearts", "coalition": True, "name": "Plant a tree", "kind": "charity",
+     "points": 250, "description": "Green Hearts Trust plants a native tree in your name.",
+     "terms": "A coalition reward, fulfilled by Green Hearts Trust."},
+)
+#: the voucher the demo history's first member redeemed (its Idempotency-Key)
+DEMO_VOUCHER = {"member": "ada", "reward": "Reusable shopping bag", "key": "demo-voucher-1"}
+
+
+def load_rewards() -> list[dict[str, Any]]:
+    """Publish the demo catalog: each reward by its partner, a coalition reward by the
+    operator."""
+    with read() as session:
+        ids = {row.code: row.id for row in session.execute(select(Partner.code, Partner.id))}
+    published = []
+    for spec in DEMO_REWARDS:
+        data = {k: v for k, v in spec.items() if k not in ("coalition",)}
+        publisher = None if spec["coalition"] else ids[spec["partner"]]
+        published.append(rewards.publish(publisher, data))
+    return published
+
+
 def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
     """Create the demo coalition, or return ``None`` if partners already exist."""
 
@@ -136,6 +172,7 @@ def load_demo(actor: Actor = SYSTEM) -> dict[str, Any] | None:
     for publisher, offer in demo_offers():
         publishing.publish(offer, partner_id=ids[publisher] if publisher else None,
                            actor=actor)
+    load_rewards()
     return {"loaded": True, "clients": issued,
             "portal": {k: DEMO_STAFF[k] for k in ("partner", "login", "password")}}
 
@@ -188,8 +225,9 @@ def load_history(text: str) -> dict[str, Any]:
                         booked.get((row["partner"], row["reference"])), line)
         booked[(row["partner"], row["partner_txn_id"])] = outcome.body["id"]
         replayed += outcome.replayed
+    voucher = _redeem_demo_voucher(numbers)
     result: dict[str, Any] = {"transactions": len(rows), "replayed": replayed,
-                              "members": numbers}
+                              "members": numbers, **({"voucher": voucher} if voucher else {})}
     sale = DEMO_MEMBERSHIP
     if sale["member"] in numbers and sale["partner"] in partners:
         sold = purchase.record_money_purchase(partners[sale["partner"]], {
@@ -199,6 +237,19 @@ def load_history(text: str) -> dict[str, Any]:
                                 "ends_at": sold.body["ends_at"].isoformat()}
     result["claims"] = open_demo_claims(numbers)
     return result
+
+
+def _redeem_demo_voucher(numbers: dict[str, str]) -> str | None:
+    """The demo member's voucher (once, by its key), when the member and reward exist."""
+    number = numbers.get(DEMO_VOUCHER["member"])
+    wanted = [r for r in rewards.catalog() if r["name"] == DEMO_VOUCHER["reward"]]
+    if number is None or not wanted:
+        return None
+    with read() as session:
+        member_id = member_by_number(session, number, "member").id
+    outcome = redemptions.redeem(member_id, wanted[0]["id"], request_id=DEMO_VOUCHER["key"])
+    code: str = outcome.body["voucher_code"]
+    return code
 
 
 #: missing-points claims left open at the first merchant for its portal's staff to answer:

@@ -19,6 +19,7 @@ from partners import (
     portal_audit,
     portal_claims,
     portal_offers,
+    portal_rewards,
     portal_staff,
     webhooks,
     webhooks_api,
@@ -40,6 +41,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(portal_staff.bp)
     app.register_blueprint(portal_audit.bp)
     app.register_blueprint(portal_offers.bp)
+    app.register_blueprint(portal_rewards.bp)
     app.cli.add_command(partner_cli)
     app.cli.add_command(demo_cli)
     app.cli.add_command(batch_cli)

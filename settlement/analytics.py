@@ -15,7 +15,9 @@ For each month of ``[first, last]`` (booking time, UTC) and each partner:
   (by the partner where the points were earned, from the lot movements);
 * the **redemption rate**: redeemed ÷ issued, to four decimal places (half even), none
   when nothing was issued;
-* and, for the whole program, the members in each **tier** at each month end.
+* and, for the whole program, the members in each **tier** at each month end;
+* the **top rewards** of each month: the rewards most redeemed (vouchers issued, and their
+  points), at most :data:`TOP_REWARDS` a month, by the partner that fulfils them.
 
 Each figure is one aggregate query by partner with a filtered sum per month (never a
 Python loop over entries).
@@ -33,6 +35,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, literal, or_, select, text, true, union_all
 from sqlalchemy.orm import Session
 
+from coalition.catalog.models import Reward, Voucher
 from coalition.db import read, utcnow
 from coalition.errors import InvalidRequest, NotFound
 from coalition.ledger import tiers as tier_rule
@@ -40,7 +43,7 @@ from coalition.ledger.models import Entry, LotMovement, Member, Posting
 from coalition.models import Partner
 from coalition.program.service import Rules, rules_at
 from settlement.compute import WORK_MEM
-from settlement.months import month_start, next_month
+from settlement.months import Months, month_start, next_month
 from settlement.netting import COALITION
 
 FIGURES = ("enrolled", "active", "closed", "merged", "issued", "redeemed", "expired",
@@ -49,6 +52,8 @@ ACTIVE_KINDS = ("earn", "burn", "hold_capture", "donation")
 RATE_PLACES = Decimal("0.0001")
 #: the longest span one request may ask for
 MAX_MONTHS = 120
+#: rewards listed per month in the top rewards
+TOP_REWARDS = 10
 
 
 def months_between(first: str, last: str) -> list[str]:
@@ -280,7 +285,37 @@ def program_analytics(first: str | None, last: str | None,
         if partner is not None and partner != COALITION and session.scalar(
                 select(Partner.id).where(Partner.code == partner)) is None:
             raise NotFound(f"No partner {partner}.")
-        return analytics(session, first, last, partner)
+        doc = analytics(session, first, last, partner)
+        doc["top_rewards"] = top_rewards(session, first, last, partner)
+        return doc
+
+
+def top_rewards(session: Session, first: str, last: str,
+                partner: str | None = None) -> list[dict[str, Any]]:
+    """The rewards most redeemed in each month ``first`` … ``last`` (vouchers issued, and
+    their points), most redemptions first, at most :data:`TOP_REWARDS` a month; for one
+    partner, the rewards it fulfils. One aggregate query over the vouchers."""
+    start, end = month_start(first), month_start(next_month(last))
+    months = Months(session, first, end)
+    v, r, pt = Voucher.__table__.c, Reward.__table__.c, Partner.__table__.c
+    month = months.of(v.issued_at).label("month")
+    query = (select(month, v.reward_id, r.name, pt.code, func.count().label("redemptions"),
+                    func.sum(v.points).label("points"))
+             .select_from(Voucher.__table__.join(Reward.__table__, r.id == v.reward_id)
+                          .join(Partner.__table__, pt.id == v.partner_id))
+             .where(v.issued_at >= start, v.issued_at < end)
+             .group_by(month, v.reward_id, r.name, pt.code))
+    if partner is not None:
+        query = query.where(pt.code == partner)
+    per_month: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in session.execute(query):
+        per_month[months.name(row.month)].append(
+            {"month": months.name(row.month), "reward_id": row.reward_id,
+             "reward": row.name, "partner": row.code, "redemptions": int(row.redemptions),
+             "points": int(row.points)})
+    return [item for name in sorted(per_month) for item in sorted(
+        per_month[name], key=lambda i: (-i["redemptions"], -i["points"], i["reward_id"])
+    )[:TOP_REWARDS]]
 
 
 def as_csv(doc: dict[str, Any]) -> str:

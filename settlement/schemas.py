@@ -397,6 +397,15 @@ class TierCountSchema(Schema):
     members = fields.Integer()
 
 
+class TopRewardSchema(Schema):
+    month = fields.String()
+    reward_id = fields.Integer()
+    reward = fields.String()
+    partner = fields.String(metadata={"description": "the partner that fulfils it"})
+    redemptions = fields.Integer(metadata={"description": "vouchers issued in the month"})
+    points = fields.Integer(metadata={"description": "their points"})
+
+
 class AnalyticsSchema(Schema):
     from_ = fields.String(data_key="from", attribute="from")
     to = fields.String()
@@ -408,3 +417,6 @@ class AnalyticsSchema(Schema):
     tiers = fields.List(fields.Nested(TierCountSchema), metadata={
         "description": "members per tier at each month end, by the tier rule under the "
                        "program rules then in force (not for one partner)"})
+    top_rewards = fields.List(fields.Nested(TopRewardSchema), metadata={
+        "description": "each month's most redeemed rewards, most redemptions first (at "
+                       "most ten a month)"})

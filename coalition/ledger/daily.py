@@ -1,6 +1,7 @@
-"""The daily job: birthday bonuses, tier downgrades, notices of points about to expire, and
-paid memberships renewed or lapsed (:mod:`coalition.membership.renewal`) for a day; safe to
-rerun.
+"""The daily job: birthday bonuses, tier downgrades, notices of points about to expire,
+paid memberships renewed or lapsed (:mod:`coalition.membership.renewal`), and vouchers left
+unused past their expiry (refunded or forfeited by the program's rule,
+:mod:`coalition.catalog.expiry`) for a day; safe to rerun.
 
 Candidates are found with set-based queries (keyset pages of
 :data:`~coalition.ledger.batch.BATCH` members); each page is then handled in one
@@ -20,6 +21,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from coalition import clock
+from coalition.catalog.expiry import close_expired
 from coalition.db import UnitOfWork, Units, read
 from coalition.ledger import tiers
 from coalition.ledger.batch import BATCH, Batch, run_pages
@@ -57,6 +60,9 @@ class DailySummary:
     memberships_lapsed: int = 0
     #: ``{"no_auto_renew": 2}``: memberships that lapsed, by why
     membership_lapses: dict[str, int] = field(default_factory=dict)
+    vouchers_refunded: int = 0
+    voucher_points_refunded: int = 0
+    vouchers_forfeited: int = 0
     #: members the job could not handle, with why
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -80,6 +86,13 @@ def daily(as_of: date, progress: Progress | None = None, *,
     summary.membership_lapses = renewals.lapses
     summary.failures += [{"member_id": m, "step": "membership", "error": why}
                          for m, why in renewals.failures.items()]
+    # vouchers that expired by the end of the day (never later than now: a till may still
+    # use one until its expiry)
+    closed = close_expired(min(datetime.combine(as_of + timedelta(days=1), time(), UTC),
+                               clock.utcnow()), units=units)
+    summary.vouchers_refunded = closed.refunded
+    summary.voucher_points_refunded = closed.refunded_points
+    summary.vouchers_forfeited = closed.forfeited
     summary.failures.sort(key=lambda failure: failure["member_id"])
     return summary
 

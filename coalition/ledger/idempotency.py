@@ -5,7 +5,9 @@ same id with a different request is refused (``idempotency_conflict``); two conc
 requests with one id produce one entry: the loser's insert hits the unique index, its
 transaction rolls back whole, and it answers with the winner's result. A member's key is
 stored as the entry's ``partner_txn_id`` in the form ``"<member number> <key>"`` and
-guarded by the sender's wallet lock (see :mod:`coalition.ledger.transfers`).
+guarded by the sender's wallet lock (see :mod:`coalition.ledger.transfers`); a member's
+reward redemption (a burn at the fulfilling partner, :mod:`coalition.catalog.redemptions`)
+is keyed the same way, in the same namespace.
 """
 
 from __future__ import annotations
@@ -204,7 +206,7 @@ def keyed_entry(session: Session, member_id: int, key: str | None) -> Entry | No
         return None
     entry_id = session.scalar(select(_e.id).where(
         _e.member_id == member_id, _e.partner_txn_id == key,
-        _e.kind.in_(("transfer", "donation"))))
+        _e.kind.in_(("transfer", "donation", "burn"))))
     return None if entry_id is None else session.get_one(Entry, entry_id)
 
 

@@ -116,6 +116,18 @@ _CONSUMED = (
     .group_by(_mv.lot_id, _l.origin_partner_id, _l.expires_at)
     .having(_net < 0)
     .subquery("consumed"))
+
+def consumed_by(session: Session, burn_id: int) -> list[Take]:
+    """Points a burn (or capture) took from each lot and has not had back, latest expiry
+    first: what a reversal of it returns, and where to."""
+    c = _CONSUMED.c
+    rows = session.execute(
+        select(c.consumed_lot, c.consumed_origin, c.consumed)
+        .order_by(c.consumed_expires.desc().nulls_first(), c.consumed_lot.desc()),
+        {"original": burn_id}).all()
+    return [Take(lot_id, origin, int(points)) for lot_id, origin, points in rows]
+
+
 _award = OfferAward.__table__.c
 _lot = Lot.__table__.alias("earned")
 _el = _lot.c

@@ -39,10 +39,11 @@ sender's wallet lock: a keyed request takes it *before* it looks for an entry wi
 and the entry is committed before the lock is released, so a duplicate, concurrent or late,
 finds the first one's entry (READ COMMITTED reads a fresh snapshot per statement; SQLite
 serialises writers) and answers with it: the original result (``replayed``) for the same
-request, ``idempotency_conflict`` for a different one. Nothing else books entries keyed
-this way, so for a transfer (no partner, where the unique index does not apply) the lock is
-a complete guarantee. A request without a key is always a new transfer: the member app
-should send one so that a retry after a timeout is safe.
+request, ``idempotency_conflict`` for a different one. Only member requests (these and
+reward redemptions) book entries keyed this way, so for a transfer (no partner, where the
+unique index does not apply) the lock is a complete guarantee. A request without a key is
+always a new transfer: the member app should send one so that a retry after a timeout is
+safe.
 """
 
 from __future__ import annotations

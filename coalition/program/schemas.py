@@ -82,6 +82,8 @@ class ClaimRulesSchema(StrictSchema):
     max_open = StrictInteger(
         load_default=5, validate=validate.Range(min=1, max=100),
         metadata={"description": "open claims a member may have at once"})
+
+
 class PriceSchema(StrictSchema):
     amount = DecimalString(required=True, positive=True, places=4, max_digits=12)
     currency = Currency(required=True)
@@ -124,6 +126,18 @@ class MembershipPlanSchema(StrictSchema):
             raise ValidationError({"multiplier": ["Must be between 1 and 10."]})
 
 
+class VoucherRulesSchema(StrictSchema):
+    valid_days = StrictInteger(load_default=90, validate=validate.Range(min=1, max=3650),
+                               metadata={"description": "days a reward's voucher can be "
+                                         "used at the fulfilling partner's till"})
+    unused = fields.String(
+        load_default="refund", validate=validate.OneOf(["refund", "forfeit"]),
+        metadata={"description": "what the daily job does with a voucher unused at its "
+                  "expiry: refund the points to the member (a reversal of the redemption, "
+                  "the points back in the lots they came from) or forfeit them (the "
+                  "redemption stands)"})
+
+
 class ProgramRulesSchema(StrictSchema):
     pending_days = StrictInteger(load_default=0, validate=validate.Range(min=0, max=365),
                                  metadata={"description": "days before earned points "
@@ -136,6 +150,8 @@ class ProgramRulesSchema(StrictSchema):
     transfers = fields.Nested(TransferRulesSchema,
                               load_default=lambda: TransferRulesSchema().load({}))
     holds = fields.Nested(HoldRulesSchema, load_default=lambda: HoldRulesSchema().load({}))
+    vouchers = fields.Nested(VoucherRulesSchema,
+                             load_default=lambda: VoucherRulesSchema().load({}))
     earn_reversal_after_spend = fields.String(
         load_default="take_from_other_lots",
         validate=validate.OneOf(["take_from_other_lots", "refuse"]),

@@ -265,6 +265,7 @@ def test_daily_cli(cli):
 
     text = cli("daily", "--as-of", "2025-03-15")
     assert text.exit_code == 0 and "birthday bonuses: 0 members" in text.output
+    assert "vouchers expired unused: 0 refunded (0 points), 0 forfeited" in text.output
 
     tomorrow = (utcnow().date() + timedelta(days=1)).isoformat()
     future = cli("daily", "--as-of", tomorrow)

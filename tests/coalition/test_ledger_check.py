@@ -34,7 +34,7 @@ T0 = datetime(2024, 1, 10, 12, 0, tzinfo=UTC)
 T_SQL = "2024-01-10 12:00:00.000000"  # T0 as raw SQL writes it
 NAMES = ["entries_balance", "wallets_agree", "no_negative", "unique_partner_txn",
          "conservation", "merges", "funded_points", "closed_runs", "emails_accounted",
-         "memberships_agree", "claims_booked", "promotion_caps"]
+         "memberships_agree", "vouchers_paid", "claims_booked", "promotion_caps"]
 
 
 @pytest.fixture

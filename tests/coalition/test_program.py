@@ -54,6 +54,7 @@ def test_before_anything_is_published_the_defaults_show_as_version_0(client):
         "transfers": {"enabled": True, "min_points": 1, "max_points": 100000,
                       "max_points_per_day": 250000},
         "holds": {"default_seconds": 900, "max_seconds": 604800},
+        "vouchers": {"valid_days": 90, "unused": "refund"},
         "earn_reversal_after_spend": "take_from_other_lots",
         "settlement_model": "operator",
         "late_posting_days": 30,

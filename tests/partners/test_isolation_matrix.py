@@ -21,8 +21,12 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from coalition.catalog import redemptions
 from coalition.clock import utcnow
+from coalition.db import read
+from coalition.ledger.models import Member
 from coalition.oauth.models import PARTNER_SCOPES
 from coalition.schemas import rfc3339
 from partners.funding import configure
@@ -72,6 +76,11 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/memberships"): {"members:write"},
     ("POST", "/v1/offers"): {"points:earn"},
     ("GET", "/v1/offers"): {"points:earn"},
+    ("GET", "/v1/rewards"): {"points:burn"},
+    ("POST", "/v1/rewards"): {"points:burn"},
+    ("PATCH", "/v1/rewards/{reward_id}"): {"points:burn"},
+    ("GET", "/v1/vouchers/{code}"): {"points:burn"},
+    ("POST", "/v1/vouchers/{code}/redeem"): {"points:burn"},
 }
 
 #: partner endpoints that are not about another partner's objects: enrolling or linking
@@ -90,7 +99,10 @@ NOT_OBJECTS = {("POST", "/v1/members"),
                ("GET", "/v1/claims"),
                # publishing makes a promotion of acme's own; the list shows only those
                # acme funds a share of (tests/coalition/offers/test_publish_and_earn.py)
-               ("POST", "/v1/offers"), ("GET", "/v1/offers")}
+               ("POST", "/v1/offers"), ("GET", "/v1/offers"),
+               # the catalog is public; ?mine lists acme's own rewards only, and a reward
+               # published is acme's own (test_rewards.py)
+               ("GET", "/v1/rewards"), ("POST", "/v1/rewards")}
 
 TOKENS = {"all": PARTNER_SCOPES, **{scope: (scope,) for scope in PARTNER_SCOPES}}
 
@@ -119,6 +131,8 @@ class Operations:
     acme_endpoint: int
     bravo_batch: int
     bravo_claim: int
+    bravo_reward: int
+    bravo_voucher: str
 
 
 def attempts(s: Seeded, ops: Operations) -> list[Attempt]:
@@ -202,6 +216,15 @@ def attempts(s: Seeded, ops: Operations) -> list[Attempt]:
     for action, body in (("confirm", None), ("refuse", {"reason": "not ours"})):
         add("POST", f"/v1/claims/{{claim_id}}/{action}", f"/v1/claims/{claim}/{action}",
             f"/v1/claims/{GHOST_ID}/{action}", body, names=(claim,))
+    # bravo's reward, and a voucher of it
+    reward, code = str(ops.bravo_reward), ops.bravo_voucher
+    add("PATCH", "/v1/rewards/{reward_id}", f"/v1/rewards/{reward}",
+        f"/v1/rewards/{GHOST_ID}", {"name": "Stolen"}, names=(reward,))
+    ghost_code = "A" * len(code)
+    add("GET", "/v1/vouchers/{code}", f"/v1/vouchers/{code}", f"/v1/vouchers/{ghost_code}",
+        names=(code, ghost_code))
+    add("POST", "/v1/vouchers/{code}/redeem", f"/v1/vouchers/{code}/redeem",
+        f"/v1/vouchers/{ghost_code}/redeem", names=(code, ghost_code))
     # acme's own statement of the draft run does not exist for acme yet either
     add("GET", statements, f"/v1/settlement/runs/{s.draft_run}/statements/acme",
         f"/v1/settlement/runs/{GHOST_ID}/statements/acme", names=(str(s.draft_run),))
@@ -307,8 +330,16 @@ def ops(_migrated_app, seeded) -> Operations:
             "spend": {"amount": "9.99", "currency": "GBP"},
             "occurred_at": rfc3339(utcnow() - timedelta(days=1))})
         assert claim.status_code == 201, claim.get_json()
+        reward = client.post("/v1/rewards", headers=seeded.bravo.headers, json={
+            "name": "Mug", "kind": "product", "points": 1})
+        assert reward.status_code == 201, reward.get_json()
+        with read() as session:
+            member = session.scalar(select(Member.id).where(
+                Member.member_number == seeded.bravo_only))
+        voucher = redemptions.redeem(member, reward.get_json()["id"]).body["voucher_code"]
         return Operations(bravo, deliveries[0]["id"], endpoint(seeded.acme.headers),
-                          batch.get_json()["id"], claim.get_json()["id"])
+                          batch.get_json()["id"], claim.get_json()["id"],
+                          reward.get_json()["id"], voucher)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """paid membership: plans bought for a period, the entry kind and account that pay for them
 
 Revision ID: 0020_membership
-Revises: 0017_notifications
+Revises: 0018_catalog
 Create Date: 2026-12-05 04:00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import coalition.db
 
 revision = '0020_membership'
-down_revision = '0017_notifications'
+down_revision = '0018_catalog'
 branch_labels = None
 depends_on = None
 
