@@ -127,3 +127,9 @@ class VoucherUsed(Conflict):
 
 class VoucherExpired(Conflict):
     code = "voucher_expired"
+
+
+class MembershipRequired(Conflict):
+    """A member-only reward, redeemed by a member without the paid membership it needs."""
+
+    code = "membership_required"

@@ -129,6 +129,10 @@ DEMO_REWARDS: tuple[dict[str, Any], ...] = (
     {"partner": "greenhearts", "coalition": True, "name": "Plant a tree", "kind": "charity",
      "points": 250, "description": "Green Hearts Trust plants a native tree in your name.",
      "terms": "A coalition reward, fulfilled by Green Hearts Trust."},
+    {"partner": "northwind", "coalition": False, "name": "VIP tasting evening",
+     "kind": "service", "points": 400, "stock": 40, "per_member_limit": 1, "plan": "vip",
+     "description": "An evening of tastings at the flagship store, for VIP members.",
+     "terms": "For members holding the VIP membership; one guest each."},
 )
 #: the voucher the demo history's first member redeemed (its Idempotency-Key)
 DEMO_VOUCHER = {"member": "ada", "reward": "Reusable shopping bag", "key": "demo-voucher-1"}

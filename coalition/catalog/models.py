@@ -53,6 +53,9 @@ class Reward(Base):
     stock: Mapped[int | None] = mapped_column(BigInteger)
     sold: Mapped[int] = mapped_column(BigInteger, default=0)
     per_member_limit: Mapped[int | None] = mapped_column(BigInteger)
+    #: a member-only reward: the code of the paid membership plan a member must hold, in
+    #: force, to redeem it (none: every member)
+    plan: Mapped[str | None] = mapped_column(String(32))
     valid_from: Mapped[Timestamp | None]
     valid_to: Mapped[Timestamp | None]
     active: Mapped[bool] = mapped_column(default=True)

@@ -31,7 +31,7 @@ from coalition import clock
 from coalition.catalog.models import Reward, Voucher
 from coalition.catalog.rewards import on_offer
 from coalition.db import UnitOfWork, Units, read, run_with_retries
-from coalition.errors import InsufficientPoints, InvalidRequest, OutOfStock
+from coalition.errors import InsufficientPoints, InvalidRequest, MembershipRequired, OutOfStock
 from coalition.ledger import journal
 from coalition.ledger.idempotency import (
     Outcome,
@@ -43,6 +43,7 @@ from coalition.ledger.idempotency import (
 from coalition.ledger.lookup import locked_states, member_ids_of, member_state, require_active
 from coalition.ledger.models import Entry
 from coalition.ledger.rendering import balance_after, balance_dict
+from coalition.membership.queries import active_plan
 from coalition.models import Partner
 from coalition.notifications.service import notify
 from coalition.program.service import rules_in_force
@@ -98,7 +99,7 @@ def redeem(member_id: int, reward_id: int, *, request_id: str | None = None,
             require_active(session, member)
             reward = session.execute(
                 select(_r.id, _r.partner_id, _r.name, _r.points, _r.per_member_limit,
-                       _r.active, _pt.code.label("partner_code"),
+                       _r.plan, _r.active, _pt.code.label("partner_code"),
                        and_(*on_offer(now)).label("offered"))
                 .join(Partner.__table__, _pt.id == _r.partner_id)
                 .where(_r.id == reward_id)).first()
@@ -108,6 +109,12 @@ def redeem(member_id: int, reward_id: int, *, request_id: str | None = None,
                                      errors={"reward_id": [message]})
             if not reward.offered:
                 raise OutOfStock("This reward is not on offer at the moment.")
+            if reward.plan is not None:
+                held = active_plan(session, member.id, now)
+                if held is None or held.code != reward.plan:
+                    raise MembershipRequired(
+                        f"This reward is for members holding the {reward.plan} membership.",
+                        errors={"reward_id": [f"Needs the {reward.plan} membership."]})
             if reward.per_member_limit is not None:
                 mine = session.scalar(select(func.count()).where(
                     _v.reward_id == reward.id,

@@ -23,14 +23,16 @@ from coalition import clock
 from coalition.catalog.models import Reward
 from coalition.db import UnitOfWork, Units, read
 from coalition.errors import Forbidden, InvalidRequest, NotFound
+from coalition.membership.plans import plans
 from coalition.models import Partner
+from coalition.program.service import rules_in_force
 
 _r = Reward.__table__.c
 _pt = Partner.__table__.c
 
 #: what a reward shows, in the order of the wire format
 EDITABLE = ("name", "description", "kind", "points", "stock", "per_member_limit",
-            "valid_from", "valid_to", "terms", "active")
+            "plan", "valid_from", "valid_to", "terms", "active")
 
 
 def render(reward: Any, partner_code: str, partner_name: str) -> dict[str, Any]:
@@ -40,7 +42,8 @@ def render(reward: Any, partner_code: str, partner_name: str) -> dict[str, Any]:
             "coalition": reward.coalition, "kind": reward.kind, "name": reward.name,
             "description": reward.description, "points": reward.points,
             "stock": reward.stock, "sold": reward.sold, "available": left,
-            "per_member_limit": reward.per_member_limit, "valid_from": reward.valid_from,
+            "per_member_limit": reward.per_member_limit, "plan": reward.plan,
+            "valid_from": reward.valid_from,
             "valid_to": reward.valid_to, "terms": reward.terms, "active": reward.active}
 
 
@@ -59,6 +62,13 @@ def _check_window(data: dict[str, Any]) -> None:
                              errors={"valid_to": [message]})
 
 
+def _check_plan(session: Session, plan: str | None) -> None:
+    """A member-only reward names a plan of the program rules in force."""
+    if plan is not None and plan not in {p.code for p in plans(rules_in_force(session))}:
+        message = "No paid membership plan with this code (GET /v1/program/memberships)."
+        raise InvalidRequest(f"No paid membership plan {plan!r}.", errors={"plan": [message]})
+
+
 def _partner(session: Session, code: str) -> Any:
     row = session.execute(select(_pt.id, _pt.code, _pt.name, _pt.status)
                           .where(_pt.code == code)).first()
@@ -75,6 +85,7 @@ def publish(partner_id: int | None, data: dict[str, Any], *,
     _check_window(data)
     with units() as uow:
         session = uow.session
+        _check_plan(session, data.get("plan"))
         if partner_id is None:
             if not data.get("partner"):
                 message = "The partner that fulfils a coalition reward."
@@ -94,7 +105,8 @@ def publish(partner_id: int | None, data: dict[str, Any], *,
                         terms=data.get("terms") or "", points=data["points"],
                         stock=data.get("stock"), sold=0,
                         per_member_limit=data.get("per_member_limit"),
-                        valid_from=data.get("valid_from"), valid_to=data.get("valid_to"),
+                        plan=data.get("plan"), valid_from=data.get("valid_from"),
+                        valid_to=data.get("valid_to"),
                         active=data.get("active", True), created_at=now, updated_at=now)
         session.add(reward)
         session.flush()
@@ -117,6 +129,8 @@ def update(partner_id: int | None, reward_id: int, data: dict[str, Any], *,
             raise Forbidden("A coalition reward is changed by the operator.")
         merged = {name: data.get(name, getattr(reward, name)) for name in EDITABLE}
         _check_window(merged)
+        if "plan" in data:
+            _check_plan(session, data["plan"])
         if merged["stock"] is not None and merged["stock"] < reward.sold:
             message = f"{reward.sold} already sold."
             raise InvalidRequest(f"The stock cannot be below the {reward.sold} units sold.",

@@ -9,6 +9,7 @@ from coalition.member.ledger_api import BalanceAfterSchema
 from coalition.schemas import PointsField, StrictBoolean, StrictInteger, StrictSchema, UTCTimestamp
 
 _COUNT = validate.Range(min=0, max=2**53 - 1)
+_PLAN = validate.Length(min=1, max=32)
 
 
 class RewardCreateSchema(StrictSchema):
@@ -21,6 +22,9 @@ class RewardCreateSchema(StrictSchema):
     per_member_limit = StrictInteger(allow_none=True, load_default=None,
                                      validate=validate.Range(min=1, max=2**53 - 1),
                                      metadata={"description": "units one member may redeem"})
+    plan = fields.String(allow_none=True, load_default=None, validate=_PLAN, metadata={
+        "description": "member-only: the code of the paid membership plan a member must "
+                       "hold to redeem it (GET /v1/program/memberships); none: every member"})
     valid_from = UTCTimestamp(allow_none=True, load_default=None)
     valid_to = UTCTimestamp(allow_none=True, load_default=None,
                             metadata={"description": "exclusive"})
@@ -39,6 +43,7 @@ class RewardUpdateSchema(StrictSchema):
     stock = StrictInteger(allow_none=True, validate=_COUNT)
     per_member_limit = StrictInteger(allow_none=True,
                                      validate=validate.Range(min=1, max=2**53 - 1))
+    plan = fields.String(allow_none=True, validate=_PLAN)
     valid_from = UTCTimestamp(allow_none=True)
     valid_to = UTCTimestamp(allow_none=True)
     terms = fields.String(validate=validate.Length(max=20_000))
@@ -59,6 +64,8 @@ class RewardSchema(Schema):
     available = fields.Integer(allow_none=True, metadata={"description": "units left; "
                                                           "none: unlimited"})
     per_member_limit = fields.Integer(allow_none=True)
+    plan = fields.String(allow_none=True, metadata={
+        "description": "member-only: the paid membership plan it needs (none: every member)"})
     valid_from = UTCTimestamp(allow_none=True)
     valid_to = UTCTimestamp(allow_none=True)
     terms = fields.String()

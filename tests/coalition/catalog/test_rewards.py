@@ -30,7 +30,7 @@ def test_a_partner_publishes_a_reward_and_anyone_sees_it_in_the_catalog(client, 
     reward = created.get_json()
     assert reward == {**CINEMA, "id": reward["id"], "partner": "acme", "partner_name": "Acme",
                       "coalition": False, "sold": 0, "available": 100, "valid_from": None,
-                      "valid_to": None, "active": True}
+                      "valid_to": None, "active": True, "plan": None}
     public = client.get("/v1/rewards")
     assert public.status_code == 200
     assert public.get_json() == {"items": [reward]}
