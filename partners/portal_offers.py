@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from marshmallow import ValidationError
 
 from coalition.errors import CoalitionError
@@ -15,7 +15,7 @@ from coalition.http.pages import check_csrf, protect_pages
 from coalition.oauth.partner_users import SignedInPartnerUser
 from coalition.offers import publishing
 from coalition.offers.schemas import OfferCreateSchema
-from partners.portal import page_sign_in
+from partners.portal import signed_in_as
 
 bp = Blueprint("partner_offers", __name__, url_prefix="/partner/offers")
 protect_pages(bp, "partner/base.html", "partner_portal.home", "Back to the portal")
@@ -30,14 +30,6 @@ def _context() -> dict[str, Any]:
     return {"staff": g.get("staff")}
 
 
-def _staff() -> SignedInPartnerUser:
-    staff: SignedInPartnerUser | None = page_sign_in.signed_in()
-    if staff is None:
-        abort(redirect(url_for("partner_portal.sign_in", next=request.full_path.rstrip("?")
-                               if request.method == "GET" else None)))
-    return staff
-
-
 def _page(staff: SignedInPartnerUser, form: dict[str, str], errors: dict[str, str],
           problem: str | None, status: int = 200) -> Any:
     return render_template("partner/offers.html",
@@ -47,7 +39,7 @@ def _page(staff: SignedInPartnerUser, form: dict[str, str], errors: dict[str, st
 
 @bp.get("")
 def offers() -> Any:
-    return _page(_staff(), {"rule": "multiplier"}, {}, None)
+    return _page(signed_in_as("viewer"), {"rule": "multiplier"}, {}, None)
 
 
 def _wire(form: dict[str, str]) -> dict[str, Any]:
@@ -74,7 +66,7 @@ def _wire(form: dict[str, str]) -> dict[str, Any]:
 @bp.post("")
 def publish() -> Any:
     """Publish a promotion on the partner's earns, funded by the partner alone."""
-    staff = _staff()
+    staff = signed_in_as("operator")
     check_csrf()
     form = {name: request.form.get(name, "") for name in (*FIELDS, "opt_in")}
     try:

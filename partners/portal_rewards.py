@@ -1,7 +1,9 @@
 """``/partner/rewards`` and ``/partner/vouchers``: the rewards a partner fulfils (list,
 publish, edit, stock) and the voucher lookup at its till, in the partner portal.
 
-Signed in as the rest of the portal is (:data:`partners.portal.page_sign_in`); each view
+Signed in as the rest of the portal is, with the role each view needs
+(:func:`partners.portal.signed_in_as`: a viewer reads, an operator publishes, edits and
+marks vouchers used); each view
 calls the catalog's services with the signed-in person's partner, so another partner's
 reward or voucher answers 404 exactly as one that does not exist. A coalition reward the
 partner fulfils is listed but changed by the operator only.
@@ -22,8 +24,7 @@ from coalition.catalog.models import REWARD_KINDS
 from coalition.errors import CoalitionError
 from coalition.http.pages import check_csrf, protect_pages
 from coalition.member.forms import FormCheckbox, FormPoints, PageForm, _key, field_errors
-from coalition.oauth.partner_users import SignedInPartnerUser
-from partners.portal import ID, page_sign_in
+from partners.portal import ID, signed_in_as
 
 bp = Blueprint("portal_rewards", __name__, url_prefix="/partner")
 protect_pages(bp, "partner/base.html", "partner_portal.home", "Back to the portal")
@@ -35,16 +36,6 @@ _CODE = re.compile(r"[A-Za-z2-7 -]{1,64}")
 @bp.context_processor
 def _context() -> dict[str, Any]:
     return {"staff": g.get("staff")}
-
-
-def _signed_in() -> SignedInPartnerUser:
-    """The signed-in staff member, or off to the portal's sign-in and back here after."""
-    staff: SignedInPartnerUser | None = page_sign_in.signed_in()
-    if staff is None:
-        back = request.full_path.rstrip("?") if request.method == "GET" else None
-        abort(redirect(url_for("partner_portal.sign_in", next=back) if back
-                       else url_for("partner_portal.sign_in")))
-    return staff
 
 
 class FormCount(fields.Field):
@@ -139,14 +130,14 @@ def _service_errors(refused: CoalitionError) -> dict[str, str]:
 
 @bp.get("/rewards")
 def reward_list() -> Any:
-    staff = _signed_in()
+    staff = signed_in_as("viewer")
     return render_template("partner/rewards.html", rewards=rewards.catalog(
         partner_id=staff.partner_id, include_inactive=True))
 
 
 @bp.route("/rewards/new", methods=["GET", "POST"])
 def reward_new() -> Any:
-    staff = _signed_in()
+    staff = signed_in_as("operator")
     if request.method == "GET":
         return _render_form(None, _form_values(None), {})
     check_csrf()
@@ -165,7 +156,7 @@ def reward_new() -> Any:
 
 @bp.route(f"/rewards/<{ID}:reward_id>", methods=["GET", "POST"])
 def reward_edit(reward_id: int) -> Any:
-    staff = _signed_in()
+    staff = signed_in_as("operator")
     try:
         reward = rewards.reward(reward_id, partner_id=staff.partner_id)
     except CoalitionError:
@@ -188,7 +179,7 @@ def reward_edit(reward_id: int) -> Any:
 
 @bp.get("/vouchers")
 def voucher_lookup() -> Any:
-    staff = _signed_in()
+    staff = signed_in_as("viewer")
     code = request.args.get("code", "").strip()
     found, problem, status = None, None, 200
     if code and not _CODE.fullmatch(code):
@@ -204,7 +195,7 @@ def voucher_lookup() -> Any:
 
 @bp.post("/vouchers/use")
 def voucher_use() -> Any:
-    staff = _signed_in()
+    staff = signed_in_as("operator")
     check_csrf()
     code = request.form.get("code", "").strip()
     try:

@@ -180,3 +180,26 @@ def test_rewards_and_vouchers_in_a_real_browser(chromium, backend, live_server, 
                         full_page=True)
     finally:
         context.close()
+
+
+def test_a_viewer_reads_rewards_and_offers_but_changes_nothing(app, client, make_partner,
+                                                                 operator_headers):
+    """Publishing a reward or a promotion and using a voucher take the operator role."""
+    publish(client, operator_headers)
+    make_partner("acme", valid_from=PRICED_FROM)
+    staff_account("acme", login="vic@acme.example", role="viewer")
+    home = sign_in(client, login="vic@acme.example")
+    token = csrf(text_of(home))
+    assert client.get("/partner/rewards").status_code == 200
+    assert client.get("/partner/offers").status_code == 200
+    assert client.get("/partner/vouchers").status_code == 200
+    before = snapshot(app)
+    assert client.get("/partner/rewards/new").status_code == 403
+    assert client.post("/partner/rewards/new",
+                       data={**FORM, "csrf_token": token}).status_code == 403
+    assert client.post("/partner/offers", data={
+        "name": "Bonus", "rule": "bonus", "bonus_points": "5", "valid_from": "2030-01-01",
+        "valid_to": "2030-02-01", "cap_points": "100", "csrf_token": token}).status_code == 403
+    assert client.post("/partner/vouchers/use", data={
+        "code": "A" * 24, "csrf_token": token}).status_code == 403
+    assert snapshot(app) == before
