@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from coalition.clock import add_months
 from coalition.ledger.models import Entry, Member
-from coalition.notifications.service import notify
+from coalition.notifications.service import notify, notify_many
 from coalition.program.service import Rules
 
 #: the tier year: qualifying points are those booked in the months before now
@@ -167,14 +167,20 @@ def upgrade(session: Session, member_id: int, tier: str, rules: Rules, now: date
         tell(session, member_id, tier, target, rules, now)
 
 
+def _told(member_id: int, old: str, new: str, rules: Rules,
+          now: datetime) -> tuple[int, str, str, dict[str, Any]]:
+    """The notification of a move, keyed once per move and day."""
+    names = {t["code"]: t["name"] for t in rules["tiers"]}
+    up = rank(rules, new, unknown=0) > rank(rules, old, unknown=0)
+    return (member_id, "tier_changed", f"tier:{now.date().isoformat()}:{old}>{new}",
+            {"from": old, "to": new, "from_name": names.get(old, old),
+             "to_name": names.get(new, new), "direction": "up" if up else "down"})
+
+
 def tell(session: Session, member_id: int, old: str, new: str, rules: Rules,
          now: datetime) -> None:
     """The member's notification of a move, once per move and day."""
-    names = {t["code"]: t["name"] for t in rules["tiers"]}
-    up = rank(rules, new, unknown=0) > rank(rules, old, unknown=0)
-    notify(session, member_id, "tier_changed", f"tier:{now.date().isoformat()}:{old}>{new}",
-           {"from": old, "to": new, "from_name": names.get(old, old),
-            "to_name": names.get(new, new), "direction": "up" if up else "down"}, now)
+    notify(session, *_told(member_id, old, new, rules, now), now)
 
 
 def downgrades(session: Session, tiers: dict[int, str], rules: Rules,
@@ -195,6 +201,6 @@ def downgrades(session: Session, tiers: dict[int, str], rules: Rules,
             .where(_m.id == bindparam("b_member"), _m.tier == bindparam("b_from"))
             .values(tier=bindparam("b_to")),
             [{"b_member": m, "b_from": old, "b_to": new} for m, (old, new) in moved.items()])
-        for member_id, (old, new) in moved.items():
-            tell(session, member_id, old, new, rules, now)
+        notify_many(session, [_told(member_id, old, new, rules, now)
+                              for member_id, (old, new) in moved.items()], now)
     return moved

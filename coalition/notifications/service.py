@@ -34,20 +34,28 @@ def notify(session: Session, member_id: int, kind: str, key: str, data: dict[str
            now: datetime | None = None) -> bool:
     """Write the notification unless this member was already told of ``key`` (and its
     e-mail with it when e-mail is configured); whether it was written."""
-    assert kind in KINDS, kind
+    return notify_many(session, [(member_id, kind, key, data)], now) == 1
+
+
+def notify_many(session: Session, told: list[tuple[int, str, str, dict[str, Any]]],
+                now: datetime | None = None) -> int:
+    """:func:`notify` for many ``(member_id, kind, key, data)`` at once, as a job's batch
+    does: one statement for the notifications (and one for their e-mails), whatever their
+    number; how many were written."""
+    if not told:
+        return 0
+    assert all(kind in KINDS for _, kind, _, _ in told), told
     now = now or clock.utcnow()
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     written = session.execute(
-        dialect.insert(_TABLE).values(member_id=member_id, kind=kind, key=key, data=data,
-                                      created_at=now)
-        .on_conflict_do_nothing(index_elements=["member_id", "key"])
-        .returning(_TABLE.c.id)).first()
-    if written is None:
-        return False
-    if email_configured():
-        retry_for = timedelta(seconds=current_app.config["MAIL_RETRY_FOR"])
-        session.execute(insert(NotificationEmail.__table__).values(
-            notification_id=written[0], status="pending", attempts=0, created_at=now,
-            next_attempt_at=now, give_up_at=now + retry_for))
-    return True
-
+        dialect.insert(_TABLE).on_conflict_do_nothing(index_elements=["member_id", "key"])
+        .returning(_TABLE.c.id),
+        [{"member_id": member_id, "kind": kind, "key": key, "data": data, "created_at": now}
+         for member_id, kind, key, data in told]).scalars().all()
+    if written and email_configured():
+        give_up = now + timedelta(seconds=current_app.config["MAIL_RETRY_FOR"])
+        session.execute(insert(NotificationEmail.__table__), [
+            {"notification_id": notification_id, "status": "pending", "attempts": 0,
+             "created_at": now, "next_attempt_at": now, "give_up_at": give_up}
+            for notification_id in written])
+    return len(written)
