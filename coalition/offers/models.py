@@ -25,7 +25,13 @@ RULES = ("multiplier", "bonus")
 class Offer(Base):
     """A promotion: extra points on earns at its partners during ``[valid_from,
     valid_to)``, for the members it targets, until ``issued_points`` reaches
-    ``cap_points``. Never edited, except for the points it has issued."""
+    ``cap_points``. Never edited, except for the points it has issued.
+
+    The cap counts the points awarded, gross: a reversal of a promoted earn gives each
+    funder its part back (:func:`coalition.ledger.reversals`, settlement) but no room
+    under the cap, so ``issued_points`` is always the sum of the promotion's awards. A
+    reversal's promotion points are cut by funder, not by promotion, so an earn with
+    several promotions has no one share of each to give back."""
 
     __tablename__ = "offer"
     __table_args__ = (

@@ -324,3 +324,21 @@ def test_a_merge_moves_the_opt_in_activations_to_the_survivor(client, coalition,
     assert [line.get("name") for line in answer["lines"]] == [None, "First", "Both"]
     with app.app_context():
         assert_ledger_clean()
+
+
+def test_the_cap_counts_awards_gross_a_reversal_gives_no_room(client, coalition, clock, app):
+    acme = coalition["acme"]
+    published = post_ok(client, "/v1/offers", acme, offer(
+        clock, rule="bonus", multiplier=None, bonus_points=40, cap_points=40))
+    first = earn(client, acme, coalition["member"], "t-1", **spend("10"))
+    assert first["points"] == 50
+    back = post_ok(client, f"/v1/transactions/{first['id']}/reversals", acme,
+                   {"partner_txn_id": "t-1-r", "points": 50})
+    assert back["points"] == 50
+    # the funder got its 40 back, but the cap stays reached: the next earn gets none
+    later = earn(client, acme, coalition["member"], "t-2", **spend("10"))
+    assert later["lines"] == [{"kind": "base", "points": 10}]
+    listed = client.get("/v1/offers", headers=acme).get_json()["offers"]
+    assert [(o["id"], o["issued_points"]) for o in listed] == [(published["id"], 40)]
+    with app.app_context():
+        assert_ledger_clean()
