@@ -27,11 +27,11 @@ class Offer(Base):
     valid_to)``, for the members it targets, until ``issued_points`` reaches
     ``cap_points``. Never edited, except for the points it has issued.
 
-    The cap counts the points awarded, gross: a reversal of a promoted earn gives each
-    funder its part back (:func:`coalition.ledger.reversals`, settlement) but no room
-    under the cap, so ``issued_points`` is always the sum of the promotion's awards. A
-    reversal's promotion points are cut by funder, not by promotion, so an earn with
-    several promotions has no one share of each to give back."""
+    The cap counts the points awarded net of reversals (a refunded purchase never earned
+    the bonus): a reversal of ``r`` more points of an earn of ``e``, ``d`` reversed
+    before, gives back ``⌊a × (d + r) / e⌋ − ⌊a × d / e⌋`` of each award ``a``
+    (:func:`coalition.offers.earning.give_back`, one statement), so the reversals of a
+    whole earn give back its whole award."""
 
     __tablename__ = "offer"
     __table_args__ = (

@@ -326,19 +326,33 @@ def test_a_merge_moves_the_opt_in_activations_to_the_survivor(client, coalition,
         assert_ledger_clean()
 
 
-def test_the_cap_counts_awards_gross_a_reversal_gives_no_room(client, coalition, clock, app):
+def test_the_cap_counts_awards_net_of_reversals(client, coalition, clock, app):
     acme = coalition["acme"]
     published = post_ok(client, "/v1/offers", acme, offer(
         clock, rule="bonus", multiplier=None, bonus_points=40, cap_points=40))
     first = earn(client, acme, coalition["member"], "t-1", **spend("10"))
     assert first["points"] == 50
-    back = post_ok(client, f"/v1/transactions/{first['id']}/reversals", acme,
-                   {"partner_txn_id": "t-1-r", "points": 50})
-    assert back["points"] == 50
-    # the funder got its 40 back, but the cap stays reached: the next earn gets none
-    later = earn(client, acme, coalition["member"], "t-2", **spend("10"))
-    assert later["lines"] == [{"kind": "base", "points": 10}]
-    listed = client.get("/v1/offers", headers=acme).get_json()["offers"]
-    assert [(o["id"], o["issued_points"]) for o in listed] == [(published["id"], 40)]
+    full = earn(client, acme, coalition["member"], "t-2", **spend("10"))
+    assert full["lines"] == [{"kind": "base", "points": 10}]  # the cap is reached
+
+    def issued() -> int:
+        listed = client.get("/v1/offers", headers=acme).get_json()["offers"]
+        assert [o["id"] for o in listed] == [published["id"]]
+        return listed[0]["issued_points"]
+
+    # a refund of 20 of the 50 points gives back ⌊40 × 20 / 50⌋ = 16 of the award
+    post_ok(client, f"/v1/transactions/{first['id']}/reversals", acme,
+            {"partner_txn_id": "t-1-r1", "points": 20})
+    assert issued() == 24
+    # the rest, 30 more: ⌊40 × 50 / 50⌋ − 16 = 24, the whole award back
+    post_ok(client, f"/v1/transactions/{first['id']}/reversals", acme,
+            {"partner_txn_id": "t-1-r2", "points": 30})
+    assert issued() == 0
+    with app.app_context():
+        assert_ledger_clean()
+    # a refunded purchase never earned the bonus: the next earn gets it
+    later = earn(client, acme, coalition["member"], "t-3", **spend("10"))
+    assert [line["points"] for line in later["lines"]] == [10, 40]
+    assert issued() == 40
     with app.app_context():
         assert_ledger_clean()
