@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from coalition.ledger.models import TRANSACTION_TYPES
+from coalition.ledger.models import HISTORY_TYPES
 from coalition.schemas import (
     Currency,
     CursorQueryArgsSchema,
@@ -166,7 +166,10 @@ class EarnLineSchema(Schema):
 
 class TransactionSchema(Schema):
     id = fields.Integer()
-    type = fields.String(metadata={"enum": list(TRANSACTION_TYPES)})
+    type = fields.String(metadata={
+        "enum": list(HISTORY_TYPES),
+        "description": "membership_sale: a paid membership the partner sold for money (no "
+                       "points; its price is spend)"})
     partner = fields.String()
     member_number = fields.String()
     partner_txn_id = fields.String()
@@ -205,7 +208,7 @@ class HoldSchema(Schema):
 
 class TransactionQueryArgsSchema(CursorQueryArgsSchema):
     member_number = MemberNumber()
-    type = fields.String(validate=validate.OneOf(TRANSACTION_TYPES))
+    type = fields.String(validate=validate.OneOf(HISTORY_TYPES))
     booked_from = UTCTimestamp(metadata={"description": "inclusive"})
     booked_to = UTCTimestamp(metadata={"description": "exclusive"})
 

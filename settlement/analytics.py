@@ -8,7 +8,9 @@ For each month of ``[first, last]`` (booking time, UTC) and each partner:
   member, by the moment of the merge; merges from before that moment was kept count in
   no month);
 * points **issued** (earns less earn reversals at the partner: its ``partner:issued``
-  account; coalition-funded bonuses under ``coalition``), **redeemed** at the partner
+  account, and the promotion points on its earns less their part of the reversals,
+  ``promotion:funded``, whoever funds them, as the liability counts them in the earning
+  partner's cohorts; coalition-funded bonuses under ``coalition``), **redeemed** at the partner
   (burns, captures and donations less burn reversals: ``partner:redeemed``; points spent
   on paid memberships under ``coalition``, which redeems them), **donated**
   (the donations among them, at a charity), **expired**, **forfeited** and **transferred**
@@ -50,6 +52,7 @@ FIGURES = ("enrolled", "active", "closed", "merged", "issued", "redeemed", "expi
            "forfeited", "transferred", "donated")
 ACTIVE_KINDS = ("earn", "burn", "hold_capture", "donation")
 RATE_PLACES = Decimal("0.0001")
+PROMOTION_FUNDED = "promotion:funded"
 #: the longest span one request may ask for
 MAX_MONTHS = 120
 #: rewards listed per month in the top rewards
@@ -106,14 +109,17 @@ def analytics(session: Session, first: str, last: str,
     n = len(names)
     p, e = Posting.__table__.c, Entry.__table__.c
     each = in_month(e.booked_at)
+    # a promotion's points are issued by the earning partner (the entry's, the lot's
+    # origin), whoever funds them: the liability counts them in that partner's cohorts
+    by = case((p.account == PROMOTION_FUNDED, e.partner_id), else_=p.partner_id)
     for account, pid, *sums in session.execute(
-            select(p.account, p.partner_id, *[func.sum(p.points).filter(c) for c in each],
+            select(p.account, by, *[func.sum(p.points).filter(c) for c in each],
                    *[func.sum(p.points).filter(and_(c, e.kind == "donation")) for c in each])
             .select_from(Posting.__table__.join(Entry.__table__, e.id == p.entry_id))
             .where(e.booked_at >= start, e.booked_at < end,
                    p.account.in_(("partner:issued", "partner:redeemed", "coalition:funded",
-                                  "coalition:membership")))
-            .group_by(p.account, p.partner_id)):
+                                  PROMOTION_FUNDED, "coalition:membership")))
+            .group_by(p.account, by)):
         if account == "partner:redeemed":
             add(pid, "redeemed", sums[:n])
             add(pid, "donated", sums[n:])

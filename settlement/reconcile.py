@@ -4,9 +4,12 @@ The partner's file is CSV with the header ``partner_txn_id,type,member_number,po
 occurred_at``. Every record is matched by ``partner_txn_id`` against the partner's
 transactions booked in the run's period and classified as matched, points mismatch,
 missing in the ledger, missing in the partner's file, or duplicated in the file; a row
-that cannot be read is reported by its line number. Every class but matched is a break,
-which finance resolves by accepting it with a reason or by booking an adjustment (the
-transaction that corrects the difference) in the open period.
+that cannot be read is reported by its line number. A promoted earn (or a reversal of one)
+matches a record of either its total points or the partner's own points, its
+``partner:issued`` part without the promotions' (``own_points`` in the ledger's view).
+Every class but matched is a break, which finance resolves by accepting it with a reason
+or by booking an adjustment (the transaction that corrects the difference) in the open
+period.
 
 A break is resolved once. Resolving it is one transaction on the locked break row, so of
 two resolutions at the same moment one wins and the other books nothing. An adjustment is
@@ -26,14 +29,14 @@ from datetime import datetime
 from typing import Any
 
 from marshmallow import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import case, func, select, update
 
 from coalition.audit import service as audit
 from coalition.audit.service import Actor
 from coalition.db import UnitOfWork, read, run_with_retries, utcnow
 from coalition.errors import Conflict, InvalidRequest, NotFound, PeriodClosed
 from coalition.ledger import booking, earn_burn, reversals
-from coalition.ledger.models import TRANSACTION_TYPES, Entry, Member
+from coalition.ledger.models import TRANSACTION_TYPES, Entry, Member, Posting
 from coalition.ledger.numbers import is_valid
 from coalition.models import Partner
 from coalition.schemas import MAX_POINTS, UTCTimestamp
@@ -143,10 +146,19 @@ def _ledger(session: Any, partner_id: int, start: datetime, end: datetime
     """The partner's transactions booked in ``[start, end)`` by partner_txn_id, and how
     many of its entries there are adjustments finance booked (the partner's file does not
     list them: they are matched by their link to the transaction they correct)."""
-    e, m, a = Entry.__table__.c, Member.__table__.c, Adjustment.__table__.c
+    e, m, a, p = (Entry.__table__.c, Member.__table__.c, Adjustment.__table__.c,
+                  Posting.__table__.c)
+    # a promoted earn (and its reversals): the partner's own points, its partner:issued
+    # part, which is what it records when it leaves the promotions to the coalition
+    own = (select(func.abs(func.sum(p.points))).where(
+        p.entry_id == e.id, p.account == "partner:issued", p.partner_id == partner_id)
+        .scalar_subquery())
+    promoted = (select(p.entry_id).where(p.entry_id == e.id,
+                                         p.account == "promotion:funded").exists())
     rows = session.execute(
         select(e.id, e.partner_txn_id, e.kind, m.member_number, e.points, e.occurred_at,
-               a.entry_id.label("adjustment"))
+               a.entry_id.label("adjustment"),
+               case((promoted, func.coalesce(own, 0)), else_=None).label("own"))
         .join(Member.__table__, m.id == e.member_id)
         .outerjoin(Adjustment.__table__, a.entry_id == e.id)
         .where(e.partner_id == partner_id, e.booked_at >= start, e.booked_at < end,
@@ -154,7 +166,8 @@ def _ledger(session: Any, partner_id: int, start: datetime, end: datetime
     ).all()
     return ({r.partner_txn_id: {"entry_id": r.id, "type": r.kind,
                                 "member_number": r.member_number, "points": r.points,
-                                "occurred_at": r.occurred_at.isoformat()}
+                                "occurred_at": r.occurred_at.isoformat(),
+                                **({"own_points": int(r.own)} if r.own is not None else {})}
              for r in rows if r.adjustment is None},
             sum(1 for r in rows if r.adjustment is not None))
 
@@ -239,7 +252,8 @@ def reconcile(run_id: int, partner_code: str, content: bytes, uploaded_by: str, 
                                "partner_txn_id": record.partner_txn_id, "details": details})
                 continue
             differing = [f for f in ("type", "member_number", "points")
-                         if ours[f] != getattr(record, f)]
+                         if ours[f] != getattr(record, f)
+                         and not (f == "points" and ours.get("own_points") == record.points)]
             if differing:
                 details = {"fields": differing, "file": _file_view(record), "ledger": ours}
                 if differing == ["points"] and corrected(

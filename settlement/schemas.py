@@ -380,7 +380,10 @@ class MonthSchema(Schema):
     active = fields.Integer()
     closed = fields.Integer()
     merged = fields.Integer()
-    issued = fields.Integer()
+    issued = fields.Integer(metadata={
+        "description": "points issued less earn reversals at the partner, with the "
+                       "promotion points on its earns whoever funds them (the earning "
+                       "partner is their origin, as in the liability's cohorts)"})
     redeemed = fields.Integer()
     expired = fields.Integer()
     forfeited = fields.Integer()

@@ -1,4 +1,5 @@
-"""A partner's history of bookings, newest first, paged with an opaque cursor."""
+"""A partner's history of bookings (and of the paid memberships it sold for money, which
+move no points), newest first, paged with an opaque cursor."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from coalition import cursor as paging
 from coalition.db import read, replica_read
 from coalition.errors import NotFound
 from coalition.ledger.booking import partner_ref
-from coalition.ledger.models import TRANSACTION_TYPES, Entry, Member
+from coalition.ledger.models import HISTORY_KINDS, Entry, Member
 from coalition.ledger.rendering import render_transaction
 
 
@@ -30,9 +31,9 @@ def list_transactions(partner_id: int, filters: dict[str, Any]) -> dict[str, Any
     with replica_read() as session:
         partner = partner_ref(session, partner_id)
         query = select(Entry).where(Entry.partner_id == partner_id,
-                                    Entry.kind.in_(TRANSACTION_TYPES))
+                                    Entry.kind.in_(HISTORY_KINDS.values()))
         if filters.get("type"):
-            query = query.where(Entry.kind == filters["type"])
+            query = query.where(Entry.kind == HISTORY_KINDS[filters["type"]])
         if filters.get("member_number"):
             query = query.where(Entry.member_id == select(Member.id).where(
                 Member.member_number == filters["member_number"]).scalar_subquery())
@@ -53,7 +54,7 @@ def get_transaction(partner_id: int, transaction_id: int) -> dict[str, Any]:
     with read() as session:
         entry = session.scalar(select(Entry).where(
             and_(Entry.id == transaction_id, Entry.partner_id == partner_id,
-                 Entry.kind.in_(TRANSACTION_TYPES))))
+                 Entry.kind.in_(HISTORY_KINDS.values()))))
         if entry is None:
             raise NotFound(f"No transaction {transaction_id}.")
         return render_transaction(session, entry, partner_ref(session, partner_id).code)

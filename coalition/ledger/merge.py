@@ -3,7 +3,8 @@
 * **merge** of X into S: X's open holds are voided first, then one ``merge`` entry (S's)
   moves member:available(X) −a → member:available(S) +a and the same for pending; X's
   lots and partner links are re-pointed to S (lots are working state: the journal keeps
-  X's old entries under X, and :func:`member_ids_of` lets S's history include them).
+  X's old entries under X, and :func:`member_ids_of` lets S's history include them);
+  so are X's activations of opt-in promotions, but for those S activated itself.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from coalition.ledger.lookup import (
 from coalition.ledger.models import Lot, Member, MemberConsent, MemberLink, Wallet
 from coalition.ledger.voiding import void_open_holds
 from coalition.membership import lifecycle as membership
+from coalition.offers import member_offers as offers
 from coalition.program.service import Rules, rules_in_force
 
 _m = Member.__table__.c
@@ -95,6 +97,7 @@ def merge(absorbed_number: str, survivor_number: str, operator: str, *,
                 .values(member_id=survivor.id)))
             _move_consents(session, absorbed.id, survivor.id)
             membership.merge(session, absorbed.id, survivor.id, now)
+            offers.merge(session, absorbed.id, survivor.id)
             # members merged into the absorbed one point at the survivor now (one hop)
             session.execute(update(Member.__table__)
                             .where(_m.merged_into_id == absorbed.id)

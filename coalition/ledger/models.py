@@ -47,6 +47,12 @@ ENTRY_KINDS = (
 
 #: kinds a partner sees in ``GET /v1/transactions`` (API.md ``type``)
 TRANSACTION_TYPES = ("earn", "burn", "earn_reversal", "burn_reversal", "hold_capture")
+#: a partner's history also lists the paid memberships it sold for money: ``membership``
+#: entries at the partner, shown as ``membership_sale`` (they move no points)
+MEMBERSHIP_SALE = "membership_sale"
+HISTORY_TYPES = (*TRANSACTION_TYPES, MEMBERSHIP_SALE)
+#: the entry kind of each type of a partner's history
+HISTORY_KINDS = {**{t: t for t in TRANSACTION_TYPES}, MEMBERSHIP_SALE: "membership"}
 
 #: ledger accounts. Member accounts carry the member's points; partner and coalition
 #: accounts are their counterparts (issued and funded go negative as points are created);

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coalition.ledger.journal import Balance
-from coalition.ledger.models import Entry, Hold, Lot, Member
+from coalition.ledger.models import MEMBERSHIP_SALE, Entry, Hold, Lot, Member
 from coalition.offers.earning import awards_of, earn_lines
 
 
@@ -58,6 +58,8 @@ def render_transaction(session: Session, entry: Entry, partner_code: str) -> dic
         balance=recorded_balance(entry),
         spend_amount=entry.spend_amount, spend_currency=entry.spend_currency,
     )
+    if entry.kind == "membership":
+        body["type"] = MEMBERSHIP_SALE
     if entry.kind == "earn":
         awards = awards_of(session, entry.id)
         body["lines"] = earn_lines(entry.points - sum(a[2] for a in awards), awards)

@@ -35,7 +35,7 @@ from coalition.ledger.models import Entry, Lot, LotMovement, Member, Wallet
 from coalition.ledger.rendering import render_transaction, transaction_body
 from coalition.ledger.voiding import returning
 from coalition.money import floor_points
-from coalition.offers.earning import reversal_postings
+from coalition.offers.earning import give_back, reversal_postings
 from coalition.offers.models import OfferAward
 from coalition.program.service import latest_version_columns, rules_of_version
 
@@ -265,6 +265,8 @@ def _book(session: Session, partner: PartnerRef, seen: _Seen, data: dict[str, An
     if seen.kind == "earn":
         points = _reversal_points(seen, data, seen.done, seen.refunded)
         booked = _reverse_earn(session, partner, seen, points, data, digest, now, locked)
+        if seen.promoted:  # the cap counts a promotion's points net of reversals
+            give_back(session, seen.id, seen.points, seen.done, points)
     else:
         if refund is not None:
             message = "A refund can only reverse an earn made from a spend."

@@ -11,7 +11,9 @@ Journal (``coalition ledger check`` verifies both):
 * **with money** at partner p: one ``membership`` entry at p that moves no points and
   carries the price (``spend_amount``, ``spend_currency``), keyed by p's
   ``partner_txn_id`` like every partner booking; settlement reads it as money p collected
-  for the coalition (p owes it; its net goes down by it).
+  for the coalition (p owes it; its net goes down by it). p finds the sale in its history
+  (``GET /v1/transactions``, type ``membership_sale``, the price as its ``spend``) and
+  hears of it by its ``transaction.booked`` webhook.
 
 Either way the period starts now and the member is told (one notification). A member holds
 one plan at a time: a purchase while one is in force is refused with ``membership_active``
@@ -26,7 +28,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coalition import clock
+from coalition import clock, events
 from coalition.clock import add_months
 from coalition.db import UnitOfWork, Units, run_with_retries
 from coalition.errors import InsufficientPoints, InvalidRequest, MembershipActive
@@ -48,10 +50,11 @@ from coalition.ledger.lookup import (
     require_active,
 )
 from coalition.ledger.models import Entry
-from coalition.ledger.rendering import balance_dict
+from coalition.ledger.rendering import balance_dict, render_transaction
 from coalition.membership.models import Membership
 from coalition.membership.plans import Plan, plan_of
 from coalition.membership.queries import current_row, render
+from coalition.membership.schemas import SaleEventSchema
 from coalition.notifications.service import notify
 from coalition.program.service import rules_in_force
 
@@ -201,6 +204,11 @@ def record_money_purchase(partner_id: int | PartnerRef, data: dict[str, Any], *,
         row = start(session, member, plan, now=now, entry_id=entry_id, paid_with="money",
                     partner_id=partner.id,
                     auto_renew=plan.auto_renew_default if auto_renew is None else auto_renew)
+        # the sale is in the partner's history as a membership_sale, and its systems hear
+        # of it as of any booking
+        sale = render_transaction(session, session.get_one(Entry, entry_id), partner.code)
+        events.publish(session, partner.id, "transaction.booked",
+                       SaleEventSchema().dump(sale))
         return _answer(session, row, now, None)
 
     return idempotent(partner, data["partner_txn_id"], digest, work, _render_entry,

@@ -1,25 +1,37 @@
 """The ledger check promotions add (``coalition ledger check``): each promotion's issued
-points are the points of its awards and never pass its cap, and each earn's awards are
-what its funders' postings issued."""
+points are the points of its awards less what reversals of the earns gave back (each
+``⌊award × reversed / earned⌋``), never past its cap, and each earn's awards are what its
+funders' postings issued."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, func, literal, select
+from sqlalchemy import BigInteger, Connection, cast, func, literal, select
 
 from coalition.ledger.check import CheckResult
-from coalition.ledger.models import Posting
+from coalition.ledger.models import Entry, Posting
 from coalition.offers.earning import FUNDED
 from coalition.offers.models import Offer, OfferAward
 
 _O = Offer.__table__.c
 _W = OfferAward.__table__.c
 _P = Posting.__table__.c
+_E = Entry.__table__.c
 
 
 def promotion_caps(conn: Connection, limit: int) -> CheckResult:
-    awarded = (select(_W.offer_id, func.sum(_W.points).label("points"))
+    # net of reversals: each reversal gave back ⌊award × reversed / earned⌋ of an award
+    back = (select(_E.reference_id.label("earn"),
+                   cast(func.sum(_E.points), BigInteger).label("points"))
+            .where(_E.kind == "earn_reversal").group_by(_E.reference_id).subquery())
+    earned = Entry.__table__.alias("earned")
+    awarded = (select(_W.offer_id, func.sum(
+                   _W.points - func.coalesce(_W.points * back.c.points // earned.c.points, 0))
+                   .label("points"))
+               .select_from(OfferAward.__table__
+                            .join(earned, earned.c.id == _W.entry_id)
+                            .outerjoin(back, back.c.earn == _W.entry_id))
                .group_by(_W.offer_id).subquery())
     total = func.coalesce(awarded.c.points, 0)
     offers = conn.execute(
@@ -28,8 +40,9 @@ def promotion_caps(conn: Connection, limit: int) -> CheckResult:
         .where((_O.issued_points != total) | (_O.issued_points > _O.cap_points))
         .order_by(_O.id)).all()
     result = CheckResult("promotion_caps",
-                         "each promotion's issued points are its awards' and within its "
-                         "cap; each earn's awards are its promotion:funded postings",
+                         "each promotion's issued points are its awards' net of "
+                         "reversals and within its cap; each earn's awards are its "
+                         "promotion:funded postings",
                          {"offers": int(conn.scalar(select(func.count()).select_from(
                              Offer.__table__)) or 0),
                           "awards": int(conn.scalar(select(func.count()).select_from(

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Integer, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from coalition.ledger.models import Posting
@@ -258,6 +258,27 @@ def reversal_postings(session: Session, earn_id: int, earn_points: int, done: in
     was, will = upto(done), upto(done + points)
     return [(account, None, partner_id, after - before)
             for (account, partner_id, _), before, after in zip(parts, was, will, strict=True)]
+
+
+_W = OfferAward.__table__.c
+#: a reversal of a promoted earn gives each of its promotions the room under the cap of
+#: its award's part, cut as the postings are: ``⌊award × reversed / earned⌋`` so far
+_EARNED = bindparam("earned", type_=Integer)
+_GIVE_BACK = (
+    update(Offer.__table__)
+    .where(_O.id == _W.offer_id, _W.entry_id == bindparam("earn"))
+    .values(issued_points=_O.issued_points
+            - (_W.points * bindparam("after", type_=Integer) // _EARNED
+               - _W.points * bindparam("before", type_=Integer) // _EARNED)))
+
+
+def give_back(session: Session, earn_id: int, earn_points: int, done: int,
+              points: int) -> None:
+    """Count a promotion's points net of reversals: the reversal of ``points`` more of an
+    earn of which ``done`` were reversed already lowers each of its promotions' issued
+    points by its award's part, in one statement (the offer rows' locks, as an earn's)."""
+    session.execute(_GIVE_BACK, {"earn": earn_id, "earned": earn_points, "before": done,
+                                 "after": done + points})
 
 
 def awards_of(session: Session, entry_id: int) -> list[tuple[int, str, int]]:

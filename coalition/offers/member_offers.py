@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -80,3 +80,13 @@ def activate(member_id: int, offer_id: int, units: Units = UnitOfWork) -> dict[s
         answer = _describe(session, member_id, [offer])[0]
         uow.commit()
     return answer
+
+
+def merge(session: Session, absorbed_id: int, survivor_id: int) -> None:
+    """A merge: the survivor has the opt-in promotions the absorbed member activated (an
+    activation of its own stays as it was), in the merge's transaction."""
+    a = OfferActivation.__table__.c
+    own = select(a.offer_id).where(a.member_id == survivor_id)
+    session.execute(update(OfferActivation.__table__).where(
+        a.member_id == absorbed_id, a.offer_id.not_in(own)).values(member_id=survivor_id))
+    session.execute(delete(OfferActivation.__table__).where(a.member_id == absorbed_id))

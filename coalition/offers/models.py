@@ -25,7 +25,13 @@ RULES = ("multiplier", "bonus")
 class Offer(Base):
     """A promotion: extra points on earns at its partners during ``[valid_from,
     valid_to)``, for the members it targets, until ``issued_points`` reaches
-    ``cap_points``. Never edited, except for the points it has issued."""
+    ``cap_points``. Never edited, except for the points it has issued.
+
+    The cap counts the points awarded net of reversals (a refunded purchase never earned
+    the bonus): a reversal of ``r`` more points of an earn of ``e``, ``d`` reversed
+    before, gives back ``⌊a × (d + r) / e⌋ − ⌊a × d / e⌋`` of each award ``a``
+    (:func:`coalition.offers.earning.give_back`, one statement), so the reversals of a
+    whole earn give back its whole award."""
 
     __tablename__ = "offer"
     __table_args__ = (

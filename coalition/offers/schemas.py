@@ -39,7 +39,9 @@ class OfferCreateSchema(StrictSchema):
         "description": "the member activates it first (page or POST "
                        "/v1/me/offers/{id}/activate)"})
     cap_points = PointsField(required=True, metadata={
-        "description": "the most points it issues in all; the last earns get what is left"})
+        "description": "the most points it awards in all, net of reversals: a reversal "
+                       "of a promoted earn gives back its part of the award, as room "
+                       "under the cap; the last earns get what is left"})
     cost_share = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=32)),
                              values=_SHARE, metadata={
                                  "description": "each funder's share of its points, exact "
@@ -74,8 +76,9 @@ class OfferSchema(Schema):
     new_member_days = fields.Integer(allow_none=True)
     opt_in = fields.Boolean()
     cap_points = fields.Integer()
-    issued_points = fields.Integer(metadata={"description": "points issued so far, never "
-                                             "above cap_points"})
+    issued_points = fields.Integer(metadata={"description": "points awarded so far less "
+                                             "what reversals gave back, never above "
+                                             "cap_points"})
     cost_share = fields.Dict(keys=fields.String(), values=DecimalString())
     partners = fields.List(fields.String())
     published_by = fields.String(metadata={"description": "a partner's code, or coalition"})

@@ -25,7 +25,14 @@ from partners import webhooks
 from partners.funding import configure, funding
 from partners.models import WebhookEvent
 from tests.conftest import post_short, snapshot
-from tests.factories.partner_api import assert_error, bad_check_digit, enrol, post_ok
+from tests.factories.partner_api import (
+    assert_error,
+    bad_check_digit,
+    earn,
+    enrol,
+    post_ok,
+    publish,
+)
 from tests.factories.settlement import (
     CSV_HEADER,
     T0,
@@ -1073,3 +1080,46 @@ def test_an_adjustment_the_funding_cannot_cover_leaves_the_break_open(
     assert_error(resolve(client, operator_headers, period.id, brk["id"], "adjust"), 409,
                  "insufficient_funding")
     assert snapshot(app) == before
+
+
+# --------------------------------------------------------------------------- promotions
+
+
+def test_a_promoted_earn_matches_its_total_or_the_partners_own_points(
+        client, make_partner, clock, operator_headers) -> None:
+    """acme's × 2 promotion doubles a 25-point earn to 50; acme's till records either the
+    50 the member got or the 25 acme issued itself, and for a reversal of 10 either 10 or
+    its own part, ⌊25 × 10 / 50⌋ = 5."""
+    clock.set(S - timedelta(hours=1))
+    _, acme = make_partner("acme", valid_from=S - timedelta(days=1))
+    publish(client, operator_headers)
+    ann = enrol(client, acme, "ann")
+    post_ok(client, "/v1/offers", acme, {
+        "name": "Double points", "rule": "multiplier", "multiplier": "2",
+        "valid_from": iso(S - timedelta(minutes=1)), "valid_to": iso(S + timedelta(days=1)),
+        "opt_in": False, "cap_points": 1000})
+    clock.set(S)
+    promoted = earn(client, acme, ann, "p1", spend={"amount": "25.40", "currency": "GBP"})
+    assert promoted["points"] == 50
+    post_ok(client, f"/v1/transactions/{promoted['id']}/reversals", acme,
+            {"partner_txn_id": "p1r", "points": 10})
+    earn(client, acme, ann, "p2", points=7)  # no promotion: only its points match
+    clock.set(E + timedelta(minutes=1))
+    run = run_ok(client, operator_headers, S, E)
+
+    def report(p1: int, p1r: int, p2: int = 7) -> dict[str, Any]:
+        response = upload(client, operator_headers, run["id"], "acme", csv_rows(
+            ("p1", "earn", ann, p1, AT), ("p1r", "earn_reversal", ann, p1r, AT),
+            ("p2", "earn", ann, p2, AT)))
+        assert response.status_code == 201, response.get_data(as_text=True)
+        return response.get_json()
+
+    for total_or_own in ((50, 10), (25, 5), (50, 5), (25, 10)):
+        answer = report(*total_or_own)
+        assert answer["summary"]["matched"] == 3 and answer["breaks"] == [], total_or_own
+    wrong = report(30, 10, 6)
+    assert wrong["summary"]["points_mismatch"] == 2
+    found = breaks_by_txn(wrong)
+    assert found["p1"]["details"]["ledger"]["points"] == 50
+    assert found["p1"]["details"]["ledger"]["own_points"] == 25
+    assert "own_points" not in found["p2"]["details"]["ledger"]

@@ -15,6 +15,8 @@ import re
 from datetime import timedelta
 from decimal import Decimal
 
+from coalition.db import read
+from settlement.liability import Prior, liability
 from tests.factories.finance import finance_user, page_sign_in
 from tests.factories.partner_api import earn, enrol, post_ok, publish
 
@@ -103,3 +105,13 @@ def test_a_promotion_shared_by_two_funders(app, client, make_partner, operator_h
     assert re.search(r'promotion <span class="muted small">to coalition</span>', html)
     closed = client.post(f"/v1/settlement/runs/{run['id']}/close", headers=operator_headers)
     assert closed.status_code == 200 and closed.get_json()["digest"] == run["digest"]
+
+    # the analytics count the promotion's points as the grocer's issue, whoever funds
+    # them: 463 of its own + 229 + 151 = 843, as the liability counts the grocer's lots
+    month = start.strftime("%Y-%m")
+    rows = client.get(f"/v1/analytics?from={month}&to={month}",
+                      headers=operator_headers).get_json()["months"]
+    assert {r["partner"]: r["issued"] for r in rows if r["issued"]} == {"grocer": 843}
+    with read() as session:
+        points = liability(session, start, end, "operator", Prior(Decimal("0"), 1))["points"]
+    assert {p["origin"]: p["issued"] for p in points if p["issued"]} == {"grocer": 843}

@@ -287,3 +287,72 @@ def test_a_prepaid_partner_uses_funding_for_its_own_points_only(client, coalitio
     assert client.get("/v1/funding", headers=acme).get_json()["available_points"] == 55
     with app.app_context():
         assert_ledger_clean()
+
+
+def test_a_merge_moves_the_opt_in_activations_to_the_survivor(client, coalition, clock, app):
+    from sqlalchemy import select
+
+    from coalition.ledger import merge
+    from coalition.offers.models import OfferActivation
+
+    def activations() -> dict[tuple[int, int], Any]:
+        with read() as session:
+            return {(a.offer_id, a.member_id): a.activated_at
+                    for a in session.scalars(select(OfferActivation))}
+
+    acme = coalition["acme"]
+    first = post_ok(client, "/v1/offers", acme, offer(clock, opt_in=True, name="First"))
+    both = post_ok(client, "/v1/offers", acme, offer(clock, opt_in=True, name="Both",
+                                                     rule="bonus", multiplier=None,
+                                                     bonus_points=5))
+    absorbed, survivor = coalition["member"], enrol(client, acme, "c2")
+    with app.app_context():
+        absorbed_h, survivor_h = member_token(absorbed), member_token(survivor)
+    post_ok(client, f"/v1/me/offers/{both['id']}/activate", survivor_h, {}, status=200)
+    clock.advance(minutes=5)
+    for offer_id in (first["id"], both["id"]):
+        post_ok(client, f"/v1/me/offers/{offer_id}/activate", absorbed_h, {}, status=200)
+    with app.app_context():
+        activated = activations()
+        merge.merge(absorbed, survivor, operator="test")
+        after = activations()
+        absorbed_id, survivor_id = member_id(absorbed), member_id(survivor)
+    # the survivor's own activation stays as it was; the absorbed member's other moves
+    assert after == {(first["id"], survivor_id): activated[(first["id"], absorbed_id)],
+                     (both["id"], survivor_id): activated[(both["id"], survivor_id)]}
+    answer = earn(client, acme, survivor, "t-1", **spend("10"))
+    assert [line.get("name") for line in answer["lines"]] == [None, "First", "Both"]
+    with app.app_context():
+        assert_ledger_clean()
+
+
+def test_the_cap_counts_awards_net_of_reversals(client, coalition, clock, app):
+    acme = coalition["acme"]
+    published = post_ok(client, "/v1/offers", acme, offer(
+        clock, rule="bonus", multiplier=None, bonus_points=40, cap_points=40))
+    first = earn(client, acme, coalition["member"], "t-1", **spend("10"))
+    assert first["points"] == 50
+    full = earn(client, acme, coalition["member"], "t-2", **spend("10"))
+    assert full["lines"] == [{"kind": "base", "points": 10}]  # the cap is reached
+
+    def issued() -> int:
+        listed = client.get("/v1/offers", headers=acme).get_json()["offers"]
+        assert [o["id"] for o in listed] == [published["id"]]
+        return listed[0]["issued_points"]
+
+    # a refund of 20 of the 50 points gives back ⌊40 × 20 / 50⌋ = 16 of the award
+    post_ok(client, f"/v1/transactions/{first['id']}/reversals", acme,
+            {"partner_txn_id": "t-1-r1", "points": 20})
+    assert issued() == 24
+    # the rest, 30 more: ⌊40 × 50 / 50⌋ − 16 = 24, the whole award back
+    post_ok(client, f"/v1/transactions/{first['id']}/reversals", acme,
+            {"partner_txn_id": "t-1-r2", "points": 30})
+    assert issued() == 0
+    with app.app_context():
+        assert_ledger_clean()
+    # a refunded purchase never earned the bonus: the next earn gets it
+    later = earn(client, acme, coalition["member"], "t-3", **spend("10"))
+    assert [line["points"] for line in later["lines"]] == [10, 40]
+    assert issued() == 40
+    with app.app_context():
+        assert_ledger_clean()
