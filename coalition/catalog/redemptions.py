@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from coalition import clock
+from coalition import clock, events
 from coalition.catalog.models import Reward, Voucher
 from coalition.catalog.rewards import on_offer
 from coalition.db import UnitOfWork, Units, read, run_with_retries
@@ -42,7 +42,12 @@ from coalition.ledger.idempotency import (
 )
 from coalition.ledger.lookup import locked_states, member_ids_of, member_state, require_active
 from coalition.ledger.models import Entry
-from coalition.ledger.rendering import balance_after, balance_dict
+from coalition.ledger.rendering import (
+    TransactionEventSchema,
+    balance_after,
+    balance_dict,
+    render_transaction,
+)
 from coalition.membership.queries import active_plan
 from coalition.models import Partner
 from coalition.notifications.service import notify
@@ -142,6 +147,11 @@ def redeem(member_id: int, reward_id: int, *, request_id: str | None = None,
                 note=f"reward {reward.id}",
                 postings=[("member:available", member.id, None, -points),
                           ("partner:redeemed", None, reward.partner_id, points)])
+            # the fulfilling partner's systems hear of the redemption as of any burn there
+            burned = render_transaction(session, session.get_one(Entry, entry_id),
+                                        reward.partner_code)
+            events.publish(session, reward.partner_id, "transaction.booked",
+                           TransactionEventSchema().dump(burned))
             code = new_code()
             expires_at = now + timedelta(days=rules_in_force(session)["vouchers"]["valid_days"])
             voucher_id = session.execute(insert(Voucher.__table__).values(

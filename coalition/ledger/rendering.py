@@ -6,12 +6,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from marshmallow import Schema, fields
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coalition.ledger.journal import Balance
 from coalition.ledger.models import MEMBERSHIP_SALE, Entry, Hold, Lot, Member
 from coalition.offers.earning import awards_of, earn_lines
+from coalition.schemas import DecimalString, UTCTimestamp
 
 
 def member_number_of(session: Session, member_id: int) -> str:
@@ -104,3 +106,27 @@ def balance_dict(balance: Balance) -> dict[str, int]:
 def balance_after(entry: Entry) -> dict[str, int]:
     return {"available": entry.available_after or 0, "pending": entry.pending_after or 0,
             "held": entry.held_after or 0}
+
+
+class _SpendSchema(Schema):
+    amount = DecimalString()
+    currency = fields.String()
+
+
+class TransactionEventSchema(Schema):
+    """A booking the core makes at a partner (a member's redemption there, a paid
+    membership it sold) as the partner's ``transaction.booked`` event carries it: the shape
+    of its transactions (``GET /v1/transactions``)."""
+
+    id = fields.Integer()
+    type = fields.String()
+    partner = fields.String()
+    member_number = fields.String()
+    partner_txn_id = fields.String()
+    points = fields.Integer()
+    status = fields.String()
+    booked_at = UTCTimestamp()
+    occurred_at = UTCTimestamp()
+    reference = fields.Integer(allow_none=True)
+    spend = fields.Nested(_SpendSchema)
+    balance = fields.Dict(allow_none=True)

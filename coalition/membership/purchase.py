@@ -50,11 +50,10 @@ from coalition.ledger.lookup import (
     require_active,
 )
 from coalition.ledger.models import Entry
-from coalition.ledger.rendering import balance_dict, render_transaction
+from coalition.ledger.rendering import TransactionEventSchema, balance_dict, render_transaction
 from coalition.membership.models import Membership
 from coalition.membership.plans import Plan, plan_of
 from coalition.membership.queries import current_row, render
-from coalition.membership.schemas import SaleEventSchema
 from coalition.notifications.service import notify
 from coalition.program.service import rules_in_force
 
@@ -208,7 +207,7 @@ def record_money_purchase(partner_id: int | PartnerRef, data: dict[str, Any], *,
         # of it as of any booking
         sale = render_transaction(session, session.get_one(Entry, entry_id), partner.code)
         events.publish(session, partner.id, "transaction.booked",
-                       SaleEventSchema().dump(sale))
+                       TransactionEventSchema().dump(sale))
         return _answer(session, row, now, None)
 
     return idempotent(partner, data["partner_txn_id"], digest, work, _render_entry,

@@ -113,26 +113,3 @@ class MoneyPurchaseRequestSchema(StrictSchema):
         if len(given) != 1:
             raise ValidationError("Name the member by member_number or partner_member_ref "
                                   "(exactly one).", field_name="member_number")
-
-
-class _SpendSchema(Schema):
-    amount = DecimalString()
-    currency = fields.String()
-
-
-class SaleEventSchema(Schema):
-    """A money sale as the partner's ``transaction.booked`` event carries it: the shape of
-    its transactions (``GET /v1/transactions``), of type ``membership_sale``."""
-
-    id = fields.Integer()
-    type = fields.String()
-    partner = fields.String()
-    member_number = fields.String()
-    partner_txn_id = fields.String()
-    points = fields.Integer()
-    status = fields.String()
-    booked_at = UTCTimestamp()
-    occurred_at = UTCTimestamp()
-    reference = fields.Integer(allow_none=True)
-    spend = fields.Nested(_SpendSchema)
-    balance = fields.Dict(allow_none=True)

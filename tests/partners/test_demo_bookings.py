@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from coalition.db import read
 from coalition.ledger.check import check_ledger
-from coalition.ledger.models import Entry
+from coalition.ledger.models import HISTORY_KINDS, Entry
 from coalition.models import Partner
 from coalition.oauth import partner_users
 from partners import webhooks
@@ -34,8 +34,7 @@ def test_the_demo_history_uses_funding_and_raises_events(app):
                 func.coalesce(func.sum(Entry.points), 0)).where(
                 Entry.partner_id == northwind, Entry.kind == "earn_reversal"))
         booked = session.scalar(select(func.count()).select_from(Entry).where(
-            Entry.partner_id == northwind, Entry.kind.in_(
-                ("earn", "burn", "hold_capture", "earn_reversal", "burn_reversal"))))
+            Entry.partner_id == northwind, Entry.kind.in_(list(HISTORY_KINDS.values()))))
         events = session.scalar(select(func.count()).select_from(WebhookEvent).where(
             WebhookEvent.partner_id == northwind))
     assert issued > 0
