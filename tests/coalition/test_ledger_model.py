@@ -14,9 +14,9 @@ and, after every step, every member's balance, tier and expiring points, every l
 remaining points and state and every hold's status; ``check_ledger()`` proves the
 invariants as well.
 
-The app's clock is the model's (handed to the app, tests/factories/clock.py): it starts at
-the real time and only moves forward, so holds lapse, pending points mature, lots expire and
-the rolling tier window moves without waiting. The partners' tokens outlast its moves.
+The service clock (``utcnow`` in the ledger modules) is the model's: it starts at the real
+time and only moves forward, so holds lapse, pending points mature, lots expire and the
+rolling tier window moves without waiting. OAuth tokens keep the real clock.
 
 ``COALITION_HYPOTHESIS_EXAMPLES`` and ``COALITION_HYPOTHESIS_STEPS`` run it longer.
 """
@@ -27,7 +27,6 @@ import calendar
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -49,13 +48,12 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
+from coalition import clock as ledger_clock
 from coalition.db import db
 from coalition.ledger import jobs
 from coalition.ledger.check import check_ledger
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Posting, Wallet
 from tests.conftest import bearer, empty_all_tables, fetch_token
-from tests.factories.clock import clock_of
-from tests.factories.tokens import tokens_outlive_the_clock
 
 EXAMPLES = int(os.environ.get("COALITION_HYPOTHESIS_EXAMPLES", "15"))
 STEPS = int(os.environ.get("COALITION_HYPOTHESIS_STEPS", "50"))
@@ -100,7 +98,7 @@ def floor(value: Fraction) -> int:
 
 
 class Clock:
-    """The app's clock, moved on by the model."""
+    """The service clock: ``utcnow`` for the ledger modules, moved on by the model."""
 
     now: datetime = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -309,9 +307,6 @@ class LedgerMachine(RuleBasedStateMachine):
                hold_max: int, seed: tuple[int, int], welcome: int = 0) -> None:
         from coalition.oauth.clients import create_operator_client
 
-        # each example starts at the real time (the one before moved the clock on), the
-        # rate cards made now
-        self.clock.now = datetime.now(UTC).replace(microsecond=0)
         for key, code, currency, rate in (("a", "alpha", "GBP", rate_a),
                                           ("b", "beta", "EUR", rate_b)):
             _, headers = self.make_partner(code, currency=currency, earn_rate=Decimal(rate))
@@ -1084,17 +1079,18 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 @pytest.fixture
-def machine(app: Flask, client: FlaskClient,
-            make_partner: Any) -> Iterator[type[LedgerMachine]]:
-    """The state machine bound to this test's app, with the app's clock its own."""
+def machine(app: Flask, client: FlaskClient, make_partner: Any,
+            monkeypatch: pytest.MonkeyPatch) -> type[LedgerMachine]:
+    """The state machine bound to this test's app, with the service clock its own."""
+    clock = Clock()
+    monkeypatch.setattr(ledger_clock, "utcnow", clock)
 
     class Machine(LedgerMachine):
         pass
 
-    with tokens_outlive_the_clock(app), clock_of(app, Clock()) as clock:
-        Machine.app, Machine.client, Machine.clock = app, client, clock
-        Machine.make_partner = staticmethod(make_partner)
-        yield Machine
+    Machine.app, Machine.client, Machine.clock = app, client, clock
+    Machine.make_partner = staticmethod(make_partner)
+    return Machine
 
 
 def test_ledger_matches_its_model(machine: type[LedgerMachine]) -> None:
