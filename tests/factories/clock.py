@@ -6,10 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from flask import Flask, current_app
 
 from coalition import clock as app_clock
+
+#: any clock the app can be handed: a :class:`HandClock`, or a test's own model of time
+AnyClock = TypeVar("AnyClock", bound=app_clock.Clock)
 
 
 class HandClock:
@@ -36,7 +40,7 @@ class HandClock:
 
 
 @contextmanager
-def clock_of(app: Flask, clock: HandClock) -> Iterator[HandClock]:
+def clock_of(app: Flask, clock: AnyClock) -> Iterator[AnyClock]:
     """``app`` reads its time from ``clock`` inside the block."""
     app_clock.use(app, clock)
     try:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskClient
+
+#: an access token's lifetime that outlasts any span a test moves the clock through
+#: (fifty years, in seconds: it still fits the 32-bit column of a token's lifetime)
+OUTLASTING = 50 * 366 * 24 * 3600
 
 
 def basic_auth(client_id: str, secret: str) -> dict[str, str]:
@@ -20,6 +27,20 @@ def fetch_token(client: FlaskClient, client_id: str, secret: str, scope: str | N
     response = client.post("/oauth/token", data=form, headers=basic_auth(client_id, secret))
     assert response.status_code == 200, response.get_json()
     return response.get_json()["access_token"]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def tokens_outlive_the_clock(app: Flask) -> Iterator[None]:
+    """Inside the block, ``app`` issues access tokens that outlast the test's moves of the
+    clock, for tests that book over months of a clock they move and are not about token
+    expiry (tests/coalition/test_oauth.py is). A token issued before the block keeps its
+    lifetime."""
+    before = app.config["ACCESS_TOKEN_LIFETIME"]
+    app.config["ACCESS_TOKEN_LIFETIME"] = OUTLASTING
+    try:
+        yield
+    finally:
+        app.config["ACCESS_TOKEN_LIFETIME"] = before
 
 
 def bearer(token: str) -> dict[str, str]:

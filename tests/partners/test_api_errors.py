@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from coalition import clock
 from coalition.ledger import numbers
+from coalition.oauth.models import PARTNER_SCOPES
 from tests.conftest import bearer, fetch_token, snapshot
 from tests.factories.partner_api import (
     assert_error,
@@ -25,6 +25,7 @@ from tests.factories.partner_api import (
     publish,
     set_member_status,
 )
+from tests.factories.tokens import partner_headers
 
 #: a member number with a valid check digit that no member has (numbers are drawn at random
 #: from 9 x 10^10, so a clash with the few members of a test is negligible)
@@ -529,11 +530,11 @@ def test_an_operator_token_is_refused_on_partner_endpoints(client, world):
 # --------------------------------------------------------------------------- refusals by state
 
 
-def test_an_expired_hold_cannot_be_captured(client, world, monkeypatch):
-    later = datetime.now(UTC) + timedelta(seconds=901)  # the hold was for 900 seconds
-    monkeypatch.setattr(clock, "utcnow", lambda: later)
+def test_an_expired_hold_cannot_be_captured(client, world, clock):
+    clock.advance(seconds=901)  # the hold was for 900 seconds, and so was acme's token
+    now = partner_headers(client, "acme", PARTNER_SCOPES)  # acme's token of the new time
     refused(client, world, "POST", "/v1/holds/{hold}/capture", 409, "hold_not_open",
-            json={"partner_txn_id": "new-1"})
+            json={"partner_txn_id": "new-1"}, headers=now)
 
 
 def test_an_earn_reversal_after_the_points_were_spent(client, make_partner, operator_headers):

@@ -94,6 +94,7 @@ def test_nothing_is_booked_into_a_closed_period(app, client, booked, clock) -> N
     closed period is refused with period_closed and writes nothing."""
     from tests.factories.ledger import book_bonus
 
+    clock.set(E)  # the period has ended
     run = create_run(S, E, "finance")
     close_run(run["id"], "finance")
     before = snapshot(app)

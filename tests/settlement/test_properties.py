@@ -767,6 +767,7 @@ def test_a_burn_and_its_reversal_at_different_rates_still_owe_money(
     add_rate_card("b", clock.now, redeem_rate=Decimal("0.02"))
     clock.advance(seconds=1)
     post_ok(client, f"/v1/transactions/{spent['id']}/reversals", b, {"partner_txn_id": "r"})
+    clock.set(S + timedelta(seconds=3))  # the period has ended
     run = run_ok(client, operator, S, S + timedelta(seconds=3))
     statement = next(s for s in run["statements"] if s["partner"] == "b")
     assert statement["redeemed_points"] == 0

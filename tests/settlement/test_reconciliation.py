@@ -452,8 +452,8 @@ def test_adjusting_a_missing_earn_books_it_late_in_the_next_period(
     closed = client.post(f"/v1/settlement/runs/{period.id}/close", headers=operator_headers)
     assert closed.status_code == 200 and closed.get_json()["digest"] == period.run["digest"]
     # the next period carries it, flagged with the partner's occurred_at
-    following = run_ok(client, operator_headers, E, clock.now.replace(microsecond=0)
-                       + timedelta(seconds=1))
+    end = clock.set(clock.now.replace(microsecond=0) + timedelta(seconds=1))  # once ended
+    following = run_ok(client, operator_headers, E, end)
     acme = next(s for s in following["statements"] if s["partner"] == "acme")
     assert acme["issued_points"] == 70
     assert acme["late_entries"]["count"] == 1
@@ -556,8 +556,8 @@ def test_an_adjusted_missing_earn_is_resolved_once(app, client, operator_headers
     # adjustment booked in this period is matched to it, not missing in the file
     assert client.post(f"/v1/settlement/runs/{period.id}/close",
                        headers=operator_headers).status_code == 200
-    following = run_ok(client, operator_headers, E,
-                       clock.now.replace(microsecond=0) + timedelta(seconds=1))
+    end = clock.set(clock.now.replace(microsecond=0) + timedelta(seconds=1))  # once ended
+    following = run_ok(client, operator_headers, E, end)
     nxt = upload(client, operator_headers, following["id"], "acme", CSV_HEADER)
     assert nxt.status_code == 201, nxt.get_json()
     report = nxt.get_json()

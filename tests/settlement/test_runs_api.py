@@ -92,7 +92,8 @@ def test_a_run_is_asked_for_in_json(app, client, operator_headers, content,
 
 
 def test_timestamps_are_honoured_to_the_second_and_dates_are_midnight(
-        client, operator_headers, booked) -> None:
+        client, operator_headers, booked, clock) -> None:
+    clock.set(S.replace(hour=0) + timedelta(days=1))  # after the last period settled here
     # the earn and burn at S + 1 s fall in a period given with fractions of a second
     run = client.post(RUNS, headers=operator_headers, json={
         "period_start": "2001-03-01T10:00:00.999+01:00",
@@ -119,8 +120,9 @@ def test_timestamps_are_honoured_to_the_second_and_dates_are_midnight(
     (S + timedelta(seconds=1), S + timedelta(seconds=2)),       # inside it
     (E - timedelta(seconds=1), E + timedelta(hours=1)),         # its last second
 ])
-def test_overlapping_periods_are_refused(app, client, operator_headers, booked, start,
+def test_overlapping_periods_are_refused(app, client, operator_headers, booked, clock, start,
                                          end) -> None:
+    clock.set(E + timedelta(days=1))  # every period here has ended
     first = run_ok(client, operator_headers, S, E)
     before = snapshot(app)
     body = assert_error(create_run(client, operator_headers, start, end), 409,
@@ -223,6 +225,7 @@ def test_a_booking_before_a_partners_first_rate_card_is_refused(
                                json={"partner_txn_id": "early", **body})
         assert_error(response, 409, "no_rate_card")
         assert snapshot(app) == before
+    clock.set(E)  # the period has ended
     run = run_ok(client, operator_headers, S, E)
     assert [s["partner"] for s in run["statements"] if s["issued_points"]
             or s["redeemed_points"]] == ["acme"]
