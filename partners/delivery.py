@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import random
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ from sqlalchemy import insert, select, update
 
 from coalition import clock
 from coalition.db import UnitOfWork
+from coalition.outbox import after_attempt
 from partners.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 _DL = WebhookDelivery.__table__.c
@@ -136,29 +136,13 @@ def send(due: Due, timeout: float) -> Result:
                   answer.decode("utf-8", "replace")[:KEEP] or None)
 
 
-def backoff(attempts: int, base: float, cap: float) -> float:
-    """The wait before attempt ``attempts + 1``: doubling from ``base`` up to ``cap``, with
-    jitter (between half and all of it), so that receivers coming back are not stampeded."""
-    ceiling = min(cap, base * 2 ** max(attempts - 1, 0))
-    return random.uniform(ceiling / 2, ceiling)
-
-
 def record(due: Due, result: Result) -> str:
     """Keep the attempt and move the delivery on: delivered, due again later, or failed
     once its retry time is spent. Returns the new status."""
     config = current_app.config
-    attempts = due.attempts + 1
-    now = clock.utcnow()
-    values: dict[str, Any] = {"attempts": attempts}
-    if result.ok:
-        values.update(status="delivered", delivered_at=now)
-    else:
-        wait = backoff(attempts, config["WEBHOOK_BACKOFF"], config["WEBHOOK_MAX_BACKOFF"])
-        retry_at = now + timedelta(seconds=wait)
-        if retry_at > due.give_up_at:
-            values.update(status="failed")
-        else:
-            values.update(status="pending", next_attempt_at=retry_at)
+    values = after_attempt(result.ok, due.attempts + 1, due.give_up_at, clock.utcnow(),
+                           base=config["WEBHOOK_BACKOFF"], cap=config["WEBHOOK_MAX_BACKOFF"],
+                           done="delivered", done_at="delivered_at")
     with UnitOfWork() as uow:
         uow.session.execute(insert(WebhookAttempt.__table__), {
             "delivery_id": due.delivery_id, "started_at": result.started_at,

@@ -327,20 +327,10 @@ _MOVE_FIELDS = ("lot_id", "points", "origin_partner_id")
 _entries: dict[tuple[bool, int, int], Any] = {}
 
 
-def _entry_statement(priced: bool, postings: int, moves: int) -> Any:
-    """PostgreSQL: the entry (passing the fence), its postings and its lot movements as
-    one statement of data-modifying CTEs, the postings and movements reading the id that
-    the entry's INSERT returned."""
-    key = (priced, postings, moves)
-    statement = _entries.get(key)
-    if statement is not None:
-        return statement
+def _children(e: Any, postings: int, moves: int) -> list[Any]:
+    """The CTEs that write an entry's postings and lot movements, reading the id that the
+    entry's INSERT (the CTE ``e``) returned."""
     entry, posting, movement = Entry.__table__, Posting.__table__, LotMovement.__table__
-    e = (insert(entry).values({f: _param(entry, f, "e_") for f in _ENTRY_COLUMNS})
-         .returning(entry.c.id.label("entry_id"),
-                    *[c.label(n) for c, n in zip(fence.returning(priced),
-                                                 ("closed_until", "priced"), strict=False)])
-         .cte("e"))
     ctes = [insert(posting).from_select(["entry_id", *_POSTING_FIELDS], union_all(*[
         select(e.c.entry_id, *[_param(posting, f, f"p{i}_") for f in _POSTING_FIELDS])
         for i in range(postings)])).cte("p")]
@@ -352,6 +342,24 @@ def _entry_statement(priced: bool, postings: int, moves: int) -> Any:
                                _param(entry, "kind", "e_"), _param(entry, "partner_id", "e_"),
                                _param(entry, "booked_at", "e_"))
                         for i in range(moves)])).cte("m"))
+    return ctes
+
+
+def _entry_statement(priced: bool, postings: int, moves: int) -> Any:
+    """PostgreSQL: the entry (passing the fence), its postings and its lot movements as
+    one statement of data-modifying CTEs, the postings and movements reading the id that
+    the entry's INSERT returned."""
+    key = (priced, postings, moves)
+    statement = _entries.get(key)
+    if statement is not None:
+        return statement
+    entry = Entry.__table__
+    e = (insert(entry).values({f: _param(entry, f, "e_") for f in _ENTRY_COLUMNS})
+         .returning(entry.c.id.label("entry_id"),
+                    *[c.label(n) for c, n in zip(fence.returning(priced),
+                                                 ("closed_until", "priced"), strict=False)])
+         .cte("e"))
+    ctes = _children(e, postings, moves)
     columns = [e.c.entry_id, e.c.closed_until, *([e.c.priced] if priced else [])]
     statement = select(*columns).add_cte(*ctes)
     _entries[key] = statement
@@ -638,7 +646,7 @@ def _change_statement(signs: tuple[int, int, int], activity: bool, versioned: bo
     statement = _changes.get(key)
     if statement is not None:
         return statement
-    entry, posting, movement = Entry.__table__, Posting.__table__, LotMovement.__table__
+    entry, movement = Entry.__table__, LotMovement.__table__
     w = _wallet_update(signs, activity, versioned).cte("w")
     fields = [*_ENTRY_FIELDS, "available_after", "pending_after", "held_after"]
     values = [*[_param(entry, f, "e_") for f in _ENTRY_FIELDS],
@@ -659,17 +667,8 @@ def _change_statement(signs: tuple[int, int, int], activity: bool, versioned: bo
                     *[c.label(n) for c, n in zip(fence.returning(priced),
                                                  ("closed_until", "priced"), strict=False)])
          .cte("e"))
-    ctes = [insert(posting).from_select(["entry_id", *_POSTING_FIELDS], union_all(*[
-        select(e.c.entry_id, *[_param(posting, f, f"p{i}_") for f in _POSTING_FIELDS])
-        for i in range(postings)])).cte("p")]
+    ctes = _children(e, postings, takes)
     if takes:
-        ctes.append(insert(movement).from_select(
-            ["entry_id", *_MOVE_FIELDS, "entry_kind", "entry_partner_id", "entry_booked_at"],
-            union_all(*[select(e.c.entry_id,
-                               *[_param(movement, f, f"m{i}_") for f in _MOVE_FIELDS],
-                               _param(entry, "kind", "e_"), _param(entry, "partner_id", "e_"),
-                               _param(entry, "booked_at", "e_"))
-                        for i in range(takes)])).cte("m"))
         # the lots by id in the statement itself, not joined to a CTE: a lot changed by
         # a booking that committed while this one waited for the wallet is re-read by the
         # UPDATE (and its WHERE checked again), which a join to a CTE's rows does not survive

@@ -16,7 +16,6 @@ and never not at all.
 
 from __future__ import annotations
 
-import random
 import smtplib
 import ssl
 import time
@@ -44,6 +43,7 @@ from coalition.notifications.models import (
     NotificationEmail,
     NotificationEmailAttempt,
 )
+from coalition.outbox import after_attempt
 
 _e = NotificationEmail.__table__.c
 _n = Notification.__table__.c
@@ -233,29 +233,13 @@ def send_some(limit: int | None = None) -> bool:
     return True
 
 
-def backoff(attempts: int, base: float, cap: float) -> float:
-    """The wait before attempt ``attempts + 1``: doubling from ``base`` up to ``cap``, with
-    jitter (between half and all of it), so that a relay coming back is not stampeded."""
-    ceiling = min(cap, base * 2 ** max(attempts - 1, 0))
-    return random.uniform(ceiling / 2, ceiling)
-
-
 def record(due: Due, result: Result) -> str:
     """Keep the attempt and move the e-mail on: sent, due again later, or failed once its
     retry time is spent. Returns the new status."""
     config = current_app.config
-    attempts = due.attempts + 1
-    now = clock.utcnow()
-    values: dict[str, Any] = {"attempts": attempts}
-    if result.ok:
-        values.update(status="sent", sent_at=now)
-    else:
-        wait = backoff(attempts, config["MAIL_BACKOFF"], config["MAIL_MAX_BACKOFF"])
-        retry_at = now + timedelta(seconds=wait)
-        if retry_at > due.give_up_at:
-            values.update(status="failed")
-        else:
-            values.update(status="pending", next_attempt_at=retry_at)
+    values = after_attempt(result.ok, due.attempts + 1, due.give_up_at, clock.utcnow(),
+                           base=config["MAIL_BACKOFF"], cap=config["MAIL_MAX_BACKOFF"],
+                           done="sent", done_at="sent_at")
     with UnitOfWork() as uow:
         uow.session.execute(insert(NotificationEmailAttempt.__table__), {
             "email_id": due.email_id, "started_at": result.started_at,

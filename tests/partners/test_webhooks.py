@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import func, select
 
 from coalition.db import db, read
+from coalition.outbox import backoff
 from partners import worker
-from partners.delivery import backoff
 from partners.models import WebhookAttempt, WebhookDelivery, WebhookEvent
 from tests.coalition.test_serving import BIN, clean_env, started
 from tests.conftest import TEST_SECRET, snapshot
