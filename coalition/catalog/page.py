@@ -11,7 +11,7 @@ import secrets
 from typing import Any
 
 import segno
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from markupsafe import Markup
 from marshmallow import ValidationError, fields
 
@@ -20,7 +20,7 @@ from coalition.errors import CoalitionError
 from coalition.http.pages import check_csrf, protect_pages
 from coalition.member import account
 from coalition.member.forms import FormCheckbox, PageForm, _key, field_errors
-from coalition.member.page import page_sign_in
+from coalition.member.page import signed_in_member
 
 bp = Blueprint("catalog_page", __name__, url_prefix="/member")
 protect_pages(bp, "member/base.html", "member_page.home", "Back to my points")
@@ -46,17 +46,6 @@ class RedeemForm(PageForm):
     confirmed = FormCheckbox(load_default=False)
 
 
-def _member() -> int:
-    """The signed-in member, or off to the member page's sign-in (and back here after)."""
-    member_id = page_sign_in.signed_in()
-    if member_id is None:
-        back = (request.full_path.rstrip("?")
-                if page_sign_in.come_back and request.method == "GET" else None)
-        abort(redirect(url_for("member_page.sign_in", next=back) if back
-                       else url_for("member_page.sign_in")))
-    return int(member_id)
-
-
 def qr_svg(code: str) -> Markup:
     """The voucher's code as a QR code, inline SVG (segno), titled for screen readers."""
     svg = segno.make(code, error="m").svg_inline(
@@ -72,7 +61,7 @@ def grouped(code: str) -> str:
 
 @bp.get("/rewards")
 def catalog() -> Any:
-    member_id = _member()
+    member_id = signed_in_member()
     me = account.summary(member_id)
     return render_template("member/rewards.html", rewards=rewards.catalog(),
                            available=me["available"])
@@ -80,7 +69,7 @@ def catalog() -> Any:
 
 @bp.post("/rewards/redeem")
 def redeem() -> Any:
-    member_id = _member()
+    member_id = signed_in_member()
     check_csrf()
     try:
         form = RedeemForm().load(request.form.to_dict())
@@ -112,6 +101,6 @@ def redeem() -> Any:
 
 @bp.get("/vouchers")
 def vouchers() -> Any:
-    member_id = _member()
+    member_id = signed_in_member()
     return render_template("member/vouchers.html", vouchers=redemptions.vouchers_of(member_id),
                            qr_svg=qr_svg, grouped=grouped)

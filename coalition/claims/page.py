@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from marshmallow import ValidationError
 
 from coalition.claims import opening, queries
@@ -15,21 +15,13 @@ from coalition.claims.forms import ClaimForm
 from coalition.errors import CoalitionError
 from coalition.http.pages import check_csrf, protect_pages
 from coalition.member.forms import field_errors
-from coalition.member.page import page_sign_in
+from coalition.member.page import signed_in_member
 from coalition.program.service import current_rules, program_terms
 
 bp = Blueprint("member_claims", __name__, url_prefix="/member/claims")
 protect_pages(bp, "member/base.html", "member_page.home", "Back to my points")
 
 LIST = 50
-
-
-def _member() -> int:
-    # page_sign_in.require() sends to this blueprint's own sign-in; the member page's it is
-    member_id: int | None = page_sign_in.signed_in()
-    if member_id is None:
-        abort(redirect(url_for("member_page.sign_in")))
-    return member_id
 
 
 def _page(member_id: int, form: dict[str, str], errors: dict[str, str],
@@ -45,12 +37,12 @@ def _page(member_id: int, form: dict[str, str], errors: dict[str, str],
 
 @bp.get("")
 def claims() -> Any:
-    return _page(_member(), {}, {})
+    return _page(signed_in_member(), {}, {})
 
 
 @bp.post("")
 def open_claim() -> Any:
-    member_id = _member()
+    member_id = signed_in_member()
     check_csrf()
     form = {k: request.form.get(k, "") for k in ("partner", "occurred_on", "amount",
                                                   "receipt")}

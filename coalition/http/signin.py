@@ -159,7 +159,8 @@ class PageSignIn:
         if whom is None:
             back = (request.full_path.rstrip("?")
                     if self.come_back and request.method == "GET" else None)
-            abort(redirect(url_for(".sign_in", next=back) if back else url_for(".sign_in")))
+            sign_in = f"{self.blueprint.name}.sign_in"  # from the page's other blueprints too
+            abort(redirect(url_for(sign_in, next=back) if back else url_for(sign_in)))
         return whom
 
     def sign_in(self) -> Any:

@@ -82,6 +82,12 @@ page_sign_in = PageSignIn(bp, name="Member page", scope="member", tokens="member
                           pending="oauth_pending", who=_member)
 
 
+def signed_in_member() -> int:
+    """The member signed in to the member page, or off to its sign-in (and back to the
+    page asked for after): for every blueprint of the member page."""
+    return int(page_sign_in.require())
+
+
 # --------------------------------------------------------------------------- pages
 
 

@@ -27,7 +27,7 @@ from coalition.errors import CoalitionError
 from coalition.http.pages import check_csrf, protect_pages
 from coalition.member import account
 from coalition.member.forms import field_errors
-from coalition.member.page import page_sign_in
+from coalition.member.page import signed_in_member
 from coalition.membership import changes, purchase, queries
 from coalition.membership.forms import AutoRenewForm, BuyForm, CancelForm
 from coalition.membership.plans import plans
@@ -35,13 +35,6 @@ from coalition.program.service import current_rules
 
 bp = Blueprint("membership_page", __name__, url_prefix="/member/membership")
 protect_pages(bp, "member/base.html", "member_page.home", "Back to my points")
-
-
-def _member() -> int:
-    member_id = page_sign_in.signed_in()
-    if member_id is None:
-        abort(redirect(url_for("member_page.sign_in")))
-    return int(member_id)
 
 
 def _page(member_id: int, status: int = 200) -> Any:
@@ -65,12 +58,12 @@ def _form(schema: Schema, member_id: int) -> dict[str, Any]:
 
 @bp.get("")
 def membership() -> Any:
-    return _page(_member())
+    return _page(signed_in_member())
 
 
 @bp.post("/buy")
 def buy() -> Any:
-    member_id = _member()
+    member_id = signed_in_member()
     check_csrf()
     form = _form(BuyForm(), member_id)
     try:
@@ -88,7 +81,7 @@ def buy() -> Any:
 
 @bp.post("/auto-renew")
 def auto_renew() -> Any:
-    member_id = _member()
+    member_id = signed_in_member()
     check_csrf()
     form = _form(AutoRenewForm(), member_id)
     try:
@@ -105,7 +98,7 @@ def auto_renew() -> Any:
 
 @bp.post("/cancel")
 def cancel() -> Any:
-    member_id = _member()
+    member_id = signed_in_member()
     check_csrf()
     _form(CancelForm(), member_id)
     try:

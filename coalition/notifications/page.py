@@ -22,7 +22,7 @@ from werkzeug.wrappers import Response
 
 from coalition.errors import CoalitionError, InvalidRequest
 from coalition.http.pages import check_csrf, protect_pages
-from coalition.member.page import page_sign_in
+from coalition.member.page import signed_in_member
 from coalition.notifications import inbox as inbox_service
 from coalition.notifications import preferences, unsubscribe
 from coalition.notifications.models import CHOICES
@@ -32,13 +32,6 @@ bp = Blueprint("notify_page", __name__, url_prefix="/member")
 protect_pages(bp, "member/base.html", "member_page.home", "Back to my points")
 
 INBOX_PAGE = 20
-
-
-def _member() -> int:
-    member_id = page_sign_in.signed_in()
-    if member_id is None:
-        abort(redirect(url_for("member_page.sign_in")))
-    return int(member_id)
 
 
 def unread_badge() -> dict[str, Any]:
@@ -56,7 +49,7 @@ def unread_badge() -> dict[str, Any]:
 
 @bp.get("/inbox")
 def inbox() -> Any:
-    member_id = _member()
+    member_id = signed_in_member()
     try:
         page = inbox_service.listing(member_id, {"limit": INBOX_PAGE,
                                                  "cursor": request.args.get("cursor")})
@@ -69,7 +62,7 @@ def inbox() -> Any:
 @bp.post("/inbox/read")
 def mark_read() -> Any:
     """Mark read everything shown up to the newest notification on the page."""
-    member_id = _member()
+    member_id = signed_in_member()
     check_csrf()
     up_to = request.form.get("up_to_id", "")
     if not (up_to.isascii() and up_to.isdigit() and 0 < int(up_to) < 2**63):
@@ -82,7 +75,7 @@ def mark_read() -> Any:
 
 @bp.route("/preferences", methods=["GET", "POST"])
 def choose() -> Any:
-    member_id = _member()
+    member_id = signed_in_member()
     if request.method == "GET":
         return render_template("notifications/preferences.html",
                                prefs=preferences.preferences(member_id))

@@ -9,7 +9,7 @@ from flask import Blueprint, flash, redirect, render_template, url_for
 
 from coalition.errors import CoalitionError
 from coalition.http.pages import check_csrf, protect_pages
-from coalition.member.page import page_sign_in
+from coalition.member.page import signed_in_member
 from coalition.offers import member_offers
 
 bp = Blueprint("member_offers", __name__, url_prefix="/member/offers")
@@ -18,17 +18,13 @@ protect_pages(bp, "member/base.html", "member_page.home", "Back to my points")
 
 @bp.get("")
 def offers() -> Any:
-    member_id = page_sign_in.signed_in()
-    if member_id is None:
-        return redirect(url_for("member_page.sign_in"))
+    member_id = signed_in_member()
     return render_template("member/offers.html", offers=member_offers.open_to(member_id))
 
 
 @bp.post("/<int:offer_id>/activate")
 def activate(offer_id: int) -> Any:
-    member_id = page_sign_in.signed_in()
-    if member_id is None:
-        return redirect(url_for("member_page.sign_in"))
+    member_id = signed_in_member()
     check_csrf()
     try:
         offer = member_offers.activate(member_id, offer_id)
