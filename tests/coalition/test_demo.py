@@ -49,7 +49,8 @@ def test_the_history_books_every_kind_of_transaction(app, client, demo):
     till = bearer(fetch_token(client, northwind["client_id"], northwind["client_secret"]))
     kinds = {t["type"] for t in client.get("/v1/transactions?limit=100",
                                            headers=till).get_json()["items"]}
-    assert kinds == {"earn", "burn", "hold_capture", "earn_reversal"}
+    # (and grace's VIP membership, sold at Northwind's till)
+    assert kinds == {"earn", "burn", "hold_capture", "earn_reversal", "membership_sale"}
     ada = client.get(f"/v1/members/{history['members']['ada']}/balance", headers=till)
     # 420 + 120 earned (+100 welcome), 300 spent, 100 refunded, 20 reversed, 200 spent,
     # 150 redeemed for the shopping bag
