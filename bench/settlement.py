@@ -213,7 +213,7 @@ def measure(url: str, repeat: int) -> dict[str, float]:
             assert result["statements"] and result["payments"], "the run priced nothing"
 
         def monthly() -> None:
-            with read() as session:
+            with read(snapshot=True) as session:
                 doc = analytics(session, f"{START:%Y-%m}", f"{end:%Y-%m}")
             assert doc["months"], "no analytics"
 

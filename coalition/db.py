@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,9 +40,10 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.engine import CursorResult, Dialect, Result, make_url
+from sqlalchemy.engine import CursorResult, Dialect, Result, Row, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, sessionmaker
+from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator
 
 from coalition.clock import utcnow  # noqa: F401 - the clock, for this module's callers
@@ -354,15 +357,21 @@ class UnitOfWork:
     caller has just made.
     """
 
-    def __init__(self, readonly: bool = False, replica: bool = False) -> None:
+    def __init__(self, readonly: bool = False, replica: bool = False,
+                 snapshot: bool = False) -> None:
         if replica and not readonly:
             raise ValueError("only a read-only unit of work may run on a replica")
         self.readonly = readonly
         self.replica = replica
+        self.snapshot = snapshot
         self.session: Session
 
     def __enter__(self) -> UnitOfWork:
         self.session = db.session(readonly=self.readonly, replica=self.replica)
+        if self.snapshot and self.session.get_bind().dialect.name == "postgresql":
+            # every statement of the transaction sees the database as of its first one
+            # (SQLite's transaction is one snapshot already)
+            self.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
@@ -491,10 +500,68 @@ def read_once() -> Iterator[Connection]:
 
 
 @contextmanager
-def read() -> Iterator[Session]:
-    """A read-only session for queries that change nothing."""
-    with UnitOfWork(readonly=True) as uow:
+def read(snapshot: bool = False) -> Iterator[Session]:
+    """A read-only session for queries that change nothing; with ``snapshot``, one whose
+    statements all see the same moment (for a report whose figures must agree, and for
+    :func:`alongside`)."""
+    with UnitOfWork(readonly=True, snapshot=snapshot) as uow:
         yield uow.session
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+
+
+@contextmanager
+def alongside(session: Session, statement: Executable,
+              settings: Mapping[str, str] | None = None) -> Iterator[Callable[[], list[Row]]]:
+    """``statement``'s rows, read on a connection of its own while the caller goes on
+    with ``session``, in the session's snapshot; the block gets a function that waits for
+    them.
+
+    On PostgreSQL the session (a :func:`read` with ``snapshot``) exports its snapshot and a
+    second connection imports it, the way ``pg_dump --jobs`` reads one database from
+    several connections: a report's long statements run side by side on the server and
+    still see exactly what the session sees. ``settings`` hold for that statement alone
+    (``SET LOCAL``). A block left by an exception cancels the statement. Elsewhere the
+    statement runs in the session when its rows are asked for.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        yield lambda: list(session.execute(statement))
+        return
+    exported = session.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+    if not _SNAPSHOT_ID.fullmatch(exported):
+        raise RuntimeError(f"unexpected snapshot id {exported!r}")
+    engine = session.get_bind()
+    if not isinstance(engine, Engine):
+        raise TypeError("alongside needs a session bound to an engine")
+    guard = threading.Lock()
+    state: dict[str, Any] = {"cancelled": False, "dbapi": None}
+
+    def run() -> list[Row]:
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                # the first statement of the transaction: it reads from the session's moment
+                conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{exported}'")
+                for name, value in (settings or {}).items():
+                    conn.execute(text("SELECT set_config(:name, :value, true)"),
+                                 {"name": name, "value": value})
+                with guard:
+                    if state["cancelled"]:
+                        return []
+                    state["dbapi"] = conn.connection.dbapi_connection
+                return list(conn.execute(statement))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="coalition-alongside") as pool:
+        future = pool.submit(run)
+        try:
+            yield future.result
+        except BaseException:
+            with guard:
+                state["cancelled"] = True
+                if state["dbapi"] is not None and not future.done():
+                    state["dbapi"].cancel()
+            raise
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from sqlalchemy import and_, case, func, literal, or_, select, text, true, union
 from sqlalchemy.orm import Session
 
 from coalition.catalog.models import Reward, Voucher
-from coalition.db import read, utcnow
+from coalition.db import alongside, read, utcnow
 from coalition.errors import InvalidRequest, NotFound
 from coalition.ledger import tiers as tier_rule
 from coalition.ledger.models import Entry, LotMovement, Member, Posting
@@ -57,6 +57,13 @@ PROMOTION_FUNDED = "promotion:funded"
 MAX_MONTHS = 120
 #: rewards listed per month in the top rewards
 TOP_REWARDS = 10
+#: PostgreSQL settings of the statement that groups the entries by partner and member:
+#: memory to hash a group per member without spilling to disk (a few hundred bytes each);
+#: one process, since parallel workers each meet nearly every member and leave the leader
+#: as many groups to combine as there were rows; and the groupings joined to the members by
+#: hashing, not one index probe per row (the planner cannot estimate a grouping's size)
+GROUPING_SETTINGS = {"work_mem": "256MB", "max_parallel_workers_per_gather": "0",
+                     "enable_nestloop": "off"}
 
 
 def months_between(first: str, last: str) -> list[str]:
@@ -77,13 +84,11 @@ def redemption_rate(redeemed: int, issued: int) -> str | None:
 def analytics(session: Session, first: str, last: str,
               partner: str | None = None) -> dict[str, Any]:
     """The figures of the months ``first`` … ``last`` (``YYYY-MM``), for every partner or
-    the one named."""
+    the one named; ``session`` a :func:`~coalition.db.read` with ``snapshot``, so that
+    every figure is of the same moment."""
     start, end = month_start(first), month_start(next_month(last))
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
-        # the groupings by member are read whole: joined to the members by hashing, not
-        # by one index probe per row (the planner cannot estimate a grouping's size)
-        session.execute(text("SET LOCAL enable_nestloop = off"))
     codes = {p.id: p.code for p in session.scalars(select(Partner))}
     names = months_between(first, last)
     bounds = [month_start(m) for m in names[1:]]
@@ -109,35 +114,6 @@ def analytics(session: Session, first: str, last: str,
     n = len(names)
     p, e = Posting.__table__.c, Entry.__table__.c
     each = in_month(e.booked_at)
-    # a promotion's points are issued by the earning partner (the entry's, the lot's
-    # origin), whoever funds them: the liability counts them in that partner's cohorts
-    by = case((p.account == PROMOTION_FUNDED, e.partner_id), else_=p.partner_id)
-    for account, pid, *sums in session.execute(
-            select(p.account, by, *[func.sum(p.points).filter(c) for c in each],
-                   *[func.sum(p.points).filter(and_(c, e.kind == "donation")) for c in each])
-            .select_from(Posting.__table__.join(Entry.__table__, e.id == p.entry_id))
-            .where(e.booked_at >= start, e.booked_at < end,
-                   p.account.in_(("partner:issued", "partner:redeemed", "coalition:funded",
-                                  PROMOTION_FUNDED, "coalition:membership")))
-            .group_by(p.account, by)):
-        if account == "partner:redeemed":
-            add(pid, "redeemed", sums[:n])
-            add(pid, "donated", sums[n:])
-        elif account == "coalition:membership":  # paid memberships: the coalition redeems
-            add(None, "redeemed", sums[:n])
-        else:  # issued and funded accounts go negative as points are created
-            add(pid, "issued", [-(v or 0) for v in sums[:n]])
-
-    mv = LotMovement.__table__.c
-    for origin, kind, *sums in session.execute(
-            select(mv.origin_partner_id, mv.entry_kind,
-                   *[func.sum(mv.points).filter(c) for c in in_month(mv.entry_booked_at)])
-            .where(mv.entry_booked_at >= start, mv.entry_booked_at < end,
-                   mv.entry_kind.in_(("expiry", "forfeiture", "transfer")))
-            .group_by(mv.origin_partner_id, mv.entry_kind)):
-        add(origin, {"expiry": "expired", "forfeiture": "forfeited",
-                     "transfer": "transferred"}[kind], [-(v or 0) for v in sums])
-
     # one pass over the entries: each (partner, member) once, with its active bookings
     # per month and (for the tiers) its own qualifying points at each month end; then the
     # active members counted per partner, and per month over the members (each once,
@@ -172,10 +148,54 @@ def analytics(session: Session, first: str, last: str,
         rules, tier_queries = _tier_queries(session, ends, select(
             members.c.member_id, *[members.c[f"q{k}"] for k in range(n)]))
         queries += tier_queries
+    # the grouping of the entries runs on a connection of its own, in this session's
+    # snapshot, while this one reads the postings, the lot movements and the members
+    with alongside(session, union_all(*queries), GROUPING_SETTINGS) as grouping:
+        # a promotion's points are issued by the earning partner (the entry's, the lot's
+        # origin), whoever funds them: the liability counts them in that partner's cohorts
+        by = case((p.account == PROMOTION_FUNDED, e.partner_id), else_=p.partner_id)
+        for account, pid, *sums in session.execute(
+                select(p.account, by, *[func.sum(p.points).filter(c) for c in each],
+                       *[func.sum(p.points).filter(and_(c, e.kind == "donation")) for c in each])
+                .select_from(Posting.__table__.join(Entry.__table__, e.id == p.entry_id))
+                .where(e.booked_at >= start, e.booked_at < end,
+                       p.account.in_(("partner:issued", "partner:redeemed", "coalition:funded",
+                                      PROMOTION_FUNDED, "coalition:membership")))
+                .group_by(p.account, by)):
+            if account == "partner:redeemed":
+                add(pid, "redeemed", sums[:n])
+                add(pid, "donated", sums[n:])
+            elif account == "coalition:membership":  # paid memberships: the coalition redeems
+                add(None, "redeemed", sums[:n])
+            else:  # issued and funded accounts go negative as points are created
+                add(pid, "issued", [-(v or 0) for v in sums[:n]])
+
+        mv = LotMovement.__table__.c
+        for origin, kind, *sums in session.execute(
+                select(mv.origin_partner_id, mv.entry_kind,
+                       *[func.sum(mv.points).filter(c) for c in in_month(mv.entry_booked_at)])
+                .where(mv.entry_booked_at >= start, mv.entry_booked_at < end,
+                       mv.entry_kind.in_(("expiry", "forfeiture", "transfer")))
+                .group_by(mv.origin_partner_id, mv.entry_kind)):
+            add(origin, {"expiry": "expired", "forfeiture": "forfeited",
+                         "transfer": "transferred"}[kind], [-(v or 0) for v in sums])
+
+        mb = Member.__table__.c
+        for column, figure, condition in ((mb.created_at, "enrolled", true()),
+                                          (mb.closed_at, "closed", mb.status == "closed"),
+                                          (mb.merged_at, "merged", true())):
+            for pid, *values in session.execute(
+                    select(mb.enrolled_by, *[func.count().filter(c) for c in in_month(column)])
+                    .where(column >= start, column < end, condition)
+                    .group_by(mb.enrolled_by)):
+                add(pid, figure, values)
+
+        grouped = grouping()
+
     totals_active: dict[str, int] = {}
     found: Any
     tier_rows = []
-    for found in session.execute(union_all(*queries)):
+    for found in grouped:
         tag, pid, values = found[0], found[1], list(found[2:])
         if tag == 0:
             add(pid, "active", values)
@@ -184,16 +204,6 @@ def analytics(session: Session, first: str, last: str,
         else:
             tier_rows.append((tag, pid, values))
     tiers = _tiers(names, rules, tier_rows) if with_tiers else []
-
-    mb = Member.__table__.c
-    for column, figure, condition in ((mb.created_at, "enrolled", true()),
-                                      (mb.closed_at, "closed", mb.status == "closed"),
-                                      (mb.merged_at, "merged", true())):
-        for pid, *values in session.execute(
-                select(mb.enrolled_by, *[func.count().filter(c) for c in in_month(column)])
-                .where(column >= start, column < end, condition)
-                .group_by(mb.enrolled_by)):
-            add(pid, figure, values)
 
     def row(month: str, code: str, figures: dict[str, int]) -> dict[str, Any]:
         return {"month": month, "partner": code, **figures,
@@ -287,7 +297,7 @@ def program_analytics(first: str | None, last: str | None,
         errors["to"] = [f"At most {MAX_MONTHS} months at once."]
     if errors:
         raise InvalidRequest("Check the months asked for.", errors=errors)
-    with read() as session:
+    with read(snapshot=True) as session:
         if partner is not None and partner != COALITION and session.scalar(
                 select(Partner.id).where(Partner.code == partner)) is None:
             raise NotFound(f"No partner {partner}.")

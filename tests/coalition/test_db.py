@@ -13,7 +13,7 @@ from flask import Flask
 from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from coalition.db import UnitOfWork, db, is_retryable, read, run_with_retries
+from coalition.db import UnitOfWork, alongside, db, is_retryable, read, run_with_retries
 from coalition.models import Partner, RateCard
 from tests.conftest import make_test_app
 
@@ -240,3 +240,55 @@ def test_decimals_read_back_the_same_on_both_backends(app):
         card = session.scalar(select(RateCard))
     assert [str(card.earn_rate), str(card.issue_price), str(card.redeem_rate)] == [
         "100", "0.01", "0"]
+
+
+def test_a_snapshot_read_and_its_side_statement_see_one_moment(app):
+    """Partners added after a snapshot read began are seen neither by it nor by the
+    statement it runs alongside."""
+    with UnitOfWork() as uow:
+        uow.session.add(_partner("before"))
+        uow.commit()
+    codes = select(Partner.code).order_by(Partner.code)
+    with read(snapshot=True) as session:
+        assert session.scalars(codes).all() == ["before"]
+        with UnitOfWork() as uow:
+            uow.session.add(_partner("after"))
+            uow.commit()
+        with alongside(session, codes) as rows:
+            assert session.scalars(codes).all() == ["before"]
+            assert [row.code for row in rows()] == ["before"]
+    with read(snapshot=True) as session, alongside(session, codes) as rows:
+        assert [row.code for row in rows()] == ["after", "before"]
+
+
+@pytest.mark.postgres
+def test_side_statement_runs_with_its_own_settings_on_another_connection(app):
+    with read(snapshot=True) as session:
+        session.execute(text("SET LOCAL work_mem = '5MB'"))
+        mine = session.execute(text("SELECT pg_backend_pid()")).scalar()
+        side = text("SELECT pg_backend_pid() AS pid, current_setting('work_mem') AS work_mem, "
+                    "current_setting('transaction_isolation') AS isolation")
+        with alongside(session, side, {"work_mem": "7MB"}) as rows:
+            (row,) = rows()
+        assert row.pid != mine
+        assert (row.work_mem, row.isolation) == ("7MB", "repeatable read")
+        assert session.execute(text("SHOW work_mem")).scalar() == "5MB"
+
+
+@pytest.mark.postgres
+def test_side_statement_is_cancelled_when_the_block_fails(app):
+    began = time.monotonic()
+    with pytest.raises(RuntimeError), read(snapshot=True) as session, \
+            alongside(session, text("SELECT pg_sleep(30)")):
+        _wait_until_running("SELECT pg_sleep(30)")
+        raise RuntimeError("the report failed")
+    assert time.monotonic() - began < 10
+
+
+def _wait_until_running(statement: str) -> None:
+    watch = text("SELECT count(*) FROM pg_stat_activity WHERE query = :q AND state = 'active'")
+    deadline = time.monotonic() + 10
+    with db.engine.connect() as conn:
+        while not conn.execute(watch, {"q": statement}).scalar():
+            assert time.monotonic() < deadline, "the side statement never started"
+            conn.rollback()
