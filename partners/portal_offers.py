@@ -15,7 +15,7 @@ from coalition.http.pages import check_csrf, protect_pages
 from coalition.oauth.partner_users import SignedInPartnerUser
 from coalition.offers import publishing
 from coalition.offers.schemas import OfferCreateSchema
-from partners.portal import signed_in_as
+from partners.portal import actor_of, signed_in_as
 
 bp = Blueprint("partner_offers", __name__, url_prefix="/partner/offers")
 protect_pages(bp, "partner/base.html", "partner_portal.home", "Back to the portal")
@@ -71,7 +71,7 @@ def publish() -> Any:
     form = {name: request.form.get(name, "") for name in (*FIELDS, "opt_in")}
     try:
         data = OfferCreateSchema().load(_wire(form))
-        offer = publishing.publish(data, partner_id=staff.partner_id)
+        offer = publishing.publish(data, partner_id=staff.partner_id, actor=actor_of(staff))
     except ValidationError as refused:
         errors = {k: " ".join(v) if isinstance(v, list) else "Not valid."
                   for k, v in refused.normalized_messages().items()}

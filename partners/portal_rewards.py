@@ -24,7 +24,7 @@ from coalition.catalog.models import REWARD_KINDS
 from coalition.errors import CoalitionError
 from coalition.http.pages import check_csrf, protect_pages
 from coalition.member.forms import FormCheckbox, FormPoints, PageForm, _key, field_errors
-from partners.portal import ID, signed_in_as
+from partners.portal import ID, actor_of, signed_in_as
 
 bp = Blueprint("portal_rewards", __name__, url_prefix="/partner")
 protect_pages(bp, "partner/base.html", "partner_portal.home", "Back to the portal")
@@ -147,7 +147,7 @@ def reward_new() -> Any:
     except ValidationError as refused:
         return _render_form(None, posted, field_errors(refused), status=422)
     try:
-        created = rewards.publish(staff.partner_id, data)
+        created = rewards.publish(staff.partner_id, data, actor=actor_of(staff))
     except CoalitionError as refused:
         return _render_form(None, posted, _service_errors(refused), refused.message, 422)
     flash(f"{created['name']} is published.", "success")
@@ -170,7 +170,7 @@ def reward_edit(reward_id: int) -> Any:
     except ValidationError as refused:
         return _render_form(reward, posted, field_errors(refused), status=422)
     try:
-        changed = rewards.update(staff.partner_id, reward_id, data)
+        changed = rewards.update(staff.partner_id, reward_id, data, actor=actor_of(staff))
     except CoalitionError as refused:
         return _render_form(reward, posted, _service_errors(refused), refused.message, 422)
     flash(f"{changed['name']} is saved.", "success")

@@ -33,6 +33,8 @@ ACTIONS = (
     "client.revoked",
     "program.published",
     "offer.published",
+    "reward.published",
+    "reward.changed",
     "member.merged",
     "finance_user.created",
     "finance_user.disabled",

@@ -16,6 +16,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from coalition.audit.views import current_actor
 from coalition.catalog import redemptions, rewards, vouchers
 from coalition.catalog.schemas import (
     MemberVoucherListSchema,
@@ -94,7 +95,7 @@ class Rewards(MethodView):
     def post(self, data: dict[str, Any]) -> Any:
         """Publish a reward you fulfil (the operator: a coalition reward, naming the
         partner that fulfils it)."""
-        return rewards.publish(_publisher(), data)
+        return rewards.publish(_publisher(), data, actor=current_actor())
 
 
 @blp.route(f"/rewards/<{_ID}:reward_id>")
@@ -114,7 +115,7 @@ class RewardResource(MethodView):
     def patch(self, data: dict[str, Any], reward_id: int) -> Any:
         """Change a reward you fulfil: its details, price, stock, validity; active: false
         takes it off the catalog (vouchers issued stay valid)."""
-        return rewards.update(_publisher(), reward_id, data)
+        return rewards.update(_publisher(), reward_id, data, actor=current_actor())
 
 
 @blp.route("/vouchers/<string(maxlength=64):code>")

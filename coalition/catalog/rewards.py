@@ -20,6 +20,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from coalition import clock
+from coalition.audit.service import Actor, record
 from coalition.catalog.models import Reward
 from coalition.db import UnitOfWork, Units, read
 from coalition.errors import Forbidden, InvalidRequest, NotFound
@@ -78,10 +79,11 @@ def _partner(session: Session, code: str) -> Any:
     return row
 
 
-def publish(partner_id: int | None, data: dict[str, Any], *,
+def publish(partner_id: int | None, data: dict[str, Any], *, actor: Actor | None = None,
             units: Units = UnitOfWork) -> dict[str, Any]:
     """Publish a reward: a partner's own (``partner_id``), or, with ``partner_id`` None
-    (the operator), a coalition reward fulfilled by the partner ``data["partner"]``."""
+    (the operator), a coalition reward fulfilled by the partner ``data["partner"]``.
+    ``actor``: who published it, in the fulfilling partner's audit trail."""
     _check_window(data)
     with units() as uow:
         session = uow.session
@@ -111,14 +113,18 @@ def publish(partner_id: int | None, data: dict[str, Any], *,
         session.add(reward)
         session.flush()
         body = render(reward, partner.code, partner.name)
+        if actor is not None:
+            record(session, actor, "reward.published", f"reward:{reward.id}", body,
+                   partner_id=partner.id)
         uow.commit()
         return body
 
 
 def update(partner_id: int | None, reward_id: int, data: dict[str, Any], *,
-           units: Units = UnitOfWork) -> dict[str, Any]:
+           actor: Actor | None = None, units: Units = UnitOfWork) -> dict[str, Any]:
     """Change a reward: a partner its own, the operator (``partner_id`` None) any. The
-    stock can be lowered down to the units already sold, never below."""
+    stock can be lowered down to the units already sold, never below. ``actor``: who
+    changed it, in the fulfilling partner's audit trail with what was changed."""
     with units() as uow:
         session = uow.session
         reward = session.scalar(select(Reward).where(Reward.id == reward_id)
@@ -135,6 +141,8 @@ def update(partner_id: int | None, reward_id: int, data: dict[str, Any], *,
             message = f"{reward.sold} already sold."
             raise InvalidRequest(f"The stock cannot be below the {reward.sold} units sold.",
                                  errors={"stock": [message]})
+        changed = {name: {"from": getattr(reward, name), "to": data[name]}
+                   for name in EDITABLE if name in data and data[name] != getattr(reward, name)}
         for name in EDITABLE:
             if name in data:
                 setattr(reward, name, data[name])
@@ -143,6 +151,9 @@ def update(partner_id: int | None, reward_id: int, data: dict[str, Any], *,
         partner = session.execute(select(_pt.code, _pt.name)
                                   .where(_pt.id == reward.partner_id)).one()
         body = render(reward, partner.code, partner.name)
+        if actor is not None and changed:
+            record(session, actor, "reward.changed", f"reward:{reward.id}", changed,
+                   partner_id=reward.partner_id)
         uow.commit()
         return body
 

@@ -42,7 +42,7 @@ class Offers(MethodView):
     @blp.alt_response(422, description="A rule, period, tier or cost share that does not fit")
     def post(self, data: dict[str, Any]) -> Any:
         """Publish a promotion on your earns, funded by you."""
-        return publishing.publish(data, partner_id=_partner_id())
+        return publishing.publish(data, partner_id=_partner_id(), actor=current_actor())
 
     @protected("points:earn", kinds=("partner",))
     @blp.response(200, OfferListSchema)

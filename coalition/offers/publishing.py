@@ -154,7 +154,8 @@ def publish(data: dict[str, Any], *, partner_id: int | None, actor: Actor | None
         _tell_members(session, offer, now)
         answer = describe(session, [offer])[0]
         if actor is not None:
-            record(session, actor, "offer.published", f"offer:{offer.id}", answer)
+            record(session, actor, "offer.published", f"offer:{offer.id}", answer,
+                   partner_id=partner_id)
         uow.commit()
     return answer
 

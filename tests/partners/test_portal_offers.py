@@ -74,6 +74,9 @@ def test_the_portal_lists_and_publishes_offers(client, app, operator_headers, ma
     published = listed.get_json()["offers"][0]
     assert (published["name"], published["multiplier"], published["opt_in"],
             published["cost_share"]) == ("Triple Tuesday", "3", True, {"acme": "1"})
+    trail = text_of(client.get("/partner/audit"))
+    assert "offer.published" in trail and f"offer:{published['id']}" in trail
+    assert "lena@acme.example" in trail
 
 
 def test_offers_in_the_portal_in_a_real_browser(chromium, backend, live_server, client,

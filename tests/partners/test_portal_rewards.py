@@ -9,7 +9,11 @@ import re
 from html import unescape
 
 import pytest
+from sqlalchemy import select
 
+from coalition.audit.models import AuditEvent
+from coalition.db import read
+from coalition.models import Partner
 from tests.conftest import ARTIFACTS, snapshot
 from tests.factories.ledger import PRICED_FROM
 from tests.factories.member_records import member_token
@@ -57,6 +61,20 @@ def test_staff_publish_edit_and_restock_a_reward(app, client, staff):
     (reward,) = client.get("/v1/rewards?mine=true", headers=staff["acme"]).get_json()["items"]
     assert (reward["points"], reward["stock"], reward["per_member_limit"],
             reward["valid_to"]) == (450, None, None, "2030-01-01T00:00:00Z")
+    with app.app_context(), read() as session:
+        trail = session.execute(select(
+            AuditEvent.action, AuditEvent.actor_user, AuditEvent.partner_id,
+            AuditEvent.details).where(AuditEvent.target == f"reward:{reward['id']}")
+            .order_by(AuditEvent.id)).all()
+        acme = session.scalar(select(Partner.id).where(Partner.code == "acme"))
+    assert [(action, user, partner) for action, user, partner, _ in trail] == [
+        ("reward.published", "lena@acme.example", acme),
+        ("reward.changed", "lena@acme.example", acme)]
+    assert trail[1].details == {"points": {"from": 400, "to": 450},
+                                "stock": {"from": 50, "to": None},
+                                "per_member_limit": {"from": 2, "to": None},
+                                "valid_to": {"from": None, "to": "2030-01-01T00:00:00Z"}}
+    assert "reward.changed" in text_of(client.get("/partner/audit"))
 
 
 @pytest.mark.parametrize(("change", "field", "message"), [
