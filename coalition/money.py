@@ -53,6 +53,19 @@ def canonical(value: Decimal) -> Decimal:
     return number if exponent <= 0 else number.quantize(Decimal(1))
 
 
+def shown(amount: Decimal | str, currency: str) -> str:
+    """An amount as people read it: at least the currency's minor unit ("49" GBP is
+    "49.00 GBP"), never fewer places than it has (nothing is rounded away), with thousands
+    separated."""
+    value = Decimal(amount)
+    if is_currency(currency):
+        places = MINOR_UNITS[currency]
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent < places:
+            value = value.quantize(minor_unit(currency))
+    return f"{value:,f} {currency}"
+
+
 def money_str(amount: Decimal) -> str:
     """Decimal as a plain string, never in exponent notation."""
     return format(amount, "f")

@@ -41,7 +41,7 @@ from coalition.errors import CoalitionError, NotFound
 from coalition.http.pages import check_csrf, protect_pages
 from coalition.http.signin import PageSignIn
 from coalition.ledger import history
-from coalition.ledger.models import TRANSACTION_TYPES
+from coalition.ledger.models import HISTORY_TYPES
 from coalition.member.signin import ActivationFailed, SignInLocked
 from coalition.oauth import partner_users
 from coalition.oauth.models import PARTNER_SCOPES, PORTAL_SCOPES
@@ -192,7 +192,7 @@ def _transactions(staff: SignedInPartnerUser) -> Any:
         if found is not None:
             return redirect(url_for(".transaction", transaction_id=found))
         errors["q"] = f"No transaction of yours has the reference {form['q'][:64]!r}."
-    if form["type"] and form["type"] not in TRANSACTION_TYPES:
+    if form["type"] and form["type"] not in HISTORY_TYPES:
         errors["type"] = "Choose a type from the list."
     start = _day(form["from"], "from", errors)
     end = _day(form["to"], "to", errors)
@@ -215,7 +215,7 @@ def _transactions(staff: SignedInPartnerUser) -> Any:
             page = history.list_transactions(staff.partner_id, filters)
     more = {k: v for k, v in form.items() if v and k not in ("cursor", "q")}
     return render_template("partner/transactions.html", page=page, form=form, errors=errors,
-                           types=TRANSACTION_TYPES, more=more), 422 if errors else 200
+                           types=HISTORY_TYPES, more=more), 422 if errors else 200
 
 
 @bp.get(f"/transactions/<{ID}:transaction_id>")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,8 @@ from flask import (
     session,
 )
 from werkzeug.exceptions import HTTPException
+
+from coalition.money import shown
 
 CSRF_FIELD = "csrf_token"
 
@@ -60,6 +63,11 @@ def points(value: Any) -> str:
     return f"{int(value or 0):,}"
 
 
+def money(value: Mapping[str, Any]) -> str:
+    """``{"amount": …, "currency": …}`` as people read it (:func:`coalition.money.shown`)."""
+    return shown(value["amount"], value["currency"])
+
+
 def signed(value: Any) -> str:
     number = int(value or 0)
     return f"+{number:,}" if number > 0 else f"−{-number:,}" if number < 0 else "0"
@@ -97,4 +105,4 @@ def protect_pages(blueprint: Blueprint, layout: str, home: str, home_label: str)
 def init_pages(app: Flask) -> None:
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.jinja_env.filters.update(points=points, signed=signed, day=day, moment=moment,
-                                 iso=iso)
+                                 iso=iso, money=money)

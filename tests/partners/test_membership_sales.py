@@ -17,6 +17,7 @@ from tests.conftest import snapshot
 from tests.factories.ledger import PRICED_FROM
 from tests.factories.partner_api import assert_error, earn, enrol, post_ok, publish
 from tests.factories.tokens import partner_headers
+from tests.partners.test_portal import sign_in, staff_account, text_of
 
 PLANS = [{"code": "vip", "name": "VIP", "price": {"amount": "49.00", "currency": "GBP"},
           "period_months": 12, "multiplier": "3"}]
@@ -69,3 +70,28 @@ def test_a_membership_sale_is_in_the_history_and_on_the_webhook(app, client, mak
     assert_error(client.get("/v1/transactions?type=membership", headers=reader), 422,
                  "invalid_request", {"type"})
     assert snapshot(app) == before
+
+
+def test_the_portal_lists_and_filters_membership_sales(app, client, make_partner,
+                                                       operator_headers):
+    publish(client, operator_headers, memberships=PLANS)
+    _, acme = make_partner("acme", valid_from=PRICED_FROM)
+    ann = enrol(client, acme, "ann")
+    earn(client, acme, ann, "e1", points=10)
+    post_ok(client, "/v1/memberships", acme, {
+        "member_number": ann, "plan": "vip", "partner_txn_id": "till-1",
+        "price": {"amount": "49.00", "currency": "GBP"}})
+    reader = partner_headers(client, "acme", ("transactions:read",))
+    (sale,) = client.get("/v1/transactions?type=membership_sale", headers=reader).get_json()[
+        "items"]
+    staff_account("acme")
+    sign_in(client)
+    everything = text_of(client.get("/partner/transactions"))
+    assert "membership sale" in everything and "till-1" in everything and "e1" in everything
+    assert '<option value="membership_sale">membership sale</option>' in everything
+    only = text_of(client.get("/partner/transactions?type=membership_sale"))
+    assert "till-1" in only and "<code>e1</code>" not in only
+    detail = client.get(f"/partner/transactions/{sale['id']}")
+    html = text_of(detail)
+    assert detail.status_code == 200 and "membership sale" in html and "till-1" in html
+    assert "49.00 GBP" in html and "Reversals" not in html  # a sale is not reversed
