@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from coalition.errors import HoldNotOpen
 from coalition.ledger import fence
-from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting, Wallet
+from coalition.ledger.models import IS_LIVE_LOT, Entry, Hold, Lot, LotMovement, Posting, Wallet
 from coalition.observability import note_booked
 from coalition.schemas import MAX_POINTS
 
@@ -161,8 +161,7 @@ def _live_lots(exclude: bool) -> Any:
     first), at most ``page`` of them: read from the partial index ``ix_lot_live``, so the
     cost is that of the lots read, whatever the member's history."""
     lot = Lot.__table__.c
-    conditions = [lot.member_id == bindparam("member_id"), lot.state == "live",
-                  lot.remaining > 0]
+    conditions = [lot.member_id == bindparam("member_id"), IS_LIVE_LOT]
     if exclude:
         conditions.append(lot.id != bindparam("exclude"))
     return (select(lot.id, lot.origin_partner_id, lot.remaining).where(*conditions)
