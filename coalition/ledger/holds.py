@@ -56,11 +56,11 @@ def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
             raise InvalidRequest(message, errors={"expires_in": [message]})
         points = data["points"]
         balance = debit_wallet(session, member, now, available=-points, held=points)
-        takes = journal.take_from_live_lots(session, member.id, points)
+        takes = journal.take_from_live_lots(session, member.id, points, apply=False)
         entry_id = journal.book_entry(
             session, kind="hold", booked_at=now, points=points, partner_id=partner.id,
             member_id=member.id, partner_txn_id=data["partner_txn_id"], request_hash=digest,
-            balance=balance, takes=takes,
+            balance=balance, takes=takes, apply_to_lots=True,
             postings=[("member:available", member.id, None, -points),
                       ("member:held", member.id, None, points)],
         )
