@@ -148,14 +148,14 @@ def burn(partner_id: int | PartnerRef, data: dict[str, Any], *,
         member, _ = first_read(session, partner, data["partner_txn_id"], data)
         points = data["points"]
         balance = debit_wallet(session, member, now, available=-points)
-        takes = journal.take_from_live_lots(session, member.id, points)
+        takes = journal.take_from_live_lots(session, member.id, points, apply=False)
         entry_id = journal.book_entry(
             session, kind="burn", booked_at=now, occurred_at=data.get("occurred_at"),
             points=points, partner_id=partner.id, member_id=member.id,
             partner_txn_id=data["partner_txn_id"], request_hash=digest, balance=balance,
             postings=[("member:available", member.id, None, -points),
                       ("partner:redeemed", None, partner.id, points)],
-            takes=takes,
+            takes=takes, apply_to_lots=True,
         )
         return transaction_body(
             entry_id=entry_id, kind="burn", partner_code=partner.code,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from coalition import clock
@@ -17,13 +17,13 @@ from coalition.ledger.booking import PartnerRef, debit_wallet, partner_of, partn
 from coalition.ledger.idempotency import (
     AlreadyBooked,
     Outcome,
+    first_read,
     idempotent,
     probe,
     request_hash,
     used_column,
 )
 from coalition.ledger.journal import Take
-from coalition.ledger.lookup import active_member
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Wallet
 from coalition.ledger.rendering import (
     balance_dict,
@@ -32,41 +32,46 @@ from coalition.ledger.rendering import (
     transaction_body,
 )
 from coalition.ledger.voiding import RETURN_ORDER, OpenHold, returning, void_hold
-from coalition.program.service import rules_in_force
+from coalition.program.service import latest_version_columns, rules_of_version
+
+_INSERT_HOLD = insert(Hold.__table__).returning(Hold.__table__.c.id)
 
 
 def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
                    units: Units = UnitOfWork) -> Outcome:
-    """Move points from available to held until captured, voided or expired."""
+    """Move points from available to held until captured, voided or expired. The first
+    read carries the idempotency probe, the member and the rules' version
+    (:func:`~coalition.ledger.idempotency.first_read`)."""
     partner = partner_of(partner_id)
     digest = request_hash("hold", data)
 
     def work(session: Session) -> dict[str, Any]:
         now = clock.utcnow()
-        member = active_member(session, partner.id, data)
-        holds = rules_in_force(session)["holds"]
+        member, (version, published_at) = first_read(
+            session, partner, data["partner_txn_id"], data, ("hold", latest_version_columns))
+        holds = rules_of_version(session, version, published_at)["holds"]
         seconds = data.get("expires_in") or holds["default_seconds"]
         if seconds > holds["max_seconds"]:
             message = f"At most {holds['max_seconds']} seconds."
             raise InvalidRequest(message, errors={"expires_in": [message]})
         points = data["points"]
         balance = debit_wallet(session, member, now, available=-points, held=points)
-        takes = journal.take_from_live_lots(session, member.id, points)
+        takes = journal.take_from_live_lots(session, member.id, points, apply=False)
         entry_id = journal.book_entry(
             session, kind="hold", booked_at=now, points=points, partner_id=partner.id,
             member_id=member.id, partner_txn_id=data["partner_txn_id"], request_hash=digest,
-            balance=balance, takes=takes,
+            balance=balance, takes=takes, apply_to_lots=True,
             postings=[("member:available", member.id, None, -points),
                       ("member:held", member.id, None, points)],
         )
-        hold = Hold(entry_id=entry_id, member_id=member.id, partner_id=partner.id,
-                    points=points, captured=0, status="open",
-                    expires_at=now + timedelta(seconds=seconds))
-        session.add(hold)
-        session.flush()
-        return {"id": hold.id, "partner": partner.code, "member_number": member.member_number,
+        expires_at = now + timedelta(seconds=seconds)
+        hold_id = session.execute(_INSERT_HOLD, {
+            "entry_id": entry_id, "member_id": member.id, "partner_id": partner.id,
+            "points": points, "captured": 0, "status": "open",
+            "expires_at": expires_at}).scalar_one()
+        return {"id": hold_id, "partner": partner.code, "member_number": member.member_number,
                 "partner_txn_id": data["partner_txn_id"], "points": points,
-                "captured_points": 0, "status": "open", "expires_at": hold.expires_at,
+                "captured_points": 0, "status": "open", "expires_at": expires_at,
                 "created_at": now,
                 "balance": {"available": balance.available, "pending": balance.pending,
                             "held": balance.held},
@@ -79,7 +84,8 @@ def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
         body["captured_points"] = 0
         return body
 
-    return idempotent(partner, data["partner_txn_id"], digest, work, render, units=units)
+    return idempotent(partner, data["partner_txn_id"], digest, work, render, units=units,
+                      probe=False)
 
 
 _h, _m, _e = Hold.__table__.c, Member.__table__.c, Entry.__table__.c

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from coalition.errors import HoldNotOpen
 from coalition.ledger import fence
-from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Posting, Wallet
+from coalition.ledger.models import IS_LIVE_LOT, Entry, Hold, Lot, LotMovement, Posting, Wallet
 from coalition.observability import note_booked
 from coalition.schemas import MAX_POINTS
 
@@ -161,8 +161,7 @@ def _live_lots(exclude: bool) -> Any:
     first), at most ``page`` of them: read from the partial index ``ix_lot_live``, so the
     cost is that of the lots read, whatever the member's history."""
     lot = Lot.__table__.c
-    conditions = [lot.member_id == bindparam("member_id"), lot.state == "live",
-                  lot.remaining > 0]
+    conditions = [lot.member_id == bindparam("member_id"), IS_LIVE_LOT]
     if exclude:
         conditions.append(lot.id != bindparam("exclude"))
     return (select(lot.id, lot.origin_partner_id, lot.remaining).where(*conditions)
@@ -173,13 +172,16 @@ _LIVE_LOTS = {False: _live_lots(False), True: _live_lots(True)}
 
 
 def take_from_live_lots(
-    session: Session, member_id: int, points: int, exclude_lot: int | None = None
+    session: Session, member_id: int, points: int, exclude_lot: int | None = None,
+    apply: bool = True,
 ) -> list[Take]:
     """Take ``points`` from the member's live lots, earliest expiry first.
 
     The caller has already debited the wallet (so the points are there) and holds its
     lock (so the lots do not change under this read). Lots are read a page at a time and
-    the reading stops once the points are covered: usually one short page.
+    the reading stops once the points are covered: usually one short page. Without
+    ``apply``, the takes are only read: the caller's :func:`book_entry` applies them
+    (``apply_to_lots``), in the entry's own statement on PostgreSQL.
     """
     params: dict[str, Any] = {"member_id": member_id, "page": FIRST_PAGE}
     if exclude_lot is not None:
@@ -199,7 +201,8 @@ def take_from_live_lots(
         params["page"] *= 16
     if left:
         raise LedgerInconsistency(f"member {member_id}: lots short of the wallet by {left}")
-    apply_takes(session, takes)
+    if apply:
+        apply_takes(session, takes)
     return takes
 
 
@@ -324,7 +327,24 @@ _ENTRY_COLUMNS = ("kind", "booked_at", "occurred_at", "partner_id", "member_id",
                   "spend_currency", "note", "sender_named", "available_after",
                   "pending_after", "held_after")
 _MOVE_FIELDS = ("lot_id", "points", "origin_partner_id")
-_entries: dict[tuple[bool, int, int], Any] = {}
+_entries: dict[tuple[bool, int, int, bool], Any] = {}
+
+
+def _applied(e: Any, takes: int) -> Any:
+    """The CTE that changes each taken lot's remaining points (:data:`_APPLY_TAKE`'s rule)
+    once the entry ``e`` is written. The lots by id in the statement itself, not joined to
+    a CTE: a lot changed by a booking that committed while this one waited for the wallet
+    is re-read by the UPDATE (and its WHERE checked again), which a join to a CTE's rows
+    does not survive."""
+    movement = LotMovement.__table__
+    lot_ids = [_param(movement, "lot_id", f"m{i}_") for i in range(takes)]
+    delta = case(*[(_L.c.id == lot_id, _param(movement, "points", f"m{i}_"))
+                   for i, lot_id in enumerate(lot_ids)])
+    return (update(_L).where(_L.c.id.in_(lot_ids), exists(select(e.c.entry_id)))
+            .values(remaining=_L.c.remaining + delta,
+                    state=case((and_(delta > 0, _L.c.state == "expired"), "live"),
+                               else_=_L.c.state))
+            .cte("t_applied"))
 
 
 def _children(e: Any, postings: int, moves: int) -> list[Any]:
@@ -345,11 +365,11 @@ def _children(e: Any, postings: int, moves: int) -> list[Any]:
     return ctes
 
 
-def _entry_statement(priced: bool, postings: int, moves: int) -> Any:
-    """PostgreSQL: the entry (passing the fence), its postings and its lot movements as
-    one statement of data-modifying CTEs, the postings and movements reading the id that
-    the entry's INSERT returned."""
-    key = (priced, postings, moves)
+def _entry_statement(priced: bool, postings: int, moves: int, applied: bool) -> Any:
+    """PostgreSQL: the entry (passing the fence), its postings and its lot movements (and,
+    ``applied``, the lots changed by them) as one statement of data-modifying CTEs, the
+    postings and movements reading the id that the entry's INSERT returned."""
+    key = (priced, postings, moves, applied)
     statement = _entries.get(key)
     if statement is not None:
         return statement
@@ -360,6 +380,8 @@ def _entry_statement(priced: bool, postings: int, moves: int) -> Any:
                                                  ("closed_until", "priced"), strict=False)])
          .cte("e"))
     ctes = _children(e, postings, moves)
+    if applied and moves:
+        ctes.append(_applied(e, moves))
     columns = [e.c.entry_id, e.c.closed_until, *([e.c.priced] if priced else [])]
     statement = select(*columns).add_cte(*ctes)
     _entries[key] = statement
@@ -368,7 +390,8 @@ def _entry_statement(priced: bool, postings: int, moves: int) -> Any:
 
 def _book_in_one_statement(session: Session, values: dict[str, Any],
                            postings: list[tuple[str, int | None, int | None, int]],
-                           takes: Sequence[Take], priced_at: int | None) -> int:
+                           takes: Sequence[Take], priced_at: int | None,
+                           applied: bool) -> int:
     params: dict[str, Any] = {**{f"e_{name}": value for name, value in values.items()},
                               **fence.parameters(priced_at, values["booked_at"])}
     for i, posting in enumerate(postings):
@@ -377,8 +400,8 @@ def _book_in_one_statement(session: Session, values: dict[str, Any],
     for i, take in enumerate(takes):
         params.update({f"m{i}_lot_id": take.lot_id, f"m{i}_points": take.points,
                        f"m{i}_origin_partner_id": take.origin_partner_id})
-    row = session.execute(_entry_statement(priced_at is not None, len(postings), len(takes)),
-                          params).one()
+    row = session.execute(_entry_statement(priced_at is not None, len(postings), len(takes),
+                                           applied), params).one()
     fence.judge(values["booked_at"], row.closed_until,
                 bool(row.priced) if priced_at is not None else True)
     return int(row.entry_id)
@@ -404,9 +427,12 @@ def book_entry(
     takes: Sequence[Take] = (),
     sender_named: bool | None = None,
     money_only: bool = False,
+    apply_to_lots: bool = False,
 ) -> int:
     """Write one entry with its postings ``(account, member_id, partner_id, points)`` and
-    the lot movements of ``takes``; returns the entry id.
+    the lot movements of ``takes``; returns the entry id. With ``apply_to_lots``, the
+    takes also change the lots (:func:`apply_takes`), in the same statement on
+    PostgreSQL: for takes read without ``apply`` (:func:`take_from_live_lots`).
 
     With ``money_only``, an entry that moves no points and carries money instead (a
     membership a partner sold for money): no postings, no lots, and a spend."""
@@ -428,9 +454,12 @@ def book_entry(
         "held_after": balance.held if balance else None,
     }
     if in_statement and postings and len(takes) <= MOVES_IN_STATEMENT:
-        entry_id = _book_in_one_statement(session, values, postings, takes, priced_at)
+        entry_id = _book_in_one_statement(session, values, postings, takes, priced_at,
+                                          apply_to_lots)
         note_booked(session, kind)
         return entry_id
+    if apply_to_lots:
+        apply_takes(session, takes)
     if not in_statement:
         fence.judge(booked_at, *fence.read(session, priced_at, booked_at))
     statement = _INSERT_ENTRY_FENCED[priced_at is not None] if in_statement else _INSERT_ENTRY
@@ -646,7 +675,7 @@ def _change_statement(signs: tuple[int, int, int], activity: bool, versioned: bo
     statement = _changes.get(key)
     if statement is not None:
         return statement
-    entry, movement = Entry.__table__, LotMovement.__table__
+    entry = Entry.__table__
     w = _wallet_update(signs, activity, versioned).cte("w")
     fields = [*_ENTRY_FIELDS, "available_after", "pending_after", "held_after"]
     values = [*[_param(entry, f, "e_") for f in _ENTRY_FIELDS],
@@ -669,18 +698,7 @@ def _change_statement(signs: tuple[int, int, int], activity: bool, versioned: bo
          .cte("e"))
     ctes = _children(e, postings, takes)
     if takes:
-        # the lots by id in the statement itself, not joined to a CTE: a lot changed by
-        # a booking that committed while this one waited for the wallet is re-read by the
-        # UPDATE (and its WHERE checked again), which a join to a CTE's rows does not survive
-        lot_ids = [_param(movement, "lot_id", f"m{i}_") for i in range(takes)]
-        delta = case(*[(_L.c.id == lot_id, _param(movement, "points", f"m{i}_"))
-                       for i, lot_id in enumerate(lot_ids)])
-        ctes.append(
-            update(_L).where(_L.c.id.in_(lot_ids), exists(select(e.c.entry_id)))
-            .values(remaining=_L.c.remaining + delta,
-                    state=case((and_(delta > 0, _L.c.state == "expired"), "live"),
-                               else_=_L.c.state))
-            .cte("t_applied"))
+        ctes.append(_applied(e, takes))
     columns = [w.c.available, w.c.pending, w.c.held, e.c.entry_id, e.c.closed_until,
                *([e.c.priced] if priced else [])]
     statement = select(*columns).select_from(w.join(e, true())).add_cte(*ctes)

@@ -22,6 +22,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -232,6 +234,13 @@ class Lot(Base):
     earned_at: Mapped[Timestamp]
     expires_at: Mapped[Timestamp | None]
     pending_until: Mapped[Timestamp | None]
+
+
+#: :data:`LIVE_LOT` as a condition on ``lot``, written with literals: a prepared
+#: statement's generic plan can then prove the predicate of ``ix_lot_live`` and read it
+#: (with ``state = $2`` it cannot, and reads every lot of the member)
+IS_LIVE_LOT = and_(Lot.__table__.c.state == literal_column("'live'"),
+                   Lot.__table__.c.remaining > literal_column("0"))
 
 
 class LotMovement(Base):

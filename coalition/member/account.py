@@ -21,7 +21,7 @@ from coalition.errors import NotFound
 from coalition.ledger.expiring import by_date
 from coalition.ledger.history import decode_cursor, encode_cursor
 from coalition.ledger.lookup import member_entries, member_ids_of
-from coalition.ledger.models import Entry, Hold, Lot, Member, Posting, Wallet
+from coalition.ledger.models import IS_LIVE_LOT, Entry, Hold, Lot, Member, Posting, Wallet
 from coalition.ledger.tiers import qualifying_points
 from coalition.ledger.transfers import sender_label
 from coalition.models import Partner
@@ -82,7 +82,7 @@ def _expiring(session: Session, member_id: int, wallet: Wallet | None, rules: An
         # every live point goes at once, ``months`` after the member's last earn or burn
         last = wallet.last_activity_at if wallet else None
         live = session.scalar(select(func.coalesce(func.sum(lot.remaining), 0)).where(
-            lot.member_id == member_id, lot.state == "live", lot.remaining > 0)) or 0
+            lot.member_id == member_id, IS_LIVE_LOT)) or 0
         if last is not None and live:
             dates.append((add_months(last, expiry["months"]), int(live)))
     else:
@@ -91,7 +91,7 @@ def _expiring(session: Session, member_id: int, wallet: Wallet | None, rules: An
         if expiry["policy"] == "fixed":
             rows = session.execute(
                 select(lot.expires_at, func.sum(lot.remaining))
-                .where(lot.member_id == member_id, lot.state == "live", lot.remaining > 0,
+                .where(lot.member_id == member_id, IS_LIVE_LOT,
                        lot.expires_at.is_not(None))
                 .group_by(lot.expires_at).order_by(lot.expires_at)).all()
             dates = [(at, int(points)) for at, points in rows]
@@ -121,7 +121,7 @@ def summary(member_id: int) -> dict[str, Any]:
             .order_by(hold.expires_at)).all()
         by_origin = session.execute(
             select(lot.origin_partner_id, func.sum(lot.remaining))
-            .where(lot.member_id == member_id, lot.state == "live", lot.remaining > 0)
+            .where(lot.member_id == member_id, IS_LIVE_LOT)
             .group_by(lot.origin_partner_id)).all()
         names = _partners(session, {p for p, _ in by_origin if p is not None}
                           | {h.partner_id for h in holds})

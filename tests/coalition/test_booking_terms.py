@@ -1,14 +1,21 @@
 """What a booking reads of the program and the partner's contract (the rules' version,
 the earn rate in force) comes with its first statement, and the rules are parsed once per
-worker and version: a new version or a new rate card is seen by the very next request."""
+worker and version: a new version or a new rate card is seen by the very next request,
+on whichever worker it lands (two apps on one database stand in for two workers)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
+from flask.testing import FlaskClient
+
 from coalition.clock import add_months
+from coalition.db import db
+from tests.conftest import make_test_app
 
 
 def _rules(multiplier: str, **more):
@@ -63,3 +70,35 @@ def test_a_new_rate_card_is_seen_by_the_next_earn(client, make_partner, operator
         time.sleep(0.05)
     assert _earn(client, headers, number, "t-3")["points"] == 40
     assert Decimal(card.get_json()["earn_rate"]) == 4
+
+
+@pytest.fixture
+def other_worker(app, database_url: str) -> Iterator[FlaskClient]:
+    """A second app on the same database, with its own pool: another worker."""
+    other = make_test_app(database_url)
+    yield other.test_client()
+    with other.app_context():
+        db.engine.dispose()
+
+
+def test_a_change_made_on_one_worker_is_seen_by_the_next_earn_on_another(
+        client, other_worker, make_partner, operator_headers):
+    assert client.put("/v1/admin/program", json=_rules("1"),
+                      headers=operator_headers).status_code == 200
+    _, headers = make_partner("acme", valid_from=datetime.now(UTC) - timedelta(days=1))
+    number = client.post("/v1/members", json={"partner_member_ref": "c1"},
+                         headers=headers).get_json()["member_number"]
+    # the other worker has booked under the first version and the first rate card
+    assert _earn(other_worker, headers, number, "t-1")["points"] == 10
+    assert client.put("/v1/admin/program", json=_rules("2"),
+                      headers=operator_headers).status_code == 200
+    assert _earn(other_worker, headers, number, "t-2")["points"] == 20
+    starts = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    card = client.post("/v1/admin/partners/acme/rates", headers=operator_headers,
+                       json={"valid_from": starts.isoformat(), "earn_rate": "4"})
+    assert card.status_code == 201, card.get_json()
+    while datetime.now(UTC) < starts:
+        time.sleep(0.05)
+    assert _earn(other_worker, headers, number, "t-3")["points"] == 80
+    # and back on the first worker, the same terms
+    assert _earn(client, headers, number, "t-4")["points"] == 80

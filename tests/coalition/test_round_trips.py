@@ -119,6 +119,71 @@ def _the_booking_shape(statements: list[str], reported: bool = True) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("points", [300, 1000])
+def test_a_burn_changes_its_lots_in_its_entry_statement(client, member, points):
+    """The token check, the first read, the wallet, the lots it takes, and the entry with
+    its postings, lot movements and the lots' change: five (the lots' change was a
+    statement of its own)."""
+    number, headers = member
+    statements, answer = _statements_of(client, "/v1/burn", {
+        "member_number": number, "partner_txn_id": "b1", "points": points}, headers)
+    assert "oauth_token" in statements[0]
+    assert statements[2].startswith("UPDATE wallet"), statements[2]
+    assert statements[3].startswith("SELECT lot.id"), statements[3]
+    assert statements[4].startswith("WITH e AS (INSERT INTO entry")
+    assert "UPDATE lot" in statements[4]
+    # and the partner's report, a burn being a redemption at the partner
+    assert len(statements) == 6 and "partner_funding" in statements[5], (
+        "\n".join(statement[:80] for statement in statements))
+    assert answer["balance"] == {"available": 1000 - points, "pending": 0, "held": 0}
+    with read() as session:
+        entry = session.get_one(Entry, answer["id"])
+        moved = session.scalar(select(func.sum(LotMovement.points))
+                               .where(LotMovement.entry_id == entry.id))
+        remaining = session.scalars(select(Lot.remaining)
+                                    .where(Lot.member_id == entry.member_id)
+                                    .order_by(Lot.id)).all()
+        wallet = session.get_one(Wallet, entry.member_id)
+    assert moved == -points
+    assert sum(remaining) == wallet.available == 1000 - points
+    # four lots of 250, the earliest expiry first (none here: in id order)
+    assert remaining == [max(0, min(250, 250 * (i + 1) - points)) for i in range(4)]
+
+
+@pytest.mark.postgres
+def test_an_authorisation_reads_once_before_its_wallet_change(client, member):
+    """The token check, one first read (the partner_txn_id, the member, the rules'
+    version), then the wallet, the lots it takes, the entry with its postings, lot
+    movements and the lots' change, and the hold: six (the probe, the member and the rules
+    were three statements of their own, the lots' change another, and the hold was written
+    by the ORM: nine)."""
+    number, headers = member
+    statements, answer = _statements_of(client, "/v1/holds", {
+        "member_number": number, "partner_txn_id": "h1", "points": 400}, headers)
+    assert "oauth_token" in statements[0]
+    first = statements[1]
+    assert first.startswith("SELECT") and "member" in first and "program_rules" in first
+    assert "partner_txn_id" in first, first
+    assert statements[2].startswith("UPDATE wallet"), statements[2]
+    assert statements[-1].startswith("INSERT INTO hold"), statements[-1]
+    assert statements[3].startswith("SELECT lot.id")
+    assert statements[4].startswith("WITH e AS (INSERT INTO entry")
+    assert "UPDATE lot" in statements[4]
+    assert len(statements) == 6, "\n".join(statement[:80] for statement in statements)
+    assert answer["status"] == "open" and answer["points"] == 400
+    assert answer["balance"] == {"available": 600, "pending": 0, "held": 400}
+    with read() as session:
+        hold = session.get(Hold, answer["id"])
+        assert (hold.status, hold.points, hold.captured) == ("open", 400, 0)
+        assert (hold.expires_at.replace(microsecond=0).isoformat()
+                == answer["expires_at"].replace("Z", "+00:00"))
+        moved = session.scalar(select(func.sum(LotMovement.points))
+                               .where(LotMovement.entry_id == hold.entry_id))
+        wallet = session.get(Wallet, hold.member_id)
+    assert moved == -400 and (wallet.available, wallet.held) == (600, 400)
+
+
+@pytest.mark.postgres
 @pytest.mark.parametrize("captured", [None, 320])
 def test_a_capture_is_a_first_read_and_one_booking_statement(client, member, captured):
     number, headers = member
