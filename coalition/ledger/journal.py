@@ -207,14 +207,19 @@ def take_from_live_lots(
 
 
 _L = Lot.__table__
-# Points returned to a lot that expired meanwhile make it live again with its original
-# expiry, so the next expiry run takes them as breakage like any other late points.
-_APPLY_TAKE = (
-    update(_L).where(_L.c.id == bindparam("lot"))
-    .values(remaining=_L.c.remaining + bindparam("delta"),
-            state=case((and_(bindparam("delta") > 0, _L.c.state == "expired"), "live"),
-                       else_=_L.c.state))
-)
+
+
+def _take_values(delta: Any) -> dict[str, Any]:
+    """What a take of ``delta`` points (negative: taken) changes in its lot. Points
+    returned to a lot that expired meanwhile make it live again with its original expiry,
+    so the next expiry run takes them as breakage like any other late points."""
+    return {"remaining": _L.c.remaining + delta,
+            "state": case((and_(delta > 0, _L.c.state == "expired"), "live"),
+                          else_=_L.c.state)}
+
+
+_APPLY_TAKE = update(_L).where(_L.c.id == bindparam("lot")).values(
+    **_take_values(bindparam("delta")))
 
 
 def apply_takes(session: Session, takes: Sequence[Take]) -> None:
@@ -331,7 +336,7 @@ _entries: dict[tuple[bool, int, int, bool], Any] = {}
 
 
 def _applied(e: Any, takes: int) -> Any:
-    """The CTE that changes each taken lot's remaining points (:data:`_APPLY_TAKE`'s rule)
+    """The CTE that changes each taken lot (:func:`_take_values`)
     once the entry ``e`` is written. The lots by id in the statement itself, not joined to
     a CTE: a lot changed by a booking that committed while this one waited for the wallet
     is re-read by the UPDATE (and its WHERE checked again), which a join to a CTE's rows
@@ -341,10 +346,7 @@ def _applied(e: Any, takes: int) -> Any:
     delta = case(*[(_L.c.id == lot_id, _param(movement, "points", f"m{i}_"))
                    for i, lot_id in enumerate(lot_ids)])
     return (update(_L).where(_L.c.id.in_(lot_ids), exists(select(e.c.entry_id)))
-            .values(remaining=_L.c.remaining + delta,
-                    state=case((and_(delta > 0, _L.c.state == "expired"), "live"),
-                               else_=_L.c.state))
-            .cte("t_applied"))
+            .values(**_take_values(delta)).cte("t_applied"))
 
 
 def _children(e: Any, postings: int, moves: int) -> list[Any]:
