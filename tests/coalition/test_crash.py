@@ -14,9 +14,10 @@ and retries. Then:
   answered 201 (a 409 ``insufficient_points`` books nothing), with the id it was answered
   with;
 * an answer marked ``Idempotent-Replayed`` is one that a crash (or a timeout) took from the
-  client: the request was retried across a crash, and its entry was booked before that
-  crash; an answer after a retry that is not marked was booked after it; and the calls
-  that timed out are answered as replays;
+  client: its entry was booked by an earlier attempt, before the crash that followed it,
+  or after an attempt the client stopped waiting for (a busy server goes on with it); an
+  answer after a retry that is not marked was booked after the crashes before it; and the
+  calls that timed out on purpose are answered as replays;
 * each member's balance is the sum of the earns less the burns answered 201;
 * ``coalition ledger check`` is green.
 
@@ -145,6 +146,11 @@ def kill_group(process: subprocess.Popen[bytes]) -> float:
 class NoAnswer(Exception):
     """The outcome of the call was not received."""
 
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        #: the client gave up waiting: the server may still book the call afterwards
+        self.timed_out = isinstance(cause, TimeoutError)
+
 
 class Http:
     """One keep-alive connection to 127.0.0.1:``port``, opened again when it is lost."""
@@ -169,7 +175,7 @@ class Http:
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, timeout, EOF
             self.close()
-            raise NoAnswer(f"{type(exc).__name__}: {exc}") from exc
+            raise NoAnswer(exc) from exc
         if response.will_close:
             self.close()
         elif timeout != REQUEST_TIMEOUT:
@@ -208,6 +214,15 @@ def fetch_token(port: int, client_id: str, secret: str) -> str:
 
 
 @dataclass
+class Lost:
+    """An attempt whose outcome the client did not receive."""
+
+    sent: float
+    error: str
+    timed_out: bool
+
+
+@dataclass
 class Op:
     """One earn or burn, and what became of it."""
 
@@ -224,7 +239,7 @@ class Op:
     status: int | None = None
     answer: Any = None
     replayed: bool = False
-    failures: list[str] = field(default_factory=list)
+    lost: list[Lost] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.body = json.dumps({"member_number": self.member, "partner_txn_id": self.txn,
@@ -273,7 +288,7 @@ class Load:
                             "POST", f"/v1/{op.kind}", op.body,
                             timeout=IMPATIENCE if impatient else REQUEST_TIMEOUT)
                     except NoAnswer as exc:
-                        op.failures.append(str(exc))
+                        op.lost.append(Lost(op.last_sent, str(exc), exc.timed_out))
                         # the server is down: knock again shortly; after a timeout, give
                         # the request that is still running the time to finish
                         time.sleep(0.5 if impatient else 0.05)
@@ -412,12 +427,14 @@ def test_a_crash_loses_or_doubles_nothing(tmp_path: Path, crash_database: str) -
             assert not op.replayed or op.attempts > 1, op
             if op.impatient:
                 continue
-            # lost to a crash: asked before it and booked before it, or booked after it by
-            # the retry that is not a replay
-            crash_between = [k for k in kills if op.first_sent < k < op.last_sent]
+            # a replay was booked by an attempt whose answer was lost: to a crash (asked
+            # before it and booked before it) or to a timeout (a slow server went on with
+            # it); a retry that is not a replay booked it after the crashes before it
             booked_at = row.booked_at.timestamp()
             if op.replayed:
-                assert crash_between and booked_at < crash_between[-1], (op, row.booked_at)
+                assert any(lost.sent < booked_at and (lost.timed_out or any(
+                    lost.sent < k < op.last_sent and booked_at < k for k in kills))
+                    for lost in op.lost), (op, row.booked_at)
             elif op.attempts > 1:
                 prior = [k for k in kills if k < op.last_sent]
                 assert not prior or booked_at > prior[-1], (op, row.booked_at)
