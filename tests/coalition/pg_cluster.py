@@ -12,6 +12,7 @@ PostgreSQL refuses to run as root, so under root (CI) every server runs as ``pos
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pwd
@@ -69,6 +70,20 @@ def _owned(path: Path) -> Path:
         user = pwd.getpwnam("postgres")
         os.chown(path, user.pw_uid, user.pw_gid)
     return path
+
+
+@contextmanager
+def fixed_ports() -> Iterator[None]:
+    """The servers these tests start listen on fixed ports: one such set of servers at a
+    time on the machine, across test runs (two checkouts tested side by side would
+    otherwise reach each other's servers). A lock on a file in the system's temporary
+    folder, held while the servers run."""
+    with (Path(tempfile.gettempdir()) / "coalition-fixed-ports.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
 
 
 @contextmanager

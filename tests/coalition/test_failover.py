@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.coalition.pg_cluster import patroni_cluster, wait_for, workdir
+from tests.coalition.pg_cluster import fixed_ports, patroni_cluster, wait_for, workdir
 from tests.coalition.test_crash import Http, NoAnswer, cli, fetch_token, gunicorn, server_env
 from tests.coalition.test_serving import started, wait_until_healthy
 
@@ -144,8 +144,9 @@ class Load:
 
 
 def test_losing_the_primary_loses_or_doubles_no_booking(tmp_path: Path) -> None:
-    deadline = time.monotonic() + DEADLINE
     with ExitStack() as stack:
+        stack.enter_context(fixed_ports())
+        deadline = time.monotonic() + DEADLINE
         root = stack.enter_context(workdir())
         cluster = patroni_cluster(stack, root, ETCD_PORT, ETCD_PEER_PORT, PG_PORTS, REST_PORTS)
         admin_db = create_engine(cluster.url("postgres"), isolation_level="AUTOCOMMIT")

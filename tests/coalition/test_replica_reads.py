@@ -30,6 +30,7 @@ from coalition.migrations import runner
 from partners.service import create_partner, issue_partner_client
 from tests.coalition.pg_cluster import (
     Server,
+    fixed_ports,
     kill,
     primary_and_replica,
     url,
@@ -48,6 +49,7 @@ def servers() -> Iterator[tuple[str, str, Server]]:
     """A primary with the ``coalition`` database migrated, and its streaming replica:
     their URLs, and the replica's server."""
     with ExitStack() as stack:
+        stack.enter_context(fixed_ports())
         root = stack.enter_context(workdir())
         primary, replica = primary_and_replica(stack, root, PRIMARY_PORT, REPLICA_PORT)
         admin = create_engine(url(primary.port), isolation_level="AUTOCOMMIT")
