@@ -2,7 +2,7 @@
 
 Every test that uses ``app`` runs once on SQLite and once on PostgreSQL (when
 ``COALITION_TEST_DATABASE_URL`` names a server). Each backend gets a fresh database,
-migrated once per session with the real migrations; after each test every table is
+migrated once per test process with the real migrations; after each test every table is
 emptied, so tests see real commits (the ledger's concurrency tests need them) and still
 start clean. Tests marked ``postgres`` run on PostgreSQL only.
 
@@ -132,26 +132,63 @@ def _drop_postgres_database(url: str) -> None:
     admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'coalition.sqlite3'}"
-        return
-    url = _fresh_postgres_database()
-    yield url
-    _drop_postgres_database(url)
+class BackendDatabases:
+    """Each backend's database and its migrated app, made on first use and kept to the end
+    of the test process.
+
+    The session-scoped fixtures that take the parametrized ``backend`` are made again each
+    time a worker's next module runs on the other backend (``--dist loadscope`` hands a
+    worker a module's tests on both backends, one after the other): they look their
+    backend up here, so that a database is created and migrated once per process rather
+    than once per module.
+    """
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.urls: dict[str, str] = {}
+        self.apps: dict[str, Flask] = {}
+
+    def url(self, backend: str) -> str:
+        if backend not in self.urls:
+            self.urls[backend] = (
+                f"sqlite:///{self.tmp_path_factory.mktemp('db') / 'coalition.sqlite3'}"
+                if backend == "sqlite" else _fresh_postgres_database())
+        return self.urls[backend]
+
+    def app(self, backend: str) -> Flask:
+        if backend not in self.apps:
+            from coalition.migrations import runner
+
+            app = make_test_app(self.url(backend))
+            with app.app_context():
+                runner.upgrade()
+            self.apps[backend] = app
+        return self.apps[backend]
+
+    def close(self) -> None:
+        for app in self.apps.values():
+            with app.app_context():
+                db.engine.dispose()
+        for backend, url in self.urls.items():
+            if backend == "postgresql":
+                _drop_postgres_database(url)
 
 
 @pytest.fixture(scope="session")
-def _migrated_app(database_url: str) -> Iterator[Flask]:
-    from coalition.migrations import runner
+def _test_databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendDatabases]:
+    databases = BackendDatabases(tmp_path_factory)
+    yield databases
+    databases.close()
 
-    app = make_test_app(database_url)
-    with app.app_context():
-        runner.upgrade()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+
+@pytest.fixture(scope="session")
+def database_url(backend: str, _test_databases: BackendDatabases) -> str:
+    return _test_databases.url(backend)
+
+
+@pytest.fixture(scope="session")
+def _migrated_app(backend: str, _test_databases: BackendDatabases) -> Flask:
+    return _test_databases.app(backend)
 
 
 #: the statements that empty a PostgreSQL test database, by its URL (its tables and
