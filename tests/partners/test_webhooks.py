@@ -393,12 +393,11 @@ def test_a_worker_killed_mid_delivery_loses_no_event(app, client, acme, database
 
 
 def test_closing_a_settlement_run_tells_each_partner_its_statement_is_ready(
-        app, client, acme, operator_headers):
+        app, client, acme, operator_headers, clock):
     register(client, acme, "https://hooks.example.com/s", events=["statement.ready"])
     member = enrol(client, acme, "m1")
     earn(client, acme, member, "e1", points=50)
-    time.sleep(1.1)
-    end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    end = clock.advance(seconds=1.1).strftime("%Y-%m-%dT%H:%M:%SZ")
     run = client.post("/v1/settlement/runs", headers=operator_headers,
                       json={"period_start": "2020-01-01", "period_end": end}).get_json()
     assert count(WebhookEvent) == 0  # a draft is not a statement
