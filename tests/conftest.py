@@ -62,6 +62,7 @@ def fuzz_backends() -> set[str]:
     return {"postgresql" if PG_URL else "sqlite"}
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering by the backend
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
     fuzzed = fuzz_backends()
@@ -77,6 +78,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    # the modules marked slow first, otherwise the order found (a stable sort): under
+    # ``--dist loadscope`` the workers take them on at the start, and the many short
+    # modules even out the end (a long one last would leave the other workers idle)
+    slow = {module_of(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: module_of(item) not in slow)
+
+
+def module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
 
 
 def worker_suffix() -> str:

@@ -28,6 +28,8 @@ from tests.coalition.test_serving import BIN, clean_env, started
 from tests.conftest import TEST_SECRET, snapshot
 from tests.factories.partner_api import assert_error, burn, earn, enrol, publish
 
+pytestmark = pytest.mark.slow
+
 
 class Receiver:
     """A real HTTP receiver on a free loopback port that verifies every signature as the
