@@ -175,10 +175,14 @@ class BackendDatabases:
             self.apps[backend] = app
         return self.apps[backend]
 
-    def close(self) -> None:
+    def release_connections(self) -> None:
+        """Close the apps' pooled connections."""
         for app in self.apps.values():
             with app.app_context():
                 db.engine.dispose()
+
+    def close(self) -> None:
+        self.release_connections()
         for backend, url in self.urls.items():
             if backend == "postgresql":
                 _drop_postgres_database(url)
@@ -189,6 +193,15 @@ def _test_databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backen
     databases = BackendDatabases(tmp_path_factory)
     yield databases
     databases.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _connections_of_the_module(_test_databases: BackendDatabases) -> Iterator[None]:
+    """No pooled connection passes from one module's tests to another's, as when each
+    module had an app of its own: SQLite connections kept from the job tests' threads
+    made the next module's re-creation of a dropped trigger fail ("already exists")."""
+    yield
+    _test_databases.release_connections()
 
 
 @pytest.fixture(scope="session")
