@@ -40,9 +40,12 @@ run: $(STAMP)
 # The suite on every core (pytest-xdist; each worker migrates its own SQLite and PostgreSQL
 # databases), a test module's tests on one worker so that its module-wide fixtures (a
 # browser, a seeded coalition) are made once; TEST_WORKERS=0 runs it in this one process.
+# The modules in the order the suite gives them (the long-running ones first, see
+# tests/conftest.py), not xdist's by number of tests, which leaves the modules of one long
+# test for the end.
 TEST_WORKERS ?= auto
 test: $(STAMP) chromium cluster-tools
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The failover and replica tests start their own PostgreSQL servers from the machine's
 # binaries, and a Patroni cluster (Debian's patroni and etcd-server). Installed here when

@@ -2,7 +2,7 @@
 
 Every test that uses ``app`` runs once on SQLite and once on PostgreSQL (when
 ``COALITION_TEST_DATABASE_URL`` names a server). Each backend gets a fresh database,
-migrated once per session with the real migrations; after each test every table is
+migrated once per test process with the real migrations; after each test every table is
 emptied, so tests see real commits (the ledger's concurrency tests need them) and still
 start clean. Tests marked ``postgres`` run on PostgreSQL only.
 
@@ -62,6 +62,7 @@ def fuzz_backends() -> set[str]:
     return {"postgresql" if PG_URL else "sqlite"}
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering by the backend
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
     fuzzed = fuzz_backends()
@@ -77,6 +78,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    # the modules marked slow first, otherwise the order found (a stable sort): under
+    # ``--dist loadscope`` the workers take them on at the start, and the many short
+    # modules even out the end (a long one last would leave the other workers idle)
+    slow = {module_of(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: module_of(item) not in slow)
+
+
+def module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
 
 
 def worker_suffix() -> str:
@@ -132,26 +142,76 @@ def _drop_postgres_database(url: str) -> None:
     admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'coalition.sqlite3'}"
-        return
-    url = _fresh_postgres_database()
-    yield url
-    _drop_postgres_database(url)
+class BackendDatabases:
+    """Each backend's database and its migrated app, made on first use and kept to the end
+    of the test process.
+
+    The session-scoped fixtures that take the parametrized ``backend`` are made again each
+    time a worker's next module runs on the other backend (``--dist loadscope`` hands a
+    worker a module's tests on both backends, one after the other): they look their
+    backend up here, so that a database is created and migrated once per process rather
+    than once per module.
+    """
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.urls: dict[str, str] = {}
+        self.apps: dict[str, Flask] = {}
+
+    def url(self, backend: str) -> str:
+        if backend not in self.urls:
+            self.urls[backend] = (
+                f"sqlite:///{self.tmp_path_factory.mktemp('db') / 'coalition.sqlite3'}"
+                if backend == "sqlite" else _fresh_postgres_database())
+        return self.urls[backend]
+
+    def app(self, backend: str) -> Flask:
+        if backend not in self.apps:
+            from coalition.migrations import runner
+
+            app = make_test_app(self.url(backend))
+            with app.app_context():
+                runner.upgrade()
+            self.apps[backend] = app
+        return self.apps[backend]
+
+    def release_connections(self) -> None:
+        """Close the apps' pooled connections."""
+        for app in self.apps.values():
+            with app.app_context():
+                db.engine.dispose()
+
+    def close(self) -> None:
+        self.release_connections()
+        for backend, url in self.urls.items():
+            if backend == "postgresql":
+                _drop_postgres_database(url)
 
 
 @pytest.fixture(scope="session")
-def _migrated_app(database_url: str) -> Iterator[Flask]:
-    from coalition.migrations import runner
+def _test_databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendDatabases]:
+    databases = BackendDatabases(tmp_path_factory)
+    yield databases
+    databases.close()
 
-    app = make_test_app(database_url)
-    with app.app_context():
-        runner.upgrade()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+
+@pytest.fixture(scope="module", autouse=True)
+def _connections_of_the_module(_test_databases: BackendDatabases) -> Iterator[None]:
+    """No pooled connection passes from one module's tests to another's, as when each
+    module had an app of its own: SQLite connections kept from the job tests' threads
+    made the next module's re-creation of a dropped trigger fail ("already exists")."""
+    yield
+    _test_databases.release_connections()
+
+
+@pytest.fixture(scope="session")
+def database_url(backend: str, _test_databases: BackendDatabases) -> str:
+    return _test_databases.url(backend)
+
+
+@pytest.fixture(scope="session")
+def _migrated_app(backend: str, _test_databases: BackendDatabases) -> Flask:
+    return _test_databases.app(backend)
 
 
 #: the statements that empty a PostgreSQL test database, by its URL (its tables and

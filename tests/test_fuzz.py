@@ -46,6 +46,8 @@ from hypothesis import strategies as st
 from tests.conftest import basic_auth
 from tests.factories.coalition import Seeded, seed
 
+pytestmark = pytest.mark.slow
+
 schemathesis = pytest.importorskip("schemathesis")
 
 from schemathesis import GenerationMode  # noqa: E402

@@ -34,7 +34,8 @@ from coalition.ledger import journal
 from tests.conftest import LiveServer, make_test_app
 
 # up to 80 connections at once: one such test at a time, whatever the worker
-pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("many_connections")]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow,
+              pytest.mark.usefixtures("many_connections")]
 
 #: no test may take longer than this to get every thread back
 DEADLINE = 60.0

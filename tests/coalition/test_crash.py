@@ -55,7 +55,8 @@ from tests.coalition.test_serving import BIN, started, wait_until_healthy
 from tests.conftest import PG_URL, worker_suffix
 
 # up to 80 connections at once: one such test at a time, whatever the worker
-pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("many_connections")]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow,
+              pytest.mark.usefixtures("many_connections")]
 
 APP = "coalition.app:create_app()"
 THREADS = 12

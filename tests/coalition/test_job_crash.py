@@ -28,7 +28,7 @@ from bench.harness.postgres import drop_database, parse_server
 from tests.coalition.test_serving import BIN
 from tests.conftest import PG_URL, worker_suffix
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 MEMBERS = 3000
 #: for the run to be killed: the time it may take to commit its first batch

@@ -55,6 +55,8 @@ from coalition.ledger.check import check_ledger
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Posting, Wallet
 from tests.conftest import bearer, empty_all_tables, fetch_token
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = int(os.environ.get("COALITION_HYPOTHESIS_EXAMPLES", "15"))
 STEPS = int(os.environ.get("COALITION_HYPOTHESIS_STEPS", "50"))
 

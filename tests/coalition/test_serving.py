@@ -21,6 +21,8 @@ from urllib.request import urlopen
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 APP = "coalition.app:create_app()"
 START_TIMEOUT = 30.0

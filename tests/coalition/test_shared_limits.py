@@ -31,6 +31,8 @@ from tests.coalition.test_serving import clean_env, gunicorn_command, started, w
 from tests.conftest import TEST_SECRET, basic_auth, make_test_app, snapshot
 from tests.factories.partner_api import assert_error
 
+pytestmark = pytest.mark.slow
+
 REDIS_URL = os.environ.get("COALITION_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
 

@@ -27,6 +27,8 @@ from tests.coalition.test_serving import (
 )
 from tests.conftest import TEST_SECRET, fetch_token
 
+pytestmark = pytest.mark.slow
+
 #: gunicorn's own access line: worker pid, status, path
 ACCESS = re.compile(r"^W<?(\d+)>? (\d{3}) (\S+)$", re.M)
 

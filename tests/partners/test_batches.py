@@ -30,6 +30,8 @@ from tests.coalition.test_serving import BIN, clean_env, started
 from tests.conftest import TEST_SECRET, post_short, snapshot
 from tests.factories.partner_api import assert_error, balance, earn, enrol, publish
 
+pytestmark = pytest.mark.slow
+
 HEADER = ("partner_txn_id,type,member_number,partner_member_ref,points,spend_amount,"
           "spend_currency,occurred_at")
 

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
-from coalition import clock
 from coalition.db import db, read
 from coalition.ledger.check import check_ledger
 from coalition.schemas import rfc3339
@@ -138,7 +136,7 @@ def test_funding_low_is_raised_once_per_crossing(client, acme, operator_headers)
 
 
 def test_a_post_paid_credit_limit_comes_back_when_the_period_is_settled(
-        client, acme, operator_headers):
+        client, acme, operator_headers, clock):
     limited = fund(client, operator_headers, credit_limit_points=100)
     assert (limited["model"], limited["available_points"]) == ("postpaid", 100)
     ada = enrol(client, acme, "ada")
@@ -146,10 +144,9 @@ def test_a_post_paid_credit_limit_comes_back_when_the_period_is_settled(
     refused(client, acme, ada, "e2", 30)
     mine = funding_of(client, acme)
     assert (mine["unsettled_points"], mine["available_points"]) == (80, 20)
-    # finance settles and closes the period that holds the earn
-    time.sleep(1.1)
-    start = clock.utcnow() - timedelta(days=1)
-    end = clock.utcnow().replace(microsecond=0)
+    # finance settles and closes the period that holds the earn, once it has ended
+    start = clock.advance(seconds=1.1) - timedelta(days=1)
+    end = clock().replace(microsecond=0)
     run = post_ok(client, "/v1/settlement/runs", operator_headers,
                   {"period_start": rfc3339(start), "period_end": rfc3339(end)})
     post_ok(client, f"/v1/settlement/runs/{run['id']}/close", operator_headers, {}, 200)
@@ -275,13 +272,12 @@ def test_the_command_line_sets_and_shows_funding(app, client, acme):
 
 
 def test_blocks_bought_and_points_used_are_on_the_partners_statement(client, acme,
-                                                                     operator_headers):
+                                                                     operator_headers, clock):
     fund(client, operator_headers, points=500, price="5.00", currency="GBP")
     fund(client, operator_headers, points=100, price="1.00", currency="GBP", reserve=True)
     ada = enrol(client, acme, "ada")
     earn(client, acme, ada, "e1", points=120)
-    time.sleep(1.1)
-    end = clock.utcnow().replace(microsecond=0)
+    end = clock.advance(seconds=1.1).replace(microsecond=0)
     run = post_ok(client, "/v1/settlement/runs", operator_headers,
                   {"period_start": "2020-01-01", "period_end": rfc3339(end)})
     statement = client.get(f"/v1/settlement/runs/{run['id']}/statements/acme",

@@ -34,6 +34,8 @@ from tests.conftest import bearer, empty_all_tables, fetch_token, snapshot
 from tests.factories.coalition import Seeded, partner_maker, seed
 from tests.factories.member_records import member_token
 
+pytestmark = pytest.mark.slow
+
 GHOST_ID = 987654321
 GHOST_CODE = "nosuch"
 GHOST_REF = "no-such-ref"

@@ -28,6 +28,8 @@ from tests.coalition.test_serving import BIN, clean_env, started
 from tests.conftest import TEST_SECRET, snapshot
 from tests.factories.partner_api import assert_error, burn, earn, enrol, publish
 
+pytestmark = pytest.mark.slow
+
 
 class Receiver:
     """A real HTTP receiver on a free loopback port that verifies every signature as the
@@ -393,12 +395,11 @@ def test_a_worker_killed_mid_delivery_loses_no_event(app, client, acme, database
 
 
 def test_closing_a_settlement_run_tells_each_partner_its_statement_is_ready(
-        app, client, acme, operator_headers):
+        app, client, acme, operator_headers, clock):
     register(client, acme, "https://hooks.example.com/s", events=["statement.ready"])
     member = enrol(client, acme, "m1")
     earn(client, acme, member, "e1", points=50)
-    time.sleep(1.1)
-    end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    end = clock.advance(seconds=1.1).strftime("%Y-%m-%dT%H:%M:%SZ")
     run = client.post("/v1/settlement/runs", headers=operator_headers,
                       json={"period_start": "2020-01-01", "period_end": end}).get_json()
     assert count(WebhookEvent) == 0  # a draft is not a statement

@@ -42,6 +42,8 @@ from tests.conftest import empty_all_tables
 from tests.factories.partner_api import enrol
 from tests.factories.settlement import operator_headers_now, run_ok
 
+pytestmark = pytest.mark.slow
+
 SETTINGS = settings(
     max_examples=int(os.environ.get("LIABILITY_EXAMPLES", "15")), deadline=None,
     database=None,

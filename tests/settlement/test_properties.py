@@ -54,6 +54,8 @@ from tests.factories.settlement import (
     without_volatile,
 )
 
+pytestmark = pytest.mark.slow
+
 S = T0  # every example settles the period [S, E)
 AMOUNT_RE = r"^-?\d+(\.\d+)?$"
 
