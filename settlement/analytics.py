@@ -122,15 +122,20 @@ def analytics(session: Session, first: str, last: str,
     with_tiers = partner is None
     active_kind = e.kind.in_(ACTIVE_KINDS)
     spans = list(zip([start, *bounds], [*bounds, end], strict=True))
-    activity = (select(e.partner_id, e.member_id,
-                       *[func.count().filter(active_kind, e.booked_at >= a,
-                                             e.booked_at < b).label(f"m{k}")
+    # each entry's kind worked out once (OFFSET 0 keeps the database from folding these
+    # columns back into every monthly aggregate, which would test the kind again in each)
+    read = (select(e.partner_id, e.member_id, e.booked_at, active_kind.label("active"),
+                   tier_rule.QUALIFYING.label("qualifying"))
+            .where(or_(and_(active_kind, e.booked_at >= start, e.booked_at < end),
+                       *([and_(e.kind.in_(tier_rule.QUALIFYING_KINDS),
+                               tier_rule.qualifying_span(ends))] if with_tiers else [])))
+            .offset(0).subquery("read"))
+    activity = (select(read.c.partner_id, read.c.member_id,
+                       *[func.count().filter(read.c.active, read.c.booked_at >= a,
+                                             read.c.booked_at < b).label(f"m{k}")
                          for k, (a, b) in enumerate(spans)],
-                       *(tier_rule.qualifying_sums(ends) if with_tiers else []))
-                .where(or_(and_(active_kind, e.booked_at >= start, e.booked_at < end),
-                           *([and_(e.kind.in_(tier_rule.QUALIFYING_KINDS),
-                                   tier_rule.qualifying_span(ends))] if with_tiers else [])))
-                .group_by(e.partner_id, e.member_id).cte("activity"))
+                       *(tier_rule.qualifying_sums(ends, rows=read) if with_tiers else []))
+                .group_by(read.c.partner_id, read.c.member_id).cte("activity"))
     counts = [activity.c[f"m{k}"] for k in range(n)]
     qualifying = [activity.c[f"q{k}"] for k in range(n)] if with_tiers else []
     # each member once: its active bookings and own qualifying points per month

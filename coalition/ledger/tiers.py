@@ -27,7 +27,9 @@ WINDOW_MONTHS = 12
 _m = Member.__table__.c
 _e = Entry.__table__.c
 QUALIFYING_KINDS = ("earn", "earn_reversal")
-_SIGNED = case((_e.kind == "earn", _e.points), else_=-_e.points)
+#: SQL: an entry's qualifying points: an earn's, less an earn reversal's, none (NULL) for
+#: any other kind
+QUALIFYING = case((_e.kind == "earn", _e.points), (_e.kind == "earn_reversal", -_e.points))
 
 
 def window_start(now: datetime) -> datetime:
@@ -45,7 +47,7 @@ def qualifying_points(session: Session, member_id: int, now: datetime) -> tuple[
     window was reversed in it), and the window's start."""
     since = window_start(now)
     points = session.scalar(
-        select(func.coalesce(func.sum(_SIGNED), 0))
+        select(func.coalesce(func.sum(QUALIFYING), 0))
         .where(_e.member_id.in_(_whose(member_id)), _e.kind.in_(QUALIFYING_KINDS),
                _e.booked_at > since))
     return int(points or 0), since
@@ -59,15 +61,20 @@ def _merged_by(moment: datetime, *, ever: bool) -> Any:
                                                 _m.merged_at <= moment))
 
 
-def qualifying_sums(moments: Sequence[datetime], *, open_ended: bool = False) -> list[Any]:
+def qualifying_sums(moments: Sequence[datetime], *, open_ended: bool = False,
+                    rows: Any = None) -> list[Any]:
     """SQL: a member's own qualifying points at each of ``moments`` (``q0`` …), as
     aggregates over entries grouped by member: those booked in the 12 months up to the
     moment (when ``open_ended``, those booked since the last moment's window start, up to
-    whatever is booked)."""
+    whatever is booked). ``rows``: entries already read with their :data:`QUALIFYING`
+    points (columns ``booked_at`` and ``qualifying``), so that a grouping over many moments
+    works the kind out once an entry."""
+    points, booked_at = ((QUALIFYING, _e.booked_at) if rows is None
+                         else (rows.c.qualifying, rows.c.booked_at))
     last = len(moments) - 1
-    return [func.coalesce(func.sum(_SIGNED).filter(
-        _e.kind.in_(QUALIFYING_KINDS), _e.booked_at > window_start(moment),
-        *([] if open_ended and k == last else [_e.booked_at <= moment])), 0).label(f"q{k}")
+    return [func.coalesce(func.sum(points).filter(
+        booked_at > window_start(moment),
+        *([] if open_ended and k == last else [booked_at <= moment])), 0).label(f"q{k}")
         for k, moment in enumerate(moments)]
 
 
