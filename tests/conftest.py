@@ -32,6 +32,7 @@ from werkzeug.serving import make_server
 from coalition import clock as app_clock
 from coalition.app import create_app
 from coalition.db import Base, db
+from coalition.migrations import runner
 from tests.coalition.test_serving import (
     clean_env,
     gunicorn_command,
@@ -167,8 +168,6 @@ class BackendDatabases:
 
     def app(self, backend: str) -> Flask:
         if backend not in self.apps:
-            from coalition.migrations import runner
-
             app = make_test_app(self.url(backend))
             with app.app_context():
                 runner.upgrade()
