@@ -23,6 +23,7 @@ from coalition.ledger.booking import PartnerRef
 from coalition.ledger.idempotency import Outcome
 from coalition.ledger.models import Entry, Posting
 from coalition.ledger.rendering import render_transaction
+from coalition.prepared import Prepared
 from partners import funding, webhooks
 from partners.api_schemas import TransactionSchema
 from partners.models import FundingSlot, PartnerFunding, WebhookEndpoint
@@ -78,7 +79,8 @@ def _booked_and_taken() -> Any:
     return select(*booked.c, select(took.c.remaining).scalar_subquery().label("slot_left"))
 
 
-_BOOKED_AND_TAKEN = _booked_and_taken()
+_BOOKED_AND_TAKEN = Prepared(_booked_and_taken())
+_BOOKED_ALONE = Prepared(_BOOKED)
 
 #: more work for the same transaction, given the booked entry's id (a batch row's outcome)
 Then = Callable[[Session, int], None]
@@ -88,8 +90,8 @@ def report(session: Session, partner: PartnerRef, partner_txn_id: str) -> int | 
     """Use the funding and write the event of the entry booked as ``partner_txn_id``, in
     the caller's transaction; the entry's id."""
     together = session.get_bind().dialect.name == "postgresql"
-    row = session.execute(_BOOKED_AND_TAKEN if together else _BOOKED,
-                          {"partner": partner.id, "txn": partner_txn_id}).first()
+    row = (_BOOKED_AND_TAKEN if together else _BOOKED_ALONE).first(
+        session, {"partner": partner.id, "txn": partner_txn_id})
     if row is None:
         return None
     entry_id, kind, points, model, credit_limit, low_threshold, low_raised, listened = row[:8]

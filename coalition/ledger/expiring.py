@@ -13,6 +13,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from coalition.ledger.models import IS_LIVE_LOT, Lot
+from coalition.prepared import Prepared
 
 #: dates listed at most
 DATES = 12
@@ -74,7 +75,7 @@ def _dates() -> Any:
     return select(day.c.moment, points).where(day.c.moment.is_not(None))
 
 
-_DATES = _dates()
+_DATES = Prepared(_dates())
 
 
 def expiring_dates(session: Session, member_id: int,
@@ -82,6 +83,6 @@ def expiring_dates(session: Session, member_id: int,
     """:func:`by_date` of the member's live points over their first ``limit`` dates, in
     one statement that reads only those dates' lots from the partial index
     ``ix_lot_live``."""
-    rows = session.execute(_DATES, {"member_id": member_id, "dates": limit}).all()
+    rows = _DATES.rows(session, {"member_id": member_id, "dates": limit})
     # a date a row, put in order here: twelve rows, no sort in the plan
     return by_date(sorted(rows, key=lambda row: row[0]), limit)

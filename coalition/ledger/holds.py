@@ -32,9 +32,15 @@ from coalition.ledger.rendering import (
     transaction_body,
 )
 from coalition.ledger.voiding import RETURN_ORDER, OpenHold, returning, void_hold
+from coalition.prepared import Prepared
 from coalition.program.service import latest_version_columns, rules_of_version
 
-_INSERT_HOLD = insert(Hold.__table__).returning(Hold.__table__.c.id)
+_INSERT_HOLD = Prepared(
+    insert(Hold.__table__)
+    .values({name: bindparam(name) for name in ("entry_id", "member_id", "partner_id",
+                                                  "points", "captured", "status",
+                                                  "expires_at")})
+    .returning(Hold.__table__.c.id))
 
 
 def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
@@ -65,10 +71,9 @@ def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
                       ("member:held", member.id, None, points)],
         )
         expires_at = now + timedelta(seconds=seconds)
-        hold_id = session.execute(_INSERT_HOLD, {
+        hold_id = _INSERT_HOLD.scalar(session, {
             "entry_id": entry_id, "member_id": member.id, "partner_id": partner.id,
-            "points": points, "captured": 0, "status": "open",
-            "expires_at": expires_at}).scalar_one()
+            "points": points, "captured": 0, "status": "open", "expires_at": expires_at})
         return {"id": hold_id, "partner": partner.code, "member_number": member.member_number,
                 "partner_txn_id": data["partner_txn_id"], "points": points,
                 "captured_points": 0, "status": "open", "expires_at": expires_at,
@@ -95,7 +100,7 @@ _mv, _lot = LotMovement.__table__.c, Lot.__table__.c
 #: row per lot, in the order they go back), in one round trip. Everything but the hold's
 #: status is fixed once the hold is authorised; the status is checked again by the booking
 #: that closes the hold (:class:`~coalition.ledger.journal.HoldClose`).
-_HOLD_READ = (
+_HOLD_READ = Prepared(
     select(_h.entry_id, _h.member_id, _h.points, _h.status, _h.expires_at,
            _m.member_number, _m.status.label("member_status"),
            _e.partner_txn_id.label("hold_txn_id"), _e.booked_at,
@@ -125,8 +130,8 @@ def _read_hold(session: Session, partner: PartnerRef, hold_id: int,
                partner_txn_id: str) -> _SeenHold:
     """The partner's hold (:data:`_HOLD_READ`), refused unless open; a ``partner_txn_id``
     used already is answered with its entry (:class:`AlreadyBooked`)."""
-    rows = session.execute(_HOLD_READ, {"hold": hold_id, "partner": partner.id,
-                                        "txn": partner_txn_id}).all()
+    rows = _HOLD_READ.rows(session, {"hold": hold_id, "partner": partner.id,
+                                     "txn": partner_txn_id})
     if not rows:
         probe(session, partner.id, partner_txn_id)
         raise NotFound(f"No hold {hold_id}.")

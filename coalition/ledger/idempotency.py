@@ -34,6 +34,7 @@ from coalition.ledger.lookup import (
     require_active,
 )
 from coalition.ledger.models import Entry
+from coalition.prepared import Prepared
 
 _E = Entry.__table__.c
 _e = Entry.__table__.c
@@ -79,7 +80,7 @@ class AlreadyBooked(Exception):
 
 
 #: the first-read statements, one per way of naming the member and set of extra columns
-_FIRST_READS: dict[tuple[bool, str], Any] = {}
+_FIRST_READS: dict[tuple[bool, str], Prepared] = {}
 
 
 def first_read(session: Session, partner: PartnerRef, partner_txn_id: str,
@@ -96,11 +97,12 @@ def first_read(session: Session, partner: PartnerRef, partner_txn_id: str,
     name, build = extra or ("", list)
     statement = _FIRST_READS.get((by_ref, name))
     if statement is None:
-        statement = member_query(by_ref).add_columns(_EXISTING.scalar_subquery(), *build())
+        statement = Prepared(member_query(by_ref).add_columns(_EXISTING.scalar_subquery(),
+                                                              *build()))
         _FIRST_READS[(by_ref, name)] = statement
-    row = session.execute(statement, {
+    row = statement.first(session, {
         **(params or {}), **member_params(partner.id, identity),
-        "partner": partner.id, "txn": partner_txn_id}).first()
+        "partner": partner.id, "txn": partner_txn_id})
     if row is None:
         entry_id = session.execute(_EXISTING, {"partner": partner.id,
                                                "txn": partner_txn_id}).scalar()

@@ -46,6 +46,7 @@ from coalition.errors import HoldNotOpen
 from coalition.ledger import fence
 from coalition.ledger.models import IS_LIVE_LOT, Entry, Hold, Lot, LotMovement, Posting, Wallet
 from coalition.observability import note_booked
+from coalition.prepared import Prepared, prepared
 from coalition.schemas import MAX_POINTS
 
 #: a balance never exceeds what a JSON number carries exactly
@@ -133,7 +134,7 @@ def change_wallet(
         params["b_activity_at"] = activity_at
     if version is not None:
         params["b_version"] = version
-    row = session.execute(statement, params).first()
+    row = prepared(statement).first(session, params)
     return Balance(*row) if row else None
 
 
@@ -168,7 +169,7 @@ def _live_lots(exclude: bool) -> Any:
             .order_by(lot.expires_at.asc().nulls_last(), lot.id).limit(bindparam("page")))
 
 
-_LIVE_LOTS = {False: _live_lots(False), True: _live_lots(True)}
+_LIVE_LOTS = {False: Prepared(_live_lots(False)), True: Prepared(_live_lots(True))}
 
 
 def take_from_live_lots(
@@ -187,7 +188,7 @@ def take_from_live_lots(
     if exclude_lot is not None:
         params["exclude"] = exclude_lot
     while True:
-        rows = session.execute(_LIVE_LOTS[exclude_lot is not None], params).all()
+        rows = _LIVE_LOTS[exclude_lot is not None].rows(session, params)
         takes: list[Take] = []
         left = points
         for lot_id, origin, remaining in rows:
@@ -332,7 +333,7 @@ _ENTRY_COLUMNS = ("kind", "booked_at", "occurred_at", "partner_id", "member_id",
                   "spend_currency", "note", "sender_named", "available_after",
                   "pending_after", "held_after")
 _MOVE_FIELDS = ("lot_id", "points", "origin_partner_id")
-_entries: dict[tuple[bool, int, int, bool], Any] = {}
+_entries: dict[tuple[bool, int, int, bool], Prepared] = {}
 
 
 def _applied(e: Any, takes: int) -> Any:
@@ -367,7 +368,7 @@ def _children(e: Any, postings: int, moves: int) -> list[Any]:
     return ctes
 
 
-def _entry_statement(priced: bool, postings: int, moves: int, applied: bool) -> Any:
+def _entry_statement(priced: bool, postings: int, moves: int, applied: bool) -> Prepared:
     """PostgreSQL: the entry (passing the fence), its postings and its lot movements (and,
     ``applied``, the lots changed by them) as one statement of data-modifying CTEs, the
     postings and movements reading the id that the entry's INSERT returned."""
@@ -385,7 +386,7 @@ def _entry_statement(priced: bool, postings: int, moves: int, applied: bool) -> 
     if applied and moves:
         ctes.append(_applied(e, moves))
     columns = [e.c.entry_id, e.c.closed_until, *([e.c.priced] if priced else [])]
-    statement = select(*columns).add_cte(*ctes)
+    statement = Prepared(select(*columns).add_cte(*ctes))
     _entries[key] = statement
     return statement
 
@@ -402,8 +403,8 @@ def _book_in_one_statement(session: Session, values: dict[str, Any],
     for i, take in enumerate(takes):
         params.update({f"m{i}_lot_id": take.lot_id, f"m{i}_points": take.points,
                        f"m{i}_origin_partner_id": take.origin_partner_id})
-    row = session.execute(_entry_statement(priced_at is not None, len(postings), len(takes),
-                                           applied), params).one()
+    row = _entry_statement(priced_at is not None, len(postings), len(takes),
+                           applied).rows(session, params)[0]
     fence.judge(values["booked_at"], row.closed_until,
                 bool(row.priced) if priced_at is not None else True)
     return int(row.entry_id)
@@ -536,10 +537,10 @@ _ENTRY_FIELDS = ("kind", "booked_at", "occurred_at", "partner_id", "member_id",
                  "spend_currency", "note", "sender_named")
 _LOT_FIELDS = ("member_id", "origin_partner_id", "source", "points", "remaining", "state",
                "earned_at", "expires_at", "pending_until")
-_credits: dict[tuple[Any, ...], Any] = {}
+_credits: dict[tuple[Any, ...], Prepared] = {}
 
 
-def _credit_statement(signs: tuple[int, int, int], priced: bool, postings: int) -> Any:
+def _credit_statement(signs: tuple[int, int, int], priced: bool, postings: int) -> Prepared:
     """PostgreSQL: the guarded wallet UPDATE, the entry with the balances it returned, the
     postings and the lot, as one statement of data-modifying CTEs: each INSERT reads the
     row the step before returned, so a wallet change refused by its guard writes nothing."""
@@ -569,8 +570,8 @@ def _credit_statement(signs: tuple[int, int, int], priced: bool, postings: int) 
            .cte("l"))
     columns = [w.c.available, w.c.pending, w.c.held, e.c.entry_id, e.c.closed_until,
                *([e.c.priced] if priced else []), lot.c.lot_id]
-    statement = (select(*columns).select_from(w.join(e, true()).join(lot, true()))
-                 .add_cte(p))
+    statement = Prepared(select(*columns).select_from(w.join(e, true()).join(lot, true()))
+                         .add_cte(p))
     _credits[key] = statement
     return statement
 
@@ -629,7 +630,7 @@ def credit_with_lot(
                        for name, value in zip(_POSTING_FIELDS, posting, strict=True)})
     statement = _credit_statement((_sign(available), _sign(pending), 0),
                                   priced_at is not None, len(postings))
-    row = session.execute(statement, params).first()
+    row = statement.first(session, params)
     if row is None:
         return None
     fence.judge(booked_at, row.closed_until, bool(row.priced) if priced_at else True)
@@ -660,11 +661,11 @@ _CLOSE_HOLD = (update(_H).where(_H.c.id == bindparam("h_id"), _H.c.status == "op
                .returning(_H.c.id))
 _NEXT_ENTRY_ID = func.nextval(func.pg_get_serial_sequence("entry", "id"))
 _HOLD_STATUS = select(_H.c.status).where(_H.c.id == bindparam("h_id"))
-_changes: dict[tuple[Any, ...], Any] = {}
+_changes: dict[tuple[Any, ...], Prepared] = {}
 
 
 def _change_statement(signs: tuple[int, int, int], activity: bool, versioned: bool,
-                      priced: bool, postings: int, takes: int, closes: bool) -> Any:
+                      priced: bool, postings: int, takes: int, closes: bool) -> Prepared:
     """PostgreSQL: the guarded wallet UPDATE (first: the member's row lock), the hold it
     closes if still open, the entry with the balances the wallet returned, its postings and
     lot movements, and the takes applied to the lots, as one statement of data-modifying
@@ -703,7 +704,7 @@ def _change_statement(signs: tuple[int, int, int], activity: bool, versioned: bo
         ctes.append(_applied(e, takes))
     columns = [w.c.available, w.c.pending, w.c.held, e.c.entry_id, e.c.closed_until,
                *([e.c.priced] if priced else [])]
-    statement = select(*columns).select_from(w.join(e, true())).add_cte(*ctes)
+    statement = Prepared(select(*columns).select_from(w.join(e, true())).add_cte(*ctes))
     _changes[key] = statement
     return statement
 
@@ -792,7 +793,7 @@ def change_and_book(
     statement = _change_statement(
         (_sign(available), _sign(pending), _sign(held)), activity_at is not None,
         version is not None, priced_at is not None, len(postings), len(takes), closes is not None)
-    row = session.execute(statement, params).first()
+    row = statement.first(session, params)
     if row is None:
         _refused_close(session, closes)
         return None

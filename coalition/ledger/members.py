@@ -27,6 +27,7 @@ from coalition.ledger.lookup import active_member, find_member, member_params, m
 from coalition.ledger.models import Member, MemberConsent, MemberLink, Wallet
 from coalition.member.signin import activation_digest, display_code, new_activation_code
 from coalition.models import Partner
+from coalition.prepared import Prepared
 from coalition.program.service import load_rules
 
 PERSONAL_FIELDS = ("name", "email", "birth_date")
@@ -209,9 +210,9 @@ _w = Wallet.__table__.c
 _m = Member.__table__.c
 #: the member named by number or by the partner's reference, with its wallet: one statement
 _WITH_WALLET = {
-    by_ref: member_query(by_ref)
-    .outerjoin(Wallet.__table__, _w.member_id == _m.id)
-    .add_columns(_w.available, _w.pending, _w.held)
+    by_ref: Prepared(member_query(by_ref)
+                     .outerjoin(Wallet.__table__, _w.member_id == _m.id)
+                     .add_columns(_w.available, _w.pending, _w.held))
     for by_ref in (False, True)}
 
 
@@ -220,8 +221,8 @@ def balance(partner_id: int, identity: dict[str, Any], limit: int = 12) -> dict[
     replica, when one is configured: the answer to a booking carries its own balance).
     Two statements: the member with its wallet, and the first expiry dates."""
     with replica_read() as session:
-        row = session.execute(_WITH_WALLET[identity.get("member_number") is None],
-                              member_params(partner_id, identity)).first()
+        row = _WITH_WALLET[identity.get("member_number") is None].first(
+            session, member_params(partner_id, identity))
         if row is None:
             find_member(session, partner_id, identity.get("member_number"),
                         identity.get("partner_member_ref"))  # raises NotFound

@@ -37,6 +37,7 @@ from coalition.ledger.voiding import returning
 from coalition.money import floor_points
 from coalition.offers.earning import give_back, reversal_postings
 from coalition.offers.models import OfferAward
+from coalition.prepared import Prepared
 from coalition.program.service import latest_version_columns, rules_of_version
 
 
@@ -116,15 +117,15 @@ _CONSUMED = (
     .group_by(_mv.lot_id, _l.origin_partner_id, _l.expires_at)
     .having(_net < 0)
     .subquery("consumed"))
+_CONSUMED_IN_ORDER = Prepared(
+    select(_CONSUMED.c.consumed_lot, _CONSUMED.c.consumed_origin, _CONSUMED.c.consumed)
+    .order_by(_CONSUMED.c.consumed_expires.desc().nulls_first(),
+              _CONSUMED.c.consumed_lot.desc()))
 
 def consumed_by(session: Session, burn_id: int) -> list[Take]:
     """Points a burn (or capture) took from each lot and has not had back, latest expiry
     first: what a reversal of it returns, and where to."""
-    c = _CONSUMED.c
-    rows = session.execute(
-        select(c.consumed_lot, c.consumed_origin, c.consumed)
-        .order_by(c.consumed_expires.desc().nulls_first(), c.consumed_lot.desc()),
-        {"original": burn_id}).all()
+    rows = _CONSUMED_IN_ORDER.rows(session, {"original": burn_id})
     return [Take(lot_id, origin, int(points)) for lot_id, origin, points in rows]
 
 
@@ -139,7 +140,7 @@ _el = _lot.c
 #: and the rules' version. All but the original and
 #: the lot's fixed columns can change until the member's wallet is locked: the booking is
 #: made only if the wallet is still at the version read (``change_and_book``'s ``version``).
-_FIRST_READ = (
+_FIRST_READ = Prepared(
     select(used_column().label("used"), _o.kind, _o.points, _o.spend_amount,
            _o.spend_currency, _o.reference_id,
            _s.id.label("member_id"), _s.member_number, _s.status, _s.tier,
@@ -190,8 +191,8 @@ class _Seen:
 
 def _read(session: Session, partner: PartnerRef, transaction_id: int,
           partner_txn_id: str) -> _Seen:
-    rows = session.execute(_FIRST_READ, {"original": transaction_id, "partner": partner.id,
-                                         "txn": partner_txn_id}).all()
+    rows = _FIRST_READ.rows(session, {"original": transaction_id, "partner": partner.id,
+                                      "txn": partner_txn_id})
     row = rows[0] if rows else None
     if row is None:
         probe(session, partner.id, partner_txn_id)

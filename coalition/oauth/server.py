@@ -40,6 +40,7 @@ from coalition.oauth.models import (
     TokenState,
     digest,
 )
+from coalition.prepared import Prepared
 
 REALM = "coalition"
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
@@ -324,7 +325,7 @@ def _token_read() -> Any:
             .where(t.access_token_hash == bindparam("digest"), _current_client()))
 
 
-_TOKEN_READ = _token_read()
+_TOKEN_READ = Prepared(_token_read())
 
 
 class _BearerValidator(BearerTokenValidator):
@@ -332,7 +333,7 @@ class _BearerValidator(BearerTokenValidator):
         """One indexed read, in autocommit (no transaction of its own) and afresh on every
         request: a revocation is seen by the very next request on every worker."""
         with read_once() as connection:
-            row = connection.execute(_TOKEN_READ, {"digest": digest(token_string)}).first()
+            row = _TOKEN_READ.first(connection, {"digest": digest(token_string)})
         if row is None or (row.username is not None and not row.active):
             return None  # a disabled finance user's tokens are dead
         if row.partner_user_id is not None and not row.staff_active:

@@ -296,7 +296,10 @@ def test_earns_and_burns_racing_the_expiry_job_are_neither_lost_nor_doubled(app)
     by_number = dict(zip(numbers, ids, strict=True))
 
     summary, done = _race(app, lambda: expire(clock.utcnow(), batch=3), numbers, acme)
-    assert summary.failures == [] and summary.members == len(ids)
+    # every member is examined, but for one whose old points racing burns had all taken
+    # before the job read its candidates
+    assert summary.failures == []
+    assert summary.members_expired <= summary.members <= len(ids)
     assert len(done) > 40
     earned = Counter()
     burned = Counter()
@@ -313,6 +316,7 @@ def test_earns_and_burns_racing_the_expiry_job_are_neither_lost_nor_doubled(app)
     for entry in entries("expiry"):
         expired[entry.member_id] += entry.points
     assert sum(expired.values()) == summary.points_expired
+    assert len(expired) == summary.members_expired
     for m in ids:
         assert wallet(m)[0] == 60 + earned[m] - burned[m] - expired[m]
         old = [lot for lot in lots(m) if lot[0] == 60][0]

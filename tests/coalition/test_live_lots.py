@@ -161,7 +161,7 @@ def test_the_burn_plan_reads_a_page_of_live_lots_from_the_partial_index(app, exc
     params = {"member_id": member, "page": journal.FIRST_PAGE}
     if exclude:
         params["exclude"] = 1
-    plan = _plan(_LIVE_LOTS[exclude], params, generic)
+    plan = _plan(_LIVE_LOTS[exclude].statement, params, generic)
     reads = _lot_reads(plan)
     assert [node["Index Name"] for node in reads] == ["ix_lot_live"], plan
     assert not [node for node in _nodes(plan) if node["Node Type"] == "Sort"], plan
@@ -177,7 +177,7 @@ def test_the_balance_plan_reads_the_first_dates_lots_from_the_partial_index(app,
     member, other = make_member(), make_member()
     _history(member, partner, spent=30_000, live=20_000)
     _history(other, partner, spent=10, live=10)
-    plan = _plan(_DATES, {"member_id": member, "dates": DATES}, generic)
+    plan = _plan(_DATES.statement, {"member_id": member, "dates": DATES}, generic)
     reads = _lot_reads(plan)
     assert reads and {node["Index Name"] for node in reads} == {"ix_lot_live"}, plan
     assert not [node for node in _nodes(plan) if node["Node Type"] == "Sort"], plan
