@@ -41,7 +41,7 @@ class Partners(MethodView):
         return service.list_partners()
 
     @protected("admin", kinds=_OPERATOR)
-    @blp.arguments(PartnerCreateSchema)
+    @blp.arguments(PartnerCreateSchema())
     @blp.response(201, PartnerSchema)
     @blp.alt_response(409, description="The code is taken")
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +83,7 @@ class PartnerReactivate(MethodView):
 @blp.route("/<code>/rates")
 class PartnerRates(MethodView):
     @protected("admin", kinds=_OPERATOR)
-    @blp.arguments(RateCardCreateSchema)
+    @blp.arguments(RateCardCreateSchema())
     @blp.response(201, RateCardSchema)
     @blp.alt_response(404, description="No such partner")
     @blp.alt_response(409, description="period_closed: valid_from falls in a closed "
@@ -104,7 +104,7 @@ class PartnerClients(MethodView):
         return clients.list_clients(partner_id=service.partner_id(code))
 
     @protected("admin", kinds=_OPERATOR)
-    @blp.arguments(ClientCreateSchema)
+    @blp.arguments(ClientCreateSchema())
     @blp.response(201, IssuedClientSchema)
     @blp.alt_response(404, description="No such partner")
     def post(self, data: dict[str, Any], code: str) -> Any:
@@ -145,7 +145,7 @@ class PartnerUsers(MethodView):
         return partner_users.list_users(code)
 
     @protected("admin", kinds=_OPERATOR)
-    @blp.arguments(PartnerUserCreateSchema)
+    @blp.arguments(PartnerUserCreateSchema())
     @blp.response(201, IssuedPartnerUserSchema)
     @blp.alt_response(404, description="No such partner")
     @blp.alt_response(409, description="The login is taken")
@@ -165,7 +165,7 @@ class PartnerUserResource(MethodView):
         return partner_users.disable_user(code, login, actor=current_actor())
 
     @protected("admin", kinds=_OPERATOR)
-    @blp.arguments(RoleChangeSchema)
+    @blp.arguments(RoleChangeSchema())
     @blp.response(200, PartnerUserSchema)
     @blp.alt_response(404, description="No such account of this partner")
     def patch(self, data: dict[str, Any], code: str, login: str) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def _member_number(value: str) -> str:
 @blp.route("/members")
 class Members(MethodView):
     @protected("members:write", kinds=_PARTNER)
-    @blp.arguments(EnrolSchema)
+    @blp.arguments(EnrolSchema())
     @blp.response(201, MemberSchema, description="A new member")
     @blp.alt_response(200, schema=MemberSchema, description="An existing member, found or linked")
     @blp.alt_response(404, description="member_number names no member")
@@ -92,7 +92,7 @@ class Members(MethodView):
         return member, 201 if created else 200
 
     @protected("members:read", kinds=_PARTNER)
-    @blp.arguments(MemberLookupArgsSchema, location="query")
+    @blp.arguments(MemberLookupArgsSchema(), location="query")
     @blp.response(200, MemberSchema)
     @blp.alt_response(404, description="No member has this reference of yours")
     def get(self, args: dict[str, Any]) -> Any:
@@ -142,7 +142,7 @@ def _txn_errors(view: Any) -> Any:
 @blp.route("/earn")
 class Earn(MethodView):
     @protected("points:earn", kinds=_PARTNER)
-    @blp.arguments(EarnSchema)
+    @blp.arguments(EarnSchema())
     @blp.response(201, TransactionSchema, headers=_REPLAY)
     @_txn_errors
     def post(self, data: dict[str, Any]) -> Any:
@@ -153,7 +153,7 @@ class Earn(MethodView):
 @blp.route("/burn")
 class Burn(MethodView):
     @protected("points:burn", kinds=_PARTNER)
-    @blp.arguments(BurnSchema)
+    @blp.arguments(BurnSchema())
     @blp.response(201, TransactionSchema, headers=_REPLAY)
     @_txn_errors
     def post(self, data: dict[str, Any]) -> Any:
@@ -167,7 +167,7 @@ class Burn(MethodView):
 @blp.route("/holds")
 class Holds(MethodView):
     @protected("points:burn", kinds=_PARTNER)
-    @blp.arguments(HoldCreateSchema)
+    @blp.arguments(HoldCreateSchema())
     @blp.response(201, HoldSchema, headers=_REPLAY)
     @_txn_errors
     def post(self, data: dict[str, Any]) -> Any:
@@ -188,7 +188,7 @@ class HoldResource(MethodView):
 @blp.route(f"/holds/<{_ID}:hold_id>/capture")
 class HoldCapture(MethodView):
     @protected("points:burn", kinds=_PARTNER)
-    @blp.arguments(CaptureSchema)
+    @blp.arguments(CaptureSchema())
     @blp.response(201, TransactionSchema, headers=_REPLAY)
     @blp.alt_response(404, description="No such hold of yours")
     @blp.alt_response(409, description="hold_not_open, idempotency_conflict, no_rate_card, "
@@ -201,7 +201,7 @@ class HoldCapture(MethodView):
 @blp.route(f"/holds/<{_ID}:hold_id>/void")
 class HoldVoid(MethodView):
     @protected("points:burn", kinds=_PARTNER)
-    @blp.arguments(VoidSchema)
+    @blp.arguments(VoidSchema())
     @blp.response(201, HoldSchema, headers=_REPLAY)
     @blp.alt_response(404, description="No such hold of yours")
     @blp.alt_response(409, description="hold_not_open, idempotency_conflict, period_closed")
@@ -216,7 +216,7 @@ class HoldVoid(MethodView):
 @blp.route(f"/transactions/<{_ID}:transaction_id>/reversals")
 class Reversals(MethodView):
     @protected("points:earn", "points:burn", kinds=_PARTNER, any_of=True)
-    @blp.arguments(ReversalSchema)
+    @blp.arguments(ReversalSchema())
     @blp.response(201, TransactionSchema, headers=_REPLAY)
     @blp.alt_response(404, description="No such transaction of yours")
     @blp.alt_response(409, description="member_closed, insufficient_points, "
@@ -239,7 +239,7 @@ class Reversals(MethodView):
 @blp.route("/transactions")
 class Transactions(MethodView):
     @protected("transactions:read", kinds=_PARTNER)
-    @blp.arguments(TransactionQueryArgsSchema, location="query")
+    @blp.arguments(TransactionQueryArgsSchema(), location="query")
     @blp.response(200, TransactionPageSchema)
     def get(self, args: dict[str, Any]) -> Any:
         """Your transactions, newest first; follow ``next_cursor`` for more."""

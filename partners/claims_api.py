@@ -47,7 +47,7 @@ def _answer(answer: tuple[dict[str, Any], bool]) -> tuple[dict[str, Any], int, d
 @blp.route("/claims")
 class Claims(MethodView):
     @protected("transactions:read", kinds=_PARTNER)
-    @blp.arguments(ClaimQueryArgsSchema, location="query")
+    @blp.arguments(ClaimQueryArgsSchema(), location="query")
     @blp.response(200, ClaimPageSchema)
     def get(self, args: dict[str, Any]) -> Any:
         """Members' claims at your stores, newest first; ``status=open`` for those to answer."""
@@ -81,7 +81,7 @@ class ClaimConfirm(MethodView):
 @blp.route(f"/claims/<{_ID}:claim_id>/refuse")
 class ClaimRefuse(MethodView):
     @protected("points:earn", kinds=_PARTNER)
-    @blp.arguments(RefuseSchema)
+    @blp.arguments(RefuseSchema())
     @blp.response(200, ClaimSchema, headers=_REPLAYED)
     @blp.alt_response(404, description="No such claim at your stores")
     @blp.alt_response(409, description="claim_answered (confirmed already)")

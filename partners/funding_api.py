@@ -120,7 +120,7 @@ class PartnerFunding(MethodView):
         return funding.partner_funding(code)
 
     @protected("admin", kinds=("operator",))
-    @blp.arguments(FundingChangeSchema)
+    @blp.arguments(FundingChangeSchema())
     @blp.response(201, FundingSchema)
     @blp.alt_response(404, description="No such partner")
     def post(self, data: dict[str, Any], code: str) -> Any:

@@ -85,7 +85,7 @@ def _partner_id() -> int:
 @blp.route("")
 class Endpoints(MethodView):
     @protected(_SCOPE, kinds=_PARTNER)
-    @blp.arguments(EndpointCreateSchema)
+    @blp.arguments(EndpointCreateSchema())
     @blp.response(201, CreatedEndpointSchema)
     def post(self, data: dict[str, Any]) -> Any:
         """Register an endpoint for event types; the signing secret is shown once."""
@@ -112,7 +112,7 @@ class Endpoint(MethodView):
 @blp.route(f"/<{_ID}:endpoint_id>/deliveries")
 class Deliveries(MethodView):
     @protected(_SCOPE, kinds=_PARTNER)
-    @blp.arguments(DeliveryQueryArgsSchema, location="query")
+    @blp.arguments(DeliveryQueryArgsSchema(), location="query")
     @blp.response(200, DeliveryPageSchema)
     @blp.alt_response(404, description="No such endpoint of yours")
     def get(self, args: dict[str, Any], endpoint_id: int) -> Any:

@@ -75,7 +75,7 @@ class Runs(MethodView):
         return service.list_runs()
 
     @protected("settlement:run", kinds=_FINANCE)
-    @blp.arguments(RunCreateSchema)
+    @blp.arguments(RunCreateSchema())
     @blp.response(201, RunSchema)
     @blp.alt_response(409, description="period_overlap, unpriced_entries")
     def post(self, data: dict[str, Any]) -> Any:
@@ -203,7 +203,7 @@ class Reconciliations(MethodView):
 @blp.route(f"/runs/<{_ID}:run_id>/breaks")
 class Breaks(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
-    @blp.arguments(BreakQueryArgsSchema, location="query")
+    @blp.arguments(BreakQueryArgsSchema(), location="query")
     @blp.response(200, BreakSchema(many=True))
     @blp.alt_response(404, description="No such run")
     def get(self, args: dict[str, Any], run_id: int) -> Any:
@@ -214,7 +214,7 @@ class Breaks(MethodView):
 @blp.route(f"/runs/<{_ID}:run_id>/breaks/<{_ID}:break_id>")
 class BreakResource(MethodView):
     @protected("settlement:run", kinds=_FINANCE)
-    @blp.arguments(ResolveSchema)
+    @blp.arguments(ResolveSchema())
     @blp.response(200, BreakSchema)
     @blp.alt_response(404, description="No such break")
     @blp.alt_response(409, description="break_resolved, period_closed, insufficient_points")
@@ -249,7 +249,7 @@ class Liability(MethodView):
 class Analytics(MethodView):
     # only operator clients and finance users ever hold either scope
     @protected("admin", "settlement:run", any_of=True)
-    @analytics_blp.arguments(AnalyticsQueryArgsSchema, location="query")
+    @analytics_blp.arguments(AnalyticsQueryArgsSchema(), location="query")
     @analytics_blp.response(200, AnalyticsSchema, content_type="application/json")
     @analytics_blp.alt_response(200, content_type="text/csv", schema=None, success=True,
                                 description="The rows as CSV (Accept: text/csv)")

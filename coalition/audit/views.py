@@ -59,7 +59,7 @@ class AuditPageSchema(Schema):
 @blp.route("")
 class Audit(MethodView):
     @protected("admin", kinds=("operator",))
-    @blp.arguments(AuditQueryArgsSchema, location="query")
+    @blp.arguments(AuditQueryArgsSchema(), location="query")
     @blp.response(200, AuditPageSchema)
     def get(self, args: dict[str, Any]) -> Any:
         """Audit events, newest first; follow ``next_cursor`` for more."""

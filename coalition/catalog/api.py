@@ -71,7 +71,7 @@ def _answer(outcome: Outcome, status: int) -> tuple[dict[str, Any], int, dict[st
 
 @blp.route("/rewards")
 class Rewards(MethodView):
-    @blp.arguments(RewardListArgsSchema, location="query")
+    @blp.arguments(RewardListArgsSchema(), location="query")
     @blp.response(200, RewardListSchema)
     @blp.alt_response(401, description="?mine=true without a token")
     @blp.alt_response(403, description="?mine=true with a token that is not a partner's "
@@ -88,7 +88,7 @@ class Rewards(MethodView):
         return {"items": rewards.catalog()}
 
     @protected("points:burn", "admin", any_of=True, kinds=("partner", "operator"))
-    @blp.arguments(RewardCreateSchema)
+    @blp.arguments(RewardCreateSchema())
     @blp.response(201, RewardSchema)
     @blp.alt_response(422, description="invalid_request, e.g. valid_to before valid_from, "
                       "or a coalition reward without its fulfilling partner")
@@ -107,7 +107,7 @@ class RewardResource(MethodView):
         return rewards.reward(reward_id, published_only=True)
 
     @protected("points:burn", "admin", any_of=True, kinds=("partner", "operator"))
-    @blp.arguments(RewardUpdateSchema)
+    @blp.arguments(RewardUpdateSchema())
     @blp.response(200, RewardSchema)
     @blp.alt_response(403, description="A coalition reward is changed by the operator")
     @blp.alt_response(404, description="No reward of yours has this id")
@@ -131,7 +131,7 @@ class VoucherResource(MethodView):
 @blp.route("/vouchers/<string(maxlength=64):code>/redeem")
 class VoucherRedeem(MethodView):
     @protected("points:burn", kinds=("partner",))
-    @blp.arguments(IdempotencyHeaderSchema, location="headers")
+    @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(200, VoucherSchema, headers=_REPLAY)
     @blp.alt_response(404, description="No voucher of yours has this code")
     @blp.alt_response(409, description="voucher_used (used already, by another request), "
@@ -153,8 +153,8 @@ def _member_id() -> int:
 @member_blp.route("/redemptions")
 class Redemptions(MethodView):
     @protected("member", kinds=("public",))
-    @member_blp.arguments(RedemptionRequestSchema)
-    @member_blp.arguments(IdempotencyHeaderSchema, location="headers")
+    @member_blp.arguments(RedemptionRequestSchema())
+    @member_blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @member_blp.response(201, RedemptionSchema, headers=_REPLAY)
     @member_blp.alt_response(409, description="insufficient_points, out_of_stock (sold out, "
                              "your limit reached, or not on offer now), member_closed, "

@@ -32,7 +32,7 @@ def _member_id() -> int:
 @blp.route("/claims")
 class Claims(MethodView):
     @protected("member", kinds=("public",))
-    @blp.arguments(ClaimRequestSchema)
+    @blp.arguments(ClaimRequestSchema())
     @blp.response(201, ClaimSchema)
     @blp.alt_response(409, description="already_booked (the partner booked partner_txn_id), "
                       "already_exists (this receipt was claimed before), claim_limit (as "
@@ -45,7 +45,7 @@ class Claims(MethodView):
         return opening.open_claim(_member_id(), data)
 
     @protected("member", kinds=("public",))
-    @blp.arguments(ClaimQueryArgsSchema, location="query")
+    @blp.arguments(ClaimQueryArgsSchema(), location="query")
     @blp.response(200, ClaimPageSchema)
     def get(self, args: dict[str, Any]) -> Any:
         """Your claims and their status, newest first; follow ``next_cursor`` for more."""

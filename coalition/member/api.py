@@ -46,7 +46,7 @@ class Me(MethodView):
 @blp.route("/me/transactions")
 class MeTransactions(MethodView):
     @protected("member", kinds=MEMBER_KINDS)
-    @blp.arguments(MeTransactionQueryArgsSchema, location="query")
+    @blp.arguments(MeTransactionQueryArgsSchema(), location="query")
     @blp.response(200, MeTransactionPageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """Every entry of the member across all partners, newest first."""
@@ -65,7 +65,7 @@ class MeConsents(MethodView):
 @blp.route("/me/consents/<partner>")
 class MeConsent(MethodView):
     @protected("member", kinds=MEMBER_KINDS)
-    @blp.arguments(ConsentRequestSchema)
+    @blp.arguments(ConsentRequestSchema())
     @blp.response(200, ConsentSchema)
     @blp.alt_response(404, description="not_found: no such partner")
     @blp.alt_response(409, description="member_closed: the account is closed or merged")
@@ -79,7 +79,7 @@ class MeConsent(MethodView):
 
 @blp.route("/members/activate")
 class Activate(MethodView):
-    @blp.arguments(ActivationSchema)
+    @blp.arguments(ActivationSchema())
     @blp.response(200, ActivatedSchema)
     @blp.alt_response(422, description="activation_failed: wrong number or code, or the "
                       "code was already used")

@@ -160,8 +160,8 @@ def _answer(outcome: Outcome) -> tuple[dict[str, Any], int, dict[str, str]]:
 @blp.route("/transfers")
 class Transfers(MethodView):
     @protected("member", kinds=_MEMBER)
-    @blp.arguments(TransferRequestSchema)
-    @blp.arguments(IdempotencyHeaderSchema, location="headers")
+    @blp.arguments(TransferRequestSchema())
+    @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(201, TransferSchema, headers=_REPLAY)
     @blp.alt_response(404, description="No member has to_member_number")
     @blp.alt_response(409, description="insufficient_points, transfer_limit (transfers "
@@ -180,8 +180,8 @@ class Transfers(MethodView):
 @blp.route("/donations")
 class Donations(MethodView):
     @protected("member", kinds=_MEMBER)
-    @blp.arguments(DonationRequestSchema)
-    @blp.arguments(IdempotencyHeaderSchema, location="headers")
+    @blp.arguments(DonationRequestSchema())
+    @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(201, DonationSchema, headers=_REPLAY)
     @blp.alt_response(409, description="insufficient_points, member_closed, member_merged, "
                       "idempotency_conflict, no_rate_card (the charity has no rate card in "
@@ -211,7 +211,7 @@ class Close(MethodView):
 @admin_blp.route("/merge")
 class Merge(MethodView):
     @protected("admin", kinds=("operator",))
-    @admin_blp.arguments(MergeRequestSchema)
+    @admin_blp.arguments(MergeRequestSchema())
     @admin_blp.response(200, MergeSchema)
     @admin_blp.alt_response(404, description="No member has one of the numbers")
     @admin_blp.alt_response(409, description="member_closed, member_merged, balance_limit")

@@ -76,8 +76,8 @@ class MyMemberships(MethodView):
         return queries.memberships_of(_member_id(), clock.utcnow())
 
     @protected("member", kinds=_MEMBER)
-    @blp.arguments(BuyRequestSchema)
-    @blp.arguments(IdempotencyHeaderSchema, location="headers")
+    @blp.arguments(BuyRequestSchema())
+    @blp.arguments(IdempotencyHeaderSchema(), location="headers")
     @blp.response(201, PurchaseSchema, headers=_REPLAY)
     @blp.alt_response(409, description="membership_active (one plan at a time), "
                       "insufficient_points, member_closed, member_merged, "
@@ -94,7 +94,7 @@ class MyMemberships(MethodView):
 @blp.route("/me/memberships/current")
 class CurrentMembership(MethodView):
     @protected("member", kinds=_MEMBER)
-    @blp.arguments(ChangeRequestSchema)
+    @blp.arguments(ChangeRequestSchema())
     @blp.response(200, MembershipSchema)
     @blp.alt_response(404, description="You hold no membership in force")
     @blp.alt_response(409, description="member_closed, member_merged")
@@ -117,7 +117,7 @@ class CurrentMembership(MethodView):
 @blp.route("/memberships")
 class MoneyPurchases(MethodView):
     @protected("members:write", kinds=_PARTNER)
-    @blp.arguments(MoneyPurchaseRequestSchema)
+    @blp.arguments(MoneyPurchaseRequestSchema())
     @blp.response(201, PurchaseSchema, headers=_REPLAY)
     @blp.alt_response(404, description="No such member")
     @blp.alt_response(409, description="membership_active, member_closed, member_merged, "

@@ -27,7 +27,7 @@ blp = Blueprint("notifications", __name__, url_prefix="/v1",
 @blp.route("/me/notifications")
 class MeNotifications(MethodView):
     @protected("member", kinds=MEMBER_KINDS)
-    @blp.arguments(NotificationQueryArgsSchema, location="query")
+    @blp.arguments(NotificationQueryArgsSchema(), location="query")
     @blp.response(200, NotificationPageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """Your notifications, newest first, and how many are unread."""
@@ -37,7 +37,7 @@ class MeNotifications(MethodView):
 @blp.route("/me/notifications/read")
 class MeNotificationsRead(MethodView):
     @protected("member", kinds=MEMBER_KINDS)
-    @blp.arguments(MarkReadSchema)
+    @blp.arguments(MarkReadSchema())
     @blp.response(200, MarkedSchema)
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
         """Mark notifications read: up to one (and every older one), or those named."""
@@ -54,7 +54,7 @@ class MePreferences(MethodView):
         return preferences.preferences(member_id())
 
     @protected("member", kinds=MEMBER_KINDS)
-    @blp.arguments(PreferencesRequestSchema)
+    @blp.arguments(PreferencesRequestSchema())
     @blp.response(200, PreferencesSchema)
     @blp.alt_response(409, description="member_closed: the account is closed or merged")
     def put(self, data: dict[str, Any]) -> dict[str, Any]:

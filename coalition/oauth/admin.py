@@ -56,7 +56,7 @@ class Clients(MethodView):
         return clients.list_clients(kind="public")
 
     @protected("admin", kinds=_OPERATOR)
-    @blp.arguments(PublicClientCreateSchema)
+    @blp.arguments(PublicClientCreateSchema())
     @blp.response(201, AdminClientSchema)
     def post(self, data: dict[str, Any]) -> Any:
         """Register a public client (no secret; members sign in with PKCE)."""

@@ -37,7 +37,7 @@ def _partner_id() -> int:
 class Offers(MethodView):
     # a partner that issues points may fund promotions on its own earns
     @protected("points:earn", kinds=("partner",))
-    @blp.arguments(OfferCreateSchema)
+    @blp.arguments(OfferCreateSchema())
     @blp.response(201, OfferSchema)
     @blp.alt_response(422, description="A rule, period, tier or cost share that does not fit")
     def post(self, data: dict[str, Any]) -> Any:
@@ -54,7 +54,7 @@ class Offers(MethodView):
 @blp.route("/admin/offers")
 class AdminOffers(MethodView):
     @protected("admin", kinds=("operator",))
-    @blp.arguments(AdminOfferCreateSchema)
+    @blp.arguments(AdminOfferCreateSchema())
     @blp.response(201, OfferSchema)
     @blp.alt_response(422, description="A rule, period, tier, partner or cost share that "
                       "does not fit")

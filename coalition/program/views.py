@@ -26,7 +26,7 @@ class Program(MethodView):
 @blp.route("/admin/program")
 class AdminProgram(MethodView):
     @protected("admin", kinds=("operator",))
-    @blp.arguments(ProgramRulesSchema)
+    @blp.arguments(ProgramRulesSchema())
     @blp.response(200, ProgramSchema)
     def put(self, rules: dict[str, Any]) -> dict[str, Any]:
         """Publish a new version of the program rules."""
