@@ -44,6 +44,7 @@ error and on Ctrl-C too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -63,7 +64,7 @@ from typing import Any
 
 from harness.client import Client, fetch_token, free_port
 from harness.cpu import CpuMeter, ms_per_request, other_pct
-from harness.gunicorn import Gunicorn
+from harness.gunicorn import FLOOR_APP, Gunicorn
 from harness.jobs import run_jobs
 from harness.load import drive, ops_stats
 from harness.pgbench import run_pgbench
@@ -89,7 +90,7 @@ from harness.processes import (
 )
 from harness.profile import Profilers
 from harness.report import machine_facts, scenario_lines, summary_lines
-from scenarios import CHAINS, SCENARIOS, pool_sizes, request_factory
+from scenarios import CHAINS, FLOORS, SCENARIOS, pool_sizes, request_factory
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 PARTNER_SCOPES = ["points:earn", "points:burn", "members:write", "members:read"]
@@ -503,6 +504,24 @@ class Bench:
         self.stop_profilers()
         return result
 
+    def run_floors(self, floors: list[str], token: str) -> None:
+        """The floors (:mod:`harness.floor`), served by the same gunicorn command."""
+        coalition = self.gunicorn
+        self.gunicorn = dataclasses.replace(coalition, app=FLOOR_APP, process=None,
+                                            log=self.workdir / "floor.log")
+        say(f"floors: {self.gunicorn.shown()}")
+        self.gunicorn.start()
+        try:
+            for scenario in floors:
+                self.report["scenarios"][scenario] = self.run_scenario(scenario, token, {})
+                self.print_scenario(scenario, self.report["scenarios"][scenario])
+        finally:
+            problems = self.gunicorn.stop()
+            if problems:
+                self.note(f"the floors' gunicorn logged {len(problems)} error line(s), e.g. "
+                          f"{problems[0][:200]!r}")
+            self.gunicorn = coalition
+
     # -- py-spy
 
     def start_profilers(self, scenario: str, duration: float) -> None:
@@ -547,7 +566,9 @@ class Bench:
     def run(self) -> int:
         a = self.args
         scenarios = (list(SCENARIOS) if a.scenario in ("all", "goals")
-                     else [] if a.scenario == "jobs" else [a.scenario])
+                     else [] if a.scenario in ("jobs", "floors", *FLOORS) else [a.scenario])
+        floors = (list(FLOORS) if a.scenario in ("goals", "floors")
+                  else [a.scenario] if a.scenario in FLOORS else [])
         if "paced" in scenarios and not a.paced_rate and a.skip_pgbench:
             raise BenchError("the paced scenario needs --paced-rate or pgbench's rate")
         self.report["run"] = {
@@ -603,6 +624,8 @@ class Bench:
                 self.report["scenarios"][scenario] = self.run_scenario(scenario, token, pools)
                 self.print_scenario(scenario, self.report["scenarios"][scenario])
         self.stop_gunicorn()
+        if floors:
+            self.run_floors(floors, token)
         if a.scenario in ("jobs", "all", "goals"):
             self.report["jobs"] = run_jobs(self.server, a.jobs_database, a.job_members,
                                            a.job_batch, a.jobs_code)
@@ -665,12 +688,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "connection per client for the whole scenario)")
     p.add_argument("--earn-body", choices=("spend", "points"), default="spend",
                    help="earn by spend {amount, currency} or by points")
-    p.add_argument("--scenario", choices=(*SCENARIOS, "jobs", "all", "goals"), default="all",
+    p.add_argument("--scenario", choices=(*SCENARIOS, *FLOORS, "floors", "jobs", "all",
+                                          "goals"), default="all",
                    help="jobs: coalition expire and coalition daily over --job-members "
                         "members in a database of their own (bench/harness/jobs.py); "
-                        "goals: every scenario and the jobs, pgbench first (the paced "
-                        "rate is half of its tps), every goal of the hot path printed "
-                        "as met or not")
+                        "floors: Flask with next to no work, alone and with one read "
+                        "(bench/harness/floor.py); goals: every scenario, the floors and "
+                        "the jobs, pgbench first (the paced rate is half of its tps), "
+                        "every goal of the hot path printed as met or not")
     p.add_argument("--job-members", type=int, default=100_000,
                    help="members filled for the jobs scenario")
     p.add_argument("--job-batch", type=int, default=0,

@@ -56,6 +56,11 @@ class Chained:
                 self.pending.id = int(json.loads(data)["id"])
 
 
+#: the floors (:mod:`harness.floor`): served by a gunicorn of their own, after the others
+FLOORS = ("floor_json", "floor_read")
+FLOOR_PATHS = {"floor_json": lambda rng: "/floor/json",
+               "floor_read": lambda rng: f"/floor/read/{rng.randrange(1_000_000)}"}
+
 FIRST_OPS = {first for first, _ in CHAINS.values()}
 
 
@@ -135,6 +140,9 @@ def request_factory(scenario: str, pools: dict[str, list[str]],
     if scenario == "balance":
         members = pools["burn"]
         return lambda rng, txn: ("balance", f"/v1/members/{rng.choice(members)}/balance", None)
+    if scenario in FLOOR_PATHS:
+        path = FLOOR_PATHS[scenario]
+        return lambda rng, txn: (scenario, path(rng), None)
     if scenario == "history":
         deep, shallow = pools["history"]
 

@@ -521,3 +521,42 @@ def test_a_chained_call_costs_twice_its_window_per_request_less_its_first_call(m
     assert found["cost_capture"]["cpu_ms"] == {"gunicorn": 5.0, "postgres": 2.0}
     assert found["paced_p99_ms"]["met"]
     assert "cost_void" not in found  # not run: not judged
+
+
+# --------------------------------------------------------------------------- floors
+
+
+def test_the_floors_answer_a_constant_and_a_wallet_read(app, client, make_partner,
+                                                        monkeypatch):
+    from bench.harness.floor import create_app as floor_app
+
+    _, headers = make_partner("acme")
+    number = client.post("/v1/members", json={"partner_member_ref": "c1"},
+                         headers=headers).get_json()["member_number"]
+    assert client.post("/v1/earn", json={"member_number": number, "partner_txn_id": "t-1",
+                                         "points": 7}, headers=headers).status_code == 201
+    monkeypatch.setenv("COALITION_DATABASE_URL", app.config["DATABASE_URL"])
+    served = floor_app()
+    floors = served.test_client()
+    try:
+        assert floors.get("/healthz").status_code == 200
+        assert floors.get("/floor/json").get_json() == {"available": 100, "pending": 0,
+                                                        "held": 0}
+        # the one member's wallet, whatever the number asked
+        assert floors.get("/floor/read/12345").get_json() == {"available": 7, "pending": 0,
+                                                              "held": 0}
+    finally:
+        served.extensions["floor_engine"].dispose()
+
+
+def test_the_floors_are_reported_against_pgbench():
+    earn = REPORT["scenarios"]["earn"]
+    cpu = {**earn["cpu"], "server_ms_per_request": 0.5, "postgres_bench_ms_per_request": 0.1}
+    report = {**REPORT, "pgbench": {**REPORT["pgbench"], "tps": 1000.0},
+              "scenarios": {"floor_json": {**earn, "rps": 1500.0, "cpu": cpu},
+                            "floor_read": {**earn, "rps": 900.0, "cpu": cpu}}}
+    lines = summary_lines(report)
+    assert ("floor: Flask answering a constant body / pgbench tps = 1.50; CPU per request: "
+            "gunicorn 0.50 ms, postgres 0.10 ms") in lines
+    assert ("floor: Flask and one prepared read / pgbench tps = 0.90; CPU per request: "
+            "gunicorn 0.50 ms, postgres 0.10 ms") in lines

@@ -16,6 +16,7 @@ from .cpu import pids_where
 from .processes import BIN, STOP, BenchError, Processes
 
 APP = "coalition.app:create_app()"
+FLOOR_APP = "harness.floor:create_app()"
 START_TIMEOUT = 60.0
 PROBLEM = re.compile(r"\b(ERROR|CRITICAL|Traceback|WORKER TIMEOUT)\b")
 
@@ -33,6 +34,8 @@ class Gunicorn:
     threads: int
     reuse_port: bool
     process: subprocess.Popen[bytes] | None = None
+    #: the WSGI application (Coalition, or the floors of :mod:`harness.floor`)
+    app: str = APP
 
     def command(self) -> list[str]:
         command = [str(BIN / "gunicorn"), "--workers", str(self.workers),
@@ -50,11 +53,13 @@ class Gunicorn:
         # gunicorn >= 25.1 opens a control socket at a fixed per-user path by default
         if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS):
             command.append("--no-control-socket")
-        return [*command, APP]
+        if self.app != APP:  # found beside this package
+            command += ["--pythonpath", str(Path(__file__).resolve().parents[1])]
+        return [*command, self.app]
 
     def shown(self) -> str:
         """The command line as a shell would take it."""
-        return " ".join(self.command()[:-1] + [f"'{APP}'"])
+        return " ".join(self.command()[:-1] + [f"'{self.app}'"])
 
     def worker_pids(self) -> list[int]:
         master = self.process.pid if self.process else None

@@ -31,7 +31,8 @@ RequestFactory = Callable[[random.Random, str], tuple[str, str, bytes | None]]
 #: what a 2xx answer of each operation carries: a field, and its value when it is fixed
 EXPECTED: dict[str, tuple[str, str | None]] = {
     "balance": ("available", None), "authorise": ("status", "open"),
-    "void": ("status", "voided"), "capture": ("type", "hold_capture")}
+    "void": ("status", "voided"), "capture": ("type", "hold_capture"),
+    "floor_json": ("available", None), "floor_read": ("available", None)}
 
 #: outcomes that are answers, not errors: a burn beyond the balance is a business answer
 ANSWERS = ("ok", "insufficient_points")

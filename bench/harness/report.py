@@ -122,6 +122,26 @@ def _pgbench_lines(pgbench: dict[str, Any]) -> list[str]:
             f"{pgbench['cpu']['postgres_bench_pct'] * 10 / max(pgbench['tps'], 1e-9):.2f} ms"]
 
 
+FLOOR_NAMES = {"floor_json": "Flask answering a constant body",
+               "floor_read": "Flask and one prepared read"}
+
+
+def _floor_lines(report: dict[str, Any]) -> list[str]:
+    """The floors against pgbench: what the earn's ratio could reach at best."""
+    lines = []
+    tps = (report.get("pgbench") or {}).get("tps")
+    for scenario, name in FLOOR_NAMES.items():
+        result = report["scenarios"].get(scenario)
+        if not result or not tps:
+            continue
+        cpu = result.get("cpu", {})
+        lines.append(f"floor: {name} / pgbench tps = {result['rps'] / tps:.2f}"
+                     + (f"; CPU per request: gunicorn {cpu['server_ms_per_request']:.2f} ms, "
+                        f"postgres {cpu['postgres_bench_ms_per_request']:.2f} ms"
+                        if "server_ms_per_request" in cpu else ""))
+    return lines
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The summary printed at the end of a run."""
     m, run = report["machine"], report["run"]
@@ -144,6 +164,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines += _scenario_tables(report)
     if report.get("pgbench"):
         lines += _pgbench_lines(report["pgbench"])
+    lines += _floor_lines(report)
     targets = report.get("targets", {})
     for key, text in TARGETS:
         if key in targets:
