@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from coalition import clock
@@ -35,13 +35,6 @@ from coalition.ledger.voiding import RETURN_ORDER, OpenHold, returning, void_hol
 from coalition.prepared import Prepared
 from coalition.program.service import latest_version_columns, rules_of_version
 
-_INSERT_HOLD = Prepared(
-    insert(Hold.__table__)
-    .values({name: bindparam(name) for name in ("entry_id", "member_id", "partner_id",
-                                                  "points", "captured", "status",
-                                                  "expires_at")})
-    .returning(Hold.__table__.c.id))
-
 
 def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
                    units: Units = UnitOfWork) -> Outcome:
@@ -63,17 +56,14 @@ def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
         points = data["points"]
         balance = debit_wallet(session, member, now, available=-points, held=points)
         takes = journal.take_from_live_lots(session, member.id, points, apply=False)
-        entry_id = journal.book_entry(
-            session, kind="hold", booked_at=now, points=points, partner_id=partner.id,
-            member_id=member.id, partner_txn_id=data["partner_txn_id"], request_hash=digest,
-            balance=balance, takes=takes, apply_to_lots=True,
-            postings=[("member:available", member.id, None, -points),
-                      ("member:held", member.id, None, points)],
-        )
         expires_at = now + timedelta(seconds=seconds)
-        hold_id = _INSERT_HOLD.scalar(session, {
-            "entry_id": entry_id, "member_id": member.id, "partner_id": partner.id,
-            "points": points, "captured": 0, "status": "open", "expires_at": expires_at})
+        _, hold_id = journal.book_authorisation(
+            session, journal.NewHold(expires_at), kind="hold", booked_at=now, points=points,
+            partner_id=partner.id, member_id=member.id,
+            partner_txn_id=data["partner_txn_id"], request_hash=digest, balance=balance,
+            takes=takes, apply_to_lots=True,
+            postings=[("member:available", member.id, None, -points),
+                      ("member:held", member.id, None, points)])
         return {"id": hold_id, "partner": partner.code, "member_number": member.member_number,
                 "partner_txn_id": data["partner_txn_id"], "points": points,
                 "captured_points": 0, "status": "open", "expires_at": expires_at,

@@ -333,7 +333,7 @@ _ENTRY_COLUMNS = ("kind", "booked_at", "occurred_at", "partner_id", "member_id",
                   "spend_currency", "note", "sender_named", "available_after",
                   "pending_after", "held_after")
 _MOVE_FIELDS = ("lot_id", "points", "origin_partner_id")
-_entries: dict[tuple[bool, int, int, bool], Prepared] = {}
+_entries: dict[tuple[bool, int, int, bool, bool], Prepared] = {}
 
 
 def _applied(e: Any, takes: int) -> Any:
@@ -368,11 +368,13 @@ def _children(e: Any, postings: int, moves: int) -> list[Any]:
     return ctes
 
 
-def _entry_statement(priced: bool, postings: int, moves: int, applied: bool) -> Prepared:
+def _entry_statement(priced: bool, postings: int, moves: int, applied: bool,
+                     opens: bool) -> Prepared:
     """PostgreSQL: the entry (passing the fence), its postings and its lot movements (and,
-    ``applied``, the lots changed by them) as one statement of data-modifying CTEs, the
-    postings and movements reading the id that the entry's INSERT returned."""
-    key = (priced, postings, moves, applied)
+    ``applied``, the lots changed by them; ``opens``, the hold it opens) as one statement of
+    data-modifying CTEs, the postings, movements and hold reading the id that the entry's
+    INSERT returned."""
+    key = (priced, postings, moves, applied, opens)
     statement = _entries.get(key)
     if statement is not None:
         return statement
@@ -386,6 +388,12 @@ def _entry_statement(priced: bool, postings: int, moves: int, applied: bool) -> 
     if applied and moves:
         ctes.append(_applied(e, moves))
     columns = [e.c.entry_id, e.c.closed_until, *([e.c.priced] if priced else [])]
+    if opens:
+        hold = (insert(_H).from_select(
+            ["entry_id", *_HOLD_FIELDS],
+            select(e.c.entry_id, *[_param(_H, f, "h_") for f in _HOLD_FIELDS]))
+            .returning(_H.c.id.label("hold_id")).cte("h"))
+        columns.append(hold.c.hold_id)
     statement = Prepared(select(*columns).add_cte(*ctes))
     _entries[key] = statement
     return statement
@@ -394,9 +402,12 @@ def _entry_statement(priced: bool, postings: int, moves: int, applied: bool) -> 
 def _book_in_one_statement(session: Session, values: dict[str, Any],
                            postings: list[tuple[str, int | None, int | None, int]],
                            takes: Sequence[Take], priced_at: int | None,
-                           applied: bool) -> int:
+                           applied: bool, opens: NewHold | None) -> tuple[int, int | None]:
     params: dict[str, Any] = {**{f"e_{name}": value for name, value in values.items()},
                               **fence.parameters(priced_at, values["booked_at"])}
+    if opens is not None:
+        params.update({f"h_{name}": value for name, value in opens.values(
+            values["member_id"], values["partner_id"], values["points"]).items()})
     for i, posting in enumerate(postings):
         params.update({f"p{i}_{name}": value
                        for name, value in zip(_POSTING_FIELDS, posting, strict=True)})
@@ -404,10 +415,10 @@ def _book_in_one_statement(session: Session, values: dict[str, Any],
         params.update({f"m{i}_lot_id": take.lot_id, f"m{i}_points": take.points,
                        f"m{i}_origin_partner_id": take.origin_partner_id})
     row = _entry_statement(priced_at is not None, len(postings), len(takes),
-                           applied).rows(session, params)[0]
+                           applied, opens is not None).rows(session, params)[0]
     fence.judge(values["booked_at"], row.closed_until,
                 bool(row.priced) if priced_at is not None else True)
-    return int(row.entry_id)
+    return int(row.entry_id), (int(row.hold_id) if opens is not None else None)
 
 
 def book_entry(
@@ -439,6 +450,65 @@ def book_entry(
 
     With ``money_only``, an entry that moves no points and carries money instead (a
     membership a partner sold for money): no postings, no lots, and a spend."""
+    return _book_entry(session, None, kind=kind, booked_at=booked_at, points=points,
+                       postings=postings, occurred_at=occurred_at, partner_id=partner_id,
+                       member_id=member_id, partner_txn_id=partner_txn_id,
+                       request_hash=request_hash, reference_id=reference_id,
+                       spend_amount=spend_amount, spend_currency=spend_currency,
+                       balance=balance, note=note, takes=takes, sender_named=sender_named,
+                       money_only=money_only, apply_to_lots=apply_to_lots)[0]
+
+
+@dataclass(frozen=True)
+class NewHold:
+    """The hold an authorisation's entry opens: its points held until ``expires_at``."""
+
+    expires_at: datetime
+
+    def values(self, member_id: int | None, partner_id: int | None,
+               points: int) -> dict[str, Any]:
+        return {"member_id": member_id, "partner_id": partner_id, "points": points,
+                "captured": 0, "status": "open", "expires_at": self.expires_at}
+
+
+_HOLD_FIELDS = ("member_id", "partner_id", "points", "captured", "status", "expires_at")
+_INSERT_HOLD = Prepared(
+    insert(Hold.__table__)
+    .values({name: bindparam(name) for name in ("entry_id", *_HOLD_FIELDS)})
+    .returning(Hold.__table__.c.id))
+
+
+def book_authorisation(session: Session, opens: NewHold, **entry: Any) -> tuple[int, int]:
+    """:func:`book_entry` of an authorisation and the hold it opens, in the entry's own
+    statement on PostgreSQL: the entry id and the hold id."""
+    entry_id, hold_id = _book_entry(session, opens, **entry)
+    assert hold_id is not None
+    return entry_id, hold_id
+
+
+def _book_entry(
+    session: Session,
+    opens: NewHold | None,
+    *,
+    kind: str,
+    booked_at: datetime,
+    points: int,
+    postings: Iterable[tuple[str, int | None, int | None, int]],
+    occurred_at: datetime | None = None,
+    partner_id: int | None = None,
+    member_id: int | None = None,
+    partner_txn_id: str | None = None,
+    request_hash: str | None = None,
+    reference_id: int | None = None,
+    spend_amount: Decimal | None = None,
+    spend_currency: str | None = None,
+    balance: Balance | None = None,
+    note: str | None = None,
+    takes: Sequence[Take] = (),
+    sender_named: bool | None = None,
+    money_only: bool = False,
+    apply_to_lots: bool = False,
+) -> tuple[int, int | None]:
     postings = [p for p in postings if p[3] != 0]
     if money_only:
         if postings or takes or points or not spend_amount or spend_currency is None:
@@ -457,10 +527,10 @@ def book_entry(
         "held_after": balance.held if balance else None,
     }
     if in_statement and postings and len(takes) <= MOVES_IN_STATEMENT:
-        entry_id = _book_in_one_statement(session, values, postings, takes, priced_at,
-                                          apply_to_lots)
+        booked = _book_in_one_statement(session, values, postings, takes, priced_at,
+                                        apply_to_lots, opens)
         note_booked(session, kind)
-        return entry_id
+        return booked
     if apply_to_lots:
         apply_takes(session, takes)
     if not in_statement:
@@ -484,9 +554,11 @@ def book_entry(
              "origin_partner_id": t.origin_partner_id, "entry_kind": kind,
              "entry_partner_id": partner_id, "entry_booked_at": booked_at} for t in takes
         ])
+    hold_id = None if opens is None else int(_INSERT_HOLD.scalar(session, {
+        "entry_id": entry_id, **opens.values(member_id, partner_id, points)}))
     # counted in the metrics when (and only if) the transaction commits
     note_booked(session, kind)
-    return entry_id
+    return entry_id, hold_id
 
 
 def create_lot(
