@@ -57,13 +57,14 @@ def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
         balance = debit_wallet(session, member, now, available=-points, held=points)
         takes = journal.take_from_live_lots(session, member.id, points, apply=False)
         expires_at = now + timedelta(seconds=seconds)
-        _, hold_id = journal.book_authorisation(
-            session, journal.NewHold(expires_at), kind="hold", booked_at=now, points=points,
-            partner_id=partner.id, member_id=member.id,
-            partner_txn_id=data["partner_txn_id"], request_hash=digest, balance=balance,
-            takes=takes, apply_to_lots=True,
+        hold = journal.NewHold(expires_at)
+        journal.book_entry(
+            session, kind="hold", booked_at=now, points=points, partner_id=partner.id,
+            member_id=member.id, partner_txn_id=data["partner_txn_id"], request_hash=digest,
+            balance=balance, takes=takes, apply_to_lots=True, opens=hold,
             postings=[("member:available", member.id, None, -points),
                       ("member:held", member.id, None, points)])
+        hold_id = hold.id
         return {"id": hold_id, "partner": partner.code, "member_number": member.member_number,
                 "partner_txn_id": data["partner_txn_id"], "points": points,
                 "captured_points": 0, "status": "open", "expires_at": expires_at,

@@ -33,7 +33,7 @@ Rules every caller keeps:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -399,10 +399,31 @@ def _entry_statement(priced: bool, postings: int, moves: int, applied: bool,
     return statement
 
 
+@dataclass
+class NewHold:
+    """The hold an authorisation's entry opens: its points held until ``expires_at``;
+    ``id`` is set once it is written (:func:`book_entry`)."""
+
+    expires_at: datetime
+    id: int | None = field(default=None, init=False)
+
+    def values(self, member_id: int | None, partner_id: int | None,
+               points: int) -> dict[str, Any]:
+        return {"member_id": member_id, "partner_id": partner_id, "points": points,
+                "captured": 0, "status": "open", "expires_at": self.expires_at}
+
+
+_HOLD_FIELDS = ("member_id", "partner_id", "points", "captured", "status", "expires_at")
+_INSERT_HOLD = Prepared(
+    insert(Hold.__table__)
+    .values({name: bindparam(name) for name in ("entry_id", *_HOLD_FIELDS)})
+    .returning(Hold.__table__.c.id))
+
+
 def _book_in_one_statement(session: Session, values: dict[str, Any],
                            postings: list[tuple[str, int | None, int | None, int]],
                            takes: Sequence[Take], priced_at: int | None,
-                           applied: bool, opens: NewHold | None) -> tuple[int, int | None]:
+                           applied: bool, opens: NewHold | None) -> int:
     params: dict[str, Any] = {**{f"e_{name}": value for name, value in values.items()},
                               **fence.parameters(priced_at, values["booked_at"])}
     if opens is not None:
@@ -418,7 +439,9 @@ def _book_in_one_statement(session: Session, values: dict[str, Any],
                            applied, opens is not None).rows(session, params)[0]
     fence.judge(values["booked_at"], row.closed_until,
                 bool(row.priced) if priced_at is not None else True)
-    return int(row.entry_id), (int(row.hold_id) if opens is not None else None)
+    if opens is not None:
+        opens.id = int(row.hold_id)
+    return int(row.entry_id)
 
 
 def book_entry(
@@ -442,73 +465,18 @@ def book_entry(
     sender_named: bool | None = None,
     money_only: bool = False,
     apply_to_lots: bool = False,
+    opens: NewHold | None = None,
 ) -> int:
     """Write one entry with its postings ``(account, member_id, partner_id, points)`` and
     the lot movements of ``takes``; returns the entry id. With ``apply_to_lots``, the
     takes also change the lots (:func:`apply_takes`), in the same statement on
     PostgreSQL: for takes read without ``apply`` (:func:`take_from_live_lots`).
 
+    With ``opens``, the entry (an authorisation's) opens that hold, in the same statement
+    on PostgreSQL; the hold's id is set on it.
+
     With ``money_only``, an entry that moves no points and carries money instead (a
     membership a partner sold for money): no postings, no lots, and a spend."""
-    return _book_entry(session, None, kind=kind, booked_at=booked_at, points=points,
-                       postings=postings, occurred_at=occurred_at, partner_id=partner_id,
-                       member_id=member_id, partner_txn_id=partner_txn_id,
-                       request_hash=request_hash, reference_id=reference_id,
-                       spend_amount=spend_amount, spend_currency=spend_currency,
-                       balance=balance, note=note, takes=takes, sender_named=sender_named,
-                       money_only=money_only, apply_to_lots=apply_to_lots)[0]
-
-
-@dataclass(frozen=True)
-class NewHold:
-    """The hold an authorisation's entry opens: its points held until ``expires_at``."""
-
-    expires_at: datetime
-
-    def values(self, member_id: int | None, partner_id: int | None,
-               points: int) -> dict[str, Any]:
-        return {"member_id": member_id, "partner_id": partner_id, "points": points,
-                "captured": 0, "status": "open", "expires_at": self.expires_at}
-
-
-_HOLD_FIELDS = ("member_id", "partner_id", "points", "captured", "status", "expires_at")
-_INSERT_HOLD = Prepared(
-    insert(Hold.__table__)
-    .values({name: bindparam(name) for name in ("entry_id", *_HOLD_FIELDS)})
-    .returning(Hold.__table__.c.id))
-
-
-def book_authorisation(session: Session, opens: NewHold, **entry: Any) -> tuple[int, int]:
-    """:func:`book_entry` of an authorisation and the hold it opens, in the entry's own
-    statement on PostgreSQL: the entry id and the hold id."""
-    entry_id, hold_id = _book_entry(session, opens, **entry)
-    assert hold_id is not None
-    return entry_id, hold_id
-
-
-def _book_entry(
-    session: Session,
-    opens: NewHold | None,
-    *,
-    kind: str,
-    booked_at: datetime,
-    points: int,
-    postings: Iterable[tuple[str, int | None, int | None, int]],
-    occurred_at: datetime | None = None,
-    partner_id: int | None = None,
-    member_id: int | None = None,
-    partner_txn_id: str | None = None,
-    request_hash: str | None = None,
-    reference_id: int | None = None,
-    spend_amount: Decimal | None = None,
-    spend_currency: str | None = None,
-    balance: Balance | None = None,
-    note: str | None = None,
-    takes: Sequence[Take] = (),
-    sender_named: bool | None = None,
-    money_only: bool = False,
-    apply_to_lots: bool = False,
-) -> tuple[int, int | None]:
     postings = [p for p in postings if p[3] != 0]
     if money_only:
         if postings or takes or points or not spend_amount or spend_currency is None:
@@ -527,10 +495,10 @@ def _book_entry(
         "held_after": balance.held if balance else None,
     }
     if in_statement and postings and len(takes) <= MOVES_IN_STATEMENT:
-        booked = _book_in_one_statement(session, values, postings, takes, priced_at,
-                                        apply_to_lots, opens)
+        entry_id = _book_in_one_statement(session, values, postings, takes, priced_at,
+                                          apply_to_lots, opens)
         note_booked(session, kind)
-        return booked
+        return entry_id
     if apply_to_lots:
         apply_takes(session, takes)
     if not in_statement:
@@ -554,11 +522,12 @@ def _book_entry(
              "origin_partner_id": t.origin_partner_id, "entry_kind": kind,
              "entry_partner_id": partner_id, "entry_booked_at": booked_at} for t in takes
         ])
-    hold_id = None if opens is None else int(_INSERT_HOLD.scalar(session, {
-        "entry_id": entry_id, **opens.values(member_id, partner_id, points)}))
+    if opens is not None:
+        opens.id = int(_INSERT_HOLD.scalar(session, {
+            "entry_id": entry_id, **opens.values(member_id, partner_id, points)}))
     # counted in the metrics when (and only if) the transaction commits
     note_booked(session, kind)
-    return entry_id, hold_id
+    return entry_id
 
 
 def create_lot(

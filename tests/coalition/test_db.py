@@ -10,12 +10,13 @@ from decimal import Decimal
 
 import pytest
 from flask import Flask
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from coalition.db import UnitOfWork, alongside, db, is_retryable, read, run_with_retries
 from coalition.models import Partner, RateCard
 from tests.conftest import make_test_app
+from tests.factories.statements import statements_run
 
 
 @pytest.fixture
@@ -43,19 +44,11 @@ def test_sqlite_pragmas(sqlite_app):
 
 
 def test_sqlite_writers_begin_immediate_and_readers_deferred(sqlite_app):
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        statements.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
+    with statements_run(db.engine) as statements:
         with UnitOfWork() as uow:
             uow.session.execute(text("SELECT n FROM counter"))
         with read() as session:
             session.execute(text("SELECT n FROM counter"))
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
     assert statements == ["BEGIN IMMEDIATE", "SELECT n FROM counter",
                           "BEGIN", "SELECT n FROM counter"]
 

@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import bindparam, event, insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from coalition.db import UnitOfWork, db, read, read_once
 from coalition.models import Partner, RateCard
 from coalition.prepared import Prepared, prepared
+from tests.factories.statements import statements_run
 
 _p, _r = Partner.__table__.c, RateCard.__table__.c
 VALID_FROM = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -91,17 +92,8 @@ def test_a_unique_index_is_sqlalchemys_integrity_error_and_the_session_rolls_bac
 
 
 def test_the_engines_listeners_see_each_statement(app):
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        with read_once() as connection:
-            assert _CARDS.rows(connection, {"code": "acme", "now": VALID_FROM}) == []
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
+    with statements_run(db.engine) as seen, read_once() as connection:
+        assert _CARDS.rows(connection, {"code": "acme", "now": VALID_FROM}) == []
     assert len(seen) == 1 and seen[0].startswith("SELECT partner.code")
 
 
