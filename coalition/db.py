@@ -206,6 +206,8 @@ class _State:
         self.single = (engine.execution_options(isolation_level="AUTOCOMMIT")
                        if engine.dialect.name == "postgresql" else readonly)
         self.replica = replica
+        self.replica_single = (replica.engine.execution_options(isolation_level="AUTOCOMMIT")
+                               if replica is not None else self.single)
         self.replica_reader = sessionmaker(
             replica.engine.execution_options(coalition_readonly=True),
             expire_on_commit=False) if replica is not None else self.reader
@@ -488,14 +490,20 @@ def run_with_retries(work: Callable[[], T], attempts: int | None = None, *,
 
 
 @contextmanager
-def read_once() -> Iterator[Connection]:
-    """A connection for one read statement that needs no transaction of its own.
+def read_once(replica: bool = False) -> Iterator[Connection]:
+    """A connection for one read statement that needs no transaction of its own (one
+    statement sees one moment); with ``replica``, on the replica when one is configured and
+    close enough behind (as :func:`replica_read`).
 
     On PostgreSQL it runs in autocommit: one round trip, no ``BEGIN`` and no ``ROLLBACK``;
     and since psycopg answers every ``ROLLBACK`` with ``DEALLOCATE ALL``, the connection
     keeps its prepared statements for the requests that follow.
     """
-    with db._state.single.connect() as connection:
+    state = db._state
+    engine = state.single
+    if replica and state.replica is not None and state.replica.usable():
+        engine = state.replica_single
+    with engine.connect() as connection:
         yield connection
 
 

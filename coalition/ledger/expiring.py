@@ -8,12 +8,10 @@ from typing import Any
 
 from sqlalchemy import Integer, bindparam, func, literal_column, select
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from coalition.ledger.models import IS_LIVE_LOT, Lot
-from coalition.prepared import Prepared
 
 #: dates listed at most
 DATES = 12
@@ -54,13 +52,14 @@ def _day_after_sqlite(element: day_after, compiler: SQLCompiler, **kw: Any) -> s
     return f"date({compiler.process(element.clauses, **kw)}, '+1 day')"
 
 
-def _dates() -> Any:
-    """The first ``dates`` dates on which some of the member's live points expire: a
-    recursive walk from date to date, each step one probe of ``ix_lot_live`` for the first
-    moment after the date before; and the points of each date, summed from the index over
-    that date alone. What it reads is the lots of those dates, whatever the history."""
+def dates_of(member: Any) -> Any:
+    """The first ``:dates`` dates on which some of ``member``'s live points expire (the
+    member's id: a parameter, or a scalar subquery that finds it): a recursive walk from
+    date to date, each step one probe of ``ix_lot_live`` for the first moment after the date
+    before; and the points of each date, summed from the index over that date alone. What
+    it reads is the lots of those dates, whatever the history."""
     lot = Lot.__table__.c
-    of_member = (lot.member_id == bindparam("member_id"), IS_LIVE_LOT)
+    of_member = (lot.member_id == member, IS_LIVE_LOT)
     first: Any = select(func.min(lot.expires_at).label("moment"),
                         literal_column("1").label("n")).where(*of_member)
     day = first.cte("day", recursive=True)
@@ -72,17 +71,4 @@ def _dates() -> Any:
     points = (select(func.sum(lot.remaining))
               .where(*of_member, lot.expires_at >= day.c.moment,
                      lot.expires_at < day_after(day.c.moment)).scalar_subquery())
-    return select(day.c.moment, points).where(day.c.moment.is_not(None))
-
-
-_DATES = Prepared(_dates())
-
-
-def expiring_dates(session: Session, member_id: int,
-                   limit: int = DATES) -> list[dict[str, Any]]:
-    """:func:`by_date` of the member's live points over their first ``limit`` dates, in
-    one statement that reads only those dates' lots from the partial index
-    ``ix_lot_live``."""
-    rows = _DATES.rows(session, {"member_id": member_id, "dates": limit})
-    # a date a row, put in order here: twelve rows, no sort in the plan
-    return by_date(sorted(rows, key=lambda row: row[0]), limit)
+    return select(day.c.moment, points.label("points")).where(day.c.moment.is_not(None))
