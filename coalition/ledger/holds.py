@@ -64,8 +64,7 @@ def authorise_hold(partner_id: int | PartnerRef, data: dict[str, Any], *,
             balance=balance, takes=takes, apply_to_lots=True, opens=hold,
             postings=[("member:available", member.id, None, -points),
                       ("member:held", member.id, None, points)])
-        hold_id = hold.id
-        return {"id": hold_id, "partner": partner.code, "member_number": member.member_number,
+        return {"id": hold.id, "partner": partner.code, "member_number": member.member_number,
                 "partner_txn_id": data["partner_txn_id"], "points": points,
                 "captured_points": 0, "status": "open", "expires_at": expires_at,
                 "created_at": now,
