@@ -1,4 +1,5 @@
-"""The benchmark harness's pure parts: percentiles, outcomes, CPU arithmetic, the report.
+"""The benchmark harness's pure parts: percentiles, outcomes, CPU arithmetic, the report;
+and the floors' app, served from a test database.
 
 No benchmark runs here: these are the calculations and the formatting a run relies on.
 """
@@ -25,6 +26,7 @@ from bench.harness.cpu import (
     parse_stat,
     shares,
 )
+from bench.harness.floor import create_app as floor_app
 from bench.harness.load import classify, merge, op_stats, ops_stats, percentile
 from bench.harness.pgbench import parse_output
 from bench.harness.postgres import db_work_per_request
@@ -528,8 +530,6 @@ def test_a_chained_call_costs_twice_its_window_per_request_less_its_first_call(m
 
 def test_the_floors_answer_a_constant_and_a_wallet_read(app, client, make_partner,
                                                         monkeypatch):
-    from bench.harness.floor import create_app as floor_app
-
     _, headers = make_partner("acme")
     number = client.post("/v1/members", json={"partner_member_ref": "c1"},
                          headers=headers).get_json()["member_number"]
