@@ -183,7 +183,7 @@ class Database:
 
     def session(self, readonly: bool = False, replica: bool = False) -> Session:
         state = self._state
-        if replica and state.replica is not None and state.replica.usable():
+        if replica and state.replica_usable():
             return state.replica_reader()
         return (state.reader if readonly else state.writer)()
 
@@ -211,6 +211,10 @@ class _State:
         self.replica_reader = sessionmaker(
             replica.engine.execution_options(coalition_readonly=True),
             expire_on_commit=False) if replica is not None else self.reader
+
+    def replica_usable(self) -> bool:
+        """Whether reads that may go to the replica go there now."""
+        return self.replica is not None and self.replica.usable()
 
 
 #: how behind a standby is: nothing when it has replayed what the primary had written a
@@ -500,9 +504,7 @@ def read_once(replica: bool = False) -> Iterator[Connection]:
     keeps its prepared statements for the requests that follow.
     """
     state = db._state
-    engine = state.single
-    if replica and state.replica is not None and state.replica.usable():
-        engine = state.replica_single
+    engine = state.replica_single if replica and state.replica_usable() else state.single
     with engine.connect() as connection:
         yield connection
 
