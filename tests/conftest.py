@@ -320,13 +320,32 @@ def make_partner(app: Flask, client: FlaskClient):
 
 
 def snapshot(app: Flask) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, for asserting that a refused request changed nothing."""
+    """Every row of every table, for asserting that a refused request changed nothing.
+
+    The rows as the driver gives them (compared with another snapshot, never with the
+    models' values), read on one connection with the statements made once per database:
+    the isolation matrix takes a snapshot after each of thousands of attempts."""
     with app.app_context(), db.engine.connect() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         result = {}
-        for table in Base.metadata.sorted_tables:
-            rows = conn.execute(table.select()).all()
-            result[table.name] = sorted((tuple(r) for r in rows), key=repr)
+        for table, sql in _snapshot_statements(conn):
+            cursor.execute(sql)
+            result[table] = sorted(map(tuple, cursor.fetchall()), key=repr)
+        cursor.close()
         return result
+
+
+#: each database's ``(table, SELECT)`` pairs, by URL
+_SNAPSHOT_STATEMENTS: dict[str, list[tuple[str, str]]] = {}
+
+
+def _snapshot_statements(conn: Any) -> list[tuple[str, str]]:
+    key = conn.engine.url.render_as_string(hide_password=False)
+    if key not in _SNAPSHOT_STATEMENTS:
+        _SNAPSHOT_STATEMENTS[key] = [
+            (table.name, str(table.select().compile(dialect=conn.dialect)))
+            for table in Base.metadata.sorted_tables]
+    return _SNAPSHOT_STATEMENTS[key]
 
 
 # --------------------------------------------------------------------------- live server
