@@ -404,7 +404,8 @@ class _SlowHandler(BaseHTTPRequestHandler):
 def slow_server():
     """A real HTTP server on a free port that answers every POST after 50 ms."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever,
+                              kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield server.server_address[1]
     server.shutdown()

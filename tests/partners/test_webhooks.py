@@ -43,13 +43,18 @@ class Receiver:
         self.delay = delay
         self.received: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+        #: set when a request has come in (before its delay)
+        self.arriving = threading.Event()
+        #: ends the delays early (:meth:`release`)
+        self.released = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.arriving.set()
                 if receiver.delay:
-                    time.sleep(receiver.delay)
+                    receiver.released.wait(receiver.delay)
                 with receiver.lock:
                     receiver.received.append({
                         "body": body, "event_id": self.headers["Coalition-Event-Id"],
@@ -70,7 +75,10 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a shutdown is seen within one poll: the default half second was what every
+        # test with a receiver waited for at its end
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.01}, daemon=True)
 
     def __enter__(self) -> Receiver:
         self.thread.start()
@@ -79,6 +87,10 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def release(self) -> None:
+        """Answer the requests held in their delay now, and the next ones at once."""
+        self.released.set()
 
     def ids(self) -> list[str]:
         with self.lock:
@@ -244,23 +256,21 @@ def test_a_signature_made_with_another_secret_fails_the_check():
 
 
 def test_a_failing_receiver_is_retried_with_backoff_until_the_retry_time_is_spent(
-        app, client, acme, monkeypatch):
-    monkeypatch.setitem(app.config, "WEBHOOK_BACKOFF", 0.05)
-    monkeypatch.setitem(app.config, "WEBHOOK_RETRY_FOR", 2)
-    monkeypatch.setitem(app.config, "WORKER_POLL", 0.02)
+        app, client, acme, clock, monkeypatch):
+    monkeypatch.setitem(app.config, "WEBHOOK_BACKOFF", 5)
+    monkeypatch.setitem(app.config, "WEBHOOK_RETRY_FOR", 120)
     with Receiver(status=503) as receiver:
         endpoint = register(client, acme, receiver.url)
         receiver.secret = endpoint["secret"]
         member = enrol(client, acme, "m1")
         earn(client, acme, member, "e1", points=50)
-        started_at = time.monotonic()
-        while time.monotonic() - started_at < 10:
+        for _ in range(200):  # 1 000 s of the clock, far past the retry time
             deliver_all(app)
             [delivery] = client.get(f"/v1/webhooks/{endpoint['id']}/deliveries",
                                     headers=acme).get_json()["items"]
             if delivery["status"] != "pending":
                 break
-            time.sleep(0.05)
+            clock.advance(seconds=5)
     assert delivery["status"] == "failed"
     attempts = delivery["attempts"]
     assert len(attempts) >= 3 and {a["status_code"] for a in attempts} == {503}
@@ -318,10 +328,10 @@ def test_a_delivery_is_replayed_with_the_same_event_id(app, client, acme):
 
 
 def test_a_slow_receiver_never_slows_the_booking_path(app, client, acme, monkeypatch):
-    """Deliveries wait on a receiver that takes 3 s to answer; earns meanwhile take what
-    they take without it."""
+    """Deliveries wait on a receiver that holds its answer (up to 30 s); earns meanwhile
+    take what they take without it."""
     monkeypatch.setitem(app.config, "WORKER_POLL", 0.02)
-    with Receiver(delay=3) as receiver:
+    with Receiver(delay=30) as receiver:
         endpoint = register(client, acme, receiver.url)
         receiver.secret = endpoint["secret"]
         member = enrol(client, acme, "m1")
@@ -330,15 +340,18 @@ def test_a_slow_receiver_never_slows_the_booking_path(app, client, acme, monkeyp
         earn(client, acme, member, "e0", points=1)
         running.start()
         try:
-            time.sleep(0.3)  # the first delivery is in flight now
+            assert receiver.arriving.wait(10), "the first delivery never arrived"
             took = []
             for n in range(1, 6):
                 began = time.monotonic()
                 earn(client, acme, member, f"e{n}", points=1)
                 took.append(time.monotonic() - began)
+            in_flight_throughout = not receiver.received
         finally:
+            receiver.release()
             stop.set()
             running.join(timeout=30)
+    assert in_flight_throughout, "the receiver answered while the earns were timed"
     assert max(took) < 1.0, took
     assert len(receiver.received) >= 1
 
