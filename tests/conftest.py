@@ -33,6 +33,7 @@ from coalition import clock as app_clock
 from coalition.app import create_app
 from coalition.db import Base, db
 from coalition.migrations import runner
+from coalition.program.service import forget_parsed_rules
 from tests.coalition.test_serving import (
     clean_env,
     gunicorn_command,
@@ -247,6 +248,7 @@ def _postgres_emptying(conn: Any, tables: list[str]) -> str:
 
 
 def empty_all_tables(app: Flask) -> None:
+    forget_parsed_rules()  # the versions emptied may be published again, at the same time
     with app.app_context():
         tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
         with db.engine.begin() as conn:

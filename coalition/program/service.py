@@ -147,3 +147,9 @@ def rules_of_version(session: Session, version: int | None,
         cached = Rules(version, published_at, ProgramRulesSchema().load(rules))
         _parsed[version] = cached
     return cached
+
+
+def forget_parsed_rules() -> None:
+    """Parse every version again when next read: for a database emptied and published
+    anew at the very moment of an earlier version (a test's clock held still)."""
+    _parsed.clear()

@@ -14,9 +14,10 @@ and, after every step, every member's balance, tier and expiring points, every l
 remaining points and state and every hold's status; ``check_ledger()`` proves the
 invariants as well.
 
-The service clock (``utcnow`` in the ledger modules) is the model's: it starts at the real
-time and only moves forward, so holds lapse, pending points mature, lots expire and the
-rolling tier window moves without waiting. OAuth tokens keep the real clock.
+The app's clock is the model's (handed to it through ``coalition.clock.use``): each example
+starts it at the real time and only moves it forward, so holds lapse, pending points mature,
+lots expire and the rolling tier window moves without waiting. Access tokens outlive
+whatever time an example moves on.
 
 ``COALITION_HYPOTHESIS_EXAMPLES`` and ``COALITION_HYPOTHESIS_STEPS`` run it longer.
 """
@@ -27,6 +28,7 @@ import calendar
 import math
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -48,12 +50,12 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
-from coalition import clock as ledger_clock
 from coalition.db import db
 from coalition.ledger import jobs
 from coalition.ledger.check import check_ledger
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Posting, Wallet
 from tests.conftest import bearer, empty_all_tables, fetch_token
+from tests.factories.clock import clock_of
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +102,7 @@ def floor(value: Fraction) -> int:
 
 
 class Clock:
-    """The service clock: ``utcnow`` for the ledger modules, moved on by the model."""
+    """The app's clock, moved on by the model."""
 
     now: datetime = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -309,6 +311,8 @@ class LedgerMachine(RuleBasedStateMachine):
                hold_max: int, seed: tuple[int, int], welcome: int = 0) -> None:
         from coalition.oauth.clients import create_operator_client
 
+        # the real time (an earlier example may have left the clock years ahead)
+        self.clock.now = datetime.now(UTC).replace(microsecond=0)
         for key, code, currency, rate in (("a", "alpha", "GBP", rate_a),
                                           ("b", "beta", "EUR", rate_b)):
             _, headers = self.make_partner(code, currency=currency, earn_rate=Decimal(rate))
@@ -322,8 +326,8 @@ class LedgerMachine(RuleBasedStateMachine):
                       "earn_reversal_after_spend": "take_from_other_lots",
                       "holds": {"default_seconds": 900, "max_seconds": 7 * 86400}}
         self._publish(expiry, pending_days, after_spend, hold_max)
-        # the service clock: whole seconds (the API shows seconds), after the rate cards
-        self.clock.now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+        # whole seconds (the API shows seconds), after the rate cards
+        self.clock.now += timedelta(seconds=1)
         self.ready = True
         # two members with points to spend, one from each partner
         self.enrol("a", 0)
@@ -1080,19 +1084,24 @@ class LedgerMachine(RuleBasedStateMachine):
             assert wallet.available == live.get(member_id, 0), wallet
 
 
+#: an access token outlives the years an example moves on (steps of at most a year, about
+#: one in ten of them): 60 years, within the column's 32-bit seconds
+TOKEN_LIFETIME = 60 * 366 * 24 * 3600
+
+
 @pytest.fixture
 def machine(app: Flask, client: FlaskClient, make_partner: Any,
-            monkeypatch: pytest.MonkeyPatch) -> type[LedgerMachine]:
-    """The state machine bound to this test's app, with the service clock its own."""
-    clock = Clock()
-    monkeypatch.setattr(ledger_clock, "utcnow", clock)
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[type[LedgerMachine]]:
+    """The state machine bound to this test's app, the app's clock its own."""
+    monkeypatch.setitem(app.config, "ACCESS_TOKEN_LIFETIME", TOKEN_LIFETIME)
 
     class Machine(LedgerMachine):
         pass
 
-    Machine.app, Machine.client, Machine.clock = app, client, clock
-    Machine.make_partner = staticmethod(make_partner)
-    return Machine
+    with clock_of(app, Clock()) as clock:
+        Machine.app, Machine.client, Machine.clock = app, client, clock
+        Machine.make_partner = staticmethod(make_partner)
+        yield Machine
 
 
 def test_ledger_matches_its_model(machine: type[LedgerMachine]) -> None:

@@ -9,7 +9,7 @@
 - ``member_records``: member rows, tokens written straight to the database, and a
   member's journal, lots and links as stored
 - ``ledger``: history booked with the journal primitives at any moment, and read back
-- ``settlement``: runs, reconciliation files and the settlement tests' fake clock
+- ``settlement``: runs, reconciliation files and the settlement tests' hand-moved clock
 - ``finance``: finance users, their sign-in, and a small period worked out by hand
 - ``coalition``: a small coalition with something of everything (fuzzer, isolation)
 - ``clock``: a clock a test moves by hand, handed to the app through its own seam

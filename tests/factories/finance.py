@@ -1,6 +1,6 @@
 """Helpers for the finance sign-in and finance page tests (not a test module).
 
-:func:`book_period` books a small coalition's period on the fake clock; every figure of its
+:func:`book_period` books a small coalition's period on the test's clock; every figure of its
 settlement is worked out by hand in :data:`EXPECTED`.
 """
 

@@ -1,10 +1,10 @@
 """Helpers shared by the settlement tests (not a test module).
 
-Most settlement tests book on a fake clock (:class:`Clock`, the ``clock`` fixture of this
-package's conftest) set in the past: periods then end long before the real "now" (a run can
-only be made of an ended period), boundaries can be hit to the microsecond, and nothing has
-to sleep. The clock drives the ledger (``booked_at``, hold expiry) and member enrolment; the
-settlement service itself keeps the real clock.
+Most settlement tests run on a hand-moved clock (:class:`Clock`, the ``clock`` fixture of
+tests/settlement/conftest.py, handed to the app through :func:`coalition.clock.use`) set in
+the past: boundaries can be hit to the microsecond, and nothing has to sleep. It is the
+whole app's clock: the ledger's ``booked_at`` and hold expiry, member enrolment, tokens, and
+the settlement service, which makes a run of a period only once the clock has passed its end.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The settlement fence: no booking commits into a period that is closed or being closed,
 and a rate card and a close are ordered by the one lock. The races run on PostgreSQL.
 
-Bookings are on the fake clock (support.py), in the period [S, S + 10 s); the runs and the
-rate cards keep the real clock.
+Everything reads the test's clock (tests/settlement/conftest.py): the bookings are in the
+period [S, S + 10 s), and the runs and the rate cards come once it has ended.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def figures_now(run_id: int) -> str:
 
 @pytest.fixture
 def booked(app, client, make_partner, clock) -> dict[str, Any]:
-    """acme, with an earn and a burn by ann in [S, E)."""
+    """acme, with an earn and a burn by ann in [S, E); the clock then at E."""
     clock.set(S - timedelta(minutes=5))
     acme, headers = make_partner("acme", valid_from=S - timedelta(days=1))
     member = enrol(client, headers, "ann")
@@ -86,6 +86,7 @@ def booked(app, client, make_partner, clock) -> dict[str, Any]:
                                           "points": 40})
     with read() as session:
         member_id = session.scalar(select(Member.id).where(Member.member_number == member))
+    clock.set(E)  # the period has ended
     return {"headers": headers, "member": member, "member_id": member_id}
 
 
@@ -94,7 +95,6 @@ def test_nothing_is_booked_into_a_closed_period(app, client, booked, clock) -> N
     closed period is refused with period_closed and writes nothing."""
     from tests.factories.ledger import book_bonus
 
-    clock.set(E)  # the period has ended
     run = create_run(S, E, "finance")
     close_run(run["id"], "finance")
     before = snapshot(app)
@@ -129,8 +129,9 @@ def test_a_booking_waiting_for_a_wallet_lock_lands_after_a_close(app, booked, cl
         booking = Worker(app, lambda: earn(acme, {"member_number": booked["member"],
                                                   "partner_txn_id": "late", "points": 7}))
         booking.start()
-        waiting_on_a_lock()
+        waiting_on_a_lock()  # its clock read inside the period
 
+        clock.set(E + timedelta(minutes=1))  # the period has ended and is settled
         run = create_run(S, E, "finance")
         closed = Worker(app, lambda: close_run(run["id"], "finance"))
         closed.start()

@@ -2,7 +2,7 @@
 
 Each example books three months (2001-01 … 2001-03) of random earns, burns, holds captured
 or voided, earn reversals, transfers, donations, expiry runs and a redeem rate change, on
-a fake clock, then measures the liability of March under a random money model, breakage
+the test's clock, then measures the liability of March under a random money model, breakage
 prior and history threshold, and checks:
 
 (a) the roll-forward balances to the cent per currency: opening + issued −

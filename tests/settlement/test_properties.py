@@ -1,15 +1,15 @@
 """Settlement properties, checked by Hypothesis against an independent model of the period.
 
-Each example books a random history through the partner API on a fake clock (see
-support.py): 2–4 partners in GBP and EUR with random prices of up to four decimal places,
-members earning, burning, holding and capturing (in part or in full), voiding, reversing
-earns and burns in parts, late earns, and rate changes at random moments. History is booked
-before the period (lots, open holds and burns that the period then captures or reverses),
-in it (the first booking exactly at its start, sometimes the last a microsecond before its
-end) and after it (the first booking exactly at its end). A small model keeps the lots the
-way the ledger does (earliest first out, a hold's and a burn's points back to the latest
-lots first), so every figure of the run is predicted independently; on top of that the
-run's own figures must agree with each other:
+Each example books a random history through the partner API on the test's clock
+(tests/settlement/conftest.py): 2–4 partners in GBP and EUR with random prices of up to four
+decimal places, members earning, burning, holding and capturing (in part or in full),
+voiding, reversing earns and burns in parts, late earns, and rate changes at random moments.
+History is booked before the period (lots, open holds and burns that the period then
+captures or reverses), in it (the first booking exactly at its start, sometimes the last a
+microsecond before its end) and after it (the first booking exactly at its end). A small
+model keeps the lots the way the ledger does (earliest first out, a hold's and a burn's
+points back to the latest lots first), so every figure of the run is predicted
+independently; on top of that the run's own figures must agree with each other:
 
 (a) per currency, Σ statement nets + the coalition's margin = 0 exactly, and the
     coalition's position is its margin;
@@ -686,6 +686,7 @@ def test_runs_agree_with_the_model_and_with_themselves(
     end = clock.now.replace(microsecond=0) + timedelta(seconds=1)
     outstanding_at_end = model.outstanding()
 
+    clock.set(end)  # the period has ended: it can be settled
     publish_model(client, operator, money_model)
     run = run_ok(client, operator, S, end)
     assert run["status"] == "draft" and run["open_breaks"] == 0
@@ -697,7 +698,6 @@ def test_runs_agree_with_the_model_and_with_themselves(
 
     # after the period (the first booking exactly at its end): captures of the period's
     # holds, reversals of its burns, rate cards from its end: a draft reads the same
-    clock.set(end)
     for n, (step, op) in enumerate(after):
         if n:
             clock.advance(microseconds=step)
@@ -739,7 +739,7 @@ def test_runs_agree_with_the_model_and_with_themselves(
                 if k not in ("run", "status", "period_start", "period_end", "funding")} == s
 
     # the next period holds everything booked since, by the same model
-    next_end = clock.now.replace(microsecond=0) + timedelta(seconds=1)
+    next_end = clock.set(clock.now.replace(microsecond=0) + timedelta(seconds=1))
     following = run_ok(client, operator, end, next_end)
     other = "clearing" if money_model == "operator" else "operator"
     check_against_model(following, expected_run(model, end, next_end, model.outstanding(),

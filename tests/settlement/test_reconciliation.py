@@ -1,8 +1,8 @@
 """Reconciliation of partners' files against a run, resolving breaks, closing, the CLI,
 and what partners may read.
 
-Every test books on the fake clock (support.py): the period is [S, E) with S = T0 and
-E = S + 10 s, booked through the partner API.
+Every test books on the test's clock (tests/settlement/conftest.py): the period is [S, E)
+with S = T0 and E = S + 10 s, booked through the partner API.
 """
 
 from __future__ import annotations

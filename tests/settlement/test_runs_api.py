@@ -1,6 +1,7 @@
 """Creating, reading and refusing settlement runs (POST/GET /v1/settlement/runs…).
 
-Bookings are on the fake clock (support.py), in the period [S, S + 10 s).
+Bookings are on the test's clock (tests/settlement/conftest.py), in the period
+[S, S + 10 s); the runs are made once it has ended.
 """
 
 from __future__ import annotations
@@ -153,11 +154,12 @@ def test_a_discarded_draft_frees_its_period(client, operator_headers, booked) ->
 
 @pytest.mark.postgres
 def test_concurrent_creates_of_overlapping_periods_make_one_run(
-        app, client, operator_headers, booked, monkeypatch) -> None:
+        app, client, operator_headers, booked, clock, monkeypatch) -> None:
     """Both requests pass the overlap check before either inserts (the computation is
     slowed down to make sure): the database's exclusion constraint keeps one."""
     from settlement import service
 
+    clock.set(S + timedelta(seconds=300))  # every period below has ended
     real = service.compute
 
     def slow(*args: Any, **kwargs: Any) -> Any:
