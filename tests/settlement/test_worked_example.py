@@ -8,7 +8,6 @@ Partners (all GBP):  grocer  earn 1/GBP, issue 0.0100, redeem 0.0080
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -77,12 +76,12 @@ SETTLED = {
 
 
 @pytest.mark.parametrize("model", ["operator", "clearing"])
-def test_hand_worked_period(app, client, make_partner, operator_headers, model):
+def test_hand_worked_period(app, client, make_partner, operator_headers, clock, model):
     from coalition.ledger.jobs import expire
     from partners.service import add_rate_card
 
     # periods are honoured to the second: whole-second boundaries around everything booked
-    start = utcnow().replace(microsecond=0)
+    start = clock.set(clock().replace(microsecond=0) + timedelta(seconds=1))
     _, grocer = make_partner("grocer", earn_rate=Decimal("1"), issue_price=Decimal("0.0100"),
                              redeem_rate=Decimal("0.0080"), valid_from=start)
     _, fuel = make_partner("fuel", earn_rate=Decimal("2"), issue_price=Decimal("0.0090"),
@@ -102,9 +101,9 @@ def test_hand_worked_period(app, client, make_partner, operator_headers, model):
     late = (start - timedelta(days=3)).replace(microsecond=0)
     earn(client, fuel, ann, "f2", points=300, occurred_at=late.isoformat())  # flagged late
 
-    add_rate_card("grocer", utcnow(), issue_price=Decimal("0.0120"),
+    add_rate_card("grocer", clock.advance(milliseconds=1), issue_price=Decimal("0.0120"),
                   redeem_rate=Decimal("0.0090"))
-    time.sleep(0.002)
+    clock.advance(milliseconds=2)
 
     g2 = earn(client, grocer, ann, "g2", points=200)                          # grocer card 2
     post_ok(client, f"/v1/transactions/{g2['id']}/reversals", grocer,
@@ -119,8 +118,7 @@ def test_hand_worked_period(app, client, make_partner, operator_headers, model):
 
     summary = expire(utcnow() + timedelta(days=40))       # cy's 80 points: breakage
     assert summary.points_expired == 80
-    end = utcnow().replace(microsecond=0) + timedelta(seconds=1)
-    time.sleep(max(0.0, (end - utcnow()).total_seconds()) + 0.01)
+    end = clock.set(utcnow().replace(microsecond=0) + timedelta(seconds=1))
 
     created = client.post("/v1/settlement/runs", headers=operator_headers, json={
         "period_start": start.isoformat(), "period_end": end.isoformat()})
@@ -202,7 +200,7 @@ def test_hand_worked_period(app, client, make_partner, operator_headers, model):
     assert as_csv.get_data(as_text=True).splitlines()[-1] == f"fuel,GBP,{model},,,net,,,,,-4.65"
 
 
-def test_a_closed_period_is_frozen(app, client, make_partner, operator_headers):
+def test_a_closed_period_is_frozen(app, client, make_partner, operator_headers, clock):
     from partners.service import add_rate_card
     from tests.conftest import snapshot
 
@@ -210,8 +208,7 @@ def test_a_closed_period_is_frozen(app, client, make_partner, operator_headers):
     _, acme = make_partner("acme", valid_from=start)
     member = enrol(client, acme, "m1")
     earn(client, acme, member, "e1", points=100)
-    end = start + timedelta(seconds=1)
-    time.sleep(max(0.0, (end - utcnow()).total_seconds()) + 0.01)
+    end = clock.set(start + timedelta(seconds=1))
     period = {"period_start": start.isoformat(), "period_end": end.isoformat()}
     run = client.post("/v1/settlement/runs", headers=operator_headers, json=period).get_json()
     again = client.post(f"/v1/settlement/runs/{run['id']}/recompute", headers=operator_headers)
