@@ -67,7 +67,8 @@ def test_a_new_rate_card_is_seen_by_the_next_earn(client, make_partner, operator
     headers, number = _member_of(client, make_partner,
                                  valid_from=datetime.now(UTC) - timedelta(days=1))
     assert _earn(client, headers, number, "t-1")["points"] == 10
-    starts = clock().replace(microsecond=0) + timedelta(seconds=1)
+    # the clock held still: the next earn is before the card's start however slow it is
+    starts = clock.set(clock()).replace(microsecond=0) + timedelta(seconds=1)
     card = client.post("/v1/admin/partners/acme/rates", headers=operator_headers,
                        json={"valid_from": starts.isoformat(), "earn_rate": "4"})
     assert card.status_code == 201, card.get_json()
@@ -98,7 +99,7 @@ def test_a_change_made_on_one_worker_is_seen_by_the_next_earn_on_another(
     assert _earn(other_worker, headers, number, "t-1")["points"] == 10
     _publish(client, operator_headers, _rules("2"))
     assert _earn(other_worker, headers, number, "t-2")["points"] == 20
-    starts = clock().replace(microsecond=0) + timedelta(seconds=1)
+    starts = clock.set(clock()).replace(microsecond=0) + timedelta(seconds=1)
     card = client.post("/v1/admin/partners/acme/rates", headers=operator_headers,
                        json={"valid_from": starts.isoformat(), "earn_rate": "4"})
     assert card.status_code == 201, card.get_json()
