@@ -24,7 +24,6 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     literal_column,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -72,10 +71,6 @@ ACCOUNTS = (
 LOT_SOURCES = ("earn", "bonus", "transfer", "adjustment")
 LOT_STATES = ("pending", "live", "expired", "forfeited")
 HOLD_STATUSES = ("open", "captured", "voided", "expired")
-
-#: the lots that still carry spendable points (the partial index ``ix_lot_live``)
-LIVE_LOT = "state = 'live' AND remaining > 0"
-
 
 class Member(Base):
     __tablename__ = "member"
@@ -216,10 +211,6 @@ class Lot(Base):
         CheckConstraint("remaining >= 0 AND remaining <= points", name="remaining"),
         Index("ix_lot_member_id_state", "member_id", "state"),
         Index("ix_lot_state_expires_at", "state", "expires_at"),
-        # a member's live lots with points left, in consumption order: what a burn takes
-        # and a balance read lists, found without reading the member's spent history
-        Index("ix_lot_live", "member_id", "expires_at", "id",
-              postgresql_where=text(LIVE_LOT), sqlite_where=text(LIVE_LOT)),
     )
 
     id: Mapped[PK]
@@ -236,11 +227,16 @@ class Lot(Base):
     pending_until: Mapped[Timestamp | None]
 
 
-#: :data:`LIVE_LOT` as a condition on ``lot``, written with literals: a prepared
+#: the lots that still carry spendable points, written with literals: a prepared
 #: statement's generic plan can then prove the predicate of ``ix_lot_live`` and read it
 #: (with ``state = $2`` it cannot, and reads every lot of the member)
 IS_LIVE_LOT = and_(Lot.__table__.c.state == literal_column("'live'"),
                    Lot.__table__.c.remaining > literal_column("0"))
+
+# a member's live lots with points left, in consumption order: what a burn takes and a
+# balance read lists, found without reading the member's spent history
+Index("ix_lot_live", Lot.__table__.c.member_id, Lot.__table__.c.expires_at, Lot.__table__.c.id,
+      postgresql_where=IS_LIVE_LOT, sqlite_where=IS_LIVE_LOT)
 
 
 class LotMovement(Base):
