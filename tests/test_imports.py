@@ -1,10 +1,13 @@
-"""The packages' imports: no cycle, no import hidden in a function to dodge one, and the
+"""The packages' imports: no cycle, no import hidden in a function to dodge one, the
 core (``coalition``) never depends on the packages built on it (``partners``,
-``settlement``)."""
+``settlement``), and a server worker loads no migration tooling."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +127,22 @@ def test_the_core_never_imports_the_packages_built_on_it(package):
     reached |= {(module, name) for module, name, _ in in_functions}
     assert [(module, target) for module, target in sorted(reached)
             if module.split(".")[0] == "coalition" and target.split(".")[0] == package] == []
+
+
+def test_the_app_loads_alembic_only_for_a_migration(tmp_path):
+    """A served app (every gunicorn worker) leaves Alembic, Mako and Pygments unloaded;
+    the database commands still load it."""
+    script = (
+        "import json, sys\n"
+        "from coalition.app import create_app\n"
+        "app = create_app({'ENV': 'testing', 'SECRET_KEY': 'x' * 32,\n"
+        f"                  'DATABASE_URL': 'sqlite:///{tmp_path / 'db.sqlite3'}'}})\n"
+        "served = sorted(m for m in ('alembic', 'mako', 'pygments') if m in sys.modules)\n"
+        "from coalition.migrations import runner\n"
+        "with app.app_context():\n"
+        "    runner.upgrade()\n"
+        "print(json.dumps([served, 'alembic' in sys.modules]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [[], True]
