@@ -56,6 +56,7 @@ from coalition.ledger.check import check_ledger
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Posting, Wallet
 from tests.conftest import bearer, empty_all_tables, fetch_token
 from tests.factories.clock import clock_of
+from tests.factories.tokens import tokens_outlive_the_clock
 
 pytestmark = pytest.mark.slow
 
@@ -1084,21 +1085,16 @@ class LedgerMachine(RuleBasedStateMachine):
             assert wallet.available == live.get(member_id, 0), wallet
 
 
-#: an access token outlives the years an example moves on (steps of at most a year, about
-#: one in ten of them): 60 years, within the column's 32-bit seconds
-TOKEN_LIFETIME = 60 * 366 * 24 * 3600
-
-
 @pytest.fixture
-def machine(app: Flask, client: FlaskClient, make_partner: Any,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[type[LedgerMachine]]:
-    """The state machine bound to this test's app, the app's clock its own."""
-    monkeypatch.setitem(app.config, "ACCESS_TOKEN_LIFETIME", TOKEN_LIFETIME)
+def machine(app: Flask, client: FlaskClient,
+            make_partner: Any) -> Iterator[type[LedgerMachine]]:
+    """The state machine bound to this test's app, the app's clock its own (its tokens
+    outlive the years an example moves on: steps of at most a year)."""
 
     class Machine(LedgerMachine):
         pass
 
-    with clock_of(app, Clock()) as clock:
+    with tokens_outlive_the_clock(app), clock_of(app, Clock()) as clock:
         Machine.app, Machine.client, Machine.clock = app, client, clock
         Machine.make_partner = staticmethod(make_partner)
         yield Machine

@@ -9,15 +9,12 @@ from flask import Flask
 
 from tests.factories.clock import clock_of
 from tests.factories.settlement import T0, Clock
-
-#: an access token that outlives the months a test moves its clock on by
-TOKEN_LIFETIME = 20 * 366 * 24 * 3600
+from tests.factories.tokens import tokens_outlive_the_clock
 
 
 @pytest.fixture
-def clock(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+def clock(app: Flask) -> Iterator[Clock]:
     """The app's clock, starting at T0 and moved on by hand: bookings, settlement runs and
-    tokens all read it."""
-    monkeypatch.setitem(app.config, "ACCESS_TOKEN_LIFETIME", TOKEN_LIFETIME)
-    with clock_of(app, Clock(T0)) as fake:
+    tokens all read it (tokens outlive the months a test moves it on)."""
+    with tokens_outlive_the_clock(app), clock_of(app, Clock(T0)) as fake:
         yield fake
