@@ -55,7 +55,7 @@ from coalition.ledger import jobs
 from coalition.ledger.check import check_ledger
 from coalition.ledger.models import Entry, Hold, Lot, LotMovement, Member, Posting, Wallet
 from tests.conftest import bearer, empty_all_tables, fetch_token
-from tests.factories.clock import clock_of
+from tests.factories.clock import HandClock, clock_of
 from tests.factories.tokens import tokens_outlive_the_clock
 
 pytestmark = pytest.mark.slow
@@ -100,15 +100,6 @@ def money(amount: Decimal) -> str:
 def floor(value: Fraction) -> int:
     """Points from an exact rational, rounded down (the model computes with fractions)."""
     return math.floor(value)
-
-
-class Clock:
-    """The app's clock, moved on by the model."""
-
-    now: datetime = datetime(2000, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 # --------------------------------------------------------------------------- the model
@@ -273,7 +264,7 @@ class LedgerMachine(RuleBasedStateMachine):
     app: Flask
     client: FlaskClient
     make_partner: Any
-    clock: Clock
+    clock: HandClock
 
     def __init__(self) -> None:
         super().__init__()
@@ -1094,7 +1085,8 @@ def machine(app: Flask, client: FlaskClient,
     class Machine(LedgerMachine):
         pass
 
-    with tokens_outlive_the_clock(app), clock_of(app, Clock()) as clock:
+    held = HandClock(datetime(2000, 1, 1, tzinfo=UTC))  # set to the real time by each example
+    with tokens_outlive_the_clock(app), clock_of(app, held) as clock:
         Machine.app, Machine.client, Machine.clock = app, client, clock
         Machine.make_partner = staticmethod(make_partner)
         yield Machine

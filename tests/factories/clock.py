@@ -18,7 +18,7 @@ AnyClock = TypeVar("AnyClock", bound=app_clock.Clock)
 
 class HandClock:
     """The system's time moved on by what the test added (:meth:`advance`), or held at
-    one moment once :meth:`set`."""
+    one moment once :meth:`set` (or made with one)."""
 
     def __init__(self, held: datetime | None = None) -> None:
         self.held = held
@@ -26,6 +26,15 @@ class HandClock:
 
     def __call__(self) -> datetime:
         return self.held if self.held is not None else datetime.now(UTC) + self.offset
+
+    @property
+    def now(self) -> datetime:
+        """The clock's time; set, it holds the clock there."""
+        return self()
+
+    @now.setter
+    def now(self, moment: datetime) -> None:
+        self.held = moment
 
     def set(self, moment: datetime) -> datetime:
         self.held = moment

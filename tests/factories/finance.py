@@ -19,9 +19,10 @@ from flask.testing import FlaskClient
 
 from coalition.oauth import finance_users
 from coalition.oauth.clients import create_public_client
+from tests.factories.clock import HandClock
 from tests.factories.members import csrf_of, query_of
 from tests.factories.partner_api import burn, earn, enrol
-from tests.factories.settlement import T0, Clock, csv_rows, iso
+from tests.factories.settlement import T0, csv_rows, iso
 
 FINANCE_PASSWORD = "ledger-balanced-2001"
 S = T0
@@ -78,7 +79,7 @@ class Booked:
                         ("g2", "burn", self.bob, 120, AT))
 
 
-def book_period(client: FlaskClient, make_partner: Any, clock: Clock) -> Booked:
+def book_period(client: FlaskClient, make_partner: Any, clock: HandClock) -> Booked:
     clock.set(S - timedelta(hours=1))
     since = S - timedelta(days=1)
     _, grocer = make_partner("grocer", name="Grocer", earn_rate=Decimal("1"),

@@ -1,16 +1,15 @@
 """Helpers shared by the settlement tests (not a test module).
 
-Most settlement tests run on a hand-moved clock (:class:`Clock`, the ``clock`` fixture of
-tests/settlement/conftest.py, handed to the app through :func:`coalition.clock.use`) set in
-the past: boundaries can be hit to the microsecond, and nothing has to sleep. It is the
-whole app's clock: the ledger's ``booked_at`` and hold expiry, member enrolment, tokens, and
-the settlement service, which makes a run of a period only once the clock has passed its end.
+Most settlement tests run on a hand-moved clock (a :class:`tests.factories.clock.HandClock`
+held at :data:`T0`, the ``clock`` fixture of tests/settlement/conftest.py) set in the past:
+boundaries can be hit to the microsecond, and nothing has to sleep. It is the whole app's
+clock: the ledger's ``booked_at`` and hold expiry, member enrolment, tokens, and the
+settlement service, which makes a run of a period only once the clock has passed its end.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -21,22 +20,6 @@ from tests.factories.tokens import operator_headers_now, partner_reader  # noqa:
 #: the start of the periods the tests settle: a whole second, long ago
 T0 = datetime(2001, 3, 1, 9, 0, tzinfo=UTC)
 CSV_HEADER = "partner_txn_id,type,member_number,points,occurred_at\n"
-
-
-@dataclass
-class Clock:
-    now: datetime = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def set(self, moment: datetime) -> datetime:
-        self.now = moment
-        return moment
-
-    def advance(self, **delta: float) -> datetime:
-        self.now += timedelta(**delta)
-        return self.now
 
 
 def cents(amount: Decimal) -> Decimal:
