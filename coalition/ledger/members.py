@@ -228,11 +228,16 @@ _BALANCE_READ = {by_ref: _balance_read(by_ref) for by_ref in (False, True)}
 def balance(partner_id: int, identity: dict[str, Any], limit: int = 12) -> dict[str, Any]:
     """Balances, the tier, and live points grouped by the date they expire (from a
     replica, when one is configured: the answer to a booking carries its own balance).
-    One statement (:func:`_balance_read`)."""
-    with read_once(replica=True) as connection:
-        rows = _BALANCE_READ[identity.get("member_number") is None].rows(
-            connection, {**member_params(partner_id, identity), "dates": limit})
-    if not rows:
+    One statement (:func:`_balance_read`); a member the replica does not know yet (enrolled
+    a moment ago) is read from the primary."""
+    statement = _BALANCE_READ[identity.get("member_number") is None]
+    params = {**member_params(partner_id, identity), "dates": limit}
+    for replica in (True, False):
+        with read_once(replica=replica) as connection:
+            rows = statement.rows(connection, params)
+        if rows:
+            break
+    else:
         with read() as session:
             find_member(session, partner_id, identity.get("member_number"),
                         identity.get("partner_member_ref"))  # raises NotFound

@@ -156,6 +156,10 @@ def test_reads_go_to_the_replica_within_the_lag_bound(
 
         # the patient app still reads the replica, which has not seen the booking
         assert balance("patient") == 100
+        # nor a member enrolled since: its balance is read from the primary, not a 404
+        newer = call("patient", "POST", "/v1/members",
+                     {"partner_member_ref": "r2"})["member_number"]
+        assert call("patient", "GET", f"/v1/members/{newer}/balance")["available"] == 0
         assert [t["partner_txn_id"] for t in call("patient", "GET", "/v1/transactions")
                 ["items"]] == ["first"]
         assert ran["patient"]["replica"] > 0
